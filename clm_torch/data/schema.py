@@ -1,0 +1,304 @@
+"""Column roles, their inference from a DataFrame, validation, and safe table reading.
+
+Every problem with user data raises :class:`SchemaError`, whose message names the source
+(file or DataFrame), the column and, where it applies, the first offending row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ROLES = ("id", "numeric", "categorical", "binary", "datetime", "target")
+_MISSING_TOKENS = {"", "na", "n/a", "nan", "none", "null", "?", "-"}
+
+
+class SchemaError(ValueError):
+    """Bad input data: the message says which source, which column and what is wrong."""
+
+    def __init__(self, message: str, *, source: str | None = None, column: str | None = None, row: Any = None):
+        self.source = source
+        self.column = column
+        self.row = row
+        parts = []
+        if source is not None:
+            parts.append(f"{source}")
+        if column is not None:
+            parts.append(f"column '{column}'")
+        if row is not None:
+            parts.append(f"row {row}")
+        prefix = ": ".join([", ".join(parts)]) if parts else ""
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+@dataclasses.dataclass
+class TableSchema:
+    """The role of every column of a customer table.
+
+    Attributes:
+        id_col: customer identifier column, or None.
+        target: binary target column, or None (unsupervised use).
+        numeric: continuous / count / money columns.
+        categorical: nominal columns (strings or low-cardinality codes).
+        binary: two-valued columns (yes/no, 0/1, True/False).
+        datetime: timestamp columns (not used as model inputs; kept for event features).
+    """
+
+    id_col: str | None = None
+    target: str | None = None
+    numeric: list[str] = dataclasses.field(default_factory=list)
+    categorical: list[str] = dataclasses.field(default_factory=list)
+    binary: list[str] = dataclasses.field(default_factory=list)
+    datetime: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def features(self) -> list[str]:
+        """Model input columns in a fixed order: numeric, categorical, binary."""
+        return [*self.numeric, *self.categorical, *self.binary]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TableSchema:
+        return cls(**{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in d.items()})
+
+    def role_of(self, column: str) -> str | None:
+        if column == self.id_col:
+            return "id"
+        if column == self.target:
+            return "target"
+        for role in ("numeric", "categorical", "binary", "datetime"):
+            if column in getattr(self, role):
+                return role
+        return None
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_table(path: str | os.PathLike, *, what: str = "table") -> pd.DataFrame:
+    """Read a CSV or Parquet file, turning every I/O or parse failure into a SchemaError.
+
+    Args:
+        path: a ``.csv``, ``.csv.gz``, ``.tsv`` or ``.parquet`` file.
+        what: a word for the messages (``"table"``, ``"event log"``).
+    """
+    p = Path(path)
+    src = str(p)
+    if not p.exists():
+        raise SchemaError(f"{what} file not found", source=src)
+    if p.is_dir():
+        raise SchemaError(f"expected a {what} file but found a directory", source=src)
+    if p.stat().st_size == 0:
+        raise SchemaError(f"{what} file is empty (0 bytes)", source=src)
+    suffixes = "".join(p.suffixes).lower()
+    try:
+        if suffixes.endswith(".parquet") or suffixes.endswith(".pq"):
+            df = pd.read_parquet(p)
+        else:
+            sep = "\t" if ".tsv" in suffixes else ","
+            df = pd.read_csv(p, sep=sep, encoding="utf-8", low_memory=False)
+    except UnicodeDecodeError as e:
+        raise SchemaError(
+            f"file is not valid UTF-8 (byte {e.start}); re-save it as UTF-8, e.g. "
+            f"`iconv -f latin1 -t utf-8 {p.name} > fixed.csv`",
+            source=src,
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise SchemaError(f"{what} file has no columns (empty file)", source=src) from None
+    except pd.errors.ParserError as e:
+        raise SchemaError(f"cannot parse {what} file: {str(e).strip()}", source=src) from None
+    except (OSError, ValueError, ImportError) as e:
+        raise SchemaError(f"cannot read {what} file: {type(e).__name__}: {e}", source=src) from None
+    if len(df) == 0:
+        raise SchemaError(f"{what} file has a header but no rows", source=src)
+    return df
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def _is_missing_token(s: pd.Series) -> pd.Series:
+    return s.astype("string").str.strip().str.lower().isin(_MISSING_TOKENS)
+
+
+def to_numeric_strict(s: pd.Series, *, source: str, column: str) -> pd.Series:
+    """Convert to float64; NaN-like tokens become NaN, anything else that is not a number raises.
+
+    Raises:
+        SchemaError naming the first offending row and its value.
+    """
+    if pd.api.types.is_bool_dtype(s):
+        return s.astype("float64")
+    if pd.api.types.is_numeric_dtype(s):
+        out = s.astype("float64")
+    else:
+        out = pd.to_numeric(s, errors="coerce")
+        bad = out.isna() & s.notna() & ~_is_missing_token(s)
+        if bad.any():
+            first = bad.to_numpy().nonzero()[0][0]
+            raise SchemaError(
+                f"expected a number but found {s.iloc[first]!r} (first of {int(bad.sum())} non-numeric values)",
+                source=source,
+                column=column,
+                row=s.index[first],
+            )
+        out = out.astype("float64")
+    if np.isinf(out.to_numpy()).any():
+        first = np.isinf(out.to_numpy()).nonzero()[0][0]
+        raise SchemaError(
+            f"contains infinite values (first: {out.iloc[first]})", source=source, column=column, row=out.index[first]
+        )
+    return out
+
+
+def _looks_numeric(s: pd.Series) -> bool:
+    if pd.api.types.is_bool_dtype(s):
+        return False
+    if pd.api.types.is_numeric_dtype(s):
+        return True
+    nonnull = s.dropna()
+    nonnull = nonnull[~_is_missing_token(nonnull)]
+    if len(nonnull) == 0:
+        return False
+    conv = pd.to_numeric(nonnull.astype("string").str.strip(), errors="coerce")
+    return bool(conv.notna().mean() > 0.98)
+
+
+def infer_schema(
+    df: pd.DataFrame,
+    *,
+    target: str | None = None,
+    id_col: str | None = None,
+    overrides: Mapping[str, Sequence[str]] | None = None,
+    drop: Iterable[str] = (),
+    max_categorical_int: int = 10,
+    source: str = "<dataframe>",
+) -> TableSchema:
+    """Infer the role of every column.
+
+    Rules: two distinct non-missing values → binary; datetime dtype → datetime; numbers (or
+    strings that parse as numbers) → numeric unless an integer column has at most
+    ``max_categorical_int`` distinct values; everything else → categorical.
+    ``overrides`` maps a role (``numeric``, ``categorical``, ``binary``, ``datetime``) to
+    columns that take that role whatever inference says.
+    """
+    overrides = {k: list(v or []) for k, v in (overrides or {}).items()}
+    for role in overrides:
+        if role not in ROLES or role in ("id", "target"):
+            raise SchemaError(
+                f"unknown role '{role}' in overrides; use one of numeric, categorical, binary, datetime",
+                source=source,
+            )
+    forced = {c: role for role, cols in overrides.items() for c in cols}
+    drop = set(drop)
+    for col in [*forced, *(c for c in (target, id_col) if c)]:
+        if col not in df.columns:
+            raise SchemaError(f"column not found; available columns: {list(df.columns)}", source=source, column=col)
+    schema = TableSchema(id_col=id_col, target=target)
+    for col in df.columns:
+        if col in (target, id_col) or col in drop:
+            continue
+        s = df[col]
+        if col in forced:
+            getattr(schema, forced[col]).append(col)
+            continue
+        nonnull = s.dropna()
+        if len(nonnull) == 0:
+            raise SchemaError("column is entirely empty; drop it or give it values", source=source, column=col)
+        if pd.api.types.is_datetime64_any_dtype(s):
+            schema.datetime.append(col)
+            continue
+        n_unique = nonnull.nunique()
+        if n_unique <= 2:
+            schema.binary.append(col)
+        elif _looks_numeric(s):
+            is_int = pd.api.types.is_integer_dtype(s)
+            (schema.categorical if is_int and n_unique <= max_categorical_int else schema.numeric).append(col)
+        else:
+            schema.categorical.append(col)
+    return schema
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate_target(y: pd.Series, *, source: str, column: str, positive: Any = None) -> tuple[np.ndarray, Any]:
+    """Check that a target is binary with both classes present; return it as 0/1 float32.
+
+    The positive class is ``positive`` when given, else the one of {1, True, 'yes', 'y', 'true',
+    'churn', 'churned'} present, else the minority class.
+    """
+    if y.isna().all():
+        raise SchemaError("target column is entirely empty", source=source, column=column)
+    if y.isna().any():
+        first = y.isna().to_numpy().nonzero()[0][0]
+        raise SchemaError(
+            f"target has {int(y.isna().sum())} missing values; drop those rows or fill them",
+            source=source,
+            column=column,
+            row=y.index[first],
+        )
+    vals = y.astype("string").str.strip().str.lower()
+    classes = sorted(vals.unique().tolist())
+    if len(classes) > 2:
+        raise SchemaError(
+            f"target must be binary but has {len(classes)} classes: {classes[:10]}", source=source, column=column
+        )
+    if len(classes) < 2:
+        raise SchemaError(
+            f"target has only one class ({classes[0]!r}); a classifier needs both", source=source, column=column
+        )
+    if positive is not None:
+        pos = str(positive).strip().lower()
+        if pos not in classes:
+            raise SchemaError(f"positive class {positive!r} not among {classes}", source=source, column=column)
+    else:
+        known = [c for c in classes if c in {"1", "1.0", "true", "yes", "y", "churn", "churned"}]
+        if known:
+            pos = known[0]
+        else:
+            counts = vals.value_counts()
+            pos = counts.index[-1]
+    original = y[vals == pos].iloc[0]
+    if isinstance(original, np.generic):
+        original = original.item()
+    return (vals == pos).to_numpy(dtype=np.float32), original
+
+
+def validate_frame(
+    df: pd.DataFrame,
+    schema: TableSchema,
+    *,
+    source: str = "<dataframe>",
+    require_target: bool = True,
+    require_features: bool = True,
+) -> None:
+    """Check that a DataFrame fits the schema: required columns present and numeric columns parse.
+
+    Raises:
+        SchemaError on the first problem found.
+    """
+    if len(df) == 0:
+        raise SchemaError("no rows", source=source)
+    needed = list(schema.features) if require_features else []
+    if require_target and schema.target:
+        needed.append(schema.target)
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise SchemaError(
+            f"required column{'s' if len(missing) > 1 else ''} missing: {missing}",
+            source=source,
+            column=missing[0],
+        )
+    for col in schema.numeric:
+        to_numeric_strict(df[col], source=source, column=col)
+    if require_target and schema.target:
+        validate_target(df[schema.target], source=source, column=schema.target)
