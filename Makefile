@@ -1,0 +1,37 @@
+# Set-up and the main commands. Both `make run` and `make test` create .venv when missing.
+# CPU-only machines get the CPU build of torch (TORCH_SPEC); GPU users: see README "Install".
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run test test-fast bench clean help
+
+help:
+	@echo "make run    - the main job on the built-in synthetic data"
+	@echo "make test   - the test suite"
+	@echo "make bench  - the benchmark scripts (slow; see experiments/README.md)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[datasets,dev,bench]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/clm-train experiment=churn_synthetic
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) logs .pytest_cache

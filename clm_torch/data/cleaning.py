@@ -1,0 +1,134 @@
+"""Cleaning of a raw customer table: dedupe, spelling, types and outliers, with a report.
+
+The caller's DataFrame is never modified: :func:`clean_table` works on a copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clm_torch.data.schema import _MISSING_TOKENS, TableSchema, to_numeric_strict
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class CleaningReport:
+    """What :func:`clean_table` changed. Every count refers to cells or rows of the input."""
+
+    source: str
+    rows_in: int = 0
+    rows_out: int = 0
+    duplicates_dropped: int = 0
+    conflicting_duplicate_ids: int = 0
+    spelling_fixes: dict[str, int] = dataclasses.field(default_factory=dict)
+    missing_tokens: dict[str, int] = dataclasses.field(default_factory=dict)
+    clipped: dict[str, int] = dataclasses.field(default_factory=dict)
+    missing_cells: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        lines = [f"cleaning {self.source}: {self.rows_in} rows in, {self.rows_out} rows out"]
+        if self.duplicates_dropped:
+            lines.append(
+                f"  dropped {self.duplicates_dropped} duplicate rows by id (kept the last); "
+                f"{self.conflicting_duplicate_ids} ids had conflicting values"
+            )
+        for name, d in (("normalised spellings", self.spelling_fixes), ("missing tokens → NaN", self.missing_tokens),
+                        ("clipped outliers", self.clipped)):
+            nonzero = {k: v for k, v in d.items() if v}
+            if nonzero:
+                lines.append(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in nonzero.items()))
+        miss = {k: v for k, v in self.missing_cells.items() if v}
+        if miss:
+            lines.append("  missing cells: " + ", ".join(f"{k}={v}" for k, v in miss.items()))
+        return "\n".join(lines)
+
+
+def _canonical_spellings(s: pd.Series) -> tuple[pd.Series, int]:
+    """Map every case/whitespace variant of a category to its most frequent spelling."""
+    is_str = s.map(lambda v: isinstance(v, str), na_action="ignore").fillna(False).astype(bool)
+    if not is_str.any():
+        return s, 0
+    raw = s[is_str].astype(str)
+    stripped = raw.str.strip()
+    key = stripped.str.casefold()
+    counts = pd.DataFrame({"key": key, "val": stripped}).value_counts(sort=True)
+    canon = {}
+    for (k, v), _ in counts.items():
+        canon.setdefault(k, v)
+    fixed = key.map(canon)
+    n_changed = int((fixed != raw).sum())
+    out = s.astype(object).copy()
+    out[is_str] = fixed.to_numpy()
+    return out, n_changed
+
+
+def clean_table(
+    df: pd.DataFrame,
+    schema: TableSchema,
+    *,
+    source: str = "<dataframe>",
+    dedupe: bool = True,
+    normalise_spelling: bool = True,
+    clip_outliers: float | None = None,
+) -> tuple[pd.DataFrame, CleaningReport]:
+    """Clean a customer table.
+
+    Steps: drop duplicate ids keeping the last occurrence (and count ids whose duplicates
+    disagree); turn missing-value tokens (``""``, ``"NA"``, ``"?"`` …) into NaN; normalise
+    category spellings (case and surrounding whitespace) to the most frequent variant; coerce
+    numeric columns to float (text raises :class:`SchemaError` naming the first bad row);
+    optionally clip numerics to ``mean ± clip_outliers · std``.
+
+    Returns:
+        (cleaned copy, report). The input is left untouched.
+    """
+    report = CleaningReport(source=source, rows_in=len(df))
+    out = df.copy(deep=True)
+    if dedupe and schema.id_col and schema.id_col in out.columns:
+        dup_mask = out.duplicated(subset=[schema.id_col], keep="last")
+        if dup_mask.any():
+            dup_ids = out.loc[dup_mask, schema.id_col].unique()
+            involved = out[out[schema.id_col].isin(dup_ids)]
+            n_variants = involved.astype(str).drop_duplicates().groupby(schema.id_col).size()
+            report.conflicting_duplicate_ids = int((n_variants > 1).sum())
+            report.duplicates_dropped = int(dup_mask.sum())
+            out = out.loc[~dup_mask]
+    for col in [*schema.categorical, *schema.binary]:
+        if col not in out.columns:
+            continue
+        s = out[col]
+        if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
+            tok = s.astype("string").str.strip().str.lower().isin(_MISSING_TOKENS) & s.notna()
+            report.missing_tokens[col] = int(tok.sum())
+            if tok.any():
+                s = s.astype(object).where(~tok, np.nan)
+            if normalise_spelling:
+                s, n = _canonical_spellings(s)
+                report.spelling_fixes[col] = n
+            out[col] = s
+    for col in schema.numeric:
+        if col not in out.columns:
+            continue
+        before_na = int(out[col].isna().sum())
+        num = to_numeric_strict(out[col], source=source, column=col)
+        report.missing_tokens[col] = int(num.isna().sum()) - before_na
+        if clip_outliers is not None and num.notna().sum() > 1:
+            mu, sd = num.mean(), num.std()
+            lo, hi = mu - clip_outliers * sd, mu + clip_outliers * sd
+            report.clipped[col] = int(((num < lo) | (num > hi)).sum())
+            num = num.clip(lo, hi)
+        out[col] = num
+    report.missing_cells = {c: int(out[c].isna().sum()) for c in schema.features if c in out.columns}
+    report.rows_out = len(out)
+    log.info(report.summary())
+    return out, report

@@ -1,0 +1,266 @@
+"""DataModules: encoded tensors stay in memory and whole batches are sliced with ``index_select``.
+
+There is no per-row ``__getitem__``: :class:`IndexBatchSampler` yields a LongTensor of row indices
+per batch and :class:`TensorTable` slices every tensor at once. The sampler shards by rank itself,
+so trainers run with ``use_distributed_sampler=False``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from clm_torch.data.cleaning import CleaningReport, clean_table
+from clm_torch.data.encoding import FeatureEncoder
+from clm_torch.data.schema import SchemaError, TableSchema, infer_schema, validate_target
+from clm_torch.data.sources.tables import TableData
+
+log = logging.getLogger(__name__)
+
+
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class IndexBatchSampler(Sampler[torch.Tensor]):
+    """Yields ``(batch,)`` LongTensors of row indices; shuffles per epoch with a fixed seed.
+
+    Under DDP each rank takes an interleaved shard of the (shuffled) order; every rank gets the
+    same number of batches (the order is padded by wrapping when training).
+    """
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, int(batch_size), shuffle, seed, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _order(self) -> torch.Tensor:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + 7919 * self.epoch)
+            return torch.randperm(self.n, generator=g)
+        return torch.arange(self.n)
+
+    def _shard(self) -> torch.Tensor:
+        order = self._order()
+        rank, world = _dist_info()
+        if world > 1:
+            if self.shuffle:  # pad so every rank has the same number of rows
+                per = -(-self.n // world)
+                order = torch.cat([order, order[: per * world - self.n]])
+            order = order[rank::world]
+        return order
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        order = self._shard()
+        m = len(order)
+        stop = m - m % self.batch_size if self.drop_last else m
+        for i in range(0, stop, self.batch_size):
+            yield order[i: i + self.batch_size]
+        if self.shuffle:
+            self.epoch += 1
+
+    def __len__(self) -> int:
+        rank, world = _dist_info()
+        m = -(-self.n // world) if (world > 1 and self.shuffle) else len(range(rank, self.n, world))
+        return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
+
+
+class TensorTable(torch.utils.data.Dataset):
+    """A dict of equally long tensors, indexed by a whole batch of row indices at once."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        lengths = {len(t) for t in tensors.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"tensors differ in length: { {k: len(v) for k, v in tensors.items()} }")
+        self.tensors = dict(tensors)
+        self.n = lengths.pop()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: t.index_select(0, idx) for k, t in self.tensors.items()}
+
+
+def batch_loader(tensors: Mapping[str, torch.Tensor], batch_size: int, *, shuffle: bool, seed: int = 0,
+                 num_workers: int = 0, pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
+    """A DataLoader that yields dicts of whole-batch tensor slices."""
+    ds = TensorTable(tensors)
+    sampler = IndexBatchSampler(len(ds), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=num_workers > 0)
+
+
+def stratified_split(y: np.ndarray | None, n: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Split ``range(n)`` into len(fractions)+1 parts (the last takes the rest), stratified on ``y``."""
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(n)] if y is None else [np.flatnonzero(y == c) for c in np.unique(y)]
+    parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
+    for g in groups:
+        g = rng.permutation(g)
+        start = 0
+        for i, f in enumerate(fractions):
+            k = int(round(f * len(g)))
+            parts[i].append(g[start: start + k])
+            start += k
+        parts[-1].append(g[start:])
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
+class TableDataModule(L.LightningDataModule):
+    """A customer table → cleaned → split (stratified, seeded) → encoded tensors in memory.
+
+    Args:
+        source: an object with ``load() -> TableData`` (see :mod:`clm_torch.data.sources`).
+        batch_size: rows per training batch.
+        eval_batch_size: rows per validation/test batch (defaults to 4 × batch_size).
+        num_workers: DataLoader workers (0 is fastest for in-memory tensors).
+        val_size, test_size: fractions of the rows.
+        split_seed: seed of the split (independent of the training seed).
+        require_target: False for unsupervised models (the VAE).
+        clean: keyword arguments of :func:`clean_table` (e.g. ``clip_outliers``).
+        encoder: keyword arguments of :class:`FeatureEncoder` (e.g. ``log_transform``).
+        test_frame: optional explicit test table (benchmarks: CV folds); then only a validation
+            split is carved from the source.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        batch_size: int = 256,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        val_size: float = 0.15,
+        test_size: float = 0.15,
+        split_seed: int = 0,
+        require_target: bool = True,
+        clean: Mapping[str, Any] | None = None,
+        encoder: Mapping[str, Any] | None = None,
+        test_frame: pd.DataFrame | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or 4 * batch_size)
+        self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
+        self.val_size, self.test_size, self.split_seed = float(val_size), float(test_size), int(split_seed)
+        self.require_target = require_target
+        self.clean_kwargs = dict(clean or {})
+        self.encoder_kwargs = dict(encoder or {})
+        self.test_frame = test_frame
+        self.data: TableData | None = None
+        self.schema: TableSchema | None = None
+        self.encoder: FeatureEncoder | None = None
+        self.report: CleaningReport | None = None
+        self.frames: dict[str, pd.DataFrame] = {}
+        self.tensors: dict[str, dict[str, torch.Tensor]] = {}
+        self._ready = False
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        data = self.source.load()
+        self.data = data
+        target = data.target if self.require_target else None
+        frame = data.frame
+        if not self.require_target and data.target and data.target in frame.columns:
+            frame = frame.drop(columns=[data.target])
+        schema = infer_schema(frame, target=target, id_col=data.id_col, overrides=data.roles, drop=data.drop,
+                              source=data.name)
+        if not schema.features:
+            raise SchemaError("no feature columns left after removing id, target and dropped columns",
+                              source=data.name)
+        clean, self.report = clean_table(frame, schema, source=data.name, **self.clean_kwargs)
+        y = None
+        if target:
+            y, _ = validate_target(clean[target], source=data.name, column=target)
+        if self.test_frame is not None:
+            tr, va = stratified_split(y, len(clean), [1 - self.val_size], self.split_seed)
+            test, _ = clean_table(self.test_frame, schema, source=f"{data.name} [test frame]", **self.clean_kwargs)
+            self.frames = {"train": clean.iloc[tr], "val": clean.iloc[va], "test": test}
+        else:
+            tr, va, te = stratified_split(y, len(clean), [1 - self.val_size - self.test_size, self.val_size],
+                                          self.split_seed)
+            self.frames = {"train": clean.iloc[tr], "val": clean.iloc[va], "test": clean.iloc[te]}
+        for name, f in self.frames.items():
+            if len(f) == 0:
+                raise SchemaError(f"the {name} split is empty: the table has too few rows ({len(clean)})",
+                                  source=data.name)
+        self.schema = schema
+        self.encoder = FeatureEncoder.from_schema(schema, **self.encoder_kwargs).fit(
+            self.frames["train"], source=f"{data.name} [train split]")
+        self.tensors = {
+            k: self.encoder.transform(f, source=f"{data.name} [{k} split]", require_target=bool(target))
+            for k, f in self.frames.items()
+        }
+        for k, t in self.tensors.items():
+            t["row"] = torch.arange(len(self.frames[k]))
+        self._ready = True
+        log.info("data %s: %s", data.name, {k: len(f) for k, f in self.frames.items()})
+
+    # ------------------------------------------------------------------ what models need
+    def model_kwargs(self) -> dict[str, Any]:
+        """Primitive sizes the model is built from (``n_num``, ``cat_cardinalities``, …)."""
+        self.setup()
+        d = self.encoder.dims()
+        if self.require_target and "y" in self.tensors["train"]:
+            y = self.tensors["train"]["y"]
+            d["pos_rate"] = float(y.mean())
+        return d
+
+    def preprocessing_state(self) -> dict[str, Any]:
+        """Everything a checkpoint needs to score raw data: encoder state and schema."""
+        self.setup()
+        return {"encoder": self.encoder.state_dict(), "schema": self.schema.to_dict(),
+                "cleaning": {k: v for k, v in self.clean_kwargs.items()}}
+
+    def ids(self, split: str) -> np.ndarray:
+        """Customer ids of a split (row positions when the table has no id column)."""
+        f = self.frames[split]
+        if self.schema.id_col:
+            return f[self.schema.id_col].to_numpy()
+        return f.index.to_numpy()
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return batch_loader(self.tensors[split], self.batch_size if shuffle else self.eval_batch_size,
+                            shuffle=shuffle, seed=torch.initial_seed() % 2**31, num_workers=self.num_workers,
+                            pin_memory=self.pin_memory)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+def table_from_file(path: str, target: str | None = None, id_col: str | None = None,
+                    roles: Mapping[str, Sequence[str]] | None = None, drop: Sequence[str] = (),
+                    **kwargs: Any) -> TableDataModule:
+    """A :class:`TableDataModule` over a CSV/Parquet file (the ``data=csv`` config).
+
+    ``require_target`` defaults to whether a target is given.
+    """
+    from clm_torch.data.sources.tables import CSVSource
+
+    kwargs.setdefault("require_target", target is not None)
+    return TableDataModule(CSVSource(path, target=target, id_col=id_col, roles=roles, drop=drop), **kwargs)

@@ -1,0 +1,301 @@
+"""FeatureEncoder: fitted preprocessing from a raw customer table to tensors, and back.
+
+The encoder is fitted on the training split only. Its state (:meth:`FeatureEncoder.state_dict`)
+is tensors plus lists/dicts of str, int and float, so it is stored inside Lightning checkpoints
+and loads under ``torch.load(..., weights_only=True)``.
+
+Encoded batch layout (a dict of tensors, ``n`` rows):
+
+====================  ==============================  ==============================================
+key                   shape / dtype                   meaning
+====================  ==============================  ==============================================
+``num``               (n, n_num) float32              standardised numerics (after log1p where chosen), 0 where missing
+``num_mask``          (n, n_num) bool                 True where the numeric value was observed
+``cat``               (n, n_cat) int64                vocabulary index; 0 = ``<unk>/<missing>``
+``cat_mask``          (n, n_cat) bool                 True where the category was observed and known
+``y``                 (n,) float32                    0/1 target, only when the target column is present
+====================  ==============================  ==============================================
+
+Categorical columns come first, then binary columns (``cat_columns``). Binary columns are
+categoricals with exactly two known values; models may give them a Bernoulli head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from clm_torch.data.schema import SchemaError, TableSchema, to_numeric_strict, validate_target
+
+UNK = "<unk>"
+
+
+def _category_keys(s: pd.Series) -> pd.Series:
+    """Normalised string keys so that 1, 1.0, '1' and ' Yes ' vs 'yes' map to the same category."""
+    if pd.api.types.is_bool_dtype(s):
+        s = s.astype("Int64")
+    if pd.api.types.is_float_dtype(s):
+        vals = s.to_numpy(dtype="float64", na_value=np.nan)
+        integral = np.isfinite(vals) & (np.floor(vals) == vals)
+        keys = pd.Series(np.where(integral, np.nan_to_num(vals).astype(np.int64).astype(str), vals.astype(str)),
+                         index=s.index, dtype=object)
+        keys[np.isnan(vals)] = np.nan
+        return keys.astype("string").str.lower()
+    return s.astype("string").str.strip().str.lower()
+
+
+def _plain(v: Any) -> Any:
+    """numpy scalars → Python scalars (checkpoint state must be primitives)."""
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+class FeatureEncoder:
+    """Fit/transform a mixed-type table into the tensors models consume.
+
+    Args:
+        numeric: numeric column names.
+        categorical: categorical column names.
+        binary: binary column names (encoded like categoricals, listed after them).
+        target: optional binary target column.
+        id_col: optional id column (carried, never encoded).
+        log_transform: ``"auto"`` (log1p for non-negative columns with skew > 2), ``"none"``,
+            or a list of columns to log-transform.
+        max_categories: most frequent categories kept per column; the rest map to ``<unk>``.
+        positive_label: positive class of the target (inferred when None).
+    """
+
+    def __init__(
+        self,
+        numeric: Sequence[str] = (),
+        categorical: Sequence[str] = (),
+        binary: Sequence[str] = (),
+        target: str | None = None,
+        id_col: str | None = None,
+        log_transform: str | Sequence[str] = "auto",
+        max_categories: int = 1000,
+        positive_label: Any = None,
+    ) -> None:
+        self.num_columns = list(numeric)
+        self.cat_columns = list(categorical) + list(binary)
+        self.n_binary = len(binary)
+        self.target = target
+        self.id_col = id_col
+        self.log_transform = log_transform if isinstance(log_transform, str) else list(log_transform)
+        self.max_categories = int(max_categories)
+        self.positive_label = positive_label
+        self.fitted = False
+        # fitted state
+        self.num_mean = torch.zeros(len(self.num_columns))
+        self.num_std = torch.ones(len(self.num_columns))
+        self.num_log = [False] * len(self.num_columns)
+        self.num_integer = [False] * len(self.num_columns)
+        self.num_min: list[float] = [0.0] * len(self.num_columns)
+        self.num_max: list[float] = [0.0] * len(self.num_columns)
+        self.vocab: dict[str, list[Any]] = {}
+        self.keys: dict[str, list[str]] = {}
+        self.dtypes: dict[str, str] = {}
+
+    @classmethod
+    def from_schema(cls, schema: TableSchema, **kwargs: Any) -> FeatureEncoder:
+        return cls(schema.numeric, schema.categorical, schema.binary, schema.target, schema.id_col, **kwargs)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n_num(self) -> int:
+        return len(self.num_columns)
+
+    @property
+    def n_cat(self) -> int:
+        return len(self.cat_columns)
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Vocabulary size per categorical column, index 0 (``<unk>``) included."""
+        return [len(self.vocab[c]) for c in self.cat_columns]
+
+    @property
+    def feature_columns(self) -> list[str]:
+        return [*self.num_columns, *self.cat_columns]
+
+    def dims(self) -> dict[str, Any]:
+        """Primitive sizes a model needs to build itself."""
+        return {"n_num": self.n_num, "cat_cardinalities": self.cardinalities, "n_binary": self.n_binary}
+
+    # ------------------------------------------------------------------ fit / transform
+    def fit(self, df: pd.DataFrame, *, source: str = "<train split>") -> FeatureEncoder:
+        """Fit statistics and vocabularies on (the training split of) ``df``."""
+        self._check_columns(df, source=source, require_target=False)
+        for j, col in enumerate(self.num_columns):
+            x = to_numeric_strict(df[col], source=source, column=col).to_numpy(dtype=np.float64)
+            obs = x[~np.isnan(x)]
+            if obs.size == 0:
+                raise SchemaError("numeric column has no observed values in the training split",
+                                  source=source, column=col)
+            use_log = False
+            if self.log_transform == "auto":
+                if obs.min() >= 0 and obs.size > 2:
+                    sd = obs.std()
+                    skew = float(((obs - obs.mean()) ** 3).mean() / (sd**3)) if sd > 0 else 0.0
+                    use_log = skew > 2.0
+            elif isinstance(self.log_transform, list):
+                use_log = col in self.log_transform
+                if use_log and obs.min() < 0:
+                    raise SchemaError("log transform requested but the column has negative values",
+                                      source=source, column=col)
+            t = np.log1p(obs) if use_log else obs
+            self.num_log[j] = bool(use_log)
+            self.num_integer[j] = bool(np.all(np.floor(obs) == obs))
+            self.num_min[j], self.num_max[j] = float(obs.min()), float(obs.max())
+            self.num_mean[j] = float(t.mean())
+            sd = float(t.std())
+            self.num_std[j] = sd if sd > 1e-12 else 1.0
+            self.dtypes[col] = str(df[col].dtype)
+        for col in self.cat_columns:
+            s = df[col]
+            keys = _category_keys(s)
+            counts = keys.value_counts(dropna=True)
+            counts = counts.iloc[: self.max_categories]
+            # the original spelling that is most frequent for each key
+            orig = pd.DataFrame({"k": keys, "v": s}).dropna().drop_duplicates("k")
+            first = dict(zip(orig["k"], orig["v"]))
+            self.keys[col] = [UNK, *[str(k) for k in counts.index]]
+            self.vocab[col] = [UNK, *[_plain(first[k]) for k in counts.index]]
+            self.dtypes[col] = str(s.dtype)
+        if self.target and self.target in df.columns:
+            _, pos = validate_target(df[self.target], source=source, column=self.target, positive=self.positive_label)
+            self.positive_label = pos
+        self.fitted = True
+        return self
+
+    def _check_columns(self, df: pd.DataFrame, *, source: str, require_target: bool) -> None:
+        needed = list(self.feature_columns) + ([self.target] if require_target and self.target else [])
+        missing = [c for c in needed if c not in df.columns]
+        if missing:
+            raise SchemaError(f"required column{'s' if len(missing) > 1 else ''} missing: {missing}",
+                              source=source, column=missing[0])
+
+    def transform(self, df: pd.DataFrame, *, source: str = "<dataframe>", require_target: bool = False
+                  ) -> dict[str, torch.Tensor]:
+        """Encode ``df`` (extra columns ignored; target optional unless ``require_target``).
+
+        Missing numerics and NaN / unseen categories become unobserved entries.
+        """
+        if not self.fitted:
+            raise RuntimeError("FeatureEncoder.transform called before fit")
+        self._check_columns(df, source=source, require_target=require_target)
+        n = len(df)
+        num = np.zeros((n, self.n_num), dtype=np.float32)
+        num_mask = np.zeros((n, self.n_num), dtype=bool)
+        for j, col in enumerate(self.num_columns):
+            x = to_numeric_strict(df[col], source=source, column=col).to_numpy(dtype=np.float64)
+            obs = ~np.isnan(x)
+            if self.num_log[j]:
+                x = np.log1p(np.clip(x, 0, None))
+            z = (x - float(self.num_mean[j])) / float(self.num_std[j])
+            num[:, j] = np.where(obs, z, 0.0)
+            num_mask[:, j] = obs
+        cat = np.zeros((n, self.n_cat), dtype=np.int64)
+        for j, col in enumerate(self.cat_columns):
+            index = pd.Index(self.keys[col])
+            idx = index.get_indexer(_category_keys(df[col]).astype(object).where(df[col].notna(), None))
+            cat[:, j] = np.where(idx < 0, 0, idx)
+        out = {
+            "num": torch.from_numpy(num),
+            "num_mask": torch.from_numpy(num_mask),
+            "cat": torch.from_numpy(cat),
+            "cat_mask": torch.from_numpy(cat > 0),
+        }
+        if self.target and self.target in df.columns:
+            y, _ = validate_target(df[self.target], source=source, column=self.target, positive=self.positive_label)
+            out["y"] = torch.from_numpy(y)
+        return out
+
+    # ------------------------------------------------------------------ inverse
+    def inverse_numeric(self, num: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Standardised values (n, n_num) → raw scale (n, n_num) float64."""
+        z = np.asarray(num.detach().cpu() if isinstance(num, torch.Tensor) else num, dtype=np.float64)
+        x = z * self.num_std.numpy().astype(np.float64) + self.num_mean.numpy().astype(np.float64)
+        for j in range(self.n_num):
+            if self.num_log[j]:
+                x[:, j] = np.expm1(np.clip(x[:, j], None, 50.0))
+        return x
+
+    def decode_categories(self, idx: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        """Vocabulary indices (n, n_cat) → raw category values per column (object arrays).
+
+        Index 0 decodes to NaN.
+        """
+        a = np.asarray(idx.detach().cpu() if isinstance(idx, torch.Tensor) else idx)
+        out = {}
+        for j, col in enumerate(self.cat_columns):
+            vocab = np.array([np.nan, *self.vocab[col][1:]], dtype=object)
+            out[col] = vocab[a[:, j]]
+        return out
+
+    def restore_dtype(self, col: str, values: pd.Series) -> pd.Series:
+        """Cast imputed values back to the column's training dtype where possible."""
+        dt = self.dtypes.get(col)
+        if dt is None:
+            return values
+        try:
+            if col in self.num_columns and self.num_integer[self.num_columns.index(col)] and values.notna().all():
+                values = values.round()
+            return values.astype(dt)
+        except (TypeError, ValueError):
+            return values
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors plus lists/dicts of str, int, float, bool (safe for weights_only loading)."""
+        return {
+            "version": 1,
+            "num_columns": list(self.num_columns),
+            "cat_columns": list(self.cat_columns),
+            "n_binary": int(self.n_binary),
+            "target": self.target,
+            "id_col": self.id_col,
+            "log_transform": self.log_transform if isinstance(self.log_transform, str) else list(self.log_transform),
+            "max_categories": self.max_categories,
+            "positive_label": _plain(self.positive_label),
+            "num_mean": self.num_mean.clone(),
+            "num_std": self.num_std.clone(),
+            "num_log": [bool(v) for v in self.num_log],
+            "num_integer": [bool(v) for v in self.num_integer],
+            "num_min": [float(v) for v in self.num_min],
+            "num_max": [float(v) for v in self.num_max],
+            "vocab": {k: [_plain(x) for x in v] for k, v in self.vocab.items()},
+            "keys": {k: list(v) for k, v in self.keys.items()},
+            "dtypes": dict(self.dtypes),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> FeatureEncoder:
+        nb = state["n_binary"]
+        cats = state["cat_columns"]
+        enc = cls(
+            state["num_columns"], cats[: len(cats) - nb], cats[len(cats) - nb:], state["target"], state["id_col"],
+            log_transform=state["log_transform"], max_categories=state["max_categories"],
+            positive_label=state["positive_label"],
+        )
+        enc.num_mean = state["num_mean"].clone().float()
+        enc.num_std = state["num_std"].clone().float()
+        enc.num_log = list(state["num_log"])
+        enc.num_integer = list(state["num_integer"])
+        enc.num_min = list(state["num_min"])
+        enc.num_max = list(state["num_max"])
+        enc.vocab = {k: list(v) for k, v in state["vocab"].items()}
+        enc.keys = {k: list(v) for k, v in state["keys"].items()}
+        enc.dtypes = dict(state["dtypes"])
+        enc.fitted = True
+        return enc
+
+    def __repr__(self) -> str:
+        return (f"FeatureEncoder(n_num={self.n_num}, n_cat={self.n_cat}, n_binary={self.n_binary}, "
+                f"target={self.target!r}, fitted={self.fitted})")
+

@@ -1,0 +1,662 @@
+"""Event logs: loading with validation, and the customer view at a cutoff.
+
+An *event log* is one row per purchase line: who (``customer_id``), when (``timestamp``) and,
+optionally, how much (``amount``), what (``item_id``) and how many (``quantity``).
+
+:func:`load_events` turns a CSV/Parquet file or a DataFrame into the canonical frame and raises
+:class:`~clm_torch.data.schema.SchemaError` (naming the source, the column and the first bad row)
+for every problem with the data.
+
+:func:`build_customer_view` turns the canonical frame into one row per customer at one global
+cutoff: features from events strictly **before** the cutoff, labels from events in
+``[cutoff, cutoff + horizon)``, and the last-N purchase sequences. It is vectorised (one sort,
+then ``np.bincount`` / ``reduceat`` over the sorted arrays): no Python loop per customer.
+
+Refunds (policy)
+----------------
+Rows with a **negative amount** are kept as returns/refunds. They are *not* purchases: they do not
+count as transactions, do not move recency, tenure, the inter-purchase gaps or the sequences, and
+are excluded from ``monetary_mean``; they *are* included in the net totals ``monetary_total``
+(before the cutoff) and ``future_spend`` (in the label window). A row with amount 0 is a purchase.
+Without an amount column every row is a purchase.
+
+Transactions
+------------
+Purchase rows of one customer with the same timestamp form one transaction (a basket). Counts,
+gaps and the monetary mean are per transaction; ``n_distinct_items`` and the sequences are per row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clm_torch.data.schema import SchemaError, _is_missing_token, read_table, to_numeric_strict
+
+log = logging.getLogger(__name__)
+
+EVENT_COLUMNS = ("customer_id", "timestamp", "amount", "item_id", "quantity")
+_NS_PER_DAY = 86_400 * 10**9
+
+FEATURE_COLUMNS = (
+    "recency_days",
+    "frequency",
+    "n_purchase_days",
+    "monetary_mean",
+    "monetary_total",
+    "tenure_days",
+    "ipt_mean_days",
+    "ipt_std_days",
+    "max_gap_days",
+    "last_gap_days",
+    "trend_log_ratio",
+    "n_distinct_items",
+    "basket_diversity",
+)
+LABEL_COLUMNS = ("churn", "future_spend", "future_n_tx")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _first_row(mask: pd.Series) -> Any:
+    """Index label of the first True in a boolean Series."""
+    return mask.index[int(np.flatnonzero(mask.to_numpy())[0])]
+
+
+def _to_utc_naive(ts: Any) -> pd.Timestamp:
+    t = pd.Timestamp(ts)
+    if t.tzinfo is not None:
+        t = t.tz_convert("UTC").tz_localize(None)
+    return t
+
+
+def parse_timestamps(s: pd.Series, *, source: str, column: str) -> pd.Series:
+    """Parse a timestamp column to ``datetime64[ns]`` (naive, UTC).
+
+    Accepted: datetime dtypes (tz-aware ones are converted to UTC), numbers as epoch seconds, and
+    ISO-8601 strings (``2024-03-01``, ``2024-03-01 10:00``, ``2024-03-01T10:00:00+02:00``).
+
+    Raises:
+        SchemaError naming the first missing or unparseable value and its row.
+    """
+    if pd.api.types.is_bool_dtype(s):
+        raise SchemaError("expected timestamps but found booleans", source=source, column=column)
+    missing = s.isna()
+    if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_datetime64_any_dtype(s)):
+        missing = missing | _is_missing_token(s)
+    if missing.any():
+        raise SchemaError(
+            f"missing timestamp ({int(missing.sum())} missing values); every event needs a time",
+            source=source,
+            column=column,
+            row=_first_row(missing),
+        )
+    try:
+        if pd.api.types.is_datetime64_any_dtype(s):
+            out = pd.to_datetime(s, utc=True)
+        elif pd.api.types.is_numeric_dtype(s):
+            out = pd.to_datetime(s, unit="s", utc=True, errors="coerce")
+        else:
+            out = pd.to_datetime(s, format="ISO8601", utc=True, errors="coerce")
+    except (ValueError, TypeError, OverflowError) as e:  # e.g. an out-of-range epoch value
+        raise SchemaError(f"cannot parse timestamps: {e}", source=source, column=column) from None
+    bad = out.isna()
+    if bad.any():
+        first = _first_row(bad)
+        raise SchemaError(
+            f"cannot parse timestamp {s.loc[first]!r} (first of {int(bad.sum())}); use ISO 8601 "
+            "('2024-03-01' or '2024-03-01T10:00:00') or epoch seconds",
+            source=source,
+            column=column,
+            row=first,
+        )
+    out = out.dt.tz_localize(None)
+    try:
+        return out.astype("datetime64[ns]")
+    except (ValueError, OverflowError) as e:
+        raise SchemaError(f"timestamp out of range (years 1677-2262): {e}", source=source, column=column) from None
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_events(
+    path_or_df: str | os.PathLike | pd.DataFrame,
+    *,
+    customer_col: str,
+    time_col: str,
+    amount_col: str | None = None,
+    item_col: str | None = None,
+    quantity_col: str | None = None,
+    source: str | None = None,
+    future_policy: str = "error",
+    now: Any = None,
+) -> pd.DataFrame:
+    """Read and validate an event log into the canonical frame.
+
+    Parameters
+    ----------
+    path_or_df
+        A CSV/TSV/Parquet file (read with :func:`~clm_torch.data.schema.read_table`) or a DataFrame.
+    customer_col, time_col
+        Names of the customer id and timestamp columns (required).
+    amount_col, item_col, quantity_col
+        Optional columns; left out of the result when None.
+    source
+        Name used in error messages; defaults to the file path or ``"<dataframe>"``.
+    future_policy
+        What to do with events after ``now``: ``"error"`` raises, ``"drop"`` drops them with a
+        logged warning.
+    now
+        Reference time for the future check (anything ``pd.Timestamp`` accepts; tz-aware values are
+        converted to UTC). Defaults to the current UTC time.
+
+    Returns
+    -------
+    pd.DataFrame
+        One row per event, input order, fresh ``RangeIndex``, columns:
+
+        ========== ====================== ==================================================
+        column     dtype                  meaning
+        ========== ====================== ==================================================
+        customer_id as read               never missing
+        timestamp  datetime64[ns]         naive UTC, never in the future of ``now``
+        amount     float64                only with ``amount_col``; < 0 = refund (kept)
+        item_id    as read                only with ``item_col``; may be missing
+        quantity   float64                only with ``quantity_col``; >= 0
+        ========== ====================== ==================================================
+
+    Raises
+    ------
+    SchemaError
+        Missing column; missing customer id; missing/unparseable/future timestamp; missing or
+        non-numeric amount; missing, non-numeric or negative quantity. The message names the
+        source, the column and the first bad row (the DataFrame index; for a CSV file the data row
+        counted from 0, i.e. file line ``row + 2``).
+    """
+    if future_policy not in ("error", "drop"):
+        raise ValueError(f"future_policy must be 'error' or 'drop', got {future_policy!r}")
+    if isinstance(path_or_df, pd.DataFrame):
+        src = source or "<dataframe>"
+        raw = path_or_df
+        if len(raw) == 0:
+            raise SchemaError("event log has no rows", source=src)
+    else:
+        src = source or str(path_or_df)
+        raw = read_table(path_or_df, what="event log")
+
+    wanted = {
+        "customer_id": customer_col,
+        "timestamp": time_col,
+        "amount": amount_col,
+        "item_id": item_col,
+        "quantity": quantity_col,
+    }
+    for col in wanted.values():
+        if col is not None and col not in raw.columns:
+            raise SchemaError(
+                f"column not found in event log; available columns: {list(raw.columns)}", source=src, column=col
+            )
+
+    out: dict[str, pd.Series] = {}
+    cid = raw[customer_col]
+    missing = cid.isna()
+    if not pd.api.types.is_numeric_dtype(cid):
+        missing = missing | _is_missing_token(cid)
+    if missing.any():
+        raise SchemaError(
+            f"missing customer id ({int(missing.sum())} rows); every event needs a customer",
+            source=src,
+            column=customer_col,
+            row=_first_row(missing),
+        )
+    out["customer_id"] = cid
+    ts = parse_timestamps(raw[time_col], source=src, column=time_col)
+    out["timestamp"] = ts
+
+    if amount_col is not None:
+        amount = to_numeric_strict(raw[amount_col], source=src, column=amount_col)
+        if amount.isna().any():
+            raise SchemaError(
+                f"missing amount ({int(amount.isna().sum())} rows); fill or drop those events",
+                source=src,
+                column=amount_col,
+                row=_first_row(amount.isna()),
+            )
+        n_neg = int((amount < 0).sum())
+        if n_neg:
+            log.info("%s: %d events with a negative amount kept as refunds", src, n_neg)
+        out["amount"] = amount
+    if item_col is not None:
+        out["item_id"] = raw[item_col]
+    if quantity_col is not None:
+        qty = to_numeric_strict(raw[quantity_col], source=src, column=quantity_col)
+        if qty.isna().any():
+            raise SchemaError(
+                f"missing quantity ({int(qty.isna().sum())} rows)",
+                source=src,
+                column=quantity_col,
+                row=_first_row(qty.isna()),
+            )
+        neg = qty < 0
+        if neg.any():
+            first = _first_row(neg)
+            raise SchemaError(
+                f"negative quantity {qty.loc[first]} ({int(neg.sum())} rows); record returns as a "
+                "negative amount with a positive quantity",
+                source=src,
+                column=quantity_col,
+                row=first,
+            )
+        out["quantity"] = qty
+
+    df = pd.DataFrame(out)
+    now_ts = _to_utc_naive(pd.Timestamp.now(tz="UTC") if now is None else now)
+    future = df["timestamp"] > now_ts
+    if future.any():
+        first = _first_row(future)
+        if future_policy == "error":
+            raise SchemaError(
+                f"timestamp {df['timestamp'].loc[first]} is in the future of {now_ts} "
+                f"({int(future.sum())} such events); fix the clock/time zone or pass future_policy='drop'",
+                source=src,
+                column=time_col,
+                row=first,
+            )
+        log.warning("%s: dropping %d events after %s (first at row %s)", src, int(future.sum()), now_ts, first)
+        df = df.loc[~future]
+    return df.reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- customer view
+
+
+@dataclasses.dataclass
+class CustomerView:
+    """Everything known about each customer at one cutoff.
+
+    Attributes
+    ----------
+    features : pd.DataFrame
+        Index ``customer_id`` (sorted), one row per customer; columns :data:`FEATURE_COLUMNS`
+        (+ ``category_entropy`` with an item→category map) followed by the customer-table columns.
+    labels : pd.DataFrame
+        Same index; ``churn`` (int64, 1 = no purchase in ``[cutoff, cutoff + horizon)``),
+        ``future_spend`` (float64, net amount in the window), ``future_n_tx`` (int64).
+    sequences : dict[str, np.ndarray]
+        Last ``n_last`` purchase rows before the cutoff, oldest first, left-aligned and zero-padded
+        on the right, rows in the order of ``features.index``: ``item_idx`` (n, n_last) int64
+        (index into ``item_vocab``; 0 = padding or unknown/missing item), ``amount`` (n, n_last)
+        float32 (0 without an amount column), ``days_before_cutoff`` (n, n_last) float32,
+        ``length`` (n,) int64.
+    cutoff : pd.Timestamp
+    horizon_days : float
+    item_vocab : list
+        ``item_vocab[0]`` is ``"<unk>"``; ``item_vocab[i]`` is the item with index ``i`` (items seen
+        in purchases before the cutoff, sorted).
+    """
+
+    features: pd.DataFrame
+    labels: pd.DataFrame
+    sequences: dict[str, np.ndarray]
+    cutoff: pd.Timestamp
+    horizon_days: float
+    item_vocab: list = dataclasses.field(default_factory=lambda: ["<unk>"])
+
+
+def _harmonise_ids(a: pd.Index, b: pd.Index) -> tuple[pd.Index, pd.Index]:
+    """Make two id indexes comparable: integer-valued floats become ints; numbers vs strings → strings."""
+
+    def fix_float(x: pd.Index) -> pd.Index:
+        if pd.api.types.is_float_dtype(x) and len(x) and np.all(np.mod(x.to_numpy(), 1) == 0):
+            return x.astype("int64")
+        return x
+
+    a, b = fix_float(a), fix_float(b)
+    if pd.api.types.is_numeric_dtype(a) != pd.api.types.is_numeric_dtype(b):
+        a, b = a.astype(str), b.astype(str)
+    return a, b
+
+
+def _group_starts(codes: np.ndarray) -> np.ndarray:
+    """Start positions of the runs of equal values in a sorted code array."""
+    if len(codes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+
+
+def build_customer_view(
+    events: pd.DataFrame,
+    cutoff: Any,
+    *,
+    horizon_days: float = 90,
+    customers: pd.DataFrame | None = None,
+    customer_id_col: str = "customer_id",
+    n_last: int = 10,
+    trend_window_days: float = 90,
+    item_categories: Mapping | pd.Series | None = None,
+) -> CustomerView:
+    """Features before one global cutoff, labels after it, and last-N purchase sequences.
+
+    Parameters
+    ----------
+    events
+        The canonical frame of :func:`load_events` (``customer_id``, ``timestamp`` and optionally
+        ``amount``, ``item_id``).
+    cutoff
+        The one cutoff for every customer. Features use events with ``timestamp < cutoff`` only.
+    horizon_days
+        Length of the label window ``[cutoff, cutoff + horizon_days)``.
+    customers
+        Optional customer table, outer-joined on the id: customers only in the table are kept (with
+        the "no history" values below), customers only in the events get NaN table columns.
+    customer_id_col
+        Id column of ``customers`` (or the name of its index).
+    n_last
+        Length of the sequences.
+    trend_window_days
+        Window ``w`` of the trend feature.
+    item_categories
+        Optional item→category map; adds ``category_entropy``.
+
+    Returns
+    -------
+    CustomerView
+        The population is every customer with at least one event before the cutoff, plus every
+        customer of ``customers``; customers whose first event is on/after the cutoff and who are
+        not in the table are left out (they did not exist at the cutoff).
+
+        Features (days are fractional, ``(cutoff - t) / 1 day``):
+
+        ================= ==========================================================================
+        recency_days      days since the last purchase
+        frequency         number of purchase transactions (distinct timestamps)
+        n_purchase_days   number of distinct calendar days with a purchase
+        monetary_mean     mean non-negative spend per transaction (refunds excluded)
+        monetary_total    net sum of all amounts, refunds included
+        tenure_days       days since the first purchase (T)
+        ipt_mean_days     mean gap between consecutive transactions (>= 2 transactions)
+        ipt_std_days      sample std (ddof=1) of those gaps (>= 3 transactions)
+        max_gap_days      longest gap (>= 2 transactions)
+        last_gap_days     gap between the last two transactions (>= 2 transactions)
+        trend_log_ratio   log((n_recent + 1) / (n_previous + 1)): transactions in
+                          [cutoff - w, cutoff) vs [cutoff - 2w, cutoff - w)
+        n_distinct_items  distinct items among purchase rows (0 without an item column)
+        basket_diversity  n_distinct_items / frequency
+        category_entropy  Shannon entropy (nats) of the categories of the purchase rows (only with
+                          ``item_categories``; unmapped items count as one "<unk>" category)
+        ================= ==========================================================================
+
+        A customer with no purchase before the cutoff has ``frequency``, ``n_purchase_days`` and
+        ``n_distinct_items`` = 0, ``monetary_total`` = net refunds (0 with no events), and NaN for
+        every other feature. Without an amount column, ``monetary_*`` and ``future_spend`` are NaN.
+
+    Raises
+    ------
+    SchemaError
+        Events lacking ``customer_id``/``timestamp``, a non-datetime timestamp column, a customer
+        table without the id column, with missing or duplicated ids, or with a column named like a
+        feature.
+    """
+    src = "<events>"
+    for col in ("customer_id", "timestamp"):
+        if col not in events.columns:
+            raise SchemaError(
+                f"column not found; pass the frame returned by load_events (columns {list(EVENT_COLUMNS)})",
+                source=src,
+                column=col,
+            )
+    if not pd.api.types.is_datetime64_any_dtype(events["timestamp"]):
+        raise SchemaError("timestamp is not a datetime column; read the log with load_events", source=src, column="timestamp")
+    if horizon_days <= 0 or trend_window_days <= 0 or n_last < 1:
+        raise ValueError("horizon_days and trend_window_days must be > 0 and n_last >= 1")
+    cutoff = _to_utc_naive(cutoff)
+    cut_ns = int(np.datetime64(cutoff, "ns").astype("int64"))
+    end_ns = cut_ns + int(round(horizon_days * _NS_PER_DAY))
+    w_ns = int(round(trend_window_days * _NS_PER_DAY))
+    has_amount = "amount" in events.columns
+    has_item = "item_id" in events.columns
+
+    # --- arrays of the relevant rows (ts < cutoff + horizon), sorted by (customer, time) -----
+    ts_all = events["timestamp"]
+    if ts_all.dt.tz is not None:
+        ts_all = ts_all.dt.tz_convert("UTC").dt.tz_localize(None)
+    ts_all = ts_all.to_numpy().astype("datetime64[ns]").view("int64")
+    keep = ts_all < end_ns
+    ev_codes, ev_uniques = pd.factorize(events["customer_id"], sort=False)
+    code = ev_codes[keep]
+    ts = ts_all[keep]
+    order = np.lexsort((ts, code))
+    code, ts = code[order], ts[order]
+    amount = events["amount"].to_numpy(dtype="float64")[keep][order] if has_amount else None
+    if has_item:
+        item_raw = events["item_id"].to_numpy()[keep][order]
+
+    before = ts < cut_ns
+    purchase = amount >= 0 if has_amount else np.ones(len(ts), dtype=bool)
+    in_window = ~before
+
+    # --- population and mapping event-customer code -> row -----------------------------------
+    k = len(ev_uniques)
+    had_before = np.bincount(code[before], minlength=k) > 0
+    ev_index = pd.Index(ev_uniques)
+    table = None
+    if customers is not None:
+        table = customers.copy()
+        if customer_id_col in table.columns:
+            table = table.set_index(customer_id_col)
+        elif table.index.name != customer_id_col:
+            raise SchemaError(
+                f"customer table has no id column; available columns: {list(customers.columns)}",
+                source="<customers>",
+                column=customer_id_col,
+            )
+        ids = table.index.to_series()
+        if ids.isna().any():
+            raise SchemaError(
+                "missing customer id in the customer table",
+                source="<customers>",
+                column=customer_id_col,
+                row=int(np.flatnonzero(ids.isna().to_numpy())[0]),
+            )
+        dup = table.index.duplicated()
+        if dup.any():
+            i = int(np.flatnonzero(dup)[0])
+            raise SchemaError(
+                f"duplicated customer id {table.index[i]!r} in the customer table",
+                source="<customers>",
+                column=customer_id_col,
+                row=i,
+            )
+        clash = [c for c in table.columns if c in FEATURE_COLUMNS or c == "category_entropy"]
+        if clash:
+            raise SchemaError(
+                "customer table column has the name of an event feature; rename it",
+                source="<customers>",
+                column=clash[0],
+            )
+        ev_index, tab_index = _harmonise_ids(ev_index, table.index)
+        table.index = tab_index
+        population = ev_index[had_before].union(tab_index)
+    else:
+        population = ev_index[had_before].sort_values()
+    population = population.rename("customer_id")
+    n = len(population)
+    row_of_code = population.get_indexer(ev_index)  # -1: not in the population
+    row = row_of_code[code] if len(code) else np.zeros(0, dtype=np.int64)
+    in_pop = row >= 0
+
+    def per_customer(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        m = mask & in_pop
+        return np.bincount(row[m], weights=None if weights is None else weights[m], minlength=n)
+
+    # --- transactions: first purchase row of each (customer, timestamp) -----------------------
+    pb = before & purchase & in_pop
+    p_row, p_ts = row[pb], ts[pb]
+    new_tx = np.r_[True, (p_row[1:] != p_row[:-1]) | (p_ts[1:] != p_ts[:-1])] if len(p_row) else np.zeros(0, bool)
+    t_row, t_ts = p_row[new_tx], p_ts[new_tx]
+    freq = np.bincount(t_row, minlength=n)
+    has = freq > 0
+    starts = _group_starts(t_row)
+    first_ts = np.full(n, np.nan)
+    last_ts = np.full(n, np.nan)
+    if len(starts):
+        ends = np.r_[starts[1:], len(t_row)] - 1
+        first_ts[t_row[starts]] = t_ts[starts]
+        last_ts[t_row[ends]] = t_ts[ends]
+    recency = (cut_ns - last_ts) / _NS_PER_DAY
+    tenure = (cut_ns - first_ts) / _NS_PER_DAY
+
+    day = p_ts // _NS_PER_DAY
+    new_day = np.r_[True, (p_row[1:] != p_row[:-1]) | (day[1:] != day[:-1])] if len(p_row) else np.zeros(0, bool)
+    n_days = np.bincount(p_row[new_day], minlength=n)
+
+    # gaps between consecutive transactions of the same customer
+    same = np.r_[False, t_row[1:] == t_row[:-1]] if len(t_row) else np.zeros(0, bool)
+    g_row = t_row[same]
+    gaps = (t_ts[same] - t_ts[np.flatnonzero(same) - 1]) / _NS_PER_DAY
+    n_gaps = np.bincount(g_row, minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ipt_mean = np.bincount(g_row, weights=gaps, minlength=n) / n_gaps
+        dev2 = np.bincount(g_row, weights=(gaps - ipt_mean[g_row]) ** 2, minlength=n)
+        ipt_std = np.where(n_gaps >= 2, np.sqrt(dev2 / np.maximum(n_gaps - 1, 1)), np.nan)
+    ipt_mean[n_gaps == 0] = np.nan
+    max_gap = np.full(n, np.nan)
+    last_gap = np.full(n, np.nan)
+    gstarts = _group_starts(g_row)
+    if len(gstarts):
+        gends = np.r_[gstarts[1:], len(g_row)] - 1
+        max_gap[g_row[gstarts]] = np.maximum.reduceat(gaps, gstarts)
+        last_gap[g_row[gends]] = gaps[gends]
+
+    # trend: transactions in the last window vs the one before
+    recent = np.bincount(t_row[t_ts >= cut_ns - w_ns], minlength=n)
+    previous = np.bincount(t_row[(t_ts >= cut_ns - 2 * w_ns) & (t_ts < cut_ns - w_ns)], minlength=n)
+    trend = np.where(has, np.log((recent + 1.0) / (previous + 1.0)), np.nan)
+
+    # money
+    if has_amount:
+        monetary_total = per_customer(before, amount)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            monetary_mean = np.where(has, per_customer(before & purchase, amount) / freq, np.nan)
+    else:
+        monetary_total = np.full(n, np.nan)
+        monetary_mean = np.full(n, np.nan)
+
+    # items
+    vocab: list = ["<unk>"]
+    item_idx_sorted = np.zeros(len(ts), dtype=np.int64)
+    n_items = np.zeros(n, dtype=np.int64)
+    extra: dict[str, np.ndarray] = {}
+    if has_item:
+        item_before = pd.Series(item_raw[pb])
+        known = pd.Index(item_before.dropna().unique())
+        try:
+            known = known.sort_values()
+        except TypeError:  # mixed types: keep first-seen order
+            pass
+        vocab = ["<unk>", *known.tolist()]
+        idx = known.get_indexer(pd.Series(item_raw)) + 1  # -1 (unknown / missing) -> 0
+        item_idx_sorted = idx.astype(np.int64)
+        pi = item_idx_sorted[pb]
+        ok = pi > 0
+        pair = np.unique(p_row[ok].astype(np.int64) * (len(vocab) + 1) + pi[ok])
+        n_items = np.bincount(pair // (len(vocab) + 1), minlength=n)
+        if item_categories is not None:
+            cat_map = pd.Series(item_categories) if isinstance(item_categories, Mapping) else item_categories
+            cats = pd.Series(item_raw[pb]).map(cat_map)
+            cats = cats.astype(object).where(cats.notna(), "<unk>")
+            c_codes, c_uniques = pd.factorize(cats)
+            key = p_row.astype(np.int64) * len(c_uniques) + c_codes
+            keys, counts = np.unique(key, return_counts=True)
+            k_row = keys // max(len(c_uniques), 1)
+            tot = np.bincount(p_row, minlength=n)
+            p = counts / tot[k_row]
+            extra["category_entropy"] = np.where(has, np.bincount(k_row, weights=-p * np.log(p), minlength=n), np.nan)
+    elif item_categories is not None:
+        log.warning("item_categories given but the events have no item_id column; no category_entropy")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diversity = np.where(has, n_items / np.maximum(freq, 1), np.nan) if has_item else np.full(n, np.nan)
+    extra = {"n_distinct_items": n_items, "basket_diversity": diversity, **extra}
+
+    features = pd.DataFrame(
+        {
+            "recency_days": recency,
+            "frequency": freq.astype(np.int64),
+            "n_purchase_days": n_days.astype(np.int64),
+            "monetary_mean": monetary_mean,
+            "monetary_total": monetary_total,
+            "tenure_days": tenure,
+            "ipt_mean_days": ipt_mean,
+            "ipt_std_days": ipt_std,
+            "max_gap_days": max_gap,
+            "last_gap_days": last_gap,
+            "trend_log_ratio": trend,
+            **extra,
+        },
+        index=population,
+    )
+    if table is not None:
+        features = features.join(table, how="left")
+
+    # --- labels ---------------------------------------------------------------------------------
+    pw = in_window & purchase & in_pop
+    w_row, w_ts = row[pw], ts[pw]
+    w_new = np.r_[True, (w_row[1:] != w_row[:-1]) | (w_ts[1:] != w_ts[:-1])] if len(w_row) else np.zeros(0, bool)
+    future_n_tx = np.bincount(w_row[w_new], minlength=n).astype(np.int64)
+    future_spend = per_customer(in_window, amount) if has_amount else np.full(n, np.nan)
+    labels = pd.DataFrame(
+        {"churn": (future_n_tx == 0).astype(np.int64), "future_spend": future_spend, "future_n_tx": future_n_tx},
+        index=population,
+    )
+    if len(ts_all) and ts_all.max() < end_ns - _NS_PER_DAY:
+        log.warning(
+            "label window [%s, %s) ends after the last event (%s): churn labels near the end are censored",
+            cutoff,
+            pd.Timestamp(end_ns),
+            pd.Timestamp(int(ts_all.max())),
+        )
+
+    # --- sequences: last n_last purchase rows before the cutoff ---------------------------------
+    s_row = p_row
+    s_starts = _group_starts(s_row)
+    size = np.diff(np.r_[s_starts, len(s_row)])
+    grp = np.repeat(np.arange(len(s_starts)), size)
+    pos_in = np.arange(len(s_row)) - s_starts[grp] if len(s_row) else np.zeros(0, np.int64)
+    n_kept = np.minimum(size, n_last)[grp] if len(s_row) else np.zeros(0, np.int64)
+    slot = pos_in - (size[grp] - n_kept) if len(s_row) else np.zeros(0, np.int64)
+    sel = slot >= 0
+    seq_item = np.zeros((n, n_last), dtype=np.int64)
+    seq_amount = np.zeros((n, n_last), dtype=np.float32)
+    seq_days = np.zeros((n, n_last), dtype=np.float32)
+    r, c = s_row[sel], slot[sel]
+    seq_item[r, c] = item_idx_sorted[pb][sel]
+    if has_amount:
+        seq_amount[r, c] = amount[pb][sel]
+    seq_days[r, c] = (cut_ns - p_ts[sel]) / _NS_PER_DAY
+    length = np.minimum(np.bincount(s_row, minlength=n), n_last).astype(np.int64)
+    sequences = {"item_idx": seq_item, "amount": seq_amount, "days_before_cutoff": seq_days, "length": length}
+
+    log.info(
+        "customer view at %s: %d customers (%d with history), %d events before the cutoff, churn rate %.3f",
+        cutoff,
+        n,
+        int(has.sum()),
+        int(before.sum()),
+        float(labels["churn"].mean()) if n else float("nan"),
+    )
+    return CustomerView(
+        features=features,
+        labels=labels,
+        sequences=sequences,
+        cutoff=cutoff,
+        horizon_days=float(horizon_days),
+        item_vocab=vocab,
+    )

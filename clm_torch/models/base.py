@@ -1,0 +1,85 @@
+"""What every clm_torch LightningModule shares.
+
+* Fitted preprocessing travels inside the checkpoint under ``checkpoint["clm_preprocessing"]``
+  (tensors plus primitives), so ``Model.load_from_checkpoint(path)`` can score raw DataFrames.
+* ``monitor`` / ``monitor_mode`` name the validation metric that checkpointing, early stopping
+  and sweeps optimise.
+* A non-finite loss either raises (naming the step) or skips the batch, per ``nan_policy``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import pandas as pd
+import torch
+
+PREPROCESSING_KEY = "clm_preprocessing"
+NAN_POLICIES = ("raise", "skip", "off")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf."""
+
+
+class CLMModule(L.LightningModule):
+    """Base class: preprocessing in checkpoints, NaN guard, AdamW + optional cosine schedule."""
+
+    monitor: str = "val/loss"
+    monitor_mode: str = "min"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.preprocessing: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ preprocessing
+    def set_preprocessing(self, state: dict[str, Any]) -> None:
+        """Attach fitted preprocessing (from the DataModule) so it is saved with the weights."""
+        self.preprocessing = state
+        self._on_preprocessing()
+
+    def _on_preprocessing(self) -> None:
+        """Hook: rebuild helpers (e.g. the FeatureEncoder) from ``self.preprocessing``."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[PREPROCESSING_KEY] = self.preprocessing
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if PREPROCESSING_KEY in checkpoint:
+            self.set_preprocessing(checkpoint[PREPROCESSING_KEY])
+
+    # ------------------------------------------------------------------ training helpers
+    def guard_loss(self, loss: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+        """Apply ``nan_policy`` to a training loss; returns None to skip the batch."""
+        policy = self.hparams.get("nan_policy", "raise")
+        if policy == "off" or torch.isfinite(loss).all():
+            return loss
+        msg = (f"non-finite training loss ({loss.item()}) at global step {self.global_step} "
+               f"(epoch {self.current_epoch}, batch {batch_idx})")
+        if policy == "skip":
+            self.print(f"warning: {msg}; batch skipped (nan_policy=skip)")
+            return None
+        raise NonFiniteLossError(f"{msg}. Lower model.lr, check the inputs, or set model.nan_policy=skip.")
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "embed" in name or "missing" in name else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.get("weight_decay", 0.0)},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.get("lr", 1e-3),
+        )
+        if hp.get("scheduler", "none") == "cosine" and self.trainer is not None and self.trainer.max_epochs:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.trainer.max_epochs))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return opt
+
+    # ------------------------------------------------------------------ outputs
+    def export_predictions(self, datamodule: Any, split: str = "test") -> pd.DataFrame:
+        """Per-row predictions for a split of the DataModule (written to predictions/<split>.csv)."""
+        raise NotImplementedError

@@ -1,0 +1,141 @@
+"""Plain nn.Modules for mixed-type tables: numeric and categorical embeddings, MLPs, ensembles."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class PeriodicNumericEmbedding(nn.Module):
+    """PLR numeric embeddings (Gorishniy et al. 2022, "On Embeddings for Numerical Features").
+
+    Each numeric feature x_j becomes ReLU(W_j [sin(2π c_j x_j), cos(2π c_j x_j)] + b_j), with
+    learned frequencies c_j ~ N(0, sigma). A learned per-feature "missing" token replaces the
+    embedding where the value is not observed.
+
+    Shapes: ``x`` (batch, n_num), ``mask`` (batch, n_num) bool → (batch, n_num, d_embed).
+    """
+
+    def __init__(self, n_num: int, d_embed: int, n_frequencies: int = 16, sigma: float = 0.1,
+                 lite: bool = False) -> None:
+        super().__init__()
+        self.n_num = n_num
+        self.freq = nn.Parameter(torch.randn(n_num, n_frequencies) * sigma)
+        self.lite = lite
+        if lite:  # one linear layer shared by all features (PLR-lite)
+            self.linear = nn.Linear(2 * n_frequencies, d_embed)
+        else:
+            bound = 1 / math.sqrt(2 * n_frequencies)
+            self.weight = nn.Parameter(torch.empty(n_num, 2 * n_frequencies, d_embed).uniform_(-bound, bound))
+            self.bias = nn.Parameter(torch.empty(n_num, d_embed).uniform_(-bound, bound))
+        self.missing = nn.Parameter(torch.randn(n_num, d_embed) * 0.02)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        v = 2 * math.pi * self.freq[None] * x[..., None]  # (B, F, K)
+        v = torch.cat([torch.sin(v), torch.cos(v)], dim=-1)  # (B, F, 2K)
+        if self.lite:
+            e = self.linear(v)
+        else:
+            e = torch.einsum("bfk,fkd->bfd", v, self.weight) + self.bias
+        e = torch.relu(e)
+        return torch.where(mask[..., None], e, self.missing[None].to(e.dtype))
+
+
+class CategoricalEmbedding(nn.Module):
+    """One embedding table for all categorical columns, with per-column offsets.
+
+    Index 0 of every column is ``<unk>/<missing>`` and has its own learned vector per column.
+    Shapes: ``cat`` (batch, n_cat) int64 → (batch, n_cat, d_embed).
+    """
+
+    def __init__(self, cardinalities: Sequence[int], d_embed: int) -> None:
+        super().__init__()
+        card = torch.as_tensor(list(cardinalities), dtype=torch.long)
+        self.register_buffer("offsets", torch.cat([torch.zeros(1, dtype=torch.long), card.cumsum(0)[:-1]]),
+                             persistent=False)
+        self.embed = nn.Embedding(int(card.sum()) if len(card) else 1, d_embed)
+        nn.init.normal_(self.embed.weight, std=d_embed ** -0.5)
+
+    def forward(self, cat: torch.Tensor) -> torch.Tensor:
+        return self.embed(cat + self.offsets[None])
+
+
+class FeatureTokenizer(nn.Module):
+    """Numeric + categorical inputs → one flat vector (batch, (n_num + n_cat) · d_embed)."""
+
+    def __init__(self, n_num: int, cat_cardinalities: Sequence[int], d_embed: int, n_frequencies: int = 16,
+                 sigma: float = 0.1, plr_lite: bool = False) -> None:
+        super().__init__()
+        self.n_num, self.n_cat = n_num, len(cat_cardinalities)
+        self.num = PeriodicNumericEmbedding(n_num, d_embed, n_frequencies, sigma, lite=plr_lite) if n_num else None
+        self.cat = CategoricalEmbedding(cat_cardinalities, d_embed) if self.n_cat else None
+        self.out_dim = (self.n_num + self.n_cat) * d_embed
+
+    def forward(self, num: torch.Tensor, num_mask: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+        parts = []
+        if self.num is not None:
+            parts.append(self.num(num, num_mask))
+        if self.cat is not None:
+            parts.append(self.cat(cat))
+        return torch.cat(parts, dim=1).flatten(1)
+
+
+class EnsembleLinear(nn.Module):
+    """k independent linear layers applied in one batched matmul.
+
+    Shapes: (k, batch, d_in) → (k, batch, d_out).
+    """
+
+    def __init__(self, k: int, d_in: int, d_out: int) -> None:
+        super().__init__()
+        bound = 1 / math.sqrt(d_in)
+        self.weight = nn.Parameter(torch.empty(k, d_in, d_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(k, 1, d_out).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleMLP(nn.Module):
+    """k independent MLPs (a batched deep ensemble) on a shared input.
+
+    Shapes: ``x`` (batch, d_in) → (k, batch, d_out). With k = 1 this is a plain MLP.
+    """
+
+    def __init__(self, d_in: int, hidden: Sequence[int], d_out: int, k: int = 1, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.k = k
+        layers: list[nn.Module] = []
+        d = d_in
+        for h in hidden:
+            layers += [EnsembleLinear(k, d, h), nn.ReLU(), nn.Dropout(dropout)]
+            d = h
+        layers.append(EnsembleLinear(k, d, d_out))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.unsqueeze(0).expand(self.k, -1, -1))
+
+
+class MLP(nn.Module):
+    """Linear → activation → dropout blocks, then a linear output. (batch, d_in) → (batch, d_out)."""
+
+    def __init__(self, d_in: int, hidden: Sequence[int], d_out: int, dropout: float = 0.0,
+                 activation: type[nn.Module] = nn.ReLU, layer_norm: bool = False) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = d_in
+        for h in hidden:
+            layers += [nn.Linear(d, h)]
+            if layer_norm:
+                layers.append(nn.LayerNorm(h))
+            layers += [activation(), nn.Dropout(dropout)]
+            d = h
+        layers.append(nn.Linear(d, d_out))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

@@ -1,0 +1,186 @@
+"""``train(cfg)``: the one place where a Hydra config becomes objects and a run directory.
+
+Run directory (``logs/<task_name>/runs/<timestamp>/`` by default, or ``hydra.run.dir``)::
+
+    .hydra/config.yaml          resolved config (also config.yaml at the top)
+    tensorboard/                events: scalars, hparams with hp/ metrics, config text
+    checkpoints/best.ckpt       best by the model's monitor metric
+    checkpoints/last.ckpt       last epoch (resume with ckpt_path=last)
+    metrics.json                final val/test metrics
+    predictions/test.csv        id, label, prediction for the test split
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from clm_torch.data.schema import SchemaError
+from clm_torch.utils.io import AtomicCheckpointIO, CheckpointError, write_csv_safe, write_json
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu()
+        return v.item() if v.numel() == 1 else v.tolist()
+    return v
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list[L.Callback]:
+    """Build every callback under ``cfg.callbacks`` that has a ``_target_``."""
+    out = []
+    for _, c in (cfg or {}).items():
+        if isinstance(c, DictConfig) and "_target_" in c:
+            out.append(hydra.utils.instantiate(c))
+    return out
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
+    out = []
+    for _, c in (cfg or {}).items():
+        if isinstance(c, DictConfig) and "_target_" in c:
+            out.append(hydra.utils.instantiate(c))
+    return out
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` → ``<output_dir>/checkpoints/last.ckpt`` (resume an interrupted run in place)."""
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path == "last":
+        p = output_dir / "checkpoints" / "last.ckpt"
+        if not p.exists():
+            raise CheckpointError(f"{p}: ckpt_path=last but this run directory has no last.ckpt; "
+                                  f"pass hydra.run.dir=<the interrupted run's directory>")
+        return str(p)
+    if not Path(ckpt_path).exists():
+        raise CheckpointError(f"{ckpt_path}: checkpoint not found")
+    return str(ckpt_path)
+
+
+def build(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Instantiate datamodule, model, callbacks, loggers and trainer from ``cfg``."""
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="partial")
+    datamodule.setup("fit")
+    model = hydra.utils.instantiate(cfg.model, **datamodule.model_kwargs(), _convert_="all")
+    model.set_preprocessing(datamodule.preprocessing_state())
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                      plugins=[AtomicCheckpointIO()], _convert_="partial")
+    return {"datamodule": datamodule, "model": model, "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
+
+
+def log_hparams(loggers: list[Logger], cfg: DictConfig, model: L.LightningModule, metrics: dict[str, float]) -> None:
+    """Hparams (flattened config) with ``hp/`` metrics, so TensorBoard's HParams tab compares runs."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    flat: dict[str, Any] = {}
+
+    def _flatten(prefix: str, d: Any) -> None:
+        if isinstance(d, dict):
+            for k, v in d.items():
+                if k in ("hydra", "paths") or str(k).startswith("_"):
+                    continue
+                _flatten(f"{prefix}{k}/" if prefix or k else k, v)
+        else:
+            flat[prefix.rstrip("/")] = d if isinstance(d, (int, float, str, bool)) else str(d)
+
+    _flatten("", {k: container[k] for k in ("model", "data", "trainer", "seed", "tags") if k in container})
+    flat["model/params"] = sum(p.numel() for p in model.parameters())
+    for lg in loggers:
+        if isinstance(lg, TensorBoardLogger):
+            lg.log_hyperparams(flat, metrics=metrics)
+            lg.experiment.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "\n```", 0)
+        else:
+            lg.log_hyperparams(flat)
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train, validate and test the configured model; write the run directory.
+
+    Returns:
+        (metrics, objects): final ``val/*`` and ``test/*`` metrics, and the built objects
+        (datamodule, model, trainer, ...). ``metrics["optimized"]`` is the monitored value.
+    """
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    print(f"[clm_torch] run directory: {output_dir}", flush=True)
+    objects = build(cfg, output_dir)
+    dm, model, trainer, loggers = objects["datamodule"], objects["model"], objects["trainer"], objects["loggers"]
+    t0 = time.time()
+    try:
+        monitor = cfg.get("monitor") or model.monitor
+        hp_keys = [monitor, monitor.replace("val/", "test/")]
+        log_hparams(loggers, cfg, model, {f"hp/{k.replace('/', '_')}": float("nan") for k in hp_keys})
+        if cfg.get("train", True):
+            trainer.fit(model, datamodule=dm, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+        metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        best = None
+        ckpt_cb = getattr(trainer, "checkpoint_callback", None)
+        if ckpt_cb is not None and getattr(ckpt_cb, "best_model_path", ""):
+            best = ckpt_cb.best_model_path
+            if ckpt_cb.best_model_score is not None:
+                metrics[monitor] = _scalar(ckpt_cb.best_model_score)
+        if cfg.get("test", True):
+            trainer.test(model, datamodule=dm, ckpt_path=best if best else None, weights_only=True)
+            metrics.update({k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+            if trainer.is_global_zero:
+                preds = model.export_predictions(dm, "test")
+                write_csv_safe(preds, output_dir / "predictions" / "test.csv")
+        metrics["train_seconds"] = round(time.time() - t0, 3)
+        metrics["optimized"] = metrics.get(monitor, float("nan"))
+        metrics["best_ckpt"] = best or ""
+        if trainer.is_global_zero:
+            write_json(metrics, output_dir / "metrics.json")
+            for lg in loggers:
+                lg.log_metrics({f"hp/{k.replace('/', '_')}": float(metrics[k]) for k in hp_keys
+                                if isinstance(metrics.get(k), (int, float))}, step=trainer.global_step)
+            _print_summary(metrics, output_dir)
+        return metrics, objects
+    finally:
+        for lg in loggers:
+            try:
+                lg.finalize("success")
+            except Exception:  # noqa: BLE001 - closing must never mask the real error
+                pass
+
+
+def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
+    shown = {k: v for k, v in metrics.items() if isinstance(v, float) and "/" in k and not math.isnan(v)}
+    print("[clm_torch] metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())), flush=True)
+    print(f"[clm_torch] outputs in {output_dir}: checkpoints/, tensorboard/, metrics.json, predictions/", flush=True)
+    print(f"[clm_torch] compare runs: tensorboard --logdir {output_dir.parent}", flush=True)
+
+
+def run_cli(fn: Any, cfg: DictConfig) -> Any:
+    """Run ``fn(cfg)``; expected data/checkpoint errors exit non-zero with one clear line."""
+    try:
+        return fn(cfg)
+    except (SchemaError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train.yaml")
+def main(cfg: DictConfig) -> float | None:
+    metrics, _ = run_cli(train, cfg)
+    value = metrics.get("optimized")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Safe file output: atomic checkpoint writes, formula-escaped CSV, safe checkpoint loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, corrupt, unsafe, or of another model class."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning CheckpointIO that writes every checkpoint atomically (temp file + rename).
+
+    A process killed in the middle of a save leaves the previous file intact and loadable.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.save(checkpoint, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def escape_formula(value: Any) -> Any:
+    """Prefix a cell that a spreadsheet would read as a formula with a single quote."""
+    if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def write_csv_safe(df: pd.DataFrame, path: str | os.PathLike, **kwargs: Any) -> Path:
+    """Write a CSV whose text cells cannot be read as spreadsheet formulas; atomically."""
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(escape_formula)
+    out.columns = [escape_formula(str(c)) for c in out.columns]
+    kwargs.setdefault("index", False)
+    atomic_write_bytes(path, out.to_csv(**kwargs).encode("utf-8"))
+    return Path(path)
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n").encode("utf-8"))
+    return Path(path)
+
+
+def load_checkpoint_safely(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with clear errors for missing/corrupt/unsafe files."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: checkpoint not found")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p}: checkpoint is empty (0 bytes)")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except __import__("pickle").UnpicklingError as e:
+        raise CheckpointError(
+            f"{p}: refused to load: the file is not a plain-weights checkpoint (it would need arbitrary "
+            f"code to unpickle, or it is corrupt): {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{p}: checkpoint is truncated or corrupt ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{p}: not a Lightning checkpoint (no state_dict)")
+    return ckpt
