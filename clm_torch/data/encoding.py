@@ -212,7 +212,8 @@ class FeatureEncoder:
             "cat_mask": torch.from_numpy(cat > 0),
         }
         if self.target and self.target in df.columns:
-            y, _ = validate_target(df[self.target], source=source, column=self.target, positive=self.positive_label)
+            y, _ = validate_target(df[self.target], source=source, column=self.target, positive=self.positive_label,
+                                   require_both=False)
             out["y"] = torch.from_numpy(y)
         return out
 

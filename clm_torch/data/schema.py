@@ -230,8 +230,9 @@ def infer_schema(
 # ----------------------------------------------------------------------------- validation
 
 
-def validate_target(y: pd.Series, *, source: str, column: str, positive: Any = None) -> tuple[np.ndarray, Any]:
-    """Check that a target is binary with both classes present; return it as 0/1 float32.
+def validate_target(y: pd.Series, *, source: str, column: str, positive: Any = None,
+                    require_both: bool = True) -> tuple[np.ndarray, Any]:
+    """Check that a target is binary (with both classes present, for training); return it as 0/1 float32.
 
     The positive class is ``positive`` when given, else the one of {1, True, 'yes', 'y', 'true',
     'churn', 'churned'} present, else the minority class.
@@ -252,13 +253,13 @@ def validate_target(y: pd.Series, *, source: str, column: str, positive: Any = N
         raise SchemaError(
             f"target must be binary but has {len(classes)} classes: {classes[:10]}", source=source, column=column
         )
-    if len(classes) < 2:
+    if len(classes) < 2 and (require_both or positive is None):
         raise SchemaError(
             f"target has only one class ({classes[0]!r}); a classifier needs both", source=source, column=column
         )
     if positive is not None:
         pos = str(positive).strip().lower()
-        if pos not in classes:
+        if pos not in classes and require_both:
             raise SchemaError(f"positive class {positive!r} not among {classes}", source=source, column=column)
     else:
         known = [c for c in classes if c in {"1", "1.0", "true", "yes", "y", "churn", "churned"}]
@@ -267,7 +268,8 @@ def validate_target(y: pd.Series, *, source: str, column: str, positive: Any = N
         else:
             counts = vals.value_counts()
             pos = counts.index[-1]
-    original = y[vals == pos].iloc[0]
+    hits = y[vals == pos]
+    original = hits.iloc[0] if len(hits) else positive
     if isinstance(original, np.generic):
         original = original.item()
     return (vals == pos).to_numpy(dtype=np.float32), original

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 PREPROCESSING_KEY = "clm_preprocessing"
+MODEL_CLASS_KEY = "clm_model_class"
 NAN_POLICIES = ("raise", "skip", "off")
 
 
@@ -33,6 +34,31 @@ class CLMModule(L.LightningModule):
         super().__init__()
         self.preprocessing: dict[str, Any] = {}
 
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Load a checkpoint written by clm_torch, always with ``weights_only=True``.
+
+        Raises:
+            CheckpointError: the file is missing, truncated/corrupt, would need arbitrary code
+                to unpickle, or belongs to another model class.
+        """
+        from clm_torch.utils.io import CheckpointError, load_checkpoint_safely
+
+        if kwargs.pop("weights_only", True) is not True:
+            raise CheckpointError("clm_torch only loads checkpoints with weights_only=True")
+        ckpt = load_checkpoint_safely(checkpoint_path)
+        saved = ckpt.get(MODEL_CLASS_KEY)
+        if saved is not None and saved != cls.__qualname__:
+            raise CheckpointError(f"{checkpoint_path}: this checkpoint holds a {saved}, not a {cls.__qualname__}; "
+                                  f"load it with {saved}.load_from_checkpoint")
+        try:
+            return super().load_from_checkpoint(checkpoint_path, map_location=map_location or "cpu",
+                                                weights_only=True, **kwargs)
+        except (RuntimeError, TypeError, KeyError) as e:
+            raise CheckpointError(f"{checkpoint_path}: cannot restore a {cls.__qualname__} from it: "
+                                  f"{str(e).splitlines()[0]}") from None
+
     # ------------------------------------------------------------------ preprocessing
     def set_preprocessing(self, state: dict[str, Any]) -> None:
         """Attach fitted preprocessing (from the DataModule) so it is saved with the weights."""
@@ -44,6 +70,7 @@ class CLMModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[PREPROCESSING_KEY] = self.preprocessing
+        checkpoint[MODEL_CLASS_KEY] = type(self).__qualname__
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if PREPROCESSING_KEY in checkpoint:

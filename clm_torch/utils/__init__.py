@@ -1,0 +1,1 @@
+"""Utilities: safe I/O."""

@@ -1,0 +1,202 @@
+"""Schema errors, cleaning and the feature encoder."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clm_torch.data.cleaning import clean_table
+from clm_torch.data.datamodules import IndexBatchSampler, TableDataModule, stratified_split, table_from_file
+from clm_torch.data.encoding import FeatureEncoder
+from clm_torch.data.schema import SchemaError, TableSchema, infer_schema, read_table, validate_frame, validate_target
+from clm_torch.data.sources import FrameSource
+from tests.conftest import messy_table
+
+
+# ----------------------------------------------------------------------------- schema errors
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(SchemaError, match=r"nope\.csv.*not found"):
+        read_table(tmp_path / "nope.csv")
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    p = tmp_path / "empty.csv"
+    p.write_text("")
+    with pytest.raises(SchemaError, match=r"empty\.csv.*empty"):
+        read_table(p)
+    p.write_text("a,b\n")
+    with pytest.raises(SchemaError, match="no rows"):
+        read_table(p)
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    p = tmp_path / "latin.csv"
+    p.write_bytes("name,city\nJosé,Köln\n".encode("latin-1"))
+    with pytest.raises(SchemaError, match=r"latin\.csv.*UTF-8"):
+        read_table(p)
+    q = tmp_path / "broken.parquet"
+    q.write_bytes(b"not a parquet file at all")
+    with pytest.raises(SchemaError, match=r"broken\.parquet.*cannot read"):
+        read_table(q)
+
+
+def test_missing_column() -> None:
+    schema = TableSchema(numeric=["tenure"], categorical=["plan"], target="churn")
+    df = pd.DataFrame({"tenure": [1.0, 2.0], "churn": ["Yes", "No"]})
+    with pytest.raises(SchemaError, match=r"my\.csv.*column 'plan'.*missing"):
+        validate_frame(df, schema, source="my.csv")
+
+
+def test_non_numeric_value_names_first_bad_row() -> None:
+    schema = TableSchema(numeric=["tenure"])
+    df = pd.DataFrame({"tenure": ["1", "2", "", "seven", "eight"]})
+    with pytest.raises(SchemaError, match=r"column 'tenure', row 3.*'seven'.*2 non-numeric"):
+        validate_frame(df, schema, source="t.csv", require_target=False)
+
+
+def test_all_empty_column() -> None:
+    df = pd.DataFrame({"a": [1, 2, 3], "b": [np.nan] * 3, "y": [0, 1, 0]})
+    with pytest.raises(SchemaError, match="column 'b'.*entirely empty"):
+        infer_schema(df, target="y", source="x.csv")
+
+
+def test_target_not_binary_and_single_class() -> None:
+    with pytest.raises(SchemaError, match="column 'y'.*binary.*3 classes"):
+        validate_target(pd.Series(["a", "b", "c"]), source="s", column="y")
+    with pytest.raises(SchemaError, match="only one class"):
+        validate_target(pd.Series(["No", "No"]), source="s", column="y")
+
+
+def test_inf_values_rejected() -> None:
+    schema = TableSchema(numeric=["x"])
+    with pytest.raises(SchemaError, match="column 'x', row 1.*infinite"):
+        validate_frame(pd.DataFrame({"x": [1.0, np.inf]}), schema, require_target=False)
+
+
+def test_role_inference_and_overrides() -> None:
+    df = messy_table(100)
+    s = infer_schema(df, target="churn", id_col="customer_id")
+    assert s.numeric == ["tenure", "monthly_fee"]
+    assert s.categorical == ["contract", "region"]
+    assert s.binary == ["paperless"]
+    s2 = infer_schema(df, target="churn", id_col="customer_id", overrides={"categorical": ["tenure"]})
+    assert "tenure" in s2.categorical and "tenure" not in s2.numeric
+
+
+# ----------------------------------------------------------------------------- cleaning
+def test_cleaning_dedupes_normalises_and_leaves_input_untouched() -> None:
+    df = pd.DataFrame({
+        "id": ["a", "b", "a", "c"],
+        "plan": ["Premium", " premium ", "PREMIUM", "basic"],
+        "fee": ["10", "20", "30", "?"],
+    })
+    before = df.copy()
+    schema = TableSchema(id_col="id", numeric=["fee"], categorical=["plan"])
+    out, rep = clean_table(df, schema, source="x")
+    pd.testing.assert_frame_equal(df, before)
+    assert rep.duplicates_dropped == 1 and rep.conflicting_duplicate_ids == 1
+    assert list(out["id"]) == ["b", "a", "c"]  # the last 'a' kept
+    assert out.loc[out.id == "a", "fee"].item() == 30.0
+    assert set(out["plan"]) == {"premium", "basic"} or set(out["plan"]) == {"Premium", "basic"}
+    assert out["plan"].nunique() == 2
+    assert np.isnan(out.loc[out.id == "c", "fee"].item())
+    assert "dropped 1 duplicate" in rep.summary()
+
+
+def test_outlier_clipping_is_optional() -> None:
+    df = pd.DataFrame({"x": [0.0] * 50 + [1000.0]})
+    schema = TableSchema(numeric=["x"])
+    out, rep = clean_table(df, schema)
+    assert out["x"].max() == 1000.0
+    out, rep = clean_table(df, schema, clip_outliers=3.0)
+    assert out["x"].max() < 1000.0 and rep.clipped["x"] == 1
+
+
+# ----------------------------------------------------------------------------- encoder
+def test_encoder_standardises_and_reserves_index_zero() -> None:
+    df = messy_table(300)
+    s = infer_schema(df, target="churn", id_col="customer_id")
+    enc = FeatureEncoder.from_schema(s).fit(df)
+    b = enc.transform(df)
+    obs = b["num_mask"][:, 0]
+    assert torch.allclose(b["num"][obs, 0].mean(), torch.tensor(0.0), atol=1e-5)
+    assert torch.allclose(b["num"][obs, 0].std(unbiased=False), torch.tensor(1.0), atol=1e-4)
+    fee_missing = df["monthly_fee"].isna().to_numpy()
+    assert (~b["num_mask"][:, 1].numpy() == fee_missing).all()
+    region = enc.cat_columns.index("region")
+    assert (b["cat"][:, region].numpy()[df["region"].isna().to_numpy()] == 0).all()
+    new = df.head(3).copy()
+    new["region"] = ["mars", "north", np.nan]
+    bn = enc.transform(new)
+    assert bn["cat"][0, region] == 0 and bn["cat"][1, region] > 0 and bn["cat"][2, region] == 0
+
+
+def test_encoder_round_trip_through_weights_only_checkpoint() -> None:
+    df = messy_table(200)
+    enc = FeatureEncoder.from_schema(infer_schema(df, target="churn", id_col="customer_id")).fit(df)
+    buf = io.BytesIO()
+    torch.save({"state_dict": {}, "clm_preprocessing": {"encoder": enc.state_dict()}}, buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    enc2 = FeatureEncoder.from_state_dict(state["clm_preprocessing"]["encoder"])
+    a, b = enc.transform(df), enc2.transform(df)
+    for k in a:
+        assert torch.equal(a[k], b[k])
+    raw = enc2.inverse_numeric(b["num"])
+    obs = b["num_mask"].numpy()
+    np.testing.assert_allclose(raw[:, 0][obs[:, 0]], df["tenure"].to_numpy()[obs[:, 0]], rtol=1e-5, atol=1e-4)
+
+
+def test_encoder_log_transforms_skewed_money() -> None:
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"spend": rng.lognormal(3, 1.5, 2000), "age": rng.normal(40, 10, 2000)})
+    enc = FeatureEncoder(numeric=["spend", "age"]).fit(df)
+    assert enc.num_log == [True, False]
+    back = enc.inverse_numeric(enc.transform(df)["num"])
+    np.testing.assert_allclose(back[:, 0], df["spend"], rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- data module
+def test_split_is_stratified_and_seeded() -> None:
+    y = np.array([0] * 80 + [1] * 20)
+    a = stratified_split(y, 100, [0.7, 0.15], seed=1)
+    b = stratified_split(y, 100, [0.7, 0.15], seed=1)
+    assert all(np.array_equal(x, z) for x, z in zip(a, b))
+    assert sorted(np.concatenate(a).tolist()) == list(range(100))
+    assert [int(y[p].sum()) for p in a] == [14, 3, 3]
+
+
+def test_batches_are_sliced_whole_and_cover_every_row() -> None:
+    s = IndexBatchSampler(10, 4, shuffle=True, seed=0)
+    batches = list(s)
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert sorted(torch.cat(batches).tolist()) == list(range(10))
+    assert not torch.equal(torch.cat(batches), torch.cat(list(s)))  # new order each epoch
+
+
+def test_datamodule_fits_encoder_on_train_only() -> None:
+    df = messy_table(400)
+    dm = TableDataModule(FrameSource(df, target="churn", id_col="customer_id"), batch_size=64)
+    dm.setup()
+    train_fee = dm.frames["train"]["monthly_fee"]
+    assert float(dm.encoder.num_mean[1]) == pytest.approx(train_fee.mean(), rel=1e-5)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["num"].shape == (64, 2) and batch["cat"].dtype == torch.int64
+    assert set(dm.ids("test")).isdisjoint(dm.ids("train"))
+
+
+def test_csv_source_errors_name_file_and_column(tmp_path: Path) -> None:
+    p = tmp_path / "c.csv"
+    messy_table(50).to_csv(p, index=False)
+    with pytest.raises(SchemaError, match=r"c\.csv.*column 'target_x'"):
+        table_from_file(str(p), target="target_x").setup()
+    df = messy_table(50)
+    df["churn"] = "No"
+    df.to_csv(p, index=False)
+    with pytest.raises(SchemaError, match="only one class"):
+        table_from_file(str(p), target="churn").setup()
