@@ -77,16 +77,24 @@ def build(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     datamodule.setup("fit")
     model = hydra.utils.instantiate(cfg.model, **datamodule.model_kwargs(), _convert_="all")
     model.set_preprocessing(datamodule.preprocessing_state())
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    if not loggers:  # nothing to monitor the learning rate into
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                       plugins=[AtomicCheckpointIO()], _convert_="partial")
     return {"datamodule": datamodule, "model": model, "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
 
 
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config as plain dicts/lists with interpolations resolved (Hydra's own node left out)."""
+    return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+            for k, v in cfg.items() if k != "hydra"}
+
+
 def log_hparams(loggers: list[Logger], cfg: DictConfig, model: L.LightningModule, metrics: dict[str, float]) -> None:
     """Hparams (flattened config) with ``hp/`` metrics, so TensorBoard's HParams tab compares runs."""
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = resolved_config(cfg)
     flat: dict[str, Any] = {}
 
     def _flatten(prefix: str, d: Any) -> None:
@@ -103,7 +111,7 @@ def log_hparams(loggers: list[Logger], cfg: DictConfig, model: L.LightningModule
     for lg in loggers:
         if isinstance(lg, TensorBoardLogger):
             lg.log_hyperparams(flat, metrics=metrics)
-            lg.experiment.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "\n```", 0)
+            lg.experiment.add_text("config", "```yaml\n" + OmegaConf.to_yaml(container) + "\n```", 0)
         else:
             lg.log_hyperparams(flat)
 

@@ -1,0 +1,120 @@
+"""ChurnClassifier end to end through train(cfg), and scoring raw frames from a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clm_torch import ChurnClassifier, SchemaError
+from clm_torch.train import train
+from tests.conftest import REPO, messy_table
+
+FAST = ["model.k_ensemble=2", "model.hidden=[32]", "model.d_embed=8", "trainer.max_epochs=3",
+        "data.batch_size=64", "callbacks.model_summary=null"]
+
+
+def _csv_overrides(path: Path) -> list[str]:
+    return ["model=churn", "data=csv", f"data.path={path}", "data.target=churn", "data.id_col=customer_id"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> tuple[dict, Path]:
+    from tests.conftest import compose_cfg
+
+    tmp = tmp_path_factory.mktemp("churn")
+    p = tmp / "customers.csv"
+    messy_table(800).to_csv(p, index=False)
+    cfg = compose_cfg([*_csv_overrides(p), *FAST], tmp / "run")
+    metrics, _ = train(cfg)
+    return metrics, tmp / "run"
+
+
+def test_fast_dev_run_on_synthetic(make_cfg) -> None:
+    cfg = make_cfg("debug=fdr", "data.source.n_customers=600", *FAST)
+    metrics, objects = train(cfg)
+    assert objects["trainer"].fast_dev_run
+    assert np.isfinite(metrics["test/loss"])
+
+
+def test_run_directory_has_everything(trained_run) -> None:
+    metrics, run = trained_run
+    for rel in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.json", "predictions/test.csv",
+                ".hydra/config.yaml") if (run / ".hydra").exists() else ("checkpoints/best.ckpt",
+                                                                           "checkpoints/last.ckpt", "metrics.json",
+                                                                           "predictions/test.csv"):
+        assert (run / rel).exists(), rel
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["test/auroc"] == pytest.approx(metrics["test/auroc"])
+    assert 0.5 <= saved["test/auroc"] <= 1.0 and saved["val/auroc"] > 0.7  # the planted signal is learnable
+    preds = pd.read_csv(run / "predictions" / "test.csv")
+    assert list(preds.columns) == ["customer_id", "label", "prediction"]
+    assert preds["prediction"].between(0, 1).all() and len(preds) == 120
+
+
+def test_checkpoint_is_weights_only_and_scores_raw_frames(trained_run) -> None:
+    _, run = trained_run
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert "clm_preprocessing" in ckpt and "encoder" in ckpt["clm_preprocessing"]
+    model = ChurnClassifier.load_from_checkpoint(run / "checkpoints" / "best.ckpt")
+    df = messy_table(50, seed=3).drop(columns=["churn"])
+    df.loc[0, "contract"] = "lifetime"  # unseen category
+    df.loc[1, ["tenure", "monthly_fee", "region"]] = np.nan  # NaN everywhere
+    df["unused_extra"] = "x"  # extra column
+    p = model.predict_proba(df)
+    assert p.shape == (50,) and np.isfinite(p).all() and ((p > 0) & (p < 1)).all()
+    p_small_batches = model.predict_proba(df, batch_size=7)
+    np.testing.assert_allclose(p, p_small_batches, rtol=1e-5, atol=1e-6)
+    with pytest.raises(SchemaError, match="column 'tenure'.*missing"):
+        model.predict_proba(df.drop(columns=["tenure"]))
+
+
+def test_predictions_csv_matches_predict_proba(trained_run) -> None:
+    """The test predictions written by the run equal scoring the raw test rows from best.ckpt."""
+    _, run = trained_run
+    model = ChurnClassifier.load_from_checkpoint(run / "checkpoints" / "best.ckpt")
+    preds = pd.read_csv(run / "predictions" / "test.csv")
+    raw = messy_table(800).set_index("customer_id").loc[preds["customer_id"]].reset_index()
+    np.testing.assert_allclose(model.predict_proba(raw), preds["prediction"], rtol=1e-4, atol=1e-5)
+
+
+def test_calibration_is_fitted_and_stored(trained_run) -> None:
+    _, run = trained_run
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    a, b = ckpt["state_dict"]["calib"].tolist()
+    assert (a, b) != (1.0, 0.0)
+
+
+def test_same_seed_same_metrics(make_cfg, table_csv) -> None:
+    runs = []
+    for i in range(2):
+        cfg = make_cfg(*_csv_overrides(table_csv), *FAST, "trainer.max_epochs=2", "~logger", out=f"r{i}")
+        runs.append(train(cfg)[0])
+    for k in ("val/auroc", "test/auroc", "test/log_loss"):
+        assert runs[0][k] == runs[1][k], k
+    cfg = make_cfg(*_csv_overrides(table_csv), *FAST, "trainer.max_epochs=2", "~logger", "seed=7", out="r7")
+    assert train(cfg)[0]["test/log_loss"] != runs[0]["test/log_loss"]
+
+
+def test_cli_trains_any_csv_and_reports_bad_input(tmp_path: Path, table_csv: Path) -> None:
+    exe = [sys.executable, "-m", "clm_torch.train"]
+    ok = subprocess.run([*exe, *_csv_overrides(table_csv), *FAST, "trainer.max_epochs=1",
+                         f"hydra.run.dir={tmp_path / 'cli_run'}"], capture_output=True, text=True, cwd=REPO)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert f"run directory: {tmp_path / 'cli_run'}" in ok.stdout
+    assert (tmp_path / "cli_run" / "checkpoints" / "best.ckpt").exists()
+    bad = subprocess.run([*exe, "data=csv", f"data.path={tmp_path / 'missing.csv'}", "data.target=churn",
+                          f"hydra.run.dir={tmp_path / 'bad'}"], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode != 0
+    assert "missing.csv" in bad.stderr and "not found" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    typo = subprocess.run([*exe, "trainer.max_epoch=3", f"hydra.run.dir={tmp_path / 'typo'}"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert typo.returncode != 0 and "max_epoch" in typo.stderr
