@@ -26,6 +26,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from clm_torch.data.schema import SchemaError
+from clm_torch.models.base import NonFiniteLossError
 from clm_torch.utils.io import AtomicCheckpointIO, CheckpointError, write_csv_safe, write_json
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,21 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     if not Path(ckpt_path).exists():
         raise CheckpointError(f"{ckpt_path}: checkpoint not found")
     return str(ckpt_path)
+
+
+class RunDirectoryError(RuntimeError):
+    """The run directory already holds a finished run that a new run would overwrite."""
+
+
+def check_run_dir(output_dir: Path, resuming: bool) -> None:
+    """Refuse to write a new run over a directory that already has checkpoints or metrics."""
+    if resuming:
+        return
+    existing = [p.name for p in (output_dir / "checkpoints", output_dir / "metrics.json") if p.exists()]
+    if existing:
+        raise RunDirectoryError(
+            f"{output_dir}: already holds an earlier run ({', '.join(existing)}); nothing was overwritten. "
+            f"Choose a new hydra.run.dir, or resume that run with ckpt_path=last")
 
 
 def build(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
@@ -127,6 +143,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     print(f"[clm_torch] run directory: {output_dir}", flush=True)
+    check_run_dir(output_dir, resuming=cfg.get("ckpt_path") not in (None, "", "null") or not cfg.get("train", True))
     objects = build(cfg, output_dir)
     dm, model, trainer, loggers = objects["datamodule"], objects["model"], objects["trainer"], objects["loggers"]
     t0 = time.time()
@@ -178,7 +195,7 @@ def run_cli(fn: Any, cfg: DictConfig) -> Any:
     """Run ``fn(cfg)``; expected data/checkpoint errors exit non-zero with one clear line."""
     try:
         return fn(cfg)
-    except (SchemaError, CheckpointError) as e:
+    except (SchemaError, CheckpointError, RunDirectoryError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
 

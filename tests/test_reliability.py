@@ -1,0 +1,205 @@
+"""Issue 7: bad checkpoints, atomic saves, resume after SIGKILL, NaN losses, run-dir safety, CSV escaping."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clm_torch import ChurnClassifier
+from clm_torch.models.base import NonFiniteLossError
+from clm_torch.train import RunDirectoryError, train
+from clm_torch.utils.io import AtomicCheckpointIO, CheckpointError, escape_formula, write_csv_safe
+from tests.conftest import REPO, messy_table
+
+FAST = ["model.k_ensemble=2", "model.hidden=[32]", "model.d_embed=8", "data.batch_size=64",
+        "callbacks.model_summary=null"]
+
+
+def _csv(path: Path) -> list[str]:
+    return ["model=churn", "data=csv", f"data.path={path}", "data.target=churn", "data.id_col=customer_id"]
+
+
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory) -> Path:
+    from tests.conftest import compose_cfg
+
+    tmp = tmp_path_factory.mktemp("rel")
+    p = tmp / "t.csv"
+    messy_table(400).to_csv(p, index=False)
+    train(compose_cfg([*_csv(p), *FAST, "trainer.max_epochs=1", "~logger"], tmp / "run"))
+    return tmp / "run" / "checkpoints" / "last.ckpt"
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ.get('CLM_EVIL_MARKER', '/tmp/clm_evil_marker')}",))
+
+
+def test_crafted_pickle_checkpoint_is_refused(tmp_path: Path, monkeypatch) -> None:
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("CLM_EVIL_MARKER", str(marker))
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _Evil()}, evil)
+    with pytest.raises(CheckpointError, match="refused"):
+        ChurnClassifier.load_from_checkpoint(evil)
+    assert not marker.exists(), "the crafted checkpoint ran code"
+
+
+def test_truncated_and_empty_checkpoints(tmp_path: Path, small_ckpt: Path) -> None:
+    data = small_ckpt.read_bytes()
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        ChurnClassifier.load_from_checkpoint(cut)
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        ChurnClassifier.load_from_checkpoint(empty)
+    with pytest.raises(CheckpointError, match="not found"):
+        ChurnClassifier.load_from_checkpoint(tmp_path / "nope.ckpt")
+
+
+def test_checkpoint_of_another_model_class(tmp_path: Path, small_ckpt: Path) -> None:
+    ckpt = torch.load(small_ckpt, weights_only=True)
+    ckpt["clm_model_class"] = "InfoGapVAE"
+    other = tmp_path / "other.ckpt"
+    torch.save(ckpt, other)
+    with pytest.raises(CheckpointError, match="holds a InfoGapVAE, not a ChurnClassifier"):
+        ChurnClassifier.load_from_checkpoint(other)
+
+
+def test_kill_during_save_keeps_previous_checkpoint(tmp_path: Path, small_ckpt: Path, monkeypatch) -> None:
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(small_ckpt.read_bytes())
+    io = AtomicCheckpointIO()
+
+    def dying_save(obj, f, *a, **k):
+        Path(f).write_bytes(b"partial garbage")
+        raise KeyboardInterrupt("killed mid-save")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {}}, target)
+    monkeypatch.undo()
+    assert ChurnClassifier.load_from_checkpoint(target) is not None
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "temporary file left behind"
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume(tmp_path: Path) -> None:
+    data = tmp_path / "big.csv"
+    messy_table(12000).to_csv(data, index=False)
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "clm_torch.train", *_csv(data), *FAST, "trainer.max_epochs=6",
+            "callbacks.early_stopping=null", "data.batch_size=32", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if last.exists() and torch.load(last, weights_only=True)["epoch"] >= 1:
+                time.sleep(0.5)  # now somewhere inside the next epoch
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "training finished before it could be killed; make epochs longer"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_epoch = torch.load(last, weights_only=True)["epoch"]
+    assert killed_epoch < 5
+    done = subprocess.run([*args, "ckpt_path=last"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = torch.load(last, weights_only=True)
+    assert final["epoch"] == 5  # epochs 0..5 = max_epochs 6, counted across the kill
+    import json
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.7 < metrics["test/auroc"] <= 1.0
+
+
+def test_nan_loss_raises_naming_the_step(make_cfg, table_csv: Path) -> None:
+    cfg = make_cfg(*_csv(table_csv), *FAST, "trainer.max_epochs=2", "~logger", "model.lr=1e30",
+                   "trainer.gradient_clip_val=0")
+    with pytest.raises(NonFiniteLossError, match=r"global step \d+"):
+        train(cfg)
+
+
+def test_nan_loss_skip_policy_skips_the_batch(make_cfg, table_csv: Path, monkeypatch) -> None:
+    calls = {"n": 0}
+    original = ChurnClassifier.model_step
+
+    def sometimes_nan(self, batch):
+        loss, logits = original(self, batch)
+        calls["n"] += 1
+        if self.training and calls["n"] % 3 == 0:
+            loss = loss * float("nan")
+        return loss, logits
+
+    monkeypatch.setattr(ChurnClassifier, "model_step", sometimes_nan)
+    cfg = make_cfg(*_csv(table_csv), *FAST, "trainer.max_epochs=2", "~logger", "model.nan_policy=skip")
+    metrics, objects = train(cfg)
+    assert np.isfinite(metrics["test/auroc"])
+    assert all(torch.isfinite(p).all() for p in objects["model"].parameters())
+
+
+def test_nan_metric_never_becomes_best(tmp_path: Path) -> None:
+    from clm_torch.utils.checkpointing import SafeModelCheckpoint
+
+    cb = SafeModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/auroc", mode="max")
+    saved = []
+    cb._save_checkpoint = lambda trainer, path: saved.append(path)  # type: ignore[method-assign]
+
+    class _T:
+        current_epoch, global_step, lightning_module = 0, 0, None
+        is_global_zero = True
+
+    cb._save_topk_checkpoint(_T(), {"val/auroc": torch.tensor(float("nan")), "epoch": torch.tensor(0),
+                                    "step": torch.tensor(0)})
+    assert saved == [] and cb.best_model_path == ""
+
+
+def test_failed_run_never_overwrites_an_earlier_run(make_cfg, table_csv: Path) -> None:
+    cfg = make_cfg(*_csv(table_csv), *FAST, "trainer.max_epochs=1", "~logger", out="same")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    before = (run / "checkpoints" / "best.ckpt").read_bytes()
+    cfg2 = make_cfg(*_csv(table_csv), *FAST, "trainer.max_epochs=1", "~logger", "seed=3", out="same")
+    with pytest.raises(RunDirectoryError, match="already holds an earlier run"):
+        train(cfg2)
+    assert (run / "checkpoints" / "best.ckpt").read_bytes() == before
+
+
+def test_inference_with_different_dtypes(small_ckpt: Path) -> None:
+    model = ChurnClassifier.load_from_checkpoint(small_ckpt)
+    df = messy_table(20, seed=5).drop(columns="churn")
+    p = model.predict_proba(df)
+    as_text = df.astype({"tenure": str, "monthly_fee": str})
+    as_text.loc[as_text["monthly_fee"] == "nan", "monthly_fee"] = ""
+    np.testing.assert_allclose(model.predict_proba(as_text), p, rtol=1e-5)
+    bad = df.astype({"tenure": object})
+    bad.loc[4, "tenure"] = "twelve"
+    from clm_torch import SchemaError
+
+    with pytest.raises(SchemaError, match="column 'tenure', row 4.*'twelve'"):
+        model.predict_proba(bad)
+
+
+def test_csv_export_escapes_formulas(tmp_path: Path) -> None:
+    assert escape_formula("=cmd|' /C calc'!A0") == "'=cmd|' /C calc'!A0"
+    assert escape_formula("plain") == "plain" and escape_formula(-3) == -3
+    df = pd.DataFrame({"id": ["=1+1", "+x", "-y", "@z", "ok"], "v": [1, 2, 3, 4, 5]})
+    text = write_csv_safe(df, tmp_path / "r.csv").read_text()
+    for bad in ("\n=1+1", "\n+x", "\n-y", "\n@z"):
+        assert bad not in text
+    assert "'=1+1" in text and "\nok,5" in text
