@@ -1,0 +1,181 @@
+"""Customer segments: k-means in torch on latent profiles, k chosen by silhouette or BIC, and summaries."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+@dataclasses.dataclass
+class KMeansResult:
+    """A fitted k-means: ``centers`` (k, d), ``labels`` (n,), ``inertia`` (sum of squared distances)."""
+
+    centers: torch.Tensor
+    labels: torch.Tensor
+    inertia: float
+
+    @property
+    def k(self) -> int:
+        return int(self.centers.shape[0])
+
+    def assign(self, x: torch.Tensor | np.ndarray, chunk: int = 262144) -> np.ndarray:
+        """Nearest-center labels (n,) for new points (n, d)."""
+        x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        return torch.cat([torch.cdist(x[i:i + chunk], self.centers).argmin(1)
+                          for i in range(0, len(x), chunk)]).numpy()
+
+
+def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; 2 + log k candidates per step, as in
+    scikit-learn): (k, d) centers."""
+    n = x.shape[0]
+    n_trials = 2 + int(math.log(k))
+    centers = [x[torch.randint(n, (1,), generator=g)].squeeze(0)]
+    d2 = ((x - centers[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        probs = d2 / d2.sum().clamp_min(1e-12)
+        cand = torch.multinomial(probs, n_trials, replacement=True, generator=g)
+        cand_d2 = torch.minimum(d2[None], torch.cdist(x[cand], x) ** 2)  # (trials, n)
+        best = int(cand_d2.sum(1).argmin())
+        centers.append(x[cand[best]])
+        d2 = cand_d2[best]
+    return torch.stack(centers)
+
+
+def kmeans(x: torch.Tensor | np.ndarray, k: int, *, n_init: int = 4, max_iter: int = 100, tol: float = 1e-6,
+           seed: int = 0) -> KMeansResult:
+    """Lloyd's k-means with k-means++ seeding, best of ``n_init`` restarts.
+
+    Args:
+        x: (n, d) points.
+        k: number of clusters (≤ n).
+    """
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    if k < 1 or k > len(x):
+        raise ValueError(f"k must be in [1, {len(x)}], got {k}")
+    g = torch.Generator().manual_seed(seed)
+    best: KMeansResult | None = None
+    for _ in range(n_init):
+        c = _kmeans_pp(x, k, g)
+        prev = math.inf
+        for _ in range(max_iter):
+            dist = torch.cdist(x, c)
+            labels = dist.argmin(1)
+            inertia = float((dist.gather(1, labels[:, None]) ** 2).sum())
+            counts = torch.bincount(labels, minlength=k).float()
+            sums = torch.zeros_like(c).index_add_(0, labels, x)
+            empty = counts == 0
+            c = torch.where(empty[:, None], c, sums / counts.clamp_min(1)[:, None])
+            if empty.any():  # re-seed empty clusters at the farthest points
+                far = dist.min(1).values.topk(int(empty.sum())).indices
+                c[empty] = x[far]
+            if prev - inertia <= tol * max(prev, 1.0):
+                break
+            prev = inertia
+        dist = torch.cdist(x, c)
+        labels = dist.argmin(1)
+        inertia = float((dist.gather(1, labels[:, None]) ** 2).sum())
+        if best is None or inertia < best.inertia:
+            best = KMeansResult(c, labels, inertia)
+    assert best is not None
+    return best
+
+
+def silhouette(x: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, *, sample_size: int = 4000,
+               seed: int = 0) -> float:
+    """Mean silhouette coefficient (on a random sample of at most ``sample_size`` points)."""
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if len(x) > sample_size:
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(x), generator=g)[:sample_size]
+        x, labels = x[idx], labels[idx]
+    k = int(labels.max()) + 1
+    if k < 2:
+        return float("nan")
+    d = torch.cdist(x, x)
+    onehot = torch.nn.functional.one_hot(labels, k).float()  # (n, k)
+    sums = d @ onehot  # (n, k): total distance to each cluster
+    counts = onehot.sum(0)  # (k,)
+    own = counts[labels]
+    a = sums.gather(1, labels[:, None]).squeeze(1) / (own - 1).clamp_min(1)
+    other = sums / counts.clamp_min(1)[None]
+    other = other.masked_fill(onehot.bool() | (counts[None] == 0), float("inf"))
+    b = other.min(1).values
+    s = (b - a) / torch.maximum(a, b).clamp_min(1e-12)
+    s = torch.where(own > 1, s, torch.zeros_like(s))  # singletons score 0 by convention
+    return float(s.mean())
+
+
+def kmeans_bic(x: torch.Tensor | np.ndarray, result: KMeansResult) -> float:
+    """BIC of k-means seen as a spherical Gaussian mixture with a shared variance (lower is better)."""
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    n, d = x.shape
+    k = result.k
+    var = max(result.inertia / max(n - k, 1) / d, 1e-12)
+    counts = torch.bincount(result.labels, minlength=k).double()
+    nz = counts[counts > 0]
+    loglik = float((nz * torch.log(nz / n)).sum()) - n * d / 2 * math.log(2 * math.pi * var) - (n - k) * d / 2
+    n_params = k * d + k  # centers, mixing weights and the shared variance
+    return -2 * loglik + n_params * math.log(n)
+
+
+@dataclasses.dataclass
+class SegmentSelection:
+    """The chosen segmentation and the scores of every k tried."""
+
+    result: KMeansResult
+    k: int
+    scores: pd.DataFrame  # columns: k, silhouette, bic, inertia
+
+
+def choose_k(x: torch.Tensor | np.ndarray, k_range: Sequence[int] = range(2, 11), *, criterion: str = "silhouette",
+             seed: int = 0, n_init: int = 4) -> SegmentSelection:
+    """Fit k-means for each k and keep the best by silhouette (max) or BIC (min)."""
+    if criterion not in ("silhouette", "bic"):
+        raise ValueError(f"criterion must be silhouette or bic, not {criterion!r}")
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    rows, fits = [], {}
+    for k in k_range:
+        if k >= len(x):
+            break
+        r = kmeans(x, k, seed=seed, n_init=n_init)
+        fits[k] = r
+        rows.append({"k": k, "silhouette": silhouette(x, r.labels, seed=seed), "bic": kmeans_bic(x, r),
+                     "inertia": r.inertia})
+    scores = pd.DataFrame(rows)
+    if scores.empty:
+        raise ValueError("too few points to segment")
+    best_k = int(scores.loc[scores["silhouette"].idxmax() if criterion == "silhouette" else scores["bic"].idxmin(), "k"])
+    return SegmentSelection(fits[best_k], best_k, scores)
+
+
+def segment_summary(customers: pd.DataFrame, segment_col: str = "segment", *,
+                    numeric_cols: Sequence[str] = ("churn_probability", "clv", "gap_score"),
+                    category_cols: Sequence[str] = (), list_cols: Sequence[str] = (), top: int = 3) -> pd.DataFrame:
+    """One readable row per segment: size, share, means of ``numeric_cols``, the most common values
+    of ``category_cols`` and the most frequent entries of list-valued ``list_cols`` (e.g. top
+    recommended items, next best questions)."""
+    g = customers.groupby(segment_col, sort=True)
+    out = pd.DataFrame({"size": g.size()})
+    out["share"] = out["size"] / out["size"].sum()
+    for c in numeric_cols:
+        if c in customers.columns:
+            out[f"mean_{c}"] = g[c].mean()
+    for c in category_cols:
+        if c in customers.columns:
+            out[f"top_{c}"] = g[c].agg(lambda s: ", ".join(map(str, s.value_counts().index[:top])))
+    for c in list_cols:
+        if c in customers.columns:
+            def _top(s: pd.Series) -> str:
+                vals = pd.Series([v for lst in s.dropna() for v in (lst if isinstance(lst, (list, tuple, np.ndarray))
+                                                                      else str(lst).split("|")) if v != ""])
+                return ", ".join(map(str, vals.value_counts().index[:top]))
+
+            out[f"top_{c}"] = g[c].agg(_top)
+    return out.reset_index()

@@ -1,0 +1,58 @@
+"""k-means, silhouette and BIC checked against small worked examples and scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clm_torch.lifecycle.segments import choose_k, kmeans, segment_summary, silhouette
+
+
+def _blobs(n_per: int = 100, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = 10.0 * np.eye(max(k, 3))[:k, :3] * np.array([1, -1, 1])[None, :] + 3.0 * np.arange(k)[:, None]
+    x = np.concatenate([c + rng.normal(0, 1, (n_per, 3)) for c in centers])
+    return x.astype(np.float32), np.repeat(np.arange(k), n_per)
+
+
+def test_silhouette_by_hand() -> None:
+    # points 0, 1 in cluster 0 and 5, 7 in cluster 1 on a line
+    x = np.array([[0.0], [1.0], [5.0], [7.0]])
+    labels = np.array([0, 0, 1, 1])
+    # a(0)=1, b(0)=6 -> 5/6 ; a(1)=1, b(1)=5 -> 4/5 ; a(5)=2, b(5)=4.5 -> 2.5/4.5 ; a(7)=2, b(7)=6.5 -> 4.5/6.5
+    expected = np.mean([5 / 6, 4 / 5, 2.5 / 4.5, 4.5 / 6.5])
+    assert silhouette(x, labels) == pytest.approx(expected, rel=1e-6)
+
+
+def test_silhouette_matches_sklearn() -> None:
+    sk = pytest.importorskip("sklearn.metrics")
+    x, y = _blobs(40, 3, seed=2)
+    assert silhouette(x, y) == pytest.approx(sk.silhouette_score(x, y), abs=1e-5)
+
+
+def test_kmeans_recovers_blobs_and_choose_k_finds_their_number() -> None:
+    from sklearn.metrics import adjusted_rand_score
+
+    x, y = _blobs()
+    r = kmeans(x, 4, seed=0)
+    assert adjusted_rand_score(y, r.labels.numpy()) > 0.99
+    for criterion in ("silhouette", "bic"):
+        sel = choose_k(x, range(2, 8), criterion=criterion)
+        assert sel.k == 4, (criterion, sel.scores)
+    assert (r.assign(torch.as_tensor(x)) == r.labels.numpy()).all()
+    from sklearn.cluster import KMeans
+
+    x2, _ = _blobs(60, 6, seed=1)
+    ref = KMeans(6, n_init=4, random_state=0).fit(x2)
+    assert kmeans(x2, 6, seed=0).inertia <= ref.inertia_ * 1.01
+
+
+def test_segment_summary() -> None:
+    df = pd.DataFrame({"segment": [0, 0, 1], "churn_probability": [0.2, 0.4, 0.9], "plan": ["a", "a", "b"],
+                       "recs": [["x", "y"], ["x"], ["z"]]})
+    s = segment_summary(df, category_cols=["plan"], list_cols=["recs"])
+    assert s["size"].tolist() == [2, 1]
+    assert s["mean_churn_probability"].tolist() == pytest.approx([0.3, 0.9])
+    assert s.loc[0, "top_plan"] == "a" and s.loc[0, "top_recs"].startswith("x")
