@@ -129,6 +129,7 @@ class TableDataModule(L.LightningDataModule):
         val_size, test_size: fractions of the rows.
         split_seed: seed of the split (independent of the training seed).
         require_target: False for unsupervised models (the VAE).
+        target_type: ``binary`` (classification, stratified split) or ``continuous`` (regression).
         clean: keyword arguments of :func:`clean_table` (e.g. ``clip_outliers``).
         encoder: keyword arguments of :class:`FeatureEncoder` (e.g. ``log_transform``).
         test_frame: optional explicit test table (benchmarks: CV folds); then only a validation
@@ -146,6 +147,7 @@ class TableDataModule(L.LightningDataModule):
         test_size: float = 0.15,
         split_seed: int = 0,
         require_target: bool = True,
+        target_type: str = "binary",
         clean: Mapping[str, Any] | None = None,
         encoder: Mapping[str, Any] | None = None,
         test_frame: pd.DataFrame | None = None,
@@ -157,6 +159,8 @@ class TableDataModule(L.LightningDataModule):
         self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
         self.val_size, self.test_size, self.split_seed = float(val_size), float(test_size), int(split_seed)
         self.require_target = require_target
+        self.target_type = target_type
+        self.encoder_kwargs_target = {"target_type": target_type}
         self.clean_kwargs = dict(clean or {})
         self.encoder_kwargs = dict(encoder or {})
         self.test_frame = test_frame
@@ -186,7 +190,8 @@ class TableDataModule(L.LightningDataModule):
         clean, self.report = clean_table(frame, schema, source=data.name, **self.clean_kwargs)
         y = None
         if target:
-            y, _ = validate_target(clean[target], source=data.name, column=target)
+            if self.target_type == "binary":
+                y, _ = validate_target(clean[target], source=data.name, column=target)
         if self.test_frame is not None:
             tr, va = stratified_split(y, len(clean), [1 - self.val_size], self.split_seed)
             test, _ = clean_table(self.test_frame, schema, source=f"{data.name} [test frame]", **self.clean_kwargs)
@@ -200,7 +205,7 @@ class TableDataModule(L.LightningDataModule):
                 raise SchemaError(f"the {name} split is empty: the table has too few rows ({len(clean)})",
                                   source=data.name)
         self.schema = schema
-        self.encoder = FeatureEncoder.from_schema(schema, **self.encoder_kwargs).fit(
+        self.encoder = FeatureEncoder.from_schema(schema, **self.encoder_kwargs_target, **self.encoder_kwargs).fit(
             self.frames["train"], source=f"{data.name} [train split]")
         self.tensors = {
             k: self.encoder.transform(f, source=f"{data.name} [{k} split]", require_target=bool(target))
@@ -216,7 +221,7 @@ class TableDataModule(L.LightningDataModule):
         """Primitive sizes the model is built from (``n_num``, ``cat_cardinalities``, …)."""
         self.setup()
         d = self.encoder.dims()
-        if self.require_target and "y" in self.tensors["train"]:
+        if self.require_target and self.target_type == "binary" and "y" in self.tensors["train"]:
             y = self.tensors["train"]["y"]
             d["pos_rate"] = float(y.mean())
         return d
@@ -224,8 +229,11 @@ class TableDataModule(L.LightningDataModule):
     def preprocessing_state(self) -> dict[str, Any]:
         """Everything a checkpoint needs to score raw data: encoder state and schema."""
         self.setup()
-        return {"encoder": self.encoder.state_dict(), "schema": self.schema.to_dict(),
-                "cleaning": {k: v for k, v in self.clean_kwargs.items()}}
+        state = {"encoder": self.encoder.state_dict(), "schema": self.schema.to_dict(),
+                 "cleaning": {k: v for k, v in self.clean_kwargs.items()}}
+        if self.target_type == "continuous" and "y" in self.tensors["train"]:
+            state["target_mean"] = float(self.tensors["train"]["y"].double().mean())
+        return state
 
     def ids(self, split: str) -> np.ndarray:
         """Customer ids of a split (row positions when the table has no id column)."""

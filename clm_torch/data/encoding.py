@@ -68,6 +68,8 @@ class FeatureEncoder:
             or a list of columns to log-transform.
         max_categories: most frequent categories kept per column; the rest map to ``<unk>``.
         positive_label: positive class of the target (inferred when None).
+        target_type: ``"binary"`` (0/1 classification target) or ``"continuous"`` (regression,
+            e.g. future spend; ``y`` is the raw float value).
     """
 
     def __init__(
@@ -80,7 +82,11 @@ class FeatureEncoder:
         log_transform: str | Sequence[str] = "auto",
         max_categories: int = 1000,
         positive_label: Any = None,
+        target_type: str = "binary",
     ) -> None:
+        if target_type not in ("binary", "continuous"):
+            raise ValueError(f"target_type must be binary or continuous, not {target_type!r}")
+        self.target_type = target_type
         self.num_columns = list(numeric)
         self.cat_columns = list(categorical) + list(binary)
         self.n_binary = len(binary)
@@ -167,7 +173,7 @@ class FeatureEncoder:
             self.keys[col] = [UNK, *[str(k) for k in counts.index]]
             self.vocab[col] = [UNK, *[_plain(first[k]) for k in counts.index]]
             self.dtypes[col] = str(s.dtype)
-        if self.target and self.target in df.columns:
+        if self.target and self.target in df.columns and self.target_type == "binary":
             _, pos = validate_target(df[self.target], source=source, column=self.target, positive=self.positive_label)
             self.positive_label = pos
         self.fitted = True
@@ -212,8 +218,14 @@ class FeatureEncoder:
             "cat_mask": torch.from_numpy(cat > 0),
         }
         if self.target and self.target in df.columns:
-            y, _ = validate_target(df[self.target], source=source, column=self.target, positive=self.positive_label,
-                                   require_both=False)
+            if self.target_type == "continuous":
+                y = to_numeric_strict(df[self.target], source=source, column=self.target).to_numpy(np.float32)
+                if np.isnan(y).any():
+                    raise SchemaError("continuous target has missing values", source=source, column=self.target,
+                                      row=df.index[int(np.isnan(y).nonzero()[0][0])])
+            else:
+                y, _ = validate_target(df[self.target], source=source, column=self.target,
+                                       positive=self.positive_label, require_both=False)
             out["y"] = torch.from_numpy(y)
         return out
 
@@ -264,6 +276,7 @@ class FeatureEncoder:
             "log_transform": self.log_transform if isinstance(self.log_transform, str) else list(self.log_transform),
             "max_categories": self.max_categories,
             "positive_label": _plain(self.positive_label),
+            "target_type": self.target_type,
             "num_mean": self.num_mean.clone(),
             "num_std": self.num_std.clone(),
             "num_log": [bool(v) for v in self.num_log],
@@ -282,7 +295,7 @@ class FeatureEncoder:
         enc = cls(
             state["num_columns"], cats[: len(cats) - nb], cats[len(cats) - nb:], state["target"], state["id_col"],
             log_transform=state["log_transform"], max_categories=state["max_categories"],
-            positive_label=state["positive_label"],
+            positive_label=state["positive_label"], target_type=state.get("target_type", "binary"),
         )
         enc.num_mean = state["num_mean"].clone().float()
         enc.num_std = state["num_std"].clone().float()
