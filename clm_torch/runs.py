@@ -1,0 +1,239 @@
+"""Load what a run directory holds: its config, its trained models and its metrics.
+
+A single training run (``clm-train``)::
+
+    <run_dir>/.hydra/config.yaml
+    <run_dir>/checkpoints/best.ckpt   (else last.ckpt)
+    <run_dir>/metrics.json
+
+A pipeline run holds one sub-run per model, each with its own ``checkpoints/``::
+
+    <run_dir>/.hydra/config.yaml
+    <run_dir>/<model_name>/checkpoints/best.ckpt
+    <run_dir>/<model_name>/metrics.json
+
+In a notebook::
+
+    from clm_torch import load_run
+    run = load_run("logs/churn_telco/runs/2026-01-01_12-00-00")
+    run.model.predict_proba(raw_customers)     # the one model of a single run
+    run.models["churn"], run.config.model.lr, run.metrics["test/auroc"]
+
+Checkpoints always load with ``weights_only=True`` (see :meth:`CLMModule.load_from_checkpoint`);
+the model class is read from ``checkpoint["clm_model_class"]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import pkgutil
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from clm_torch.models.base import MODEL_CLASS_KEY, CLMModule
+from clm_torch.utils.io import CheckpointError, load_checkpoint_safely
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")  # preference order inside a checkpoints/ folder
+
+# Short names for a single run's model when the run's config does not say which model group it used.
+SHORT_NAMES = {"ChurnClassifier": "churn", "InfoGapVAE": "vae", "EmbeddingRecommender": "recommender"}
+
+
+def model_classes() -> dict[str, type[CLMModule]]:
+    """Every :class:`CLMModule` subclass in ``clm_torch.models``, by ``__qualname__``.
+
+    A model module that fails to import is skipped with a warning (its checkpoints then fail
+    to load with a clear :class:`CheckpointError`).
+    """
+    import clm_torch.models as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__, prefix=f"{pkg.__name__}."):
+        if info.name.endswith(".base") or info.ispkg:
+            continue
+        try:
+            importlib.import_module(info.name)
+        except Exception as e:  # noqa: BLE001 - one broken model module must not hide the others
+            log.warning("could not import %s: %s", info.name, e)
+    found: dict[str, type[CLMModule]] = {}
+    todo = list(CLMModule.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        found.setdefault(cls.__qualname__, cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def model_class_for(checkpoint: dict[str, Any], path: str | Path, config: DictConfig | None = None
+                    ) -> type[CLMModule]:
+    """The class that wrote ``checkpoint``: ``clm_model_class``, else the run config's ``model._target_``.
+
+    Raises:
+        CheckpointError: no known clm_torch model class matches.
+    """
+    name = checkpoint.get(MODEL_CLASS_KEY)
+    classes = model_classes()
+    if name is not None:
+        if name in classes:
+            return classes[name]
+        raise CheckpointError(f"{path}: holds a {name}, which is not a clm_torch model class "
+                              f"(known: {sorted(classes)})")
+    target = OmegaConf.select(config, "model._target_") if config is not None else None
+    if target:
+        import hydra.utils
+
+        cls = hydra.utils.get_class(str(target))
+        if isinstance(cls, type) and issubclass(cls, CLMModule):
+            return cls
+    raise CheckpointError(f"{path}: no '{MODEL_CLASS_KEY}' in the checkpoint and no model._target_ in the run "
+                          f"config: cannot tell which model class to load it with")
+
+
+def load_model(ckpt_path: str | Path, config: DictConfig | None = None, map_location: Any = "cpu") -> CLMModule:
+    """Load any clm_torch checkpoint (weights + fitted preprocessing) as its own model class, in eval mode.
+
+    Raises:
+        CheckpointError: missing, corrupt, unsafe or unknown checkpoint.
+    """
+    ckpt = load_checkpoint_safely(ckpt_path)
+    cls = model_class_for(ckpt, ckpt_path, config)
+    del ckpt
+    model = cls.load_from_checkpoint(ckpt_path, map_location=map_location)
+    model.eval()
+    return model
+
+
+def find_checkpoint(directory: str | Path) -> Path | None:
+    """``<directory>/checkpoints/best.ckpt``, else ``last.ckpt``, else None."""
+    for name in CHECKPOINT_NAMES:
+        p = Path(directory) / "checkpoints" / name
+        if p.is_file():
+            return p
+    return None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a (single-model) run directory → its best (else last) checkpoint.
+
+    Raises:
+        CheckpointError: nothing loadable there.
+    """
+    p = Path(path)
+    if p.is_dir():
+        found = find_checkpoint(p)
+        if found is None:
+            subs = sorted(d.name for d in p.iterdir() if d.is_dir() and find_checkpoint(d) is not None)
+            hint = (f"; it holds several models, pass one of: {', '.join(str(p / s) for s in subs)}" if subs
+                    else "")
+            raise CheckpointError(f"{p}: no checkpoints/best.ckpt or checkpoints/last.ckpt in this directory{hint}")
+        return found
+    if not p.exists():
+        raise CheckpointError(f"{p}: checkpoint not found")
+    return p
+
+
+def read_config(run_dir: str | Path) -> DictConfig:
+    """``<run_dir>/.hydra/config.yaml`` (else ``<run_dir>/config.yaml``); an empty config when neither exists."""
+    for rel in (".hydra/config.yaml", "config.yaml"):
+        p = Path(run_dir) / rel
+        if p.is_file():
+            cfg = OmegaConf.load(p)
+            if isinstance(cfg, DictConfig):
+                return cfg
+    return OmegaConf.create({})
+
+
+def _model_choice(run_dir: Path) -> str | None:
+    """The ``model=<choice>`` of a run, from ``.hydra/hydra.yaml`` (e.g. ``churn``)."""
+    p = run_dir / ".hydra" / "hydra.yaml"
+    if not p.is_file():
+        return None
+    choice = OmegaConf.select(OmegaConf.load(p), "hydra.runtime.choices.model")
+    return str(choice) if choice else None
+
+
+def _read_json(p: Path) -> dict[str, Any]:
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+@dataclasses.dataclass
+class Run:
+    """A finished run, loaded back.
+
+    Attributes:
+        path: the run directory.
+        config: its resolved config (``.hydra/config.yaml``).
+        models: model name → loaded model in eval mode (``churn``, ``vae``, ... or the sub-run folder name).
+        checkpoints: model name → the checkpoint file it was loaded from.
+        metrics: the run's ``metrics.json``; for a pipeline run without a top-level one, model name → its metrics.
+    """
+
+    path: Path
+    config: DictConfig
+    models: dict[str, CLMModule]
+    checkpoints: dict[str, Path]
+    metrics: dict[str, Any]
+
+    @property
+    def model(self) -> CLMModule:
+        """The run's only model (raises when the run holds several; use ``models[name]``)."""
+        if len(self.models) != 1:
+            raise KeyError(f"this run holds {len(self.models)} models ({', '.join(self.models)}); use run.models[name]")
+        return next(iter(self.models.values()))
+
+    def __repr__(self) -> str:
+        models = ", ".join(f"{k}: {type(v).__name__}" for k, v in self.models.items())
+        return f"Run({str(self.path)!r}, models={{{models}}}, metrics={len(self.metrics)} keys)"
+
+
+def load_run(run_dir: str | Path, map_location: Any = "cpu") -> Run:
+    """Load a run directory's config, trained models (best checkpoint, else last) and metrics.
+
+    Works for a single ``clm-train`` run (``<run_dir>/checkpoints/``) and for runs that hold one
+    sub-run per model (``<run_dir>/<model_name>/checkpoints/``).
+
+    Raises:
+        CheckpointError: the directory does not exist or holds no checkpoint; a checkpoint is
+            corrupt, unsafe or of an unknown class.
+    """
+    path = Path(run_dir).expanduser().resolve()
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: run directory not found")
+    config = read_config(path)
+    found: dict[str, Path] = {}
+    top = find_checkpoint(path)
+    if top is not None:
+        ckpt = load_checkpoint_safely(top)
+        name = _model_choice(path) or SHORT_NAMES.get(str(ckpt.get(MODEL_CLASS_KEY)), "model")
+        found[name] = top
+    for sub in sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        if sub.name == "checkpoints":
+            continue
+        ckpt_file = find_checkpoint(sub)
+        if ckpt_file is not None:
+            found.setdefault(sub.name, ckpt_file)
+    if not found:
+        jobs = sorted(d.name for d in path.iterdir() if d.is_dir() and (d / ".hydra").is_dir())
+        hint = f"; it looks like a sweep, load one job: {path / jobs[0]}" if jobs else ""
+        raise CheckpointError(f"{path}: no checkpoints/best.ckpt or last.ckpt here or in its sub-folders{hint}")
+    models = {name: load_model(p, _sub_config(config, path, p), map_location) for name, p in found.items()}
+    metrics = _read_json(path / "metrics.json")
+    if not metrics:
+        metrics = {name: m for name in found if (m := _read_json(found[name].parent.parent / "metrics.json"))}
+    return Run(path=path, config=config, models=models, checkpoints=found, metrics=metrics)
+
+
+def _sub_config(config: DictConfig, run_dir: Path, ckpt: Path) -> DictConfig:
+    """The config that describes the model of ``ckpt``: the sub-run's own, else the run's."""
+    sub = ckpt.parent.parent
+    if sub != run_dir:
+        own = read_config(sub)
+        if len(own):
+            return own
+    return config
