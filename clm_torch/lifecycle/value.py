@@ -1,0 +1,324 @@
+"""Customer value: CLV formula, survival from churn probabilities, retention/churn rates, cohorts,
+a run-rate CLV baseline and value-ranking metrics.
+
+Everything here is plain numpy/pandas and vectorised over customers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+
+from clm_torch.data.schema import SchemaError
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- CLV
+
+
+def clv_formula(
+    margins: ArrayLike, survival: ArrayLike | None = None, discount_rate: float = 0.1
+) -> float | np.ndarray:
+    """Discounted customer lifetime value.
+
+    ``CLV = sum_{t=1..T} m_t * S(t) / (1 + d)^t``: the margin of period ``t`` is earned at the end
+    of the period, if the customer is still there (probability ``S(t)``).
+
+    Parameters
+    ----------
+    margins
+        ``(T,)`` margins of periods 1..T, or ``(n, T)`` per customer.
+    survival
+        Probability of still being a customer in period ``t``: ``(T,)`` or ``(n, T)``
+        (broadcast against ``margins``); None means no churn (``S = 1``).
+    discount_rate
+        Per-period discount rate ``d`` (> -1), e.g. 0.1 for 10 % a year with yearly periods.
+
+    Returns
+    -------
+    float or np.ndarray
+        A float when both inputs are 1-D, else ``(n,)``.
+
+    Examples
+    --------
+    >>> round(clv_formula([20, 25, 30, 35, 40], discount_rate=0.1), 2)
+    110.12
+    """
+    m = np.asarray(margins, dtype="float64")
+    if m.ndim not in (1, 2) or m.shape[-1] == 0:
+        raise ValueError(f"margins must have shape (T,) or (n, T) with T >= 1, got {m.shape}")
+    if discount_rate <= -1:
+        raise ValueError(f"discount_rate must be > -1, got {discount_rate}")
+    s = np.ones_like(m) if survival is None else np.asarray(survival, dtype="float64")
+    if s.ndim not in (1, 2) or s.shape[-1] != m.shape[-1]:
+        raise ValueError(f"survival shape {s.shape} does not match margins shape {m.shape}")
+    if np.any((s < 0) | (s > 1)):
+        raise ValueError("survival probabilities must lie in [0, 1]")
+    t = np.arange(1, m.shape[-1] + 1, dtype="float64")
+    value = (m * s / (1.0 + discount_rate) ** t).sum(axis=-1)
+    return float(value) if np.ndim(value) == 0 else value
+
+
+def survival_from_churn_prob(p_churn: ArrayLike, n_periods: int) -> np.ndarray:
+    """Survival curve ``S(t) = (1 - p)^t`` for ``t = 1..n_periods``.
+
+    Geometric assumption: the churn probability ``p`` is the same in every period and periods
+    are independent (a memoryless customer), so surviving ``t`` periods has probability
+    ``(1 - p)^t``. Real survival curves usually flatten (loyal customers churn less), so this
+    is pessimistic for the long tail.
+
+    Parameters
+    ----------
+    p_churn
+        Per-period churn probability in [0, 1]: a scalar or ``(n,)``; convert a probability over
+        another horizon with :func:`per_period_churn_prob` first.
+    n_periods
+        ``T``.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n_periods,)`` for a scalar ``p_churn``, else ``(n, n_periods)``.
+    """
+    p = np.asarray(p_churn, dtype="float64")
+    if np.any((p < 0) | (p > 1)) or np.any(np.isnan(p)):
+        raise ValueError("churn probabilities must lie in [0, 1]")
+    if n_periods < 1:
+        raise ValueError(f"n_periods must be >= 1, got {n_periods}")
+    t = np.arange(1, n_periods + 1, dtype="float64")
+    return (1.0 - p[..., None]) ** t
+
+
+def per_period_churn_prob(p_horizon: ArrayLike, periods_in_horizon: float) -> np.ndarray | float:
+    """Convert a churn probability over a horizon into a per-period one (geometric assumption).
+
+    A horizon of ``k`` periods is survived with probability ``(1 - p_period)^k = 1 - p_horizon``,
+    so ``p_period = 1 - (1 - p_horizon)^(1/k)``. ``k`` may be fractional: a 90-day churn
+    probability turned into a yearly one uses ``k = 90 / 365``.
+
+    Parameters
+    ----------
+    p_horizon
+        Churn probability over the horizon, scalar or array, in [0, 1].
+    periods_in_horizon
+        ``k`` = horizon length / period length (> 0).
+    """
+    p = np.asarray(p_horizon, dtype="float64")
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError("churn probabilities must lie in [0, 1]")
+    if periods_in_horizon <= 0:
+        raise ValueError(f"periods_in_horizon must be > 0, got {periods_in_horizon}")
+    out = 1.0 - (1.0 - p) ** (1.0 / periods_in_horizon)
+    return float(out) if out.ndim == 0 else out
+
+
+# ----------------------------------------------------------------------------- rates
+
+
+def retention_rate(
+    customers_start: ArrayLike, customers_end: ArrayLike, new_customers: ArrayLike
+) -> float | np.ndarray:
+    """Retention rate ``(end - new) / start``; NaN where ``start`` is 0.
+
+    Parameters
+    ----------
+    customers_start
+        Customers at the start of the period.
+    customers_end
+        Customers at the end of the period.
+    new_customers
+        Customers gained during the period (counted in ``customers_end``).
+    """
+    s, e, n = (np.asarray(x, dtype="float64") for x in (customers_start, customers_end, new_customers))
+    if np.any(s < 0) or np.any(e < 0) or np.any(n < 0):
+        raise ValueError("customer counts must be >= 0")
+    if np.any(n > e):
+        raise ValueError("new_customers cannot exceed customers_end")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(s > 0, (e - n) / np.where(s > 0, s, 1.0), np.nan)
+    return float(r) if r.ndim == 0 else r
+
+
+def churn_rate(customers_start: ArrayLike, customers_end: ArrayLike, new_customers: ArrayLike) -> float | np.ndarray:
+    """Churn rate ``1 - retention_rate(start, end, new)``."""
+    return 1.0 - retention_rate(customers_start, customers_end, new_customers)
+
+
+def _purchases(events: pd.DataFrame, what: str) -> pd.DataFrame:
+    for col in ("customer_id", "timestamp"):
+        if col not in events.columns:
+            raise SchemaError("column not found; pass the frame returned by load_events", source=what, column=col)
+    if "amount" in events.columns:
+        return events.loc[events["amount"] >= 0, ["customer_id", "timestamp"]]
+    return events[["customer_id", "timestamp"]]
+
+
+def rates_from_events(
+    events: pd.DataFrame, period_start: Any, period_end: Any, *, lookback_days: float | None = None
+) -> pd.Series:
+    """Retention and churn over ``[period_start, period_end)`` from an event log.
+
+    A customer is *active at time t* when they purchased in ``[t - L, t)``, with ``L`` =
+    ``lookback_days`` (default: the period length). So the customers at the start are those
+    with a purchase in ``[start - L, start)``, the customers at the end those with a purchase in
+    ``[end - L, end)``, and the new ones those active at the end but not at the start (first-time
+    buyers and reactivated ones; ``n_reactivated`` counts the latter). Then
+    ``retention = (end - new) / start`` = share of the starting customers still active at the end.
+    Refunds (negative amounts) are not purchases.
+
+    Parameters
+    ----------
+    events
+        Canonical event frame (``customer_id``, ``timestamp``, optional ``amount``).
+    period_start, period_end
+        Anything ``pd.Timestamp`` accepts, ``period_start < period_end``.
+    lookback_days
+        ``L``; default ``period_end - period_start``.
+
+    Returns
+    -------
+    pd.Series
+        float64 values ``n_start, n_end, n_new, n_reactivated, retention_rate, churn_rate``.
+    """
+    start, end = pd.Timestamp(period_start), pd.Timestamp(period_end)
+    if not start < end:
+        raise ValueError(f"period_start {start} must be before period_end {end}")
+    lookback = (end - start) if lookback_days is None else pd.Timedelta(days=lookback_days)
+    ev = _purchases(events, "<events>")
+    t, cid = ev["timestamp"], ev["customer_id"]
+    active_start = pd.unique(cid[(t >= start - lookback) & (t < start)].to_numpy())
+    active_end = pd.unique(cid[(t >= end - lookback) & (t < end)].to_numpy())
+    new = pd.Index(active_end).difference(pd.Index(active_start))
+    seen_before = pd.Index(pd.unique(cid[t < start - lookback].to_numpy()))
+    n_start, n_end, n_new = len(active_start), len(active_end), len(new)
+    ret = retention_rate(n_start, n_end, n_new)
+    return pd.Series(
+        {
+            "n_start": n_start,
+            "n_end": n_end,
+            "n_new": n_new,
+            "n_reactivated": int(new.isin(seen_before).sum()),
+            "retention_rate": ret,
+            "churn_rate": 1.0 - ret,
+        }
+    )
+
+
+def cohort_retention(events: pd.DataFrame, freq: str = "M") -> pd.DataFrame:
+    """Share of each acquisition cohort active in each period since acquisition.
+
+    Parameters
+    ----------
+    events
+        Canonical event frame; refunds (negative amounts) are not purchases.
+    freq
+        A pandas period frequency (``"M"`` month, ``"W"`` week, ``"Q"``, ``"Y"``).
+
+    Returns
+    -------
+    pd.DataFrame
+        Index ``cohort`` (PeriodIndex of the first-purchase period), columns ``period``
+        0, 1, 2, ... (periods since acquisition), values = customers of the cohort with a purchase
+        in that period / cohort size. Column 0 is 1.0 by construction. Cells after the last period
+        in the data are NaN (not observed), not 0. The cohort sizes are in ``df.attrs["size"]``.
+    """
+    ev = _purchases(events, "<events>")
+    if len(ev) == 0:
+        raise SchemaError("no purchases in the event log", source="<events>")
+    per = ev["timestamp"].dt.to_period(freq)
+    ordinal = per.array.asi8  # period ordinals, int64
+    codes, _ = pd.factorize(ev["customer_id"])
+    first = pd.Series(ordinal).groupby(codes).min().to_numpy()  # (n_customers,) cohort ordinal
+    k = ordinal - first[codes]
+    active = pd.DataFrame({"c": codes, "k": k}).drop_duplicates()
+    cohort_of = first[active["c"].to_numpy()]
+    counts = pd.crosstab(cohort_of, active["k"].to_numpy())
+    counts = counts.reindex(columns=np.arange(int(k.max()) + 1), fill_value=0)
+    size = pd.Series(first).value_counts().reindex(counts.index)
+    share = counts.div(size, axis=0).astype("float64")
+    last = int(ordinal.max())
+    horizon = np.subtract.outer(last - counts.index.to_numpy(), counts.columns.to_numpy())  # >= 0 observed
+    share = share.where(horizon >= 0)
+    share.index = pd.PeriodIndex.from_ordinals(counts.index.to_numpy(), freq=per.dt.freq).rename("cohort")
+    share.columns = pd.Index(counts.columns.to_numpy(), name="period")
+    share.attrs["size"] = dict(zip(share.index.astype(str), size.to_numpy().tolist()))
+    return share
+
+
+# ----------------------------------------------------------------------------- baselines and metrics
+
+
+def run_rate_clv(features: pd.DataFrame, horizon_days: float, *, min_tenure_days: float = 7.0) -> pd.Series:
+    """Naive CLV baseline: past spend per week times the number of weeks in the horizon.
+
+    ``pred = max(monetary_total, 0) / (max(tenure_days, min_tenure_days) / 7) * horizon_days / 7``.
+    The tenure floor keeps a customer who bought once yesterday from being extrapolated at
+    100 % per day. Customers with no history (NaN tenure) get 0.
+
+    Parameters
+    ----------
+    features
+        ``CustomerView.features`` (needs ``monetary_total`` and ``tenure_days``).
+    horizon_days
+        Length of the prediction window.
+
+    Returns
+    -------
+    pd.Series
+        ``(n,)`` predicted spend in the horizon, index of ``features``, name ``run_rate_clv``.
+    """
+    for col in ("monetary_total", "tenure_days"):
+        if col not in features.columns:
+            raise SchemaError("column not found; pass CustomerView.features", source="<features>", column=col)
+    total = features["monetary_total"].astype("float64").fillna(0.0).clip(lower=0.0)
+    weeks = features["tenure_days"].astype("float64").clip(lower=min_tenure_days) / 7.0
+    pred = (total / weeks * (horizon_days / 7.0)).where(features["tenure_days"].notna(), 0.0)
+    return pred.rename("run_rate_clv")
+
+
+def spend_capture(pred: ArrayLike, truth: ArrayLike, top: float = 0.2) -> float:
+    """Share of the true total spend captured by the top ``top`` fraction ranked by ``pred``.
+
+    The top group has ``ceil(top * n)`` customers; ties in ``pred`` keep the input order and NaN
+    predictions rank last. Returns NaN when the true total is not positive.
+
+    Parameters
+    ----------
+    pred, truth
+        ``(n,)`` predicted scores and true spend.
+    top
+        Fraction in (0, 1].
+    """
+    p = np.asarray(pred, dtype="float64").ravel()
+    y = np.asarray(truth, dtype="float64").ravel()
+    if p.shape != y.shape:
+        raise ValueError(f"pred and truth have different lengths: {p.shape} vs {y.shape}")
+    if not 0 < top <= 1:
+        raise ValueError(f"top must be in (0, 1], got {top}")
+    total = np.nansum(y)
+    if len(y) == 0 or total <= 0:
+        return float("nan")
+    k = int(np.ceil(top * len(y) - 1e-9))
+    order = np.argsort(-np.nan_to_num(p, nan=-np.inf), kind="stable")
+    return float(np.nansum(y[order[:k]]) / total)
+
+
+def spearman(a: ArrayLike, b: ArrayLike) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN if either input is constant.
+
+    Pairs with a NaN in either input are dropped.
+    """
+    x = pd.Series(np.asarray(a, dtype="float64").ravel())
+    y = pd.Series(np.asarray(b, dtype="float64").ravel())
+    if len(x) != len(y):
+        raise ValueError(f"inputs have different lengths: {len(x)} vs {len(y)}")
+    ok = x.notna() & y.notna()
+    rx, ry = x[ok].rank().to_numpy(), y[ok].rank().to_numpy()
+    if len(rx) < 2 or rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])

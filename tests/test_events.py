@@ -1,0 +1,355 @@
+"""Event log loading/validation and the customer view at a cutoff, checked against hand computation."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clm_torch.data.events import FEATURE_COLUMNS, build_customer_view, load_events
+from clm_torch.data.schema import SchemaError
+
+CUTOFF = "2024-04-01"
+
+# Hand-built log. Cutoff 2024-04-01, horizon 30 days -> label window [2024-04-01, 2024-05-01).
+# 2024 is a leap year (February has 29 days).
+LOG = [
+    # customer, timestamp, item, amount
+    ("A", "2024-01-01", "x", 10.0),
+    ("A", "2024-02-01", "y", 20.0),  # same basket as the next row
+    ("A", "2024-02-01", "z", 5.0),
+    ("A", "2024-03-02", "x", 30.0),
+    ("A", "2024-03-10", "x", -10.0),  # refund
+    ("A", "2024-04-10", "y", 15.0),  # label window
+    ("B", "2023-09-01", "x", 40.0),
+    ("B", "2024-03-22", "y", 60.0),  # after a 203-day silence
+    ("C", "2024-03-20", "z", 12.0),
+    ("C", "2024-04-01", "z", 8.0),  # exactly at the cutoff: label, not feature
+    ("C", "2024-05-01", "z", 100.0),  # at cutoff + horizon: outside the window
+    ("D", "2024-04-15", "x", 9.0),  # first event after the cutoff
+]
+
+
+def _log(rows=LOG) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=["cid", "ts", "item", "amt"])
+    return load_events(df, customer_col="cid", time_col="ts", amount_col="amt", item_col="item", now="2024-12-31")
+
+
+def _view(events=None, **kw):
+    kw.setdefault("horizon_days", 30)
+    kw.setdefault("n_last", 3)
+    return build_customer_view(_log() if events is None else events, CUTOFF, **kw)
+
+
+# ----------------------------------------------------------------------------- load_events
+
+
+def test_load_events_canonical_frame():
+    ev = _log()
+    assert list(ev.columns) == ["customer_id", "timestamp", "amount", "item_id"]
+    assert ev["timestamp"].dtype == "datetime64[ns]"
+    assert ev["amount"].dtype == "float64"
+    assert len(ev) == len(LOG)
+    assert ev.loc[4, "amount"] == -10.0  # refunds are kept
+
+
+def test_load_events_timestamp_formats():
+    expected = pd.Timestamp("2024-01-01")
+    iso = pd.DataFrame({"c": [1, 2], "t": ["2024-01-01", "2024-01-01T02:00:00+02:00"]})
+    epoch = pd.DataFrame({"c": [1], "t": [1704067200]})
+    dt = pd.DataFrame({"c": [1], "t": [pd.Timestamp("2024-01-01")]})
+    for df in (iso, epoch, dt):
+        ev = load_events(df, customer_col="c", time_col="t", now="2025-01-01")
+        assert ev["timestamp"].dtype == "datetime64[ns]"
+        assert (ev["timestamp"] == expected).all(), ev
+    ev = load_events(iso, customer_col="c", time_col="t", quantity_col=None, now="2025-01-01")
+    assert list(ev.columns) == ["customer_id", "timestamp"]
+
+
+def _csv(tmp_path, text: str):
+    path = tmp_path / "events.csv"
+    path.write_text(text)
+    return path
+
+
+def _raises(path, match_parts, **kw):
+    kw.setdefault("customer_col", "cid")
+    kw.setdefault("time_col", "ts")
+    kw.setdefault("now", "2024-12-31")
+    with pytest.raises(SchemaError) as err:
+        load_events(path, **kw)
+    msg = str(err.value)
+    for part in [str(path), *match_parts]:
+        assert part in msg, f"{part!r} not in {msg!r}"
+    return err.value
+
+
+def test_missing_column(tmp_path):
+    path = _csv(tmp_path, "cid,ts\nA,2024-01-01\n")
+    e = _raises(path, ["column 'amt'", "not found"], amount_col="amt")
+    assert e.column == "amt"
+
+
+def test_unparseable_timestamp(tmp_path):
+    path = _csv(tmp_path, "cid,ts,amt\nA,2024-01-01,1\nA,2024-01-02,1\nB,not a date,1\nB,2024-13-45,1\n")
+    e = _raises(path, ["column 'ts'", "row 2", "'not a date'"])
+    assert (e.column, e.row) == ("ts", 2)
+
+
+def test_missing_timestamp(tmp_path):
+    path = _csv(tmp_path, "cid,ts,amt\nA,2024-01-01,1\nA,,1\n")
+    _raises(path, ["column 'ts'", "row 1", "missing timestamp"])
+
+
+def test_future_timestamp_error_and_drop(tmp_path, caplog):
+    path = _csv(tmp_path, "cid,ts,amt\nA,2024-01-01,1\nA,2024-07-01,2\nB,2024-05-01,3\n")
+    _raises(path, ["column 'ts'", "row 1", "future"], now="2024-06-01")
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.events"):
+        ev = load_events(
+            path, customer_col="cid", time_col="ts", amount_col="amt", future_policy="drop", now="2024-06-01"
+        )
+    assert ev["amount"].tolist() == [1.0, 3.0]
+    assert "dropping 1 events" in caplog.text
+    with pytest.raises(ValueError):
+        load_events(path, customer_col="cid", time_col="ts", future_policy="ignore")
+
+
+def test_default_now_is_today(tmp_path):
+    future = (pd.Timestamp.now() + pd.Timedelta(days=3)).strftime("%Y-%m-%d")
+    path = _csv(tmp_path, f"cid,ts\nA,2024-01-01\nA,{future}\n")
+    _raises(path, ["column 'ts'", "row 1"], now=None)
+
+
+def test_non_numeric_amount(tmp_path):
+    path = _csv(tmp_path, "cid,ts,amt\nA,2024-01-01,1.5\nA,2024-01-02,abc\n")
+    e = _raises(path, ["column 'amt'", "row 1", "'abc'"], amount_col="amt")
+    assert e.row == 1
+
+
+def test_missing_amount(tmp_path):
+    path = _csv(tmp_path, "cid,ts,amt\nA,2024-01-01,1.5\nA,2024-01-02,\n")
+    _raises(path, ["column 'amt'", "row 1", "missing amount"], amount_col="amt")
+
+
+def test_negative_quantity(tmp_path):
+    path = _csv(tmp_path, "cid,ts,qty\nA,2024-01-01,1\nA,2024-01-02,2\nB,2024-01-03,-1\n")
+    e = _raises(path, ["column 'qty'", "row 2", "negative quantity"], quantity_col="qty")
+    assert e.row == 2
+    ok = _csv(tmp_path, "cid,ts,qty\nA,2024-01-01,1\nA,2024-01-02,0\n")
+    qty = load_events(ok, customer_col="cid", time_col="ts", quantity_col="qty", now="2025-01-01")["quantity"]
+    assert qty.tolist() == [1.0, 0.0]
+
+
+def test_missing_customer_id(tmp_path):
+    path = _csv(tmp_path, "cid,ts\nA,2024-01-01\nB,2024-01-02\n,2024-01-03\n")
+    e = _raises(path, ["column 'cid'", "row 2", "missing customer id"])
+    assert e.column == "cid"
+
+
+def test_missing_file_and_dataframe_source():
+    with pytest.raises(SchemaError, match="not found"):
+        load_events("/nonexistent/events.csv", customer_col="c", time_col="t")
+    df = pd.DataFrame({"c": ["a"], "t": ["x"]})
+    with pytest.raises(SchemaError, match="<dataframe>.*column 't'.*row 0"):
+        load_events(df, customer_col="c", time_col="t")
+
+
+# ----------------------------------------------------------------------------- customer view by hand
+
+
+def test_features_by_hand():
+    v = _view()
+    f = v.features
+    assert f.index.name == "customer_id"
+    assert f.index.tolist() == ["A", "B", "C"]  # D's first event is after the cutoff
+    assert list(f.columns) == list(FEATURE_COLUMNS)
+    a, b, c = f.loc["A"], f.loc["B"], f.loc["C"]
+    # A: purchases 01-01 (10), 02-01 (20 + 5, one basket), 03-02 (30); refund 03-10 (-10)
+    assert a["recency_days"] == 30  # 03-02 -> 04-01
+    assert a["frequency"] == 3
+    assert a["n_purchase_days"] == 3
+    assert a["monetary_mean"] == pytest.approx(65 / 3)  # refund excluded
+    assert a["monetary_total"] == pytest.approx(55.0)  # refund included
+    assert a["tenure_days"] == 91  # 31 + 29 + 31
+    assert a["ipt_mean_days"] == pytest.approx(30.5)  # gaps 31, 30
+    assert a["ipt_std_days"] == pytest.approx(math.sqrt(0.5))
+    assert (a["max_gap_days"], a["last_gap_days"]) == (31, 30)
+    # trend window 90 days: [01-02, 04-01) has 2 transactions, [10-04, 01-02) has 1
+    assert a["trend_log_ratio"] == pytest.approx(math.log(3 / 2))
+    assert a["n_distinct_items"] == 3
+    assert a["basket_diversity"] == pytest.approx(1.0)
+    # B: 2023-09-01 (40), 2024-03-22 (60)
+    assert b["recency_days"] == 10
+    assert b["frequency"] == 2
+    assert b["monetary_mean"] == pytest.approx(50.0)
+    assert b["monetary_total"] == pytest.approx(100.0)
+    assert b["tenure_days"] == 213
+    assert b["ipt_mean_days"] == 203
+    assert np.isnan(b["ipt_std_days"])  # one gap: no sample std
+    assert (b["max_gap_days"], b["last_gap_days"]) == (203, 203)
+    assert b["trend_log_ratio"] == pytest.approx(math.log(2))
+    assert b["n_distinct_items"] == 2
+    # C: one purchase 03-20 (12) before the cutoff
+    assert (c["recency_days"], c["tenure_days"], c["frequency"]) == (12, 12, 1)
+    assert (c["monetary_mean"], c["monetary_total"]) == (12, 12)
+    assert np.isnan(c[["ipt_mean_days", "ipt_std_days", "max_gap_days", "last_gap_days"]].astype(float)).all()
+    assert c["n_distinct_items"] == 1
+
+
+def test_labels_by_hand():
+    lab = _view().labels
+    assert list(lab.columns) == ["churn", "future_spend", "future_n_tx"]
+    assert lab["churn"].tolist() == [0, 1, 0]
+    assert lab["future_spend"].tolist() == [15.0, 0.0, 8.0]  # C: the cutoff event counts, 05-01 does not
+    assert lab["future_n_tx"].tolist() == [1, 0, 1]
+    longer = build_customer_view(_log(), CUTOFF, horizon_days=31).labels
+    assert longer.loc["C", "future_spend"] == 108.0  # 05-01 is inside [04-01, 05-02)
+
+
+def test_sequences_by_hand():
+    v = _view()
+    assert v.item_vocab == ["<unk>", "x", "y", "z"]
+    s = v.sequences
+    assert s["length"].tolist() == [3, 2, 1]
+    # A's last 3 purchase rows, oldest first: y (02-01), z (02-01), x (03-02); the refund is not a purchase
+    np.testing.assert_array_equal(s["item_idx"], [[2, 3, 1], [1, 2, 0], [3, 0, 0]])
+    np.testing.assert_allclose(s["amount"], [[20, 5, 30], [40, 60, 0], [12, 0, 0]])
+    np.testing.assert_allclose(s["days_before_cutoff"], [[60, 60, 30], [213, 10, 0], [12, 0, 0]])
+    assert s["item_idx"].dtype == np.int64 and s["amount"].dtype == np.float32
+
+
+def test_events_on_or_after_cutoff_never_change_features():
+    base = _view()
+    extra = LOG + [
+        ("A", "2024-04-01", "q", 1000.0),  # exactly at the cutoff, new item
+        ("B", "2024-04-05", "y", 50.0),
+        ("B", "2024-06-01", "x", 70.0),  # after the label window
+        ("F", "2024-04-02", "x", 5.0),  # new customer after the cutoff
+    ]
+    more = _view(_log(extra))
+    pd.testing.assert_frame_equal(base.features, more.features)
+    for key in base.sequences:
+        np.testing.assert_array_equal(base.sequences[key], more.sequences[key])
+    assert base.item_vocab == more.item_vocab
+    # ... but they do change the labels
+    assert more.labels.loc["A", "future_spend"] == 1015.0
+    assert more.labels.loc["A", "future_n_tx"] == 2
+    assert more.labels.loc["B", "churn"] == 0 and base.labels.loc["B", "churn"] == 1
+    assert more.labels.loc["B", "future_spend"] == 50.0
+    # and an event one second before the cutoff does change the features (the check can fail)
+    before = _view(_log(LOG + [("B", "2024-03-31 23:59:59", "y", 1.0)]))
+    assert before.features.loc["B", "recency_days"] == pytest.approx(1 / 86400)
+    assert before.features.loc["B", "frequency"] == 3
+
+
+def test_customer_table_outer_join():
+    table = pd.DataFrame({"customer_id": ["A", "C", "E"], "segment": ["gold", "silver", "bronze"]})
+    v = _view(customers=table)
+    f, lab = v.features, v.labels
+    assert f.index.tolist() == ["A", "B", "C", "E"]
+    assert f.loc["A", "segment"] == "gold" and f.loc["E", "segment"] == "bronze"
+    assert pd.isna(f.loc["B", "segment"])  # only in the events
+    e = f.loc["E"]  # only in the table
+    assert e["frequency"] == 0 and e["n_distinct_items"] == 0 and e["monetary_total"] == 0
+    assert np.isnan(e[["recency_days", "tenure_days", "monetary_mean", "trend_log_ratio"]].astype(float)).all()
+    assert lab.loc["E"].tolist() == [1, 0.0, 0]
+    assert v.sequences["length"].tolist() == [3, 2, 1, 0]
+    # a table customer whose first event is after the cutoff: kept, no history, label from the window
+    v2 = _view(customers=pd.DataFrame({"cid": ["D"], "age": [41]}).set_index("cid"), customer_id_col="cid")
+    assert v2.features.index.tolist() == ["A", "B", "C", "D"]
+    assert v2.features.loc["D", "frequency"] == 0 and np.isnan(v2.features.loc["D", "recency_days"])
+    assert v2.labels.loc["D"].tolist() == [0, 9.0, 1]
+    assert v2.features.loc["D", "age"] == 41 and np.isnan(v2.features.loc["A", "age"])
+
+
+def test_customer_table_id_types_are_harmonised():
+    ev = load_events(
+        pd.DataFrame({"c": [1, 2], "t": ["2024-01-01", "2024-02-01"]}), customer_col="c", time_col="t", now="2025-01-01"
+    )
+    table = pd.DataFrame({"customer_id": ["1", "3"], "x": [10, 30]})
+    f = build_customer_view(ev, "2024-03-01", customers=table).features
+    assert f.index.tolist() == ["1", "2", "3"]
+    assert f.loc["1", "x"] == 10 and f.loc["1", "frequency"] == 1 and f.loc["3", "frequency"] == 0
+
+
+def test_customer_view_errors():
+    ev = _log()
+    with pytest.raises(SchemaError, match="column 'customer_id'.*duplicated"):
+        build_customer_view(ev, CUTOFF, customers=pd.DataFrame({"customer_id": ["A", "A"]}))
+    with pytest.raises(SchemaError, match="column 'cust'"):
+        build_customer_view(ev, CUTOFF, customers=pd.DataFrame({"id": ["A"]}), customer_id_col="cust")
+    with pytest.raises(SchemaError, match="column 'recency_days'"):
+        build_customer_view(ev, CUTOFF, customers=pd.DataFrame({"customer_id": ["A"], "recency_days": [1]}))
+    with pytest.raises(SchemaError, match="column 'timestamp'"):
+        build_customer_view(ev.assign(timestamp=ev["timestamp"].astype(str)), CUTOFF)
+    with pytest.raises(SchemaError, match="column 'customer_id'"):
+        build_customer_view(ev.drop(columns="customer_id"), CUTOFF)
+    with pytest.raises(SchemaError, match="column 'amount', row 3"):
+        build_customer_view(ev.assign(amount=ev["amount"].where(ev.index != 3)), CUTOFF)
+
+
+def test_category_entropy():
+    f = _view(item_categories={"x": "A", "y": "A", "z": "B"}).features
+    # A's purchase rows x, y, z, x -> categories A, A, B, A
+    assert f.loc["A", "category_entropy"] == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    assert f.loc["B", "category_entropy"] == pytest.approx(0.0)
+    assert f.loc["C", "category_entropy"] == pytest.approx(0.0)
+
+
+def test_without_amount_and_items():
+    ev = _log().drop(columns=["amount", "item_id"])
+    v = build_customer_view(ev, CUTOFF, horizon_days=30)
+    # every row is now a purchase, including A's former refund on 03-10
+    assert v.features.loc["A", "frequency"] == 4 and v.features.loc["A", "recency_days"] == 22
+    assert v.features["monetary_total"].isna().all() and v.labels["future_spend"].isna().all()
+    assert (v.features["n_distinct_items"] == 0).all()
+    assert (v.sequences["item_idx"] == 0).all()
+
+
+def test_matches_groupby_reference_on_random_log():
+    """The vectorised code agrees with a slow per-customer pandas reference."""
+    rng = np.random.default_rng(3)
+    n = 1500
+    ev = pd.DataFrame(
+        {
+            "customer_id": rng.integers(0, 150, n),
+            "timestamp": pd.Timestamp("2023-01-01") + pd.to_timedelta(rng.integers(0, 500, n) * 3600 * 12, unit="s"),
+            "amount": rng.normal(20, 15, n).round(2),
+            "item_id": rng.integers(0, 40, n),
+        }
+    )
+    ev = load_events(ev, customer_col="customer_id", time_col="timestamp", amount_col="amount", item_col="item_id")
+    cutoff = pd.Timestamp("2023-08-01")
+    v = build_customer_view(ev, cutoff, horizon_days=60, n_last=5)
+    f = v.features
+    pre = ev[(ev["timestamp"] < cutoff) & (ev["amount"] >= 0)]
+    rows = {}
+    for cid, g in pre.groupby("customer_id"):
+        tx = g.groupby("timestamp")["amount"].sum().sort_index()
+        gaps = tx.index.to_series().diff().dt.total_seconds().dropna() / 86400
+        rows[cid] = {
+            "recency_days": (cutoff - tx.index.max()).total_seconds() / 86400,
+            "frequency": len(tx),
+            "monetary_mean": tx.mean(),
+            "tenure_days": (cutoff - tx.index.min()).total_seconds() / 86400,
+            "ipt_std_days": gaps.std() if len(gaps) >= 2 else np.nan,
+            "max_gap_days": gaps.max() if len(gaps) else np.nan,
+            "last_gap_days": gaps.iloc[-1] if len(gaps) else np.nan,
+            "n_distinct_items": g["item_id"].nunique(),
+            "last_amount": g.sort_values("timestamp", kind="stable")["amount"].iloc[-1],
+        }
+    ref = pd.DataFrame.from_dict(rows, orient="index")
+    got = f.loc[ref.index]
+    for col in ref.columns.drop("last_amount"):
+        np.testing.assert_allclose(got[col].to_numpy(float), ref[col].to_numpy(float), rtol=1e-9, err_msg=col)
+    total = ev[ev["timestamp"] < cutoff].groupby("customer_id")["amount"].sum()
+    np.testing.assert_allclose(f.loc[total.index, "monetary_total"], total, rtol=1e-9)
+    win = ev[(ev["timestamp"] >= cutoff) & (ev["timestamp"] < cutoff + pd.Timedelta(days=60))]
+    spend = win.groupby("customer_id")["amount"].sum().reindex(f.index, fill_value=0.0)
+    np.testing.assert_allclose(v.labels["future_spend"], spend, rtol=1e-9)
+    pos = f.index.get_indexer(ref.index)
+    last = v.sequences["amount"][pos, v.sequences["length"][pos] - 1]
+    np.testing.assert_allclose(last, ref["last_amount"], rtol=1e-5)

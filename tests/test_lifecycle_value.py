@@ -1,0 +1,236 @@
+"""CLV, survival, retention/churn rates, cohorts, baselines, metrics and lifecycle stages, by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clm_torch.data.events import build_customer_view, load_events
+from clm_torch.data.schema import SchemaError
+from clm_torch.lifecycle.stages import STAGES, assign_stage
+from clm_torch.lifecycle.value import (
+    churn_rate,
+    clv_formula,
+    cohort_retention,
+    per_period_churn_prob,
+    rates_from_events,
+    retention_rate,
+    run_rate_clv,
+    spearman,
+    spend_capture,
+    survival_from_churn_prob,
+)
+
+
+def _events(rows) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=["customer_id", "timestamp", "amount"])
+    return load_events(df, customer_col="customer_id", time_col="timestamp", amount_col="amount", now="2025-01-01")
+
+
+# ----------------------------------------------------------------------------- CLV
+
+
+def test_clv_hand_check():
+    # 20/1.1 + 25/1.1^2 + 30/1.1^3 + 35/1.1^4 + 40/1.1^5 = 110.1247
+    value = clv_formula([20, 25, 30, 35, 40], discount_rate=0.1)
+    assert isinstance(value, float)
+    assert round(value, 2) == 110.12
+    assert clv_formula([20, 25, 30, 35, 40], discount_rate=0.0) == pytest.approx(150.0)
+
+
+def test_clv_with_survival_vectorised():
+    margins = np.array([[100.0, 100.0], [20, 25]])
+    survival = np.array([[0.5, 0.25], [1.0, 1.0]])
+    out = clv_formula(margins, survival, discount_rate=0.1)
+    assert out.shape == (2,)
+    np.testing.assert_allclose(out, [100 * 0.5 / 1.1 + 100 * 0.25 / 1.21, 20 / 1.1 + 25 / 1.21])
+    # (T,) survival broadcast over customers
+    np.testing.assert_allclose(clv_formula(margins, [0.5, 0.25], discount_rate=0.0), [75.0, 16.25])
+    with pytest.raises(ValueError):
+        clv_formula([1, 2, 3], [0.5, 0.5])
+    with pytest.raises(ValueError):
+        clv_formula([1, 2], [1.5, 0.5])
+
+
+def test_survival_from_churn_prob():
+    np.testing.assert_allclose(survival_from_churn_prob(0.2, 3), [0.8, 0.64, 0.512])
+    s = survival_from_churn_prob([0.1, 0.5], 2)
+    np.testing.assert_allclose(s, [[0.9, 0.81], [0.5, 0.25]])
+    with pytest.raises(ValueError):
+        survival_from_churn_prob(1.2, 3)
+
+
+def test_per_period_churn_prob():
+    # surviving 2 periods at 20 % churn each: 0.8^2 = 0.64, so 36 % over the horizon
+    assert per_period_churn_prob(0.36, 2) == pytest.approx(0.2)
+    # a 90-day churn probability of 10 % as a yearly one: 1 - 0.9^(365/90)
+    assert per_period_churn_prob(0.1, 90 / 365) == pytest.approx(1 - 0.9 ** (365 / 90))
+    p = np.array([0.0, 0.5, 1.0])
+    round_trip = survival_from_churn_prob(per_period_churn_prob(p, 4), 4)[:, -1]
+    np.testing.assert_allclose(round_trip, 1 - p, atol=1e-12)
+    # CLV at a constant yearly churn of 20 %: 100 * (0.8/1.1 + 0.64/1.21)
+    assert clv_formula([100, 100], survival_from_churn_prob(0.2, 2)) == pytest.approx(80 / 1.1 + 64 / 1.21)
+
+
+# ----------------------------------------------------------------------------- rates
+
+
+def test_retention_and_churn_rate():
+    assert retention_rate(100, 90, 10) == pytest.approx(0.8)
+    assert churn_rate(100, 90, 10) == pytest.approx(0.2)
+    np.testing.assert_allclose(retention_rate([100, 50], [90, 50], [10, 0]), [0.8, 1.0])
+    assert np.isnan(retention_rate(0, 5, 5))
+    with pytest.raises(ValueError):
+        retention_rate(100, 10, 20)
+
+
+def test_rates_from_events_by_hand():
+    # period [02-01, 03-01) (29 days); customers at the start = purchase in [01-03, 02-01)
+    ev = _events(
+        [
+            ("a", "2024-01-05", 10),  # start
+            ("a", "2024-02-10", 10),  # end -> retained
+            ("b", "2024-01-20", 10),  # start
+            ("b", "2024-02-10", -5),  # a refund is not a purchase -> b churned
+            ("c", "2024-02-03", 10),  # new, first purchase
+            ("d", "2023-06-01", 10),
+            ("d", "2024-02-15", 10),  # new, reactivated
+            ("e", "2024-01-10", 10),  # start, churned
+            ("f", "2024-01-02", 10),  # just before the start window: not counted
+            ("g", "2024-03-01", 10),  # at the period end: not counted
+        ]
+    )
+    r = rates_from_events(ev, "2024-02-01", "2024-03-01")
+    assert (r["n_start"], r["n_end"], r["n_new"], r["n_reactivated"]) == (3, 3, 2, 1)
+    assert r["retention_rate"] == pytest.approx(1 / 3)
+    assert r["churn_rate"] == pytest.approx(2 / 3)
+    wider = rates_from_events(ev, "2024-02-01", "2024-03-01", lookback_days=30)  # now f counts at the start
+    assert wider["n_start"] == 4 and wider["retention_rate"] == pytest.approx(1 / 4)
+
+
+def test_cohort_retention_by_hand():
+    ev = _events(
+        [
+            ("a", "2024-01-05", 1),
+            ("a", "2024-01-25", 1),
+            ("a", "2024-03-01", 2),
+            ("b", "2024-01-20", 3),
+            ("b", "2024-02-10", -1),  # refund: not activity
+            ("c", "2024-02-03", 5),
+            ("c", "2024-02-20", 6),
+            ("d", "2024-02-28", 7),
+            ("d", "2024-03-03", 7),
+            ("e", "2024-03-03", 7),
+        ]
+    )
+    got = cohort_retention(ev, freq="M")
+    expected = pd.DataFrame(
+        [[1.0, 0.0, 0.5], [1.0, 0.5, np.nan], [1.0, np.nan, np.nan]],
+        index=pd.PeriodIndex(["2024-01", "2024-02", "2024-03"], freq="M", name="cohort"),
+        columns=pd.Index([0, 1, 2], name="period"),
+    )
+    pd.testing.assert_frame_equal(got, expected, check_column_type=False)
+    assert got.attrs["size"] == {"2024-01": 2, "2024-02": 2, "2024-03": 1}
+
+
+# ----------------------------------------------------------------------------- baselines and metrics
+
+
+def test_run_rate_clv():
+    f = pd.DataFrame(
+        {"monetary_total": [70.0, 10.0, 0.0, -5.0], "tenure_days": [70.0, 1.0, np.nan, 14.0]}, index=list("abcd")
+    )
+    pred = run_rate_clv(f, horizon_days=28)
+    # a: 70 over 10 weeks * 4 weeks; b: tenure floored at one week; c: no history; d: net refunds -> 0
+    np.testing.assert_allclose(pred, [28.0, 40.0, 0.0, 0.0])
+    assert pred.index.tolist() == list("abcd")
+
+
+def test_spend_capture_by_hand():
+    pred = [0.9, 0.1, 0.5, 0.3, 0.2]
+    truth = [10, 40, 30, 0, 20]
+    assert spend_capture(pred, truth, top=0.2) == pytest.approx(0.1)  # top 1: the 0.9 customer, 10 of 100
+    assert spend_capture(pred, truth, top=0.4) == pytest.approx(0.4)  # 0.9 and 0.5: 40 of 100
+    assert spend_capture(truth, truth, top=0.2) == pytest.approx(0.4)  # perfect ranking
+    assert spend_capture([np.nan, 1, 0, 0, 0], truth, top=0.2) == pytest.approx(0.4)  # NaN ranks last
+    assert np.isnan(spend_capture(pred, [0, 0, 0, 0, 0]))
+
+
+def test_spearman():
+    # ranks 1,2,4,3: rho = 1 - 6 * 2 / (4 * 15) = 0.8
+    assert spearman([1, 2, 3, 4], [10, 20, 40, 30]) == pytest.approx(0.8)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def _rows():
+    cols = ["recency_days", "tenure_days", "frequency", "last_gap_days"]
+    data = {
+        "new": [5, 20, 2, 15],
+        "active": [10, 300, 10, 30],
+        "active_edge": [60, 300, 10, 30],  # recency == active threshold: still active
+        "at_risk_recency": [100, 400, 5, 50],
+        "at_risk_prob": [10, 400, 8, 20],
+        "lapsed_recency": [200, 500, 4, 60],
+        "lapsed_no_history": [np.nan, np.nan, 0, np.nan],
+        "won_back": [10, 500, 3, 200],
+        "won_back_high_prob": [10, 500, 3, 200],
+        "gap_but_not_recent": [90, 500, 3, 200],  # long gap closed 90 days ago: at risk, not won back
+        "new_high_prob": [5, 20, 1, np.nan],
+    }
+    return pd.DataFrame.from_dict(data, orient="index", columns=cols)
+
+
+def test_assign_stage_every_stage():
+    f = _rows()
+    prob = pd.Series(0.1, index=f.index)
+    prob[["at_risk_prob", "won_back_high_prob", "new_high_prob"]] = [0.5, 0.9, 0.9]  # 0.5 == threshold
+    stage = assign_stage(f, prob)
+    expected = {
+        "new": "new",
+        "active": "active",
+        "active_edge": "active",
+        "at_risk_recency": "at_risk",
+        "at_risk_prob": "at_risk",
+        "lapsed_recency": "lapsed",
+        "lapsed_no_history": "lapsed",
+        "won_back": "won_back",
+        "won_back_high_prob": "won_back",
+        "gap_but_not_recent": "at_risk",
+        "new_high_prob": "new",
+    }
+    assert stage.to_dict() == expected
+    assert list(stage.cat.categories) == list(STAGES)
+    assert set(stage) == set(STAGES)
+    # without probabilities the probability-driven customer is active; an array works like a Series
+    assert assign_stage(f).loc["at_risk_prob"] == "active"
+    assert assign_stage(f, prob.to_numpy()).tolist() == stage.tolist()
+    # thresholds move customers between stages
+    assert assign_stage(f, prob, lapsed_recency_days=250).loc["lapsed_recency"] == "at_risk"
+    assert assign_stage(f, prob, winback_gap_days=250).loc["won_back"] == "active"
+    with pytest.raises(SchemaError, match="column 'last_gap_days'"):
+        assign_stage(f.drop(columns="last_gap_days"))
+
+
+def test_assign_stage_on_customer_view():
+    log = pd.DataFrame(
+        [
+            ("A", "2024-01-01", 10.0),
+            ("A", "2024-02-01", 20.0),
+            ("A", "2024-03-02", 30.0),
+            ("B", "2023-09-01", 40.0),
+            ("B", "2024-03-22", 60.0),
+            ("C", "2024-03-20", 12.0),
+        ],
+        columns=["c", "t", "a"],
+    )
+    ev = load_events(log, customer_col="c", time_col="t", amount_col="a", now="2025-01-01")
+    v = build_customer_view(ev, "2024-04-01", customers=pd.DataFrame({"customer_id": ["E"]}))
+    assert assign_stage(v.features).to_dict() == {"A": "active", "B": "won_back", "C": "new", "E": "lapsed"}
+    assert math.isclose(v.features.loc["B", "last_gap_days"], 203)
