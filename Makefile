@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 .PHONY: venv run test test-fast bench clean help
 
 help:
-	@echo "make run    - the main job on the built-in synthetic data"
+	@echo "make run    - the main job: clm-pipeline on the built-in synthetic customer base"
 	@echo "make test   - the test suite"
 	@echo "make bench  - the benchmark scripts (slow; see experiments/README.md)"
 
@@ -25,7 +25,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/clm-train experiment=churn_synthetic
+	$(BIN)/clm-pipeline
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -67,3 +67,21 @@ def table_csv(tmp_path: Path) -> Path:
     p = tmp_path / "customers.csv"
     messy_table().to_csv(p, index=False)
     return p
+
+
+TINY_PIPELINE = [
+    "data.n_customers=600", "models.vae.trainer.max_epochs=2", "models.churn.trainer.max_epochs=2",
+    "models.recommender.trainer.max_epochs=2", "models.spend.trainer.max_epochs=2", "tensorboard=true",
+    "segments.k_max=4", "score.gap_samples=2", "score.question_samples=4",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_run(tmp_path_factory) -> Path:
+    """A whole clm-pipeline run on a tiny synthetic base (shared by the pipeline and notebook tests)."""
+    from clm_torch.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    cfg = compose_cfg(TINY_PIPELINE, out, config_name="pipeline.yaml")
+    run_pipeline(cfg)
+    return out

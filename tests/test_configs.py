@@ -18,7 +18,16 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (REPO / "configs" / group).glob("*.yaml"))
 
 
-EXPERIMENTS = _options("experiment")
+EXPERIMENTS = [e for e in _options("experiment") if not e.startswith("pipeline_")]
+PIPELINE_EXPERIMENTS = [e for e in _options("experiment") if e.startswith("pipeline_")]
+
+
+@pytest.mark.parametrize("experiment", PIPELINE_EXPERIMENTS)
+def test_pipeline_experiment_composes(make_cfg, experiment: str) -> None:
+    cfg = make_cfg(f"experiment={experiment}", config_name="pipeline.yaml")
+    assert cfg.data.kind in ("synthetic", "events")
+    for key in ("models", "value", "stages", "actions", "segments"):
+        OmegaConf.to_container(cfg[key], resolve=True)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -1,0 +1,172 @@
+"""The action table, the report's plots and ``summary.md``.
+
+Suggested actions (first matching rule wins; ``high value`` = CLV in the top ``value_quantile``):
+
+===========================================  =====================================================
+rule                                          action — reason
+===========================================  =====================================================
+stage lapsed                                  win-back campaign — "lapsed: no purchase for N days"
+high value and (at_risk or p_churn ≥ τ)       retention offer — "high value, at risk"
+stage at_risk                                 re-engagement nudge — "at risk: churn p=…"
+completeness < ``low_completeness``           ask next best question — "profile incomplete: ask <q>"
+stage new                                     onboarding — "new customer"
+stage won_back                                welcome-back offer — "won back after a long gap"
+high value                                    cross-sell top recommendation — "high value, loyal"
+otherwise                                     recommend — "active"
+===========================================  =====================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+def suggest_actions(customers: pd.DataFrame, *, churn_threshold: float = 0.5, value_quantile: float = 0.8,
+                    low_completeness: float = 0.5) -> pd.DataFrame:
+    """Columns ``action`` and ``reason`` for a frame with ``stage``, ``churn_probability``, ``clv``,
+    and optionally ``completeness``, ``next_best_question``, ``recency_days``, ``top5_items``."""
+    c = customers
+    p = c["churn_probability"].to_numpy(dtype=float)
+    clv = c["clv"].to_numpy(dtype=float)
+    high = clv >= np.nanquantile(clv, value_quantile) if np.isfinite(clv).any() else np.zeros(len(c), bool)
+    stage = c["stage"].astype(str).to_numpy()
+    comp = c["completeness"].to_numpy(dtype=float) if "completeness" in c else np.ones(len(c))
+    question = c["next_best_question"].astype(object).fillna("").to_numpy() if "next_best_question" in c \
+        else np.full(len(c), "")
+    rec = c["recency_days"].to_numpy(dtype=float) if "recency_days" in c else np.full(len(c), np.nan)
+    top = c["top5_items"].astype(str).str.split(" ").str[0].to_numpy() if "top5_items" in c else np.full(len(c), "")
+    conds = [
+        stage == "lapsed",
+        high & ((stage == "at_risk") | (p >= churn_threshold)),
+        stage == "at_risk",
+        (comp < low_completeness) & (question != ""),
+        stage == "new",
+        stage == "won_back",
+        high,
+    ]
+    actions = ["win-back campaign", "retention offer", "re-engagement nudge", "ask next best question",
+               "onboarding", "welcome-back offer", "cross-sell"]
+    action = np.select(conds, actions, default="recommend")
+    reasons = np.select(conds, [
+        np.char.add("lapsed: no purchase for ", np.char.add(np.nan_to_num(rec, nan=-1).round().astype(int).astype(str),
+                                                            " days")),
+        np.char.add("high value, at risk: churn p=", np.round(p, 2).astype(str)),
+        np.char.add("at risk: churn p=", np.round(p, 2).astype(str)),
+        np.char.add("profile incomplete: ask ", question.astype(str)),
+        np.full(len(c), "new customer"),
+        np.full(len(c), "won back after a long gap"),
+        np.char.add("high value, loyal: offer ", top.astype(str)),
+    ], default=np.char.add("active: recommend ", top.astype(str)))
+    return pd.DataFrame({"action": action, "reason": reasons}, index=c.index)
+
+
+# ----------------------------------------------------------------------------- plots
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_latent_map(latents: np.ndarray, segments: np.ndarray, path: Path) -> Path:
+    """2-D PCA of the latent profiles coloured by segment."""
+    plt = _plt()
+    x = latents - latents.mean(0)
+    _, _, vt = np.linalg.svd(x[: min(len(x), 20000)], full_matrices=False)
+    xy = x @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=segments, s=4, cmap="tab10", alpha=0.6)
+    ax.legend(*sc.legend_elements(), title="segment", loc="best", fontsize=8)
+    ax.set(title="Customer profiles (InfoGapVAE latent mean, PCA)", xlabel="PC 1", ylabel="PC 2")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_churn(prob: np.ndarray, y: np.ndarray, path: Path, bins: int = 10) -> Path:
+    """Calibration curve and cumulative gain chart of churn predictions against outcomes."""
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.5))
+    edges = np.quantile(prob, np.linspace(0, 1, bins + 1))
+    idx = np.clip(np.searchsorted(edges, prob, side="right") - 1, 0, bins - 1)
+    mp = np.array([prob[idx == i].mean() if (idx == i).any() else np.nan for i in range(bins)])
+    my = np.array([y[idx == i].mean() if (idx == i).any() else np.nan for i in range(bins)])
+    a.plot([0, 1], [0, 1], "k--", lw=1, label="perfect")
+    a.plot(mp, my, "o-", label="model")
+    a.set(title="Churn calibration", xlabel="predicted probability", ylabel="observed churn rate")
+    a.legend()
+    order = np.argsort(-prob)
+    gain = np.cumsum(y[order]) / max(y.sum(), 1)
+    share = np.arange(1, len(y) + 1) / len(y)
+    b.plot(share, gain, label="model")
+    b.plot([0, 1], [0, 1], "k--", lw=1, label="random")
+    b.set(title="Cumulative gain", xlabel="share of customers contacted", ylabel="share of churners reached")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_clv_by_segment(customers: pd.DataFrame, path: Path) -> Path:
+    plt = _plt()
+    segs = sorted(customers["segment"].unique())
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.boxplot([customers.loc[customers["segment"] == s, "clv"].to_numpy() for s in segs], showfliers=False)
+    ax.set_xticks(range(1, len(segs) + 1), [str(s) for s in segs])
+    ax.set(title="CLV by segment", xlabel="segment", ylabel="CLV")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_cohorts(cohorts: pd.DataFrame, path: Path, max_cohorts: int = 8) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rows = cohorts.iloc[-max_cohorts:] if len(cohorts) > max_cohorts else cohorts
+    for name, row in rows.iterrows():
+        ax.plot(row.index.astype(int), row.to_numpy(dtype=float), marker=".", label=str(name))
+    ax.set(title="Cohort retention by acquisition month", xlabel="months since acquisition", ylabel="share active")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_top_gaps(gap: pd.DataFrame, path: Path, top: int = 12) -> Path:
+    """Mean surprise per feature (where observed) and the share of customers missing it."""
+    plt = _plt()
+    cols = [c for c in gap.columns if c.startswith("surprise_") and c not in
+            ("surprise_total", "surprise_max", "surprise_max_feature")]
+    mean = gap[cols].mean().rename(lambda c: c.removeprefix("surprise_")).sort_values(ascending=False)[:top]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.barh(mean.index[::-1], mean.to_numpy()[::-1])
+    ax.set(title="Top information gaps: mean surprise of observed values (nats)", xlabel="mean surprise")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_summary(path: Path, headline: Mapping[str, Any], sections: Mapping[str, str]) -> Path:
+    """``summary.md``: a headline metrics table, then free-text sections."""
+    lines = ["# clm_torch pipeline summary", "", "| metric | value |", "|---|---|"]
+    for k, v in headline.items():
+        lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    for title, body in sections.items():
+        lines += ["", f"## {title}", "", body]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,385 @@
+"""``clm-pipeline``: the customer-lifecycle loop as one command (the default of ``make run``).
+
+Steps: load → clean → features at the cutoff → InfoGapVAE → ChurnClassifier (with the VAE's
+features) → EmbeddingRecommender → spend model → score every customer → segment → value → report.
+
+No future leaks into training: the models learn from the customer view at
+``train_cutoff = cutoff − horizon`` (features before it, labels in ``[train_cutoff, cutoff)``, all
+observed), and every customer is then scored from the view at ``cutoff`` (features before it;
+their outcome lies in the unobserved future — on synthetic data the report checks it against the
+ground truth). Each model is trained by :func:`clm_torch.train.train` on tables this pipeline
+writes into ``<run>/data/``, into its own sub-run ``<run>/<model>/``.
+
+Run directory::
+
+    data/                     train_view.parquet, score_view.parquet, interactions.parquet, customers_clean.parquet
+    vae/ churn/ recommender/ spend/   one train() sub-run each: checkpoints/, tensorboard/, metrics.json
+    customers.csv             one row per customer: segment, stage, churn probability, CLV, gap score,
+                              next best question, top-5 recommendations, action and reason
+    segments.csv              one row per segment
+    summary.md                headline metrics (and the ground-truth check on synthetic data)
+    plots/*.png               latent map, churn calibration + gain, CLV by segment, cohorts, top gaps
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import pandas as pd
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from clm_torch.data.cleaning import clean_table
+from clm_torch.data.events import build_customer_view, load_events
+from clm_torch.data.schema import SchemaError, infer_schema, read_table
+from clm_torch.data.sources.events import view_to_frame
+from clm_torch.lifecycle import report as rpt
+from clm_torch.lifecycle.segments import choose_k, segment_summary
+from clm_torch.lifecycle.stages import assign_stage
+from clm_torch.lifecycle.value import (
+    clv_formula,
+    cohort_retention,
+    per_period_churn_prob,
+    run_rate_clv,
+    spearman,
+    spend_capture,
+    survival_from_churn_prob,
+)
+from clm_torch.train import CONFIG_DIR, run_cli, train
+from clm_torch.utils.io import write_csv_safe, write_json
+
+log = logging.getLogger(__name__)
+
+
+def _say(msg: str) -> None:
+    print(f"[clm-pipeline] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------- step 1: load
+def load_inputs(cfg: DictConfig) -> dict[str, Any]:
+    """The event log (observed part only), the customer table, and ground truth when synthetic."""
+    d = cfg.data
+    if d.kind == "synthetic":
+        from clm_torch.data.synthetic import generate_customer_base
+
+        base = generate_customer_base(int(d.n_customers), seed=int(d.seed), horizon_days=int(cfg.horizon_days),
+                                      **(OmegaConf.to_container(d.generator, resolve=True) if d.get("generator") else {}))
+        cutoff = pd.Timestamp(base.cutoff)
+        events = base.events[base.events["timestamp"] < cutoff].reset_index(drop=True)  # the observable past
+        customers = base.customers.drop(columns=[base.target])
+        return {"events": events, "customers": customers, "truth": base.truth.set_index("customer_id"),
+                "items": base.items, "cutoff": cutoff, "name": f"synthetic(n={d.n_customers}, seed={d.seed})"}
+    if d.kind == "events":
+        events = load_events(d.path, customer_col=d.customer_col, time_col=d.time_col, amount_col=d.amount_col,
+                             item_col=d.item_col, quantity_col=d.get("quantity_col"))
+        customers = None
+        if d.get("customers_path"):
+            customers = read_table(d.customers_path, what="customer table")
+            cid = d.get("customers_id_col") or d.customer_col
+            if cid not in customers.columns:
+                raise SchemaError("id column not found", source=str(d.customers_path), column=cid)
+            customers = customers.rename(columns={cid: "customer_id"})
+        cutoff = pd.Timestamp(d.cutoff) if d.get("cutoff") else events["timestamp"].max().normalize() + pd.Timedelta(
+            days=1)
+        events = events[events["timestamp"] < cutoff].reset_index(drop=True)
+        return {"events": events, "customers": customers, "truth": None, "items": None, "cutoff": cutoff,
+                "name": str(d.path)}
+    raise SchemaError(f"data.kind must be synthetic or events, not {d.kind!r}", source="pipeline config")
+
+
+# ----------------------------------------------------------------------------- step 2-3
+def clean_customers(customers: pd.DataFrame | None, name: str) -> pd.DataFrame | None:
+    if customers is None:
+        return None
+    schema = infer_schema(customers, id_col="customer_id", source=f"{name} customer table")
+    clean, report = clean_table(customers, schema, source=f"{name} customer table")
+    _say(report.summary())
+    return clean
+
+
+def build_views(inputs: dict[str, Any], customers: pd.DataFrame | None, horizon: float, n_last: int
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train view at cutoff − horizon with its labels, score view at the cutoff)."""
+    cutoff = inputs["cutoff"]
+    train_cut = cutoff - pd.Timedelta(days=horizon)
+    tv = build_customer_view(inputs["events"], train_cut, horizon_days=horizon, customers=customers, n_last=n_last)
+    sv = build_customer_view(inputs["events"], cutoff, horizon_days=horizon, customers=customers, n_last=n_last)
+    train_frame = view_to_frame(tv, None)
+    for col in ("churn", "future_spend"):
+        train_frame[col] = tv.labels[col].to_numpy()
+    score_frame = view_to_frame(sv, None)
+    # the same feature columns in both views (a derived feature can be empty in one of them)
+    shared = [c for c in train_frame.columns if c in score_frame.columns or c in ("churn", "future_spend")]
+    return train_frame[shared], score_frame[[c for c in shared if c not in ("churn", "future_spend")]]
+
+
+# ----------------------------------------------------------------------------- sub-runs
+def compose_subrun(overrides: Sequence[str], output_dir: Path, root_dir: str) -> DictConfig:
+    """Compose ``train.yaml`` with ``overrides`` for one model, writing into ``output_dir``."""
+    def _compose() -> DictConfig:
+        return compose("train.yaml", overrides=list(overrides))
+
+    if GlobalHydra.instance().is_initialized():
+        cfg = _compose()
+    else:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = _compose()
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.root_dir = root_dir
+        cfg.paths.log_dir = str(output_dir.parent)
+        cfg.paths.data_dir = str(output_dir.parent / "data")
+    return cfg
+
+
+def run_model(name: str, base: Sequence[str], extra: DictConfig | None, out: Path, root_dir: str, seed: int
+              ) -> tuple[dict, Any]:
+    """Train one model with :func:`train` into ``out/name`` and return (metrics, best model).
+
+    ``extra`` is merged into the composed sub-run config (e.g. ``{trainer: {max_epochs: 5}}``).
+    """
+    t0 = time.time()
+    cfg = compose_subrun([*base, f"task_name={name}", f"seed={seed}"], out / name, root_dir)
+    if extra:
+        cfg = OmegaConf.merge(cfg, extra)
+    metrics, objects = train(cfg)
+    model = objects["model"]
+    best = metrics.get("best_ckpt")
+    if best:
+        model = type(model).load_from_checkpoint(best)
+    model.eval()
+    _say(f"{name}: trained in {time.time() - t0:.0f}s; {_fmt(metrics)}")
+    return metrics, model
+
+
+def _fmt(m: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in sorted(m.items()) if k.startswith("test/") and isinstance(v, float))
+
+
+# ----------------------------------------------------------------------------- the pipeline
+def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
+    """Run every step and write the run directory; returns the headline metrics."""
+    out = Path(cfg.paths.output_dir)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    (out / "plots").mkdir(exist_ok=True)
+    root = str(cfg.paths.root_dir)
+    t_start = time.time()
+    _say(f"run directory: {out}")
+
+    # 1. load
+    inputs = load_inputs(cfg)
+    ev = inputs["events"]
+    _say(f"1/10 loaded {inputs['name']}: {len(ev):,} events of {ev['customer_id'].nunique():,} customers "
+         f"before the cutoff {inputs['cutoff'].date()}")
+    # 2. clean
+    customers = clean_customers(inputs["customers"], inputs["name"])
+    # 3. features at the cutoff
+    horizon = float(cfg.horizon_days)
+    train_frame, score_frame = build_views(inputs, customers, horizon, int(cfg.n_last))
+    paths = {k: out / "data" / f"{k}.parquet" for k in ("train_view", "score_view", "interactions")}
+    train_frame.to_parquet(paths["train_view"], index=False)
+    score_frame.to_parquet(paths["score_view"], index=False)
+    ev[["customer_id", "item_id", "timestamp"]].dropna().to_parquet(paths["interactions"], index=False)
+    if customers is not None:
+        customers.to_parquet(out / "data" / "customers_clean.parquet", index=False)
+    _say(f"3/10 customer views: train at {inputs['cutoff'] - pd.Timedelta(days=horizon):%Y-%m-%d} "
+         f"({len(train_frame):,} customers, churn rate {train_frame['churn'].mean():.3f}); "
+         f"score at {inputs['cutoff']:%Y-%m-%d} ({len(score_frame):,} customers)")
+
+    table = ["data=parquet", "data.id_col=customer_id", "~logger" if not cfg.tensorboard else "logger=tensorboard"]
+    # 4. VAE (unsupervised: the labels are dropped)
+    vae_m, vae = run_model("vae", ["model=infogap_vae", *table, f"data.path={paths['train_view']}",
+                                   "data.drop=[churn,future_spend]"],
+                           cfg.models.get('vae'), out, root, int(cfg.seed))
+    # 5. churn with the VAE's features
+    churn_m, churn = run_model("churn", ["model=churn", *table, f"data.path={paths['train_view']}",
+                                         "data.target=churn", "data.drop=[future_spend]",
+                                         *_infogap_override(vae_m)], cfg.models.get('churn'), out, root, int(cfg.seed))
+    # 6. recommender on the interaction log
+    rec_m, rec = run_model("recommender", ["model=recommender", "data=interactions",
+                                           f"data.path={paths['interactions']}", "data.user_col=customer_id",
+                                           "data.item_col=item_id", "data.time_col=timestamp",
+                                           "~logger" if not cfg.tensorboard else "logger=tensorboard"],
+                           cfg.models.get('recommender'), out, root, int(cfg.seed))
+    # 6b. learned spend (CLV b)
+    spend_m, spend = run_model("spend", ["model=spend", *table, f"data.path={paths['train_view']}",
+                                         "data.target=future_spend", "data.target_type=continuous",
+                                         "data.drop=[churn]"], cfg.models.get('spend'), out, root, int(cfg.seed))
+
+    # 7. score every customer at the cutoff
+    _say("7/10 scoring every customer")
+    sf = score_frame
+    p_churn = churn.predict_proba(sf)
+    gap = vae.information_gap(sf, n_samples=int(cfg.score.gap_samples))
+    nbq = vae.next_best_question(sf, k=1, n_samples=int(cfg.score.question_samples))
+    latents = vae.encode(sf)
+    recs = rec.recommend(sf["customer_id"].tolist(), k=5)
+    spend_pred = spend.predict_spend(sf)
+
+    # 8. segment on the latent profiles
+    sel = choose_k(latents, range(int(cfg.segments.k_min), int(cfg.segments.k_max) + 1),
+                   criterion=str(cfg.segments.criterion), seed=int(cfg.seed))
+    segments = sel.result.labels.numpy()
+    _say(f"8/10 segments: k={sel.k} by {cfg.segments.criterion}")
+
+    # 9. value: CLV (a) formula with survival from churn, (b) learned spend; stages
+    v = cfg.value
+    period_days = float(v.period_days)
+    p_period = per_period_churn_prob(p_churn, horizon / period_days)
+    surv = survival_from_churn_prob(p_period, int(v.periods))
+    spend_rate = run_rate_clv(sf, period_days).to_numpy()  # past spend per period
+    clv_formula_v = clv_formula(float(v.margin) * spend_rate[:, None] * np.ones((1, int(v.periods))), surv,
+                                float(v.discount_rate))
+    clv_learned = float(v.margin) * spend_pred * (float(v.periods) * period_days / horizon)
+    stages = assign_stage(sf, p_churn, **OmegaConf.to_container(cfg.stages, resolve=True))
+
+    customers_out = pd.DataFrame({
+        "customer_id": sf["customer_id"].to_numpy(),
+        "segment": segments,
+        "stage": stages.to_numpy(),
+        "churn_probability": p_churn,
+        "clv": clv_learned if v.clv == "learned" else clv_formula_v,
+        "clv_formula": clv_formula_v,
+        "clv_learned": clv_learned,
+        "expected_spend_horizon": spend_pred,
+        "gap_score": gap["gap_score"].to_numpy(),
+        "completeness": gap["completeness"].to_numpy(),
+        "most_surprising_feature": gap["surprise_max_feature"].to_numpy(),
+        "next_best_question": nbq["question_1"].to_numpy(),
+        "top5_items": [" ".join(str(i) for i in r if i is not None) for r in recs],
+        "recency_days": sf["recency_days"].to_numpy() if "recency_days" in sf else np.nan,
+    })
+    actions = rpt.suggest_actions(customers_out, **OmegaConf.to_container(cfg.actions, resolve=True))
+    customers_out = pd.concat([customers_out, actions], axis=1)
+
+    # 10. report
+    seg_table = segment_summary(
+        customers_out.assign(top_items=customers_out["top5_items"].str.split(" "),
+                             gap=customers_out["most_surprising_feature"]),
+        numeric_cols=("churn_probability", "clv", "gap_score", "completeness"),
+        category_cols=("stage", "gap", "next_best_question", "action"), list_cols=("top_items",))
+    write_csv_safe(customers_out, out / "customers.csv")
+    write_csv_safe(seg_table, out / "segments.csv")
+    cohorts = cohort_retention(ev)
+    rpt.plot_latent_map(latents, segments, out / "plots" / "latent_map.png")
+    rpt.plot_clv_by_segment(customers_out, out / "plots" / "clv_by_segment.png")
+    rpt.plot_cohorts(cohorts, out / "plots" / "cohort_retention.png")
+    rpt.plot_top_gaps(gap, out / "plots" / "top_gaps.png")
+    churn_preds = pd.read_csv(out / "churn" / "predictions" / "test.csv")
+    rpt.plot_churn(churn_preds["prediction"].to_numpy(), churn_preds["label"].to_numpy(),
+                   out / "plots" / "churn_calibration_gain.png")
+
+    headline: dict[str, Any] = {
+        "customers scored": len(customers_out),
+        "segments (k)": sel.k,
+        "churn test AUROC (train view)": churn_m.get("test/auroc"),
+        "churn test log loss (train view)": churn_m.get("test/log_loss"),
+        "VAE val loss": vae_m.get("val/loss"),
+        "recommender test NDCG@10": rec_m.get("test/ndcg@10"),
+        "recommender test Recall@20": rec_m.get("test/recall@20"),
+        "spend test Spearman": spend_m.get("test/spearman"),
+        "mean churn probability": float(np.mean(p_churn)),
+        "mean CLV": float(np.mean(customers_out["clv"])),
+    }
+    truth_text = "No ground truth for this data."
+    if inputs["truth"] is not None:
+        truth = truth_check(customers_out, inputs["truth"], run_rate_clv(sf, horizon).to_numpy(), inputs["cutoff"])
+        headline.update({f"truth: {k}": v for k, v in truth.items()})
+        truth_text = "\n".join(f"- {k}: {v:.4f}" for k, v in truth.items())
+        _say("truth check: " + ", ".join(f"{k}={v:.3f}" for k, v in truth.items()))
+    headline["wall time (s)"] = round(time.time() - t_start, 1)
+    sections = {
+        "Checked against the ground truth": truth_text,
+        "Stages": customers_out["stage"].value_counts().to_frame("customers").to_markdown()
+        if _has_tabulate() else customers_out["stage"].value_counts().to_string(),
+        "Actions": customers_out["action"].value_counts().to_string(),
+        "Segments": seg_table.to_string(index=False),
+        "Files": "customers.csv, segments.csv, plots/*.png, and one sub-run per model (vae/, churn/, "
+                 "recommender/, spend/) with checkpoints/ and tensorboard/.",
+    }
+    rpt.write_summary(out / "summary.md", headline, sections)
+    write_json({k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in headline.items()},
+               out / "metrics.json")
+    _say(f"10/10 report: {out / 'summary.md'}, customers.csv ({len(customers_out):,} rows), segments.csv, plots/")
+    _say(f"done in {time.time() - t_start:.0f}s; compare sub-runs: tensorboard --logdir {out}")
+    return headline
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _infogap_override(vae_metrics: dict[str, Any]) -> list[str]:
+    """Use the VAE in the churn model when the model supports it (``model.infogap_ckpt``)."""
+    import inspect
+
+    from clm_torch.models.churn import ChurnClassifier
+
+    if "infogap_ckpt" in inspect.signature(ChurnClassifier.__init__).parameters and vae_metrics.get("best_ckpt"):
+        return [f"model.infogap_ckpt={vae_metrics['best_ckpt']}"]
+    return []
+
+
+def truth_check(customers: pd.DataFrame, truth: pd.DataFrame, run_rate: np.ndarray, cutoff: pd.Timestamp
+                ) -> dict[str, float]:
+    """Segment ARI, churn AUC against true churn, CLV rank correlation with true future spend."""
+    import torch
+    from torchmetrics.functional.classification import binary_auroc
+
+    t = truth.reindex(customers["customer_id"])
+    ok = t["segment"].notna().to_numpy()
+    seg_true = t["segment"].to_numpy()[ok].astype(int)
+    out = {"segment ARI": adjusted_rand(seg_true, customers["segment"].to_numpy()[ok])}
+    p = torch.tensor(customers["churn_probability"].to_numpy()[ok])
+    # the pipeline's label: no purchase in [cutoff, cutoff + horizon), for every customer in the view
+    no_purchase = (t["future_n_tx"].to_numpy()[ok] == 0).astype(int)
+    if 0 < no_purchase.mean() < 1:
+        out["churn AUROC vs true no-purchase in horizon"] = float(binary_auroc(p, torch.tensor(no_purchase)))
+    # the hazard process: churn within the horizon, among customers still active at the cutoff
+    active = (t["churn_time"].isna() | (t["churn_time"] >= cutoff)).to_numpy()[ok]
+    churned = t["churned"].to_numpy()[ok].astype(bool)
+    if active.any() and 0 < churned[active].mean() < 1:
+        out["churn AUROC vs true churn (active at cutoff)"] = float(
+            binary_auroc(p[torch.from_numpy(active)], torch.tensor(churned[active].astype(int))))
+    fs = t["future_spend"].to_numpy()[ok].astype(float)
+    for name, col in (("CLV (learned)", "clv_learned"), ("CLV (formula)", "clv_formula")):
+        out[f"{name} Spearman vs true future spend"] = spearman(customers[col].to_numpy()[ok], fs)
+        out[f"{name} top-20% spend capture"] = spend_capture(customers[col].to_numpy()[ok], fs)
+    out["run-rate baseline Spearman vs true future spend"] = spearman(run_rate[ok], fs)
+    out["run-rate baseline top-20% spend capture"] = spend_capture(run_rate[ok], fs)
+    return out
+
+
+def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
+    """Adjusted Rand index of two labelings (n,) (Hubert & Arabie 1985)."""
+    a = pd.factorize(a)[0]
+    b = pd.factorize(b)[0]
+    n = len(a)
+    table = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(table, (a, b), 1)
+    comb = lambda x: x * (x - 1) / 2  # noqa: E731
+    sum_ij = comb(table).sum()
+    sum_a, sum_b = comb(table.sum(1)).sum(), comb(table.sum(0)).sum()
+    expected = sum_a * sum_b / comb(n)
+    max_index = (sum_a + sum_b) / 2
+    return float((sum_ij - expected) / (max_index - expected)) if max_index != expected else 1.0
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="pipeline.yaml")
+def main(cfg: DictConfig) -> None:
+    run_cli(run_pipeline, cfg)
+
+
+if __name__ == "__main__":
+    main()
