@@ -2,25 +2,37 @@
 
 Public API::
 
-    from clm_torch import ChurnClassifier, SchemaError, train
+    from clm_torch import ChurnClassifier, InfoGapVAE, EmbeddingRecommender, load_run
     model = ChurnClassifier.load_from_checkpoint("logs/.../checkpoints/best.ckpt")
     p = model.predict_proba(raw_df)
-    run = load_run("logs/churn_telco/runs/<stamp>")   # config, models, metrics of a run directory
+    run = load_run("logs/pipeline/runs/<stamp>")        # config, models, metrics of a run directory
+
+    from clm_torch import compose_config, train            # train from Python as clm-train would
+    metrics, objects = train(compose_config(["experiment=churn_telco"]))
 """
 
 from clm_torch.data.schema import SchemaError
 from clm_torch.models.churn import ChurnClassifier
+from clm_torch.models.infogap_vae import InfoGapVAE
+from clm_torch.models.recommender import EmbeddingRecommender
+from clm_torch.models.spend import SpendRegressor
 from clm_torch.runs import Run, load_run
+from clm_torch.train import train  # the function; `python -m clm_torch.train` still runs the CLI
 from clm_torch.utils.io import CheckpointError
 
 __version__ = "0.1.0"
 
-__all__ = ["ChurnClassifier", "CheckpointError", "Run", "SchemaError", "__version__", "load_run", "train"]
+__all__ = ["ChurnClassifier", "CheckpointError", "EmbeddingRecommender", "InfoGapVAE", "Run", "SchemaError",
+           "SpendRegressor", "__version__", "compose_config", "load_run", "run_pipeline", "train"]
 
 
-def __getattr__(name: str):  # lazy: importing clm_torch should not import hydra's app machinery
-    if name == "train":
-        from clm_torch.train import train
+def __getattr__(name: str):  # lazy: the pipeline and config helpers load on first use
+    if name == "compose_config":
+        from clm_torch.config import compose_config
 
-        return train
+        return compose_config
+    if name == "run_pipeline":
+        from clm_torch.pipeline import run_pipeline
+
+        return run_pipeline
     raise AttributeError(f"module 'clm_torch' has no attribute {name!r}")

@@ -9,25 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from clm_torch.config import compose_config
+
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = str(REPO / "configs")
 
 torch.set_num_threads(2)
 
 
 def compose_cfg(overrides: Sequence[str], output_dir: Path, config_name: str = "train.yaml") -> DictConfig:
     """Compose ``configs/<config_name>`` with overrides, as ``clm-train`` would, writing to ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
-    HydraConfig().set_config(cfg)
+    cfg = compose_config(overrides, config_name=config_name, output_dir=output_dir)
     with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
         cfg.paths.log_dir = str(output_dir.parent / "logs")
         cfg.paths.root_dir = str(REPO)
         if cfg.get("callbacks") and cfg.callbacks.get("progress_bar"):
