@@ -99,6 +99,8 @@ def test_same_seed_same_metrics(make_cfg, table_csv) -> None:
         runs.append(train(cfg)[0])
     for k in ("val/auroc", "test/auroc", "test/log_loss"):
         assert runs[0][k] == runs[1][k], k
+    preds = [pd.read_csv(Path(make_cfg(out=f"r{i}").paths.output_dir) / "predictions" / "test.csv") for i in range(2)]
+    pd.testing.assert_frame_equal(preds[0], preds[1])  # identical predictions, not just metrics
     cfg = make_cfg(*_csv_overrides(table_csv), *FAST, "trainer.max_epochs=2", "~logger", "seed=7", out="r7")
     assert train(cfg)[0]["test/log_loss"] != runs[0]["test/log_loss"]
 
