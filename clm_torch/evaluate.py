@@ -17,6 +17,11 @@ How each model is evaluated:
 * a model with ``evaluate_frame(frame, target=..., id_col=...) -> (predictions, metrics)`` → that;
 * a binary classifier (``predict_proba``; the ChurnClassifier) on a table → churn probability per
   row; with labels: AUROC, AP, log loss, Brier, ECE;
+* a spend model (``predict_spend``; the SpendRegressor) on a table → expected spend per row; with
+  the target: MAE, RMSE;
+* an imputation model (``impute`` + ``information_gap``; the InfoGapVAE) on a table → the
+  information gap and latent mean per row; metrics from re-imputing a seeded ``hide_rate`` share
+  of the observed cells (NRMSE, accuracy);
 * a recommender (``recommend``) on an interaction log → top-k per user of the log (seen training
   items excluded) against the user's items in the log: Recall/NDCG/HitRate@k.
 """
@@ -34,7 +39,7 @@ import hydra
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from clm_torch.data.schema import SchemaError, validate_target
@@ -55,67 +60,180 @@ class Evaluation:
 
 
 # ---------------------------------------------------------------------------------------- models
-def evaluate_binary(model: Any, data: Any, *, batch_size: int = 65536) -> Evaluation:
-    """Churn probability for every row of ``data.frame`` (a :class:`TableData`); metrics on labelled rows.
+@dataclasses.dataclass
+class _Table:
+    frame: pd.DataFrame          # the new rows, as loaded
+    features: pd.DataFrame       # the same rows without target columns
+    target: str | None           # the target column present in the rows, if any
+    id_name: str                 # id column of the predictions ("row" when there is none)
+    ids: np.ndarray
 
-    The target column is ``data.target``, else the model's training target when the table has it.
-    Rows whose target is missing are scored but left out of the metrics.
+
+def _table(model: Any, data: Any) -> _Table:
+    """Split a :class:`TableData` into features / target / ids, as the checkpoint's preprocessing sees it.
+
+    The target is ``data.target``, else the model's training target when the rows have it; the id
+    column is ``data.id_col``, else the training id column when the rows have it.
+    """
+    frame: pd.DataFrame = data.frame
+    if len(frame) == 0:
+        raise SchemaError("no rows to score", source=data.name)
+    trained_target = getattr(getattr(model, "encoder", None), "target", None)
+    target = data.target or (trained_target if trained_target in frame.columns else None)
+    features = frame.drop(columns=[c for c in {target, trained_target} if c and c in frame.columns])
+    trained_id = (getattr(model, "preprocessing", None) or {}).get("schema", {}).get("id_col")
+    id_name = next((c for c in (data.id_col, trained_id) if c and c in frame.columns), "row")
+    ids = frame[id_name].to_numpy() if id_name in frame.columns else np.arange(len(frame))
+    return _Table(frame, features, target, id_name, ids)
+
+
+def _score(fn: Any, features: pd.DataFrame, batch_size: int, what: str) -> np.ndarray:
+    out = np.empty(len(features), dtype=np.float64)
+    for start, stop in chunks(len(features), batch_size, f"{what} {len(features):,} rows"):
+        out[start:stop] = fn(features.iloc[start:stop])
+    return out
+
+
+def evaluate_binary(model: Any, data: Any, *, batch_size: int = 65536) -> Evaluation:
+    """Churn probability (``predict_proba``) for every row of ``data`` (a :class:`TableData`);
+    AUROC, AP, log loss, Brier and ECE on the labelled rows. Rows without a label are scored but
+    left out of the metrics.
     """
     from clm_torch.callbacks import expected_calibration_error
     from clm_torch.models.churn import binary_metrics
 
-    frame: pd.DataFrame = data.frame
-    if len(frame) == 0:
-        raise SchemaError("no rows to score", source=data.name)
-    enc = getattr(model, "encoder", None)
-    trained_target = getattr(enc, "target", None)
-    target = data.target or (trained_target if trained_target in frame.columns else None)
-    features = frame.drop(columns=[c for c in {target, trained_target} if c and c in frame.columns])
-    prob = np.empty(len(frame), dtype=np.float32)
-    for start, stop in chunks(len(frame), batch_size, f"scoring {len(frame):,} rows"):
-        prob[start:stop] = model.predict_proba(features.iloc[start:stop], batch_size=batch_size, source=data.name)
-    trained_id = (getattr(model, "preprocessing", None) or {}).get("schema", {}).get("id_col")
-    id_name = next((c for c in (data.id_col, trained_id) if c and c in frame.columns), "row")
-    ids = frame[id_name].to_numpy() if id_name in frame.columns else np.arange(len(frame))
-    preds = pd.DataFrame({id_name: ids})
-    metrics: dict[str, Any] = {"n_rows": len(frame)}
-    if target is not None:
-        labelled = frame[target].notna().to_numpy()
-        y = np.full(len(frame), np.nan)
+    t = _table(model, data)
+    prob = _score(lambda part: model.predict_proba(part, batch_size=batch_size, source=data.name), t.features,
+                  batch_size, "scoring")
+    preds = pd.DataFrame({t.id_name: t.ids})
+    metrics: dict[str, Any] = {"n_rows": len(t.frame)}
+    if t.target is not None:
+        labelled = t.frame[t.target].notna().to_numpy()
+        y = np.full(len(t.frame), np.nan)
         if labelled.any():
-            y_l, _ = validate_target(frame.loc[labelled, target], source=data.name, column=target,
-                                     positive=getattr(enc, "positive_label", None), require_both=False)
+            y_l, _ = validate_target(t.frame.loc[labelled, t.target], source=data.name, column=t.target,
+                                     positive=getattr(model.encoder, "positive_label", None), require_both=False)
             y[labelled] = y_l
         preds["label"] = pd.array(np.where(labelled, y, 0).astype(int), dtype="Int64")
         preds.loc[~labelled, "label"] = pd.NA
-        metrics.update({"target": target, "n_labelled": int(labelled.sum()),
+        metrics.update({"target": t.target, "n_labelled": int(labelled.sum()),
                         "positive_rate": float(np.nanmean(y)) if labelled.any() else float("nan")})
         yl, pl = y[labelled], prob[labelled]
         if labelled.any() and len(np.unique(yl)) == 2:
-            m = binary_metrics(torch.from_numpy(pl), torch.from_numpy(yl.astype(np.float32)))
+            m = binary_metrics(torch.from_numpy(pl).float(), torch.from_numpy(yl).float())
             metrics.update({f"eval/{k}": float(v) for k, v in m.items()})
             metrics["eval/ece"] = expected_calibration_error(pl, yl)
         else:
             log.warning("%s: the labelled rows hold one class only; no metrics", data.name)
-    preds["prediction"] = prob
+    preds["prediction"] = prob.astype(np.float32)
     return Evaluation(preds, metrics)
+
+
+def evaluate_regression(model: Any, data: Any, *, batch_size: int = 65536) -> Evaluation:
+    """Expected spend (``predict_spend``) for every row of ``data``; MAE, RMSE and the means of
+    prediction and truth on the rows whose target is known."""
+    t = _table(model, data)
+    pred = _score(lambda part: model.predict_spend(part, batch_size=batch_size, source=data.name), t.features,
+                  batch_size, "scoring")
+    preds = pd.DataFrame({t.id_name: t.ids})
+    metrics: dict[str, Any] = {"n_rows": len(t.frame)}
+    if t.target is not None:
+        from clm_torch.data.schema import to_numeric_strict
+
+        y = to_numeric_strict(t.frame[t.target], source=data.name, column=t.target).to_numpy(dtype=np.float64)
+        known = ~np.isnan(y)
+        preds["label"] = y
+        metrics.update({"target": t.target, "n_labelled": int(known.sum())})
+        if known.any():
+            err = pred[known] - y[known]
+            metrics.update({"eval/mae": float(np.abs(err).mean()), "eval/rmse": float(np.sqrt((err ** 2).mean())),
+                            "eval/mean_prediction": float(pred[known].mean()),
+                            "eval/mean_target": float(y[known].mean())})
+    preds["prediction"] = pred
+    return Evaluation(preds, metrics)
+
+
+def evaluate_imputer(model: Any, data: Any, *, hide_rate: float = 0.2, seed: int = 0,
+                     batch_size: int = 8192) -> Evaluation:
+    """An imputation model (``impute`` + ``information_gap``; the InfoGapVAE) on new rows.
+
+    Predictions: the information gap per customer (``gap_score``, ``completeness``,
+    ``surprise_total``, ``surprise_max_feature``, counts) and the latent mean ``z_*``.
+    Metrics: hide ``hide_rate`` of the observed feature cells at random (seeded), impute them
+    from the rest and score only those cells: NRMSE (RMSE / the column's std in these rows),
+    averaged over numeric columns, and accuracy averaged over categorical columns.
+    """
+    t = _table(model, data)
+    enc = model.encoder
+    features = t.features
+    gap = model.information_gap(features, source=data.name)
+    keep = ["gap_score", "completeness", "surprise_total", "surprise_max_feature", "missing_entropy",
+            "n_observed", "n_missing"]
+    preds = pd.concat([pd.DataFrame({t.id_name: t.ids}, index=features.index),
+                       gap[[c for c in keep if c in gap.columns]]], axis=1)
+    z = model.encode(features, source=data.name)
+    for d in range(z.shape[1]):
+        preds[f"z_{d}"] = z[:, d]
+    rng = np.random.default_rng(seed)
+    masked = features.copy()
+    hidden: dict[str, np.ndarray] = {}
+    for col in [*enc.num_columns, *enc.cat_columns]:
+        h = features[col].notna().to_numpy() & (rng.random(len(features)) < hide_rate)
+        if h.any():
+            if not (pd.api.types.is_float_dtype(masked[col]) or pd.api.types.is_object_dtype(masked[col])):
+                masked[col] = masked[col].astype(object if col in enc.cat_columns else "float64")
+            masked.loc[h, col] = np.nan
+            hidden[col] = h
+    metrics: dict[str, Any] = {"n_rows": len(features), "hide_rate": float(hide_rate), "seed": int(seed),
+                               "n_hidden_cells": int(sum(h.sum() for h in hidden.values())),
+                               "mean_gap_score": float(gap["gap_score"].mean()),
+                               "mean_completeness": float(gap["completeness"].mean())}
+    if hidden:
+        imputed = model.impute(masked, batch_size=batch_size, seed=seed, source=data.name)
+        nrmse, acc = [], []
+        for col, h in hidden.items():
+            if col in enc.num_columns:
+                truth = pd.to_numeric(features[col], errors="coerce").to_numpy(dtype=np.float64)
+                guess = pd.to_numeric(imputed[col], errors="coerce").to_numpy(dtype=np.float64)
+                sd = np.nanstd(truth)
+                if sd > 0:
+                    nrmse.append(float(np.sqrt(np.mean((guess[h] - truth[h]) ** 2)) / sd))
+            else:
+                def norm(s: pd.Series) -> np.ndarray:
+                    return s.astype("string").str.strip().str.lower().to_numpy(dtype=object)
+
+                acc.append(float(np.mean(norm(imputed[col])[h] == norm(features[col])[h])))
+        metrics["eval/imputation_nrmse"] = float(np.mean(nrmse)) if nrmse else float("nan")
+        metrics["eval/imputation_accuracy"] = float(np.mean(acc)) if acc else float("nan")
+    return Evaluation(preds.reset_index(drop=True), metrics)
 
 
 def evaluate_recommender(model: Any, data: Any, *, k: int = 10, batch_users: int = 4096) -> Evaluation:
     """Top-``k`` recommendations for every user of an interaction log (an :class:`InteractionData`),
-    scored against the items that user has in the log (items unknown to the model cannot be hit
-    and are left out of the targets). Users are ranked with their training history excluded.
+    scored against the items that user has in the log: Recall/NDCG/HitRate@k averaged over users
+    with at least one target. Users are ranked with their training history excluded, so items
+    they already had in training are not targets; nor are items unknown to the model. Users
+    without any target are listed in the predictions but not measured.
     """
     from clm_torch.metrics import per_user_metrics
 
     frame: pd.DataFrame = data.frame
     if len(frame) == 0:
         raise SchemaError("no interactions to evaluate", source=data.name)
-    item_index = pd.Index(model.preprocessing["item_ids"])
+    prep = model.preprocessing
+    item_index = pd.Index(prep["item_ids"])
     users = pd.unique(frame["user"])
     item_pos = item_index.get_indexer(frame["item"])
     known = item_pos >= 0
     user_pos = pd.Index(users).get_indexer(frame["user"])
+    # items a user already had in training are never recommended again (exclude_seen), so they are
+    # not targets either: only new (user, item) pairs count
+    vocab_pos = pd.Index(prep["user_ids"]).get_indexer(frame["user"])  # -1 = unknown user
+    indptr = prep["seen_indptr"].long().numpy()
+    seen_rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    seen_keys = seen_rows * len(item_index) + prep["seen_indices"].long().numpy()
+    already = known & (vocab_pos >= 0) & np.isin(vocab_pos * len(item_index) + item_pos, seen_keys)
+    known_new = known & ~already
     held = pd.Series(frame["item"].astype(str).to_numpy()).groupby(user_pos).agg(" ".join)
     k = int(min(k, len(item_index)))
     recs, parts = [], []
@@ -126,22 +244,25 @@ def evaluate_recommender(model: Any, data: Any, *, k: int = 10, batch_users: int
                                   .reshape(len(top_ids), k))
         # (users, n_items + 1) bool: the last column pads empty top-k slots and is never a target
         targets = torch.zeros(stop - start, len(item_index) + 1, dtype=torch.bool)
-        sel = known & (user_pos >= start) & (user_pos < stop)
+        sel = known_new & (user_pos >= start) & (user_pos < stop)
         targets[torch.as_tensor(user_pos[sel] - start), torch.as_tensor(item_pos[sel])] = True
         top_pos = torch.where(top_pos < 0, len(item_index), top_pos)
         parts.append(per_user_metrics(top_pos, targets, [k]))
     metrics: dict[str, Any] = {"n_users": len(users), "n_interactions": len(frame),
                                "n_unknown_items": int((~known).sum()),
-                               "n_unknown_users": int((model.user_index.get_indexer(users) < 0).sum())}
+                               "n_already_seen": int(already.sum()),
+                               "n_unknown_users": int(len(set(users) - set(prep["user_ids"][1:])))}
     for name in parts[0]:
         v = torch.cat([p[name] for p in parts])
+        metrics["n_evaluated_users"] = int((~torch.isnan(v)).sum())
         metrics[f"eval/{name}"] = float(torch.nanmean(v)) if (~torch.isnan(v)).any() else float("nan")
     preds = pd.DataFrame({"user_id": users, "recommended": recs,
                           "held_out": held.reindex(range(len(users))).fillna("").to_numpy()})
     return Evaluation(preds, metrics)
 
 
-def evaluate_model(model: Any, data: Any, *, batch_size: int = 65536, k: int = 10) -> Evaluation:
+def evaluate_model(model: Any, data: Any, *, batch_size: int = 65536, k: int = 10, hide_rate: float = 0.2,
+                   seed: int = 0) -> Evaluation:
     """Evaluate ``model`` on loaded ``data`` (a ``TableData`` or ``InteractionData``); see the module docstring.
 
     Raises:
@@ -154,8 +275,13 @@ def evaluate_model(model: Any, data: Any, *, batch_size: int = 65536, k: int = 1
     is_interactions = {"user", "item"} <= set(data.frame.columns) and not hasattr(data, "target")
     if is_interactions and hasattr(model, "recommend"):
         return evaluate_recommender(model, data, k=k)
-    if not is_interactions and hasattr(model, "predict_proba"):
-        return evaluate_binary(model, data, batch_size=batch_size)
+    if not is_interactions:
+        if hasattr(model, "predict_proba"):
+            return evaluate_binary(model, data, batch_size=batch_size)
+        if hasattr(model, "predict_spend"):
+            return evaluate_regression(model, data, batch_size=batch_size)
+        if hasattr(model, "impute") and hasattr(model, "information_gap"):
+            return evaluate_imputer(model, data, hide_rate=hide_rate, seed=seed)
     kind = "an interaction log" if is_interactions else "a customer table"
     raise CheckpointError(f"clm-evaluate cannot evaluate a {type(model).__name__} on {kind} ({data.name}); "
                           f"pick data that matches the model, or give the model an evaluate_frame() method")
@@ -213,7 +339,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt = resolve_checkpoint(cfg.ckpt_path)
     model = load_model(ckpt, read_config(ckpt.parent.parent))
     data = load_data(cfg.data)
-    result = evaluate_model(model, data, batch_size=int(cfg.get("batch_size", 65536)), k=int(cfg.get("k", 10)))
+    result = evaluate_model(model, data, batch_size=int(cfg.get("batch_size", 65536)), k=int(cfg.get("k", 10)),
+                            hide_rate=float(cfg.get("hide_rate", 0.2)), seed=int(cfg.get("seed", 0)))
     pred_path = output_dir / "predictions" / f"{predictions_name(cfg, data)}.csv"
     write_csv_safe(result.predictions, pred_path)
     metrics = {**result.metrics, "ckpt_path": str(ckpt), "model_class": type(model).__name__,

