@@ -251,7 +251,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         "expected_spend_horizon": spend_pred,
         "gap_score": gap["gap_score"].to_numpy(),
         "completeness": gap["completeness"].to_numpy(),
-        "most_surprising_feature": gap["surprise_max_feature"].to_numpy(),
+        "most_surprising_feature": gap["max_surprise_feature"].to_numpy(),
         "next_best_question": nbq["question_1"].to_numpy(),
         "top5_items": [" ".join(str(i) for i in r if i is not None) for r in recs],
         "recency_days": sf["recency_days"].to_numpy() if "recency_days" in sf else np.nan,

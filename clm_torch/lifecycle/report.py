@@ -147,10 +147,9 @@ def plot_cohorts(cohorts: pd.DataFrame, path: Path, max_cohorts: int = 8) -> Pat
 
 
 def plot_top_gaps(gap: pd.DataFrame, path: Path, top: int = 12) -> Path:
-    """Mean surprise per feature (where observed) and the share of customers missing it."""
+    """Bar chart of the mean surprise per feature, over the customers where it is observed."""
     plt = _plt()
-    cols = [c for c in gap.columns if c.startswith("surprise_") and c not in
-            ("surprise_total", "surprise_max", "surprise_max_feature")]
+    cols = [c for c in gap.columns if c.startswith("surprise_")]
     mean = gap[cols].mean().rename(lambda c: c.removeprefix("surprise_")).sort_values(ascending=False)[:top]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.barh(mean.index[::-1], mean.to_numpy()[::-1])
