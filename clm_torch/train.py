@@ -87,6 +87,23 @@ def check_run_dir(output_dir: Path, resuming: bool) -> None:
             f"Choose a new hydra.run.dir, or resume that run with ckpt_path=last")
 
 
+def check_launcher(trainer: L.Trainer) -> None:
+    """Refuse a re-launching DDP strategy (``strategy=ddp``) inside a Hydra multirun (``-m``).
+
+    That launcher starts the extra ranks by re-running the command line, so inside a sweep every
+    rank would start the whole sweep again. Sweeps use one device per job or ``strategy=ddp_spawn``.
+    """
+    if type(getattr(trainer.strategy, "launcher", None)).__name__ != "_SubprocessScriptLauncher":
+        return
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise RunDirectoryError(
+            "trainer.strategy=ddp re-runs the command for every extra rank and cannot run inside a Hydra "
+            "multirun (-m); use trainer.strategy=ddp_spawn for sweeps, or one device per sweep job")
+
+
 def build(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Instantiate datamodule, model, callbacks, loggers and trainer from ``cfg``."""
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="partial")
@@ -145,6 +162,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     print(f"[clm_torch] run directory: {output_dir}", flush=True)
     check_run_dir(output_dir, resuming=cfg.get("ckpt_path") not in (None, "", "null") or not cfg.get("train", True))
     objects = build(cfg, output_dir)
+    check_launcher(objects["trainer"])
     dm, model, trainer, loggers = objects["datamodule"], objects["model"], objects["trainer"], objects["loggers"]
     t0 = time.time()
     try:

@@ -31,14 +31,39 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def shared_seed(seed: int) -> int:
+    """``seed`` of rank 0 on every rank (a broadcast under DDP; ``seed`` itself otherwise).
+
+    Every rank must shuffle with the same permutation, or the interleaved shards overlap and
+    miss rows. Spawned workers (``ddp_spawn``) do not always start from the same global seed.
+    """
+    _, world = _dist_info()
+    if world == 1:
+        return int(seed)
+    box = [int(seed)]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return int(box[0])
+
+
 class IndexBatchSampler(Sampler[torch.Tensor]):
     """Yields ``(batch,)`` LongTensors of row indices; shuffles per epoch with a fixed seed.
 
-    Under DDP each rank takes an interleaved shard of the (shuffled) order; every rank gets the
-    same number of batches (the order is padded by wrapping when training).
+    Distributed (``torch.distributed`` initialised, world size ``W``), every rank yields the same
+    number of batches, which DDP needs (collectives run once per step and per epoch):
+
+    * training (``shuffle=True``): the shuffled order is padded by wrapping to a multiple of ``W``
+      and rank ``r`` takes every ``W``-th row from ``r``. ``seed`` must be equal on every rank
+      (:func:`shared_seed`).
+    * evaluation (``shuffle=False``): the rows are cut into ``W × B`` contiguous chunks of nearly
+      equal size (``B`` batches per rank, each at most ``batch_size`` rows) and rank ``r`` takes
+      chunks ``r·B … r·B + B − 1``: every row is seen exactly once, so metrics gathered across
+      ranks (``CatMetric``) equal the single-process ones. Only when the split has fewer rows
+      than ``W × B`` are a few rows repeated to fill the empty chunks. ``drop_last`` is ignored.
     """
 
     def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, int(batch_size), shuffle, seed, drop_last
         self.epoch = 0
 
@@ -51,28 +76,38 @@ class IndexBatchSampler(Sampler[torch.Tensor]):
             return torch.randperm(self.n, generator=g)
         return torch.arange(self.n)
 
-    def _shard(self) -> torch.Tensor:
+    def _eval_batches_per_rank(self, world: int) -> int:
+        rows = -(-self.n // world)  # the most rows any rank holds
+        return max(1, -(-rows // self.batch_size))
+
+    def _batches(self) -> list[torch.Tensor]:
         order = self._order()
         rank, world = _dist_info()
-        if world > 1:
-            if self.shuffle:  # pad so every rank has the same number of rows
-                per = -(-self.n // world)
-                order = torch.cat([order, order[: per * world - self.n]])
+        if world > 1 and not self.shuffle:
+            b = self._eval_batches_per_rank(world)
+            chunks = list(torch.tensor_split(order, world * b))
+            for j, c in enumerate(chunks):  # fewer rows than chunks: repeat rows rather than yield nothing
+                if len(c) == 0:
+                    chunks[j] = order[j % max(self.n, 1): j % max(self.n, 1) + 1]
+            return chunks[rank * b: (rank + 1) * b]
+        if world > 1:  # training: pad so every rank has the same number of rows
+            per = -(-self.n // world)
+            order = torch.cat([order, order[: per * world - self.n]])
             order = order[rank::world]
-        return order
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        order = self._shard()
         m = len(order)
         stop = m - m % self.batch_size if self.drop_last else m
-        for i in range(0, stop, self.batch_size):
-            yield order[i: i + self.batch_size]
+        return [order[i: i + self.batch_size] for i in range(0, stop, self.batch_size)]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        yield from self._batches()
         if self.shuffle:
             self.epoch += 1
 
     def __len__(self) -> int:
-        rank, world = _dist_info()
-        m = -(-self.n // world) if (world > 1 and self.shuffle) else len(range(rank, self.n, world))
+        _, world = _dist_info()
+        if world > 1 and not self.shuffle:
+            return self._eval_batches_per_rank(world)
+        m = -(-self.n // world)
         return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
 
 
@@ -244,8 +279,10 @@ class TableDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        # every rank shuffles with rank 0's seed (see IndexBatchSampler); the broadcast is a no-op without DDP
+        seed = shared_seed(torch.initial_seed() % 2**31) if shuffle else 0
         return batch_loader(self.tensors[split], self.batch_size if shuffle else self.eval_batch_size,
-                            shuffle=shuffle, seed=torch.initial_seed() % 2**31, num_workers=self.num_workers,
+                            shuffle=shuffle, seed=seed, num_workers=self.num_workers,
                             pin_memory=self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:

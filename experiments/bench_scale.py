@@ -1,0 +1,333 @@
+"""Scale: time and peak memory of every stage at 100k, 300k and 1M synthetic customers (~20 events each).
+
+Each stage runs in its own subprocess, so its peak memory (``VmHWM`` of that process: the inputs it
+loads plus what the stage allocates) is measured alone. Stages, per size:
+
+* ``gen``: ``generate_customer_base(n, events_per_customer=20)``; the customer table and the event
+  log are then written to Parquet for the next stages (not timed).
+* ``features``: ``build_customer_view(events, cutoff, horizon_days)`` on the whole event log.
+* ``churn``: ``TableDataModule`` set-up (cleaning, split, encoding) and one epoch (training +
+  validation) of ChurnClassifier with the ``churn_synthetic`` config, through a Lightning Trainer.
+* ``score``: ``ChurnClassifier.load_from_checkpoint`` then ``predict_proba`` on every customer row.
+* ``vae``: set-up and one epoch of InfoGapVAE (``vae_synthetic`` config), when the model exists.
+* ``recsys``: ``interactions_from_file`` on the event log and one epoch of EmbeddingRecommender, when
+  the model exists.
+
+Targets (issue 6): time at 1M ≤ 12 × time at 100k for every stage; peak RSS at 1M ≤ 8 GB; features
+from ~20M events < 60 s; ``predict_proba`` ≥ 200k rows/s on 2 cores. Wall times are disturbed by the
+other jobs that share the cores, so CPU seconds (all threads of the stage's process) are recorded too.
+
+Commands::
+
+    python experiments/bench_scale.py                                   # 100k, 300k, 1M; all stages
+    python experiments/bench_scale.py --sizes 100000 --stages gen features
+    python experiments/bench_scale.py --stage features --n 100000 --workdir /tmp/x   # one stage (internal)
+
+Writes ``experiments/results/perf_scale.json`` and the "Scale" section of ``experiments/results/performance.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_throughput.py; recorded with the results
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+STAGES = ("gen", "features", "churn", "score", "vae", "recsys")
+N_THREADS = int(os.environ.get("CLM_BENCH_THREADS", "2"))
+TARGETS = {"ratio": 12.0, "peak_gb": 8.0, "features_s": 60.0, "score_rows_per_s": 200_000.0}
+
+
+# ---------------------------------------------------------------------------- inside one stage process
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+class Clock:
+    """Wall and process-CPU seconds of a block."""
+
+    def __enter__(self) -> "Clock":
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+
+
+def _compose(overrides: list[str], out: Path) -> Any:
+    from bench_throughput import compose
+
+    return compose(overrides, out)
+
+
+def _fit_one_epoch(cfg: Any, dm: Any, out: Path) -> tuple[Any, Any, Clock]:
+    """Build the model and a Trainer from ``cfg`` (checkpoint + TensorBoard as in a normal run) and fit one epoch."""
+    import hydra
+
+    from clm_torch.train import instantiate_loggers
+    from clm_torch.utils.io import AtomicCheckpointIO
+
+    model = hydra.utils.instantiate(cfg.model, **dm.model_kwargs(), _convert_="all")
+    if hasattr(model, "set_preprocessing") and hasattr(dm, "preprocessing_state"):
+        model.set_preprocessing(dm.preprocessing_state())
+    ckpt = hydra.utils.instantiate(cfg.callbacks.model_checkpoint, dirpath=str(out / "checkpoints"))
+    trainer = hydra.utils.instantiate(cfg.trainer, max_epochs=1, min_epochs=1, callbacks=[ckpt],
+                                      logger=instantiate_loggers(cfg.get("logger")) or False,
+                                      plugins=[AtomicCheckpointIO()], enable_progress_bar=False,
+                                      enable_model_summary=False, _convert_="partial")
+    with Clock() as clock:
+        trainer.fit(model, datamodule=dm)
+    return model, trainer, clock
+
+
+def run_stage(stage: str, n: int, workdir: Path) -> dict[str, Any]:
+    import pandas as pd
+    import torch
+
+    torch.set_num_threads(N_THREADS)
+    from bench_throughput import quiet_lightning
+
+    quiet_lightning()
+    workdir.mkdir(parents=True, exist_ok=True)
+    meta_path = workdir / "meta.json"
+    res: dict[str, Any] = {"stage": stage, "n": n}
+    if stage == "gen":
+        from clm_torch.data.synthetic import generate_customer_base
+
+        with Clock() as c:
+            base = generate_customer_base(n, seed=0, events_per_customer=20)
+        res.update(wall_s=c.wall, cpu_s=c.cpu, rows=len(base.customers), events=len(base.events))
+        base.customers.to_parquet(workdir / "customers.parquet", index=False)
+        base.events.to_parquet(workdir / "events.parquet", index=False)
+        meta_path.write_text(json.dumps({"cutoff": str(base.cutoff), "horizon_days": base.horizon_days,
+                                         "rows": len(base.customers), "events": len(base.events)}))
+    elif stage == "features":
+        from clm_torch.data.events import build_customer_view
+
+        meta = json.loads(meta_path.read_text())
+        events = pd.read_parquet(workdir / "events.parquet")
+        res["rss_inputs_mb"] = _status_mb("VmRSS")
+        with Clock() as c:
+            view = build_customer_view(events, meta["cutoff"], horizon_days=meta["horizon_days"])
+        res.update(wall_s=c.wall, cpu_s=c.cpu, events=len(events), customers=len(view.features))
+    elif stage in ("churn", "vae"):
+        import hydra
+
+        from clm_torch.data.sources.tables import FrameSource
+
+        customers = pd.read_parquet(workdir / "customers.parquet")
+        res["rss_inputs_mb"] = _status_mb("VmRSS")
+        out = workdir / f"run_{stage}"
+        cfg = _compose([f"experiment={'churn_synthetic' if stage == 'churn' else 'vae_synthetic'}"], out)
+        with Clock() as setup:
+            dm = hydra.utils.instantiate(cfg.data, source=FrameSource(customers, target="churn", id_col="customer_id"),
+                                         _convert_="partial")
+            dm.setup("fit")
+        del customers
+        model, trainer, fit = _fit_one_epoch(cfg, dm, out)
+        n_train = len(dm.tensors["train"]["row"])
+        res.update(wall_s=fit.wall, cpu_s=fit.cpu, setup_wall_s=setup.wall, setup_cpu_s=setup.cpu, train_rows=n_train,
+                   val_rows=len(dm.tensors["val"]["row"]), batch_size=dm.batch_size,
+                   train_rows_per_s=n_train / fit.wall,
+                   params=sum(p.numel() for p in model.parameters()))
+        if stage == "churn":
+            res["checkpoint"] = str(out / "checkpoints" / "last.ckpt")
+            (workdir / "churn_ckpt.txt").write_text(res["checkpoint"])
+    elif stage == "score":
+        from clm_torch.models.churn import ChurnClassifier
+
+        model = ChurnClassifier.load_from_checkpoint((workdir / "churn_ckpt.txt").read_text().strip())
+        customers = pd.read_parquet(workdir / "customers.parquet").drop(columns=["churn"])
+        res["rss_inputs_mb"] = _status_mb("VmRSS")
+        with Clock() as c:
+            p = model.predict_proba(customers)
+        enc = model.encoder.transform(customers.iloc[:200_000])  # where the time goes: encoding vs the network
+        with Clock() as ce:
+            model.encoder.transform(customers.iloc[:200_000])
+        with Clock() as cf, torch.inference_mode():
+            for i in range(0, len(enc["num"]), 65536):
+                model.predict_batch({k: v[i: i + 65536] for k, v in enc.items()})
+        m = len(enc["num"])
+        res.update(wall_s=c.wall, cpu_s=c.cpu, rows=len(customers), rows_per_s=len(customers) / c.wall,
+                   rows_per_cpu_s=len(customers) / c.cpu, finite=bool(pd.Series(p).notna().all()),
+                   encode_rows_per_s=m / ce.wall, encode_rows_per_cpu_s=m / ce.cpu,
+                   network_rows_per_s=m / cf.wall, network_rows_per_cpu_s=m / cf.cpu,
+                   k_ensemble=int(model.hparams.k_ensemble), hidden=list(model.hparams.hidden))
+    elif stage == "recsys":
+        import hydra
+
+        out = workdir / "run_recsys"
+        cfg = _compose(["model=recommender", "data=interactions", f"data.path={workdir / 'events.parquet'}",
+                        "data.user_col=customer_id", "data.item_col=item_id", "data.time_col=timestamp",
+                        "task_name=recsys_scale", "trainer.gradient_clip_val=0.0"], out)
+        with Clock() as setup:
+            dm = hydra.utils.instantiate(cfg.data, _convert_="partial")
+            dm.setup("fit")
+        res["rss_inputs_mb"] = float("nan")
+        model, trainer, fit = _fit_one_epoch(cfg, dm, out)
+        res.update(wall_s=fit.wall, cpu_s=fit.cpu, setup_wall_s=setup.wall, setup_cpu_s=setup.cpu,
+                   params=sum(p.numel() for p in model.parameters()))
+    else:
+        raise SystemExit(f"unknown stage {stage}")
+    res["peak_rss_mb"] = _status_mb("VmHWM")
+    return res
+
+
+# ---------------------------------------------------------------------------- driver
+def stage_available(stage: str) -> str | None:
+    """None if the stage can run, else why not."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    need = {"vae": ("clm_torch.models.infogap_vae", "vae_synthetic"),
+            "recsys": ("clm_torch.models.recommender", None)}
+    if stage in need:
+        module, exp = need[stage]
+        if importlib.util.find_spec(module) is None:
+            return f"{module} not found"
+        if exp and not (root / "configs" / "experiment" / f"{exp}.yaml").exists():
+            return f"configs/experiment/{exp}.yaml not found"
+    return None
+
+
+def run_in_subprocess(stage: str, n: int, workdir: Path, timeout: int) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--stage", stage, "--n", str(n), "--workdir", str(workdir)]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"stage": stage, "n": n, "error": f"timed out after {timeout} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        return {"stage": stage, "n": n, "error": (proc.stderr or proc.stdout)[-1500:]}
+    res = json.loads(lines[-1][len("RESULT "):])
+    res["process_wall_s"] = time.perf_counter() - t0
+    return res
+
+
+def _fmt(v: float | None, spec: str = ".1f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    sizes = result["sizes"]
+    lo, hi = min(sizes), max(sizes)
+    by = {(r["stage"], r["n"]): r for r in result["stages"]}
+    lines = [
+        f"Command: `{result['command']}`  ",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['torch_threads']} torch threads per stage, "
+        f"OMP_WAIT_POLICY={m['omp_wait_policy']}; {m['date']}; 1-min load average at start "
+        f"{m['load_avg_1min_at_start']} (other jobs share these cores: wall times are inflated, CPU seconds less so). "
+        "Each stage is a separate process; peak = its VmHWM (inputs it loaded included).",
+        "",
+        "| stage | " + " | ".join(f"{n:,}: wall s / CPU s / peak GB" for n in sizes)
+        + f" | {hi // 1000}k ÷ {lo // 1000}k (wall, CPU) | targets |",
+        "|---|" + "---|" * len(sizes) + "---|---|",
+    ]
+    for stage in result["stage_names"]:
+        cells, missing = [], []
+        for n in sizes:
+            r = by.get((stage, n))
+            if r is None or "error" in r or "skipped" in r:
+                cells.append("skipped: " + r["skipped"] if r and "skipped" in r else
+                             ("**failed**" if r else "–"))
+                missing.append(n)
+                continue
+            cells.append(f"{r['wall_s']:.1f} / {r['cpu_s']:.1f} / {r['peak_rss_mb'] / 1024:.2f}")
+        ratio, verdicts = "–", []
+        a, b = by.get((stage, lo)), by.get((stage, hi))
+        if a and b and "wall_s" in a and "wall_s" in b and lo != hi:
+            rw, rc = b["wall_s"] / a["wall_s"], b["cpu_s"] / a["cpu_s"]
+            ratio = f"{rw:.1f}×, {rc:.1f}×"
+            verdicts.append(f"≤ 12×: {'met' if min(rw, rc) <= TARGETS['ratio'] else '**missed**'}"
+                            + (" (CPU only)" if rc <= TARGETS["ratio"] < rw else ""))
+        if b and "peak_rss_mb" in b:
+            verdicts.append(f"peak ≤ 8 GB: {'met' if b['peak_rss_mb'] / 1024 <= TARGETS['peak_gb'] else '**missed**'}")
+        if stage == "features" and b and "wall_s" in b:
+            verdicts.append(f"{b['events'] / 1e6:.1f}M events < 60 s: "
+                            f"{'met' if b['wall_s'] < TARGETS['features_s'] else '**missed**'} ({b['wall_s']:.1f} s wall)")
+        if stage == "score" and b and "rows_per_s" in b:
+            verdicts.append(f"≥ 200k rows/s: {'met' if b['rows_per_s'] >= TARGETS['score_rows_per_s'] else '**missed**'}"
+                            f" ({b['rows_per_s']:,.0f} rows/s wall, {b['rows_per_cpu_s']:,.0f} per CPU-s)")
+        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {ratio} | {'; '.join(verdicts) or '–'} |")
+    lines.append("")
+    # details
+    details = []
+    for r in result["stages"]:
+        if "error" in r:
+            details.append(f"* {r['stage']} at {r['n']:,}: failed: `{r['error'].strip().splitlines()[-1][:300]}`")
+    for n in sizes:
+        g, c, v, s = (by.get((k, n), {}) for k in ("gen", "churn", "vae", "score"))
+        if "events" in g:
+            details.append(f"* {n:,} customers: {g['rows']:,} table rows, {g['events']:,} events.")
+        for name, r in (("churn", c), ("vae", v)):
+            if "setup_wall_s" in r:
+                details.append(f"  * {name}: data set-up (clean + split + encode) {r['setup_wall_s']:.1f} s wall / "
+                               f"{r['setup_cpu_s']:.1f} s CPU; one epoch = {r['train_rows']:,} training rows at batch "
+                               f"{r['batch_size']} + {r['val_rows']:,} validation rows ({r['params']:,} parameters).")
+        if "encode_rows_per_s" in s:
+            details.append(f"  * score: encoding alone {s['encode_rows_per_s']:,.0f} rows/s "
+                           f"({s['encode_rows_per_cpu_s']:,.0f} per CPU-s); the network alone (k_ensemble="
+                           f"{s['k_ensemble']}, hidden={s['hidden']}) {s['network_rows_per_s']:,.0f} rows/s "
+                           f"({s['network_rows_per_cpu_s']:,.0f} per CPU-s).")
+    return "\n".join(lines + details) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", nargs="+", type=int, default=[100_000, 300_000, 1_000_000])
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    p.add_argument("--workdir", type=Path, default=None, help="where the generated data go (default: a temp dir)")
+    p.add_argument("--timeout", type=int, default=5400, help="seconds per stage")
+    p.add_argument("--no-write", action="store_true")
+    p.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # internal: run one stage here
+    p.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.stage:
+        try:
+            res = run_stage(args.stage, args.n, args.workdir)
+        except Exception:  # noqa: BLE001 - reported to the driver
+            traceback.print_exc()
+            sys.exit(1)
+        print("RESULT " + json.dumps(res), flush=True)
+        return None
+
+    from bench_throughput import RESULTS, command_line, machine_info, write_section
+
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="clm_bench_scale_"))
+    result: dict[str, Any] = {"command": command_line(), "machine": machine_info(), "sizes": args.sizes,
+                              "stage_names": args.stages, "targets": TARGETS, "stages": []}
+    for n in args.sizes:
+        for stage in args.stages:
+            why = stage_available(stage)
+            if why:
+                r = {"stage": stage, "n": n, "skipped": why}
+            else:
+                r = run_in_subprocess(stage, n, root / str(n), args.timeout)
+            result["stages"].append(r)
+            shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "error"}
+            print(f"[scale] {stage} n={n:,}: {shown}" + (f"\n{r['error']}" if "error" in r else ""), flush=True)
+    md = markdown(result)
+    print(md)
+    if not args.no_write:
+        (RESULTS / "perf_scale.json").write_text(json.dumps(result, indent=2))
+        write_section("scale", md, "Scale: 100k → 1M customers")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Functional checks behind the performance work (never timings): batch sharding under DDP,
+mixed precision code paths, the DDP launcher guard and the benchmark helpers."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from clm_torch.data import datamodules as dmod
+from clm_torch.data.datamodules import IndexBatchSampler, TableDataModule, batch_loader, shared_seed
+from clm_torch.data.sources.tables import FrameSource
+from tests.conftest import REPO, messy_table
+
+
+def _simulate(monkeypatch: pytest.MonkeyPatch, sampler: IndexBatchSampler, world: int) -> list[list[torch.Tensor]]:
+    """The batches every rank of a ``world``-process run would draw (``_dist_info`` patched)."""
+    out = []
+    for rank in range(world):
+        monkeypatch.setattr(dmod, "_dist_info", lambda r=rank: (r, world))
+        sampler.set_epoch(3)
+        batches = list(iter(sampler))
+        assert len(batches) == len(sampler), (rank, world)
+        out.append(batches)
+    return out
+
+
+@pytest.mark.parametrize("n,batch,world", [(450, 64, 2), (1001, 1000, 2), (2049, 1024, 2), (10, 4, 3), (7, 100, 4),
+                                           (3, 1, 2)])
+def test_eval_sharding_sees_every_row_once_with_equal_batch_counts(monkeypatch, n, batch, world) -> None:
+    sampler = IndexBatchSampler(n, batch, shuffle=False)
+    per_rank = _simulate(monkeypatch, sampler, world)
+    assert len({len(b) for b in per_rank}) == 1  # DDP: the same number of steps on every rank
+    rows = torch.cat([torch.cat(b) for b in per_rank])
+    assert all(0 < len(x) <= batch for b in per_rank for x in b)
+    if n >= world * len(per_rank[0]):
+        assert sorted(rows.tolist()) == list(range(n))  # each row exactly once: gathered metrics are exact
+    else:  # fewer rows than chunks: every row still seen, a few repeated
+        assert set(rows.tolist()) == set(range(n))
+
+
+@pytest.mark.parametrize("n,batch,world,drop_last", [(1000, 64, 2, False), (1001, 64, 2, True), (7, 2, 3, False)])
+def test_train_sharding_covers_the_epoch_with_equal_batch_counts(monkeypatch, n, batch, world, drop_last) -> None:
+    sampler = IndexBatchSampler(n, batch, shuffle=True, seed=5, drop_last=drop_last)
+    per_rank = _simulate(monkeypatch, sampler, world)
+    assert len({len(b) for b in per_rank}) == 1
+    assert len({sum(len(x) for x in b) for b in per_rank}) == 1  # same rows per rank
+    rows = torch.cat([torch.cat(b) for b in per_rank]).tolist()
+    per = -(-n // world)
+    if not drop_last:
+        assert set(rows) == set(range(n))
+        assert len(rows) == per * world  # only the wrap-around padding repeats rows
+    # ranks draw disjoint slices of one permutation (shared seed), apart from the padding
+    assert len(rows) - len(set(rows)) <= per * world - n
+
+
+def test_sampler_reshuffles_per_epoch_and_is_reproducible() -> None:
+    a = IndexBatchSampler(100, 10, shuffle=True, seed=1)
+    b = IndexBatchSampler(100, 10, shuffle=True, seed=1)
+    e0 = torch.cat(list(a))
+    e1 = torch.cat(list(a))  # __iter__ moves to the next epoch
+    assert not torch.equal(e0, e1)
+    assert torch.equal(e0, torch.cat(list(b)))
+    b.set_epoch(1)
+    assert torch.equal(e1, torch.cat(list(b)))
+    assert sorted(e0.tolist()) == list(range(100))
+    with pytest.raises(ValueError, match="batch_size"):
+        IndexBatchSampler(10, 0, shuffle=False)
+
+
+def test_shared_seed_without_distributed_is_the_seed() -> None:
+    assert shared_seed(1234) == 1234
+
+
+def test_batch_loader_yields_whole_batch_slices() -> None:
+    g = torch.Generator().manual_seed(0)
+    tensors = {"num": torch.randn(103, 3, generator=g), "cat": torch.randint(0, 5, (103, 2), generator=g),
+               "y": torch.rand(103, generator=g)}
+    loader = batch_loader(tensors, 25, shuffle=True, seed=3)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 5 and [len(b["y"]) for b in batches] == [25, 25, 25, 25, 3]
+    order = torch.cat(list(IndexBatchSampler(103, 25, shuffle=True, seed=3)))
+    for k, v in tensors.items():
+        assert torch.equal(torch.cat([b[k] for b in batches]), v.index_select(0, order))
+
+
+# ---------------------------------------------------------------------------- precision
+def _models() -> list[tuple[type, bool]]:
+    from clm_torch.models.churn import ChurnClassifier
+
+    out: list[tuple[type, bool]] = [(ChurnClassifier, True)]
+    if importlib.util.find_spec("clm_torch.models.infogap_vae") is not None:
+        from clm_torch.models.infogap_vae import InfoGapVAE
+
+        out.append((InfoGapVAE, False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_dm() -> TableDataModule:
+    dm = TableDataModule(FrameSource(messy_table(400), target="churn", id_col="customer_id"), batch_size=64)
+    dm.setup()
+    return dm
+
+
+@pytest.mark.parametrize("model_cls,supervised", _models(), ids=lambda x: getattr(x, "__name__", str(x)))
+def test_parameters_are_float32(small_dm, model_cls, supervised) -> None:
+    """No float64 weights: they would mismatch bf16/fp16 activations under autocast (and be slow).
+    Float64 metric accumulators are fine: they never enter autocast."""
+    model = model_cls(**small_dm.model_kwargs())
+    assert {str(p.dtype) for p in model.parameters()} == {"torch.float32"}
+
+
+@pytest.mark.parametrize("model_cls,supervised", _models(), ids=lambda x: getattr(x, "__name__", str(x)))
+def test_bf16_mixed_trains_and_tests_on_cpu(model_cls, supervised) -> None:
+    dm = TableDataModule(FrameSource(messy_table(400), target="churn", id_col="customer_id"), batch_size=64,
+                         require_target=supervised)
+    dm.setup()
+    L.seed_everything(0, verbose=False)
+    model = model_cls(**dm.model_kwargs())
+    model.set_preprocessing(dm.preprocessing_state())
+    trainer = L.Trainer(max_epochs=1, precision="bf16-mixed", accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_train_batches=3, limit_val_batches=2, limit_test_batches=2)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.fit(model, datamodule=dm)
+    res = trainer.test(model, datamodule=dm, verbose=False)[0]
+    assert res and all(np.isfinite(v) for v in res.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # it learned something
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # mixed: master weights stay fp32
+    if supervised:
+        p = model.predict_proba(messy_table(30, seed=4).drop(columns=["churn"]))
+        assert p.dtype == np.float32 and np.isfinite(p).all()
+
+
+@pytest.mark.parametrize("model_cls,supervised", _models(), ids=lambda x: getattr(x, "__name__", str(x)))
+def test_fp16_autocast_step_with_grad_scaler(small_dm, model_cls, supervised) -> None:
+    """The 16-mixed code path (autocast to float16 + GradScaler), exercised on the CPU: no dtype
+    mismatch, a finite loss, gradients reach every trained parameter."""
+    torch.manual_seed(0)
+    model = model_cls(**small_dm.model_kwargs())
+    model.set_preprocessing(small_dm.preprocessing_state())
+    model.train()
+    batch = next(iter(small_dm.train_dataloader()))
+    scaler = torch.amp.GradScaler("cpu")
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = model.model_step(batch, "train") if not supervised else model.model_step(batch)
+    loss = out[0] if isinstance(out, tuple) else out
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    scaler.scale(loss).backward()
+    assert any(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+def test_mixed_precision_on_gpu(precision) -> None:
+    from clm_torch.models.churn import ChurnClassifier
+
+    dm = TableDataModule(FrameSource(messy_table(400), target="churn", id_col="customer_id"), batch_size=64)
+    dm.setup()
+    model = ChurnClassifier(**dm.model_kwargs())
+    model.set_preprocessing(dm.preprocessing_state())
+    trainer = L.Trainer(max_epochs=1, precision=precision, accelerator="gpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(model, datamodule=dm)
+    res = trainer.test(model, datamodule=dm, verbose=False)[0]
+    assert 0.0 <= res["test/auroc"] <= 1.0
+
+
+# ---------------------------------------------------------------------------- DDP launcher guard
+def test_ddp_relaunch_is_refused_inside_a_multirun(make_cfg) -> None:
+    import hydra
+
+    from clm_torch.train import RunDirectoryError, check_launcher
+
+    for mode, strategy, refused in (("MULTIRUN", "ddp", True), ("RUN", "ddp", False),
+                                    ("MULTIRUN", "ddp_spawn", False)):
+        cfg = make_cfg("trainer=ddp_sim", f"hydra.mode={mode}", f"trainer.strategy={strategy}")
+        trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+        if refused:
+            with pytest.raises(RunDirectoryError, match="ddp_spawn"):
+                check_launcher(trainer)
+        else:
+            check_launcher(trainer)
+
+
+# ---------------------------------------------------------------------------- benchmark helpers
+def _bench_module():
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        import bench_throughput
+    finally:
+        sys.path.pop(0)
+    return bench_throughput
+
+
+def test_rates_from_time_stamps() -> None:
+    bt = _bench_module()
+    stamps = [(0.0, 0.0), (1.0, 0.5), (3.0, 1.0), (4.0, 2.0)]  # (wall, cpu); steps of 1, 2, 1 s
+    window, median, cpu, best = bt.rates(stamps, 10)
+    assert window == pytest.approx(30 / 4) and median == pytest.approx(10 / 1)
+    assert cpu == pytest.approx(30 / 2) and best == pytest.approx(10 / 1)
+
+
+def test_write_section_replaces_only_its_own_block(tmp_path, monkeypatch) -> None:
+    bt = _bench_module()
+    md = tmp_path / "performance.md"
+    md.write_text("# Performance\n\nhand-written intro\n")
+    monkeypatch.setattr(bt, "PERF_MD", md)
+    monkeypatch.setattr(bt, "RESULTS", tmp_path)
+    bt.write_section("alpha", "first", "Alpha")
+    bt.write_section("beta", "other", "Beta")
+    bt.write_section("alpha", "second", "Alpha")
+    text = md.read_text()
+    assert "hand-written intro" in text and "second" in text and "first" not in text and "other" in text
+    assert text.count("## Alpha") == 1 and text.index("## Alpha") < text.index("## Beta")
+
+
+def test_machine_info_names_the_cpu_and_versions() -> None:
+    info = _bench_module().machine_info()
+    assert info["cores"] >= 1 and info["torch"] == torch.__version__ and info["cpu"]
+    assert isinstance(info["avx512_bf16"], bool)
