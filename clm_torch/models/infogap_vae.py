@@ -1,0 +1,1104 @@
+"""InfoGapVAE: a VAE that measures and closes the information gap in customer data.
+
+The model learns what a customer is from what is known about them (a partial VAE, Ma et al.
+2019, "EDDI"), fills in what is not known, and says where the gap is and how large it is.
+
+Model
+-----
+* **Input**: the encoded batch of :class:`~clm_torch.data.encoding.FeatureEncoder` (``num``,
+  ``num_mask``, ``cat``, ``cat_mask``). NaN numerics, NaN / ``<missing>`` / unseen categories are
+  unobserved; an imputed value is never fed back as observed.
+* **Encoder** q(z | x_obs): per-feature embeddings with a learned "missing" token per feature
+  (numerics ``x·w_j + b_j``, categoricals a vocabulary row, index 0 being that column's missing
+  token), concatenated and passed through an MLP to (mu, logvar). Why not EDDI's
+  permutation-invariant set encoder: our columns are a fixed set, and the first linear layer on
+  the concatenation, ``Σ_j W_j e_j``, *is* a set encoder with a feature-specific map in which a
+  missing feature contributes its learned token instead of nothing — equally pattern-agnostic,
+  and a linear value embedding keeps numeric values exact, which near-deterministic relations
+  such as Telco's total ≈ tenure × monthly need.
+* **Decoder** p(x | z): an MLP trunk, then heteroscedastic Gaussian (or Student-t, for heavy
+  tails) heads for numerics — in the encoder's space, i.e. after its log1p of skewed
+  non-negative columns, so money and counts get a log-normal-like likelihood — a softmax per
+  categorical and a Bernoulli per binary column (two known values).
+* **Objective**: the masked ELBO. Reconstruction counts only observed cells. During training an
+  extra fraction of every row's observed cells, drawn per row from ``U[hide_rate_min,
+  hide_rate_max]``, is hidden from the encoder but still reconstructed, so imputation is what the
+  model learns. The KL weight is ``beta`` after a linear warm-up over ``kl_warmup_epochs``, and
+  each latent dimension's batch-mean KL is floored at ``free_bits`` nats (against collapse).
+
+Monitor
+-------
+``val/loss`` = the negative masked ELBO (β = 1, no free bits) on the validation split, where a
+fixed, seeded ``val_hide_rate`` of each row's observed cells is hidden from the encoder but still
+scored. Any q gives a valid bound, so this is still a negative ELBO of the observed data; the
+hidden part makes it track imputation quality too. ``val/impute_nrmse`` and ``val/impute_acc``
+report the point imputations of those hidden cells.
+
+API on raw DataFrames (all chunked; all work on ``InfoGapVAE.load_from_checkpoint(path)``):
+:meth:`encode`, :meth:`impute`, :meth:`information_gap`, :meth:`next_best_question`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from clm_torch.data.encoding import FeatureEncoder
+from clm_torch.data.schema import SchemaError
+from clm_torch.models.base import CLMModule
+from clm_torch.models.components.vae import (
+    NUMERIC_LIKELIHOODS,
+    GaussianEncoder,
+    ImputationScore,
+    MixedDecoder,
+    category_probs,
+    cell_nll,
+    free_bits_kl,
+    gaussian_kl,
+    numeric_entropy,
+    numeric_sample,
+    numeric_variance,
+)
+
+log = logging.getLogger(__name__)
+Batch = dict[str, torch.Tensor]
+_FEATURE_KEYS = ("num", "num_mask", "cat", "cat_mask")
+
+
+def _observed_only(batch: Mapping[str, torch.Tensor], num_mask: torch.Tensor, cat_mask: torch.Tensor) -> Batch:
+    """The batch with everything outside the masks blanked (numerics 0, categories index 0)."""
+    return {"num": torch.where(num_mask, batch["num"], torch.zeros_like(batch["num"])), "num_mask": num_mask,
+            "cat": torch.where(cat_mask, batch["cat"], torch.zeros_like(batch["cat"])), "cat_mask": cat_mask}
+
+
+def _logmeanexp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])
+
+
+class InfoGapVAE(CLMModule):
+    """Partial VAE for mixed-type customer tables with any pattern of missing cells.
+
+    Args:
+        n_num, cat_cardinalities, n_binary: input sizes (from the DataModule / encoder).
+        pos_rate: accepted (and ignored) so the model can be built from a supervised DataModule.
+        latent_dim: size of the Gaussian latent z.
+        d_embed: embedding size per feature in the encoder.
+        encoder_hidden, decoder_hidden: hidden layer sizes of the encoder and decoder MLPs.
+        activation: ``silu`` | ``relu`` | ``gelu`` | ``tanh``.
+        dropout: dropout in both MLPs.
+        numeric_likelihood: ``gaussian`` or ``student_t`` (heavy-tailed, ``student_df`` degrees).
+        student_df: degrees of freedom of the Student-t likelihood.
+        min_log_scale: soft floor of the numeric log-scale (encoded units).
+        beta: KL weight after warm-up.
+        kl_warmup_epochs: epochs over which the KL weight rises linearly from 0 to ``beta``.
+        free_bits: floor (nats) on each latent dimension's batch-mean KL in the training loss.
+        hide_rate_min, hide_rate_max: range of the per-row rate at which observed cells are hidden
+            from the encoder during training (they are still reconstructed).
+        val_hide_rate: fixed rate of hidden observed cells in validation/test (seeded per batch).
+        n_samples: latent samples used by :meth:`impute` and the other API methods by default.
+        importance_impute: weight those samples by p(x_obs | z) p(z) / q(z | x_obs) in
+            :meth:`impute` (see :meth:`impute_batch`).
+        lr, weight_decay, scheduler: optimiser (AdamW; ``none`` | ``cosine``).
+        nan_policy: ``raise`` or ``skip`` on a non-finite training loss.
+    """
+
+    monitor = "val/loss"
+    monitor_mode = "min"
+
+    def __init__(
+        self,
+        n_num: int,
+        cat_cardinalities: Sequence[int],
+        n_binary: int = 0,
+        pos_rate: float | None = None,
+        latent_dim: int = 16,
+        d_embed: int = 16,
+        encoder_hidden: Sequence[int] = (256, 256),
+        decoder_hidden: Sequence[int] = (256, 256),
+        activation: str = "silu",
+        dropout: float = 0.0,
+        numeric_likelihood: str = "gaussian",
+        student_df: float = 4.0,
+        min_log_scale: float = -4.0,
+        beta: float = 1.0,
+        kl_warmup_epochs: int = 10,
+        free_bits: float = 0.05,
+        hide_rate_min: float = 0.0,
+        hide_rate_max: float = 0.5,
+        val_hide_rate: float = 0.25,
+        n_samples: int = 16,
+        importance_impute: bool = False,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        scheduler: str = "none",
+        nan_policy: str = "raise",
+    ) -> None:
+        super().__init__()
+        if numeric_likelihood not in NUMERIC_LIKELIHOODS:
+            raise ValueError(f"model.numeric_likelihood must be one of {NUMERIC_LIKELIHOODS}, "
+                             f"not {numeric_likelihood!r}")
+        if not 0.0 <= hide_rate_min <= hide_rate_max < 1.0:
+            raise ValueError(f"need 0 <= hide_rate_min <= hide_rate_max < 1, got {hide_rate_min}, {hide_rate_max}")
+        if n_num + len(cat_cardinalities) == 0:
+            raise ValueError("the VAE needs at least one feature column")
+        self.save_hyperparameters()
+        self.n_num, self.n_cat = int(n_num), len(cat_cardinalities)
+        self.cardinalities = [int(c) for c in cat_cardinalities]
+        self.max_card = max(self.cardinalities, default=1)
+        self.vae_encoder = GaussianEncoder(n_num, self.cardinalities, d_embed, encoder_hidden, latent_dim, dropout,
+                                           activation)
+        self.decoder = MixedDecoder(latent_dim, n_num, self.cardinalities, n_binary, decoder_hidden, dropout,
+                                    activation, min_log_scale)
+        # completeness reference: mean posterior information (nats) of a fully observed customer
+        self.register_buffer("ref_info", torch.tensor(float("nan")))
+        self.scores = torch.nn.ModuleDict({s: ImputationScore(self.n_num, self.n_cat) for s in ("val", "test")})
+        self._acc: dict[str, Any] = {}
+        self.encoder: FeatureEncoder | None = None
+
+    def _on_preprocessing(self) -> None:
+        self.encoder = FeatureEncoder.from_state_dict(self.preprocessing["encoder"])
+        if self.encoder.n_num != self.n_num or self.encoder.cardinalities != self.cardinalities:
+            raise SchemaError(f"the preprocessing does not fit the model: encoder has n_num={self.encoder.n_num}, "
+                              f"cardinalities={self.encoder.cardinalities}; the model was built for "
+                              f"n_num={self.n_num}, cardinalities={self.cardinalities}")
+
+    # ------------------------------------------------------------------ core
+    @property
+    def _lik(self) -> tuple[str, float]:
+        return self.hparams.numeric_likelihood, float(self.hparams.student_df)
+
+    def _encode(self, b: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder on an already blanked batch; a row with nothing observed gets the prior N(0, I)
+        exactly (the optimal q without data), whatever the network would extrapolate."""
+        mu, logvar = self.vae_encoder(b["num"].float(), b["num_mask"], b["cat"])
+        empty = ~(b["num_mask"].any(1) | b["cat_mask"].any(1))
+        if empty.any():
+            mu = torch.where(empty[:, None], torch.zeros_like(mu), mu)
+            logvar = torch.where(empty[:, None], torch.zeros_like(logvar), logvar)
+        return mu, logvar
+
+    def posterior(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z | observed cells of ``batch``): ``(mu, logvar)``, each (B, L)."""
+        return self._encode(_observed_only(batch, batch["num_mask"], batch["cat_mask"]))
+
+    def decode(self, z: torch.Tensor) -> dict[str, Any]:
+        """p(x | z) parameters for z (..., L); see :class:`MixedDecoder`."""
+        return self.decoder(z)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance (B, L) of an encoded batch."""
+        return self.posterior(batch)
+
+    def _sample_z(self, mu: torch.Tensor, logvar: torch.Tensor, n: int | None = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        shape = mu.shape if n is None else (n, *mu.shape)
+        eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    def _hide_masks(self, batch: Mapping[str, torch.Tensor], lo: float, hi: float,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Extra hidden cells (among the observed ones) at a per-row rate drawn from U[lo, hi]."""
+        num_mask, cat_mask = batch["num_mask"], batch["cat_mask"]
+        n = len(num_mask)
+        dev = num_mask.device
+        rate = lo + (hi - lo) * torch.rand(n, 1, generator=generator, device=dev)
+        h_num = num_mask & (torch.rand(num_mask.shape, generator=generator, device=dev) < rate)
+        h_cat = cat_mask & (torch.rand(cat_mask.shape, generator=generator, device=dev) < rate)
+        return h_num, h_cat
+
+    def elbo_terms(self, batch: Mapping[str, torch.Tensor], hide_num: torch.Tensor, hide_cat: torch.Tensor,
+                   z: torch.Tensor | None = None, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Masked ELBO pieces for one batch.
+
+        The encoder sees the observed cells minus ``hide_*``; the reconstruction covers every
+        observed cell (hidden ones included).
+
+        Returns:
+            ``mu``, ``logvar``, ``kl_dim`` (B, L); ``nll_num`` (B, n_num) and ``nll_cat`` (B, n_cat)
+            already multiplied by the observation mask; ``rec`` (B,) their row sums; ``z`` (B, L).
+        """
+        num_mask, cat_mask = batch["num_mask"], batch["cat_mask"]
+        enc_in = _observed_only(batch, num_mask & ~hide_num, cat_mask & ~hide_cat)
+        mu, logvar = self._encode(enc_in)
+        if z is None:
+            z = self._sample_z(mu, logvar, generator=generator)
+        out = self.decode(z)
+        lik, df = self._lik
+        nll_num, nll_cat = cell_nll(out, batch["num"].float(), batch["cat"], self.decoder, lik, df)
+        nll_num = nll_num * num_mask
+        nll_cat = nll_cat * cat_mask
+        return {"mu": mu, "logvar": logvar, "z": z, "out": out, "kl_dim": gaussian_kl(mu, logvar),
+                "nll_num": nll_num, "nll_cat": nll_cat, "rec": nll_num.sum(1) + nll_cat.sum(1)}
+
+    def kl_weight(self) -> float:
+        """β times the linear warm-up factor at the current (fractional) epoch."""
+        warm = int(self.hparams.kl_warmup_epochs)
+        beta = float(self.hparams.beta)
+        if warm <= 0 or self._trainer is None:
+            return beta
+        nb = self.trainer.num_training_batches
+        frac = self.global_step / nb if isinstance(nb, int) and nb > 0 else float(self.current_epoch)
+        return beta * min(1.0, frac / warm)
+
+    # ------------------------------------------------------------------ steps
+    def model_step(self, batch: Mapping[str, torch.Tensor], stage: str, batch_idx: int = 0
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss and ELBO terms. Training: random hiding, β-warm-up and free bits. Evaluation:
+        seeded hiding at ``val_hide_rate`` and the plain negative ELBO (β = 1)."""
+        if stage == "train":
+            h_num, h_cat = self._hide_masks(batch, self.hparams.hide_rate_min, self.hparams.hide_rate_max)
+            t = self.elbo_terms(batch, h_num, h_cat)
+            kl_term = free_bits_kl(t["kl_dim"], float(self.hparams.free_bits))
+            loss = t["rec"].mean() + self.kl_weight() * kl_term
+        else:
+            g = torch.Generator(device=batch["num"].device).manual_seed(104729 + batch_idx)
+            r = float(self.hparams.val_hide_rate)
+            h_num, h_cat = self._hide_masks(batch, r, r, generator=g)
+            t = self.elbo_terms(batch, h_num, h_cat, generator=g)
+            loss = (t["rec"] + t["kl_dim"].sum(1)).mean()
+        t["hide_num"], t["hide_cat"] = h_num, h_cat
+        return loss, t
+
+    def _log_terms(self, stage: str, loss: torch.Tensor, t: dict[str, torch.Tensor], n: int) -> None:
+        on_step = False
+        kw = dict(on_step=on_step, on_epoch=True, batch_size=n, sync_dist=stage != "train")
+        self.log(f"{stage}/loss", loss, prog_bar=True, **kw)
+        self.log(f"{stage}/nll", t["rec"].mean(), **kw)
+        self.log(f"{stage}/nll_num", t["nll_num"].sum(1).mean(), **kw)
+        self.log(f"{stage}/nll_cat", t["nll_cat"].sum(1).mean(), **kw)
+        kl_dim = t["kl_dim"].mean(0)
+        self.log(f"{stage}/kl", kl_dim.sum(), **kw)
+        if stage == "train":
+            self.log("train/beta", self.kl_weight(), **kw)
+            for i, v in enumerate(kl_dim):
+                self.log(f"train/kl_dim_{i}", v, **kw)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        loss, t = self.model_step(batch, "train", batch_idx)
+        self._log_terms("train", loss, t, len(batch["num"]))
+        return self.guard_loss(loss, batch_idx)
+
+    @torch.no_grad()
+    def _eval_step(self, batch: Batch, batch_idx: int, stage: str) -> None:
+        loss, t = self.model_step(batch, stage, batch_idx)
+        self._log_terms(stage, loss, t, len(batch["num"]))
+        # point imputations of the hidden cells at the posterior mean
+        out = self.decode(t["mu"])
+        cat_pred = category_probs(out, self.decoder, self.n_cat, self.max_card).argmax(-1)
+        self.scores[stage].update(out["num_loc"], batch["num"], t["hide_num"], cat_pred, batch["cat"], t["hide_cat"])
+        acc = self._acc.setdefault(stage, {"mu": [], "mu_sum": 0, "mu_sq": 0, "n": 0, "info": [], "rows": []})
+        mu = self.posterior(batch)[0]  # everything observed: for active units and the projector
+        acc["mu_sum"] = acc["mu_sum"] + mu.sum(0).double()
+        acc["mu_sq"] = acc["mu_sq"] + (mu.double() ** 2).sum(0)
+        acc["n"] += len(mu)
+        acc["info"].append(self._full_info(batch).cpu())
+        if stage == "test":
+            acc["mu"].append(mu.cpu())
+            if "row" in batch:
+                acc["rows"].append(batch["row"].cpu())
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "test")
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        rmse, acc_ = self.scores[stage].compute()
+        self.scores[stage].reset()
+        acc = self._acc.pop(stage, None)
+        self.log(f"{stage}/impute_nrmse", rmse, sync_dist=True)
+        self.log(f"{stage}/impute_acc", acc_, sync_dist=True)
+        if acc is None or acc["n"] == 0:
+            return
+        var = acc["mu_sq"] / acc["n"] - (acc["mu_sum"] / acc["n"]) ** 2
+        self.log(f"{stage}/active_units", float((var > 0.01).sum()), sync_dist=True)
+        if stage == "val" and not self.trainer.sanity_checking:
+            self.ref_info.fill_(float(torch.cat(acc["info"]).mean()))
+        if stage == "test":
+            self._add_embedding(torch.cat(acc["mu"]), torch.cat(acc["rows"]) if acc["rows"] else None)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def _add_embedding(self, mu: torch.Tensor, rows: torch.Tensor | None) -> None:
+        """TensorBoard projector of the test latents, with churn / true segment as metadata (never ids)."""
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers = [lg for lg in (self.loggers or []) if isinstance(lg, TensorBoardLogger)]
+        if not loggers or not self.trainer.is_global_zero:
+            return
+        meta, header = self._embedding_metadata(rows, len(mu))
+        for lg in loggers:
+            try:
+                lg.experiment.add_embedding(mu.float().numpy(), metadata=meta, metadata_header=header,
+                                            tag="latent_mean", global_step=self.global_step)
+            except Exception as e:  # noqa: BLE001 - a projector must never break a run
+                log.warning("could not write the embedding projector: %s", e)
+
+    def _embedding_metadata(self, rows: torch.Tensor | None, n: int) -> tuple[list[list[str]], list[str]]:
+        cols: dict[str, list[str]] = {}
+        dm = getattr(self.trainer, "datamodule", None)
+        frame = getattr(dm, "frames", {}).get("test") if dm is not None else None
+        if frame is not None and rows is not None and len(rows) == n:
+            sub = frame.iloc[rows.numpy()]
+            data = getattr(dm, "data", None)
+            try:
+                target = getattr(data, "target", None)
+                if target and target in data.frame.columns:
+                    cols[target] = data.frame.loc[sub.index, target].astype(str).tolist()
+                truth = getattr(data, "truth", None)
+                id_col = getattr(data, "id_col", None)
+                if truth is not None and id_col and "segment" in truth.columns and id_col in sub.columns:
+                    seg = truth.drop_duplicates(id_col).set_index(id_col)["segment"]
+                    cols["segment"] = seg.reindex(sub[id_col].to_numpy()).astype(str).tolist()
+            except (KeyError, ValueError, TypeError) as e:
+                log.warning("embedding metadata incomplete: %s", e)
+            if self.encoder is not None:
+                enc = self.encoder.transform(sub)
+                n_miss = (~enc["num_mask"]).sum(1) + (~enc["cat_mask"]).sum(1)
+                cols["n_missing"] = [str(int(v)) for v in n_miss]
+        if not cols:
+            cols["n"] = [str(i) for i in range(n)]
+        header = list(cols)
+        meta = [list(r) for r in zip(*cols.values())]
+        if len(header) == 1:
+            return [r[0] for r in meta], header  # type: ignore[return-value]
+        return meta, header
+
+    # ------------------------------------------------------------------ encoded-batch inference
+    @torch.no_grad()
+    def _full_info(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Posterior information (nats, Σ_d −½ logvar_d) of each row once completed by its own
+        point imputation and fully observed: the completeness reference. (B,)"""
+        mu, _ = self.posterior(batch)
+        out = self.decode(mu)
+        num = torch.where(batch["num_mask"], batch["num"].float(), out["num_loc"])
+        cat = torch.where(batch["cat_mask"], batch["cat"],
+                          category_probs(out, self.decoder, self.n_cat, self.max_card).argmax(-1))
+        full = {"num": num, "num_mask": torch.ones_like(batch["num_mask"]), "cat": cat, "cat_mask": cat > 0}
+        _, lv = self.posterior(full)
+        return -0.5 * lv.sum(1)
+
+    @torch.no_grad()
+    def _set_reference(self, tensors: Mapping[str, torch.Tensor], batch_size: int = 8192) -> None:
+        """Set the completeness reference ``ref_info`` from encoded rows (mean of :meth:`_full_info`)."""
+        was = self._eval_mode()
+        n = len(tensors["num"])
+        infos = [self._full_info({k: tensors[k][i: i + batch_size].to(self.device) for k in _FEATURE_KEYS}).cpu()
+                 for i in range(0, n, batch_size)]
+        self.train(was)
+        if infos:
+            self.ref_info.fill_(float(torch.cat(infos).mean()))
+
+    def _raw_numeric(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoded numerics (..., n_num) → raw scale (float64)."""
+        enc = self.encoder
+        x = x.double() * enc.num_std.to(x.device).double() + enc.num_mean.to(x.device).double()
+        logc = torch.as_tensor(enc.num_log, device=x.device)
+        if logc.any():
+            x = torch.where(logc, torch.expm1(x.clamp(max=50.0)), x)
+        return x
+
+    def _raw_mean(self, loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+        """E[x | z] on the raw scale (..., n_num): the location, or for log1p columns with a Gaussian
+        likelihood the log-normal mean ``expm1(μ + σ²/2)`` (the median ``expm1(μ)`` under Student-t,
+        whose log-scale mean does not exist)."""
+        enc = self._require_encoder()
+        lik, _ = self._lik
+        logc = torch.as_tensor(enc.num_log, device=loc.device)
+        if lik == "gaussian" and logc.any():
+            sd = enc.num_std.to(loc.device).double()
+            half_var = 0.5 * (torch.exp(log_scale.double()) * sd) ** 2  # variance on the log1p scale
+            shift = torch.where(logc, half_var / sd, torch.zeros_like(half_var))
+            return self._raw_numeric(loc.double() + shift)
+        return self._raw_numeric(loc)
+
+    @torch.no_grad()
+    def predictive(self, batch: Mapping[str, torch.Tensor], n_samples: int, generator: torch.Generator | None = None,
+                   use_mean: bool = False) -> dict[str, torch.Tensor]:
+        """The model's predictive for every cell of an encoded batch.
+
+        Returns:
+            ``mu``, ``logvar`` (B, L); ``num_loc``, ``num_log_scale`` (S, B, n_num) per latent
+            sample; ``cat_probs`` (S, B, n_cat, max_card). With ``use_mean`` the single "sample"
+            is the posterior mean.
+        """
+        mu, logvar = self.posterior(batch)
+        z = mu[None] if use_mean else self._sample_z(mu, logvar, n_samples, generator)
+        out = self.decode(z)
+        return {"mu": mu, "logvar": logvar, "num_loc": out["num_loc"], "num_log_scale": out["num_log_scale"],
+                "cat_probs": category_probs(out, self.decoder, self.n_cat, self.max_card), "out": out}
+
+    @torch.no_grad()
+    def impute_batch(self, batch: Mapping[str, torch.Tensor], n_samples: int | None = None,
+                     generator: torch.Generator | None = None, importance: bool | None = None
+                     ) -> dict[str, torch.Tensor]:
+        """Point imputations and uncertainty for every cell of an encoded batch.
+
+        Numeric point = the (weighted) mean over latent samples z_s ~ q(z | x_obs) of E[x | z_s]
+        on the raw scale; std = the (weighted) std of one draw from p(x | z_s) per sample, raw
+        scale. Categorical probabilities = (weighted) mean over the samples; point = argmax.
+        With ``importance`` (default ``hparams.importance_impute``) the samples are weighted by
+        ``p(x_obs | z) p(z) / q(z | x_obs)`` (self-normalised importance sampling, as in MIWAE),
+        which targets the model's exact conditional p(x_mis | x_obs) instead of the encoder's
+        approximation of it; otherwise the weights are uniform.
+
+        Returns:
+            ``num`` (B, n_num) raw float64, ``num_std`` (B, n_num) raw, ``cat_probs`` (B, n_cat,
+            max_card), ``cat`` (B, n_cat) vocabulary index (≥ 1 where the column has a head).
+        """
+        s = int(n_samples or self.hparams.n_samples)
+        use_iw = bool(self.hparams.get("importance_impute", False)) if importance is None else bool(importance)
+        mu, logvar = self.posterior(batch)
+        z = self._sample_z(mu, logvar, s, generator)  # (S, B, L)
+        out = self.decode(z)
+        lik, df = self._lik
+        if use_iw and s > 1:
+            nll_num, nll_cat = cell_nll(out, batch["num"].float()[None].expand(s, -1, -1),
+                                        batch["cat"][None].expand(s, -1, -1), self.decoder, lik, df)
+            log_px = -(nll_num * batch["num_mask"]).sum(-1) - (nll_cat * batch["cat_mask"]).sum(-1)
+            log_pz = -0.5 * (z * z).sum(-1)
+            log_qz = -0.5 * (((z - mu) ** 2) * torch.exp(-logvar)).sum(-1) - 0.5 * logvar.sum(-1)
+            w = torch.softmax((log_px + log_pz - log_qz).double(), dim=0)  # (S, B)
+        else:
+            w = torch.full(z.shape[:2], 1.0 / s, dtype=torch.float64, device=z.device)
+        wn = w[..., None]
+        num_point = (self._raw_mean(out["num_loc"], out["num_log_scale"]) * wn).sum(0)
+        draws = self._raw_numeric(numeric_sample(out["num_loc"], out["num_log_scale"], lik, df, generator))
+        if s > 1:
+            m = (draws * wn).sum(0)
+            num_std = torch.sqrt(((draws - m) ** 2 * wn).sum(0).clamp_min(0))
+        else:
+            hi = self._raw_numeric(out["num_loc"] + torch.sqrt(numeric_variance(out["num_log_scale"], lik, df)))
+            num_std = (hi - num_point).abs()[0]
+        cp = category_probs(out, self.decoder, self.n_cat, self.max_card)
+        probs = (cp.double() * w[..., None, None]).sum(0).float()
+        return {"num": num_point, "num_std": num_std, "cat_probs": probs, "cat": probs.argmax(-1),
+                "mu": mu, "logvar": logvar}
+
+    @torch.no_grad()
+    def gap_batch(self, batch: Mapping[str, torch.Tensor], n_samples: int = 8,
+                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Per-cell surprise and the gap summaries of an encoded batch.
+
+        One forward pass over F stacked copies of the batch, copy j having feature j hidden:
+        ``surprise[b, j] = −log E_{q(z | x_obs∖j)} p(x_j | z)`` (S latent samples), NaN where
+        x_j is not observed. Numerics are scored in encoded (standardised) units.
+
+        Returns:
+            ``surprise`` (B, F), ``missing_entropy`` (B,) = Σ over unobserved cells of the entropy
+            of their predictive (categoricals exact, numerics a Gaussian upper bound), ``info``
+            (B,) posterior information Σ_d −½ logvar_d, ``mu``, ``logvar`` (B, L).
+        """
+        num_mask, cat_mask = batch["num_mask"], batch["cat_mask"]
+        B, F_ = len(num_mask), self.n_num + self.n_cat
+        dev = num_mask.device
+        eye = torch.eye(F_, dtype=torch.bool, device=dev)  # copy j hides feature j
+        keep_num = num_mask[None] & ~eye[:, None, : self.n_num]  # (F, B, n_num)
+        keep_cat = cat_mask[None] & ~eye[:, None, self.n_num:]
+        rep = {k: batch[k][None].expand(F_, *batch[k].shape).reshape(F_ * B, *batch[k].shape[1:])
+               for k in ("num", "cat")}
+        mu_j, lv_j = self.posterior({"num": rep["num"], "num_mask": keep_num.reshape(F_ * B, -1),
+                                     "cat": rep["cat"], "cat_mask": keep_cat.reshape(F_ * B, -1)})
+        z = self._sample_z(mu_j, lv_j, n_samples, generator)  # (S, F*B, L)
+        out = self.decode(z)
+        lik, df = self._lik
+        num_rep = rep["num"].float()[None].expand(n_samples, -1, -1)
+        cat_rep = rep["cat"][None].expand(n_samples, -1, -1)
+        nll_num, nll_cat = cell_nll(out, num_rep, cat_rep, self.decoder, lik, df)  # (S, F*B, ·)
+        nll = torch.cat([nll_num, nll_cat], -1).view(n_samples, F_, B, F_)
+        diag = nll.diagonal(dim1=1, dim2=3)  # (S, B, F): copy j, feature j
+        surprise = -_logmeanexp(-diag, 0)
+        observed = torch.cat([num_mask, cat_mask], 1)
+        surprise = torch.where(observed, surprise, torch.full_like(surprise, float("nan")))
+        # uncertainty about the unobserved cells given everything observed
+        p = self.predictive(batch, n_samples, generator)
+        loc, ls = p["num_loc"], p["num_log_scale"]
+        var_num = numeric_variance(ls, lik, df).mean(0) + loc.var(0, unbiased=False)
+        h_num = 0.5 * (1 + math.log(2 * math.pi)) + 0.5 * torch.log(var_num) if lik == "gaussian" else \
+            numeric_entropy(0.5 * torch.log(var_num), lik, df)
+        probs = p["cat_probs"].mean(0)
+        h_cat = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1)
+        has_head = torch.zeros(self.n_cat, dtype=torch.bool, device=dev)
+        has_head[self.decoder.soft_cols + self.decoder.bin_cols] = True
+        miss_h = (h_num * ~num_mask).sum(1) + (h_cat * (~cat_mask & has_head)).sum(1)
+        return {"surprise": surprise, "missing_entropy": miss_h, "info": -0.5 * p["logvar"].sum(1),
+                "mu": p["mu"], "logvar": p["logvar"]}
+
+    @torch.no_grad()
+    def question_gains(self, batch: Mapping[str, torch.Tensor], n_samples: int = 16,
+                       target: Callable[[Batch], torch.Tensor] | None = None,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """EDDI expected information gain of acquiring each unobserved feature. (B, F), NaN where observed.
+
+        For every unobserved (row, feature) pair, S values are drawn from the model's predictive
+        p(x_j | x_obs); each is added as observed and the row re-encoded. The gain is the mean over
+        the draws of KL(q(z | x_obs, x_j) ‖ q(z | x_obs)) — or, with ``target`` (a callable from
+        an encoded batch to probabilities (B,) or (B, C)), the mean KL between the target's
+        prediction with and without x_j (the mutual information of x_j and the prediction).
+        """
+        num_mask, cat_mask = batch["num_mask"], batch["cat_mask"]
+        B, F_ = len(num_mask), self.n_num + self.n_cat
+        dev = num_mask.device
+        observed = torch.cat([num_mask, cat_mask], 1)
+        has_head = torch.ones(F_, dtype=torch.bool, device=dev)
+        has_head[self.n_num:] = False
+        has_head[[self.n_num + j for j in self.decoder.soft_cols + self.decoder.bin_cols]] = True
+        cand = ~observed & has_head[None]
+        gains = torch.full((B, F_), float("nan"), device=dev)
+        rows, feats = cand.nonzero(as_tuple=True)
+        if len(rows) == 0:
+            return gains
+        S = n_samples
+        draws_num, draws_cat, mu0, lv0 = self._draw_values(batch, S, generator)  # (S,B,n_num), (S,B,n_cat)
+        exp = self._with_values(batch, rows, feats, draws_num, draws_cat)  # S*P rows
+        if target is None:
+            mu1, lv1 = self.posterior(exp)
+            base_mu, base_lv = mu0[rows].repeat(S, 1), lv0[rows].repeat(S, 1)
+            kl = gaussian_kl(mu1, lv1, base_mu, base_lv).sum(-1)
+        else:
+            p0 = _as_probs(target(dict(batch)))[rows].repeat(S, 1)
+            p1 = _as_probs(target(exp))
+            kl = _categorical_kl(p1, p0)
+        gains[rows, feats] = kl.view(S, -1).mean(0).float()
+        return gains
+
+    def _draw_values(self, batch: Mapping[str, torch.Tensor], S: int, generator: torch.Generator | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """S draws of every cell from the predictive: numerics (S, B, n_num) encoded, categories (S, B, n_cat)."""
+        p = self.predictive(batch, S, generator)
+        lik, df = self._lik
+        num = numeric_sample(p["num_loc"], p["num_log_scale"], lik, df, generator)
+        probs = p["cat_probs"]
+        flat = probs.reshape(-1, probs.shape[-1])
+        ok = flat.sum(-1) > 0
+        idx = torch.zeros(len(flat), dtype=torch.long, device=flat.device)
+        if ok.any():
+            idx[ok] = torch.multinomial(flat[ok], 1, generator=generator).squeeze(-1)
+        return num, idx.view(probs.shape[:-1]), p["mu"], p["logvar"]
+
+    def _with_values(self, batch: Mapping[str, torch.Tensor], rows: torch.Tensor, feats: torch.Tensor,
+                     draws_num: torch.Tensor, draws_cat: torch.Tensor) -> Batch:
+        """Stack S copies of the (row, feature) pairs, each copy with feature set to its s-th draw."""
+        S, P = draws_num.shape[0], len(rows)
+        r = rows.repeat(S)
+        f = feats.repeat(S)
+        s = torch.arange(S, device=rows.device).repeat_interleave(P)
+        out = {k: batch[k].index_select(0, r).clone() for k in _FEATURE_KEYS}
+        is_num = f < self.n_num
+        if is_num.any():
+            i, j = is_num.nonzero(as_tuple=True)[0], f[is_num]
+            out["num"][i, j] = draws_num[s[i], r[i], j].to(out["num"].dtype)
+            out["num_mask"][i, j] = True
+        if (~is_num).any():
+            i = (~is_num).nonzero(as_tuple=True)[0]
+            j = f[i] - self.n_num
+            v = draws_cat[s[i], r[i], j]
+            out["cat"][i, j] = v
+            out["cat_mask"][i, j] = v > 0
+        return out
+
+    # ------------------------------------------------------------------ raw DataFrames
+    def _require_encoder(self) -> FeatureEncoder:
+        if self.encoder is None:
+            raise RuntimeError("this model has no fitted preprocessing; load it from a clm_torch checkpoint "
+                               "or call set_preprocessing")
+        return self.encoder
+
+    def _chunks(self, df: pd.DataFrame, batch_size: int, source: str):  # noqa: ANN202
+        enc = self._require_encoder()
+        if not isinstance(df, pd.DataFrame):
+            raise SchemaError(f"expected a pandas DataFrame, got {type(df).__name__}", source=source)
+        for start in range(0, len(df), max(int(batch_size), 1)):
+            part = df.iloc[start: start + batch_size]
+            t = enc.transform(part, source=source)
+            yield start, part, {k: t[k].to(self.device) for k in _FEATURE_KEYS}
+
+    def _generator(self, seed: int | None) -> torch.Generator | None:
+        return None if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
+
+    def _eval_mode(self) -> bool:
+        was = self.training
+        self.eval()
+        return was
+
+    def _finish_numeric(self, vals: np.ndarray, j: int) -> np.ndarray:
+        """Raw imputations of numeric column j clipped to the training range (rounded if integral)."""
+        enc = self._require_encoder()
+        vals = np.clip(vals, enc.num_min[j], enc.num_max[j])
+        return np.round(vals) if enc.num_integer[j] else vals
+
+    @torch.no_grad()
+    def encode(self, df: pd.DataFrame, return_std: bool = False, *, batch_size: int = 65536,
+               source: str = "<dataframe>") -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Posterior mean (n, latent_dim) of each customer; with ``return_std`` also the posterior std."""
+        was = self._eval_mode()
+        mus, sds = [], []
+        for _, _, b in self._chunks(df, batch_size, source):
+            mu, lv = self.posterior(b)
+            mus.append(mu.float().cpu())
+            sds.append(torch.exp(0.5 * lv).float().cpu())
+        self.train(was)
+        L = int(self.hparams.latent_dim)
+        mu = torch.cat(mus).numpy() if mus else np.zeros((0, L), np.float32)
+        sd = torch.cat(sds).numpy() if sds else np.zeros((0, L), np.float32)
+        return (mu, sd) if return_std else mu
+
+    @torch.no_grad()
+    def impute(self, df: pd.DataFrame, n_samples: int | None = None, return_uncertainty: bool = False, *,
+               batch_size: int = 8192, seed: int | None = 0, source: str = "<dataframe>"
+               ) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, Any]]:
+        """Fill only the missing cells of ``df`` (NaN numerics, NaN categories).
+
+        Observed cells — unseen categories included — are returned untouched; columns keep their
+        dtype (integers of an integral training column are rounded; pandas categoricals gain the
+        imputed category if it is new). Numerics are clipped to the training range.
+
+        Args:
+            n_samples: latent samples averaged per row (default ``hparams.n_samples``).
+            return_uncertainty: also return ``{"std": DataFrame (n, numeric cols) raw-scale std of
+                each imputed numeric cell (NaN where observed), "probs": {col: DataFrame (n, classes)
+                of class probabilities for imputed cells (NaN rows where observed)}}``.
+            seed: seed of the latent samples (None = not seeded).
+        """
+        enc = self._require_encoder()
+        was = self._eval_mode()
+        g = self._generator(seed)
+        n = len(df)
+        num_vals = np.full((n, enc.n_num), np.nan)
+        num_std = np.full((n, enc.n_num), np.nan)
+        cat_idx = np.zeros((n, enc.n_cat), dtype=np.int64)
+        probs = np.zeros((n, enc.n_cat, self.max_card), dtype=np.float32)
+        for start, part, b in self._chunks(df, batch_size, source):
+            r = self.impute_batch(b, n_samples, g)
+            sl = slice(start, start + len(part))
+            num_vals[sl] = r["num"].cpu().numpy()
+            num_std[sl] = r["num_std"].cpu().numpy()
+            cat_idx[sl] = r["cat"].cpu().numpy()
+            probs[sl] = r["cat_probs"].float().cpu().numpy()
+        self.train(was)
+        out = df.copy()
+        std_df = pd.DataFrame(index=df.index, columns=enc.num_columns, dtype="float64")
+        prob_dfs: dict[str, pd.DataFrame] = {}
+        for j, col in enumerate(enc.num_columns):
+            miss = df[col].isna().to_numpy()
+            out[col] = _fill(df[col], miss, self._finish_numeric(num_vals[:, j], j))
+            std_df[col] = np.where(miss, num_std[:, j], np.nan)
+        decoded = enc.decode_categories(cat_idx)
+        for j, col in enumerate(enc.cat_columns):
+            miss = df[col].isna().to_numpy()
+            vals = decoded[col]
+            miss_fill = miss & (cat_idx[:, j] > 0)
+            out[col] = _fill(df[col], miss_fill, vals)
+            classes = list(enc.vocab[col][1:])
+            pj = probs[:, j, 1: 1 + len(classes)].astype(np.float64)
+            pj[~miss] = np.nan
+            prob_dfs[col] = pd.DataFrame(pj, index=df.index, columns=classes)
+        if return_uncertainty:
+            return out, {"std": std_df, "probs": prob_dfs}
+        return out
+
+    @torch.no_grad()
+    def information_gap(self, df: pd.DataFrame, n_samples: int = 8, *, batch_size: int = 1024,
+                        seed: int | None = 0, source: str = "<dataframe>") -> pd.DataFrame:
+        """One row per customer (index of ``df``): where the information gap is and how large.
+
+        Columns:
+            ``surprise_<col>``: NLL (nats) of each observed value given all the other observed
+                features, i.e. with that feature hidden (numerics in standardised units); NaN
+                where the cell is missing. High = contradictory or implausible.
+            ``total_surprise`` / ``max_surprise`` / ``max_surprise_feature``: over observed cells.
+            ``missing_entropy``: Σ over missing cells of the entropy of their predictive.
+            ``gap_score``: ``total_surprise + missing_entropy`` — the code length (nats) of the
+                complete record when every cell is predicted from the others: what the model
+                still lacks, whether the cell is missing or contradicts the rest.
+            ``n_observed``, ``n_missing``.
+            ``completeness``: posterior information about z (Σ_d −½ log σ²_d, nats) relative to a
+                fully observed customer (``ref_info``, measured on the validation split), clipped
+                to [0, 1]: 0 = the prior (nothing known), 1 = as certain as a complete record.
+        """
+        enc = self._require_encoder()
+        was = self._eval_mode()
+        g = self._generator(seed)
+        F_ = enc.n_num + enc.n_cat
+        # bound the stacked batch (F copies × S samples) to ~1M rows per forward
+        step = max(1, min(int(batch_size), 1_000_000 // max(F_ * n_samples, 1)))
+        parts: list[dict[str, np.ndarray]] = []
+        ref = float(self.ref_info)
+        infos_full = []
+        for _, _, b in self._chunks(df, step, source):
+            r = self.gap_batch(b, n_samples, g)
+            parts.append({k: r[k].float().cpu().numpy() for k in ("surprise", "missing_entropy", "info")})
+            parts[-1]["n_obs"] = (b["num_mask"].sum(1) + b["cat_mask"].sum(1)).cpu().numpy()
+            if not math.isfinite(ref):
+                infos_full.append(self._full_info(b).cpu())
+        self.train(was)
+        if not math.isfinite(ref):  # no validation run yet: this frame is its own reference
+            ref = float(torch.cat(infos_full).mean()) if infos_full else float("nan")
+        cols = enc.feature_columns
+        if not parts:
+            return pd.DataFrame(columns=[f"surprise_{c}" for c in cols] + [
+                "total_surprise", "max_surprise", "max_surprise_feature", "missing_entropy", "gap_score",
+                "n_observed", "n_missing", "completeness"])
+        sur = np.concatenate([p["surprise"] for p in parts])
+        res = pd.DataFrame(sur, index=df.index, columns=[f"surprise_{c}" for c in cols])
+        obs = ~np.isnan(sur)
+        total = np.where(obs, sur, 0.0).sum(1)
+        res["total_surprise"] = total
+        any_obs = obs.any(1)
+        safe = np.where(obs, sur, -np.inf)
+        res["max_surprise"] = np.where(any_obs, safe.max(1), np.nan)
+        arg = safe.argmax(1)
+        res["max_surprise_feature"] = pd.Series(np.where(any_obs, np.array(cols, dtype=object)[arg], None),
+                                                index=df.index, dtype=object)
+        res["missing_entropy"] = np.concatenate([p["missing_entropy"] for p in parts])
+        res["gap_score"] = res["total_surprise"] + res["missing_entropy"]
+        n_obs = np.concatenate([p["n_obs"] for p in parts])
+        res["n_observed"] = n_obs.astype(np.int64)
+        res["n_missing"] = (F_ - n_obs).astype(np.int64)
+        info = np.concatenate([p["info"] for p in parts])
+        res["completeness"] = np.clip(info / ref, 0.0, 1.0) if ref > 0 else np.nan
+        return res
+
+    @torch.no_grad()
+    def next_best_question(self, df: pd.DataFrame, target: Any = None, k: int = 3, n_samples: int = 16, *,
+                           batch_size: int = 256, seed: int | None = 0, return_gains: bool = False,
+                           source: str = "<dataframe>") -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+        """For each customer, the ``k`` missing features whose answer would tell us the most (EDDI).
+
+        Args:
+            target: None — gain about the latent customer profile z; an object with
+                ``predict_proba(df)`` (e.g. a :class:`~clm_torch.models.churn.ChurnClassifier`) —
+                gain about its prediction, scored on raw rows with the drawn answer filled in; or
+                a callable from an encoded batch (this model's encoding) to probabilities (B,) or
+                (B, C).
+            k: questions per customer.
+            n_samples: draws of each candidate answer from the model's predictive.
+            return_gains: also return the full gain table (n, features), NaN where observed.
+
+        Returns:
+            DataFrame indexed like ``df`` with ``question_1 .. question_k`` (feature names, None when
+            fewer features are missing) and ``gain_1 .. gain_k`` (expected KL, nats), best first.
+        """
+        enc = self._require_encoder()
+        was = self._eval_mode()
+        g = self._generator(seed)
+        if target is not None and not callable(target) and not hasattr(target, "predict_proba"):
+            raise TypeError("target must have predict_proba(df) or be a callable on encoded batches")
+        use_df = target is not None and hasattr(target, "predict_proba")
+        gains_l = []
+        for _, part, b in self._chunks(df, batch_size, source):
+            if use_df:
+                gains_l.append(self._question_gains_df(b, part, n_samples, target, g).cpu())
+            else:
+                gains_l.append(self.question_gains(b, n_samples, target, g).cpu())
+        self.train(was)
+        cols = enc.feature_columns
+        gains = torch.cat(gains_l).numpy() if gains_l else np.zeros((0, len(cols)), np.float32)
+        all_g = pd.DataFrame(gains, index=df.index, columns=cols)
+        order = np.argsort(-np.nan_to_num(gains, nan=-np.inf), axis=1, kind="stable")
+        res = pd.DataFrame(index=df.index)
+        names = np.array(cols, dtype=object)
+        for i in range(k):
+            if i < gains.shape[1]:
+                idx = order[:, i]
+                gi = gains[np.arange(len(gains)), idx]
+                ok = ~np.isnan(gi)
+                res[f"question_{i + 1}"] = pd.Series(np.where(ok, names[idx], None), index=df.index, dtype=object)
+                res[f"gain_{i + 1}"] = np.where(ok, gi, np.nan)
+            else:
+                res[f"question_{i + 1}"] = pd.Series([None] * len(df), index=df.index, dtype=object)
+                res[f"gain_{i + 1}"] = np.nan
+        return (res, all_g) if return_gains else res
+
+    def _question_gains_df(self, batch: Batch, part: pd.DataFrame, n_samples: int, target: Any,
+                           generator: torch.Generator | None) -> torch.Tensor:
+        """Like :meth:`question_gains` with a ``predict_proba(df)`` target: the drawn answers are
+        decoded to raw values and written into copies of the raw rows."""
+        enc = self._require_encoder()
+        num_mask, cat_mask = batch["num_mask"], batch["cat_mask"]
+        B, F_ = len(num_mask), self.n_num + self.n_cat
+        observed = torch.cat([num_mask, cat_mask], 1)
+        has_head = torch.ones(F_, dtype=torch.bool, device=num_mask.device)
+        has_head[self.n_num:] = False
+        has_head[[self.n_num + j for j in self.decoder.soft_cols + self.decoder.bin_cols]] = True
+        cand = ~observed & has_head[None]
+        gains = torch.full((B, F_), float("nan"))
+        rows, feats = cand.nonzero(as_tuple=True)
+        if len(rows) == 0:
+            return gains
+        S = n_samples
+        draws_num, draws_cat, _, _ = self._draw_values(batch, S, generator)
+        p0 = _as_probs(torch.as_tensor(np.asarray(target.predict_proba(part)), dtype=torch.float64))
+        r = rows.repeat(S).cpu().numpy()
+        f = feats.repeat(S).cpu().numpy()
+        s = np.repeat(np.arange(S), len(rows))
+        raw_num = self._raw_numeric(draws_num).cpu().numpy()  # (S, B, n_num)
+        dcat = draws_cat.cpu().numpy()
+        exp = part.iloc[r].reset_index(drop=True).copy()
+        cols = enc.feature_columns
+        for j, col in enumerate(cols):
+            sel = np.flatnonzero(f == j)
+            if len(sel) == 0:
+                continue
+            if j < self.n_num:
+                vals = raw_num[s[sel], r[sel], j]
+                if pd.api.types.is_integer_dtype(exp[col]) and not enc.num_integer[j]:
+                    exp[col] = exp[col].astype("float64")
+                exp.loc[sel, col] = np.round(vals) if enc.num_integer[j] else vals
+            else:
+                jc = j - self.n_num
+                vocab = np.array([np.nan, *enc.vocab[col][1:]], dtype=object)
+                vals = vocab[dcat[s[sel], r[sel], jc]]
+                colv = exp[col].astype(object).to_numpy().copy()
+                colv[sel] = vals
+                exp[col] = _restore(exp[col], colv)
+        p1 = _as_probs(torch.as_tensor(np.asarray(target.predict_proba(exp)), dtype=torch.float64))
+        kl = _categorical_kl(p1, p0[torch.as_tensor(r)])
+        gains[rows.cpu(), feats.cpu()] = kl.view(S, -1).mean(0).float()
+        return gains
+
+    # ------------------------------------------------------------------ outputs
+    @torch.no_grad()
+    def export_predictions(self, datamodule: Any, split: str = "test") -> pd.DataFrame:
+        """Per customer of a split: id, ``n_observed``, ``total_surprise``, ``missing_entropy``,
+        ``gap_score``, ``completeness`` (see :meth:`information_gap`) and the latent mean ``z_0..``."""
+        t = datamodule.tensors[split]
+        was = self._eval_mode()
+        g = torch.Generator(device=self.device).manual_seed(0)
+        F_ = self.n_num + self.n_cat
+        step = max(1, 1_000_000 // (F_ * 8))
+        rows = []
+        ref = float(self.ref_info)
+        for i in range(0, len(t["num"]), step):
+            b = {k: t[k][i: i + step].to(self.device) for k in _FEATURE_KEYS}
+            r = self.gap_batch(b, 8, g)
+            sur = r["surprise"]
+            rows.append(torch.cat([
+                (b["num_mask"].sum(1) + b["cat_mask"].sum(1)).double()[:, None],
+                torch.nan_to_num(sur, nan=0.0).sum(1, keepdim=True).double(),
+                r["missing_entropy"][:, None].double(), r["info"][:, None].double(), r["mu"].double()], 1).cpu())
+        self.train(was)
+        a = torch.cat(rows).numpy()
+        id_name = datamodule.schema.id_col or "row"
+        out = pd.DataFrame({id_name: datamodule.ids(split), "n_observed": a[:, 0].astype(np.int64),
+                            "total_surprise": a[:, 1], "missing_entropy": a[:, 2]})
+        out["gap_score"] = out["total_surprise"] + out["missing_entropy"]
+        out["completeness"] = np.clip(a[:, 3] / ref, 0.0, 1.0) if ref > 0 else np.nan
+        for d in range(a.shape[1] - 4):
+            out[f"z_{d}"] = a[:, 4 + d]
+        return out
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _as_probs(p: torch.Tensor) -> torch.Tensor:
+    """(B,) probabilities of a positive class or (B, C) class probabilities → (B, C), clamped."""
+    p = torch.as_tensor(p).double()
+    if p.ndim == 1:
+        p = torch.stack([1 - p, p], -1)
+    return p.clamp(1e-7, 1.0)
+
+
+def _categorical_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) row by row for (N, C) probabilities."""
+    p = p / p.sum(-1, keepdim=True)
+    q = q.to(p.device) / q.to(p.device).sum(-1, keepdim=True)
+    return (p * (torch.log(p) - torch.log(q))).sum(-1).clamp_min(0.0)
+
+
+def _restore(orig: pd.Series, values: np.ndarray) -> pd.Series:
+    """``values`` (object array) as a Series with ``orig``'s index and, where possible, its dtype."""
+    s = pd.Series(values, index=orig.index, name=orig.name)
+    dt = orig.dtype
+    if isinstance(dt, pd.CategoricalDtype):
+        new = [v for v in pd.unique(s.dropna()) if v not in dt.categories]
+        cats = list(dt.categories) + new
+        return s.astype(pd.CategoricalDtype(cats, ordered=dt.ordered))
+    try:
+        if pd.api.types.is_integer_dtype(dt) and s.isna().any():
+            return s.astype("float64")
+        if pd.api.types.is_string_dtype(dt) and not pd.api.types.is_object_dtype(dt):
+            return s.map(lambda v: v if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)).astype(dt)
+        return s.astype(dt)
+    except (TypeError, ValueError):
+        return s
+
+
+def _fill(orig: pd.Series, miss: np.ndarray, values: np.ndarray) -> pd.Series:
+    """``orig`` with the cells in ``miss`` replaced by ``values`` (same length), dtype kept where possible."""
+    if not miss.any():
+        return orig
+    v = orig.astype(object).to_numpy().copy()
+    v[miss] = values[miss]
+    return _restore(orig, v)
+
+
+# ----------------------------------------------------------------------------- fit on a frame
+
+
+def _validation_cells(enc_t: Mapping[str, torch.Tensor], fraction: float, seed: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(int(seed) + 7777)
+    v_num = enc_t["num_mask"] & (torch.rand(enc_t["num_mask"].shape, generator=g) < fraction)
+    v_cat = enc_t["cat_mask"] & (torch.rand(enc_t["cat_mask"].shape, generator=g) < fraction)
+    return v_num, v_cat
+
+
+@torch.no_grad()
+def score_cells(model: InfoGapVAE, tensors: Mapping[str, torch.Tensor], hid_num: torch.Tensor,
+                hid_cat: torch.Tensor, truth_num_raw: np.ndarray, truth_cat: torch.Tensor, num_scale: np.ndarray,
+                n_samples: int | None = None,
+                batch_size: int = 8192, seed: int = 0) -> tuple[float, float]:
+    """Impute the cells in ``hid_*`` (unobserved in ``tensors``) and score them the way the Telco
+    benchmark does: NRMSE (raw-scale RMSE / ``num_scale``) averaged over numeric columns, accuracy
+    averaged over categorical columns (columns without such cells are skipped)."""
+    was = model._eval_mode()
+    g = torch.Generator(device=model.device).manual_seed(seed)
+    rows = (hid_num.any(1) | hid_cat.any(1)).nonzero(as_tuple=True)[0]
+    nums, cats = [], []
+    for i in range(0, len(rows), batch_size):
+        idx = rows[i: i + batch_size]
+        b = {k: tensors[k].index_select(0, idx).to(model.device) for k in _FEATURE_KEYS}
+        r = model.impute_batch(b, n_samples, g)
+        nums.append(r["num"].cpu().numpy())
+        cats.append(r["cat"].cpu())
+    model.train(was)
+    if not nums:
+        return float("nan"), float("nan")
+    num = np.concatenate(nums)
+    cat = torch.cat(cats)
+    hn, hc = hid_num[rows].numpy(), hid_cat[rows]
+    tn = truth_num_raw[rows.numpy()]
+    nr = []
+    for j in range(num.shape[1]):
+        if hn[:, j].any():
+            p = model._finish_numeric(num[:, j], j)
+            nr.append(np.sqrt(np.mean((p[hn[:, j]] - tn[hn[:, j], j]) ** 2)) / num_scale[j])
+    true_cat = truth_cat[rows]
+    ac = [float((cat[hc[:, j], j] == true_cat[hc[:, j], j]).double().mean()) for j in range(cat.shape[1])
+          if hc[:, j].any()]
+    return (float(np.mean(nr)) if nr else float("nan")), (float(np.mean(ac)) if ac else float("nan"))
+
+
+def fit_imputer(
+    df: pd.DataFrame,
+    *,
+    roles: Mapping[str, Sequence[str]] | None = None,
+    id_col: str | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    max_epochs: int = 200,
+    eval_every: int = 5,
+    patience: int = 6,
+    batch_size: int = 256,
+    refit: bool = False,
+    log_transform: str | Sequence[str] = "auto",
+    eval_samples: int | None = None,
+    **model_kwargs: Any,
+) -> tuple[InfoGapVAE, dict[str, Any]]:
+    """Fit an :class:`InfoGapVAE` on a raw table with missing cells, choosing the number of epochs
+    on a validation mask carved from its *observed* cells.
+
+    A ``val_fraction`` of the observed cells (seeded) is hidden from training; every ``eval_every``
+    epochs they are imputed and scored (NRMSE over numeric columns + categorical error; lower is
+    better), and the best weights are kept; training stops after ``patience`` evaluations without
+    improvement. With ``refit`` a fresh model is then trained on all observed cells for the chosen
+    number of epochs. The returned model carries its preprocessing (``impute(df)`` etc. work).
+
+    Args:
+        df: the table (NaN = missing); no target needed.
+        roles: role overrides for :func:`~clm_torch.data.schema.infer_schema`, e.g.
+            ``{"numeric": ["tenure"]}``.
+        id_col: optional id column (kept out of the features).
+        log_transform: passed to the :class:`FeatureEncoder`.
+        eval_samples: latent samples for the validation imputations (default: the model's).
+        model_kwargs: :class:`InfoGapVAE` hyperparameters (``latent_dim``, ``beta``, ``lr``, ...).
+
+    Returns:
+        ``(model, info)``; ``info`` holds ``best_epoch``, ``val_nrmse``, ``val_cat_acc``,
+        ``val_history``, ``params`` and ``seconds``.
+    """
+    import time
+
+    import lightning as L
+
+    from clm_torch.data.cleaning import clean_table
+    from clm_torch.data.datamodules import batch_loader
+    from clm_torch.data.schema import infer_schema
+
+    t0 = time.time()
+    L.seed_everything(seed, workers=True, verbose=False)
+    schema = infer_schema(df, id_col=id_col, overrides=roles, source="<fit_imputer>")
+    clean, _ = clean_table(df, schema, source="<fit_imputer>")
+    enc = FeatureEncoder.from_schema(schema, log_transform=log_transform).fit(clean, source="<fit_imputer>")
+    full = enc.transform(clean, source="<fit_imputer>")
+    full.pop("y", None)
+    v_num, v_cat = _validation_cells(full, val_fraction, seed)
+    train_t = dict(_observed_only(full, full["num_mask"] & ~v_num, full["cat_mask"] & ~v_cat))
+    truth_raw = enc.inverse_numeric(full["num"])
+    raw_std = np.array([float(pd.to_numeric(clean[c]).std()) for c in enc.num_columns])
+    raw_std = np.where(raw_std > 0, raw_std, 1.0)
+    prep = {"encoder": enc.state_dict(), "schema": schema.to_dict(), "cleaning": {}}
+
+    def build() -> InfoGapVAE:
+        m = InfoGapVAE(**enc.dims(), **model_kwargs)
+        m.set_preprocessing(prep)
+        return m
+
+    history: list[tuple[int, float, float]] = []
+    state: dict[str, Any] = {"best": math.inf, "epoch": 0, "weights": None, "bad": 0}
+
+    class _SelectOnValidationCells(L.Callback):
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: InfoGapVAE) -> None:
+            ep = trainer.current_epoch + 1
+            if ep % eval_every and ep != trainer.max_epochs:
+                return
+            nr, ac = score_cells(pl_module, train_t, v_num, v_cat, truth_raw, full["cat"], raw_std, eval_samples,
+                                 seed=seed)
+            history.append((ep, nr, ac))
+            log.info("fit_imputer epoch %d: validation cells NRMSE %.4f, accuracy %.4f", ep, nr, ac)
+            sc = (0.0 if math.isnan(nr) else nr) + (0.0 if math.isnan(ac) else 1.0 - ac)
+            if sc < state["best"] - 1e-4:
+                state.update(best=sc, epoch=ep, bad=0,
+                             weights={k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+            else:
+                state["bad"] += 1
+                if state["bad"] >= patience:
+                    trainer.should_stop = True
+
+    def trainer(epochs: int, callbacks: list[L.Callback]) -> L.Trainer:
+        return L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+                         gradient_clip_val=1.0, num_sanity_val_steps=0, limit_val_batches=0,
+                         use_distributed_sampler=False)
+
+    model = build()
+    loader = batch_loader(train_t, batch_size, shuffle=True, seed=seed)
+    trainer(max_epochs, [_SelectOnValidationCells()]).fit(model, train_dataloaders=loader)
+    if state["weights"] is not None:
+        model.load_state_dict(state["weights"])
+    best_epoch = int(state["epoch"])
+    val = next(((nr, ac) for ep, nr, ac in history if ep == best_epoch), (float("nan"), float("nan")))
+    if refit and best_epoch > 0:
+        L.seed_everything(seed, workers=True, verbose=False)
+        model = build()
+        trainer(best_epoch, []).fit(model, train_dataloaders=batch_loader(
+            {k: full[k] for k in _FEATURE_KEYS}, batch_size, shuffle=True, seed=seed))
+    model._set_reference(full)
+    model.eval()
+    info = {"best_epoch": best_epoch, "epochs_run": history[-1][0] if history else 0, "val_nrmse": val[0],
+            "val_cat_acc": val[1], "val_history": history, "refit": refit,
+            "params": sum(p.numel() for p in model.parameters()), "seconds": round(time.time() - t0, 1)}
+    return model, info

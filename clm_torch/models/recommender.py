@@ -1,0 +1,580 @@
+"""EmbeddingRecommender: full-catalogue top-N recommendation from learned embeddings.
+
+Scores are dot products ``score(u, i) = ⟨user_vector(u), item_vector(i)⟩ + bias_i`` where
+
+* an item vector is a learned id embedding plus a projection of the item features when the
+  catalogue has them (genres and year on MovieLens, category and price on synthetic data);
+* a user vector comes from a history encoder (a Mult-DAE-like set encoder over the user's items,
+  which also serves users who were never trained on), a learned user embedding, or both.
+
+The model contract is ``loss(batch)``, ``score(users, items)`` and ``full_scores(users)``.
+Ranking is always over the full catalogue with each user's seen items masked.
+
+Inference on external ids after ``EmbeddingRecommender.load_from_checkpoint(path)``::
+
+    model.recommend([1, 2, 3], k=10)                   # (3, 10) item ids, seen items excluded
+    model.recommend_for_history([[31, 1029], []], k=5)  # cold-start users from their items
+
+Unknown users (fallback, in this order):
+
+1. a history is given for them (``recommend(..., histories=...)`` or
+   ``recommend_for_history``) and the model has a history encoder → the history encoder, with
+   the ``<unk>`` user embedding when the model also has user embeddings;
+2. otherwise → the most popular items of the training data (train + validation interactions),
+   minus the given history when ``exclude_seen``.
+
+Unknown item ids inside histories are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clm_torch.data.interactions import N_AGE_BUCKETS, UNK, csr_gather
+from clm_torch.metrics import RankingMetrics, dense_targets
+from clm_torch.models.base import CLMModule
+from clm_torch.models.components.recsys import HistoryEncoder, ItemTower, ragged_rows
+
+log = logging.getLogger(__name__)
+
+USER_ENCODERS = ("history", "embedding", "both")
+LOSSES = ("softmax", "sampled_softmax", "bpr")
+TARGETS = ("all", "dropped")
+
+
+class EmbeddingRecommender(CLMModule):
+    """Item embeddings (+ item features) scored against user vectors from a history encoder and/or
+    a user embedding.
+
+    Args:
+        n_users: user vocabulary size, ``<unk>`` (index 0) included (from the DataModule).
+        n_items: catalogue size (from the DataModule).
+        item_n_num, item_cat_cardinalities, item_n_labels: item feature sizes (from the DataModule).
+        n_age_buckets: recency buckets of history items (from the DataModule).
+        item_n_neighbors: co-occurrence neighbours per item (from the DataModule; 0 = none).
+        d: embedding size.
+        user_encoder: ``history`` | ``embedding`` | ``both``.
+        hidden: hidden layer sizes after the history pooling (empty = Mult-DAE's single layer).
+        tie_embeddings: share the input (history) and output item embeddings.
+        use_item_features: add the item-feature projection to item vectors.
+        recency: learn a weight per recency bucket of history items.
+        neighborhood: add a learned item-item term over each history item's co-occurrence
+            neighbours (Koren's "factorization meets the neighborhood"; EASE restricted to
+            ``item_n_neighbors`` pairs per item, the diagonal excluded). Needs a history encoder.
+        loss: ``softmax`` (full catalogue) | ``sampled_softmax`` | ``bpr``.
+        n_negatives: uniform negatives per batch for ``sampled_softmax`` (0 = in-batch only) and
+            per positive for ``bpr``.
+        logq_correction: subtract log(inclusion probability) from sampled logits.
+        input_dropout: share of history items dropped from the encoder's input while training.
+        target: ``all`` (predict the whole history, Mult-DAE) or ``dropped`` (only the dropped items).
+        loss_norm: ``interaction`` (every target interaction weighs the same: heavy users dominate, as
+            in Mult-VAE) or ``user`` (every user weighs the same, as in the per-user metrics).
+        user_dropout: probability that a training user is replaced by ``<unk>`` (teaches the
+            ``<unk>`` user embedding used for unknown users).
+        dropout: dropout inside the history MLP.
+        lr, weight_decay, embedding_weight_decay, scheduler: AdamW settings.
+        neighbor_lr, neighbor_weight_decay: learning rate (None = ``lr``) and weight decay of the
+            item-item weights, which start at zero and need to grow faster than the embeddings.
+        scheduler_epochs: length of the cosine schedule (None = ``trainer.max_epochs``), so that a
+            refit stopped at the tuned epoch follows the tuned schedule.
+        ks: metric cut-offs.
+        nan_policy: ``raise`` | ``skip`` | ``off`` on a non-finite training loss.
+    """
+
+    monitor = "val/ndcg@10"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        item_n_num: int = 0,
+        item_cat_cardinalities: Sequence[int] = (),
+        item_n_labels: int = 0,
+        n_age_buckets: int = N_AGE_BUCKETS,
+        item_n_neighbors: int = 0,
+        d: int = 256,
+        user_encoder: str = "history",
+        hidden: Sequence[int] = (),
+        tie_embeddings: bool = False,
+        use_item_features: bool = True,
+        recency: bool = True,
+        neighborhood: bool = True,
+        loss: str = "softmax",
+        n_negatives: int = 1024,
+        logq_correction: bool = True,
+        input_dropout: float = 0.5,
+        target: str = "all",
+        loss_norm: str = "interaction",
+        user_dropout: float = 0.1,
+        dropout: float = 0.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        embedding_weight_decay: float = 0.0,
+        neighbor_lr: float | None = None,
+        neighbor_weight_decay: float = 0.0,
+        scheduler: str = "none",
+        scheduler_epochs: int | None = None,
+        ks: Sequence[int] = (10, 20),
+        nan_policy: str = "raise",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        for name, value, allowed in (("user_encoder", user_encoder, USER_ENCODERS), ("loss", loss, LOSSES),
+                                     ("target", target, TARGETS), ("loss_norm", loss_norm, ("interaction", "user"))):
+            if value not in allowed:
+                raise ValueError(f"model.{name} must be one of {allowed}, not {value!r}")
+        self.n_users, self.n_items, self.d = int(n_users), int(n_items), int(d)
+        cards = list(item_cat_cardinalities)
+        self.item_out = ItemTower(n_items, d, item_n_num, cards, item_n_labels, use_item_features)
+        self.item_bias = nn.Parameter(torch.zeros(n_items))
+        self.uses_history = user_encoder in ("history", "both")
+        self.uses_embedding = user_encoder in ("embedding", "both")
+        if self.uses_history:
+            self.item_in = self.item_out if tie_embeddings else ItemTower(n_items, d, item_n_num, cards,
+                                                                          item_n_labels, use_item_features)
+            self.history = HistoryEncoder(d, d, list(hidden), n_age_buckets, dropout, recency)
+        self.uses_neighbors = bool(neighborhood and self.uses_history and item_n_neighbors > 0)
+        if self.uses_neighbors:
+            self.neighbor_embed = nn.Embedding(n_items, int(item_n_neighbors))  # W[j, m]: item j → its m-th neighbour
+            nn.init.zeros_(self.neighbor_embed.weight)
+        if self.uses_embedding:
+            self.user_embed = nn.Embedding(n_users, d)
+            nn.init.normal_(self.user_embed.weight, std=1.0 / math.sqrt(d))
+        self.metrics = nn.ModuleDict({s: RankingMetrics(n_items, ks) for s in ("val", "test")})
+        self.user_index: pd.Index | None = None
+        self.item_index: pd.Index | None = None
+
+    # ------------------------------------------------------------------ preprocessing
+    def _on_preprocessing(self) -> None:
+        p = self.preprocessing
+        for name in ("seen_indptr", "seen_indices", "seen_age", "popularity", "train_counts", "item_num",
+                     "item_num_mask", "item_cat", "item_label_indptr", "item_label_indices", "item_neighbors"):
+            t = p.get(name, torch.zeros(self.n_items, 0, dtype=torch.long))
+            device = self.item_bias.device
+            if name in self._buffers:
+                self._buffers[name] = t.to(device)
+            else:
+                self.register_buffer(name, t.to(device), persistent=False)
+        self.user_index = pd.Index(p["user_ids"][1:])
+        self.item_index = pd.Index(p["item_ids"])
+
+    def _require_preprocessing(self) -> None:
+        if self.user_index is None:
+            raise RuntimeError("this model has no vocabularies; load it from a clm_torch checkpoint or call "
+                               "set_preprocessing(datamodule.preprocessing_state())")
+
+    def _features(self) -> dict[str, torch.Tensor] | None:
+        if "item_num" not in self._buffers:
+            return None
+        return {"num": self.item_num, "num_mask": self.item_num_mask, "cat": self.item_cat,
+                "label_offsets": self.item_label_indptr, "labels": self.item_label_indices}
+
+    # ------------------------------------------------------------------ the model
+    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Output item vectors (m, d) for ``items`` (m,), or the whole catalogue (n_items, d)."""
+        return self.item_out(items, self._features())
+
+    def user_vectors(self, batch: dict[str, torch.Tensor], *, drop_users: bool = False) -> torch.Tensor:
+        """User vectors (B, d) from ``user`` (B,) and the ragged history ``hist_items`` / ``hist_offsets``
+        / ``hist_age`` (nnz,) (see :mod:`clm_torch.data.interactions`)."""
+        users = batch["user"]
+        B = len(users)
+        u = None
+        if self.uses_history:
+            items = batch["hist_items"]
+            rows = batch.get("hist_rows")
+            if rows is None:
+                rows = ragged_rows(batch["hist_offsets"], len(items))
+            vec = self.item_in(items, self._features())
+            u = self.history(vec, rows, batch["hist_age"], B)
+        if self.uses_embedding:
+            if drop_users and self.hparams.user_dropout > 0:
+                users = users.masked_fill(torch.rand(B, device=users.device) < self.hparams.user_dropout, 0)
+            e = self.user_embed(users)
+            u = e if u is None else u + e.to(u.dtype)
+        return u
+
+    def neighbor_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The item-item term (B, n_items): Σ over history items j of W[j, m] at j's m-th neighbour,
+        recency-weighted and divided by sqrt(history length); None without a neighbourhood."""
+        if not self.uses_neighbors:
+            return None
+        items = batch["hist_items"]
+        B = len(batch["user"])
+        rows = batch.get("hist_rows")
+        if rows is None:
+            rows = ragged_rows(batch["hist_offsets"], len(items))
+        nbr = self.item_neighbors[items]  # (nnz, M)
+        w = self.neighbor_embed(items).float()  # (nnz, M)
+        scale = torch.bincount(rows, minlength=B).clamp(min=1).float().rsqrt()[rows]
+        if self.history.recency is not None:
+            scale = scale * torch.exp(self.history.recency[batch["hist_age"]]).float()
+        w = (w * scale[:, None]).masked_fill(nbr == items[:, None], 0.0)
+        out = torch.zeros(B, self.n_items, device=w.device, dtype=w.dtype)
+        return out.index_put((rows[:, None].expand_as(nbr), nbr), w, accumulate=True)
+
+    def full_scores(self, users: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scores (B, n_items) over the whole catalogue (seen items not masked).
+
+        ``users`` is a user batch dict, or a (B,) tensor of user indices whose history is taken
+        from the checkpoint's seen-item index.
+        """
+        batch = self._as_batch(users)
+        return self._full_logits(self.user_vectors(batch), batch)
+
+    def _full_logits(self, u: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = (u @ self.item_vectors().to(u.dtype).T).float() + self.item_bias
+        nb = self.neighbor_scores(batch)
+        return logits if nb is None else logits + nb
+
+    def score(self, users: torch.Tensor | dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
+        """Scores (B, m) of ``items`` (B, m) for ``users`` (a batch dict or (B,) user indices)."""
+        batch = self._as_batch(users)
+        u = self.user_vectors(batch)
+        v = self.item_vectors(items.reshape(-1)).reshape(*items.shape, -1)
+        out = (u[:, None, :] * v.to(u.dtype)).sum(-1).float() + self.item_bias[items]
+        nb = self.neighbor_scores(batch)
+        return out if nb is None else out + nb.gather(1, items)
+
+    def _as_batch(self, users: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if isinstance(users, dict):
+            return users
+        self._require_preprocessing()
+        users = users.to(self.item_bias.device)
+        pos, offsets = csr_gather(self.seen_indptr.cpu(), users.cpu())
+        pos, offsets = pos.to(users.device), offsets.to(users.device)
+        return {"user": users, "hist_items": self.seen_indices[pos], "hist_age": self.seen_age[pos],
+                "hist_offsets": offsets}
+
+    # ------------------------------------------------------------------ losses
+    def loss(self, batch: dict[str, torch.Tensor], *, train: bool = True) -> torch.Tensor:
+        """The training loss of a user batch (scalar).
+
+        While training, ``input_dropout`` of the history is hidden from the encoder; the targets
+        are the batch's ``target_*`` items (``target=all``) or only the hidden ones (``dropped``).
+        """
+        hp = self.hparams
+        B = len(batch["user"])
+        hist_rows = ragged_rows(batch["hist_offsets"], len(batch["hist_items"]))
+        t_items, t_w = batch["target_items"], batch["target_weight"]
+        t_rows = ragged_rows(batch["target_offsets"], len(t_items))
+        enc = dict(batch)
+        if train and self.uses_history and hp.input_dropout > 0:
+            keep = torch.rand(len(hist_rows), device=hist_rows.device) >= hp.input_dropout
+            enc.update(hist_items=batch["hist_items"][keep], hist_age=batch["hist_age"][keep], hist_rows=hist_rows[keep])
+            if hp.target == "dropped" and len(t_items) == len(keep):
+                t_items, t_w, t_rows = t_items[~keep], t_w[~keep], t_rows[~keep]
+        else:
+            enc["hist_rows"] = hist_rows
+        u = self.user_vectors(enc, drop_users=train)
+        if len(t_items) == 0:
+            return u.sum() * 0.0
+        if hp.loss == "softmax":
+            logp = torch.log_softmax(self._full_logits(u, enc), 1)
+            nll = -logp[t_rows, t_items]
+        elif hp.loss == "sampled_softmax":
+            nll = self._sampled_softmax(u, t_rows, t_items, self.neighbor_scores(enc))
+        else:
+            nll = self._bpr(u, t_rows, t_items, self.neighbor_scores(enc))
+        if hp.loss_norm == "user":  # every user counts the same, whatever the length of their history
+            per_user = torch.zeros(B, device=t_w.device, dtype=t_w.dtype).index_add(0, t_rows, t_w)
+            t_w = t_w / per_user[t_rows].clamp(min=1e-12)
+        return (nll * t_w).sum() / t_w.sum().clamp(min=1e-12)
+
+    def _sampled_softmax(self, u: torch.Tensor, t_rows: torch.Tensor, t_items: torch.Tensor,
+                         nb: torch.Tensor | None = None) -> torch.Tensor:
+        """Multinomial NLL (nnz,) over in-batch positives ∪ uniform negatives with a log-Q correction."""
+        n_neg = int(self.hparams.n_negatives)
+        cand = t_items
+        if n_neg > 0:
+            cand = torch.cat([cand, torch.randint(0, self.n_items, (n_neg,), device=u.device)])
+        cand = torch.unique(cand)
+        logits = (u @ self.item_vectors(cand).to(u.dtype).T).float() + self.item_bias[cand]
+        if nb is not None:
+            logits = logits + nb[:, cand]
+        if self.hparams.logq_correction:
+            counts = self.train_counts if "train_counts" in self._buffers else torch.ones(self.n_items,
+                                                                                          device=u.device)
+            p = (counts / counts.sum().clamp(min=1))[cand].clamp(min=1e-12)
+            # probability that the candidate is in the set: drawn among the batch's positives or uniformly
+            log_miss = len(t_items) * torch.log1p(-p.clamp(max=1 - 1e-7)) + n_neg * math.log1p(-1.0 / self.n_items)
+            logits = logits - torch.log(-torch.expm1(log_miss)).clamp(min=-30.0)
+        col = torch.searchsorted(cand, t_items)
+        return -torch.log_softmax(logits, 1)[t_rows, col]
+
+    def _bpr(self, u: torch.Tensor, t_rows: torch.Tensor, t_items: torch.Tensor,
+             nb: torch.Tensor | None = None) -> torch.Tensor:
+        """BPR loss (nnz,): -log σ(s(u, i) − s(u, j)) with ``n_negatives`` uniform negatives j per positive."""
+        m = max(1, min(int(self.hparams.n_negatives), 64))
+        neg = torch.randint(0, self.n_items, (len(t_items), m), device=u.device)
+        items = torch.cat([t_items[:, None], neg], 1)
+        v = self.item_vectors(items.reshape(-1)).reshape(len(t_items), m + 1, -1).to(u.dtype)
+        s = (u[t_rows][:, None, :] * v).sum(-1).float() + self.item_bias[items]
+        if nb is not None:
+            s = s + nb[t_rows[:, None], items]
+        return -F.logsigmoid(s[:, :1] - s[:, 1:]).mean(1)
+
+    # ------------------------------------------------------------------ Lightning steps
+    def model_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        """Training: the loss. Validation/test: full-catalogue scores with the history masked,
+        metric update, and the full-softmax loss of the held-out items."""
+        if stage == "train":
+            return self.loss(batch, train=True)
+        B = len(batch["user"])
+        scores = self.full_scores(batch)
+        seen = dense_targets(batch["hist_offsets"], batch["hist_items"], self.n_items)
+        targets = dense_targets(batch["target_offsets"], batch["target_items"], self.n_items)
+        self.metrics[stage].update(scores, targets, seen)
+        t_rows = ragged_rows(batch["target_offsets"], len(batch["target_items"]))
+        logp = torch.log_softmax(scores.masked_fill(seen, float("-inf")), 1)
+        loss = -logp[t_rows, batch["target_items"]].mean()
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=B, sync_dist=True)
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        loss = self.model_step(batch, "train")
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["user"]))
+        return self.guard_loss(loss, batch_idx)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.model_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.model_step(batch, "test")
+
+    def _epoch_end(self, stage: str) -> None:
+        values = self.metrics[stage].compute()
+        self.metrics[stage].reset()
+        for k, v in values.items():
+            self.log(f"{stage}/{k}", v, prog_bar=k in ("ndcg@10", "recall@20"))
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+    def on_fit_end(self) -> None:
+        """Item embeddings to TensorBoard's projector, with the item metadata (titles, genres)."""
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        dm = getattr(self.trainer, "datamodule", None)
+        loggers = [lg for lg in self.trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not loggers or dm is None or not hasattr(dm, "item_metadata") or not self.trainer.is_global_zero:
+            return
+        meta = dm.item_metadata()
+        with torch.no_grad():
+            vec = self.item_vectors().float().cpu()
+        header = list(meta.columns)
+        rows = meta.astype(str).to_numpy().tolist() if len(header) > 1 else meta.iloc[:, 0].astype(str).tolist()
+        for lg in loggers:
+            try:
+                lg.experiment.add_embedding(vec, metadata=rows, metadata_header=header if len(header) > 1 else None,
+                                            tag="item_embeddings", global_step=self.global_step)
+            except Exception as e:  # noqa: BLE001 - the projector is a convenience, never fail a run for it
+                log.warning("could not write the item embeddings to TensorBoard: %s", e)
+
+    def configure_optimizers(self) -> Any:
+        """AdamW with four groups: dense weights, embedding tables, item-item weights, and
+        vectors/biases (never decayed); optional cosine schedule over ``scheduler_epochs``."""
+        hp = self.hparams
+        groups: dict[str, list[nn.Parameter]] = {"dense": [], "embed": [], "neighbor": [], "none": []}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            owner = self.get_submodule(name.rsplit(".", 1)[0]) if "." in name else None
+            if name.startswith("neighbor_embed"):
+                groups["neighbor"].append(p)
+            elif isinstance(owner, nn.Embedding):
+                groups["embed"].append(p)
+            elif p.ndim >= 2:
+                groups["dense"].append(p)
+            else:
+                groups["none"].append(p)
+        opt = torch.optim.AdamW([
+            {"params": groups["dense"], "weight_decay": hp.weight_decay},
+            {"params": groups["embed"], "weight_decay": hp.embedding_weight_decay},
+            {"params": groups["neighbor"], "weight_decay": hp.neighbor_weight_decay,
+             "lr": hp.neighbor_lr if hp.neighbor_lr is not None else hp.lr},
+            {"params": groups["none"], "weight_decay": 0.0}], lr=hp.lr)
+        epochs = hp.scheduler_epochs or (self.trainer.max_epochs if self.trainer is not None else None)
+        if hp.scheduler == "cosine" and epochs:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(epochs)))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return opt
+
+    # ------------------------------------------------------------------ inference on external ids
+    def _lookup(self, index: pd.Index, ids: Sequence[Any]) -> np.ndarray:
+        """Positions of external ids in a vocabulary (-1 = unknown); tolerant of int/str mix-ups."""
+        ids = list(ids)
+        if not ids:
+            return np.zeros(0, np.int64)
+        pos = index.get_indexer(pd.Index(ids, dtype=object))
+        miss = np.flatnonzero(pos < 0)
+        if len(miss):
+            alt = []
+            for j in miss:
+                v = ids[j]
+                try:
+                    alt.append(int(v) if isinstance(v, str) else str(v))
+                except ValueError:
+                    alt.append(v)
+            pos[miss] = index.get_indexer(pd.Index(alt, dtype=object))
+        return pos
+
+    def _history_batch(self, histories: Sequence[Sequence[Any]]) -> dict[str, torch.Tensor]:
+        """External item-id lists (oldest → newest) → a ragged batch of <unk> users."""
+        codes = [self._lookup(self.item_index, h) if h is not None and len(h) else np.zeros(0, np.int64)
+                 for h in histories]
+        codes = [c[c >= 0] for c in codes]
+        codes = [pd.unique(c[::-1])[::-1] for c in codes]  # keep the last occurrence of repeated items
+        lens = np.array([len(c) for c in codes], np.int64)
+        ages = [np.minimum(np.floor(np.log2(1 + np.arange(n)[::-1])).astype(np.int64), N_AGE_BUCKETS - 1)
+                for n in lens]
+        dev = self.item_bias.device
+        flat = np.concatenate(codes) if len(codes) else np.zeros(0, np.int64)
+        return {"user": torch.zeros(len(codes), dtype=torch.long, device=dev),
+                "hist_items": torch.as_tensor(flat.astype(np.int64), device=dev),
+                "hist_age": torch.as_tensor(np.concatenate(ages) if ages else np.zeros(0, np.int64), device=dev),
+                "hist_offsets": torch.as_tensor(np.concatenate([[0], np.cumsum(lens)]), device=dev)}
+
+    def _topk_batches(self, batch: dict[str, torch.Tensor], k: int, exclude_seen: bool,
+                      popularity: bool = False) -> torch.Tensor:
+        """Top-k item indices (B, k) for a ragged user batch, scored in user chunks."""
+        B = len(batch["user"])
+        chunk = max(1, min(B, (1 << 24) // max(self.n_items, 1)))
+        out = []
+        for s in range(0, B, chunk):
+            e = min(B, s + chunk)
+            off = batch["hist_offsets"]
+            a, b = int(off[s]), int(off[e])
+            sub = {"user": batch["user"][s:e], "hist_items": batch["hist_items"][a:b],
+                   "hist_age": batch["hist_age"][a:b], "hist_offsets": off[s: e + 1] - a}
+            if popularity:
+                scores = torch.log1p(self.popularity.float())[None].expand(e - s, -1).clone()
+            else:
+                scores = self.full_scores(sub)
+            if exclude_seen:
+                rows = ragged_rows(sub["hist_offsets"], b - a)
+                scores[rows, sub["hist_items"]] = float("-inf")
+            top = torch.topk(scores, k, dim=1)
+            idx = top.indices.masked_fill(torch.isinf(top.values) & (top.values < 0), -1)
+            out.append(idx)
+        return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
+
+    def _ids(self, idx: torch.Tensor) -> np.ndarray:
+        ids = np.asarray(self.preprocessing["item_ids"], dtype=object)
+        idx = idx.cpu().numpy()
+        out = ids[np.clip(idx, 0, None)]
+        if (idx < 0).any():
+            out = out.astype(object)
+            out[idx < 0] = None
+        else:
+            try:
+                out = out.astype(type(self.preprocessing["item_ids"][0])) if len(ids) else out
+            except (TypeError, ValueError):
+                pass
+        return out
+
+    @torch.no_grad()
+    def recommend(self, user_ids: Sequence[Any], k: int = 10, exclude_seen: bool = True,
+                  histories: Sequence[Sequence[Any] | None] | None = None) -> np.ndarray:
+        """Top-``k`` item ids (n, k) for external ``user_ids``, best first.
+
+        Known users are scored with their training history (train + validation items) and, when
+        ``exclude_seen``, never get those items back. Unknown users follow the module's fallback:
+        the history encoder on ``histories[j]`` (item ids, oldest → newest) when given, else
+        popularity. Slots that cannot be filled (k larger than the unseen catalogue) are None.
+        """
+        self._require_preprocessing()
+        was = self.training
+        self.eval()
+        n, k = len(user_ids), int(min(k, self.n_items))
+        pos = self._lookup(self.user_index, user_ids) + 1  # 0 = unknown
+        out = torch.full((n, k), -1, dtype=torch.long)
+        known = np.flatnonzero(pos > 0)
+        if len(known):
+            out[known] = self._topk_batches(self._as_batch(torch.as_tensor(pos[known])), k, exclude_seen).cpu()
+        unknown = np.flatnonzero(pos == 0)
+        if len(unknown):
+            if histories is not None and len(histories) != n:
+                raise ValueError(f"histories has {len(histories)} entries for {n} user ids")
+            hist = [histories[j] if histories is not None else None for j in unknown]
+            out[unknown] = self._cold(hist, k, exclude_seen).cpu()
+            log.info("recommend: %d unknown user(s): %d via history, %d via popularity", len(unknown),
+                     sum(h is not None and len(h) > 0 for h in hist) if self.uses_history else 0,
+                     sum(not (h is not None and len(h) > 0 and self.uses_history) for h in hist))
+        self.train(was)
+        return self._ids(out)
+
+    @torch.no_grad()
+    def recommend_for_history(self, histories: Sequence[Sequence[Any]], k: int = 10,
+                              exclude_seen: bool = True) -> np.ndarray:
+        """Top-``k`` item ids (n, k) for new users given their item-id histories (oldest → newest).
+
+        Uses the history encoder; users with an empty history (or a model without a history
+        encoder) get the popularity fallback.
+        """
+        self._require_preprocessing()
+        was = self.training
+        self.eval()
+        out = self._cold(list(histories), int(min(k, self.n_items)), exclude_seen)
+        self.train(was)
+        return self._ids(out)
+
+    def _cold(self, histories: list[Sequence[Any] | None], k: int, exclude_seen: bool) -> torch.Tensor:
+        batch = self._history_batch(histories)
+        lens = (batch["hist_offsets"][1:] - batch["hist_offsets"][:-1]).cpu()
+        out = torch.full((len(histories), k), -1, dtype=torch.long)
+        has = lens > 0
+        if self.uses_history and has.any():
+            sel = torch.nonzero(has).squeeze(1)
+            out[sel] = self._topk_batches(_select(batch, sel), k, exclude_seen).cpu()
+        rest = torch.nonzero(~has if self.uses_history else torch.ones_like(has)).squeeze(1)
+        if len(rest):
+            out[rest] = self._topk_batches(_select(batch, rest), k, exclude_seen, popularity=True).cpu()
+        return out
+
+    @torch.no_grad()
+    def export_predictions(self, datamodule: Any, split: str = "test", k: int = 10) -> pd.DataFrame:
+        """Per evaluated user: ``user_id``, the top-``k`` ``recommended`` item ids and the ``held_out``
+        items (space-separated), ranked with the split's history masked."""
+        self._require_preprocessing()
+        was = self.training
+        self.eval()
+        table = datamodule.tables[split]
+        ids = np.asarray(self.preprocessing["item_ids"], dtype=object)
+        recs, held = [], []
+        for s in range(0, len(table), 1024):
+            batch = table[torch.arange(s, min(len(table), s + 1024))]
+            batch = {key: v.to(self.item_bias.device) for key, v in batch.items()}
+            top = self._topk_batches(batch, min(k, self.n_items), exclude_seen=True).cpu().numpy()
+            recs += [" ".join(str(x) for x in ids[r[r >= 0]]) for r in top]
+            off = batch["target_offsets"].cpu().numpy()
+            items = batch["target_items"].cpu().numpy()
+            held += [" ".join(str(x) for x in ids[items[off[j]: off[j + 1]]]) for j in range(len(off) - 1)]
+        self.train(was)
+        return pd.DataFrame({"user_id": datamodule.user_ids_of(split), "recommended": recs, "held_out": held})
+
+
+def _select(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows of a ragged user batch."""
+    off = batch["hist_offsets"].cpu()
+    pos, offsets = csr_gather(off, rows.cpu())
+    dev = batch["user"].device
+    pos = pos.to(dev)
+    return {"user": batch["user"][rows.to(dev)], "hist_items": batch["hist_items"][pos],
+            "hist_age": batch["hist_age"][pos], "hist_offsets": offsets.to(dev)}
+
+
+__all__ = ["EmbeddingRecommender", "UNK"]

@@ -1,0 +1,379 @@
+"""InfoGapVAE: masked ELBO by hand, imputation contract, checkpoints, the raw-DataFrame API, learning."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clm_torch.data.encoding import FeatureEncoder
+from clm_torch.data.schema import infer_schema
+from clm_torch.models.components.vae import free_bits_kl, gaussian_kl, numeric_nll
+from clm_torch.models.infogap_vae import InfoGapVAE, fit_imputer
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models train fastest on one thread (and do not fight other jobs for the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+SMALL = dict(latent_dim=4, d_embed=8, encoder_hidden=[32], decoder_hidden=[32], n_samples=4)
+
+
+def make_table(n: int = 600, seed: int = 0) -> pd.DataFrame:
+    """A structured customer table: a segment and a continuous trait drive every column."""
+    rng = np.random.default_rng(seed)
+    seg = rng.integers(0, 3, n)
+    u = rng.normal(size=n)
+    tenure = np.clip(np.round(20 + 12 * u + 10 * seg + rng.normal(0, 2, n)), 0, None).astype(np.int64)
+    fee = 30.0 + 25.0 * seg + rng.normal(0, 3, n)
+    df = pd.DataFrame({
+        "customer_id": [f"C{i:05d}" for i in range(n)],
+        "tenure": tenure,
+        "fee": fee,
+        "total": tenure * fee + rng.normal(0, 20, n),
+        "plan": np.array(["Basic", "Plus", "Premium"], dtype=object)[seg],
+        "region": rng.choice(np.array(["North", "South", "East", "West"], dtype=object), n),
+        "loyal": np.where(u + rng.normal(0, 0.3, n) > 0, "Yes", "No").astype(object),
+        "churn": np.where(rng.random(n) < 0.3, "Yes", "No").astype(object),
+    })
+    df["plan"] = df["plan"].where(rng.random(n) > 0.05, "Basic")
+    return df
+
+
+def with_missing(df: pd.DataFrame, rate: float, seed: int, cols: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    hide = rng.random((len(df), len(cols))) < rate
+    out = df.copy()
+    for j, c in enumerate(cols):
+        col = out[c].astype("float64") if pd.api.types.is_integer_dtype(out[c]) else out[c]
+        out[c] = col.mask(hide[:, j])
+    return out, hide
+
+
+FEATURES = ["tenure", "fee", "total", "plan", "region", "loyal"]
+
+
+def build_model(df: pd.DataFrame, **kw) -> InfoGapVAE:
+    schema = infer_schema(df, id_col="customer_id", target="churn", overrides={"numeric": ["tenure", "fee", "total"]})
+    enc = FeatureEncoder.from_schema(schema).fit(df)
+    torch.manual_seed(0)
+    model = InfoGapVAE(**enc.dims(), **{**SMALL, **kw})
+    model.set_preprocessing({"encoder": enc.state_dict(), "schema": schema.to_dict(), "cleaning": {}})
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[InfoGapVAE, dict, pd.DataFrame]:
+    """One short fit on a table with 15% missing cells, shared by the tests below."""
+    full = make_table(800, seed=1)
+    train, _ = with_missing(full.iloc[:600].reset_index(drop=True), 0.15, 2, FEATURES)
+    model, info = fit_imputer(train.drop(columns=["churn"]), roles={"numeric": ["tenure", "fee", "total"]},
+                              id_col="customer_id", seed=0, max_epochs=40, eval_every=5, patience=4, batch_size=64,
+                              latent_dim=8, d_embed=8, encoder_hidden=[64, 64], decoder_hidden=[64, 64],
+                              kl_warmup_epochs=5, lr=3e-3, n_samples=8)
+    return model, info, full.iloc[600:].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- masked ELBO by hand
+
+
+def _fixed_model() -> InfoGapVAE:
+    """1 numeric, 1 three-class categorical and 1 binary column; encoder and decoder outputs constant."""
+    m = InfoGapVAE(n_num=1, cat_cardinalities=[4, 3], n_binary=1, latent_dim=1, d_embed=2, encoder_hidden=[4],
+                   decoder_hidden=[], free_bits=0.0, kl_warmup_epochs=0, beta=1.0)
+    with torch.no_grad():
+        last = m.vae_encoder.net.net[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([1.0, 0.0]))  # mu = 1, logvar = 0  → KL = ½ (1 + 1 − 1 − 0) = 0.5
+        m.decoder.out.weight.zero_()
+        # outputs: num_loc, num_log_scale (raw), 3 logits of the categorical, 1 binary logit
+        raw_ls = math.log(math.expm1(4.0)) - 4.0  # min_log_scale + softplus(raw + 4) = 0
+        m.decoder.out.bias.copy_(torch.tensor([0.5, raw_ls, 0.0, 0.0, math.log(2.0), 0.0]))
+    return m
+
+
+def test_masked_elbo_terms_match_hand_computation() -> None:
+    m = _fixed_model()
+    batch = {
+        "num": torch.tensor([[1.0], [3.0]]),
+        "num_mask": torch.tensor([[True], [False]]),  # row 2: numeric missing → not scored
+        "cat": torch.tensor([[3, 1], [0, 2]]),  # row 2: categorical missing (index 0)
+        "cat_mask": torch.tensor([[True, True], [False, True]]),
+    }
+    none = torch.zeros(2, 1, dtype=torch.bool), torch.zeros(2, 2, dtype=torch.bool)
+    t = m.elbo_terms(batch, *none, z=torch.zeros(2, 1))
+    gauss = 0.5 * math.log(2 * math.pi) + 0.0 + 0.5 * (1.0 - 0.5) ** 2
+    cat3 = -math.log(2 / 4)  # logits [0, 0, log 2] → p = [1/4, 1/4, 2/4]; index 3 is the third class
+    bern_no = math.log(2.0)  # logit 0, value index 1 ("no") → −log ½
+    assert t["nll_num"][0, 0].item() == pytest.approx(gauss, abs=1e-5)
+    assert t["nll_num"][1, 0].item() == 0.0
+    assert t["nll_cat"][0, 0].item() == pytest.approx(cat3, abs=1e-5)
+    assert t["nll_cat"][0, 1].item() == pytest.approx(bern_no, abs=1e-5)
+    assert t["nll_cat"][1, 0].item() == 0.0
+    assert t["nll_cat"][1, 1].item() == pytest.approx(math.log(2.0), abs=1e-5)
+    assert t["rec"].tolist() == pytest.approx([gauss + cat3 + bern_no, math.log(2.0)], abs=1e-5)
+    assert t["kl_dim"][:, 0].tolist() == pytest.approx([0.5, 0.5], abs=1e-6)
+    loss, _ = m.model_step(batch, "val")  # eval: negative ELBO = mean(rec + KL); hiding does not change rec
+    assert loss.item() == pytest.approx((gauss + cat3 + bern_no + math.log(2.0)) / 2 + 0.5, abs=1e-4)
+
+
+def test_likelihood_and_kl_helpers_by_hand() -> None:
+    x, loc, ls = torch.tensor([2.0]), torch.tensor([0.0]), torch.tensor([math.log(2.0)])
+    assert numeric_nll(x, loc, ls).item() == pytest.approx(0.5 * math.log(2 * math.pi) + math.log(2.0) + 0.5)
+    # Student-t with df=1 is Cauchy: density 1 / (π s (1 + r²)), r = 1
+    assert numeric_nll(x, loc, ls, "student_t", 1.0).item() == pytest.approx(math.log(math.pi * 2.0 * 2.0))
+    kl = gaussian_kl(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, math.log(4.0)]]))
+    assert kl.tolist()[0] == pytest.approx([0.5, 0.5 * (4.0 - 1.0 - math.log(4.0))])
+    # KL between two Gaussians: N(1, 1) ‖ N(0, 4) = ½ (log 4 − 0 + (1 + 1) / 4 − 1)
+    kl2 = gaussian_kl(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([math.log(4.0)]))
+    assert kl2.item() == pytest.approx(0.5 * (math.log(4.0) + 0.5 - 1.0))
+    per_row = torch.tensor([[0.01, 2.0], [0.03, 4.0]])  # batch means 0.02 and 3.0
+    assert free_bits_kl(per_row, 0.5).item() == pytest.approx(0.5 + 3.0)
+    assert free_bits_kl(per_row, 0.0).item() == pytest.approx(3.02)
+
+
+def test_hidden_cells_do_not_reach_the_encoder() -> None:
+    m = _fixed_model()
+    torch.nn.init.normal_(m.vae_encoder.net.net[-1].weight)
+    batch = {"num": torch.tensor([[1.0]]), "num_mask": torch.tensor([[True]]), "cat": torch.tensor([[2, 1]]),
+             "cat_mask": torch.tensor([[True, True]])}
+    hide_num, no_cat = torch.tensor([[True]]), torch.zeros(1, 2, dtype=torch.bool)
+    a = m.elbo_terms(batch, hide_num, no_cat, z=torch.zeros(1, 1))
+    b = m.elbo_terms({**batch, "num": torch.tensor([[-7.0]])}, hide_num, no_cat, z=torch.zeros(1, 1))
+    c = m.elbo_terms({**batch, "num": torch.tensor([[-7.0]])}, torch.zeros(1, 1, dtype=torch.bool), no_cat,
+                     z=torch.zeros(1, 1))
+    assert torch.equal(a["mu"], b["mu"])  # hidden value changed, posterior did not
+    assert not torch.equal(a["mu"], c["mu"])  # visible value changed, posterior did
+    assert a["nll_num"].item() != b["nll_num"].item()  # the hidden cell is still reconstructed
+
+
+# ----------------------------------------------------------------------------- impute contract
+
+
+def test_impute_fills_only_missing_cells_and_keeps_dtypes() -> None:
+    df = make_table(200)
+    model = build_model(df)
+    raw = df.copy()
+    raw["plan"] = raw["plan"].astype("category")
+    raw["tenure"] = raw["tenure"].astype("Int64")
+    rng = np.random.default_rng(3)
+    for c in FEATURES:
+        raw.loc[rng.random(len(raw)) < 0.3, c] = np.nan if c != "tenure" else pd.NA
+    raw.loc[5, "region"] = "Atlantis"  # unseen category: observed, must stay
+    out, unc = model.impute(raw, n_samples=4, return_uncertainty=True)
+    assert list(out.columns) == list(raw.columns)
+    assert (out.dtypes == raw.dtypes).all(), (out.dtypes, raw.dtypes)
+    for c in FEATURES:
+        obs = raw[c].notna().to_numpy()
+        assert out.loc[obs, c].astype(str).tolist() == raw.loc[obs, c].astype(str).tolist()
+        assert out[c].notna().all(), c
+    assert out.loc[5, "region"] == "Atlantis"
+    assert set(out["plan"].cat.categories) >= {"Basic", "Plus", "Premium"}
+    assert set(out["loyal"]) <= {"Yes", "No"}
+    assert out["tenure"].between(df["tenure"].min(), df["tenure"].max()).all()
+    miss = raw["fee"].isna().to_numpy()
+    assert unc["std"].loc[miss, "fee"].gt(0).all() and unc["std"].loc[~miss, "fee"].isna().all()
+    p = unc["probs"]["plan"]
+    assert np.allclose(p[raw["plan"].isna()].sum(1), 1.0, atol=1e-5)
+    assert p[raw["plan"].notna()].isna().all().all()
+    assert df["fee"].notna().all()  # the input frame is untouched
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_round_trip_weights_only(tmp_path) -> None:
+    import lightning as L
+
+    from clm_torch.data.datamodules import TableDataModule
+    from clm_torch.data.sources import FrameSource
+
+    df, _ = with_missing(make_table(300), 0.2, 0, FEATURES)
+    dm = TableDataModule(FrameSource(df, target="churn", id_col="customer_id"), batch_size=64,
+                         require_target=False)
+    dm.setup("fit")
+    model = InfoGapVAE(**dm.model_kwargs(), **SMALL, kl_warmup_epochs=1)
+    model.set_preprocessing(dm.preprocessing_state())
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    tb = TensorBoardLogger(tmp_path / "tb", name=None, version="")
+    trainer = L.Trainer(max_epochs=2, logger=tb, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, use_distributed_sampler=False, accelerator="cpu",
+                        enable_checkpointing=False)
+    trainer.fit(model, datamodule=dm)
+    path = tmp_path / "vae.ckpt"
+    trainer.save_checkpoint(path)
+    trainer.test(model, datamodule=dm)
+    # the projector: churn (dropped from the features by require_target=False) is metadata, ids are not
+    assert "churn" not in model.encoder.feature_columns
+    meta = list((tmp_path / "tb").rglob("metadata.tsv"))
+    lines = meta[0].read_text().splitlines()
+    assert lines[0].split("\t") == ["churn", "n_missing"] and len(lines) == 1 + len(dm.frames["test"])
+    assert {ln.split("\t")[0] for ln in lines[1:]} <= {"Yes", "No"} and "C0" not in "".join(lines)
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["hyper_parameters"]["latent_dim"] == 4
+    assert math.isfinite(float(ckpt["state_dict"]["ref_info"]))  # completeness reference travels along
+    loaded = InfoGapVAE.load_from_checkpoint(path)
+    raw = df.drop(columns=["churn"]).iloc[:50]
+    model.eval()
+    np.testing.assert_allclose(loaded.encode(raw), model.encode(raw), atol=1e-6)
+    pd.testing.assert_frame_equal(loaded.impute(raw, seed=3), model.impute(raw, seed=3))
+    pd.testing.assert_frame_equal(loaded.information_gap(raw), model.information_gap(raw))
+
+
+# ----------------------------------------------------------------------------- the API on raw frames
+
+
+class _ChurnStub:
+    """A target with predict_proba(df): churn probability rises with the fee."""
+
+    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
+        fee = pd.to_numeric(df["fee"], errors="coerce").fillna(55.0).to_numpy()
+        return 1 / (1 + np.exp(-(fee - 55.0) / 10.0))
+
+
+def test_api_methods_on_raw_frames(trained) -> None:
+    model, _, test = trained
+    raw = test.iloc[:40].drop(columns=["churn"]).copy()
+    raw.loc[raw.index[0], FEATURES] = np.nan  # an all-missing customer
+    raw.loc[raw.index[1], "plan"] = "Platinum"  # unseen category
+    raw.loc[raw.index[2], "fee"] = np.nan
+    raw.loc[raw.index[3], "total"] = 1e6  # implausible, contradicts tenure × fee
+    mu, sd = model.encode(raw, return_std=True)
+    assert mu.shape == (40, 8) and sd.shape == (40, 8) and np.isfinite(mu).all() and (sd > 0).all()
+    # nothing known about the all-missing customer: the posterior is the prior
+    assert np.allclose(mu[0], 0.0) and np.allclose(sd[0], 1.0) and not np.allclose(sd[4:], 1.0)
+
+    imp = model.impute(raw)
+    assert imp.loc[raw.index[0], FEATURES].notna().all()
+    assert imp.loc[raw.index[1], "plan"] == "Platinum"
+
+    gap = model.information_gap(raw)
+    assert len(gap) == 40 and gap.index.equals(raw.index)
+    sur = gap[[f"surprise_{c}" for c in FEATURES]]
+    assert sur.iloc[0].isna().all() and gap.loc[raw.index[0], "n_observed"] == 0
+    assert np.isnan(gap.loc[raw.index[1], "surprise_plan"])  # unseen category counts as missing
+    assert np.isfinite(sur.iloc[4:].to_numpy()).all()
+    assert gap.loc[raw.index[3], "max_surprise_feature"] in ("total", "tenure", "fee")
+    assert gap.loc[raw.index[3], "total_surprise"] > gap["total_surprise"].iloc[4:].median()
+    comp = gap["completeness"]
+    assert comp.between(0, 1).all() and comp.iloc[0] == 0.0 and comp.iloc[4:].min() > 0.3
+    assert gap.loc[raw.index[0], "gap_score"] > gap["gap_score"].iloc[4:].median()
+
+    nbq, gains = model.next_best_question(raw, k=3, n_samples=8, return_gains=True)
+    assert list(nbq.columns) == ["question_1", "gain_1", "question_2", "gain_2", "question_3", "gain_3"]
+    assert set(nbq.loc[raw.index[0], ["question_1", "question_2", "question_3"]]) <= set(FEATURES)
+    assert nbq.loc[raw.index[0], "gain_1"] >= nbq.loc[raw.index[0], "gain_2"] >= nbq.loc[raw.index[0], "gain_3"]
+    assert nbq.loc[raw.index[2], "question_1"] == "fee" and nbq.loc[raw.index[2], "question_2"] is None
+    full_rows = raw.iloc[4:][FEATURES].notna().all(1)
+    assert nbq.loc[full_rows[full_rows].index, "question_1"].isna().all()
+    assert gains.loc[raw.index[0]].notna().all() and (gains.loc[raw.index[0]] >= 0).all()
+
+    # a target with predict_proba: only the fee moves it, so asking for the fee must win
+    t = model.next_best_question(raw.iloc[:1], target=_ChurnStub(), k=2, n_samples=8)
+    assert t["question_1"].iloc[0] == "fee" and t["gain_1"].iloc[0] > 0
+    assert t["gain_2"].iloc[0] == pytest.approx(0.0, abs=1e-9)
+
+    # a callable on encoded batches (this model's encoding): probability from the plan column only
+    def plan_target(batch: dict) -> torch.Tensor:
+        return torch.where(batch["cat_mask"][:, 0], 0.1 + 0.3 * batch["cat"][:, 0].float(), torch.tensor(0.5))
+
+    c = model.next_best_question(raw.iloc[:1], target=plan_target, k=1, n_samples=8)
+    assert c["question_1"].iloc[0] == model.encoder.cat_columns[0]
+
+
+def test_api_rejects_non_frames(trained) -> None:
+    from clm_torch.data.schema import SchemaError
+
+    model, _, _ = trained
+    with pytest.raises(SchemaError):
+        model.encode(np.zeros((2, 3)))
+    with pytest.raises(SchemaError, match="fee"):
+        model.impute(pd.DataFrame({"tenure": [1.0]}))
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+def test_short_training_beats_mean_mode_on_held_out_cells(trained) -> None:
+    model, info, test = trained
+    assert info["best_epoch"] > 0 and info["val_nrmse"] < 0.9
+    feats = test.drop(columns=["churn"])
+    masked, hide = with_missing(feats, 0.25, 11, FEATURES)
+    train_stats = make_table(800, seed=1).iloc[:600]
+    imp = model.impute(masked)
+    nrmse_vae, nrmse_mean, acc_vae, acc_mode = [], [], [], []
+    for j, c in enumerate(FEATURES):
+        h = hide[:, j]
+        truth = feats.loc[h, c]
+        if c in ("tenure", "fee", "total"):
+            sd = train_stats[c].std()
+            nrmse_vae.append(np.sqrt(np.mean((imp.loc[h, c].astype(float) - truth) ** 2)) / sd)
+            nrmse_mean.append(np.sqrt(np.mean((train_stats[c].mean() - truth) ** 2)) / sd)
+        else:
+            acc_vae.append(np.mean(imp.loc[h, c].to_numpy() == truth.to_numpy()))
+            acc_mode.append(np.mean(train_stats[c].mode().iloc[0] == truth.to_numpy()))
+    # the structure is strong: the VAE must beat mean/mode clearly, not by luck
+    assert np.mean(nrmse_vae) < 0.6 * np.mean(nrmse_mean), (nrmse_vae, nrmse_mean)
+    assert np.mean(acc_vae) > np.mean(acc_mode) + 0.1, (acc_vae, acc_mode)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_clm_train_on_a_csv_without_target(tmp_path) -> None:
+    """`clm-train model=infogap_vae data=csv data.path=... data.id_col=...`: runs, exports, projector has no ids."""
+    from hydra import compose, initialize_config_dir
+
+    from clm_torch.train import CONFIG_DIR, train
+
+    df, _ = with_missing(make_table(240), 0.2, 0, FEATURES)
+    path = tmp_path / "customers.csv"
+    df.to_csv(path, index=False)
+    out = tmp_path / "run"
+    overrides = ["model=infogap_vae", "data=csv", f"data.path={path}", "data.id_col=customer_id",
+                 f"paths.output_dir={out}", "trainer.max_epochs=2", "model.latent_dim=4",
+                 "model.encoder_hidden=[32]", "model.decoder_hidden=[32]", "model.n_samples=4",
+                 "callbacks.progress_bar=null", "callbacks.model_summary=null", "trainer.enable_model_summary=false"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train.yaml", overrides=overrides)
+    assert cfg.data.require_target is False and cfg.monitor == "val/loss"
+    metrics, objects = train(cfg)
+    assert math.isfinite(metrics["val/loss"]) and math.isfinite(metrics["test/loss"])
+    assert "test/impute_nrmse" in metrics and "val/active_units" in metrics
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/kl_dim_0", "train/kl_dim_3", "train/nll", "train/kl", "train/beta", "val/loss"} <= tags
+    preds = pd.read_csv(out / "predictions" / "test.csv")
+    assert {"customer_id", "gap_score", "completeness", "z_0", "z_3"} <= set(preds.columns)
+    assert preds["completeness"].between(0, 1).all() and len(preds) == len(objects["datamodule"].frames["test"])
+    # no target was declared: churn is an ordinary feature column here
+    assert "churn" in objects["model"].encoder.feature_columns
+    meta = list((out / "tensorboard").rglob("metadata.tsv"))
+    assert meta, "no embedding projector written"
+    text = meta[0].read_text()
+    assert text.splitlines()[0] == "n_missing" and "C0" not in text  # customer ids never reach TensorBoard
+
+
+@pytest.mark.parametrize("experiment", ["vae_telco", "vae_synthetic"])
+def test_experiment_configs_compose(experiment: str) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import get_class
+
+    from clm_torch.train import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train.yaml", overrides=[f"experiment={experiment}"])
+    assert get_class(cfg.model._target_) is InfoGapVAE
+    assert cfg.data.require_target is False
+    assert cfg.monitor == InfoGapVAE.monitor and cfg.monitor_mode == InfoGapVAE.monitor_mode
+    assert cfg.callbacks.early_stopping.monitor == "val/loss"

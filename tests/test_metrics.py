@@ -1,0 +1,78 @@
+"""Ranking metrics against values worked out by hand on a 4 users × 3 items example.
+
+scores                     targets      seen (excluded)
+u0  [0.9, 0.5, 0.1]        {0, 2}       -
+u1  [0.2, 0.8, 0.3]        {2}          -
+u2  [0.5, 0.4, 0.3]        {}           -        (not evaluated)
+u3  [0.1, 0.2, 0.9]        {0}          {2}
+
+Rankings: u0 → 0, 1, 2; u1 → 1, 2, 0; u3 (item 2 excluded) → 1, 0.
+@1: u0 hits (recall 1/min(1,2) = 1, ndcg 1, hit 1); u1 and u3 miss.
+@2: u0 hits at rank 1 only: recall 1/2, ndcg 1 / (1 + 1/log2 3) = 0.613147;
+    u1 hits at rank 2: recall 1/min(2,1) = 1, ndcg (1/log2 3) / 1 = 0.630930; u3 likewise.
+Coverage@1: top-1 items {0, 1, 1} → 2/3; coverage@2: {0,1} ∪ {1,2} ∪ {1,0} → 3/3.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from clm_torch.metrics import RankingMetrics, dense_targets, per_user_metrics, ranking_metrics, top_k
+
+SCORES = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.8, 0.3], [0.5, 0.4, 0.3], [0.1, 0.2, 0.9]])
+TARGETS = torch.tensor([[1, 0, 1], [0, 0, 1], [0, 0, 0], [1, 0, 0]], dtype=torch.bool)
+SEEN = torch.tensor([[0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 1]], dtype=torch.bool)
+L3 = 1 / math.log2(3)
+
+EXPECTED = {
+    "recall@1": 1 / 3, "ndcg@1": 1 / 3, "hit_rate@1": 1 / 3, "coverage@1": 2 / 3,
+    "recall@2": (0.5 + 1 + 1) / 3, "ndcg@2": (1 / (1 + L3) + L3 + L3) / 3, "hit_rate@2": 1.0, "coverage@2": 1.0,
+}
+
+
+def test_ranking_metrics_match_hand_computed_values() -> None:
+    got = ranking_metrics(SCORES, TARGETS, ks=(1, 2), exclude=SEEN)
+    assert set(got) == set(EXPECTED)
+    for k, v in EXPECTED.items():
+        assert got[k] == pytest.approx(v, abs=1e-6), k
+
+
+def test_per_user_values_and_unevaluated_user() -> None:
+    topk = top_k(SCORES, 2, SEEN)
+    assert topk.tolist() == [[0, 1], [1, 2], [0, 1], [1, 0]]
+    per = per_user_metrics(topk, TARGETS, (2,))
+    assert per["recall@2"][[0, 1, 3]].tolist() == pytest.approx([0.5, 1.0, 1.0])
+    assert per["ndcg@2"][[0, 1, 3]].tolist() == pytest.approx([1 / (1 + L3), L3, L3], abs=1e-6)
+    assert math.isnan(per["recall@2"][2])
+
+
+def test_excluded_items_change_the_result() -> None:
+    # without excluding u3's seen item 2, u3 ranks 2 first: @1 still a miss, but @2 ranks item 1 second: miss
+    got = ranking_metrics(SCORES, TARGETS, ks=(2,))
+    assert got["recall@2"] == pytest.approx((0.5 + 1 + 0) / 3)
+
+
+def test_accumulating_batches_equals_one_batch() -> None:
+    m = RankingMetrics(3, (1, 2))
+    m.update(SCORES[:2], TARGETS[:2], SEEN[:2])
+    m.update(SCORES[2:], TARGETS[2:], SEEN[2:])
+    got = {k: float(v) for k, v in m.compute().items()}
+    for k, v in EXPECTED.items():
+        assert got[k] == pytest.approx(v, abs=1e-6), k
+
+
+def test_recall_denominator_is_min_k_and_targets() -> None:
+    # one user with 3 targets, all in the top 2: recall@2 = 2 / min(2, 3) = 1, ndcg@2 = 1
+    scores = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    targets = torch.tensor([[True, True, True, False]])
+    got = ranking_metrics(scores, targets, ks=(2,))
+    assert got["recall@2"] == pytest.approx(1.0)
+    assert got["ndcg@2"] == pytest.approx(1.0)
+
+
+def test_dense_targets_from_ragged_lists() -> None:
+    t = dense_targets(torch.tensor([0, 2, 2, 3]), torch.tensor([0, 2, 1]), 3)
+    assert t.tolist() == [[True, False, True], [False, False, False], [False, True, False]]

