@@ -6,12 +6,11 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test test-fast bench clean help
+.PHONY: venv run test test-fast test-extended clean help
 
 help:
 	@echo "make run    - the main job: clm-pipeline on the built-in synthetic customer base"
 	@echo "make test   - the test suite"
-	@echo "make bench  - the benchmark scripts (slow; see experiments/README.md)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +27,10 @@ run: $(STAMP)
 	$(BIN)/clm-pipeline
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not extended"
+
+test-extended: $(STAMP)
+	$(BIN)/python -m pytest -q -m extended
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

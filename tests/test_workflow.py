@@ -130,7 +130,7 @@ def test_debug_fdr_runs_for_every_experiment(experiment: str, make_cfg) -> None:
     assert scored and all(np.isfinite(scored)), result.metrics
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 @pytest.mark.parametrize("mode", ["limit", "overfit"])
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_debug_limit_and_overfit_run_for_every_experiment(experiment: str, mode: str, make_cfg) -> None:
