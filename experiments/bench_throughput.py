@@ -70,7 +70,23 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "churn_small_bar100": ("churn_synthetic", ["model.k_ensemble=1", "model.hidden=[64]", "model.d_embed=8",
                                                "callbacks.progress_bar.refresh_rate=100"]),
     "vae": ("vae_synthetic", []),
+    # what-if: the VAE with one self.log per training step instead of its ~24 (see lean_training_log)
+    "vae_lean_log": ("vae_synthetic", []),
 }
+
+
+def lean_training_log(model_cls: type) -> Any:
+    """What-if for ``*_lean_log`` variants: patch ``model_cls._log_terms`` so that a training step logs only
+    ``train/loss`` (evaluation logging unchanged). Returns a function that restores the original."""
+    orig = model_cls._log_terms
+
+    def _log_terms(self: Any, stage: str, loss: torch.Tensor, t: Any, n: int) -> None:
+        if stage != "train":
+            return orig(self, stage, loss, t, n)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+
+    model_cls._log_terms = _log_terms
+    return lambda: setattr(model_cls, "_log_terms", orig)
 
 
 # ---------------------------------------------------------------------------- shared helpers
@@ -363,6 +379,20 @@ def bench_model(name: str, args: argparse.Namespace, log: Callable[[str], None])
     dm = _DATA_CACHE[key]
     template = hydra.utils.instantiate(cfg.model, **dm.model_kwargs(), _convert_="all")
     template.set_preprocessing(dm.preprocessing_state())
+    restore = lean_training_log(type(template)) if name.endswith("_lean_log") else (lambda: None)
+    try:
+        rows = _bench_batch_sizes(name, cfg, dm, template, args, tmp, log)
+    finally:
+        restore()
+    params = sum(p.numel() for p in template.parameters())
+    loader = bench_loader(dm.tensors["train"], args.batch_sizes) if name == args.models[0] else None
+    return {"model": name, "experiment": experiment, "overrides": overrides, "n_train": len(dm.tensors["train"]["row"]),
+            "params": params, "gradient_clip_val": cfg.trainer.get("gradient_clip_val") or None, "rows": rows,
+            "loader": loader}
+
+
+def _bench_batch_sizes(name: str, cfg: Any, dm: Any, template: Any, args: argparse.Namespace, tmp: Path,
+                       log: Callable[[str], None]) -> list[dict[str, Any]]:
     tensors = dm.tensors["train"]
     n_train = len(tensors["row"])
     clip = cfg.trainer.get("gradient_clip_val") or None
@@ -400,10 +430,7 @@ def bench_model(name: str, args: argparse.Namespace, log: Callable[[str], None])
             if runs["naive"]:
                 row[f"ratio_naive_hand_{label}"] = [round(nv[j] / h[j], 4) for nv, h in zip(runs["naive"], runs["hand"])]
         rows.append(row)
-    params = sum(p.numel() for p in template.parameters())
-    loader = bench_loader(tensors, args.batch_sizes) if name == args.models[0] else None
-    return {"model": name, "experiment": experiment, "overrides": overrides, "n_train": n_train,
-            "params": params, "gradient_clip_val": clip, "rows": rows, "loader": loader}
+    return rows
 
 
 def _med(v: Sequence[float]) -> float:
@@ -426,7 +453,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
     ]
     for res in result["models"]:
-        lines += [f"**{res['model']}** (`{' '.join(o for o in res['overrides'] if o.startswith(('experiment', 'model')))}`, "
+        shown = ' '.join(o for o in res['overrides'] if o.startswith(('experiment', 'model', 'callbacks.progress_bar.ref')))
+        what_if = "; what-if: the training step logs only train/loss" if res["model"].endswith("_lean_log") else ""
+        lines += [f"**{res['model']}** (`{shown}`{what_if}, "
                   f"{res['n_train']:,} training rows, {res['params']:,} parameters)", "",
                   "| batch | timed steps | ours (samples/s) | hand loop | naive DataLoader | ours / hand: window (all reps) "
                   "| ours / hand: best step | ours / hand: CPU (all reps) | naive / hand (CPU) | target (≥ 0.9 at batch ≥ 1024) |",
@@ -460,7 +489,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["churn", "churn_small", "vae"], choices=list(MODELS))
+    p.add_argument("--models", nargs="+", default=["churn", "churn_small", "churn_small_bar100", "vae", "vae_lean_log"],
+                   choices=list(MODELS))
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[256, 1024, 4096])
     p.add_argument("--steps", type=int, default=200, help="most timed steps per run (also capped to one epoch)")
     p.add_argument("--seconds", type=float, default=5.0, help="aim for timed windows of about this long")

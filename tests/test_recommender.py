@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from clm_torch.data.interactions import InteractionDataModule, csr_gather, split_interactions
+from clm_torch.data.interactions import InteractionDataModule, csr_gather, item_neighbors, split_interactions
 from clm_torch.data.sources.interactions import InteractionsFrameSource, synthetic_lowrank_log
 from clm_torch.metrics import RankingMetrics, dense_targets
 from clm_torch.models.recommender import EmbeddingRecommender
@@ -45,7 +45,7 @@ def log_frame() -> pd.DataFrame:
 def dm(log_frame: pd.DataFrame) -> InteractionDataModule:
     src = InteractionsFrameSource(log_frame, time_col="time", items=_items_frame(),
                                   item_roles={"numeric": ["price"], "categorical": ["category"]})
-    d = InteractionDataModule(src, protocol="random", batch_size=64, split_seed=0)
+    d = InteractionDataModule(src, protocol="random", batch_size=64, split_seed=0, n_neighbors=20)
     d.setup()
     return d
 
@@ -96,6 +96,31 @@ def test_ragged_batches_are_sliced_without_loss(dm: InteractionDataModule) -> No
         assert got == sorted(items[indptr[u]: indptr[u + 1]].tolist())
     pos, off = csr_gather(torch.tensor([0, 2, 2, 5]), torch.tensor([2, 0]))
     assert pos.tolist() == [2, 3, 4, 0, 1] and off.tolist() == [0, 3, 5]
+
+
+def test_item_neighbors_by_cosine() -> None:
+    # user 0: items {0, 1}; user 1: {0, 1, 2}; user 2: {2, 3}
+    users = np.array([0, 0, 1, 1, 1, 2, 2])
+    items = np.array([0, 1, 0, 1, 2, 2, 3])
+    nb = item_neighbors(users, items, 3, 4, 2)
+    assert nb[0].tolist() == [1, 2]  # cos(0,1) = 2/2 = 1 > cos(0,2) = 1/2
+    assert nb[3].tolist() == [2, 3]  # only one co-occurring item: padded with itself
+    assert nb[2, 0].item() == 3  # cos(2,3) = 1/sqrt(2) beats 1/2
+
+
+@pytest.mark.parametrize("mode", ["recent", "random"])
+def test_dropout_modes(dm: InteractionDataModule, mode: str) -> None:
+    model = EmbeddingRecommender(**dm.model_kwargs(), d=8, dropout_mode=mode, input_dropout=0.5)
+    model.set_preprocessing(dm.preprocessing_state())
+    offsets = torch.tensor([0, 10, 30, 31])
+    rows = torch.repeat_interleave(torch.arange(3), offsets[1:] - offsets[:-1])
+    torch.manual_seed(0)
+    keep = model._keep_mask(offsets, rows)
+    prefixes = all(bool((keep[a:b].int().diff() <= 0).all()) for a, b in zip(offsets[:-1], offsets[1:]))
+    if mode == "recent":  # only the newest items are hidden: what is kept is a prefix of the history
+        assert prefixes and not keep.all()
+    else:
+        assert not prefixes
 
 
 # ----------------------------------------------------------------------------- learning

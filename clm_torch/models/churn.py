@@ -34,9 +34,11 @@ def binary_metrics(prob: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tenso
 
 class ChurnClassifier(CLMModule):
     """Binary churn classifier: PLR numeric embeddings + categorical embeddings → a batched
-    ensemble of ``k_ensemble`` MLPs → one logit each; members are averaged in probability space
-    and calibrated (Platt or temperature) on the validation split at the end of every
-    validation epoch. The calibration lives in buffers, hence in every checkpoint.
+    ensemble of ``k_ensemble`` MLPs → one logit each. Optionally ``additive_members`` more
+    members are additive models (a linear read-out of their own embeddings, with PLR scale
+    ``additive_sigma``: one learned shape function per feature, no interactions). All members are
+    averaged in probability space and calibrated (Platt or temperature) on the validation split at
+    the end of every validation epoch. The calibration lives in buffers, hence in every checkpoint.
 
     Args:
         n_num, cat_cardinalities, n_binary: input sizes (from the DataModule).
@@ -48,6 +50,10 @@ class ChurnClassifier(CLMModule):
         pos_weight: ``"balanced"`` (neg/pos), a float, or None: weight of positives in the loss.
         calibration: ``"platt"``, ``"temperature"`` or ``"none"``.
         n_frequencies, sigma, plr_lite: numeric embedding settings.
+        additive_members: number of additive members (0 = none); they are averaged with the MLP
+            members with equal weight per member.
+        additive_sigma: PLR frequency scale of the additive members' own numeric embeddings.
+        scheduler: ``"none"`` or ``"cosine"`` (over ``trainer.max_epochs``).
         nan_policy: ``"raise"`` or ``"skip"`` on a non-finite loss.
     """
 
@@ -71,6 +77,8 @@ class ChurnClassifier(CLMModule):
         n_frequencies: int = 16,
         sigma: float = 0.1,
         plr_lite: bool = False,
+        additive_members: int = 0,
+        additive_sigma: float = 1.0,
         scheduler: str = "none",
         nan_policy: str = "raise",
     ) -> None:
@@ -80,6 +88,12 @@ class ChurnClassifier(CLMModule):
             raise ValueError(f"model.calibration must be platt, temperature or none, not {calibration!r}")
         self.tokenizer = FeatureTokenizer(n_num, list(cat_cardinalities), d_embed, n_frequencies, sigma, plr_lite)
         self.head = EnsembleMLP(self.tokenizer.out_dim, list(hidden), 1, k=k_ensemble, dropout=dropout)
+        self.additive_tokenizer: FeatureTokenizer | None = None
+        self.additive_head: EnsembleMLP | None = None
+        if additive_members > 0:  # no hidden layer: a linear read-out of per-feature embeddings = an additive model
+            self.additive_tokenizer = FeatureTokenizer(n_num, list(cat_cardinalities), d_embed, n_frequencies,
+                                                       additive_sigma, plr_lite)
+            self.additive_head = EnsembleMLP(self.additive_tokenizer.out_dim, [], 1, k=additive_members)
         if pos_weight == "balanced":
             pw = (1 - pos_rate) / max(pos_rate, 1e-6)
         else:
@@ -95,9 +109,13 @@ class ChurnClassifier(CLMModule):
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Member logits (k, batch)."""
+        """Member logits (k_ensemble + additive_members, batch)."""
         h = self.tokenizer(batch["num"], batch["num_mask"], batch["cat"])
-        return self.head(h).squeeze(-1)
+        logits = self.head(h).squeeze(-1)
+        if self.additive_head is not None:
+            g = self.additive_tokenizer(batch["num"], batch["num_mask"], batch["cat"])
+            logits = torch.cat([logits, self.additive_head(g).squeeze(-1)], dim=0)
+        return logits
 
     def ensemble_logit(self, member_logits: torch.Tensor) -> torch.Tensor:
         """Average the members in probability space and return the logit (batch,)."""

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from clm_torch.data.encoding import FeatureEncoder
 from clm_torch.data.schema import SchemaError
@@ -95,11 +96,17 @@ class InfoGapVAE(CLMModule):
         numeric_likelihood: ``gaussian`` or ``student_t`` (heavy-tailed, ``student_df`` degrees).
         student_df: degrees of freedom of the Student-t likelihood.
         min_log_scale: soft floor of the numeric log-scale (encoded units).
+        nll_balance: β-NLL exponent (Seitzer et al. 2022) of the training loss: each numeric
+            cell's NLL is weighted by stop_grad(σ^(2·nll_balance)). 0 = the plain likelihood,
+            whose mean-gradient grows as 1/σ² and lets a few precisely copied numerics drown the
+            categorical terms; 0.5 tempers that. Logged NLL terms are always unweighted.
         beta: KL weight after warm-up.
         kl_warmup_epochs: epochs over which the KL weight rises linearly from 0 to ``beta``.
         free_bits: floor (nats) on each latent dimension's batch-mean KL in the training loss.
         hide_rate_min, hide_rate_max: range of the per-row rate at which observed cells are hidden
             from the encoder during training (they are still reconstructed).
+        single_hide_prob: share of training rows that instead hide exactly one observed cell
+            (trains the leave-one-out conditionals behind :meth:`information_gap`).
         val_hide_rate: fixed rate of hidden observed cells in validation/test (seeded per batch).
         n_samples: latent samples used by :meth:`impute` and the other API methods by default.
         importance_impute: weight those samples by p(x_obs | z) p(z) / q(z | x_obs) in
@@ -126,11 +133,13 @@ class InfoGapVAE(CLMModule):
         numeric_likelihood: str = "gaussian",
         student_df: float = 4.0,
         min_log_scale: float = -4.0,
+        nll_balance: float = 0.0,
         beta: float = 1.0,
         kl_warmup_epochs: int = 10,
         free_bits: float = 0.05,
         hide_rate_min: float = 0.0,
         hide_rate_max: float = 0.5,
+        single_hide_prob: float = 0.0,
         val_hide_rate: float = 0.25,
         n_samples: int = 16,
         importance_impute: bool = False,
@@ -202,14 +211,25 @@ class InfoGapVAE(CLMModule):
         return mu + torch.exp(0.5 * logvar) * eps
 
     def _hide_masks(self, batch: Mapping[str, torch.Tensor], lo: float, hi: float,
-                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Extra hidden cells (among the observed ones) at a per-row rate drawn from U[lo, hi]."""
+                    generator: torch.Generator | None = None, single: float = 0.0
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Extra hidden cells among the observed ones: at a per-row rate drawn from U[lo, hi], or,
+        for a ``single`` share of the rows, exactly one observed cell (leave-one-out rows)."""
         num_mask, cat_mask = batch["num_mask"], batch["cat_mask"]
         n = len(num_mask)
         dev = num_mask.device
         rate = lo + (hi - lo) * torch.rand(n, 1, generator=generator, device=dev)
-        h_num = num_mask & (torch.rand(num_mask.shape, generator=generator, device=dev) < rate)
-        h_cat = cat_mask & (torch.rand(cat_mask.shape, generator=generator, device=dev) < rate)
+        u_num = torch.rand(num_mask.shape, generator=generator, device=dev)
+        u_cat = torch.rand(cat_mask.shape, generator=generator, device=dev)
+        h_num = num_mask & (u_num < rate)
+        h_cat = cat_mask & (u_cat < rate)
+        if single > 0:
+            obs = torch.cat([num_mask, cat_mask], 1)
+            u = torch.where(obs, torch.cat([u_num, u_cat], 1), torch.full_like(obs, 2.0, dtype=u_num.dtype))
+            one = F.one_hot(u.argmin(1), obs.shape[1]).bool() & obs  # a random observed cell
+            pick = torch.rand(n, 1, generator=generator, device=dev) < single
+            h_num = torch.where(pick, one[:, : num_mask.shape[1]], h_num)
+            h_cat = torch.where(pick, one[:, num_mask.shape[1]:], h_cat)
         return h_num, h_cat
 
     def elbo_terms(self, batch: Mapping[str, torch.Tensor], hide_num: torch.Tensor, hide_cat: torch.Tensor,
@@ -252,10 +272,16 @@ class InfoGapVAE(CLMModule):
         """Loss and ELBO terms. Training: random hiding, β-warm-up and free bits. Evaluation:
         seeded hiding at ``val_hide_rate`` and the plain negative ELBO (β = 1)."""
         if stage == "train":
-            h_num, h_cat = self._hide_masks(batch, self.hparams.hide_rate_min, self.hparams.hide_rate_max)
+            h_num, h_cat = self._hide_masks(batch, self.hparams.hide_rate_min, self.hparams.hide_rate_max,
+                                            single=float(self.hparams.get("single_hide_prob", 0.0)))
             t = self.elbo_terms(batch, h_num, h_cat)
             kl_term = free_bits_kl(t["kl_dim"], float(self.hparams.free_bits))
-            loss = t["rec"].mean() + self.kl_weight() * kl_term
+            rec = t["rec"]
+            bal = float(self.hparams.get("nll_balance", 0.0))
+            if bal > 0:  # β-NLL: numeric cells weighted by stop_grad(σ^(2·bal))
+                w = torch.exp(2 * bal * t["out"]["num_log_scale"].detach())
+                rec = (t["nll_num"] * w).sum(1) + t["nll_cat"].sum(1)
+            loss = rec.mean() + self.kl_weight() * kl_term
         else:
             g = torch.Generator(device=batch["num"].device).manual_seed(104729 + batch_idx)
             r = float(self.hparams.val_hide_rate)

@@ -75,6 +75,10 @@ class EmbeddingRecommender(CLMModule):
             per positive for ``bpr``.
         logq_correction: subtract log(inclusion probability) from sampled logits.
         input_dropout: share of history items dropped from the encoder's input while training.
+        dropout_mode: which items are dropped: ``random`` (each with probability ``input_dropout``),
+            ``recent`` (per user, the most recent share u·2·input_dropout, u ~ U(0, 1), so that the
+            model learns to predict what comes next), ``mixed`` (half the users each way) or ``auto``
+            (``recent`` when the DataModule's protocol is temporal, else ``random``).
         target: ``all`` (predict the whole history, Mult-DAE) or ``dropped`` (only the dropped items).
         loss_norm: ``interaction`` (every target interaction weighs the same: heavy users dominate, as
             in Mult-VAE) or ``user`` (every user weighs the same, as in the per-user metrics).
@@ -113,6 +117,7 @@ class EmbeddingRecommender(CLMModule):
         n_negatives: int = 1024,
         logq_correction: bool = True,
         input_dropout: float = 0.5,
+        dropout_mode: str = "random",
         target: str = "all",
         loss_norm: str = "interaction",
         user_dropout: float = 0.1,
@@ -130,7 +135,8 @@ class EmbeddingRecommender(CLMModule):
         super().__init__()
         self.save_hyperparameters()
         for name, value, allowed in (("user_encoder", user_encoder, USER_ENCODERS), ("loss", loss, LOSSES),
-                                     ("target", target, TARGETS), ("loss_norm", loss_norm, ("interaction", "user"))):
+                                     ("target", target, TARGETS), ("loss_norm", loss_norm, ("interaction", "user")),
+                                     ("dropout_mode", dropout_mode, ("random", "recent", "mixed", "auto"))):
             if value not in allowed:
                 raise ValueError(f"model.{name} must be one of {allowed}, not {value!r}")
         self.n_users, self.n_items, self.d = int(n_users), int(n_items), int(d)
@@ -270,7 +276,7 @@ class EmbeddingRecommender(CLMModule):
         t_rows = ragged_rows(batch["target_offsets"], len(t_items))
         enc = dict(batch)
         if train and self.uses_history and hp.input_dropout > 0:
-            keep = torch.rand(len(hist_rows), device=hist_rows.device) >= hp.input_dropout
+            keep = self._keep_mask(batch["hist_offsets"], hist_rows)
             enc.update(hist_items=batch["hist_items"][keep], hist_age=batch["hist_age"][keep], hist_rows=hist_rows[keep])
             if hp.target == "dropped" and len(t_items) == len(keep):
                 t_items, t_w, t_rows = t_items[~keep], t_w[~keep], t_rows[~keep]
@@ -290,6 +296,27 @@ class EmbeddingRecommender(CLMModule):
             per_user = torch.zeros(B, device=t_w.device, dtype=t_w.dtype).index_add(0, t_rows, t_w)
             t_w = t_w / per_user[t_rows].clamp(min=1e-12)
         return (nll * t_w).sum() / t_w.sum().clamp(min=1e-12)
+
+    def _keep_mask(self, offsets: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Which history entries (nnz,) the encoder sees while training (see ``dropout_mode``).
+
+        History entries of a user are ordered oldest → newest (the DataModule's CSR order)."""
+        p, mode = float(self.hparams.input_dropout), self.hparams.dropout_mode
+        if mode == "auto":
+            mode = "recent" if self.preprocessing.get("protocol") == "temporal" else "random"
+        dev = rows.device
+        keep = torch.rand(len(rows), device=dev) >= p
+        if mode == "random":
+            return keep
+        B = len(offsets) - 1
+        lens = (offsets[1:] - offsets[:-1]).float()
+        from_newest = (offsets[1:][rows] - 1 - torch.arange(len(rows), device=dev)).float()  # 0 = most recent
+        share = (torch.rand(B, device=dev) * 2 * p).clamp(max=0.9)
+        recent_keep = from_newest >= torch.ceil(share * lens)[rows]
+        if mode == "recent":
+            return recent_keep
+        user_recent = torch.rand(B, device=dev) < 0.5
+        return torch.where(user_recent[rows], recent_keep, keep)
 
     def _sampled_softmax(self, u: torch.Tensor, t_rows: torch.Tensor, t_items: torch.Tensor,
                          nb: torch.Tensor | None = None) -> torch.Tensor:
