@@ -207,7 +207,7 @@ def write_report(res: dict[str, Any], meta: dict[str, Any]) -> None:
          f"- date: {meta['date']}; wall time {meta['wall_seconds'] / 60:.1f} min, CPU time of the process "
          f"{meta['cpu_seconds'] / 60:.1f} min, on {meta['machine']} (torch threads: {meta['threads']}; the machine "
          f"is shared with other jobs, load average at start {meta['load_average']}, so wall times are pessimistic)",
-         f"- code: git {meta['git']}",
+         f"- code: git {meta['git']} at the start of the run",
          f"- data: `generate_customer_base(n_customers={meta['n_customers']}, seed=s)` for s in {meta['seeds']}; "
          "events before the cutoff and the snapshot without its churn column are observed; truth = "
          "`base.truth.future_spend` over (cutoff, cutoff + 90 days]",
@@ -248,9 +248,9 @@ def write_report(res: dict[str, Any], meta: dict[str, Any]) -> None:
 def git_state() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "clm_torch"], cwd=ROOT, capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "clm_torch", "configs"], cwd=ROOT, capture_output=True,
                                text=True).stdout
-        return head.strip() + (" + uncommitted changes in clm_torch/ (shared tree)" if dirty.strip() else "")
+        return head.strip() + (" + uncommitted changes in clm_torch/ or configs/ (shared tree)" if dirty.strip() else "")
     except OSError:
         return "unknown"
 
@@ -268,6 +268,7 @@ def main() -> None:
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     t_start, c_start = time.time(), time.process_time()
+    git = git_state()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     res: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="clm_clv_") as tmp:
@@ -284,7 +285,7 @@ def main() -> None:
             "wall_seconds": round(time.time() - t_start, 1), "cpu_seconds": round(time.process_time() - c_start, 1),
             "threads": N_THREADS, "load_average": round(load, 1),
             "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}",
-            "git": git_state(), "n_customers": args.n_customers, "seeds": args.seeds}
+            "git": git, "n_customers": args.n_customers, "seeds": args.seeds}
     say(f"done in {meta['wall_seconds'] / 60:.1f} min (CPU {meta['cpu_seconds'] / 60:.1f} min)")
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)

@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every run")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--tag", default="", help="suffix of the json file and of the section (e.g. 'recsys')")
     args = p.parse_args(argv)
     torch.set_num_threads(N_THREADS)
     quiet_lightning()
@@ -203,9 +204,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     md = markdown(result)
     print(md)
     if not args.no_write:
-        suffix = "" if args.accelerator == "cpu" else f"_{args.accelerator}"
+        suffix = ("" if args.accelerator == "cpu" else f"_{args.accelerator}") + (f"_{args.tag}" if args.tag else "")
         (RESULTS / f"perf_precision{suffix}.json").write_text(json.dumps(result, indent=2))
-        write_section(f"precision{suffix}", md, f"Precision ({args.accelerator})")
+        write_section(f"precision{suffix}", md, f"Precision ({args.accelerator}{', ' + args.tag if args.tag else ''})")
     return result
 
 
