@@ -255,6 +255,25 @@ def git_state() -> str:
         return "unknown"
 
 
+def freeze_package(tmp: Path) -> None:
+    """Import the package code now and compose every config from a copy of ``configs/`` taken now.
+
+    The working tree is shared and edited while a long benchmark runs; without this a model config
+    edited mid-run can disagree with the model code already imported (an unexpected keyword).
+    """
+    import shutil
+
+    import clm_torch.config
+    import clm_torch.models.churn  # noqa: F401
+    import clm_torch.models.spend  # noqa: F401
+    import clm_torch.pipeline  # noqa: F401
+    import clm_torch.train  # noqa: F401
+
+    snapshot = tmp / "configs"
+    shutil.copytree(ROOT / "configs", snapshot)
+    clm_torch.config.CONFIG_DIR = str(snapshot)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -272,6 +291,7 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     res: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="clm_clv_") as tmp:
+        freeze_package(Path(tmp))
         for variant in args.variants:
             runs = [run_seed(s, args.n_customers, variant, Path(tmp)) for s in args.seeds]
             agg = aggregate(runs)
