@@ -223,13 +223,15 @@ def write_report(res: dict[str, Any], meta: dict[str, Any]) -> None:
         a = r["aggregate"]
         L += [f"## {variant}" + (" (events + cleaned customer snapshot, as `clm-pipeline`)" if variant == "pipeline"
                                  else " (event log only, no customer snapshot)"), "",
-              f"| method | Spearman vs true future spend | top-20 % capture | seeds beating run-rate (Spearman / capture) |",
+              "| method | Spearman vs true future spend | top-20 % capture "
+              "| seeds beating run-rate (Spearman / capture) |",
               "|---|---|---|---|"]
         for m in METHODS:
             won = r["verdict"].get(m, {}).get("seeds_won")
             wtxt = f"{won['spearman']}/{len(r['runs'])} / {won['capture20']}/{len(r['runs'])}" if won else "—"
             L.append(f"| {LABELS[m]} | {pm(a[m]['spearman'])} | {pm(a[m]['capture20'])} | {wtxt} |")
-        L += ["", "Per seed:", "", "| seed | " + " | ".join(f"{m} Spearman | {m} capture" for m in METHODS) + " | wall s |",
+        L += ["", "Per seed:", "",
+              "| seed | " + " | ".join(f"{m} Spearman | {m} capture" for m in METHODS) + " | wall s |",
               "|---" * (2 * len(METHODS) + 2) + "|"]
         for run in r["runs"]:
             L.append(f"| {run['seed']} | " + " | ".join(f"{run['metrics'][m]['spearman']:.4f} | "
@@ -240,7 +242,8 @@ def write_report(res: dict[str, Any], meta: dict[str, Any]) -> None:
                     f"capture {'beats' if v[m]['beats_capture20'] else 'does NOT beat'} run-rate → "
                     f"**{'met' if v[m]['met'] else 'MISSED'}**" for m in ("learned", "formula"))]
         d = r["runs"][0]["diagnostics"]
-        L += [f"- seed {r['runs'][0]['seed']} diagnostics: {json.dumps({k: round(x, 4) if isinstance(x, float) else x for k, x in d.items()})}",
+        rounded = {k: round(x, 4) if isinstance(x, float) else x for k, x in d.items()}
+        L += [f"- seed {r['runs'][0]['seed']} diagnostics: {json.dumps(rounded)}",
               ""]
     (RESULTS / "clv_synthetic.md").write_text("\n".join(L) + "\n")
 
@@ -250,7 +253,8 @@ def git_state() -> str:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
         dirty = subprocess.run(["git", "status", "--porcelain", "clm_torch", "configs"], cwd=ROOT, capture_output=True,
                                text=True).stdout
-        return head.strip() + (" + uncommitted changes in clm_torch/ or configs/ (shared tree)" if dirty.strip() else "")
+        note = " + uncommitted changes in clm_torch/ or configs/ (shared tree)" if dirty.strip() else ""
+        return head.strip() + note
     except OSError:
         return "unknown"
 

@@ -219,7 +219,7 @@ def run_ours(protocol: str, overrides: list[str], refit: bool = True) -> dict[st
     if refit:
         ov = [*base, "data.train_on=train+val", f"trainer.max_epochs={best_epoch + 1}",
               f"model.scheduler_epochs={max_epochs}", "callbacks.early_stopping=null",
-              "callbacks.model_checkpoint.monitor=null", "trainer.limit_val_batches=0"]
+              "callbacks.model_checkpoint.monitor=null", "+trainer.limit_val_batches=0"]
         m2, o2, sec2, dir2 = _train(ov, protocol + "_refit")
         out["refit"] = {"params": {"overrides": ov}, "val": {}, "test": _pick(m2, "test/"),
                         "fit_seconds": round(sec2, 2), "epochs_run": best_epoch + 1, "run_dir": str(dir2)}
@@ -257,7 +257,7 @@ def report(results: dict[str, Any], command: str, total_seconds: float) -> str:
         for name, r in results[proto].items():
             t, v = r["test"], r["val"]
             if name == OURS:
-                params = f"best epoch {r['best_epoch'] + 1} of {r['epochs_run'] + 1}"
+                params = f"best epoch {r['best_epoch'] + 1} of {r['epochs_run']}"
             elif name == OURS_REFIT:
                 params = f"{r['epochs_run']} epochs"
             else:

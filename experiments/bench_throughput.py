@@ -339,6 +339,59 @@ def bench_loader(tensors: dict[str, torch.Tensor], batch_sizes: Sequence[int], r
     return rows
 
 
+# ---------------------------------------------------------------------------- OpenMP wait policy
+_OMP_PROBE = r"""
+import os, sys, time, torch
+torch.set_num_threads(int(sys.argv[1]))
+from clm_torch.models.churn import ChurnClassifier
+torch.manual_seed(0)
+card, n = [4, 7, 4, 4, 5, 3, 3, 3, 3, 3], 1024
+m = ChurnClassifier(6, card, 5, k_ensemble=int(sys.argv[2]), hidden=[int(sys.argv[3])], d_embed=8)
+b = {"num": torch.randn(n, 6), "num_mask": torch.rand(n, 6) > 0.1,
+     "cat": torch.stack([torch.randint(0, c, (n,)) for c in card], 1), "y": (torch.rand(n) > 0.7).float()}
+opt = m.configure_optimizers()
+def step():
+    loss, _ = m.model_step(b); opt.zero_grad(); loss.backward(); opt.step()
+for _ in range(3): step()
+t, c, k = time.perf_counter(), time.process_time(), 0
+while time.perf_counter() - t < float(sys.argv[4]): step(); k += 1
+print(k * n / (time.perf_counter() - t), k * n / (time.process_time() - c))
+"""
+
+
+def omp_probe(repeats: int, seconds: float) -> list[dict[str, Any]]:
+    """Hand-loop samples/s of a small ChurnClassifier at batch 1024 in fresh processes, with OpenMP's
+    default wait policy and with ``OMP_WAIT_POLICY=PASSIVE``, at 1 and 2 torch threads (interleaved)."""
+    rows = []
+    for r in range(repeats):
+        for threads in (1, 2):
+            for policy in ("(unset)", "PASSIVE"):
+                env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+                if policy != "(unset)":
+                    env["OMP_WAIT_POLICY"] = policy
+                out = subprocess.run([sys.executable, "-c", _OMP_PROBE, str(threads), "1", "64", str(seconds)],
+                                     capture_output=True, text=True, env=env, cwd=ROOT, check=True).stdout.split()
+                rows.append({"rep": r, "threads": threads, "omp_wait_policy": policy,
+                             "samples_per_s": float(out[0]), "samples_per_cpu_s": float(out[1])})
+    return rows
+
+
+def omp_markdown(rows: list[dict[str, Any]], cmd: str, m: dict[str, Any]) -> str:
+    lines = [f"Command: `{cmd}`  ",
+             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; {m['date']}; 1-min load average at start "
+             f"{m['load_avg_1min_at_start']}. A hand-written training loop (ChurnClassifier k_ensemble=1, hidden=[64], "
+             "batch 1024) in fresh processes, interleaved; median over repetitions.", "",
+             "| torch threads | OMP_WAIT_POLICY | samples/s (wall) | samples per CPU-s | all repetitions (wall) |",
+             "|---:|---|---:|---:|---|"]
+    for threads in (1, 2):
+        for policy in ("(unset)", "PASSIVE"):
+            rs = [r for r in rows if r["threads"] == threads and r["omp_wait_policy"] == policy]
+            lines.append(f"| {threads} | {policy} | {statistics.median(r['samples_per_s'] for r in rs):,.0f} | "
+                         f"{statistics.median(r['samples_per_cpu_s'] for r in rs):,.0f} | "
+                         + ", ".join(f"{r['samples_per_s']:,.0f}" for r in rs) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------- driver
 _DATA_CACHE: dict[tuple, Any] = {}
 
@@ -502,9 +555,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--no-write", action="store_true", help="print only; do not touch experiments/results")
     p.add_argument("--tag", default="", help="suffix of the json file and section (e.g. 'before')")
+    p.add_argument("--omp-probe", action="store_true",
+                   help="only compare OpenMP wait policies (fresh processes, the policy unset vs PASSIVE)")
     args = p.parse_args(argv)
     torch.set_num_threads(N_THREADS)
     quiet_lightning()
+    if args.omp_probe:
+        rows = omp_probe(args.repeats, args.seconds)
+        md = omp_markdown(rows, command_line(), machine_info())
+        print(md)
+        if not args.no_write:
+            (RESULTS / "perf_omp.json").write_text(json.dumps({"command": command_line(), "machine": machine_info(),
+                                                               "rows": rows}, indent=2))
+            write_section("omp", md, "OpenMP wait policy on shared cores")
+        return {"rows": rows}
 
     def log(msg: str) -> None:
         print(msg, flush=True)

@@ -287,3 +287,21 @@ def test_train_fast_dev_run_recsys_movielens(tmp_path: Path) -> None:
     metrics, objects = train(cfg)
     assert np.isfinite(metrics["test/recall@20"])
     assert objects["datamodule"].n_items == 9066 and objects["datamodule"].n_users == 672
+
+
+@pytest.mark.slow
+def test_synthetic_purchase_log_source() -> None:
+    """The synthetic base's event log as interactions, with category/price item features (slow: the generator)."""
+    from clm_torch.data.sources.interactions import SyntheticInteractionsSource
+
+    dm = InteractionDataModule(SyntheticInteractionsSource(n_customers=300, n_items=60, seed=0), protocol="temporal",
+                               n_neighbors=10)
+    dm.setup()
+    kw = dm.model_kwargs()
+    assert kw["n_items"] == 60 and kw["item_n_num"] == 1 and len(kw["item_cat_cardinalities"]) == 1
+    assert "category" in dm.item_metadata().columns
+    model = EmbeddingRecommender(**kw, d=8)
+    model.set_preprocessing(dm.preprocessing_state())
+    _trainer(fast_dev_run=True).fit(model, datamodule=dm)
+    recs = model.recommend(dm.user_ids[1:6], k=5)
+    assert recs.shape == (5, 5)

@@ -23,7 +23,12 @@ Batches are per user and ragged, sliced without per-row Python (:class:`RaggedUs
     target_weight   (nnz',) float32 interaction weight (1 without a weight column)
 
 History per split: train → train part; val → train part; test → train + val parts. Items of the
-history are exactly the items masked when ranking (the "seen" items).
+history are exactly the items masked when ranking (the "seen" items). With ``train_on="train+val"``
+(a refit after tuning) the training table holds train + val.
+
+What a checkpoint needs (:meth:`InteractionDataModule.preprocessing_state`, tensors and primitives
+only): the id vocabularies, the seen-item index (train + val) as CSR tensors, popularity counts,
+the item feature tensors and the items' co-occurrence neighbours (``n_neighbors``).
 """
 
 from __future__ import annotations

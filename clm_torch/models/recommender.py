@@ -1,11 +1,17 @@
 """EmbeddingRecommender: full-catalogue top-N recommendation from learned embeddings.
 
-Scores are dot products ``score(u, i) = ⟨user_vector(u), item_vector(i)⟩ + bias_i`` where
+Scores are ``score(u, i) = ⟨user_vector(u), item_vector(i)⟩ + bias_i (+ Σ_{j ∈ H(u)} W[j → i])`` where
 
 * an item vector is a learned id embedding plus a projection of the item features when the
   catalogue has them (genres and year on MovieLens, category and price on synthetic data);
 * a user vector comes from a history encoder (a Mult-DAE-like set encoder over the user's items,
-  which also serves users who were never trained on), a learned user embedding, or both.
+  which also serves users who were never trained on), a learned user embedding, or both;
+* the optional item-item term sums learned weights from each history item j to its
+  co-occurrence neighbours i (EASE-like, restricted to ``data.n_neighbors`` pairs per item).
+
+Training (``loss``) is denoising: a share of each user's history is hidden from the encoder
+(at random, or the most recent items for a temporal task) and the model predicts the whole
+history with a softmax over the full catalogue (or a sampled softmax / BPR).
 
 The model contract is ``loss(batch)``, ``score(users, items)`` and ``full_scores(users)``.
 Ranking is always over the full catalogue with each user's seen items masked.
@@ -39,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clm_torch.data.interactions import N_AGE_BUCKETS, UNK, csr_gather
+from clm_torch.data.interactions import N_AGE_BUCKETS, csr_gather
 from clm_torch.metrics import RankingMetrics, dense_targets
 from clm_torch.models.base import CLMModule
 from clm_torch.models.components.recsys import HistoryEncoder, ItemTower, ragged_rows
@@ -277,7 +283,8 @@ class EmbeddingRecommender(CLMModule):
         enc = dict(batch)
         if train and self.uses_history and hp.input_dropout > 0:
             keep = self._keep_mask(batch["hist_offsets"], hist_rows)
-            enc.update(hist_items=batch["hist_items"][keep], hist_age=batch["hist_age"][keep], hist_rows=hist_rows[keep])
+            enc.update(hist_items=batch["hist_items"][keep], hist_age=batch["hist_age"][keep],
+                       hist_rows=hist_rows[keep])
             if hp.target == "dropped" and len(t_items) == len(keep):
                 t_items, t_w, t_rows = t_items[~keep], t_w[~keep], t_rows[~keep]
         else:
@@ -604,4 +611,4 @@ def _select(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, tor
             "hist_age": batch["hist_age"][pos], "hist_offsets": offsets.to(dev)}
 
 
-__all__ = ["EmbeddingRecommender", "UNK"]
+__all__ = ["EmbeddingRecommender"]
