@@ -215,8 +215,13 @@ def test_checkpoint_round_trip_weights_only(tmp_path) -> None:
     assert "churn" not in model.encoder.feature_columns
     meta = list((tmp_path / "tb").rglob("metadata.tsv"))
     lines = meta[0].read_text().splitlines()
-    assert lines[0].split("\t") == ["churn", "n_missing"] and len(lines) == 1 + len(dm.frames["test"])
+    assert lines[0].split("\t") == ["churn", "customer_id (hashed)", "n_missing"]
+    assert len(lines) == 1 + len(dm.frames["test"])
     assert {ln.split("\t")[0] for ln in lines[1:]} <= {"Yes", "No"} and "C0" not in "".join(lines)
+    from clm_torch.utils.privacy import hash_ids
+
+    # hashed ids: linkable by whoever holds the table, the raw ids never written
+    assert [ln.split("\t")[1] for ln in lines[1:]] == hash_ids(dm.frames["test"]["customer_id"])
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["hyper_parameters"]["latent_dim"] == 4
     assert math.isfinite(float(ckpt["state_dict"]["ref_info"]))  # completeness reference travels along
@@ -361,7 +366,8 @@ def test_clm_train_on_a_csv_without_target(tmp_path) -> None:
     meta = list((out / "tensorboard").rglob("metadata.tsv"))
     assert meta, "no embedding projector written"
     text = meta[0].read_text()
-    assert text.splitlines()[0] == "n_missing" and "C0" not in text  # customer ids never reach TensorBoard
+    # customer ids never reach TensorBoard in the clear: hashed by default
+    assert text.splitlines()[0] == "customer_id (hashed)\tn_missing" and "C0" not in text
 
 
 @pytest.mark.parametrize("experiment", ["vae_telco", "vae_synthetic"])
@@ -377,3 +383,32 @@ def test_experiment_configs_compose(experiment: str) -> None:
     assert cfg.data.require_target is False
     assert cfg.monitor == InfoGapVAE.monitor and cfg.monitor_mode == InfoGapVAE.monitor_mode
     assert cfg.callbacks.early_stopping.monitor == "val/loss"
+
+
+@pytest.mark.parametrize("mode", ["raw", "none"])
+def test_projector_id_modes(tmp_path, mode: str) -> None:
+    """`model.projector_ids=raw` opts in to raw ids; `none` drops the column; a typo is refused."""
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from clm_torch.data.datamodules import TableDataModule
+    from clm_torch.data.sources import FrameSource
+
+    df, _ = with_missing(make_table(200), 0.2, 0, FEATURES)
+    dm = TableDataModule(FrameSource(df, id_col="customer_id"), batch_size=64, require_target=False)
+    dm.setup("fit")
+    model = InfoGapVAE(**dm.model_kwargs(), **SMALL, kl_warmup_epochs=1, projector_ids=mode)
+    model.set_preprocessing(dm.preprocessing_state())
+    trainer = L.Trainer(max_epochs=1, logger=TensorBoardLogger(tmp_path / "tb", name=None, version=""),
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        use_distributed_sampler=False, accelerator="cpu", enable_checkpointing=False)
+    trainer.fit(model, datamodule=dm)
+    trainer.test(model, datamodule=dm)
+    lines = next((tmp_path / "tb").rglob("metadata.tsv")).read_text().splitlines()
+    if mode == "raw":
+        assert lines[0].split("\t")[0] == "customer_id (raw)"
+        assert [ln.split("\t")[0] for ln in lines[1:]] == dm.frames["test"]["customer_id"].astype(str).tolist()
+    else:
+        assert "customer_id" not in lines[0] and "C0" not in "".join(lines)
+    with pytest.raises(ValueError, match="projector_ids"):
+        InfoGapVAE(**dm.model_kwargs(), **SMALL, projector_ids="plain")

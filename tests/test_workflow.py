@@ -266,3 +266,36 @@ def test_progress_helpers(monkeypatch) -> None:
 
     with Progress(transient=True):  # another live display already owns the terminal
         assert list(track(iter("abc"), "nested", enabled=True)) == ["a", "b", "c"]
+
+
+def test_long_data_steps_report_progress(monkeypatch, caplog) -> None:
+    """Generation and feature building go through the step bar (logged at DEBUG without a terminal),
+    and ``steps`` draws a bar when forced on, also inside another live display."""
+    import logging
+
+    from clm_torch.data.events import build_customer_view
+    from clm_torch.data.synthetic import generate_customer_base
+    from clm_torch.utils.progress import steps
+
+    monkeypatch.setenv("CLM_PROGRESS", "0")
+    with caplog.at_level(logging.DEBUG, logger="clm_torch.utils.progress"):
+        base = generate_customer_base(300, seed=0, events_per_customer=5)
+        build_customer_view(base.events, base.cutoff, horizon_days=base.horizon_days)
+    text = caplog.text
+    for step in ("population", "event log", "customer table", "ground truth"):
+        assert f"generating 300 customers: {step} done" in text
+    for step in ("sorting events", "RFM and trend features", "labels", "sequences"):
+        assert f"features from {len(base.events):,} events: {step} done" in text
+    monkeypatch.setenv("CLM_PROGRESS", "1")
+    with steps("two steps", 2) as step:
+        assert step._bar is not None
+        step("a")
+        step("b")
+    assert step._bar.tasks[0].completed == 2
+    from rich.progress import Progress
+
+    with Progress(transient=True), steps("nested", 1) as step:  # inside the training bar's live display
+        step("a")
+    monkeypatch.setenv("CLM_PROGRESS", "0")
+    with steps("off", 1) as step:
+        assert step._bar is None

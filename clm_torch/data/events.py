@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from clm_torch.data.schema import SchemaError, _is_missing_token, read_table, to_numeric_strict
+from clm_torch.utils.progress import steps
 
 log = logging.getLogger(__name__)
 
@@ -445,252 +446,258 @@ def build_customer_view(
     has_amount = "amount" in events.columns
     has_item = "item_id" in events.columns
 
-    # --- arrays of the relevant rows (ts < cutoff + horizon), sorted by (customer, time) -----
-    for col in ("customer_id", "timestamp", *(["amount"] if has_amount else [])):
-        bad = events[col].isna()
-        if bad.any():
-            raise SchemaError(
-                f"{int(bad.sum())} missing values; read the log with load_events",
-                source=src,
-                column=col,
-                row=_first_row(bad),
-            )
-    ts_all = events["timestamp"]
-    if ts_all.dt.tz is not None:
-        ts_all = ts_all.dt.tz_convert("UTC").dt.tz_localize(None)
-    ts_all = ts_all.to_numpy().astype("datetime64[ns]").view("int64")
-    keep = ts_all < end_ns
-    ev_codes, ev_uniques = pd.factorize(events["customer_id"], sort=False)
-    code = ev_codes[keep]
-    ts = ts_all[keep]
-    order = _sort_order(code, ts, len(ev_uniques))
-    code, ts = code[order], ts[order]
-    amount = events["amount"].to_numpy(dtype="float64")[keep][order] if has_amount else None
-    if has_item:
-        it_codes, it_uniques = pd.factorize(events["item_id"], sort=False)  # -1 = missing item
-        it = it_codes[keep][order]
+    with steps(f"features from {len(events):,} events", 5) as step:
+        step("sorting events")
+        # --- arrays of the relevant rows (ts < cutoff + horizon), sorted by (customer, time) -----
+        for col in ("customer_id", "timestamp", *(["amount"] if has_amount else [])):
+            bad = events[col].isna()
+            if bad.any():
+                raise SchemaError(
+                    f"{int(bad.sum())} missing values; read the log with load_events",
+                    source=src,
+                    column=col,
+                    row=_first_row(bad),
+                )
+        ts_all = events["timestamp"]
+        if ts_all.dt.tz is not None:
+            ts_all = ts_all.dt.tz_convert("UTC").dt.tz_localize(None)
+        ts_all = ts_all.to_numpy().astype("datetime64[ns]").view("int64")
+        keep = ts_all < end_ns
+        ev_codes, ev_uniques = pd.factorize(events["customer_id"], sort=False)
+        code = ev_codes[keep]
+        ts = ts_all[keep]
+        order = _sort_order(code, ts, len(ev_uniques))
+        code, ts = code[order], ts[order]
+        amount = events["amount"].to_numpy(dtype="float64")[keep][order] if has_amount else None
+        if has_item:
+            it_codes, it_uniques = pd.factorize(events["item_id"], sort=False)  # -1 = missing item
+            it = it_codes[keep][order]
 
-    before = ts < cut_ns
-    purchase = amount >= 0 if has_amount else np.ones(len(ts), dtype=bool)
-    in_window = ~before
+        before = ts < cut_ns
+        purchase = amount >= 0 if has_amount else np.ones(len(ts), dtype=bool)
+        in_window = ~before
 
-    # --- population and mapping event-customer code -> row -----------------------------------
-    k = len(ev_uniques)
-    had_before = np.bincount(code[before], minlength=k) > 0
-    ev_index = pd.Index(ev_uniques)
-    table = None
-    if customers is not None:
-        table = customers.copy()
-        if customer_id_col in table.columns:
-            table = table.set_index(customer_id_col)
-        elif table.index.name != customer_id_col:
-            raise SchemaError(
-                f"customer table has no id column; available columns: {list(customers.columns)}",
-                source="<customers>",
-                column=customer_id_col,
-            )
-        ids = table.index.to_series()
-        if ids.isna().any():
-            raise SchemaError(
-                "missing customer id in the customer table",
-                source="<customers>",
-                column=customer_id_col,
-                row=int(np.flatnonzero(ids.isna().to_numpy())[0]),
-            )
-        dup = table.index.duplicated()
-        if dup.any():
-            i = int(np.flatnonzero(dup)[0])
-            raise SchemaError(
-                f"duplicated customer id {table.index[i]!r} in the customer table",
-                source="<customers>",
-                column=customer_id_col,
-                row=i,
-            )
-        clash = [c for c in table.columns if c in FEATURE_COLUMNS or c == "category_entropy"]
-        if clash:
-            raise SchemaError(
-                "customer table column has the name of an event feature; rename it",
-                source="<customers>",
-                column=clash[0],
-            )
-        ev_index, tab_index = _harmonise_ids(ev_index, table.index)
-        table.index = tab_index
-        population = ev_index[had_before].union(tab_index)
-    else:
-        population = ev_index[had_before].sort_values()
-    population = population.rename("customer_id")
-    n = len(population)
-    row_of_code = population.get_indexer(ev_index)  # -1: not in the population
-    row = row_of_code[code] if len(code) else np.zeros(0, dtype=np.int64)
-    in_pop = row >= 0
+        step("customers")
+        # --- population and mapping event-customer code -> row -----------------------------------
+        k = len(ev_uniques)
+        had_before = np.bincount(code[before], minlength=k) > 0
+        ev_index = pd.Index(ev_uniques)
+        table = None
+        if customers is not None:
+            table = customers.copy()
+            if customer_id_col in table.columns:
+                table = table.set_index(customer_id_col)
+            elif table.index.name != customer_id_col:
+                raise SchemaError(
+                    f"customer table has no id column; available columns: {list(customers.columns)}",
+                    source="<customers>",
+                    column=customer_id_col,
+                )
+            ids = table.index.to_series()
+            if ids.isna().any():
+                raise SchemaError(
+                    "missing customer id in the customer table",
+                    source="<customers>",
+                    column=customer_id_col,
+                    row=int(np.flatnonzero(ids.isna().to_numpy())[0]),
+                )
+            dup = table.index.duplicated()
+            if dup.any():
+                i = int(np.flatnonzero(dup)[0])
+                raise SchemaError(
+                    f"duplicated customer id {table.index[i]!r} in the customer table",
+                    source="<customers>",
+                    column=customer_id_col,
+                    row=i,
+                )
+            clash = [c for c in table.columns if c in FEATURE_COLUMNS or c == "category_entropy"]
+            if clash:
+                raise SchemaError(
+                    "customer table column has the name of an event feature; rename it",
+                    source="<customers>",
+                    column=clash[0],
+                )
+            ev_index, tab_index = _harmonise_ids(ev_index, table.index)
+            table.index = tab_index
+            population = ev_index[had_before].union(tab_index)
+        else:
+            population = ev_index[had_before].sort_values()
+        population = population.rename("customer_id")
+        n = len(population)
+        row_of_code = population.get_indexer(ev_index)  # -1: not in the population
+        row = row_of_code[code] if len(code) else np.zeros(0, dtype=np.int64)
+        in_pop = row >= 0
 
-    def per_customer(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        m = mask & in_pop
-        return np.bincount(row[m], weights=None if weights is None else weights[m], minlength=n)
+        def per_customer(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+            m = mask & in_pop
+            return np.bincount(row[m], weights=None if weights is None else weights[m], minlength=n)
 
-    # --- transactions: first purchase row of each (customer, timestamp) -----------------------
-    pb = before & purchase & in_pop
-    p_row, p_ts = row[pb], ts[pb]
-    new_tx = np.r_[True, (p_row[1:] != p_row[:-1]) | (p_ts[1:] != p_ts[:-1])] if len(p_row) else np.zeros(0, bool)
-    t_row, t_ts = p_row[new_tx], p_ts[new_tx]
-    freq = np.bincount(t_row, minlength=n)
-    has = freq > 0
-    starts = _group_starts(t_row)
-    recency = np.full(n, np.nan)
-    tenure = np.full(n, np.nan)
-    if len(starts):  # differences in int64 ns first: float64 cannot hold epoch nanoseconds exactly
-        ends = np.r_[starts[1:], len(t_row)] - 1
-        tenure[t_row[starts]] = (cut_ns - t_ts[starts]) / _NS_PER_DAY
-        recency[t_row[ends]] = (cut_ns - t_ts[ends]) / _NS_PER_DAY
+        step("RFM and trend features")
+        # --- transactions: first purchase row of each (customer, timestamp) -----------------------
+        pb = before & purchase & in_pop
+        p_row, p_ts = row[pb], ts[pb]
+        new_tx = np.r_[True, (p_row[1:] != p_row[:-1]) | (p_ts[1:] != p_ts[:-1])] if len(p_row) else np.zeros(0, bool)
+        t_row, t_ts = p_row[new_tx], p_ts[new_tx]
+        freq = np.bincount(t_row, minlength=n)
+        has = freq > 0
+        starts = _group_starts(t_row)
+        recency = np.full(n, np.nan)
+        tenure = np.full(n, np.nan)
+        if len(starts):  # differences in int64 ns first: float64 cannot hold epoch nanoseconds exactly
+            ends = np.r_[starts[1:], len(t_row)] - 1
+            tenure[t_row[starts]] = (cut_ns - t_ts[starts]) / _NS_PER_DAY
+            recency[t_row[ends]] = (cut_ns - t_ts[ends]) / _NS_PER_DAY
 
-    day = p_ts // _NS_PER_DAY
-    new_day = np.r_[True, (p_row[1:] != p_row[:-1]) | (day[1:] != day[:-1])] if len(p_row) else np.zeros(0, bool)
-    n_days = np.bincount(p_row[new_day], minlength=n)
+        day = p_ts // _NS_PER_DAY
+        new_day = np.r_[True, (p_row[1:] != p_row[:-1]) | (day[1:] != day[:-1])] if len(p_row) else np.zeros(0, bool)
+        n_days = np.bincount(p_row[new_day], minlength=n)
 
-    # gaps between consecutive transactions of the same customer
-    same = np.r_[False, t_row[1:] == t_row[:-1]] if len(t_row) else np.zeros(0, bool)
-    g_row = t_row[same]
-    gaps = (t_ts[same] - t_ts[np.flatnonzero(same) - 1]) / _NS_PER_DAY
-    n_gaps = np.bincount(g_row, minlength=n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ipt_mean = np.bincount(g_row, weights=gaps, minlength=n) / n_gaps
-        dev2 = np.bincount(g_row, weights=(gaps - ipt_mean[g_row]) ** 2, minlength=n)
-        ipt_std = np.where(n_gaps >= 2, np.sqrt(dev2 / np.maximum(n_gaps - 1, 1)), np.nan)
-    ipt_mean[n_gaps == 0] = np.nan
-    max_gap = np.full(n, np.nan)
-    last_gap = np.full(n, np.nan)
-    gstarts = _group_starts(g_row)
-    if len(gstarts):
-        gends = np.r_[gstarts[1:], len(g_row)] - 1
-        max_gap[g_row[gstarts]] = np.maximum.reduceat(gaps, gstarts)
-        last_gap[g_row[gends]] = gaps[gends]
-
-    # trend: transactions in the last window vs the one before
-    recent = np.bincount(t_row[t_ts >= cut_ns - w_ns], minlength=n)
-    previous = np.bincount(t_row[(t_ts >= cut_ns - 2 * w_ns) & (t_ts < cut_ns - w_ns)], minlength=n)
-    trend = np.where(has, np.log((recent + 1.0) / (previous + 1.0)), np.nan)
-
-    # money
-    if has_amount:
-        monetary_total = per_customer(before, amount)
+        # gaps between consecutive transactions of the same customer
+        same = np.r_[False, t_row[1:] == t_row[:-1]] if len(t_row) else np.zeros(0, bool)
+        g_row = t_row[same]
+        gaps = (t_ts[same] - t_ts[np.flatnonzero(same) - 1]) / _NS_PER_DAY
+        n_gaps = np.bincount(g_row, minlength=n)
         with np.errstate(invalid="ignore", divide="ignore"):
-            monetary_mean = np.where(has, per_customer(before & purchase, amount) / freq, np.nan)
-    else:
-        monetary_total = np.full(n, np.nan)
-        monetary_mean = np.full(n, np.nan)
+            ipt_mean = np.bincount(g_row, weights=gaps, minlength=n) / n_gaps
+            dev2 = np.bincount(g_row, weights=(gaps - ipt_mean[g_row]) ** 2, minlength=n)
+            ipt_std = np.where(n_gaps >= 2, np.sqrt(dev2 / np.maximum(n_gaps - 1, 1)), np.nan)
+        ipt_mean[n_gaps == 0] = np.nan
+        max_gap = np.full(n, np.nan)
+        last_gap = np.full(n, np.nan)
+        gstarts = _group_starts(g_row)
+        if len(gstarts):
+            gends = np.r_[gstarts[1:], len(g_row)] - 1
+            max_gap[g_row[gstarts]] = np.maximum.reduceat(gaps, gstarts)
+            last_gap[g_row[gends]] = gaps[gends]
 
-    # items
-    vocab: list = ["<unk>"]
-    item_idx_sorted = np.zeros(len(ts), dtype=np.int64)
-    n_items = np.zeros(n, dtype=np.int64)
-    extra: dict[str, np.ndarray] = {}
-    if has_item:
-        pi_code = it[pb]
-        used = np.flatnonzero(np.bincount(pi_code[pi_code >= 0], minlength=len(it_uniques)) > 0)
-        known = pd.Index(it_uniques[used])
-        try:
-            perm = known.argsort()
-        except TypeError:  # mixed types: keep first-seen order
-            perm = np.arange(len(known))
-        vocab = ["<unk>", *known[perm].tolist()]
-        idx_of_code = np.zeros(len(it_uniques) + 1, dtype=np.int64)  # last slot: code -1
-        idx_of_code[used[perm]] = np.arange(1, len(used) + 1)
-        item_idx_sorted = idx_of_code[it]
-        pi = item_idx_sorted[pb]
-        ok = pi > 0
-        base = len(vocab) + 1
-        pair = np.sort(p_row[ok].astype(np.int64) * base + pi[ok])
-        pair = pair[np.r_[True, pair[1:] != pair[:-1]]] if len(pair) else pair
-        n_items = np.bincount(pair // base, minlength=n)
-        if item_categories is not None:
-            cat_map = pd.Series(item_categories) if isinstance(item_categories, Mapping) else item_categories
-            cat_of_code = pd.Series(list(it_uniques) + [None], dtype=object).map(cat_map)
-            cat_of_code = cat_of_code.astype(object).where(cat_of_code.notna(), "<unk>")
-            c_of_code, c_uniques = pd.factorize(cat_of_code)
-            n_cat = max(len(c_uniques), 1)
-            key = np.sort(p_row.astype(np.int64) * n_cat + c_of_code[pi_code])
-            k_starts = _group_starts(key)
-            counts = np.diff(np.r_[k_starts, len(key)])
-            k_row = key[k_starts] // n_cat
-            p = counts / np.bincount(p_row, minlength=n)[k_row]
-            extra["category_entropy"] = np.where(has, np.bincount(k_row, weights=-p * np.log(p), minlength=n), np.nan)
-    elif item_categories is not None:
-        log.warning("item_categories given but the events have no item_id column; no category_entropy")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        diversity = np.where(has, n_items / np.maximum(freq, 1), np.nan) if has_item else np.full(n, np.nan)
-    extra = {"n_distinct_items": n_items, "basket_diversity": diversity, **extra}
+        # trend: transactions in the last window vs the one before
+        recent = np.bincount(t_row[t_ts >= cut_ns - w_ns], minlength=n)
+        previous = np.bincount(t_row[(t_ts >= cut_ns - 2 * w_ns) & (t_ts < cut_ns - w_ns)], minlength=n)
+        trend = np.where(has, np.log((recent + 1.0) / (previous + 1.0)), np.nan)
 
-    features = pd.DataFrame(
-        {
-            "recency_days": recency,
-            "frequency": freq.astype(np.int64),
-            "n_purchase_days": n_days.astype(np.int64),
-            "monetary_mean": monetary_mean,
-            "monetary_total": monetary_total,
-            "tenure_days": tenure,
-            "ipt_mean_days": ipt_mean,
-            "ipt_std_days": ipt_std,
-            "max_gap_days": max_gap,
-            "last_gap_days": last_gap,
-            "trend_log_ratio": trend,
-            **extra,
-        },
-        index=population,
-    )
-    if table is not None:
-        features = features.join(table, how="left")
+        # money
+        if has_amount:
+            monetary_total = per_customer(before, amount)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                monetary_mean = np.where(has, per_customer(before & purchase, amount) / freq, np.nan)
+        else:
+            monetary_total = np.full(n, np.nan)
+            monetary_mean = np.full(n, np.nan)
 
-    # --- labels ---------------------------------------------------------------------------------
-    pw = in_window & purchase & in_pop
-    w_row, w_ts = row[pw], ts[pw]
-    w_new = np.r_[True, (w_row[1:] != w_row[:-1]) | (w_ts[1:] != w_ts[:-1])] if len(w_row) else np.zeros(0, bool)
-    future_n_tx = np.bincount(w_row[w_new], minlength=n).astype(np.int64)
-    future_spend = per_customer(in_window, amount) if has_amount else np.full(n, np.nan)
-    labels = pd.DataFrame(
-        {"churn": (future_n_tx == 0).astype(np.int64), "future_spend": future_spend, "future_n_tx": future_n_tx},
-        index=population,
-    )
-    if len(ts_all) and ts_all.max() < end_ns - _NS_PER_DAY:
-        log.warning(
-            "label window [%s, %s) ends after the last event (%s): churn labels near the end are censored",
-            cutoff,
-            pd.Timestamp(end_ns),
-            pd.Timestamp(int(ts_all.max())),
+        # items
+        vocab: list = ["<unk>"]
+        item_idx_sorted = np.zeros(len(ts), dtype=np.int64)
+        n_items = np.zeros(n, dtype=np.int64)
+        extra: dict[str, np.ndarray] = {}
+        if has_item:
+            pi_code = it[pb]
+            used = np.flatnonzero(np.bincount(pi_code[pi_code >= 0], minlength=len(it_uniques)) > 0)
+            known = pd.Index(it_uniques[used])
+            try:
+                perm = known.argsort()
+            except TypeError:  # mixed types: keep first-seen order
+                perm = np.arange(len(known))
+            vocab = ["<unk>", *known[perm].tolist()]
+            idx_of_code = np.zeros(len(it_uniques) + 1, dtype=np.int64)  # last slot: code -1
+            idx_of_code[used[perm]] = np.arange(1, len(used) + 1)
+            item_idx_sorted = idx_of_code[it]
+            pi = item_idx_sorted[pb]
+            ok = pi > 0
+            base = len(vocab) + 1
+            pair = np.sort(p_row[ok].astype(np.int64) * base + pi[ok])
+            pair = pair[np.r_[True, pair[1:] != pair[:-1]]] if len(pair) else pair
+            n_items = np.bincount(pair // base, minlength=n)
+            if item_categories is not None:
+                cat_map = pd.Series(item_categories) if isinstance(item_categories, Mapping) else item_categories
+                cat_of_code = pd.Series(list(it_uniques) + [None], dtype=object).map(cat_map)
+                cat_of_code = cat_of_code.astype(object).where(cat_of_code.notna(), "<unk>")
+                c_of_code, c_uniques = pd.factorize(cat_of_code)
+                n_cat = max(len(c_uniques), 1)
+                key = np.sort(p_row.astype(np.int64) * n_cat + c_of_code[pi_code])
+                k_starts = _group_starts(key)
+                counts = np.diff(np.r_[k_starts, len(key)])
+                k_row = key[k_starts] // n_cat
+                p = counts / np.bincount(p_row, minlength=n)[k_row]
+                extra["category_entropy"] = np.where(has, np.bincount(k_row, weights=-p * np.log(p), minlength=n), np.nan)
+        elif item_categories is not None:
+            log.warning("item_categories given but the events have no item_id column; no category_entropy")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            diversity = np.where(has, n_items / np.maximum(freq, 1), np.nan) if has_item else np.full(n, np.nan)
+        extra = {"n_distinct_items": n_items, "basket_diversity": diversity, **extra}
+
+        features = pd.DataFrame(
+            {
+                "recency_days": recency,
+                "frequency": freq.astype(np.int64),
+                "n_purchase_days": n_days.astype(np.int64),
+                "monetary_mean": monetary_mean,
+                "monetary_total": monetary_total,
+                "tenure_days": tenure,
+                "ipt_mean_days": ipt_mean,
+                "ipt_std_days": ipt_std,
+                "max_gap_days": max_gap,
+                "last_gap_days": last_gap,
+                "trend_log_ratio": trend,
+                **extra,
+            },
+            index=population,
         )
+        if table is not None:
+            features = features.join(table, how="left")
 
-    # --- sequences: last n_last purchase rows before the cutoff ---------------------------------
-    s_row = p_row
-    s_starts = _group_starts(s_row)
-    size = np.diff(np.r_[s_starts, len(s_row)])
-    grp = np.repeat(np.arange(len(s_starts)), size)
-    pos_in = np.arange(len(s_row)) - s_starts[grp] if len(s_row) else np.zeros(0, np.int64)
-    n_kept = np.minimum(size, n_last)[grp] if len(s_row) else np.zeros(0, np.int64)
-    slot = pos_in - (size[grp] - n_kept) if len(s_row) else np.zeros(0, np.int64)
-    sel = slot >= 0
-    seq_item = np.zeros((n, n_last), dtype=np.int64)
-    seq_amount = np.zeros((n, n_last), dtype=np.float32)
-    seq_days = np.zeros((n, n_last), dtype=np.float32)
-    r, c = s_row[sel], slot[sel]
-    seq_item[r, c] = item_idx_sorted[pb][sel]
-    if has_amount:
-        seq_amount[r, c] = amount[pb][sel]
-    seq_days[r, c] = (cut_ns - p_ts[sel]) / _NS_PER_DAY
-    length = np.minimum(np.bincount(s_row, minlength=n), n_last).astype(np.int64)
-    sequences = {"item_idx": seq_item, "amount": seq_amount, "days_before_cutoff": seq_days, "length": length}
+        step("labels")
+        # --- labels ---------------------------------------------------------------------------------
+        pw = in_window & purchase & in_pop
+        w_row, w_ts = row[pw], ts[pw]
+        w_new = np.r_[True, (w_row[1:] != w_row[:-1]) | (w_ts[1:] != w_ts[:-1])] if len(w_row) else np.zeros(0, bool)
+        future_n_tx = np.bincount(w_row[w_new], minlength=n).astype(np.int64)
+        future_spend = per_customer(in_window, amount) if has_amount else np.full(n, np.nan)
+        labels = pd.DataFrame(
+            {"churn": (future_n_tx == 0).astype(np.int64), "future_spend": future_spend, "future_n_tx": future_n_tx},
+            index=population,
+        )
+        if len(ts_all) and ts_all.max() < end_ns - _NS_PER_DAY:
+            log.warning(
+                "label window [%s, %s) ends after the last event (%s): churn labels near the end are censored",
+                cutoff,
+                pd.Timestamp(end_ns),
+                pd.Timestamp(int(ts_all.max())),
+            )
 
-    log.info(
-        "customer view at %s: %d customers (%d with history), %d events before the cutoff, churn rate %.3f",
-        cutoff,
-        n,
-        int(has.sum()),
-        int(before.sum()),
-        float(labels["churn"].mean()) if n else float("nan"),
-    )
-    return CustomerView(
-        features=features,
-        labels=labels,
-        sequences=sequences,
-        cutoff=cutoff,
-        horizon_days=float(horizon_days),
-        item_vocab=vocab,
-    )
+        step("sequences")
+        # --- sequences: last n_last purchase rows before the cutoff ---------------------------------
+        s_row = p_row
+        s_starts = _group_starts(s_row)
+        size = np.diff(np.r_[s_starts, len(s_row)])
+        grp = np.repeat(np.arange(len(s_starts)), size)
+        pos_in = np.arange(len(s_row)) - s_starts[grp] if len(s_row) else np.zeros(0, np.int64)
+        n_kept = np.minimum(size, n_last)[grp] if len(s_row) else np.zeros(0, np.int64)
+        slot = pos_in - (size[grp] - n_kept) if len(s_row) else np.zeros(0, np.int64)
+        sel = slot >= 0
+        seq_item = np.zeros((n, n_last), dtype=np.int64)
+        seq_amount = np.zeros((n, n_last), dtype=np.float32)
+        seq_days = np.zeros((n, n_last), dtype=np.float32)
+        r, c = s_row[sel], slot[sel]
+        seq_item[r, c] = item_idx_sorted[pb][sel]
+        if has_amount:
+            seq_amount[r, c] = amount[pb][sel]
+        seq_days[r, c] = (cut_ns - p_ts[sel]) / _NS_PER_DAY
+        length = np.minimum(np.bincount(s_row, minlength=n), n_last).astype(np.int64)
+        sequences = {"item_idx": seq_item, "amount": seq_amount, "days_before_cutoff": seq_days, "length": length}
+
+        log.info(
+            "customer view at %s: %d customers (%d with history), %d events before the cutoff, churn rate %.3f",
+            cutoff,
+            n,
+            int(has.sum()),
+            int(before.sum()),
+            float(labels["churn"].mean()) if n else float("nan"),
+        )
+        return CustomerView(
+            features=features,
+            labels=labels,
+            sequences=sequences,
+            cutoff=cutoff,
+            horizon_days=float(horizon_days),
+            item_vocab=vocab,
+        )

@@ -69,6 +69,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clm_torch.utils.progress import steps
+
 log = logging.getLogger(__name__)
 
 CATEGORIES = ("electronics", "fashion", "home", "beauty", "sports", "books", "grocery", "toys")
@@ -722,130 +724,137 @@ def generate_customer_base(
     rng_model, rng_items, rng_attr, rng_events, rng_obs = (
         np.random.default_rng(s) for s in (ss_model, ss_items, ss_attr, ss_events, ss_obs))
     n_cat = min(len(CATEGORIES), n_items)
-    model = _population_model(rng_model, n_segments, d, n_cat)
-    cat_items = _catalogue(rng_items, model, n_items, d)
+    with steps(f"generating {n_customers:,} customers", 6) as step:
+        step("population")
+        model = _population_model(rng_model, n_segments, d, n_cat)
+        cat_items = _catalogue(rng_items, model, n_items, d)
 
-    # candidates: an i.i.d. stream drawn in batches, kept up to the n_customers-th one active at the cutoff;
-    # those who left before the log starts are never seen and are dropped batch by batch
-    batches: list[dict[str, np.ndarray]] = []
-    n_active, n_drawn, frac = 0, 0, 0.21
-    while n_active < n_customers:
-        m = min(int((n_customers - n_active) / frac * 1.04) + 500, _CANDIDATE_BATCH)
-        batch = _candidates(np.random.default_rng(ss_pop.spawn(1)[0]), model, m, d, t0)
-        batches.append(_take(batch, np.flatnonzero(batch["churn"] > -t0)))
-        del batch
-        n_drawn += m
-        n_active += int((np.floor(batches[-1]["churn"] * 86_400.0) > 0).sum())
-        frac = max(n_active / n_drawn, 0.01)
-    keys = list(batches[0])
-    cand = batches[0] if len(batches) == 1 else {k: np.concatenate([b.pop(k) for b in batches]) for k in keys}
-    del batches
-    active = np.floor(cand["churn"] * 86_400.0) > 0
-    prefix = np.flatnonzero(active)[n_customers - 1] + 1
-    pop = _take(cand, np.arange(prefix))
-    del cand
-    _attributes(rng_attr, model, pop)
+        # candidates: an i.i.d. stream drawn in batches, kept up to the n_customers-th one active at the cutoff;
+        # those who left before the log starts are never seen and are dropped batch by batch
+        batches: list[dict[str, np.ndarray]] = []
+        n_active, n_drawn, frac = 0, 0, 0.21
+        while n_active < n_customers:
+            m = min(int((n_customers - n_active) / frac * 1.04) + 500, _CANDIDATE_BATCH)
+            batch = _candidates(np.random.default_rng(ss_pop.spawn(1)[0]), model, m, d, t0)
+            batches.append(_take(batch, np.flatnonzero(batch["churn"] > -t0)))
+            del batch
+            n_drawn += m
+            n_active += int((np.floor(batches[-1]["churn"] * 86_400.0) > 0).sum())
+            frac = max(n_active / n_drawn, 0.01)
+        keys = list(batches[0])
+        cand = batches[0] if len(batches) == 1 else {k: np.concatenate([b.pop(k) for b in batches]) for k in keys}
+        del batches
+        active = np.floor(cand["churn"] * 86_400.0) > 0
+        prefix = np.flatnonzero(active)[n_customers - 1] + 1
+        pop = _take(cand, np.arange(prefix))
+        del cand
+        step("attributes")
+        _attributes(rng_attr, model, pop)
 
-    ev = _events(rng_events, pop, cat_items, t0, horizon, events_per_customer, n_customers)
-    churn_sec = np.floor(pop["churn"] * 86_400.0).astype(np.int64)
-    active = churn_sec > 0
-    n_ev = np.bincount(ev["cust"], minlength=len(active))
-    visible = active | (n_ev > 0)
-    # ids in order of acquisition
-    vis = np.flatnonzero(visible)
-    vis = vis[np.argsort(pop["acq"][vis], kind="stable")]
-    pop = _take(pop, vis)
-    remap = np.full(len(active), -1, dtype=np.int32)
-    remap[vis] = np.arange(len(vis), dtype=np.int32)
-    churn_sec, active, rate = churn_sec[vis], active[vis], ev.pop("rate")[vis]
-    V = len(vis)
-    id_width = max(6, len(str(V)))
-    ids = _id_strings("C", V, id_width)
+        step("event log")
+        ev = _events(rng_events, pop, cat_items, t0, horizon, events_per_customer, n_customers)
+        churn_sec = np.floor(pop["churn"] * 86_400.0).astype(np.int64)
+        active = churn_sec > 0
+        n_ev = np.bincount(ev["cust"], minlength=len(active))
+        visible = active | (n_ev > 0)
+        # ids in order of acquisition
+        vis = np.flatnonzero(visible)
+        vis = vis[np.argsort(pop["acq"][vis], kind="stable")]
+        pop = _take(pop, vis)
+        remap = np.full(len(active), -1, dtype=np.int32)
+        remap[vis] = np.arange(len(vis), dtype=np.int32)
+        churn_sec, active, rate = churn_sec[vis], active[vis], ev.pop("rate")[vis]
+        V = len(vis)
+        id_width = max(6, len(str(V)))
+        ids = _id_strings("C", V, id_width)
 
-    # tenure at the cutoff (or at churn for those who left)
-    end_day = np.where(active, 0.0, pop["churn"])
-    pop["tenure_months"] = np.floor((end_day - pop["acq"]) / 30.4375).clip(0)
+        # tenure at the cutoff (or at churn for those who left)
+        end_day = np.where(active, 0.0, pop["churn"])
+        pop["tenure_months"] = np.floor((end_day - pop["acq"]) / 30.4375).clip(0)
 
-    # event frame, sorted by time (customers with events are all visible: remap is never -1 here);
-    # columns are built one at a time and their unsorted sources freed, to bound the peak memory
-    for key in ("aff", "rate_mult"):
-        pop.pop(key)
-    cutoff_ns = cutoff_ts.value
-    order = _time_order(ev["sec"])
-    sec = ev.pop("sec")[order]
-    cust_sorted = remap[ev.pop("cust")[order]]
-    amount = ev.pop("amount")[order]
-    future = (sec > 0) & (sec <= horizon_days * 86_400)
-    future_spend = np.bincount(cust_sorted[future], weights=amount[future], minlength=V)
-    future_n = np.bincount(cust_sorted[future], minlength=V)
-    del future
-    item_ids = _id_strings("I", n_items, 5)
-    columns_ev = {"customer_id": _id_strings("C", V, id_width, cust_sorted)}
-    del cust_sorted
-    sec *= 10**9
-    sec += cutoff_ns
-    columns_ev["timestamp"] = sec.view("datetime64[ns]")
-    columns_ev["item_id"] = _id_strings("I", n_items, 5, ev.pop("item")[order])
-    columns_ev["quantity"] = ev.pop("quantity")[order]
-    columns_ev["amount"] = amount
-    del order, sec, amount, ev
-    events = pd.DataFrame(columns_ev, copy=False)
-    del columns_ev
+        step("event frame")
+        # event frame, sorted by time (customers with events are all visible: remap is never -1 here);
+        # columns are built one at a time and their unsorted sources freed, to bound the peak memory
+        for key in ("aff", "rate_mult"):
+            pop.pop(key)
+        cutoff_ns = cutoff_ts.value
+        order = _time_order(ev["sec"])
+        sec = ev.pop("sec")[order]
+        cust_sorted = remap[ev.pop("cust")[order]]
+        amount = ev.pop("amount")[order]
+        future = (sec > 0) & (sec <= horizon_days * 86_400)
+        future_spend = np.bincount(cust_sorted[future], weights=amount[future], minlength=V)
+        future_n = np.bincount(cust_sorted[future], minlength=V)
+        del future
+        item_ids = _id_strings("I", n_items, 5)
+        columns_ev = {"customer_id": _id_strings("C", V, id_width, cust_sorted)}
+        del cust_sorted
+        sec *= 10**9
+        sec += cutoff_ns
+        columns_ev["timestamp"] = sec.view("datetime64[ns]")
+        columns_ev["item_id"] = _id_strings("I", n_items, 5, ev.pop("item")[order])
+        columns_ev["quantity"] = ev.pop("quantity")[order]
+        columns_ev["amount"] = amount
+        del order, sec, amount, ev
+        events = pd.DataFrame(columns_ev, copy=False)
+        del columns_ev
 
-    # observed table: one current row per active customer (shuffled), stale duplicates before theirs
-    table_cust = rng_obs.permutation(np.flatnonzero(active))
-    dup = np.flatnonzero(rng_obs.random(len(table_cust)) < duplicate_rate)
-    key = np.concatenate([np.arange(len(table_cust)) + 0.5, rng_obs.random(len(dup)) * (dup + 0.5)])
-    rows = np.concatenate([table_cust, table_cust[dup]])
-    stale = np.concatenate([np.zeros(len(table_cust), bool), np.ones(len(dup), bool)])
-    row_order = np.argsort(key, kind="stable")
-    rows, stale = rows[row_order], stale[row_order]
-    interest_cols = [f"interest_{c}" for c in CATEGORIES[: pop["interests"].shape[1]]]
-    obs, cmask = _observe(rng_obs, model, pop, rows, stale, interest_cols, mcar_rate, mnar_strength,
-                          contradiction_rate, misspelling_rate)
-    columns = ["age", "gender", "region", "income", "plan", "contract", "channel", "tenure_months", "monthly_fee",
-               "support_contacts", "satisfaction", *interest_cols, "email_opt_in"]
-    churned = active & (churn_sec <= horizon_days * 86_400)
-    table_id = ids.take(rows).reset_index(drop=True)
-    customers = pd.DataFrame({"customer_id": table_id, **{c: obs[c] for c in columns},
-                              "churn": np.asarray(YES_NO, dtype=object)[churned[rows].astype(np.int64)]})
-    for c in (*CATEGORICAL_COLUMNS, "email_opt_in", "churn"):
-        customers[c] = customers[c].astype("str")
-    contradictions = pd.DataFrame({"customer_id": table_id, **{c: cmask[c] for c in columns}})
+        step("customer table")
+        # observed table: one current row per active customer (shuffled), stale duplicates before theirs
+        table_cust = rng_obs.permutation(np.flatnonzero(active))
+        dup = np.flatnonzero(rng_obs.random(len(table_cust)) < duplicate_rate)
+        key = np.concatenate([np.arange(len(table_cust)) + 0.5, rng_obs.random(len(dup)) * (dup + 0.5)])
+        rows = np.concatenate([table_cust, table_cust[dup]])
+        stale = np.concatenate([np.zeros(len(table_cust), bool), np.ones(len(dup), bool)])
+        row_order = np.argsort(key, kind="stable")
+        rows, stale = rows[row_order], stale[row_order]
+        interest_cols = [f"interest_{c}" for c in CATEGORIES[: pop["interests"].shape[1]]]
+        obs, cmask = _observe(rng_obs, model, pop, rows, stale, interest_cols, mcar_rate, mnar_strength,
+                              contradiction_rate, misspelling_rate)
+        columns = ["age", "gender", "region", "income", "plan", "contract", "channel", "tenure_months", "monthly_fee",
+                   "support_contacts", "satisfaction", *interest_cols, "email_opt_in"]
+        churned = active & (churn_sec <= horizon_days * 86_400)
+        table_id = ids.take(rows).reset_index(drop=True)
+        customers = pd.DataFrame({"customer_id": table_id, **{c: obs[c] for c in columns},
+                                  "churn": np.asarray(YES_NO, dtype=object)[churned[rows].astype(np.int64)]})
+        for c in (*CATEGORICAL_COLUMNS, "email_opt_in", "churn"):
+            customers[c] = customers[c].astype("str")
+        contradictions = pd.DataFrame({"customer_id": table_id, **{c: cmask[c] for c in columns}})
 
-    # truth: clean values of every visible customer (current version)
-    clean_all = {c: pop[c] for c in (*NUMERIC_COLUMNS, "email_opt_in")}
-    for c in CATEGORICAL_COLUMNS:
-        clean_all[c] = np.asarray(_LEVELS[c], dtype=object)[pop[c]]
-    clean_all["email_opt_in"] = np.asarray(YES_NO, dtype=object)[pop["email_opt_in"]]
-    for j, c in enumerate(interest_cols):
-        clean_all[c] = pop["interests"][:, j]
-    in_window = churn_sec <= horizon_days * 86_400
-    churn_ns = np.where(in_window, cutoff_ns + churn_sec * 10**9, np.iinfo(np.int64).min)
-    # P(churn in (0, h] | alive at 0) under the Weibull hazard
-    ta, th = -pop["acq"], horizon - pop["acq"]
-    dh = np.exp(pop["eta"]) * ((th / 365.0) ** _WEIBULL_SHAPE - (ta / 365.0) ** _WEIBULL_SHAPE)
-    truth = pd.DataFrame({
-        "customer_id": ids,
-        "segment": pop["segment"].astype(np.int64),
-        **{f"z_{k}": pop["z"][:, k] for k in range(d)},
-        "acquisition_date": pd.DatetimeIndex(
-            (cutoff_ns + np.floor(pop["acq"] * 86_400.0).astype(np.int64) * 10**9).view("datetime64[ns]")),
-        "churn_time": pd.DatetimeIndex(churn_ns.view("datetime64[ns]")),
-        "churned": churned,
-        "churn_prob": np.where(active, 1.0 - np.exp(-dh), 1.0),
-        "future_spend": future_spend,
-        "future_n_tx": future_n.astype(np.int64),
-        "purchase_rate": rate,
-        "in_customers": active,
-        **{f"clean_{c}": clean_all[c] for c in columns},
-    }, copy=False)
-    items = pd.DataFrame({"item_id": item_ids, "category": pd.Series(np.asarray(CATEGORIES)[cat_items["cat"]],
-                                                                     dtype="str"),
-                          "price": cat_items["price"],
-                          **{f"il_{k}": cat_items["latent"][:, k] for k in range(d)}})
-    log.info("synthetic base: %d customers in the table (%d rows), %d churned before the cutoff, %d events, "
-             "horizon churn rate %.3f", int(active.sum()), len(customers), int((~active).sum()), len(events),
-             float(churned[active].mean()))
-    return SyntheticBase(customers=customers, events=events, items=items, truth=truth, contradictions=contradictions,
-                         cutoff=cutoff_ts, horizon_days=int(horizon_days))
+        step("ground truth")
+        # truth: clean values of every visible customer (current version)
+        clean_all = {c: pop[c] for c in (*NUMERIC_COLUMNS, "email_opt_in")}
+        for c in CATEGORICAL_COLUMNS:
+            clean_all[c] = np.asarray(_LEVELS[c], dtype=object)[pop[c]]
+        clean_all["email_opt_in"] = np.asarray(YES_NO, dtype=object)[pop["email_opt_in"]]
+        for j, c in enumerate(interest_cols):
+            clean_all[c] = pop["interests"][:, j]
+        in_window = churn_sec <= horizon_days * 86_400
+        churn_ns = np.where(in_window, cutoff_ns + churn_sec * 10**9, np.iinfo(np.int64).min)
+        # P(churn in (0, h] | alive at 0) under the Weibull hazard
+        ta, th = -pop["acq"], horizon - pop["acq"]
+        dh = np.exp(pop["eta"]) * ((th / 365.0) ** _WEIBULL_SHAPE - (ta / 365.0) ** _WEIBULL_SHAPE)
+        truth = pd.DataFrame({
+            "customer_id": ids,
+            "segment": pop["segment"].astype(np.int64),
+            **{f"z_{k}": pop["z"][:, k] for k in range(d)},
+            "acquisition_date": pd.DatetimeIndex(
+                (cutoff_ns + np.floor(pop["acq"] * 86_400.0).astype(np.int64) * 10**9).view("datetime64[ns]")),
+            "churn_time": pd.DatetimeIndex(churn_ns.view("datetime64[ns]")),
+            "churned": churned,
+            "churn_prob": np.where(active, 1.0 - np.exp(-dh), 1.0),
+            "future_spend": future_spend,
+            "future_n_tx": future_n.astype(np.int64),
+            "purchase_rate": rate,
+            "in_customers": active,
+            **{f"clean_{c}": clean_all[c] for c in columns},
+        }, copy=False)
+        items = pd.DataFrame({"item_id": item_ids, "category": pd.Series(np.asarray(CATEGORIES)[cat_items["cat"]],
+                                                                         dtype="str"),
+                              "price": cat_items["price"],
+                              **{f"il_{k}": cat_items["latent"][:, k] for k in range(d)}})
+        log.info("synthetic base: %d customers in the table (%d rows), %d churned before the cutoff, %d events, "
+                 "horizon churn rate %.3f", int(active.sum()), len(customers), int((~active).sum()), len(events),
+                 float(churned[active].mean()))
+        return SyntheticBase(customers=customers, events=events, items=items, truth=truth, contradictions=contradictions,
+                             cutoff=cutoff_ts, horizon_days=int(horizon_days))

@@ -17,6 +17,7 @@ from clm_torch.data.schema import SchemaError
 from clm_torch.models.base import CLMModule
 from clm_torch.models.components.calibration import fit_platt, fit_temperature
 from clm_torch.models.components.tabular import EnsembleMLP, FeatureTokenizer
+from clm_torch.utils.progress import chunks
 
 
 def binary_metrics(prob: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -202,7 +203,7 @@ class ChurnClassifier(CLMModule):
         self.eval()
         out = np.empty(len(df), dtype=np.float32)
         chunk = max(batch_size, 1)
-        for start in range(0, len(df), chunk):
+        for start, _ in chunks(len(df), chunk, f"scoring {len(df):,} customers"):
             part = df.iloc[start: start + chunk]
             enc = self.encoder.transform(part, source=source)
             enc = {k: v.to(self.device) for k, v in enc.items() if k != "y"}

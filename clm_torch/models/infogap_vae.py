@@ -66,6 +66,8 @@ from clm_torch.models.components.vae import (
     numeric_sample,
     numeric_variance,
 )
+from clm_torch.utils.privacy import ID_MODES, id_labels
+from clm_torch.utils.progress import chunks
 
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
@@ -113,6 +115,8 @@ class InfoGapVAE(CLMModule):
             :meth:`impute` (see :meth:`impute_batch`).
         lr, weight_decay, scheduler: optimiser (AdamW; ``none`` | ``cosine``).
         nan_policy: ``raise`` or ``skip`` on a non-finite training loss.
+        projector_ids: customer ids in TensorBoard's projector metadata: ``hashed`` (salted
+            SHA-256, the default), ``raw`` (opt in) or ``none`` (see :mod:`clm_torch.utils.privacy`).
     """
 
     monitor = "val/loss"
@@ -147,8 +151,11 @@ class InfoGapVAE(CLMModule):
         weight_decay: float = 0.0,
         scheduler: str = "none",
         nan_policy: str = "raise",
+        projector_ids: str = "hashed",
     ) -> None:
         super().__init__()
+        if projector_ids not in ID_MODES:
+            raise ValueError(f"model.projector_ids must be one of {ID_MODES}, not {projector_ids!r}")
         if numeric_likelihood not in NUMERIC_LIKELIHOODS:
             raise ValueError(f"model.numeric_likelihood must be one of {NUMERIC_LIKELIHOODS}, "
                              f"not {numeric_likelihood!r}")
@@ -357,7 +364,8 @@ class InfoGapVAE(CLMModule):
         self._eval_epoch_end("test")
 
     def _add_embedding(self, mu: torch.Tensor, rows: torch.Tensor | None) -> None:
-        """TensorBoard projector of the test latents, with churn / true segment as metadata (never ids)."""
+        """TensorBoard projector of the test latents, with churn / true segment as metadata, and the
+        customer ids hashed (``projector_ids``: hashed | raw | none; raw ids only when asked for)."""
         from lightning.pytorch.loggers import TensorBoardLogger
 
         loggers = [lg for lg in (self.loggers or []) if isinstance(lg, TensorBoardLogger)]
@@ -384,6 +392,10 @@ class InfoGapVAE(CLMModule):
                     cols[target] = data.frame.loc[sub.index, target].astype(str).tolist()
                 truth = getattr(data, "truth", None)
                 id_col = getattr(data, "id_col", None)
+                if id_col and id_col in sub.columns:
+                    labels = id_labels(sub[id_col].tolist(), self.hparams.get("projector_ids", "hashed"))
+                    if labels is not None:
+                        cols[f"{id_col} ({self.hparams.get('projector_ids', 'hashed')})"] = labels
                 if truth is not None and id_col and "segment" in truth.columns and id_col in sub.columns:
                     seg = truth.drop_duplicates(id_col).set_index(id_col)["segment"]
                     cols["segment"] = seg.reindex(sub[id_col].to_numpy()).astype(str).tolist()
@@ -645,7 +657,7 @@ class InfoGapVAE(CLMModule):
         enc = self._require_encoder()
         if not isinstance(df, pd.DataFrame):
             raise SchemaError(f"expected a pandas DataFrame, got {type(df).__name__}", source=source)
-        for start in range(0, len(df), max(int(batch_size), 1)):
+        for start, _ in chunks(len(df), max(int(batch_size), 1), f"{source}: {len(df):,} rows"):
             part = df.iloc[start: start + batch_size]
             t = enc.transform(part, source=source)
             yield start, part, {k: t[k].to(self.device) for k in _FEATURE_KEYS}

@@ -49,6 +49,7 @@ from clm_torch.data.interactions import N_AGE_BUCKETS, csr_gather
 from clm_torch.metrics import RankingMetrics, dense_targets
 from clm_torch.models.base import CLMModule
 from clm_torch.models.components.recsys import HistoryEncoder, ItemTower, ragged_rows
+from clm_torch.utils.progress import chunks
 
 log = logging.getLogger(__name__)
 
@@ -488,8 +489,7 @@ class EmbeddingRecommender(CLMModule):
         B = len(batch["user"])
         chunk = max(1, min(B, (1 << 24) // max(self.n_items, 1)))
         out = []
-        for s in range(0, B, chunk):
-            e = min(B, s + chunk)
+        for s, e in chunks(B, chunk, f"ranking {self.n_items:,} items for {B:,} users"):
             off = batch["hist_offsets"]
             a, b = int(off[s]), int(off[e])
             sub = {"user": batch["user"][s:e], "hist_items": batch["hist_items"][a:b],

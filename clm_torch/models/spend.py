@@ -20,6 +20,7 @@ from clm_torch.data.encoding import FeatureEncoder
 from clm_torch.data.schema import SchemaError
 from clm_torch.models.base import CLMModule
 from clm_torch.models.components.tabular import MLP, FeatureTokenizer
+from clm_torch.utils.progress import chunks
 
 
 def tweedie_nll(eta: torch.Tensor, y: torch.Tensor, power: float) -> torch.Tensor:
@@ -126,7 +127,7 @@ class SpendRegressor(CLMModule):
         was_training = self.training
         self.eval()
         out = np.empty(len(df), dtype=np.float64)
-        for start in range(0, len(df), batch_size):
+        for start, _ in chunks(len(df), batch_size, f"spend for {len(df):,} customers"):
             part = df.iloc[start: start + batch_size]
             enc = {k: v.to(self.device) for k, v in self.encoder.transform(part, source=source).items() if k != "y"}
             out[start: start + len(part)] = torch.exp(self(enc)).double().cpu().numpy()

@@ -93,3 +93,52 @@ def chunks(n: int, size: int, description: str = "working", *, enabled: bool | N
     starts = range(0, int(n), size)
     for start in track(starts, description, total=len(starts), enabled=enabled):
         yield start, min(start + size, int(n))
+
+
+class steps:
+    """A bar over the named steps of a vectorised job (nothing to iterate row by row)::
+
+        with steps("generating 1,000,000 customers", 5) as step:
+            step("population")
+            ...
+            step("event log")
+            ...
+
+    Each ``step(name)`` completes the previous step and shows ``name``. Without a bar (see
+    :func:`progress_enabled`) every step is logged at DEBUG with its duration instead.
+    """
+
+    def __init__(self, description: str, total: int, *, enabled: bool | None = None) -> None:
+        self.description, self.total, self.enabled = description, int(total), progress_enabled(enabled)
+        self._bar = self._task = None
+        self._name, self._t = "", 0.0
+
+    def __enter__(self) -> "steps":
+        self._t = time.perf_counter()
+        if self.enabled:
+            from rich.errors import LiveError
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            bar = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                           MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
+            try:
+                bar.start()
+            except LiveError:  # another live display owns the terminal
+                return self
+            self._bar, self._task = bar, bar.add_task(self.description, total=self.total)
+        return self
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        if self._name:
+            log.debug("%s: %s done in %.2f s", self.description, self._name, now - self._t)
+            if self._bar is not None:
+                self._bar.advance(self._task)
+        self._name, self._t = name, now
+        if self._bar is not None:
+            self._bar.update(self._task, description=f"{self.description}: {name}")
+
+    def __exit__(self, *exc: object) -> None:
+        self("")
+        if self._bar is not None:
+            self._bar.stop()
