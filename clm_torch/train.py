@@ -104,12 +104,43 @@ def check_launcher(trainer: L.Trainer) -> None:
             "multirun (-m); use trainer.strategy=ddp_spawn for sweeps, or one device per sweep job")
 
 
+def load_infogap(cfg: DictConfig) -> L.LightningModule | None:
+    """The frozen InfoGapVAE named by ``model.infogap_ckpt`` (safe loading), or None."""
+    path = cfg.model.get("infogap_ckpt") if "model" in cfg else None
+    if path in (None, "", "null"):
+        return None
+    from clm_torch.models.infogap_vae import InfoGapVAE
+
+    vae = InfoGapVAE.load_from_checkpoint(str(path), map_location="cpu")
+    vae.requires_grad_(False)
+    return vae.eval()
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    """Hyperparameters as plain Python values (lists for tuples/ListConfigs)."""
+    out = {}
+    for k, v in d.items():
+        if OmegaConf.is_config(v):
+            v = OmegaConf.to_container(v, resolve=True)
+        out[k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
 def build(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Instantiate datamodule, model, callbacks, loggers and trainer from ``cfg``."""
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="partial")
+    vae = load_infogap(cfg)
+    if vae is not None:  # its signals and imputations become inputs (row-wise, every split)
+        from clm_torch.models.infogap_features import InfoGapTransform
+
+        datamodule.frame_transform = InfoGapTransform(vae, impute=bool(cfg.model.get("infogap_impute", True)),
+                                                      n_samples=int(cfg.model.get("infogap_samples", 8)))
     datamodule.setup("fit")
-    model = hydra.utils.instantiate(cfg.model, **datamodule.model_kwargs(), _convert_="all")
+    extra = {"infogap": _plain(dict(vae.hparams))} if vae is not None else {}
+    model = hydra.utils.instantiate(cfg.model, **datamodule.model_kwargs(), **extra, _convert_="all")
     model.set_preprocessing(datamodule.preprocessing_state())
+    if vae is not None:
+        model.attach_infogap(vae)
     loggers = instantiate_loggers(cfg.get("logger"))
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     if not loggers:  # nothing to monitor the learning rate into

@@ -120,3 +120,46 @@ def test_cli_trains_any_csv_and_reports_bad_input(tmp_path: Path, table_csv: Pat
     typo = subprocess.run([*exe, "trainer.max_epoch=3", f"hydra.run.dir={tmp_path / 'typo'}"],
                           capture_output=True, text=True, cwd=REPO)
     assert typo.returncode != 0 and "max_epoch" in typo.stderr
+
+
+def test_churn_with_infogap_vae(tmp_path, make_cfg) -> None:
+    """`model.infogap_ckpt`: the frozen VAE's signals become inputs, missing cells are routed through
+    its imputation, and the churn checkpoint is self-contained (scores with the VAE file deleted)."""
+    import shutil
+
+    from clm_torch.models.infogap_features import infogap_columns
+    from clm_torch.train import train
+    from tests.conftest import messy_table
+
+    df = messy_table(500, seed=1)
+    df.loc[df.index % 7 == 0, "contract"] = np.nan
+    csv = tmp_path / "customers.csv"
+    df.to_csv(csv, index=False)
+    data = ["data=csv", f"data.path={csv}", "data.target=churn", "data.id_col=customer_id"]
+    small = ["trainer.max_epochs=2", "logger=csv", "callbacks.model_summary=null", "trainer.enable_model_summary=false"]
+    vae_m, _ = train(make_cfg("model=infogap_vae", *data, *small, "model.latent_dim=4", "model.encoder_hidden=[16]",
+                              "model.decoder_hidden=[16]", "model.n_samples=2", out="vae"))
+    vae_ckpt = tmp_path / "vae.ckpt"
+    shutil.copy(tmp_path / "vae" / "checkpoints" / "best.ckpt", vae_ckpt)
+    metrics, objects = train(make_cfg("model=churn", *data, *small, f"model.infogap_ckpt={vae_ckpt}",
+                                      "model.k_ensemble=2", "model.additive_members=0", "model.hidden=[16]",
+                                      "model.infogap_samples=2", out="churn"))
+    assert np.isfinite(metrics["test/auroc"])
+    dm, model = objects["datamodule"], objects["model"]
+    added = infogap_columns(4)
+    assert set(added) <= set(dm.schema.numeric) and dm.encoder.dims()["n_num"] == 2 + len(added)
+    # missing inputs were routed through the VAE: no missing contract left in the training split
+    assert dm.frames["train"]["contract"].notna().all() and df["contract"].isna().sum() > 50
+    assert not any(p.requires_grad for p in model.infogap.parameters())
+    ckpt = tmp_path / "churn" / "checkpoints" / "best.ckpt"
+    raw = torch.load(ckpt, weights_only=True)
+    assert any(k.startswith("infogap.") for k in raw["state_dict"]) and "infogap" in raw["clm_preprocessing"]
+    vae_ckpt.unlink()  # the churn checkpoint carries the VAE
+    loaded = ChurnClassifier.load_from_checkpoint(ckpt)
+    test = df.drop(columns=["churn"]).iloc[:40].copy()
+    test.loc[test.index[:3], "contract"] = "never-seen"
+    p1 = loaded.predict_proba(test)
+    assert p1.shape == (40,) and np.isfinite(p1).all() and (p1 > 0).all() and (p1 < 1).all()
+    np.testing.assert_allclose(p1, loaded.predict_proba(test), atol=1e-6)  # seeded: deterministic
+    with pytest.raises(SchemaError, match="tenure"):
+        loaded.predict_proba(test.drop(columns=["tenure"]))

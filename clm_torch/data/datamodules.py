@@ -7,8 +7,9 @@ so trainers run with ``use_distributed_sampler=False``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -169,6 +170,9 @@ class TableDataModule(L.LightningDataModule):
         encoder: keyword arguments of :class:`FeatureEncoder` (e.g. ``log_transform``).
         test_frame: optional explicit test table (benchmarks: CV folds); then only a validation
             split is carved from the source.
+        frame_transform: optional row-wise ``(frame, source=...) -> frame`` applied to each cleaned
+            split before the encoder is fitted; columns it adds become numeric features (set by
+            ``train()`` for ``model.infogap_ckpt``: the InfoGapVAE's signals and imputations).
     """
 
     def __init__(
@@ -186,9 +190,11 @@ class TableDataModule(L.LightningDataModule):
         clean: Mapping[str, Any] | None = None,
         encoder: Mapping[str, Any] | None = None,
         test_frame: pd.DataFrame | None = None,
+        frame_transform: Callable[..., pd.DataFrame] | None = None,
     ) -> None:
         super().__init__()
         self.source = source
+        self.frame_transform = frame_transform
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or 4 * batch_size)
         self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
@@ -239,6 +245,11 @@ class TableDataModule(L.LightningDataModule):
             if len(f) == 0:
                 raise SchemaError(f"the {name} split is empty: the table has too few rows ({len(clean)})",
                                   source=data.name)
+        if self.frame_transform is not None:  # row-wise extra features (e.g. InfoGapVAE signals), per split
+            self.frames = {k: self.frame_transform(f, source=f"{data.name} [{k} split]")
+                           for k, f in self.frames.items()}
+            added = [c for c in self.frames["train"].columns if c not in clean.columns]
+            schema = dataclasses.replace(schema, numeric=[*schema.numeric, *added])
         self.schema = schema
         self.encoder = FeatureEncoder.from_schema(schema, **self.encoder_kwargs_target, **self.encoder_kwargs).fit(
             self.frames["train"], source=f"{data.name} [train split]")

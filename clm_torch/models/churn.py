@@ -56,6 +56,15 @@ class ChurnClassifier(CLMModule):
         additive_sigma: PLR frequency scale of the additive members' own numeric embeddings.
         scheduler: ``"none"`` or ``"cosine"`` (over ``trainer.max_epochs``).
         nan_policy: ``"raise"`` or ``"skip"`` on a non-finite loss.
+        infogap_ckpt: path of a trained InfoGapVAE checkpoint. ``train()`` loads it, freezes it,
+            adds its latent mean, posterior std and gap scores to the inputs and routes missing
+            cells through its imputation (:mod:`clm_torch.models.infogap_features`). Its weights
+            and preprocessing are then stored in this model's checkpoint: the file is needed only
+            for training.
+        infogap: the frozen VAE's hyperparameters (set by ``train()``, not by hand); rebuilds the
+            VAE when the checkpoint is loaded.
+        infogap_impute: fill missing inputs with the VAE's imputation (else only add its features).
+        infogap_samples: latent samples for the VAE's imputation and gap scores.
     """
 
     monitor = "val/auroc"
@@ -82,6 +91,10 @@ class ChurnClassifier(CLMModule):
         additive_sigma: float = 1.0,
         scheduler: str = "none",
         nan_policy: str = "raise",
+        infogap_ckpt: str | None = None,
+        infogap: dict[str, Any] | None = None,
+        infogap_impute: bool = True,
+        infogap_samples: int = 8,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -104,9 +117,40 @@ class ChurnClassifier(CLMModule):
         self.stage_logits = torch.nn.ModuleDict({s: CatMetric() for s in ("val", "test")})
         self.stage_labels = torch.nn.ModuleDict({s: CatMetric() for s in ("val", "test")})
         self.encoder: FeatureEncoder | None = None
+        self.infogap = None
+        if infogap is not None:  # the frozen VAE; its weights come from attach_infogap or the checkpoint
+            from clm_torch.models.infogap_vae import InfoGapVAE
+
+            self.infogap = InfoGapVAE(**infogap)
+            self.infogap.requires_grad_(False)
+            self.infogap.eval()
 
     def _on_preprocessing(self) -> None:
         self.encoder = FeatureEncoder.from_state_dict(self.preprocessing["encoder"])
+        if self.infogap is not None and "infogap" in self.preprocessing:
+            self.infogap.set_preprocessing(self.preprocessing["infogap"])
+
+    def attach_infogap(self, vae: Any) -> None:
+        """Copy a trained InfoGapVAE (weights and preprocessing) into this model's frozen VAE."""
+        if self.infogap is None:
+            raise RuntimeError("this ChurnClassifier was built without `infogap` hyperparameters")
+        self.infogap.load_state_dict(vae.state_dict())
+        self.set_preprocessing({**(self.preprocessing or {}), "infogap": vae.preprocessing})
+
+    def train(self, mode: bool = True) -> "ChurnClassifier":
+        super().train(mode)
+        if self.infogap is not None:
+            self.infogap.eval()  # frozen: never in training mode
+        return self
+
+    def with_infogap(self, df: pd.DataFrame, source: str = "<dataframe>") -> pd.DataFrame:
+        """``df`` with the VAE's features and imputations (unchanged without a VAE)."""
+        if self.infogap is None:
+            return df
+        from clm_torch.models.infogap_features import infogap_frame
+
+        return infogap_frame(self.infogap, df, impute=bool(self.hparams.infogap_impute),
+                             n_samples=int(self.hparams.infogap_samples), source=source)
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -204,7 +248,7 @@ class ChurnClassifier(CLMModule):
         out = np.empty(len(df), dtype=np.float32)
         chunk = max(batch_size, 1)
         for start, _ in chunks(len(df), chunk, f"scoring {len(df):,} customers"):
-            part = df.iloc[start: start + chunk]
+            part = self.with_infogap(df.iloc[start: start + chunk], source=source)
             enc = self.encoder.transform(part, source=source)
             enc = {k: v.to(self.device) for k, v in enc.items() if k != "y"}
             out[start: start + len(part)] = self.predict_batch(enc).float().cpu().numpy()

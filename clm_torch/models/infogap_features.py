@@ -1,0 +1,80 @@
+"""InfoGapVAE signals as inputs of a supervised model (``model.infogap_ckpt=<vae checkpoint>``).
+
+A trained, frozen :class:`~clm_torch.models.infogap_vae.InfoGapVAE` turns a raw customer frame into
+the same frame with
+
+* its missing cells filled by the VAE's imputation (``impute=True``: the supervised model then sees
+  the VAE's best guess instead of a bare "missing" embedding), and
+* extra numeric columns (:func:`infogap_columns`): the posterior mean ``vae_z<i>`` and posterior
+  std ``vae_std<i>`` of every latent dimension, the ``vae_gap_score`` and ``vae_completeness`` of
+  :meth:`InfoGapVAE.information_gap`, and ``vae_n_missing``, how many of the VAE's feature cells
+  were missing before imputation (the missingness pattern itself can be informative, e.g. MNAR).
+
+The transform is row-wise and deterministic (seeded sampling), so it is applied to every split by
+the DataModule before the supervised model's encoder is fitted, and again by the model on raw
+frames at scoring time. The VAE's weights and preprocessing are stored inside the supervised
+model's checkpoint, so the VAE checkpoint file is not needed after training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SUMMARY_COLUMNS = ("vae_gap_score", "vae_completeness", "vae_n_missing")
+
+
+def infogap_columns(latent_dim: int) -> list[str]:
+    """Names of the numeric columns added by :func:`infogap_frame`, in order."""
+    return [*(f"vae_z{i}" for i in range(latent_dim)), *(f"vae_std{i}" for i in range(latent_dim)),
+            *SUMMARY_COLUMNS]
+
+
+def infogap_frame(vae: Any, df: pd.DataFrame, *, impute: bool = True, n_samples: int = 8,
+                  source: str = "<dataframe>") -> pd.DataFrame:
+    """``df`` (not modified) with the VAE's features added and, with ``impute``, its missing cells
+    of the VAE's feature columns filled (see the module docstring)."""
+    was_training = vae.training
+    vae.eval()
+    try:
+        mu, std = vae.encode(df, return_std=True, source=source)
+        gap = vae.information_gap(df, n_samples=n_samples, seed=0, source=source)
+        cols = [c for c in vae.encoder.feature_columns if c in df.columns]
+        out = df.copy(deep=False)
+        n_missing = np.zeros(len(df), dtype=np.float64)
+        for c in cols:
+            n_missing += df[c].isna().to_numpy()
+        if impute and cols:
+            filled = vae.impute(df, n_samples=n_samples, seed=0, source=source)
+            for c in cols:
+                out[c] = filled[c].to_numpy() if len(filled) else filled[c]
+        extra = {f"vae_z{i}": mu[:, i] for i in range(mu.shape[1])}
+        extra.update({f"vae_std{i}": std[:, i] for i in range(std.shape[1])})
+        extra["vae_gap_score"] = gap["gap_score"].to_numpy(dtype=np.float64)
+        extra["vae_completeness"] = gap["completeness"].to_numpy(dtype=np.float64)
+        extra["vae_n_missing"] = n_missing
+        clash = [c for c in extra if c in df.columns]
+        if clash:
+            from clm_torch.data.schema import SchemaError
+
+            raise SchemaError(f"the table already has columns {clash} that the InfoGapVAE features would "
+                              "overwrite; rename them", source=source, column=clash[0])
+        return pd.concat([out, pd.DataFrame(extra, index=df.index)], axis=1)
+    finally:
+        vae.train(was_training)
+
+
+class InfoGapTransform:
+    """A picklable ``frame -> frame`` callable for :class:`~clm_torch.data.datamodules.TableDataModule`."""
+
+    def __init__(self, vae: Any, impute: bool = True, n_samples: int = 8) -> None:
+        self.vae, self.impute, self.n_samples = vae, bool(impute), int(n_samples)
+        self.added_numeric = infogap_columns(int(vae.hparams.latent_dim))
+
+    def __call__(self, df: pd.DataFrame, source: str = "<dataframe>") -> pd.DataFrame:
+        return infogap_frame(self.vae, df, impute=self.impute, n_samples=self.n_samples, source=source)
+
+
+__all__ = ["InfoGapTransform", "SUMMARY_COLUMNS", "infogap_columns", "infogap_frame"]
