@@ -126,11 +126,12 @@ def _plain(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
-    """Instantiate datamodule, model, callbacks, loggers and trainer from ``cfg``."""
-    datamodule = hydra.utils.instantiate(cfg.data, _convert_="partial")
+def build_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningModule:
+    """Set up ``datamodule`` and instantiate ``cfg.model`` from its sizes, with its fitted
+    preprocessing attached. With ``model.infogap_ckpt`` the frozen VAE's signals and imputations
+    are added to every split first, and the VAE is copied into the model."""
     vae = load_infogap(cfg)
-    if vae is not None:  # its signals and imputations become inputs (row-wise, every split)
+    if vae is not None:
         from clm_torch.models.infogap_features import InfoGapTransform
 
         datamodule.frame_transform = InfoGapTransform(vae, impute=bool(cfg.model.get("infogap_impute", True)),
@@ -141,6 +142,13 @@ def build(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     model.set_preprocessing(datamodule.preprocessing_state())
     if vae is not None:
         model.attach_infogap(vae)
+    return model
+
+
+def build(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Instantiate datamodule, model, callbacks, loggers and trainer from ``cfg``."""
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="partial")
+    model = build_model(cfg, datamodule)
     loggers = instantiate_loggers(cfg.get("logger"))
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     if not loggers:  # nothing to monitor the learning rate into

@@ -201,11 +201,11 @@ def fit_ours(cfg: Any, train_df: pd.DataFrame, test_df: pd.DataFrame, target: st
     from clm_torch.data.sources import FrameSource
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    from clm_torch.train import build_model
+
     dm = hydra.utils.instantiate(cfg.data, source=FrameSource(train_df, target=target, id_col=id_col),
                                  test_frame=test_df, _convert_="partial")
-    dm.setup("fit")
-    model = hydra.utils.instantiate(cfg.model, **dm.model_kwargs(), _convert_="all")
-    model.set_preprocessing(dm.preprocessing_state())
+    model = build_model(cfg, dm)  # as train() does (with model.infogap_ckpt: the VAE's features too)
     with tempfile.TemporaryDirectory(prefix="clm_bench_") as tmp:
         ckpt = hydra.utils.instantiate(cfg.callbacks.model_checkpoint, dirpath=tmp, monitor=cfg.model_monitor,
                                        mode=cfg.model_monitor_mode)
