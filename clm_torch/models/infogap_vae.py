@@ -175,6 +175,8 @@ class InfoGapVAE(CLMModule):
         self.register_buffer("ref_info", torch.tensor(float("nan")))
         self.scores = torch.nn.ModuleDict({s: ImputationScore(self.n_num, self.n_cat) for s in ("val", "test")})
         self._acc: dict[str, Any] = {}
+        self._train_terms: torch.Tensor | None = None
+        self._train_rows = 0
         self.encoder: FeatureEncoder | None = None
 
     def _on_preprocessing(self) -> None:
@@ -299,23 +301,38 @@ class InfoGapVAE(CLMModule):
         return loss, t
 
     def _log_terms(self, stage: str, loss: torch.Tensor, t: dict[str, torch.Tensor], n: int) -> None:
-        on_step = False
-        kw = dict(on_step=on_step, on_epoch=True, batch_size=n, sync_dist=stage != "train")
+        kw = dict(on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         self.log(f"{stage}/loss", loss, prog_bar=True, **kw)
         self.log(f"{stage}/nll", t["rec"].mean(), **kw)
         self.log(f"{stage}/nll_num", t["nll_num"].sum(1).mean(), **kw)
         self.log(f"{stage}/nll_cat", t["nll_cat"].sum(1).mean(), **kw)
-        kl_dim = t["kl_dim"].mean(0)
-        self.log(f"{stage}/kl", kl_dim.sum(), **kw)
-        if stage == "train":
-            self.log("train/beta", self.kl_weight(), **kw)
-            for i, v in enumerate(kl_dim):
-                self.log(f"train/kl_dim_{i}", v, **kw)
+        self.log(f"{stage}/kl", t["kl_dim"].mean(0).sum(), **kw)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         loss, t = self.model_step(batch, "train", batch_idx)
-        self._log_terms("train", loss, t, len(batch["num"]))
+        n = len(batch["num"])
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=n)
+        # the other ELBO terms (and the KL of every latent dimension) are summed here in one tensor
+        # and logged once per epoch: one self.log per term and step costs more than a small model's step
+        terms = torch.cat([torch.stack([t["rec"].mean(), t["nll_num"].sum(1).mean(), t["nll_cat"].sum(1).mean()]),
+                           t["kl_dim"].mean(0)]).detach().float() * n
+        if torch.isfinite(terms).all():
+            self._train_terms = terms if self._train_terms is None else self._train_terms + terms
+            self._train_rows += n
         return self.guard_loss(loss, batch_idx)
+
+    def on_train_epoch_start(self) -> None:
+        self._train_terms, self._train_rows = None, 0
+
+    def on_train_epoch_end(self) -> None:
+        """Epoch means of the ELBO terms, the KL weight and the KL per latent dimension (collapse shows)."""
+        if self._train_terms is None or self._train_rows == 0:
+            return
+        m = (self._train_terms / self._train_rows).cpu().tolist()
+        kl_dim = m[3:]
+        values = {"train/nll": m[0], "train/nll_num": m[1], "train/nll_cat": m[2], "train/kl": sum(kl_dim),
+                  "train/beta": self.kl_weight(), **{f"train/kl_dim_{i}": v for i, v in enumerate(kl_dim)}}
+        self.log_dict(values, on_step=False, on_epoch=True)
 
     @torch.no_grad()
     def _eval_step(self, batch: Batch, batch_idx: int, stage: str) -> None:
