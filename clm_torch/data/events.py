@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,6 +62,24 @@ FEATURE_COLUMNS = (
     "basket_diversity",
 )
 LABEL_COLUMNS = ("churn", "future_spend", "future_n_tx")
+
+# wide columns of the last purchases (k = 0 is the most recent): see sources.events.sequence_frame
+SEQUENCE_KINDS = ("days", "amount", "item")
+_SEQUENCE_COLUMN = re.compile(r"^seq(\d+)_(days|amount|item)$")
+
+
+def sequence_column(k: int, kind: str) -> str:
+    """Name of the wide column of the ``k``-th most recent purchase (k = 0 is the latest):
+    ``seq{k}_days`` (days before the cutoff), ``seq{k}_amount`` or ``seq{k}_item`` (raw item id)."""
+    if kind not in SEQUENCE_KINDS:
+        raise ValueError(f"sequence column kind must be one of {SEQUENCE_KINDS}, not {kind!r}")
+    return f"seq{int(k)}_{kind}"
+
+
+def parse_sequence_column(name: str) -> tuple[int, str] | None:
+    """``(k, kind)`` of a sequence column name (``"seq3_amount"`` → ``(3, "amount")``), else None."""
+    m = _SEQUENCE_COLUMN.match(str(name))
+    return (int(m.group(1)), m.group(2)) if m else None
 
 
 # ----------------------------------------------------------------------------- helpers

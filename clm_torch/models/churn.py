@@ -13,9 +13,11 @@ from torchmetrics import CatMetric
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
 from clm_torch.data.encoding import FeatureEncoder
+from clm_torch.data.events import parse_sequence_column
 from clm_torch.data.schema import SchemaError
 from clm_torch.models.base import CLMModule
 from clm_torch.models.components.calibration import fit_platt, fit_temperature
+from clm_torch.models.components.sequence import SEQUENCE_ENCODERS, PurchaseSequenceEncoder
 from clm_torch.models.components.tabular import EnsembleMLP, FeatureTokenizer
 from clm_torch.utils.progress import chunks
 
@@ -31,6 +33,42 @@ def binary_metrics(prob: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tenso
         "log_loss": F.binary_cross_entropy(prob, y),
         "brier": ((prob - y) ** 2).mean(),
     }
+
+
+def sequence_layout(encoder: FeatureEncoder) -> dict[str, Any]:
+    """Where the purchase-sequence columns (``seq{k}_days|amount|item``) sit among the encoded inputs.
+
+    Returns primitives (a model hyperparameter): ``num_tab`` / ``cat_tab``, the indices of the
+    other (tabular) numeric and categorical columns; ``days``, ``amount`` (numeric indices) and
+    ``item`` (categorical indices), one per step k = 0 … K − 1 (−1 where the column is absent);
+    ``n_items``, the size of the item vocabulary shared by the steps (the union of the per-column
+    vocabularies, index 0 = unknown).
+
+    Raises:
+        ValueError: there is no ``seq{k}_days`` column.
+    """
+    num_seq = {parse_sequence_column(c): j for j, c in enumerate(encoder.num_columns)}
+    num_seq = {key: j for key, j in num_seq.items() if key is not None and key[1] in ("days", "amount")}
+    cat_seq = {parse_sequence_column(c): j for j, c in enumerate(encoder.cat_columns)}
+    cat_seq = {key: j for key, j in cat_seq.items() if key is not None and key[1] == "item"}
+    steps = [k for k, kind in num_seq if kind == "days"]
+    if not steps:
+        raise ValueError("model.sequence_encoder needs purchase-sequence columns seq{k}_days in the data; "
+                         "use data=events with data.sequence_length > 0")
+    n_steps = max(steps) + 1
+    return {
+        "num_tab": [j for j in range(encoder.n_num) if j not in num_seq.values()],
+        "cat_tab": [j for j in range(encoder.n_cat) if j not in cat_seq.values()],
+        "days": [num_seq.get((k, "days"), -1) for k in range(n_steps)],
+        "amount": [num_seq.get((k, "amount"), -1) for k in range(n_steps)],
+        "item": [cat_seq.get((k, "item"), -1) for k in range(n_steps)],
+        "n_items": 1 + len(_item_union(encoder, [j for (k, _), j in cat_seq.items() if k < n_steps])),
+    }
+
+
+def _item_union(encoder: FeatureEncoder, cat_idx: Sequence[int]) -> list[str]:
+    """Sorted union of the item keys of the given categorical columns (``<unk>`` left out)."""
+    return sorted({key for j in cat_idx for key in encoder.keys[encoder.cat_columns[j]][1:]})
 
 
 class ChurnClassifier(CLMModule):
@@ -65,6 +103,21 @@ class ChurnClassifier(CLMModule):
             VAE when the checkpoint is loaded.
         infogap_impute: fill missing inputs with the VAE's imputation (else only add its features).
         infogap_samples: latent samples for the VAE's imputation and gap scores.
+        sequence_encoder: ``"none"``, ``"gru"`` or ``"attention"``: encode the last purchases
+            (columns ``seq{k}_days``, ``seq{k}_amount``, ``seq{k}_item`` from ``data=events`` with
+            ``data.sequence_length`` > 0) with a :class:`PurchaseSequenceEncoder`. Per step it
+            sees the days before the cutoff, the gap to the next newer purchase, the amount, an
+            amount-observed flag (days, gaps and amounts all on the scale the encoder fitted for
+            the most recent step) and an item embedding shared by all steps. Its output is
+            concatenated to the tabular embeddings of every MLP member and of every additive
+            member (for those a linear read-out: the sequence acts as one more additive term).
+            The sequence columns are then *not* also tabular inputs; with ``"none"`` they are
+            (plain wide columns, the baseline to compare against).
+        sequence_hidden: size of the sequence encoding (the GRU state).
+        sequence_d_item: item embedding size of the sequence encoder (0 = ignore items).
+        sequence_layout: where the sequence columns are among the inputs (:func:`sequence_layout`);
+            filled in from the fitted encoder by :meth:`set_preprocessing`, not by hand. The
+            modules are built once it is known (at once when it is given, e.g. from a checkpoint).
     """
 
     monitor = "val/auroc"
@@ -95,19 +148,27 @@ class ChurnClassifier(CLMModule):
         infogap: dict[str, Any] | None = None,
         infogap_impute: bool = True,
         infogap_samples: int = 8,
+        sequence_encoder: str = "none",
+        sequence_hidden: int = 32,
+        sequence_d_item: int = 16,
+        sequence_layout: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if calibration not in ("platt", "temperature", "none"):
             raise ValueError(f"model.calibration must be platt, temperature or none, not {calibration!r}")
-        self.tokenizer = FeatureTokenizer(n_num, list(cat_cardinalities), d_embed, n_frequencies, sigma, plr_lite)
-        self.head = EnsembleMLP(self.tokenizer.out_dim, list(hidden), 1, k=k_ensemble, dropout=dropout)
+        if sequence_encoder not in SEQUENCE_ENCODERS:
+            raise ValueError(f"model.sequence_encoder must be one of {SEQUENCE_ENCODERS}, not {sequence_encoder!r}")
+        self.tokenizer: FeatureTokenizer | None = None
+        self.head: EnsembleMLP | None = None
         self.additive_tokenizer: FeatureTokenizer | None = None
         self.additive_head: EnsembleMLP | None = None
-        if additive_members > 0:  # no hidden layer: a linear read-out of per-feature embeddings = an additive model
-            self.additive_tokenizer = FeatureTokenizer(n_num, list(cat_cardinalities), d_embed, n_frequencies,
-                                                       additive_sigma, plr_lite)
-            self.additive_head = EnsembleMLP(self.additive_tokenizer.out_dim, [], 1, k=additive_members)
+        self.sequence: PurchaseSequenceEncoder | None = None
+        if sequence_encoder == "none":
+            self._build_members(n_num, list(cat_cardinalities), 0)
+        elif sequence_layout is not None:
+            self._build_sequence_model(sequence_layout)
+        # else: built by set_preprocessing, once the fitted encoder tells where the sequence columns are
         if pos_weight == "balanced":
             pw = (1 - pos_rate) / max(pos_rate, 1e-6)
         else:
@@ -125,10 +186,71 @@ class ChurnClassifier(CLMModule):
             self.infogap.requires_grad_(False)
             self.infogap.eval()
 
+    def _build_members(self, n_num: int, cat_cardinalities: list[int], d_extra: int) -> None:
+        """The tokenizers and the member heads; ``d_extra`` more inputs (the sequence encoding) per member."""
+        hp = self.hparams
+        self.tokenizer = FeatureTokenizer(n_num, cat_cardinalities, hp.d_embed, hp.n_frequencies, hp.sigma,
+                                          hp.plr_lite)
+        self.head = EnsembleMLP(self.tokenizer.out_dim + d_extra, list(hp.hidden), 1, k=hp.k_ensemble,
+                                dropout=hp.dropout)
+        if hp.additive_members > 0:  # no hidden layer: a linear read-out of per-feature embeddings = an additive model
+            self.additive_tokenizer = FeatureTokenizer(n_num, cat_cardinalities, hp.d_embed, hp.n_frequencies,
+                                                       hp.additive_sigma, hp.plr_lite)
+            self.additive_head = EnsembleMLP(self.additive_tokenizer.out_dim + d_extra, [], 1,
+                                             k=hp.additive_members)
+
+    def _build_sequence_model(self, layout: dict[str, Any]) -> None:
+        """Members on the tabular columns only, plus the sequence encoder (see :func:`sequence_layout`)."""
+        hp = self.hparams
+        cards = list(hp.cat_cardinalities)
+        self.sequence = PurchaseSequenceEncoder(hp.sequence_encoder, 4, int(layout["n_items"]),
+                                                d_item=hp.sequence_d_item, hidden=hp.sequence_hidden,
+                                                n_heads=4 if hp.sequence_hidden % 4 == 0 else 1)
+        self._build_members(len(layout["num_tab"]), [cards[j] for j in layout["cat_tab"]], self.sequence.out_dim)
+        for name in ("num_tab", "cat_tab", "days", "amount", "item"):
+            self.register_buffer(f"seq_{name}", torch.tensor(list(layout[name]), dtype=torch.long), persistent=False)
+
     def _on_preprocessing(self) -> None:
         self.encoder = FeatureEncoder.from_state_dict(self.preprocessing["encoder"])
         if self.infogap is not None and "infogap" in self.preprocessing:
             self.infogap.set_preprocessing(self.preprocessing["infogap"])
+        if self.hparams.get("sequence_encoder", "none") != "none":
+            self._attach_sequence_preprocessing()
+
+    def _attach_sequence_preprocessing(self) -> None:
+        """Check (or, the first time, record and build) the sequence layout of the fitted encoder,
+        and derive from the encoder what the sequence encoder needs: the map of each step's item
+        vocabulary into the shared one, and the scales of the day and amount columns."""
+        enc = self.encoder
+        layout = sequence_layout(enc)
+        if self.hparams.get("sequence_layout") is None:
+            self.hparams.sequence_layout = layout
+            self._build_sequence_model(layout)
+            self.to(self.calib.device)  # the new modules join the existing ones (a no-op before training)
+        elif dict(self.hparams.sequence_layout) != layout:
+            raise ValueError("the fitted encoder's sequence columns do not match this model's sequence_layout; "
+                             "the preprocessing belongs to another model")
+        device = self.calib.device
+        union = {key: i + 1 for i, key in enumerate(_item_union(enc, [j for j in layout["item"] if j >= 0]))}
+        item_map, offsets = [0], []  # flat map: offset of step k + local index → shared index
+        for j in layout["item"]:
+            if j < 0:
+                offsets.append(0)  # absent column: local index 0 → item_map[0] = unknown
+                continue
+            offsets.append(len(item_map))
+            item_map += [0, *(union[key] for key in enc.keys[enc.cat_columns[j]][1:])]
+        self.register_buffer("seq_item_map", torch.tensor(item_map, dtype=torch.long, device=device),
+                             persistent=False)
+        self.register_buffer("seq_item_offset", torch.tensor(offsets, dtype=torch.long, device=device),
+                             persistent=False)
+        for kind in ("days", "amount"):
+            cols = list(layout[kind])
+            present = [j for j in cols if j >= 0]
+            ref = present[0] if present else -1  # the most recent step's column sets the shared scale
+            stats = [[float(enc.num_mean[j]), float(enc.num_std[j]), float(enc.num_log[j])] if j >= 0
+                     else [0.0, 1.0, 0.0] for j in [*cols, ref]]
+            self.register_buffer(f"seq_{kind}_stats", torch.tensor(stats, dtype=torch.float32, device=device),
+                                 persistent=False)
 
     def attach_infogap(self, vae: Any) -> None:
         """Copy a trained InfoGapVAE (weights and preprocessing) into this model's frozen VAE."""
@@ -155,12 +277,69 @@ class ChurnClassifier(CLMModule):
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Member logits (k_ensemble + additive_members, batch)."""
+        if self.sequence is not None:
+            return self._forward_with_sequence(batch)
+        if self.tokenizer is None:
+            raise RuntimeError("model.sequence_encoder is set but the model has no preprocessing yet; "
+                               "call set_preprocessing(datamodule.preprocessing_state()) first")
         h = self.tokenizer(batch["num"], batch["num_mask"], batch["cat"])
         logits = self.head(h).squeeze(-1)
         if self.additive_head is not None:
             g = self.additive_tokenizer(batch["num"], batch["num_mask"], batch["cat"])
             logits = torch.cat([logits, self.additive_head(g).squeeze(-1)], dim=0)
         return logits
+
+    def _forward_with_sequence(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        num, num_mask, cat = batch["num"], batch["num_mask"], batch["cat"]
+        s = self.sequence(*self.sequence_inputs(batch))
+        tab = (num.index_select(1, self.seq_num_tab), num_mask.index_select(1, self.seq_num_tab),
+               cat.index_select(1, self.seq_cat_tab))
+        h = torch.cat([self.tokenizer(*tab), s.to(num.dtype)], dim=1)
+        logits = self.head(h).squeeze(-1)
+        if self.additive_head is not None:
+            g = torch.cat([self.additive_tokenizer(*tab), s.to(num.dtype)], dim=1)
+            logits = torch.cat([logits, self.additive_head(g).squeeze(-1)], dim=0)
+        return logits
+
+    def sequence_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The encoded batch → the sequence encoder's inputs: ``steps`` (batch, K, 4) = days
+        before the cutoff, gap to the next newer purchase (for step 0: the recency), amount, amount
+        observed; ``items`` (batch, K) shared item indices; ``valid`` (batch, K) bool.
+
+        Every step column was standardised by the encoder on its own; here each is mapped back to
+        raw values and put on the scale of the most recent step's column, so that the encoder's
+        weights mean the same thing at every step.
+        """
+        if not hasattr(self, "seq_item_map"):
+            raise RuntimeError("the sequence encoder has no preprocessing; load the model from a checkpoint")
+        num, num_mask, cat = batch["num"].float(), batch["num_mask"], batch["cat"]
+
+        def column(kind: str) -> tuple[torch.Tensor, torch.Tensor]:  # raw values (B, K), observed (B, K)
+            idx = getattr(self, f"seq_{kind}")
+            st = getattr(self, f"seq_{kind}_stats")[:-1]
+            z = num.index_select(1, idx.clamp(min=0))
+            x = z * st[:, 1] + st[:, 0]
+            x = torch.where(st[:, 2] > 0, torch.expm1(x.clamp(max=50.0)), x)
+            return x, num_mask.index_select(1, idx.clamp(min=0)) & (idx >= 0)
+
+        def rescale(x: torch.Tensor, kind: str) -> torch.Tensor:  # raw → the most recent step's encoded scale
+            mean, std, log = getattr(self, f"seq_{kind}_stats")[-1]
+            t = torch.log1p(x.clamp(min=0.0)) if log > 0 else x
+            return (t - mean) / std
+
+        days, valid = column("days")
+        days = torch.where(valid, days.clamp(min=0.0), torch.zeros_like(days))
+        newer = torch.cat([days.new_zeros(days.shape[0], 1), days[:, :-1]], dim=1)
+        gap = (days - newer).clamp(min=0.0)
+        amount, a_obs = column("amount")
+        a_obs = a_obs & valid
+        amount_z = torch.where(a_obs, rescale(amount, "amount"), torch.zeros_like(amount))
+        steps = torch.stack([rescale(days, "days"), rescale(gap, "days"), amount_z, a_obs.float()], dim=-1)
+        steps = steps * valid.unsqueeze(-1)
+        local = torch.where(self.seq_item >= 0, cat.index_select(1, self.seq_item.clamp(min=0)),
+                            torch.zeros_like(cat[:, :1]))
+        items = self.seq_item_map[local + self.seq_item_offset]
+        return steps, items, valid
 
     def ensemble_logit(self, member_logits: torch.Tensor) -> torch.Tensor:
         """Average the members in probability space and return the logit (batch,)."""
@@ -230,7 +409,7 @@ class ChurnClassifier(CLMModule):
         return self.calibrated_prob(self.ensemble_logit(self(batch)))
 
     @torch.no_grad()
-    def predict_proba(self, df: pd.DataFrame, *, batch_size: int = 65536, source: str = "<dataframe>") -> np.ndarray:
+    def predict_proba(self, df: pd.DataFrame, *, batch_size: int = 8192, source: str = "<dataframe>") -> np.ndarray:
         """Churn probabilities (n,) for a raw DataFrame with the training columns.
 
         Extra columns are ignored and the target is not needed; NaN and unseen categories are
@@ -260,8 +439,8 @@ class ChurnClassifier(CLMModule):
         self.eval()
         probs = []
         with torch.no_grad():
-            for i in range(0, len(t["row"]), 65536):
-                b = {k: v[i: i + 65536].to(self.device) for k, v in t.items()}
+            for i in range(0, len(t["row"]), 8192):
+                b = {k: v[i: i + 8192].to(self.device) for k, v in t.items()}
                 probs.append(self.predict_batch(b).float().cpu())
         id_name = datamodule.schema.id_col or "row"
         return pd.DataFrame({id_name: datamodule.ids(split), "label": t["y"].numpy().astype(int),

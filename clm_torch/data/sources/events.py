@@ -12,10 +12,19 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from clm_torch.data.datamodules import TableDataModule
-from clm_torch.data.events import FEATURE_COLUMNS, LABEL_COLUMNS, CustomerView, build_customer_view, load_events
+from clm_torch.data.events import (
+    FEATURE_COLUMNS,
+    LABEL_COLUMNS,
+    CustomerView,
+    build_customer_view,
+    load_events,
+    parse_sequence_column,
+    sequence_column,
+)
 from clm_torch.data.schema import SchemaError, read_table
 from clm_torch.data.sources.tables import FrameSource
 
@@ -27,8 +36,68 @@ def default_cutoff(events: pd.DataFrame, horizon_days: float) -> pd.Timestamp:
     return (events["timestamp"].max() - pd.Timedelta(days=float(horizon_days))).normalize()
 
 
-def view_to_frame(view: CustomerView, target: str | None) -> pd.DataFrame:
-    """Features (and the chosen label) as one flat table with a ``customer_id`` column."""
+def sequence_frame(view: CustomerView, length: int, *, min_customers: int = 0) -> pd.DataFrame:
+    """The last ``length`` purchases of every customer as wide columns, most recent first.
+
+    Columns ``seq{k}_days`` (days before the cutoff), ``seq{k}_amount`` (only when the log has
+    amounts) and ``seq{k}_item`` (the raw item id; only when the log has items), k = 0 … length − 1,
+    in the order of ``view.features.index``. A customer with fewer purchases has NaN in the steps
+    they lack; a missing/unknown item is NaN. Steps that fewer than ``min_customers`` customers
+    reach are left out (for training: an encoder cannot fit a column that is empty in the
+    training split; for scoring keep 0, so that every step a model was trained with is there).
+    Purchase rows are the rows of ``view.sequences`` (refunds excluded, one row per basket line).
+    """
+    seq = view.sequences
+    n_last = seq["item_idx"].shape[1]
+    if length > n_last:
+        raise ValueError(f"the view keeps the last {n_last} purchases; rebuild it with n_last >= {length}")
+    lengths = np.asarray(seq["length"], dtype=np.int64)
+    n_reaching = (lengths[:, None] > np.arange(length)[None, :]).sum(0)  # customers with >= k + 1 purchases
+    reached = int((n_reaching >= min_customers).sum())  # non-increasing in k: a prefix of the steps
+    if reached < length:
+        log.info("purchase sequences: keeping %d of %d steps (later steps reached by < %d customers)",
+                 reached, length, min_customers)
+    k = np.arange(reached)
+    pos = lengths[:, None] - 1 - k[None, :]  # sequences are oldest first and left-aligned
+    valid = pos >= 0
+    pos = np.clip(pos, 0, None)
+    rows = np.arange(len(lengths))[:, None]
+    has_amount = not view.features["monetary_total"].isna().all()  # all NaN only without an amount column
+    has_item = len(view.item_vocab) > 1
+    cols: dict[str, Any] = {}
+    days = np.where(valid, seq["days_before_cutoff"][rows, pos].astype(np.float64), np.nan)
+    amount = np.where(valid, seq["amount"][rows, pos].astype(np.float64), np.nan)
+    if has_item:
+        vocab = np.asarray([np.nan, *view.item_vocab[1:]], dtype=object)  # index 0: unknown or missing
+        items = np.where(valid, vocab[seq["item_idx"][rows, pos]], np.nan)
+    for j in range(reached):
+        cols[sequence_column(j, "days")] = days[:, j]
+        if has_amount:
+            cols[sequence_column(j, "amount")] = amount[:, j]
+        if has_item:
+            cols[sequence_column(j, "item")] = items[:, j]
+    return pd.DataFrame(cols, index=view.features.index)
+
+
+def sequence_roles(columns: Sequence[str], roles: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]]:
+    """``roles`` plus the sequence columns among ``columns``: days and amounts numeric, items
+    categorical (whatever their values look like). A role given in ``roles`` wins."""
+    out = {k: list(v or []) for k, v in (roles or {}).items()}
+    forced = {c for v in out.values() for c in v}
+    for c in columns:
+        parsed = parse_sequence_column(c)
+        if parsed is not None and c not in forced:
+            out.setdefault("categorical" if parsed[1] == "item" else "numeric", []).append(c)
+    return out
+
+
+def view_to_frame(view: CustomerView, target: str | None, sequence_length: int = 0,
+                  min_step_customers: int = 0) -> pd.DataFrame:
+    """Features (and the chosen label) as one flat table with a ``customer_id`` column.
+
+    With ``sequence_length`` > 0 the last purchases follow as wide columns (:func:`sequence_frame`,
+    leaving out the steps fewer than ``min_step_customers`` customers reach).
+    """
     frame = view.features.copy()
     frame = frame.drop(columns=[c for c in LABEL_COLUMNS if c in frame.columns])  # table columns named like labels
     # derived features that an optional input did not allow (e.g. diversity without an item column)
@@ -37,6 +106,13 @@ def view_to_frame(view: CustomerView, target: str | None) -> pd.DataFrame:
     if empty or constant:
         log.info("customer view: leaving out features without information: %s", empty + constant)
         frame = frame.drop(columns=empty + constant)
+    if sequence_length > 0:
+        seq = sequence_frame(view, int(sequence_length), min_customers=min_step_customers)
+        clash = [c for c in seq.columns if c in frame.columns]
+        if clash:
+            raise SchemaError("customer table column has the name of a purchase-sequence column; rename it",
+                              source="<customers>", column=clash[0])
+        frame = frame.join(seq)
     if target:
         frame[target] = view.labels[target].to_numpy()
     frame.index.name = "customer_id"
@@ -96,21 +172,29 @@ def events_datamodule(
     drop: Sequence[str] = (),
     n_last: int = 10,
     future_policy: str = "error",
+    sequence_length: int = 0,
     **kwargs: Any,
 ) -> TableDataModule:
     """The ``data=events`` DataModule: customer view at ``cutoff`` → :class:`TableDataModule`.
 
     ``target`` is ``churn`` (binary) or ``future_spend`` / ``future_n_tx`` (continuous).
     ``cutoff`` null means the latest cutoff with a fully observed label window.
+    ``sequence_length`` > 0 adds the last purchases as wide columns ``seq{k}_days``,
+    ``seq{k}_amount``, ``seq{k}_item`` (:func:`sequence_frame`) for ``model.sequence_encoder``.
     """
+    if sequence_length < 0:
+        raise ValueError(f"data.sequence_length must be >= 0, not {sequence_length}")
     if target not in LABEL_COLUMNS:
         raise SchemaError(f"data.target must be one of {list(LABEL_COLUMNS)} for event logs, not {target!r}",
                           source="data.target")
     view = customer_view_from_files(path, customer_col=customer_col, time_col=time_col, amount_col=amount_col,
                                     item_col=item_col, quantity_col=quantity_col, cutoff=cutoff,
                                     horizon_days=horizon_days, customers_path=customers_path,
-                                    customers_id_col=customers_id_col, n_last=n_last, future_policy=future_policy)
-    frame = view_to_frame(view, target)
+                                    customers_id_col=customers_id_col, n_last=max(n_last, sequence_length),
+                                    future_policy=future_policy)
+    frame = view_to_frame(view, target, sequence_length, min_step_customers=10)
+    if sequence_length > 0:
+        roles = sequence_roles(frame.columns, roles)
     kwargs.setdefault("target_type", "binary" if target == "churn" else "continuous")
     name = f"{path} @ cutoff {view.cutoff.date()} (+{horizon_days:g} days)"
     return TableDataModule(FrameSource(frame, target=target, id_col="customer_id", roles=roles, drop=drop,
