@@ -306,7 +306,8 @@ class CustomerView:
     ----------
     features : pd.DataFrame
         Index ``customer_id`` (sorted), one row per customer; columns :data:`FEATURE_COLUMNS`
-        (+ ``category_entropy`` with an item→category map) followed by the customer-table columns.
+        (+ ``category_entropy`` with an item→category map, + ``share_<category>`` with
+        ``category_shares``) followed by the customer-table columns.
     labels : pd.DataFrame
         Same index; ``churn`` (int64, 1 = no purchase in ``[cutoff, cutoff + horizon)``),
         ``future_spend`` (float64, net amount in the window), ``future_n_tx`` (int64).
@@ -381,6 +382,7 @@ def build_customer_view(
     n_last: int = 10,
     trend_window_days: float = 90,
     item_categories: Mapping | pd.Series | None = None,
+    category_shares: bool = False,
 ) -> CustomerView:
     """Features before one global cutoff, labels after it, and last-N purchase sequences.
 
@@ -404,6 +406,9 @@ def build_customer_view(
         Window ``w`` of the trend feature.
     item_categories
         Optional item→category map; adds ``category_entropy``.
+    category_shares
+        With ``item_categories``: also add ``share_<category>`` for every category of the map
+        (sorted by name; the same columns at every cutoff).
 
     Returns
     -------
@@ -431,6 +436,9 @@ def build_customer_view(
         basket_diversity  n_distinct_items / frequency
         category_entropy  Shannon entropy (nats) of the categories of the purchase rows (only with
                           ``item_categories``; unmapped items count as one "<unk>" category)
+        share_<category>  share of the purchase rows in that category (only with ``item_categories``
+                          and ``category_shares``; unmapped items count in the denominator only, so
+                          the shares of a customer sum to 1 minus their unmapped share)
         ================= ==========================================================================
 
         A customer with no purchase before the cutoff has ``frequency``, ``n_purchase_days`` and
@@ -638,8 +646,25 @@ def build_customer_view(
                 k_row = key[k_starts] // n_cat
                 p = counts / np.bincount(p_row, minlength=n)[k_row]
                 extra["category_entropy"] = np.where(has, np.bincount(k_row, weights=-p * np.log(p), minlength=n), np.nan)
+                if category_shares:  # every category of the map, sorted by name; last slot: unmapped
+                    cats = pd.Index(pd.unique(cat_map.dropna()))
+                    cats = cats[np.argsort([str(c) for c in cats], kind="stable")]
+                    nc = len(cats) + 1
+                    share_code = cats.get_indexer(pd.Series(list(it_uniques) + [None], dtype=object).map(cat_map))
+                    share_code = np.where(share_code >= 0, share_code, len(cats))[pi_code]
+                    per_cat = np.bincount(p_row.astype(np.int64) * nc + share_code, minlength=n * nc).reshape(n, nc)
+                    total = np.maximum(per_cat.sum(1), 1)
+                    for j, cat in enumerate(cats):
+                        extra[f"share_{cat}"] = np.where(has, per_cat[:, j] / total, np.nan)
+                    if table is not None:
+                        clash = [c for c in extra if c.startswith("share_") and c in table.columns]
+                        if clash:
+                            raise SchemaError("customer table column has the name of a category-share feature; "
+                                              "rename it", source="<customers>", column=clash[0])
         elif item_categories is not None:
             log.warning("item_categories given but the events have no item_id column; no category_entropy")
+        if category_shares and (item_categories is None or not has_item):
+            log.warning("category_shares needs item_categories and an item_id column; no share_<category> features")
         with np.errstate(invalid="ignore", divide="ignore"):
             diversity = np.where(has, n_items / np.maximum(freq, 1), np.nan) if has_item else np.full(n, np.nan)
         extra = {"n_distinct_items": n_items, "basket_diversity": diversity, **extra}
