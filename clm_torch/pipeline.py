@@ -109,8 +109,14 @@ def build_views(inputs: dict[str, Any], customers: pd.DataFrame | None, horizon:
     """(train view at cutoff − horizon with its labels, score view at the cutoff)."""
     cutoff = inputs["cutoff"]
     train_cut = cutoff - pd.Timedelta(days=horizon)
-    tv = build_customer_view(inputs["events"], train_cut, horizon_days=horizon, customers=customers, n_last=n_last)
-    sv = build_customer_view(inputs["events"], cutoff, horizon_days=horizon, customers=customers, n_last=n_last)
+    items = inputs.get("items")
+    extra: dict[str, Any] = {}
+    if items is not None and {"item_id", "category"} <= set(items.columns):  # purchase shares per category
+        extra = {"item_categories": items.set_index("item_id")["category"], "category_shares": True}
+    tv = build_customer_view(inputs["events"], train_cut, horizon_days=horizon, customers=customers, n_last=n_last,
+                             **extra)
+    sv = build_customer_view(inputs["events"], cutoff, horizon_days=horizon, customers=customers, n_last=n_last,
+                             **extra)
     train_frame = view_to_frame(tv, None)
     for col in ("churn", "future_spend"):
         train_frame[col] = tv.labels[col].to_numpy()
