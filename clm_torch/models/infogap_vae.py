@@ -176,7 +176,7 @@ class InfoGapVAE(CLMModule):
         self.scores = torch.nn.ModuleDict({s: ImputationScore(self.n_num, self.n_cat) for s in ("val", "test")})
         self._acc: dict[str, Any] = {}
         self._train_terms: torch.Tensor | None = None
-        self._train_rows = 0
+        self._train_rows: torch.Tensor | float = 0.0
         self.encoder: FeatureEncoder | None = None
 
     def _on_preprocessing(self) -> None:
@@ -316,17 +316,21 @@ class InfoGapVAE(CLMModule):
         # and logged once per epoch: one self.log per term and step costs more than a small model's step
         terms = torch.cat([torch.stack([t["rec"].mean(), t["nll_num"].sum(1).mean(), t["nll_cat"].sum(1).mean()]),
                            t["kl_dim"].mean(0)]).detach().float() * n
-        if torch.isfinite(terms).all():
-            self._train_terms = terms if self._train_terms is None else self._train_terms + terms
-            self._train_rows += n
+        finite = torch.isfinite(terms).all()  # a tensor: no host sync in the training step
+        terms = torch.where(finite, terms, torch.zeros_like(terms))
+        rows = finite.to(terms.dtype) * n
+        if self._train_terms is None:
+            self._train_terms, self._train_rows = terms, rows
+        else:
+            self._train_terms, self._train_rows = self._train_terms + terms, self._train_rows + rows
         return self.guard_loss(loss, batch_idx)
 
     def on_train_epoch_start(self) -> None:
-        self._train_terms, self._train_rows = None, 0
+        self._train_terms, self._train_rows = None, 0.0
 
     def on_train_epoch_end(self) -> None:
         """Epoch means of the ELBO terms, the KL weight and the KL per latent dimension (collapse shows)."""
-        if self._train_terms is None or self._train_rows == 0:
+        if self._train_terms is None or float(self._train_rows) == 0:  # once per epoch
             return
         m = (self._train_terms / self._train_rows).cpu().tolist()
         kl_dim = m[3:]

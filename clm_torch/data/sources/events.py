@@ -156,6 +156,25 @@ def customer_view_from_files(
     return build_customer_view(events, cut, horizon_days=horizon_days, customers=customers, n_last=n_last)
 
 
+def _check_view_args(target: str, sequence_length: int) -> None:
+    if sequence_length < 0:
+        raise ValueError(f"data.sequence_length must be >= 0, not {sequence_length}")
+    if target not in LABEL_COLUMNS:
+        raise SchemaError(f"data.target must be one of {list(LABEL_COLUMNS)} for event logs, not {target!r}",
+                          source="data.target")
+
+
+def _view_datamodule(view: CustomerView, target: str, sequence_length: int, roles: Mapping[str, Sequence[str]] | None,
+                     drop: Sequence[str], name: str, **kwargs: Any) -> TableDataModule:
+    """A customer view (features + its labels) as the :class:`TableDataModule` of ``target``."""
+    frame = view_to_frame(view, target, sequence_length, min_step_customers=10)
+    if sequence_length > 0:
+        roles = sequence_roles(frame.columns, roles)
+    kwargs.setdefault("target_type", "binary" if target == "churn" else "continuous")
+    return TableDataModule(FrameSource(frame, target=target, id_col="customer_id", roles=roles, drop=drop,
+                                       name=name), **kwargs)
+
+
 def events_datamodule(
     path: str,
     customer_col: str = "customer_id",
@@ -182,23 +201,14 @@ def events_datamodule(
     ``sequence_length`` > 0 adds the last purchases as wide columns ``seq{k}_days``,
     ``seq{k}_amount``, ``seq{k}_item`` (:func:`sequence_frame`) for ``model.sequence_encoder``.
     """
-    if sequence_length < 0:
-        raise ValueError(f"data.sequence_length must be >= 0, not {sequence_length}")
-    if target not in LABEL_COLUMNS:
-        raise SchemaError(f"data.target must be one of {list(LABEL_COLUMNS)} for event logs, not {target!r}",
-                          source="data.target")
+    _check_view_args(target, sequence_length)
     view = customer_view_from_files(path, customer_col=customer_col, time_col=time_col, amount_col=amount_col,
                                     item_col=item_col, quantity_col=quantity_col, cutoff=cutoff,
                                     horizon_days=horizon_days, customers_path=customers_path,
                                     customers_id_col=customers_id_col, n_last=max(n_last, sequence_length),
                                     future_policy=future_policy)
-    frame = view_to_frame(view, target, sequence_length, min_step_customers=10)
-    if sequence_length > 0:
-        roles = sequence_roles(frame.columns, roles)
-    kwargs.setdefault("target_type", "binary" if target == "churn" else "continuous")
     name = f"{path} @ cutoff {view.cutoff.date()} (+{horizon_days:g} days)"
-    return TableDataModule(FrameSource(frame, target=target, id_col="customer_id", roles=roles, drop=drop,
-                                       name=name), **kwargs)
+    return _view_datamodule(view, target, sequence_length, roles, drop, name, **kwargs)
 
 
 def synthetic_events_datamodule(
@@ -218,21 +228,12 @@ def synthetic_events_datamodule(
     experiment runs out of the box; pass ``data=events data.path=...`` for your own log."""
     from clm_torch.data.synthetic import generate_customer_base
 
-    if sequence_length < 0:
-        raise ValueError(f"data.sequence_length must be >= 0, not {sequence_length}")
-    if target not in LABEL_COLUMNS:
-        raise SchemaError(f"data.target must be one of {list(LABEL_COLUMNS)} for event logs, not {target!r}",
-                          source="data.target")
+    _check_view_args(target, sequence_length)
     base = generate_customer_base(int(n_customers), seed=int(seed))
     categories = base.items.set_index("item_id")["category"] if category_shares else None
     view = build_customer_view(base.events, base.cutoff, horizon_days=base.horizon_days,
                                n_last=max(n_last, sequence_length), item_categories=categories,
                                category_shares=bool(category_shares))
-    frame = view_to_frame(view, target, sequence_length, min_step_customers=10)
-    if sequence_length > 0:
-        roles = sequence_roles(frame.columns, roles)
-    kwargs.setdefault("target_type", "binary" if target == "churn" else "continuous")
     name = f"synthetic(n={n_customers}, seed={seed}) events @ cutoff {view.cutoff.date()} (+{base.horizon_days} days)"
-    return TableDataModule(FrameSource(frame, target=target, id_col="customer_id", roles=roles, drop=drop,
-                                       name=name), **kwargs)
+    return _view_datamodule(view, target, sequence_length, roles, drop, name, **kwargs)
 
