@@ -37,10 +37,11 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from clm_torch.data.cleaning import clean_table
-from clm_torch.data.events import build_customer_view, load_events
+from clm_torch.data.events import build_customer_view, load_events, parse_sequence_column
 from clm_torch.data.schema import SchemaError, infer_schema, read_table
 from clm_torch.data.sources.events import view_to_frame
 from clm_torch.lifecycle import report as rpt
+from clm_torch.models.components.sequence import SEQUENCE_ENCODERS
 from clm_torch.lifecycle.segments import choose_k, segment_summary
 from clm_torch.lifecycle.stages import assign_stage
 from clm_torch.lifecycle.value import (
@@ -104,9 +105,13 @@ def clean_customers(customers: pd.DataFrame | None, name: str) -> pd.DataFrame |
     return clean
 
 
-def build_views(inputs: dict[str, Any], customers: pd.DataFrame | None, horizon: float, n_last: int
-                ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train view at cutoff − horizon with its labels, score view at the cutoff)."""
+def build_views(inputs: dict[str, Any], customers: pd.DataFrame | None, horizon: float, n_last: int,
+                sequence_length: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train view at cutoff − horizon with its labels, score view at the cutoff).
+
+    With ``sequence_length`` > 0 both also hold the last purchases as ``seq{k}_*`` columns
+    (the steps fewer than 10 customers reach are left out, as in ``data=events``).
+    """
     cutoff = inputs["cutoff"]
     train_cut = cutoff - pd.Timedelta(days=horizon)
     items = inputs.get("items")
@@ -117,10 +122,10 @@ def build_views(inputs: dict[str, Any], customers: pd.DataFrame | None, horizon:
                              **extra)
     sv = build_customer_view(inputs["events"], cutoff, horizon_days=horizon, customers=customers, n_last=n_last,
                              **extra)
-    train_frame = view_to_frame(tv, None)
+    train_frame = view_to_frame(tv, None, sequence_length, min_step_customers=10)
     for col in ("churn", "future_spend"):
         train_frame[col] = tv.labels[col].to_numpy()
-    score_frame = view_to_frame(sv, None)
+    score_frame = view_to_frame(sv, None, sequence_length, min_step_customers=10)
     # the same feature columns in both views (a derived feature can be empty in one of them)
     shared = [c for c in train_frame.columns if c in score_frame.columns or c in ("churn", "future_spend")]
     return train_frame[shared], score_frame[[c for c in shared if c not in ("churn", "future_spend")]]
@@ -188,7 +193,13 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     customers = clean_customers(inputs["customers"], inputs["name"])
     # 3. features at the cutoff
     horizon = float(cfg.horizon_days)
-    train_frame, score_frame = build_views(inputs, customers, horizon, int(cfg.n_last))
+    seq_kind = str(cfg.get("churn_sequence", "none"))
+    if seq_kind not in SEQUENCE_ENCODERS:
+        raise ValueError(f"churn_sequence must be one of {SEQUENCE_ENCODERS}, not {seq_kind!r}")
+    train_frame, score_frame = build_views(inputs, customers, horizon, int(cfg.n_last),
+                                           int(cfg.n_last) if seq_kind != "none" else 0)
+    # the purchase-sequence columns feed only the churn model's sequence encoder
+    seq_cols = [c for c in train_frame.columns if parse_sequence_column(c) is not None]
     paths = {k: out / "data" / f"{k}.parquet" for k in ("train_view", "score_view", "interactions")}
     train_frame.to_parquet(paths["train_view"], index=False)
     score_frame.to_parquet(paths["score_view"], index=False)
@@ -202,11 +213,12 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     table = ["data=parquet", "data.id_col=customer_id", "~logger" if not cfg.tensorboard else "logger=tensorboard"]
     # 4. VAE (unsupervised: the labels are dropped)
     vae_m, vae = run_model("vae", ["model=infogap_vae", *table, f"data.path={paths['train_view']}",
-                                   "data.drop=[churn,future_spend]"],
+                                   f"data.drop=[{','.join(['churn', 'future_spend', *seq_cols])}]"],
                            cfg.models.get('vae'), out, root, int(cfg.seed))
     # 5. churn with the VAE's features
     churn_m, churn = run_model("churn", ["model=churn", *table, f"data.path={paths['train_view']}",
                                          "data.target=churn", "data.drop=[future_spend]",
+                                         *([f"model.sequence_encoder={seq_kind}"] if seq_cols else []),
                                          *_infogap_override(vae_m)], cfg.models.get('churn'), out, root, int(cfg.seed))
     # 6. recommender on the interaction log
     rec_m, rec = run_model("recommender", ["model=recommender", "data=interactions",
@@ -217,7 +229,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     # 6b. learned spend (CLV b)
     spend_m, spend = run_model("spend", ["model=spend", *table, f"data.path={paths['train_view']}",
                                          "data.target=future_spend", "data.target_type=continuous",
-                                         "data.drop=[churn]"], cfg.models.get('spend'), out, root, int(cfg.seed))
+                                         f"data.drop=[{','.join(['churn', *seq_cols])}]"], cfg.models.get('spend'), out, root, int(cfg.seed))
 
     # 7. score every customer at the cutoff
     _say("7/10 scoring every customer")

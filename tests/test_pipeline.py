@@ -68,3 +68,31 @@ def test_action_rules() -> None:
     assert a.loc[0, "reason"] == "lapsed: no purchase for 200 days"
     assert a.loc[1, "reason"].startswith("high value, at risk")
     assert a.loc[3, "reason"] == "profile incomplete: ask satisfaction"
+
+
+def test_pipeline_churn_model_can_read_the_purchase_sequence(tmp_path: Path) -> None:
+    """``churn_sequence=gru``: the churn sub-run gets the ``seq{k}_*`` columns and a GRU encoder,
+    the VAE and the spend model do not see them, and every customer is still scored."""
+    import torch
+
+    from clm_torch.pipeline import run_pipeline
+    from tests.conftest import compose_cfg
+
+    out = tmp_path / "run"
+    cfg = compose_cfg(["data.n_customers=300", "n_last=4", "churn_sequence=gru", "tensorboard=false",
+                       *[f"models.{m}.trainer.max_epochs=1" for m in ("vae", "churn", "recommender", "spend")],
+                       "segments.k_max=3", "score.gap_samples=2", "score.question_samples=2"],
+                      out, config_name="pipeline.yaml")
+    run_pipeline(cfg)
+    from clm_torch import InfoGapVAE
+    from clm_torch.models.spend import SpendRegressor
+
+    hp = torch.load(out / "churn" / "checkpoints" / "best.ckpt", weights_only=True)["hyper_parameters"]
+    assert hp["sequence_encoder"] == "gru" and hp["sequence_layout"]["days"][0] >= 0
+    for cls, name in ((InfoGapVAE, "vae"), (SpendRegressor, "spend")):
+        enc = cls.load_from_checkpoint(out / name / "checkpoints" / "best.ckpt").encoder
+        assert not [c for c in enc.feature_columns if c.startswith("seq")], name
+    customers = pd.read_csv(out / "customers.csv")
+    assert customers["churn_probability"].between(0, 1).all() and customers["churn_probability"].notna().all()
+    with pytest.raises(ValueError, match="churn_sequence"):
+        run_pipeline(compose_cfg(["churn_sequence=lstm"], tmp_path / "bad", config_name="pipeline.yaml"))
