@@ -10,7 +10,7 @@ Each measurement runs in its own subprocess so its peak RSS (``VmHWM``) is its o
   (default 100,000) synthetic customers (~20 events each), reloaded; then ``recommend(k=10)`` for
   every user over the full catalogue with seen items masked. Same RSS figures.
 
-Memory is bounded because both APIs work in chunks (``predict_proba``: 8,192 rows; ``recommend``:
+Memory is bounded because both APIs work in chunks (``predict_proba``: chunks of 65,536 rows encoded, forward passes of 2,048; ``recommend``:
 user chunks of at most 2^24 scores); the table below shows the peak growing far less than the
 output. Writes ``experiments/results/load.md`` and ``load.json``.
 
@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         md.append(f"- `predict_proba` on {s['rows']:,} raw customers: {s['seconds']:.1f} s "
                   f"({s['rows_per_s']:,.0f} rows/s); RSS with the frame loaded {s['rss_inputs_mb']:,.0f} MB, peak "
                   f"{s['peak_rss_mb']:,.0f} MB (+{max(0.0, s['peak_rss_mb'] - s['rss_inputs_mb']):,.0f} MB for scoring, in "
-                  f"chunks of 8,192 rows; freed heap from building the frame is reused, so the peak can equal the RSS before).")
+                  "chunks of 65,536 rows, forward passes of 2,048 with fused categorical embeddings; freed heap "
+                  "from building the frame is reused, so the peak can equal the RSS before).")
     else:
         md.append(f"- score: failed: `{s['error'].strip().splitlines()[-1]}`")
     if "error" not in r:

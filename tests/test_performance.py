@@ -225,3 +225,59 @@ def test_machine_info_names_the_cpu_and_versions() -> None:
     info = _bench_module().machine_info()
     assert info["cores"] >= 1 and info["torch"] == torch.__version__ and info["cpu"]
     assert isinstance(info["avx512_bf16"], bool)
+
+
+@pytest.mark.parametrize("n_num,cards,hidden,k,add", [(4, [3, 5, 2], [16, 16], 3, 2), (4, [3, 5, 2], [], 2, 0),
+                                                      (0, [3, 5], [8], 2, 1), (3, [], [8, 8], 2, 2)])
+def test_fused_inference_matches_the_plain_forward(n_num, cards, hidden, k, add) -> None:
+    """The inference fusion of categorical embeddings into the first layer changes no probability,
+    is only used in eval mode without gradients, and is released afterwards."""
+    from clm_torch.models.churn import ChurnClassifier
+
+    torch.manual_seed(0)
+    m = ChurnClassifier(n_num, cards, hidden=hidden, k_ensemble=k, additive_members=add, d_embed=4).eval()
+    n = 300
+    batch = {"num": torch.randn(n, n_num), "num_mask": torch.rand(n, n_num) > 0.2,
+             "cat": torch.stack([torch.randint(0, c, (n,)) for c in cards], 1) if cards
+             else torch.zeros(n, 0, dtype=torch.long)}
+    with torch.no_grad():
+        plain = m(batch)
+        with m.fused_inference():
+            assert m._fused is not None
+            fused = m(batch)
+    assert m._fused is None
+    assert fused.shape == plain.shape == (k + add, n)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    m.train()
+    with torch.no_grad(), m.fused_inference():
+        assert m._fused is None  # training mode: the plain forward
+
+
+def test_category_lookup_per_distinct_value_matches_the_row_keys() -> None:
+    """``transform`` normalises each distinct category once; the indices equal a row-by-row lookup
+    for string, float, bool, categorical and mixed object columns, NaN and unseen values included."""
+    import pandas as pd
+
+    from clm_torch.data.encoding import FeatureEncoder, _category_keys
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    df = pd.DataFrame({
+        "s": pd.Series(rng.choice(["Yes", " no", "NO", None, "x"], n), dtype="string"),
+        "f": rng.choice([1.0, 2.0, np.nan, 3.5], n),
+        "b": rng.choice([True, False], n),
+        "c": pd.Categorical(rng.choice(["u", "v", None], n)),
+        "o": pd.Series(rng.choice(np.array([1, "1", 2.5, "z", None, True, 1.0], dtype=object), n), dtype=object),
+    })
+    enc = FeatureEncoder(numeric=[], categorical=list(df.columns)).fit(df.head(1500))
+    new = df.tail(500).copy()
+    new.loc[new.index[:5], "s"] = "never seen"
+    got = enc.transform(new)["cat"].numpy()
+    for j, col in enumerate(df.columns):
+        keys = _category_keys(new[col]).astype(object).where(new[col].notna(), None)
+        want = pd.Index(enc.keys[col]).get_indexer(keys)
+        np.testing.assert_array_equal(got[:, j], np.where(want < 0, 0, want), err_msg=col)
+    assert (got[:5, 0] == 0).all()
+    # scoring in chunks reuses the per-value cache; the indices do not change
+    chunked = np.concatenate([enc.transform(new.iloc[i: i + 64])["cat"].numpy() for i in range(0, len(new), 64)])
+    np.testing.assert_array_equal(chunked, got)

@@ -96,6 +96,8 @@ class FeatureEncoder:
         self.max_categories = int(max_categories)
         self.positive_label = positive_label
         self.fitted = False
+        # (column, dtype) → {(type, raw value): vocabulary index}; a transform-time cache, not state
+        self._index_cache: dict[tuple[str, str], dict[tuple[type, Any], int]] = {}
         # fitted state
         self.num_mean = torch.zeros(len(self.num_columns))
         self.num_std = torch.ones(len(self.num_columns))
@@ -171,6 +173,7 @@ class FeatureEncoder:
             orig = pd.DataFrame({"k": keys, "v": s}).dropna().drop_duplicates("k")
             first = dict(zip(orig["k"], orig["v"]))
             self.keys[col] = [UNK, *[str(k) for k in counts.index]]
+            self._index_cache = {}
             self.vocab[col] = [UNK, *[_plain(first[k]) for k in counts.index]]
             self.dtypes[col] = str(s.dtype)
         if self.target and self.target in df.columns and self.target_type == "binary":
@@ -185,6 +188,32 @@ class FeatureEncoder:
         if missing:
             raise SchemaError(f"required column{'s' if len(missing) > 1 else ''} missing: {missing}",
                               source=source, column=missing[0])
+
+    def _category_index(self, col: str, s: pd.Series) -> np.ndarray:
+        """Vocabulary indices (n,) int64 of the values of ``s`` (0 = missing or unseen).
+
+        The values are factorised first, so the string normalisation of :func:`_category_keys`
+        and the vocabulary lookup run once per distinct value, not once per row; the index of a
+        distinct value is cached per column and dtype, so scoring in chunks pays it once.
+        """
+        if s.dtype == object:  # mixed Python objects: 1, 1.0 and True hash alike but have different keys
+            s = s.astype("string")
+        codes, uniques = pd.factorize(s, use_na_sentinel=True)
+        if len(uniques) == 0:
+            return np.zeros(len(s), dtype=np.int64)
+        cache = self._index_cache.setdefault((col, str(s.dtype)), {})
+        values = list(uniques)
+        tokens = [(type(v), v) for v in values]  # the type keeps 1, 1.0 and True apart
+        new = [i for i, t in enumerate(tokens) if t not in cache]
+        if new:
+            if len(cache) + len(new) > 100_000:  # a high-cardinality column: keep the cache bounded
+                cache.clear()
+            dtype = s.dtype.categories.dtype if isinstance(s.dtype, pd.CategoricalDtype) else s.dtype
+            keys = _category_keys(pd.Series([values[i] for i in new], dtype=dtype))
+            found = pd.Index(self.keys[col]).get_indexer(keys.astype(object).where(keys.notna(), None))
+            cache.update({tokens[i]: max(int(f), 0) for i, f in zip(new, found)})
+        lookup = np.fromiter((cache[t] for t in tokens), dtype=np.int64, count=len(tokens))
+        return np.append(lookup, 0)[codes]  # code −1 (NaN) → the last slot: 0
 
     def transform(self, df: pd.DataFrame, *, source: str = "<dataframe>", require_target: bool = False
                   ) -> dict[str, torch.Tensor]:
@@ -208,9 +237,7 @@ class FeatureEncoder:
             num_mask[:, j] = obs
         cat = np.zeros((n, self.n_cat), dtype=np.int64)
         for j, col in enumerate(self.cat_columns):
-            index = pd.Index(self.keys[col])
-            idx = index.get_indexer(_category_keys(df[col]).astype(object).where(df[col].notna(), None))
-            cat[:, j] = np.where(idx < 0, 0, idx)
+            cat[:, j] = self._category_index(col, df[col])
         out = {
             "num": torch.from_numpy(num),
             "num_mask": torch.from_numpy(num_mask),

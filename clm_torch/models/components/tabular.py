@@ -139,3 +139,64 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class FusedFirstLayer:
+    """Inference-time fusion of the categorical embeddings into the first layer of an ensemble head.
+
+    The first layer of :class:`EnsembleMLP` is linear in the tokenizer's output, and the
+    categorical part of that output is a table lookup, so each (column, category) adds a fixed
+    vector to every member's first pre-activation: ``embedding @ weight_block``. This class
+    precomputes those vectors once (the first column's rows also carry the layer's bias), as
+    ``table`` (sum of cardinalities, k · d_out). The forward then replaces the
+    ``n_cat · d_embed · k · d_out`` multiply-adds per row by one ``embedding_bag`` sum of ``n_cat``
+    rows, and the numeric (PLR, non-linear) and extra inputs go through one flat GEMM into all k
+    members at once. Exact up to float rounding; it is a snapshot of the weights, for inference only.
+
+    Shapes: ``num`` (B, n_num), ``num_mask`` (B, n_num), ``cat`` (B, n_cat), ``extra`` (B, d_extra)
+    or None → the head's output (k, B, d_out_of_head).
+    """
+
+    def __init__(self, tokenizer: FeatureTokenizer, head: EnsembleMLP) -> None:
+        first = head.net[0]
+        k, d_in, h = first.weight.shape
+        d = tokenizer.out_dim // max(tokenizer.n_num + tokenizer.n_cat, 1)
+        self.tokenizer, self.head, self.k, self.h = tokenizer, head, k, h
+        n_num_in, n_cat_in = tokenizer.n_num * d, tokenizer.n_cat * d
+        w = first.weight.detach()
+        flat = w.permute(1, 0, 2).reshape(d_in, k * h)  # input → all members' pre-activations
+        dense = torch.cat([flat[:n_num_in], flat[n_num_in + n_cat_in:]])  # numeric + extra rows
+        self.w_dense = dense.contiguous() if dense.shape[0] else None
+        self.bias = first.bias.detach().reshape(1, k * h)
+        self.table = self.offsets = None
+        if tokenizer.cat is not None:
+            emb = tokenizer.cat.embed.weight.detach()  # (sum card, d)
+            self.offsets = tokenizer.cat.offsets
+            bounds = [*self.offsets.tolist(), emb.shape[0]]
+            parts = [emb[bounds[j]: bounds[j + 1]] @ flat[n_num_in + j * d: n_num_in + (j + 1) * d]
+                     for j in range(tokenizer.n_cat)]
+            parts[0] = parts[0] + self.bias  # every row looks up exactly one entry of column 0
+            self.table = torch.cat(parts).contiguous()
+
+    @staticmethod
+    def table_size(tokenizer: FeatureTokenizer, head: EnsembleMLP) -> int:
+        """Floats the fused table would hold (to decide whether fusing is worth the memory)."""
+        k, _, h = head.net[0].weight.shape
+        n_rows = tokenizer.cat.embed.weight.shape[0] if tokenizer.cat is not None else 0
+        return n_rows * k * h
+
+    def __call__(self, num: torch.Tensor, num_mask: torch.Tensor, cat: torch.Tensor,
+                 extra: torch.Tensor | None = None) -> torch.Tensor:
+        dense = []
+        if self.tokenizer.num is not None:
+            dense.append(self.tokenizer.num(num, num_mask).flatten(1))
+        if extra is not None and extra.shape[1]:
+            dense.append(extra)
+        if self.table is not None:
+            pre = torch.nn.functional.embedding_bag(cat + self.offsets[None], self.table, mode="sum")
+        else:
+            pre = self.bias.expand(num.shape[0], -1)
+        if dense:
+            pre = torch.addmm(pre, torch.cat(dense, dim=1) if len(dense) > 1 else dense[0], self.w_dense)
+        x = pre.view(-1, self.k, self.h).transpose(0, 1)  # (k, B, h)
+        return self.head.net[1:](x) if len(self.head.net) > 1 else x

@@ -1,0 +1,158 @@
+"""Inference: ``predict_proba`` rows/s on a million raw customers, variants side by side (issue 6, point 4).
+
+One process, one machine state, the same raw frame for every variant:
+
+* the default ChurnClassifier (``experiment=churn_synthetic``: 8 MLP members of [64, 64] + 8 additive
+  members), trained for one epoch on 20k synthetic customers, saved and reloaded;
+* ``predict_proba`` as shipped: raw rows encoded in chunks of 65,536, forward passes of 2,048 rows,
+  categorical embeddings fused into the first layers (:meth:`ChurnClassifier.fused_inference`);
+* the same model without the fusion, and without the small forward passes (one pass per chunk), to
+  show what each step brings;
+* the encoding alone (``FeatureEncoder.transform`` of the whole frame) and the network alone (on
+  pre-encoded tensors);
+* the previous default architecture (members of [256, 256], ~4.7x the multiply-adds per row),
+  trained and scored the same way.
+
+Every figure is the best of ``--repeats`` timed calls after one warm-up call. The probabilities of
+every variant of one model are checked against each other (max abs difference reported).
+
+    python experiments/bench_inference.py                       # → performance.md, section "inference"
+    python experiments/bench_inference.py --n 200000 --no-write # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_throughput import command_line, compose, machine_info, quiet_lightning, write_section  # noqa: E402,I001
+
+
+def train_checkpoint(overrides: list[str], workdir: Path) -> Path:
+    """One epoch of the ``churn_synthetic`` config (plus ``overrides``) on 20k customers → a checkpoint."""
+    import hydra
+    import lightning as L
+
+    from clm_torch.data.sources import FrameSource
+    from clm_torch.data.synthetic import generate_customer_base
+    from clm_torch.train import build_model
+
+    cfg = compose(["experiment=churn_synthetic", *overrides], workdir / "run")
+    small = generate_customer_base(20_000, seed=1).customers
+    dm = hydra.utils.instantiate(cfg.data, source=FrameSource(small, target="churn", id_col="customer_id"),
+                                 _convert_="partial")
+    model = build_model(cfg, dm)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(workdir), accelerator="cpu", devices=1, enable_checkpointing=False)
+    trainer.fit(model, datamodule=dm)
+    path = workdir / "churn.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def best_of(fn: Any, repeats: int) -> tuple[float, Any]:
+    out = fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+def measure(ckpt: Path, frame: Any, repeats: int, full: bool) -> list[dict[str, Any]]:
+    from clm_torch.models.churn import ChurnClassifier
+
+    model = ChurnClassifier.load_from_checkpoint(ckpt)
+    model.eval()
+    n = len(frame)
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, fn: Any) -> np.ndarray:
+        sec, out = best_of(fn, repeats)
+        rows.append({"variant": name, "seconds": sec, "rows_per_s": n / sec})
+        print(f"  {name:60s} {sec:7.2f} s  {n / sec:>12,.0f} rows/s", flush=True)
+        return np.asarray(out)
+
+    ref = add("predict_proba (as shipped)", lambda: model.predict_proba(frame))
+    if not full:
+        return rows
+    limit, step = model.fuse_limit, model.forward_rows
+    try:
+        model.fuse_limit = -1
+        p_nofuse = add("predict_proba, no fusion", lambda: model.predict_proba(frame))
+        model.forward_rows = 1 << 30
+        p_plain = add("predict_proba, no fusion, one forward pass per 65,536-row chunk",
+                      lambda: model.predict_proba(frame))
+    finally:
+        model.fuse_limit, model.forward_rows = limit, step
+    sec, _ = best_of(lambda: model.encoder.transform(frame), repeats)
+    rows.append({"variant": "encoding only (FeatureEncoder.transform, whole frame)", "seconds": sec,
+                 "rows_per_s": n / sec})
+    print(f"  {rows[-1]['variant']:60s} {sec:7.2f} s  {n / sec:>12,.0f} rows/s", flush=True)
+    enc = {k: v for k, v in model.encoder.transform(frame).items() if k != "y"}
+
+    def network() -> np.ndarray:
+        out = []
+        with torch.inference_mode(), model.fused_inference():
+            for i in range(0, n, step):
+                out.append(model.predict_batch({k: v[i: i + step] for k, v in enc.items()}))
+        return torch.cat(out).numpy()
+
+    p_net = add("network only (pre-encoded, fused, passes of 2,048)", network)
+    diff = max(float(np.abs(ref - p).max()) for p in (p_nofuse, p_plain, p_net))
+    rows.append({"variant": "max abs difference of the probabilities between the variants above", "seconds": float("nan"), "rows_per_s": diff})
+    print(f"  max |dp| between variants: {diff:.2e}")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000, help="customers to score")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    quiet_lightning()
+    from clm_torch.data.synthetic import generate_customer_base
+
+    info = machine_info()
+    frame = generate_customer_base(args.n, seed=2, events_per_customer=1).customers.drop(columns=["churn"])
+    results: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, overrides, full in (("default: members [64, 64]", [], True),
+                                       ("previous default: members [256, 256]", ["model.hidden=[256,256]"], False)):
+            print(label, flush=True)
+            work = Path(tmp) / str(len(results))
+            work.mkdir()
+            results[label] = measure(train_checkpoint(overrides, work), frame, args.repeats, full)
+    lines = [f"- command: `{command_line()}`",
+             f"- {info['date']}; {info['cpu']}, {info['cores']} cores, {args.threads} torch threads; torch {info['torch']}; "
+             f"load average at start {info['load_avg_1min_at_start']}",
+             f"- {len(frame):,} raw synthetic customers (17 columns: 6 numeric, 10 categorical, id), best of "
+             f"{args.repeats} calls after a warm-up; model trained 1 epoch on 20k customers (`experiment=churn_synthetic`)",
+             "- target (issue 6): `predict_proba` on 1M customers ≥ 200,000 rows/s on 2 cores", "",
+             "| model | variant | seconds | rows/s |", "|---|---|---|---|"]
+    for label, rows in results.items():
+        for r in rows:
+            if np.isnan(r["seconds"]):
+                lines.append(f"| {label} | {r['variant']} | | {r['rows_per_s']:.1e} |")
+            else:
+                lines.append(f"| {label} | {r['variant']} | {r['seconds']:.2f} | {r['rows_per_s']:,.0f} |")
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        write_section("inference", body, "Inference: predict_proba on raw customers")
+
+
+if __name__ == "__main__":
+    main()
