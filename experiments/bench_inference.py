@@ -13,11 +13,18 @@ One process, one machine state, the same raw frame for every variant:
 * the previous default architecture (members of [256, 256], ~4.7x the multiply-adds per row),
   trained and scored the same way.
 
+With ``--recommend`` (section "inference_recommend"): the default ``recsys_movielens`` recommender,
+trained for one epoch on R1's training split (the cost of ``recommend`` depends on the architecture
+and the catalogue, not on how long it trained), saved, reloaded with ``load_from_checkpoint``, then
+``recommend(k=10)`` for every MovieLens user over the full 9,066-movie catalogue, seen items masked:
+the median and the best of ``--repeats`` calls after a warm-up. Target: under 1 s.
+
 Every figure is the best of ``--repeats`` timed calls after one warm-up call. The probabilities of
 every variant of one model are checked against each other (max abs difference reported).
 
     python experiments/bench_inference.py                       # → performance.md, section "inference"
     python experiments/bench_inference.py --n 200000 --no-write # quick
+    python experiments/bench_inference.py --recommend           # only the MovieLens recommend timing
 """
 
 from __future__ import annotations
@@ -114,15 +121,51 @@ def measure(ckpt: Path, frame: Any, repeats: int, full: bool) -> list[dict[str, 
     return rows
 
 
+def bench_recommend(repeats: int) -> str:
+    """``recommend(k=10)`` for every MovieLens user from a reloaded default checkpoint (see the docstring)."""
+    from clm_torch.models.recommender import EmbeddingRecommender
+    from clm_torch.train import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose(["experiment=recsys_movielens", "trainer.max_epochs=1", "callbacks.progress_bar=null",
+                       "callbacks.model_summary=null", "~logger"], Path(tmp) / "run")
+        metrics, objects = train(cfg)
+        model = EmbeddingRecommender.load_from_checkpoint(metrics["best_ckpt"])
+        model.eval()
+        users = list(objects["datamodule"].user_ids[1:])
+        recs = model.recommend(users, k=10)  # warm-up
+        times = []
+        for _ in range(max(repeats, 1)):
+            t0 = time.perf_counter()
+            recs = model.recommend(users, k=10)
+            times.append(time.perf_counter() - t0)
+    assert recs.shape == (len(users), 10)
+    n_items = model.n_items  # items have no <unk> slot; users do (index 0)
+    line = (f"- `recommend(k=10)` for all {len(users):,} MovieLens users over the full catalogue ({n_items:,} items, "
+            f"seen items masked), default `recsys_movielens` checkpoint reloaded: median **{np.median(times):.3f} s**, "
+            f"best {min(times):.3f} s of {len(times)} calls after a warm-up (target < 1 s)")
+    print(line)
+    return line
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000, help="customers to score")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--recommend", action="store_true", help="only the MovieLens recommend timing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     quiet_lightning()
+    if args.recommend:
+        info = machine_info()
+        body = "\n".join([f"- command: `{command_line()}`",
+                          f"- {info['date']}; {info['cpu']}, {info['cores']} cores, {args.threads} torch threads; "
+                          f"load average at start {info['load_avg_1min_at_start']}", bench_recommend(args.repeats)])
+        if not args.no_write:
+            write_section("inference_recommend", body, "Inference: recommend for every MovieLens user")
+        return
     from clm_torch.data.synthetic import generate_customer_base
 
     info = machine_info()
