@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from clm_torch.data.interactions import InteractionDataModule, csr_gather, item_neighbors, split_interactions
+from clm_torch.data.interactions import (InteractionDataModule, _sorted_codes, age_buckets, age_buckets_sorted,
+                                         csr_gather, item_neighbors, split_interactions)
 from clm_torch.data.sources.interactions import InteractionsFrameSource, synthetic_lowrank_log
 from clm_torch.metrics import RankingMetrics, dense_targets
 from clm_torch.models.recommender import EmbeddingRecommender
@@ -96,6 +97,29 @@ def test_ragged_batches_are_sliced_without_loss(dm: InteractionDataModule) -> No
         assert got == sorted(items[indptr[u]: indptr[u + 1]].tolist())
     pos, off = csr_gather(torch.tensor([0, 2, 2, 5]), torch.tensor([2, 0]))
     assert pos.tolist() == [2, 3, 4, 0, 1] and off.tolist() == [0, 3, 5]
+
+
+def test_sort_free_age_buckets_and_id_codes_match_the_sorting_versions() -> None:
+    """The DataModule sorts interactions once by (user, time, item); the recency buckets computed on
+    that order without a sort equal :func:`age_buckets` on (user, item) order, ties in time included,
+    and the factorised id codes equal a ``searchsorted`` into the sorted distinct ids."""
+    rng = np.random.default_rng(0)
+    n = 5000
+    users = rng.integers(0, 60, n)
+    items = rng.permutation(n)  # distinct (user, item) pairs, as after deduplication
+    times = rng.integers(0, 40, n).astype(float)  # many ties per user
+    by_item = np.lexsort((items, users))
+    want = age_buckets(users[by_item], times[by_item])
+    o = np.lexsort((items[by_item], times[by_item], users[by_item]))
+    got = np.empty(n, np.int64)
+    got[o] = age_buckets_sorted(users[by_item][o], times[by_item][o])
+    np.testing.assert_array_equal(got, want)
+    assert want.max() > 2  # the buckets really differ between interactions
+    ids = np.array([f"u{k}" for k in rng.integers(0, 300, n)], dtype=object)
+    uniq, codes = _sorted_codes(ids)
+    ref = np.sort(pd.unique(ids))
+    np.testing.assert_array_equal(uniq, ref)
+    np.testing.assert_array_equal(codes, np.searchsorted(ref, ids))
 
 
 def test_item_neighbors_by_cosine() -> None:

@@ -162,6 +162,27 @@ def ragged_loader(table: RaggedUserTable, batch_size: int, *, shuffle: bool, see
                       persistent_workers=num_workers > 0)
 
 
+def age_buckets_sorted(users: np.ndarray, times: np.ndarray, n_buckets: int = N_AGE_BUCKETS) -> np.ndarray:
+    """:func:`age_buckets` for interactions already sorted by (user, time, item), without a sort.
+
+    The rank from the user's most recent interaction is the number of the user's interactions
+    with a later time plus the position within the run of equal times (ties ranked in item order,
+    as :func:`age_buckets` ranks them when its input is in (user, item) order). Linear time.
+    """
+    n = len(users)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    new_user = np.r_[True, users[1:] != users[:-1]]
+    new_time = new_user | np.r_[True, times[1:] != times[:-1]]
+    user_start = np.flatnonzero(new_user)
+    user_end = np.r_[user_start[1:], n][np.cumsum(new_user) - 1]
+    tie_start = np.flatnonzero(new_time)
+    tie_id = np.cumsum(new_time) - 1
+    tie_end = np.r_[tie_start[1:], n][tie_id]
+    rank = (user_end - tie_end) + (np.arange(n) - tie_start[tie_id])
+    return np.minimum(np.floor(np.log2(1 + rank)).astype(np.int64), n_buckets - 1)
+
+
 # ----------------------------------------------------------------------------- splitting
 def _holdout(users: np.ndarray, key: np.ndarray, eligible: np.ndarray, fraction: float,
              n_users: int) -> np.ndarray:
@@ -257,23 +278,26 @@ class InteractionDataModule(L.LightningDataModule):
         self.data = data
         frame = data.frame
         # vocabularies: users get <unk> at 0; the catalogue is every item of the log or the item table
-        user_ids = np.sort(pd.unique(frame["user"].to_numpy()))
+        user_ids, u = _sorted_codes(frame["user"].to_numpy())
         item_values = frame["item"].to_numpy()
         if data.items is not None:
             item_values = np.concatenate([item_values, data.items["item"].to_numpy()])
-        item_ids = np.sort(pd.unique(item_values))
+        item_ids, i = _sorted_codes(item_values)
+        i = i[: len(frame)]
+        u = u + 1
         self.user_ids: list[Any] = [UNK, *[_plain(v) for v in user_ids]]
         self.item_ids: list[Any] = [_plain(v) for v in item_ids]
         self.n_users, self.n_items = len(self.user_ids), len(self.item_ids)
         self._item_index = pd.Index(item_ids)
-        u = np.searchsorted(user_ids, frame["user"].to_numpy()) + 1
-        i = np.searchsorted(item_ids, frame["item"].to_numpy())
         t = frame["time"].to_numpy(np.float64) if data.has_time else None
         w = frame["weight"].to_numpy(np.float64) if data.has_weight else np.ones(len(frame))
         u, i, t, w = _dedupe(u, i, t, w, self.n_items)
         self.split = split_interactions(u, t, self.n_users, self.protocol, self.test_fraction, self.val_fraction,
                                         self.min_user_interactions, self.split_seed)
         order_key = t if t is not None else np.zeros(len(u))
+        # one global sort by (user, time, item): every masked subset is then already in CSR order
+        o = np.lexsort((i, order_key, u))
+        u, i, order_key, w, self.split = u[o], i[o], order_key[o], w[o], self.split[o]
         self.interactions = {"user": u, "item": i, "time": order_key, "weight": w}
         parts = {"train": self.split == 0, "val": self.split == 1, "test": self.split == 2}
         known = self.split <= 1
@@ -309,13 +333,11 @@ class InteractionDataModule(L.LightningDataModule):
     def _csr(self, mask: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """CSR over users of the interactions in ``mask``: indptr and items/age/weight, by user then time."""
         u, i = self.interactions["user"][mask], self.interactions["item"][mask]
-        t, w = self.interactions["time"][mask], self.interactions["weight"][mask]
-        age = age_buckets(u, t)
-        o = np.lexsort((i, t, u))
-        indptr = csr_from_pairs(u[o], self.n_users)
-        return torch.from_numpy(indptr), {"items": torch.from_numpy(i[o].astype(np.int64)),
-                                          "age": torch.from_numpy(age[o]),
-                                          "weight": torch.from_numpy(w[o].astype(np.float32))}
+        t, w = self.interactions["time"][mask], self.interactions["weight"][mask]  # sorted by (user, time, item)
+        indptr = csr_from_pairs(u, self.n_users)
+        return torch.from_numpy(indptr), {"items": torch.from_numpy(i.astype(np.int64)),
+                                          "age": torch.from_numpy(age_buckets_sorted(u, t)),
+                                          "weight": torch.from_numpy(w.astype(np.float32))}
 
     def _build_item_features(self, data: InteractionData) -> None:
         n = self.n_items
@@ -417,6 +439,21 @@ class InteractionDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values, index of every value among them (int64)).
+
+    The values are hashed once (``pd.factorize``, linear in their number) and only the distinct
+    values are sorted, so string ids cost O(n + m log m) instead of the O(n log m) Python string
+    comparisons of a ``searchsorted`` over all rows.
+    """
+    codes, uniques = pd.factorize(values)
+    uniques = np.asarray(uniques)
+    order = np.argsort(uniques, kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order), dtype=np.int64)
+    return uniques[order], rank[codes]
 
 
 def _plain(v: Any) -> Any:
