@@ -135,7 +135,8 @@ def build_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Lightni
         from clm_torch.models.infogap_features import InfoGapTransform
 
         datamodule.frame_transform = InfoGapTransform(vae, impute=bool(cfg.model.get("infogap_impute", True)),
-                                                      n_samples=int(cfg.model.get("infogap_samples", 8)))
+                                                      n_samples=int(cfg.model.get("infogap_samples", 8)),
+                                                      features=str(cfg.model.get("infogap_features", "all")))
     datamodule.setup("fit")
     extra = {"infogap": _plain(dict(vae.hparams))} if vae is not None else {}
     model = hydra.utils.instantiate(cfg.model, **datamodule.model_kwargs(), **extra, _convert_="all")

@@ -72,6 +72,8 @@ def test_checkpoint_is_weights_only_and_scores_raw_frames(trained_run) -> None:
     assert p.shape == (50,) and np.isfinite(p).all() and ((p > 0) & (p < 1)).all()
     p_small_batches = model.predict_proba(df, batch_size=7)
     np.testing.assert_allclose(p, p_small_batches, rtol=1e-5, atol=1e-6)
+    model.forward_rows = 3  # forward passes smaller than the encoded chunk, the last one partial
+    np.testing.assert_allclose(p, model.predict_proba(df, batch_size=20), rtol=1e-5, atol=1e-6)
     with pytest.raises(SchemaError, match="column 'tenure'.*missing"):
         model.predict_proba(df.drop(columns=["tenure"]))
 
@@ -163,3 +165,15 @@ def test_churn_with_infogap_vae(tmp_path, make_cfg) -> None:
     np.testing.assert_allclose(p1, loaded.predict_proba(test), atol=1e-6)  # seeded: deterministic
     with pytest.raises(SchemaError, match="tenure"):
         loaded.predict_proba(test.drop(columns=["tenure"]))
+    # model.infogap_features=summary: only the gap summaries join the inputs (imputation unchanged)
+    vae_ckpt2 = tmp_path / "vae2.ckpt"
+    shutil.copy(tmp_path / "vae" / "checkpoints" / "best.ckpt", vae_ckpt2)
+    m2, o2 = train(make_cfg("model=churn", *data, *small, f"model.infogap_ckpt={vae_ckpt2}", "model.k_ensemble=2",
+                            "model.additive_members=0", "model.hidden=[16]", "model.infogap_samples=2",
+                            "model.infogap_features=summary", out="churn_summary"))
+    assert o2["datamodule"].encoder.dims()["n_num"] == 2 + len(infogap_columns(4, "summary")) == 5
+    assert o2["datamodule"].frames["train"]["contract"].notna().all()
+    p2 = ChurnClassifier.load_from_checkpoint(m2["best_ckpt"]).predict_proba(test)
+    assert np.isfinite(p2).all()
+    with pytest.raises(ValueError, match="infogap_features"):
+        infogap_columns(4, "latent")

@@ -104,6 +104,8 @@ class ChurnClassifier(CLMModule):
             VAE when the checkpoint is loaded.
         infogap_impute: fill missing inputs with the VAE's imputation (else only add its features).
         infogap_samples: latent samples for the VAE's imputation and gap scores.
+        infogap_features: ``"all"`` (latent means and stds and the gap summaries) or ``"summary"``
+            (only ``vae_gap_score``, ``vae_completeness``, ``vae_n_missing``) as extra inputs.
         sequence_encoder: ``"none"``, ``"gru"`` or ``"attention"``: encode the last purchases
             (columns ``seq{k}_days``, ``seq{k}_amount``, ``seq{k}_item`` from ``data=events`` with
             ``data.sequence_length`` > 0) with a :class:`PurchaseSequenceEncoder`. Per step it
@@ -149,6 +151,7 @@ class ChurnClassifier(CLMModule):
         infogap: dict[str, Any] | None = None,
         infogap_impute: bool = True,
         infogap_samples: int = 8,
+        infogap_features: str = "all",
         sequence_encoder: str = "none",
         sequence_hidden: int = 32,
         sequence_d_item: int = 16,
@@ -160,6 +163,8 @@ class ChurnClassifier(CLMModule):
             raise ValueError(f"model.calibration must be platt, temperature or none, not {calibration!r}")
         if sequence_encoder not in SEQUENCE_ENCODERS:
             raise ValueError(f"model.sequence_encoder must be one of {SEQUENCE_ENCODERS}, not {sequence_encoder!r}")
+        if infogap_features not in ("all", "summary"):
+            raise ValueError(f"model.infogap_features must be all or summary, not {infogap_features!r}")
         self.tokenizer: FeatureTokenizer | None = None
         self.head: EnsembleMLP | None = None
         self.additive_tokenizer: FeatureTokenizer | None = None
@@ -274,7 +279,8 @@ class ChurnClassifier(CLMModule):
         from clm_torch.models.infogap_features import infogap_frame
 
         return infogap_frame(self.infogap, df, impute=bool(self.hparams.infogap_impute),
-                             n_samples=int(self.hparams.infogap_samples), source=source)
+                             n_samples=int(self.hparams.infogap_samples),
+                             features=str(self.hparams.get("infogap_features", "all")), source=source)
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -26,16 +26,23 @@ import pandas as pd
 SUMMARY_COLUMNS = ("vae_gap_score", "vae_completeness", "vae_n_missing")
 
 
-def infogap_columns(latent_dim: int) -> list[str]:
-    """Names of the numeric columns added by :func:`infogap_frame`, in order."""
-    return [*(f"vae_z{i}" for i in range(latent_dim)), *(f"vae_std{i}" for i in range(latent_dim)),
-            *SUMMARY_COLUMNS]
+FEATURE_SETS = ("all", "summary")
+
+
+def infogap_columns(latent_dim: int, features: str = "all") -> list[str]:
+    """Names of the numeric columns added by :func:`infogap_frame`, in order: with ``features="all"``
+    the latent means and stds and the summaries, with ``"summary"`` only the summaries."""
+    if features not in FEATURE_SETS:
+        raise ValueError(f"model.infogap_features must be one of {FEATURE_SETS}, not {features!r}")
+    latent = [*(f"vae_z{i}" for i in range(latent_dim)), *(f"vae_std{i}" for i in range(latent_dim))]
+    return [*(latent if features == "all" else []), *SUMMARY_COLUMNS]
 
 
 def infogap_frame(vae: Any, df: pd.DataFrame, *, impute: bool = True, n_samples: int = 8,
-                  source: str = "<dataframe>") -> pd.DataFrame:
-    """``df`` (not modified) with the VAE's features added and, with ``impute``, its missing cells
-    of the VAE's feature columns filled (see the module docstring)."""
+                  features: str = "all", source: str = "<dataframe>") -> pd.DataFrame:
+    """``df`` (not modified) with the VAE's features added (``features``: see :func:`infogap_columns`)
+    and, with ``impute``, its missing cells of the VAE's feature columns filled (see the module docstring)."""
+    wanted = infogap_columns(int(vae.hparams.latent_dim), features)
     was_training = vae.training
     vae.eval()
     try:
@@ -55,6 +62,7 @@ def infogap_frame(vae: Any, df: pd.DataFrame, *, impute: bool = True, n_samples:
         extra["vae_gap_score"] = gap["gap_score"].to_numpy(dtype=np.float64)
         extra["vae_completeness"] = gap["completeness"].to_numpy(dtype=np.float64)
         extra["vae_n_missing"] = n_missing
+        extra = {k: extra[k] for k in wanted}
         clash = [c for c in extra if c in df.columns]
         if clash:
             from clm_torch.data.schema import SchemaError
@@ -69,12 +77,13 @@ def infogap_frame(vae: Any, df: pd.DataFrame, *, impute: bool = True, n_samples:
 class InfoGapTransform:
     """A picklable ``frame -> frame`` callable for :class:`~clm_torch.data.datamodules.TableDataModule`."""
 
-    def __init__(self, vae: Any, impute: bool = True, n_samples: int = 8) -> None:
-        self.vae, self.impute, self.n_samples = vae, bool(impute), int(n_samples)
-        self.added_numeric = infogap_columns(int(vae.hparams.latent_dim))
+    def __init__(self, vae: Any, impute: bool = True, n_samples: int = 8, features: str = "all") -> None:
+        self.vae, self.impute, self.n_samples, self.features = vae, bool(impute), int(n_samples), str(features)
+        self.added_numeric = infogap_columns(int(vae.hparams.latent_dim), self.features)
 
     def __call__(self, df: pd.DataFrame, source: str = "<dataframe>") -> pd.DataFrame:
-        return infogap_frame(self.vae, df, impute=self.impute, n_samples=self.n_samples, source=source)
+        return infogap_frame(self.vae, df, impute=self.impute, n_samples=self.n_samples, features=self.features,
+                             source=source)
 
 
-__all__ = ["InfoGapTransform", "SUMMARY_COLUMNS", "infogap_columns", "infogap_frame"]
+__all__ = ["FEATURE_SETS", "InfoGapTransform", "SUMMARY_COLUMNS", "infogap_columns", "infogap_frame"]
