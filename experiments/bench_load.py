@@ -36,11 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+    from bench_throughput import status_mb  # this folder is on sys.path (the script's own folder)
+
+    return status_mb(key)
 
 
 def _reset_peak() -> None:

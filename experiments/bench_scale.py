@@ -51,11 +51,9 @@ TARGETS = {"ratio": 12.0, "peak_gb": 8.0, "features_s": 60.0, "score_rows_per_s"
 
 # ---------------------------------------------------------------------------- inside one stage process
 def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+    from bench_throughput import status_mb
+
+    return status_mb(key)
 
 
 class Clock:

@@ -90,6 +90,15 @@ def lean_training_log(model_cls: type) -> Any:
 
 
 # ---------------------------------------------------------------------------- shared helpers
+def status_mb(key: str) -> float:
+    """A memory figure of this process from ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...) in MB; NaN if absent."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, cores, torch/lightning versions and the date (recorded with every benchmark)."""
     import lightning

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from clm_torch.data.interactions import (InteractionDataModule, _sorted_codes, age_buckets, age_buckets_sorted,
+from clm_torch.data.interactions import (N_AGE_BUCKETS, InteractionDataModule, _sorted_codes, age_buckets_sorted,
                                          csr_gather, item_neighbors, split_interactions)
 from clm_torch.data.sources.interactions import InteractionsFrameSource, synthetic_lowrank_log
 from clm_torch.metrics import RankingMetrics, dense_targets
@@ -99,9 +99,21 @@ def test_ragged_batches_are_sliced_without_loss(dm: InteractionDataModule) -> No
     assert pos.tolist() == [2, 3, 4, 0, 1] and off.tolist() == [0, 3, 5]
 
 
+def _age_buckets_by_sort(users: np.ndarray, order_key: np.ndarray) -> np.ndarray:
+    """Reference: rank from each user's most recent interaction by a stable sort on (user, -time)."""
+    n = len(users)
+    o = np.lexsort((-order_key, users))
+    u = users[o]
+    first = np.r_[True, u[1:] != u[:-1]]
+    rank = np.arange(n) - np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    out = np.empty(n, np.int64)
+    out[o] = np.minimum(np.floor(np.log2(1 + rank)).astype(np.int64), N_AGE_BUCKETS - 1)
+    return out
+
+
 def test_sort_free_age_buckets_and_id_codes_match_the_sorting_versions() -> None:
     """The DataModule sorts interactions once by (user, time, item); the recency buckets computed on
-    that order without a sort equal :func:`age_buckets` on (user, item) order, ties in time included,
+    that order without a sort equal a sort-based ranking on (user, item) order, ties in time included,
     and the factorised id codes equal a ``searchsorted`` into the sorted distinct ids."""
     rng = np.random.default_rng(0)
     n = 5000
@@ -109,7 +121,7 @@ def test_sort_free_age_buckets_and_id_codes_match_the_sorting_versions() -> None
     items = rng.permutation(n)  # distinct (user, item) pairs, as after deduplication
     times = rng.integers(0, 40, n).astype(float)  # many ties per user
     by_item = np.lexsort((items, users))
-    want = age_buckets(users[by_item], times[by_item])
+    want = _age_buckets_by_sort(users[by_item], times[by_item])
     o = np.lexsort((items[by_item], times[by_item], users[by_item]))
     got = np.empty(n, np.int64)
     got[o] = age_buckets_sorted(users[by_item][o], times[by_item][o])

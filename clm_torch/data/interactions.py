@@ -82,24 +82,6 @@ def csr_gather(indptr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, 
     return pos, offsets
 
 
-def age_buckets(users: np.ndarray, order_key: np.ndarray, n_buckets: int = N_AGE_BUCKETS) -> np.ndarray:
-    """Recency bucket per interaction: floor(log2(1 + rank from the user's most recent)), clipped.
-
-    ``users`` and ``order_key`` are (n,); the result is aligned with them.
-    """
-    n = len(users)
-    if n == 0:
-        return np.zeros(0, np.int64)
-    o = np.lexsort((-order_key, users))
-    u = users[o]
-    first = np.r_[True, u[1:] != u[:-1]]
-    start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
-    rank = np.arange(n) - start
-    out = np.empty(n, np.int64)
-    out[o] = np.minimum(np.floor(np.log2(1 + rank)).astype(np.int64), n_buckets - 1)
-    return out
-
-
 def item_neighbors(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, k: int,
                    chunk: int = 512) -> torch.Tensor:
     """Top-``k`` co-occurrence neighbours (n_items, k) int64 of every item by cosine similarity.
@@ -163,11 +145,12 @@ def ragged_loader(table: RaggedUserTable, batch_size: int, *, shuffle: bool, see
 
 
 def age_buckets_sorted(users: np.ndarray, times: np.ndarray, n_buckets: int = N_AGE_BUCKETS) -> np.ndarray:
-    """:func:`age_buckets` for interactions already sorted by (user, time, item), without a sort.
+    """Recency bucket per interaction, floor(log2(1 + rank from the user's most recent)) clipped to
+    ``n_buckets - 1``, for interactions already sorted by (user, time, item), without a sort.
 
-    The rank from the user's most recent interaction is the number of the user's interactions
-    with a later time plus the position within the run of equal times (ties ranked in item order,
-    as :func:`age_buckets` ranks them when its input is in (user, item) order). Linear time.
+    The rank is the number of the user's interactions with a later time plus the position within
+    the run of equal times (ties ranked in item order). Linear time; ``users`` and ``times`` are
+    (n,) and the result is aligned with them.
     """
     n = len(users)
     if n == 0:
