@@ -353,3 +353,34 @@ def test_matches_groupby_reference_on_random_log():
     pos = f.index.get_indexer(ref.index)
     last = v.sequences["amount"][pos, v.sequences["length"][pos] - 1]
     np.testing.assert_allclose(last, ref["last_amount"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("with_table", [False, True])
+def test_blocks_of_customers_match_one_block(monkeypatch, with_table):
+    """The view is computed in blocks of whole customers; tiny blocks give exactly the one-block result."""
+    import clm_torch.data.events as events_mod
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    ev = load_events(
+        pd.DataFrame(
+            {
+                "customer_id": rng.choice([f"c{i:03d}" for i in range(400)], n),
+                "timestamp": pd.Timestamp("2023-01-01") + pd.to_timedelta(rng.integers(0, 900, n) * 3600 * 8, unit="s"),
+                "amount": rng.normal(20, 15, n).round(2),
+                "item_id": rng.choice([f"i{i}" for i in range(60)], n),
+            }
+        ),
+        customer_col="customer_id", time_col="timestamp", amount_col="amount", item_col="item_id",
+    )
+    table = pd.DataFrame({"customer_id": [f"c{i:03d}" for i in range(350, 450)], "age": np.arange(100.0)})
+    kwargs = dict(horizon_days=45, n_last=4, item_categories={f"i{i}": f"k{i % 4}" for i in range(0, 60, 2)},
+                  category_shares=True, customers=table if with_table else None)
+    whole = build_customer_view(ev, "2023-07-01", **kwargs)
+    monkeypatch.setattr(events_mod, "_BLOCK_EVENTS", 17)
+    blocks = build_customer_view(ev, "2023-07-01", **kwargs)
+    assert len(whole.features) > 300 and whole.features["share_k2"].notna().any()
+    pd.testing.assert_frame_equal(blocks.features, whole.features)
+    pd.testing.assert_frame_equal(blocks.labels, whole.labels)
+    for key, value in whole.sequences.items():
+        np.testing.assert_array_equal(blocks.sequences[key], value)

@@ -492,24 +492,13 @@ def build_customer_view(
         ts_all = events["timestamp"]
         if ts_all.dt.tz is not None:
             ts_all = ts_all.dt.tz_convert("UTC").dt.tz_localize(None)
-        ts_all = ts_all.to_numpy().astype("datetime64[ns]").view("int64")
+        ts_all = ts_all.to_numpy().astype("datetime64[ns]", copy=False).view("int64")
         ev_codes, ev_uniques = pd.factorize(events["customer_id"], sort=False)
-        kept = np.flatnonzero(ts_all < end_ns)
-        kept = kept[_sort_order(ev_codes[kept], ts_all[kept], len(ev_uniques))]  # one gather per column below
-        code, ts = ev_codes[kept], ts_all[kept]
-        amount = events["amount"].to_numpy(dtype="float64")[kept] if has_amount else None
-        if has_item:
-            it_codes, it_uniques = pd.factorize(events["item_id"], sort=False)  # -1 = missing item
-            it = it_codes[kept]
-
-        before = ts < cut_ns
-        purchase = amount >= 0 if has_amount else np.ones(len(ts), dtype=bool)
-        in_window = ~before
 
         step("customers")
         # --- population and mapping event-customer code -> row -----------------------------------
         k = len(ev_uniques)
-        had_before = np.bincount(code[before], minlength=k) > 0
+        had_before = np.bincount(ev_codes[ts_all < cut_ns], minlength=k) > 0
         ev_index = pd.Index(ev_uniques)
         table = None
         if customers is not None:
@@ -558,73 +547,30 @@ def build_customer_view(
             row_of_code = np.full(k, -1, dtype=np.int64)
             row_of_code[with_history[by_id]] = np.arange(len(population))
         n = len(population)
-        row = row_of_code[code] if len(code) else np.zeros(0, dtype=np.int64)
-        in_pop = row >= 0
 
-        def per_customer(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-            m = mask & in_pop
-            return np.bincount(row[m], weights=None if weights is None else weights[m], minlength=n)
-
-        step("RFM and trend features")
-        # --- transactions: first purchase row of each (customer, timestamp) -----------------------
-        pb = before & purchase & in_pop
-        p_row, p_ts = row[pb], ts[pb]
-        new_tx = np.r_[True, (p_row[1:] != p_row[:-1]) | (p_ts[1:] != p_ts[:-1])] if len(p_row) else np.zeros(0, bool)
-        t_row, t_ts = p_row[new_tx], p_ts[new_tx]
-        freq = np.bincount(t_row, minlength=n)
-        has = freq > 0
-        starts = _group_starts(t_row)
-        recency = np.full(n, np.nan)
-        tenure = np.full(n, np.nan)
-        if len(starts):  # differences in int64 ns first: float64 cannot hold epoch nanoseconds exactly
-            ends = np.r_[starts[1:], len(t_row)] - 1
-            tenure[t_row[starts]] = (cut_ns - t_ts[starts]) / _NS_PER_DAY
-            recency[t_row[ends]] = (cut_ns - t_ts[ends]) / _NS_PER_DAY
-
-        day = p_ts // _NS_PER_DAY
-        new_day = np.r_[True, (p_row[1:] != p_row[:-1]) | (day[1:] != day[:-1])] if len(p_row) else np.zeros(0, bool)
-        n_days = np.bincount(p_row[new_day], minlength=n)
-
-        # gaps between consecutive transactions of the same customer
-        same = np.r_[False, t_row[1:] == t_row[:-1]] if len(t_row) else np.zeros(0, bool)
-        g_row = t_row[same]
-        gaps = (t_ts[same] - t_ts[np.flatnonzero(same) - 1]) / _NS_PER_DAY
-        n_gaps = np.bincount(g_row, minlength=n)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ipt_mean = np.bincount(g_row, weights=gaps, minlength=n) / n_gaps
-            dev2 = np.bincount(g_row, weights=(gaps - ipt_mean[g_row]) ** 2, minlength=n)
-            ipt_std = np.where(n_gaps >= 2, np.sqrt(dev2 / np.maximum(n_gaps - 1, 1)), np.nan)
-        ipt_mean[n_gaps == 0] = np.nan
-        max_gap = np.full(n, np.nan)
-        last_gap = np.full(n, np.nan)
-        gstarts = _group_starts(g_row)
-        if len(gstarts):
-            gends = np.r_[gstarts[1:], len(g_row)] - 1
-            max_gap[g_row[gstarts]] = np.maximum.reduceat(gaps, gstarts)
-            last_gap[g_row[gends]] = gaps[gends]
-
-        # trend: transactions in the last window vs the one before
-        recent = np.bincount(t_row[t_ts >= cut_ns - w_ns], minlength=n)
-        previous = np.bincount(t_row[(t_ts >= cut_ns - 2 * w_ns) & (t_ts < cut_ns - w_ns)], minlength=n)
-        trend = np.where(has, np.log((recent + 1.0) / (previous + 1.0)), np.nan)
-
-        # money
-        if has_amount:
-            monetary_total = per_customer(before, amount)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                monetary_mean = np.where(has, per_customer(before & purchase, amount) / freq, np.nan)
-        else:
-            monetary_total = np.full(n, np.nan)
-            monetary_mean = np.full(n, np.nan)
-
-        # items
-        vocab: list = ["<unk>"]
-        item_idx_sorted = np.zeros(len(ts), dtype=np.int64)
-        n_items = np.zeros(n, dtype=np.int64)
-        extra: dict[str, np.ndarray] = {}
+        # --- the relevant events (population, ts < cutoff + horizon), sorted by (row, time) ----------
+        ev_rows = row_of_code[ev_codes]
+        kept = np.flatnonzero((ts_all < end_ns) & (ev_rows >= 0))
+        kept = kept[_sort_order(ev_rows[kept], ts_all[kept], n)]  # one gather per column below
+        row, ts = ev_rows[kept], ts_all[kept]
+        del ev_rows
+        amount = events["amount"].to_numpy(dtype="float64")[kept] if has_amount else None
         if has_item:
-            pi_code = it[pb]
+            it_codes, it_uniques = pd.factorize(events["item_id"], sort=False)  # -1 = missing item
+            it = it_codes[kept]
+        before = ts < cut_ns
+        step("RFM and trend features")
+        # --- the item vocabulary and category maps, over the whole log --------------------------------
+        vocab: list = ["<unk>"]
+        item_idx = np.zeros(len(ts), dtype=np.int64)
+        cat_of_item: np.ndarray | None = None  # category code per item code (last slot: missing item)
+        share_of_item: np.ndarray | None = None
+        share_names: list = []
+        if has_item:
+            purchase = amount >= 0 if has_amount else np.ones(len(ts), dtype=bool)
+            pi_code = it[before & purchase]
             used = np.flatnonzero(np.bincount(pi_code[pi_code >= 0], minlength=len(it_uniques)) > 0)
+            del purchase, pi_code
             known = pd.Index(it_uniques[used])
             try:
                 perm = known.argsort()
@@ -633,37 +579,18 @@ def build_customer_view(
             vocab = ["<unk>", *known[perm].tolist()]
             idx_of_code = np.zeros(len(it_uniques) + 1, dtype=np.int64)  # last slot: code -1
             idx_of_code[used[perm]] = np.arange(1, len(used) + 1)
-            item_idx_sorted = idx_of_code[it]
-            pi = item_idx_sorted[pb]
-            ok = pi > 0
-            base = len(vocab) + 1
-            pair = np.sort(p_row[ok].astype(np.int64) * base + pi[ok])
-            pair = pair[np.r_[True, pair[1:] != pair[:-1]]] if len(pair) else pair
-            n_items = np.bincount(pair // base, minlength=n)
+            item_idx = idx_of_code[it]
             if item_categories is not None:
                 cat_map = pd.Series(item_categories) if isinstance(item_categories, Mapping) else item_categories
-                cat_of_code = pd.Series(list(it_uniques) + [None], dtype=object).map(cat_map)
-                cat_of_code = cat_of_code.astype(object).where(cat_of_code.notna(), "<unk>")
-                c_of_code, c_uniques = pd.factorize(cat_of_code)
-                n_cat = max(len(c_uniques), 1)
-                key = np.sort(p_row.astype(np.int64) * n_cat + c_of_code[pi_code])
-                k_starts = _group_starts(key)
-                counts = np.diff(np.r_[k_starts, len(key)])
-                k_row = key[k_starts] // n_cat
-                p = counts / np.bincount(p_row, minlength=n)[k_row]
-                extra["category_entropy"] = np.where(has, np.bincount(k_row, weights=-p * np.log(p), minlength=n), np.nan)
+                mapped = pd.Series(list(it_uniques) + [None], dtype=object).map(cat_map)
+                cat_of_item = pd.factorize(mapped.astype(object).where(mapped.notna(), "<unk>"))[0]
                 if category_shares:  # every category of the map, sorted by name; last slot: unmapped
                     cats = pd.Index(pd.unique(cat_map.dropna()))
-                    cats = cats[np.argsort([str(c) for c in cats], kind="stable")]
-                    nc = len(cats) + 1
-                    share_code = cats.get_indexer(pd.Series(list(it_uniques) + [None], dtype=object).map(cat_map))
-                    share_code = np.where(share_code >= 0, share_code, len(cats))[pi_code]
-                    per_cat = np.bincount(p_row.astype(np.int64) * nc + share_code, minlength=n * nc).reshape(n, nc)
-                    total = np.maximum(per_cat.sum(1), 1)
-                    for j, cat in enumerate(cats):
-                        extra[f"share_{cat}"] = np.where(has, per_cat[:, j] / total, np.nan)
+                    share_names = list(cats[np.argsort([str(c) for c in cats], kind="stable")])
+                    share_of_item = pd.Index(share_names).get_indexer(mapped)
+                    share_of_item = np.where(share_of_item >= 0, share_of_item, len(share_names))
                     if table is not None:
-                        clash = [c for c in extra if c.startswith("share_") and c in table.columns]
+                        clash = [f"share_{c}" for c in share_names if f"share_{c}" in table.columns]
                         if clash:
                             raise SchemaError("customer table column has the name of a category-share feature; "
                                               "rename it", source="<customers>", column=clash[0])
@@ -671,41 +598,48 @@ def build_customer_view(
             log.warning("item_categories given but the events have no item_id column; no category_entropy")
         if category_shares and (item_categories is None or not has_item):
             log.warning("category_shares needs item_categories and an item_id column; no share_<category> features")
-        with np.errstate(invalid="ignore", divide="ignore"):
-            diversity = np.where(has, n_items / np.maximum(freq, 1), np.nan) if has_item else np.full(n, np.nan)
-        extra = {"n_distinct_items": n_items, "basket_diversity": diversity, **extra}
 
-        features = pd.DataFrame(
-            {
-                "recency_days": recency,
-                "frequency": freq.astype(np.int64),
-                "n_purchase_days": n_days.astype(np.int64),
-                "monetary_mean": monetary_mean,
-                "monetary_total": monetary_total,
-                "tenure_days": tenure,
-                "ipt_mean_days": ipt_mean,
-                "ipt_std_days": ipt_std,
-                "max_gap_days": max_gap,
-                "last_gap_days": last_gap,
-                "trend_log_ratio": trend,
-                **extra,
-            },
-            index=population,
-        )
+        # --- per-customer outputs, filled block by block -------------------------------------------
+        nan_if_no_amount = 0.0 if has_amount else np.nan
+        out: dict[str, np.ndarray] = {name: np.full(n, np.nan) for name in _FLOAT_FEATURES}
+        out.update({name: np.zeros(n, dtype=np.int64) for name in ("frequency", "n_purchase_days",
+                                                                    "n_distinct_items", "future_n_tx")})
+        out["monetary_total"] = np.full(n, nan_if_no_amount)
+        out["future_spend"] = np.full(n, nan_if_no_amount)
+        if cat_of_item is not None:
+            out["category_entropy"] = np.full(n, np.nan)
+        out["shares"] = np.full((n, len(share_names)), np.nan)
+        seq = {"item_idx": np.zeros((n, n_last), dtype=np.int64), "amount": np.zeros((n, n_last), dtype=np.float32),
+               "days_before_cutoff": np.zeros((n, n_last), dtype=np.float32), "length": np.zeros(n, dtype=np.int64)}
+
+        # Customers are contiguous and in row order in the sorted arrays: blocks of whole customers
+        # keep every temporary small (cache-sized and reused), so the time per event does not grow
+        # with the log, and each block's results are one slice of the outputs.
+        bounds = np.unique(np.r_[0, np.searchsorted(row, row[np.arange(_BLOCK_EVENTS, len(row), _BLOCK_EVENTS)]),
+                                 len(row)])
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            r0, r1 = int(row[a]), int(row[b - 1]) + 1
+            local = _view_block(
+                row[a:b] - r0, r1 - r0, ts[a:b], None if amount is None else amount[a:b],
+                item_idx[a:b], None if cat_of_item is None else cat_of_item[it[a:b]],
+                None if share_of_item is None else share_of_item[it[a:b]], len(share_names),
+                cut_ns=cut_ns, w_ns=w_ns, n_last=n_last, has_item=has_item, has_amount=has_amount,
+            )
+            for name, values in local.items():
+                (seq[name[4:]] if name.startswith("seq_") else out[name])[r0:r1] = values
+        for j, cat in enumerate(share_names):
+            out[f"share_{cat}"] = out["shares"][:, j]
+
+        feature_names = [*FEATURE_COLUMNS, *(["category_entropy"] if cat_of_item is not None else []),
+                         *(f"share_{cat}" for cat in share_names)]
+        features = pd.DataFrame({name: out[name] for name in feature_names}, index=population, copy=False)
         if table is not None:
             features = features.join(table, how="left")
 
         step("labels")
-        # --- labels ---------------------------------------------------------------------------------
-        pw = in_window & purchase & in_pop
-        w_row, w_ts = row[pw], ts[pw]
-        w_new = np.r_[True, (w_row[1:] != w_row[:-1]) | (w_ts[1:] != w_ts[:-1])] if len(w_row) else np.zeros(0, bool)
-        future_n_tx = np.bincount(w_row[w_new], minlength=n).astype(np.int64)
-        future_spend = per_customer(in_window, amount) if has_amount else np.full(n, np.nan)
-        labels = pd.DataFrame(
-            {"churn": (future_n_tx == 0).astype(np.int64), "future_spend": future_spend, "future_n_tx": future_n_tx},
-            index=population,
-        )
+        labels = pd.DataFrame({name: out[name] for name in ("future_spend", "future_n_tx")}, index=population,
+                              copy=False)
+        labels.insert(0, "churn", (labels["future_n_tx"] == 0).astype(np.int64))
         if len(ts_all) and ts_all.max() < end_ns - _NS_PER_DAY:
             log.warning(
                 "label window [%s, %s) ends after the last event (%s): churn labels near the end are censored",
@@ -715,39 +649,153 @@ def build_customer_view(
             )
 
         step("sequences")
-        # --- sequences: last n_last purchase rows before the cutoff ---------------------------------
-        s_row = p_row
-        s_starts = _group_starts(s_row)
-        size = np.diff(np.r_[s_starts, len(s_row)])
-        grp = np.repeat(np.arange(len(s_starts)), size)
-        pos_in = np.arange(len(s_row)) - s_starts[grp] if len(s_row) else np.zeros(0, np.int64)
-        n_kept = np.minimum(size, n_last)[grp] if len(s_row) else np.zeros(0, np.int64)
-        slot = pos_in - (size[grp] - n_kept) if len(s_row) else np.zeros(0, np.int64)
-        sel = slot >= 0
-        seq_item = np.zeros((n, n_last), dtype=np.int64)
-        seq_amount = np.zeros((n, n_last), dtype=np.float32)
-        seq_days = np.zeros((n, n_last), dtype=np.float32)
-        r, c = s_row[sel], slot[sel]
-        seq_item[r, c] = item_idx_sorted[pb][sel]
-        if has_amount:
-            seq_amount[r, c] = amount[pb][sel]
-        seq_days[r, c] = (cut_ns - p_ts[sel]) / _NS_PER_DAY
-        length = np.minimum(np.bincount(s_row, minlength=n), n_last).astype(np.int64)
-        sequences = {"item_idx": seq_item, "amount": seq_amount, "days_before_cutoff": seq_days, "length": length}
-
         log.info(
             "customer view at %s: %d customers (%d with history), %d events before the cutoff, churn rate %.3f",
             cutoff,
             n,
-            int(has.sum()),
+            int((out["frequency"] > 0).sum()),
             int(before.sum()),
             float(labels["churn"].mean()) if n else float("nan"),
         )
         return CustomerView(
             features=features,
             labels=labels,
-            sequences=sequences,
+            sequences=seq,
             cutoff=cutoff,
             horizon_days=float(horizon_days),
             item_vocab=vocab,
         )
+
+
+# Events per block of _view_block: a few MB per temporary, so they stay in cache and are reused.
+_BLOCK_EVENTS = 1 << 18
+_FLOAT_FEATURES = ("recency_days", "monetary_mean", "tenure_days", "ipt_mean_days", "ipt_std_days",
+                   "max_gap_days", "last_gap_days", "trend_log_ratio", "basket_diversity")
+
+
+def _view_block(
+    row: np.ndarray,
+    n: int,
+    ts: np.ndarray,
+    amount: np.ndarray | None,
+    item_idx: np.ndarray,
+    cat_code: np.ndarray | None,
+    share_code: np.ndarray | None,
+    n_shares: int,
+    *,
+    cut_ns: int,
+    w_ns: int,
+    n_last: int,
+    has_item: bool,
+    has_amount: bool,
+) -> dict[str, np.ndarray]:
+    """Features, labels and sequences of ``n`` customers whose events (sorted by customer, then time)
+    are given with their local customer index ``row`` (0..n-1). See :func:`build_customer_view` for the definitions. Returns arrays of
+    length ``n`` (``seq_*``: the sequence arrays, ``shares``: (n, n_shares) category shares)."""
+    before = ts < cut_ns
+    purchase = amount >= 0 if has_amount else np.ones(len(ts), dtype=bool)
+
+    def per_customer(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        return np.bincount(row[mask], weights=None if weights is None else weights[mask], minlength=n)
+
+    res: dict[str, np.ndarray] = {}
+    # --- transactions: first purchase row of each (customer, timestamp) ---------------------------
+    pb = before & purchase
+    p_row, p_ts = row[pb], ts[pb]
+    new_tx = np.r_[True, (p_row[1:] != p_row[:-1]) | (p_ts[1:] != p_ts[:-1])] if len(p_row) else np.zeros(0, bool)
+    t_row, t_ts = p_row[new_tx], p_ts[new_tx]
+    freq = np.bincount(t_row, minlength=n)
+    has = freq > 0
+    starts = _group_starts(t_row)
+    recency = np.full(n, np.nan)
+    tenure = np.full(n, np.nan)
+    if len(starts):  # differences in int64 ns first: float64 cannot hold epoch nanoseconds exactly
+        ends = np.r_[starts[1:], len(t_row)] - 1
+        tenure[t_row[starts]] = (cut_ns - t_ts[starts]) / _NS_PER_DAY
+        recency[t_row[ends]] = (cut_ns - t_ts[ends]) / _NS_PER_DAY
+    day = p_ts // _NS_PER_DAY
+    new_day = np.r_[True, (p_row[1:] != p_row[:-1]) | (day[1:] != day[:-1])] if len(p_row) else np.zeros(0, bool)
+    res.update(recency_days=recency, frequency=freq, n_purchase_days=np.bincount(p_row[new_day], minlength=n),
+               tenure_days=tenure)
+
+    # gaps between consecutive transactions of the same customer
+    same = np.r_[False, t_row[1:] == t_row[:-1]] if len(t_row) else np.zeros(0, bool)
+    g_row = t_row[same]
+    gaps = (t_ts[same] - t_ts[np.flatnonzero(same) - 1]) / _NS_PER_DAY
+    n_gaps = np.bincount(g_row, minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ipt_mean = np.bincount(g_row, weights=gaps, minlength=n) / n_gaps
+        dev2 = np.bincount(g_row, weights=(gaps - ipt_mean[g_row]) ** 2, minlength=n)
+        ipt_std = np.where(n_gaps >= 2, np.sqrt(dev2 / np.maximum(n_gaps - 1, 1)), np.nan)
+    ipt_mean[n_gaps == 0] = np.nan
+    max_gap = np.full(n, np.nan)
+    last_gap = np.full(n, np.nan)
+    gstarts = _group_starts(g_row)
+    if len(gstarts):
+        gends = np.r_[gstarts[1:], len(g_row)] - 1
+        max_gap[g_row[gstarts]] = np.maximum.reduceat(gaps, gstarts)
+        last_gap[g_row[gends]] = gaps[gends]
+    res.update(ipt_mean_days=ipt_mean, ipt_std_days=ipt_std, max_gap_days=max_gap, last_gap_days=last_gap)
+
+    # trend: transactions in the last window vs the one before
+    recent = np.bincount(t_row[t_ts >= cut_ns - w_ns], minlength=n)
+    previous = np.bincount(t_row[(t_ts >= cut_ns - 2 * w_ns) & (t_ts < cut_ns - w_ns)], minlength=n)
+    res["trend_log_ratio"] = np.where(has, np.log((recent + 1.0) / (previous + 1.0)), np.nan)
+
+    # money
+    if has_amount:
+        res["monetary_total"] = per_customer(before, amount)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            res["monetary_mean"] = np.where(has, per_customer(before & purchase, amount) / freq, np.nan)
+
+    # items
+    if has_item:
+        pi = item_idx[pb]
+        ok = pi > 0
+        base = int(item_idx.max(initial=0)) + 2
+        pair = np.sort(p_row[ok].astype(np.int64) * base + pi[ok])
+        pair = pair[np.r_[True, pair[1:] != pair[:-1]]] if len(pair) else pair
+        res["n_distinct_items"] = np.bincount(pair // base, minlength=n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            res["basket_diversity"] = np.where(has, res["n_distinct_items"] / np.maximum(freq, 1), np.nan)
+        if cat_code is not None:
+            n_cat = int(cat_code.max(initial=0)) + 1
+            key = np.sort(p_row.astype(np.int64) * n_cat + cat_code[pb])
+            k_starts = _group_starts(key)
+            counts = np.diff(np.r_[k_starts, len(key)])
+            k_row = key[k_starts] // n_cat
+            p = counts / np.bincount(p_row, minlength=n)[k_row]
+            res["category_entropy"] = np.where(has, np.bincount(k_row, weights=-p * np.log(p), minlength=n), np.nan)
+        if share_code is not None:
+            nc = n_shares + 1
+            per_cat = np.bincount(p_row.astype(np.int64) * nc + share_code[pb], minlength=n * nc).reshape(n, nc)
+            total = np.maximum(per_cat.sum(1), 1)
+            res["shares"] = np.where(has[:, None], per_cat[:, :n_shares] / total[:, None], np.nan)
+
+    # --- labels: transactions and spend in the window ------------------------------------------
+    pw = ~before & purchase
+    w_row, w_ts = row[pw], ts[pw]
+    w_new = np.r_[True, (w_row[1:] != w_row[:-1]) | (w_ts[1:] != w_ts[:-1])] if len(w_row) else np.zeros(0, bool)
+    res["future_n_tx"] = np.bincount(w_row[w_new], minlength=n)
+    if has_amount:
+        res["future_spend"] = per_customer(~before, amount)
+
+    # --- sequences: the last n_last purchase rows before the cutoff -----------------------------
+    s_starts = _group_starts(p_row)
+    size = np.diff(np.r_[s_starts, len(p_row)])
+    grp = np.repeat(np.arange(len(s_starts)), size)
+    pos_in = np.arange(len(p_row)) - s_starts[grp] if len(p_row) else np.zeros(0, np.int64)
+    n_kept = np.minimum(size, n_last)[grp] if len(p_row) else np.zeros(0, np.int64)
+    slot = pos_in - (size[grp] - n_kept) if len(p_row) else np.zeros(0, np.int64)
+    sel = slot >= 0
+    seq_item = np.zeros((n, n_last), dtype=np.int64)
+    seq_amount = np.zeros((n, n_last), dtype=np.float32)
+    seq_days = np.zeros((n, n_last), dtype=np.float32)
+    r, c = p_row[sel], slot[sel]
+    seq_item[r, c] = item_idx[pb][sel]
+    if has_amount:
+        seq_amount[r, c] = amount[pb][sel]
+    seq_days[r, c] = (cut_ns - p_ts[sel]) / _NS_PER_DAY
+    res.update(seq_item_idx=seq_item, seq_amount=seq_amount, seq_days_before_cutoff=seq_days,
+               seq_length=np.minimum(np.bincount(p_row, minlength=n), n_last).astype(np.int64))
+    return res
