@@ -384,3 +384,72 @@ def test_blocks_of_customers_match_one_block(monkeypatch, with_table):
     pd.testing.assert_frame_equal(blocks.labels, whole.labels)
     for key, value in whole.sequences.items():
         np.testing.assert_array_equal(blocks.sequences[key], value)
+
+
+# ----------------------------------------------------------------------------- data.time_features
+
+
+def test_relative_time_features_by_hand():
+    from clm_torch.data.sources.events import relative_time_features
+
+    r = relative_time_features(_view().features)
+    a, b, c = r.loc["A"], r.loc["B"], r.loc["C"]
+    # A: recency 30, tenure 91, 3 purchase days, net total 55, mean gap 30.5, longest gap 31
+    assert a["recency_share"] == pytest.approx(30 / 91)
+    assert a["purchase_days_per_30d"] == pytest.approx(3 / 91 * 30)
+    assert a["spend_per_30d"] == pytest.approx(55 / 91 * 30)
+    assert a["recency_over_ipt"] == pytest.approx(30 / 30.5)
+    assert a["max_gap_share"] == pytest.approx(31 / 91)
+    # B: recency 10, tenure 213, 2 purchase days, total 100, one gap of 203 days
+    assert (b["recency_share"], b["recency_over_ipt"], b["max_gap_share"]) == pytest.approx((10 / 213, 10 / 203,
+                                                                                             203 / 213))
+    assert b["spend_per_30d"] == pytest.approx(100 / 213 * 30)
+    # C: a one-time buyer 12 days ago: all of its life is silence, no gap to be overdue against
+    assert (c["recency_share"], c["max_gap_share"]) == (1.0, 1.0)
+    assert c["purchase_days_per_30d"] == pytest.approx(30 / 12)
+    assert np.isnan(c["recency_over_ipt"])
+
+
+def test_time_features_option_in_the_frame_and_datamodule(tmp_path):
+    from clm_torch.data.sources.events import (
+        AGE_DEPENDENT_COLUMNS,
+        RELATIVE_TIME_COLUMNS,
+        events_datamodule,
+        view_to_frame,
+    )
+
+    v = _view()
+    absolute = view_to_frame(v, "churn")
+    assert not set(RELATIVE_TIME_COLUMNS) & set(absolute.columns)  # the default leaves the view as built
+    rel = view_to_frame(v, "churn", time_features="relative")
+    assert set(RELATIVE_TIME_COLUMNS) <= set(rel.columns)
+    assert "recency_days" in rel.columns  # kept: the label window is about days since the last purchase
+    assert not {c for c in AGE_DEPENDENT_COLUMNS if c != "recency_days"} & set(rel.columns)
+    both = view_to_frame(v, "churn", time_features="both")
+    assert set(absolute.columns) | set(RELATIVE_TIME_COLUMNS) == set(both.columns)
+    with pytest.raises(ValueError, match="time_features"):
+        view_to_frame(v, "churn", time_features="weeks")
+    path = tmp_path / "log.csv"
+    pd.DataFrame(LOG * 3, columns=["cid", "ts", "item", "amt"]).assign(
+        cid=lambda d: d["cid"] + (d.index // len(LOG)).astype(str)).to_csv(path, index=False)
+    dm = events_datamodule(str(path), customer_col="cid", time_col="ts", amount_col="amt", cutoff=CUTOFF,
+                           horizon_days=30, time_features="relative", val_size=0.3, test_size=0.3)
+    dm.setup()
+    assert "recency_share" in dm.encoder.num_columns and "tenure_days" not in dm.encoder.num_columns
+    with pytest.raises(ValueError, match="time_features"):
+        events_datamodule(str(path), customer_col="cid", time_col="ts", time_features="weeks")
+
+
+def test_encoder_clip_to_range_extrapolates_flat():
+    from clm_torch.data.encoding import FeatureEncoder
+
+    train = pd.DataFrame({"x": [0.0, 5.0, 10.0]})
+    later = pd.DataFrame({"x": [10.0, 20.0, -3.0, np.nan]})
+    clipped = FeatureEncoder(["x"], log_transform="none", clip_to_range=True).fit(train)
+    z = clipped.transform(later)["num"][:, 0].numpy()
+    assert z[1] == z[0] and z[2] == pytest.approx(-z[0])  # 20 → 10, −3 → 0 (the fitted range, mean 5)
+    assert not clipped.transform(later)["num_mask"][3, 0]  # missing stays missing
+    again = FeatureEncoder.from_state_dict(clipped.state_dict())  # the setting travels in the checkpoint
+    np.testing.assert_array_equal(again.transform(later)["num"].numpy(), clipped.transform(later)["num"].numpy())
+    plain = FeatureEncoder(["x"], log_transform="none").fit(train)
+    assert plain.transform(later)["num"][1, 0] > z[1]  # off by default: 20 is beyond 10

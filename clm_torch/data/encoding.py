@@ -70,6 +70,10 @@ class FeatureEncoder:
         positive_label: positive class of the target (inferred when None).
         target_type: ``"binary"`` (0/1 classification target) or ``"continuous"`` (regression,
             e.g. future spend; ``y`` is the raw float value).
+        clip_to_range: clip numerics at transform time to the [min, max] seen by ``fit``, so that
+            a model extrapolates flat (as trees do) beyond the training range instead of
+            following its last slope or its periodic embeddings (e.g. customer ages at a later
+            cutoff than the training one).
     """
 
     def __init__(
@@ -83,10 +87,12 @@ class FeatureEncoder:
         max_categories: int = 1000,
         positive_label: Any = None,
         target_type: str = "binary",
+        clip_to_range: bool = False,
     ) -> None:
         if target_type not in ("binary", "continuous"):
             raise ValueError(f"target_type must be binary or continuous, not {target_type!r}")
         self.target_type = target_type
+        self.clip_to_range = bool(clip_to_range)
         self.num_columns = list(numeric)
         self.cat_columns = list(categorical) + list(binary)
         self.n_binary = len(binary)
@@ -230,6 +236,8 @@ class FeatureEncoder:
         for j, col in enumerate(self.num_columns):
             x = to_numeric_strict(df[col], source=source, column=col).to_numpy(dtype=np.float64)
             obs = ~np.isnan(x)
+            if self.clip_to_range:
+                x = np.clip(x, self.num_min[j], self.num_max[j])
             if self.num_log[j]:
                 x = np.log1p(np.clip(x, 0, None))
             z = (x - float(self.num_mean[j])) / float(self.num_std[j])
@@ -304,6 +312,7 @@ class FeatureEncoder:
             "max_categories": self.max_categories,
             "positive_label": _plain(self.positive_label),
             "target_type": self.target_type,
+            "clip_to_range": self.clip_to_range,
             "num_mean": self.num_mean.clone(),
             "num_std": self.num_std.clone(),
             "num_log": [bool(v) for v in self.num_log],
@@ -323,6 +332,7 @@ class FeatureEncoder:
             state["num_columns"], cats[: len(cats) - nb], cats[len(cats) - nb:], state["target"], state["id_col"],
             log_transform=state["log_transform"], max_categories=state["max_categories"],
             positive_label=state["positive_label"], target_type=state.get("target_type", "binary"),
+            clip_to_range=state.get("clip_to_range", False),
         )
         enc.num_mean = state["num_mean"].clone().float()
         enc.num_std = state["num_std"].clone().float()

@@ -91,17 +91,92 @@ def sequence_roles(columns: Sequence[str], roles: Mapping[str, Sequence[str]] | 
     return out
 
 
+# ``data.time_features``: how the view states time. Every feature in days or counts grows with the
+# customer's age, so a model learned at one cutoff and applied at a later one (the pipeline's
+# train view at cutoff − horizon, or a single acquisition cohort) is scored on values it never saw.
+TIME_FEATURES = ("absolute", "relative", "both")
+# features whose range grows with the customer's age (all of them in days, counts or money)
+AGE_DEPENDENT_COLUMNS = ("recency_days", "frequency", "n_purchase_days", "monetary_total", "tenure_days",
+                         "max_gap_days")
+RELATIVE_TIME_COLUMNS = ("recency_share", "purchase_days_per_30d", "spend_per_30d", "recency_over_ipt",
+                         "max_gap_share")
+
+
+def relative_time_features(features: pd.DataFrame) -> pd.DataFrame:
+    """Age-free versions of the age-dependent view features (one row per row of ``features``).
+
+    =========================== ============================================== ==================
+    column                      definition                                     range
+    =========================== ============================================== ==================
+    ``recency_share``           recency_days / tenure_days: share of the       (0, 1]; 1 = one-time
+                                customer's observed life since the last        buyer
+                                purchase
+    ``purchase_days_per_30d``   n_purchase_days / tenure_days · 30              > 0
+    ``spend_per_30d``           monetary_total / tenure_days · 30 (NaN          any sign
+                                without amounts)
+    ``recency_over_ipt``        recency_days / ipt_mean_days: how overdue the   ≥ 0; NaN without a
+                                next purchase is                               repeat purchase
+    ``max_gap_share``           max(max_gap_days, recency_days) / tenure_days:  (0, 1]
+                                the longest silence as a share of the life
+    =========================== ============================================== ==================
+
+    ``tenure_days`` is floored at 1 day (a purchase minutes before the cutoff). Customers without
+    a purchase before the cutoff (customer-table only) get NaN.
+    """
+    tenure = features["tenure_days"].to_numpy(dtype=np.float64)
+    life = np.maximum(tenure, 1.0)
+    rec = features["recency_days"].to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ipt = features["ipt_mean_days"].to_numpy(dtype=np.float64)
+        gap = np.fmax(features["max_gap_days"].to_numpy(dtype=np.float64), rec)
+        out = {
+            "recency_share": np.clip(rec / life, 0.0, 1.0),
+            "purchase_days_per_30d": features["n_purchase_days"].to_numpy(dtype=np.float64) / life * 30.0,
+            "spend_per_30d": features["monetary_total"].to_numpy(dtype=np.float64) / life * 30.0,
+            "recency_over_ipt": np.where(ipt > 0, rec / np.where(ipt > 0, ipt, 1.0), np.nan),
+            "max_gap_share": np.clip(gap / life, 0.0, 1.0),
+        }
+    out = {k: np.where(np.isnan(tenure), np.nan, v) for k, v in out.items()}
+    return pd.DataFrame(out, index=features.index)
+
+
+def apply_time_features(features: pd.DataFrame, time_features: str = "absolute") -> pd.DataFrame:
+    """``features`` with time stated as ``time_features`` says (see :data:`TIME_FEATURES`).
+
+    ``absolute``: unchanged (days, counts and totals). ``relative``: the
+    :func:`relative_time_features` replace the age-dependent columns (:data:`AGE_DEPENDENT_COLUMNS`)
+    except ``recency_days`` (the days since the last purchase are what a fixed label window is
+    about; pair it with ``data.encoder.clip_to_range`` so that a model extrapolates it flat).
+    ``both``: the relative columns are added to the absolute ones.
+    """
+    if time_features not in TIME_FEATURES:
+        raise ValueError(f"data.time_features must be one of {TIME_FEATURES}, not {time_features!r}")
+    if time_features == "absolute":
+        return features
+    rel = relative_time_features(features)
+    clash = [c for c in rel.columns if c in features.columns]
+    if clash:
+        raise SchemaError("customer table column has the name of a relative time feature; rename it",
+                          source="<customers>", column=clash[0])
+    if time_features == "relative":
+        features = features.drop(columns=[c for c in AGE_DEPENDENT_COLUMNS if c != "recency_days"])
+    return features.join(rel)
+
+
 def view_to_frame(view: CustomerView, target: str | None, sequence_length: int = 0,
-                  min_step_customers: int = 0) -> pd.DataFrame:
+                  min_step_customers: int = 0, time_features: str = "absolute") -> pd.DataFrame:
     """Features (and the chosen label) as one flat table with a ``customer_id`` column.
 
     With ``sequence_length`` > 0 the last purchases follow as wide columns (:func:`sequence_frame`,
-    leaving out the steps fewer than ``min_step_customers`` customers reach).
+    leaving out the steps fewer than ``min_step_customers`` customers reach). ``time_features``
+    (``data.time_features``): ``absolute`` (the view as built), ``relative`` or ``both``
+    (:func:`apply_time_features`). A model trained on a frame with ``relative`` or ``both`` scores
+    frames built with the same setting.
     """
-    frame = view.features.copy()
+    frame = apply_time_features(view.features, time_features).copy()
     frame = frame.drop(columns=[c for c in LABEL_COLUMNS if c in frame.columns])  # table columns named like labels
     # derived features that an optional input did not allow (e.g. diversity without an item column)
-    empty = [c for c in FEATURE_COLUMNS if c in frame.columns and frame[c].isna().all()]
+    empty = [c for c in (*FEATURE_COLUMNS, *RELATIVE_TIME_COLUMNS) if c in frame.columns and frame[c].isna().all()]
     constant = [c for c in ("n_distinct_items",) if c in frame.columns and frame[c].nunique() <= 1]
     if empty or constant:
         log.info("customer view: leaving out features without information: %s", empty + constant)
@@ -156,7 +231,9 @@ def customer_view_from_files(
     return build_customer_view(events, cut, horizon_days=horizon_days, customers=customers, n_last=n_last)
 
 
-def _check_view_args(target: str, sequence_length: int) -> None:
+def _check_view_args(target: str, sequence_length: int, time_features: str = "absolute") -> None:
+    if time_features not in TIME_FEATURES:
+        raise ValueError(f"data.time_features must be one of {TIME_FEATURES}, not {time_features!r}")
     if sequence_length < 0:
         raise ValueError(f"data.sequence_length must be >= 0, not {sequence_length}")
     if target not in LABEL_COLUMNS:
@@ -165,9 +242,10 @@ def _check_view_args(target: str, sequence_length: int) -> None:
 
 
 def _view_datamodule(view: CustomerView, target: str, sequence_length: int, roles: Mapping[str, Sequence[str]] | None,
-                     drop: Sequence[str], name: str, **kwargs: Any) -> TableDataModule:
+                     drop: Sequence[str], name: str, time_features: str = "absolute", **kwargs: Any
+                     ) -> TableDataModule:
     """A customer view (features + its labels) as the :class:`TableDataModule` of ``target``."""
-    frame = view_to_frame(view, target, sequence_length, min_step_customers=10)
+    frame = view_to_frame(view, target, sequence_length, min_step_customers=10, time_features=time_features)
     if sequence_length > 0:
         roles = sequence_roles(frame.columns, roles)
     kwargs.setdefault("target_type", "binary" if target == "churn" else "continuous")
@@ -192,6 +270,7 @@ def events_datamodule(
     n_last: int = 10,
     future_policy: str = "error",
     sequence_length: int = 0,
+    time_features: str = "absolute",
     **kwargs: Any,
 ) -> TableDataModule:
     """The ``data=events`` DataModule: customer view at ``cutoff`` → :class:`TableDataModule`.
@@ -200,15 +279,16 @@ def events_datamodule(
     ``cutoff`` null means the latest cutoff with a fully observed label window.
     ``sequence_length`` > 0 adds the last purchases as wide columns ``seq{k}_days``,
     ``seq{k}_amount``, ``seq{k}_item`` (:func:`sequence_frame`) for ``model.sequence_encoder``.
+    ``time_features``: ``absolute`` | ``relative`` | ``both`` (:func:`apply_time_features`).
     """
-    _check_view_args(target, sequence_length)
+    _check_view_args(target, sequence_length, time_features)
     view = customer_view_from_files(path, customer_col=customer_col, time_col=time_col, amount_col=amount_col,
                                     item_col=item_col, quantity_col=quantity_col, cutoff=cutoff,
                                     horizon_days=horizon_days, customers_path=customers_path,
                                     customers_id_col=customers_id_col, n_last=max(n_last, sequence_length),
                                     future_policy=future_policy)
     name = f"{path} @ cutoff {view.cutoff.date()} (+{horizon_days:g} days)"
-    return _view_datamodule(view, target, sequence_length, roles, drop, name, **kwargs)
+    return _view_datamodule(view, target, sequence_length, roles, drop, name, time_features, **kwargs)
 
 
 def synthetic_events_datamodule(
@@ -220,6 +300,7 @@ def synthetic_events_datamodule(
     category_shares: bool = True,
     roles: Mapping[str, Sequence[str]] | None = None,
     drop: Sequence[str] = (),
+    time_features: str = "absolute",
     **kwargs: Any,
 ) -> TableDataModule:
     """The ``data=synthetic_events`` DataModule: the built-in synthetic base's event log (with items
@@ -228,12 +309,12 @@ def synthetic_events_datamodule(
     experiment runs out of the box; pass ``data=events data.path=...`` for your own log."""
     from clm_torch.data.synthetic import generate_customer_base
 
-    _check_view_args(target, sequence_length)
+    _check_view_args(target, sequence_length, time_features)
     base = generate_customer_base(int(n_customers), seed=int(seed))
     categories = base.items.set_index("item_id")["category"] if category_shares else None
     view = build_customer_view(base.events, base.cutoff, horizon_days=base.horizon_days,
                                n_last=max(n_last, sequence_length), item_categories=categories,
                                category_shares=bool(category_shares))
     name = f"synthetic(n={n_customers}, seed={seed}) events @ cutoff {view.cutoff.date()} (+{base.horizon_days} days)"
-    return _view_datamodule(view, target, sequence_length, roles, drop, name, **kwargs)
+    return _view_datamodule(view, target, sequence_length, roles, drop, name, time_features, **kwargs)
 
