@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from clm_torch.data.synthetic import (
+    BEHAVIOUR_COLUMNS,
     CATEGORICAL_COLUMNS,
     NUMERIC_COLUMNS,
     SyntheticBase,
@@ -372,3 +373,84 @@ def test_segments_are_recoverable(base: SyntheticBase) -> None:
     assert 0.7 < ari < 0.99
     noisy = z + np.random.default_rng(0).normal(0.0, 1.0, z.shape)
     assert _ari(seg, _kmeans(noisy, 5)) < ari - 0.1  # not trivially separated
+
+
+# ----------------------------------------------------------------------------- behaviour columns (opt-in)
+
+
+@pytest.fixture(scope="module")
+def rich() -> SyntheticBase:
+    return generate_customer_base(N, seed=0, mcar_rate=MCAR, behaviour_columns=True)
+
+
+def _behaviour_cols(b: SyntheticBase) -> list[str]:
+    return [c for c in b.feature_columns if c in BEHAVIOUR_COLUMNS or c.startswith("views_")]
+
+
+def test_behaviour_columns_leave_everything_else_unchanged(base: SyntheticBase, rich: SyntheticBase) -> None:
+    beh = _behaviour_cols(rich)
+    assert beh[: len(BEHAVIOUR_COLUMNS)] == list(BEHAVIOUR_COLUMNS)
+    assert beh[len(BEHAVIOUR_COLUMNS):] == [f"views_{c}_30d" for c in sorted(set(rich.items["category"]),
+                                                                              key=list(rich.items["category"]).index)]
+    assert not _behaviour_cols(base)
+    # the default table plus columns (placed before the target): same rows, cells, labels, events, truth
+    pd.testing.assert_frame_equal(rich.customers.drop(columns=beh), base.customers)
+    assert list(rich.customers.columns[-len(beh) - 1:]) == [*beh, "churn"]
+    pd.testing.assert_frame_equal(rich.contradictions.drop(columns=beh), base.contradictions)
+    assert not rich.contradictions[beh].any().any()
+    pd.testing.assert_frame_equal(rich.truth.drop(columns=[f"clean_{c}" for c in beh]), base.truth)
+    for name in ("events", "items"):
+        pd.testing.assert_frame_equal(getattr(rich, name), getattr(base, name))
+    assert set(beh) <= set(rich.roles["numeric"])
+    again = generate_customer_base(N, seed=0, mcar_rate=MCAR, behaviour_columns=True)
+    pd.testing.assert_frame_equal(again.customers, rich.customers)
+    with pytest.raises(ValueError, match="behaviour_noise"):
+        generate_customer_base(10, behaviour_columns=True, behaviour_noise=-1.0)
+
+
+def test_behaviour_columns_values_and_missingness(rich: SyntheticBase) -> None:
+    beh = _behaviour_cols(rich)
+    c = rich.customers[beh]
+    assert all(c[col].dtype == np.float64 for col in beh)
+    assert (c.min() >= 0).all() and (c["newsletter_open_rate"].dropna() <= 1).all()
+    assert c.isna().mean().between(MCAR - 0.03, MCAR + 0.03).all()
+    # observed current cells are the truth's clean values (stale rows hold an older, independent measurement)
+    cur, _, tr = _current(rich)
+    for col in beh:
+        obs = cur[col].notna().to_numpy()
+        np.testing.assert_array_equal(cur[col].to_numpy()[obs], tr[f"clean_{col}"].to_numpy()[obs], err_msg=col)
+    stale = rich.customers[rich.customers["customer_id"].duplicated(keep="last")]
+    assert len(stale) > 5
+    st = rich.truth.set_index("customer_id").loc[stale["customer_id"]]
+    assert (stale["orders_12m"].to_numpy() != st["clean_orders_12m"].to_numpy()).any()
+
+
+def _probe_r2(b: SyntheticBase, cols: list[str]) -> float:
+    """Held-out R² of a least-squares probe from the current rows' columns (log1p, mean-imputed) to z."""
+    cur, _, tr = _current(b)
+    x = np.log1p(cur[cols].astype(float).clip(lower=0))
+    x = x.fillna(x.mean()).to_numpy()
+    x = np.column_stack([x, np.ones(len(x))])
+    z = tr[[c for c in tr.columns if c.startswith("z_")]].to_numpy()
+    k = int(0.75 * len(x))
+    coef, *_ = np.linalg.lstsq(x[:k], z[:k], rcond=None)
+    resid = z[k:] - x[k:] @ coef
+    return float(1.0 - (resid**2).sum(0).mean() / ((z[k:] - z[k:].mean(0)) ** 2).sum(0).mean())
+
+
+def test_behaviour_columns_identify_the_latent(base: SyntheticBase, rich: SyntheticBase) -> None:
+    beh = _behaviour_cols(rich)
+    numeric = [c for c in base.feature_columns if pd.api.types.is_numeric_dtype(base.customers[c])]
+    r2_table, r2_rich = _probe_r2(base, numeric), _probe_r2(rich, numeric + beh)
+    assert r2_table < 0.5 < 0.8 < r2_rich, (r2_table, r2_rich)
+    # the noise knob: less noise identifies z better, more noise worse
+    quiet = generate_customer_base(N, seed=0, mcar_rate=MCAR, behaviour_columns=True, behaviour_noise=0.0)
+    loud = generate_customer_base(N, seed=0, mcar_rate=MCAR, behaviour_columns=True, behaviour_noise=3.0)
+    assert _probe_r2(loud, beh) < _probe_r2(rich, beh) < _probe_r2(quiet, beh)
+    # category page views follow the stated interests where these were not flipped
+    cur, mask, _ = _current(rich)
+    for col in [c for c in rich.feature_columns if c.startswith("interest_")]:
+        views = cur[f"views_{col.removeprefix('interest_')}_30d"]
+        ok = ~mask[col]
+        assert views[ok & (cur[col] == 1)].mean() > 1.5 * views[ok & (cur[col] == 0)].mean(), col
+        assert views[mask[col] & (cur[col] == 1)].mean() < views[ok & (cur[col] == 1)].mean(), col

@@ -57,6 +57,19 @@ Time is measured in days relative to the snapshot ``cutoff`` (day 0). The event 
    segment skip ``income``, another segment skips ``age``), scaled by ``mnar_strength``;
    case/whitespace misspellings of categorical values; and stale duplicate rows (same id, an
    older version of the record placed *before* the current one).
+9. **Behavioural columns** (opt-in, ``behaviour_columns=True``). The default table is thin: 16
+   columns, most of them coarse (ordinal plans, 1–10 scores, thresholded interests) and noisy
+   functions of the latent, so that even a supervised model reads only about half of the
+   variance of ``z`` off it. A CRM usually also holds *measured* behaviour (app and web
+   analytics, loyalty programme, campaign tracking). With ``behaviour_columns=True`` the table
+   gets :data:`BEHAVIOUR_COLUMNS` plus ``views_<category>_30d`` for every item category: counts
+   (Poisson), money (log-normal), a recency in days and a rate in [0, 1], each a log-linear
+   (or logit-linear) function of the traits or of the category affinities ``z · centroid`` with
+   customer-level noise of scale ``0.3 × behaviour_noise``, so that the observed table
+   identifies ``z``. They are drawn from their own random stream, after everything else: every
+   other column, row, label, event and contradiction is *identical* to the table without them
+   (same seed). They carry MCAR missingness (``mcar_rate``, no MNAR), no contradictions, no
+   misspellings; a stale duplicate row holds an independent draw (an older measurement).
 """
 
 from __future__ import annotations
@@ -84,6 +97,10 @@ _CONTRACT_DISCOUNT = np.array([1.0, 0.92, 0.85])
 CHANNELS = ("Web", "Store", "App", "Phone")
 YES_NO = ("No", "Yes")
 N_INTERESTS = 4
+# opt-in behavioural columns (``behaviour_columns=True``); ``views_<category>_30d`` per category follow them
+BEHAVIOUR_COLUMNS = ("app_sessions_30d", "web_visits_30d", "store_visits_90d", "orders_12m", "avg_basket_value",
+                     "days_since_last_login", "loyalty_points", "newsletter_open_rate", "promo_redemptions_12m",
+                     "reviews_written_12m")
 
 NUMERIC_COLUMNS = ("age", "income", "tenure_months", "monthly_fee", "support_contacts", "satisfaction")
 CATEGORICAL_COLUMNS = ("gender", "region", "plan", "contract", "channel")
@@ -112,7 +129,9 @@ class SyntheticBase:
             ``monthly_fee``, ``support_contacts``, ``satisfaction`` (float64, NaN = missing);
             categorical ``gender``, ``region``, ``plan``, ``contract``, ``channel`` (str, with
             spelling variants); binary ``interest_<category>`` (float 0/1) and ``email_opt_in``
-            ("Yes"/"No"); target ``churn`` ("Yes"/"No", never missing).
+            ("Yes"/"No"); with ``behaviour_columns=True`` also the numeric :data:`BEHAVIOUR_COLUMNS`
+            and ``views_<category>_30d`` (float64, NaN = missing) before ``churn``; target ``churn``
+            ("Yes"/"No", never missing).
         events: the event log sorted by time, ``(n_events, 5)``: ``customer_id`` (str),
             ``timestamp`` (datetime64[ns], in ``[start, cutoff + horizon]``), ``item_id`` (str),
             ``quantity`` (int64 ≥ 1), ``amount`` (float64, money).
@@ -154,10 +173,11 @@ class SyntheticBase:
     def roles(self) -> dict[str, list[str]]:
         """The true role of every feature column: ``numeric``, ``categorical``, ``binary``."""
         feats = self.feature_columns
+        numeric = [c for c in feats if c in NUMERIC_COLUMNS or _is_behaviour(c)]
         return {
-            "numeric": [c for c in feats if c in NUMERIC_COLUMNS],
+            "numeric": numeric,
             "categorical": [c for c in feats if c in CATEGORICAL_COLUMNS],
-            "binary": [c for c in feats if c not in NUMERIC_COLUMNS and c not in CATEGORICAL_COLUMNS],
+            "binary": [c for c in feats if c not in numeric and c not in CATEGORICAL_COLUMNS],
         }
 
     def save(self, directory: str | Path) -> dict[str, Path]:
@@ -646,6 +666,44 @@ def _observe(rng: np.random.Generator, model: _Model, cust: dict[str, np.ndarray
     return out, mask
 
 
+def _is_behaviour(col: str) -> bool:
+    return col in BEHAVIOUR_COLUMNS or (col.startswith("views_") and col.endswith("_30d"))
+
+
+def _behaviour(rng: np.random.Generator, model: _Model, z: np.ndarray, noise: float) -> dict[str, np.ndarray]:
+    """One measurement of the behaviour of customers with latents ``z`` (n, d) → column → (n,) float64.
+
+    Every column is a log-linear (counts, money, recency) or logit-linear (rate) function of the
+    traits or of one category affinity, plus N(0, (0.3 noise)²) customer-level noise; counts are
+    then Poisson.
+    """
+    n = len(z)
+    t_age, t_val, t_loy, t_dig, t_eng, _ = model.directions @ z.T
+    aff_std = _dot(z, model.centroids) / model.aff_sd  # (n, C) unit-variance category affinities
+
+    def nz() -> np.ndarray:
+        return 0.3 * noise * rng.normal(size=n)
+
+    def count(log_mean: np.ndarray) -> np.ndarray:
+        return rng.poisson(np.exp(np.minimum(log_mean + nz(), 12.0))).astype(np.float64)
+
+    out = {
+        "app_sessions_30d": count(np.log(9.0) + 0.9 * t_dig + 0.5 * t_eng - 0.2 * t_age),
+        "web_visits_30d": count(np.log(6.0) + 0.3 * t_dig + 0.7 * t_eng + 0.2 * t_val),
+        "store_visits_90d": count(np.log(2.5) - 0.8 * t_dig + 0.4 * t_age + 0.2 * t_loy),
+        "orders_12m": count(np.log(7.0) + 0.7 * t_eng + 0.3 * t_val + 0.3 * t_loy),
+        "avg_basket_value": np.round(np.exp(np.log(45.0) + 0.6 * t_val + 0.2 * t_age + nz()), 2),
+        "days_since_last_login": np.round(np.exp(np.log(6.0) - 0.8 * t_eng - 0.4 * t_dig + nz())),
+        "loyalty_points": np.round(np.exp(np.log(1200.0) + 0.7 * t_loy + 0.4 * t_val + 0.2 * t_eng + nz()), -1),
+        "newsletter_open_rate": np.round(_sigmoid(-0.9 + 0.8 * t_dig + 0.6 * t_loy - 0.3 * t_age + 2.0 * nz()), 3),
+        "promo_redemptions_12m": count(np.log(2.0) - 0.6 * t_val + 0.5 * t_eng + 0.3 * t_age),
+        "reviews_written_12m": count(np.log(1.5) + 0.5 * t_eng + 0.4 * t_age + 0.4 * t_loy),
+    }
+    for c in range(aff_std.shape[1]):
+        out[f"views_{CATEGORIES[c]}_30d"] = count(np.log(5.0) + 0.8 * aff_std[:, c])
+    return out
+
+
 # ----------------------------------------------------------------------------- main entry
 
 
@@ -680,6 +738,8 @@ def generate_customer_base(
     contradiction_rate: float = 0.05,
     misspelling_rate: float = 0.03,
     duplicate_rate: float = 0.01,
+    behaviour_columns: bool = False,
+    behaviour_noise: float = 1.0,
     seed: int = 0,
 ) -> SyntheticBase:
     """Generate a customer base with latents, a messy snapshot table, an event log and the truth.
@@ -704,6 +764,12 @@ def generate_customer_base(
             implausible value (age, tenure, fee or support contacts).
         misspelling_rate: probability that a categorical cell is a case/whitespace variant.
         duplicate_rate: probability that a customer also has a stale row earlier in the table.
+        behaviour_columns: add the measured-behaviour columns (:data:`BEHAVIOUR_COLUMNS` and
+            ``views_<category>_30d``; story step 9), which make the observed table identify ``z``.
+            Every other output is the same as without them.
+        behaviour_noise: scale of the behavioural columns' customer-level noise (1 = sd 0.3 on the
+            log scale; 0 = counts are Poisson around the exact latent-driven mean). Unused when
+            ``behaviour_columns`` is False.
         seed: everything is a deterministic function of the arguments.
 
     Returns:
@@ -716,6 +782,8 @@ def generate_customer_base(
                 cutoff_ts)
     if mnar_strength < 0:
         raise ValueError(f"mnar_strength must be >= 0, got {mnar_strength}")
+    if behaviour_noise < 0:
+        raise ValueError(f"behaviour_noise must be >= 0, got {behaviour_noise}")
     d = latent_dim
     t0 = (cutoff_ts - start_ts) / pd.Timedelta(days=1)
     horizon = float(horizon_days)
@@ -813,6 +881,20 @@ def generate_customer_base(
                               contradiction_rate, misspelling_rate)
         columns = ["age", "gender", "region", "income", "plan", "contract", "channel", "tenure_months", "monthly_fee",
                    "support_contacts", "satisfaction", *interest_cols, "email_opt_in"]
+        beh_clean: dict[str, np.ndarray] = {}
+        if behaviour_columns:
+            # own stream (the 7th child of the seed), drawn last: nothing else changes. The current
+            # measurement of every visible customer (truth), a fresh one for stale rows, then MCAR.
+            rng_beh = np.random.default_rng(ss.spawn(1)[0])
+            beh_clean = _behaviour(rng_beh, model, pop["z"], behaviour_noise)
+            old = _behaviour(rng_beh, model, pop["z"][rows[stale]], behaviour_noise)
+            for col, values in beh_clean.items():
+                cells = values[rows]
+                cells[stale] = old[col]
+                cells[rng_beh.random(len(rows)) < mcar_rate] = np.nan
+                obs[col] = cells
+                cmask[col] = np.zeros(len(rows), dtype=bool)
+            columns += list(beh_clean)
         churned = active & (churn_sec <= horizon_days * 86_400)
         table_id = ids.take(rows).reset_index(drop=True)
         customers = pd.DataFrame({"customer_id": table_id, **{c: obs[c] for c in columns},
@@ -827,6 +909,7 @@ def generate_customer_base(
         for c in CATEGORICAL_COLUMNS:
             clean_all[c] = np.asarray(_LEVELS[c], dtype=object)[pop[c]]
         clean_all["email_opt_in"] = np.asarray(YES_NO, dtype=object)[pop["email_opt_in"]]
+        clean_all.update(beh_clean)
         for j, c in enumerate(interest_cols):
             clean_all[c] = pop["interests"][:, j]
         in_window = churn_sec <= horizon_days * 86_400
