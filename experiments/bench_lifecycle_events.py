@@ -543,7 +543,8 @@ def write_report(res: dict[str, Any], meta: dict[str, Any]) -> None:
          + ", ".join(f"{k} {v:.4f}" for k, v in bt["auroc"].items()) + f" → **{bt['chosen']}**",
          "- our spend ranking: SpendRegressor (on the chosen churn config's customer view: "
          f"{' '.join(data_overrides(bt['overrides'])) or 'the default'}) or (1 − p_churn) × run-rate, whichever "
-         "has the higher top-20 % capture in the same backtest: " + ", ".join(f"{k} {v:.4f}" for k, v in bt["spend_capture20"].items())
+         "has the higher top-20 % capture in the same backtest: "
+         + ", ".join(f"{k} {v:.4f}" for k, v in bt["spend_capture20"].items())
          + f" → **{bt['spend_chosen']}**",
          "- BG/NBD's P(alive) is 1 by construction for customers without a repeat purchase, so `1 − P(alive)` ranks "
          "the one-time buyers (most of the non-purchasers) as the safest; that row is listed for completeness",

@@ -453,3 +453,30 @@ def test_encoder_clip_to_range_extrapolates_flat():
     np.testing.assert_array_equal(again.transform(later)["num"].numpy(), clipped.transform(later)["num"].numpy())
     plain = FeatureEncoder(["x"], log_transform="none").fit(train)
     assert plain.transform(later)["num"][1, 0] > z[1]  # off by default: 20 is beyond 10
+
+
+def test_a_relative_model_scores_a_plain_view_frame(tmp_path):
+    """predict_proba / predict_spend derive the relative time features a plain view frame lacks."""
+    from clm_torch.data.events import add_time_features
+    from clm_torch.data.sources.events import events_datamodule, view_to_frame
+    from clm_torch.models.churn import ChurnClassifier
+    from clm_torch.models.spend import SpendRegressor
+
+    path = tmp_path / "log.csv"
+    pd.DataFrame(LOG * 4, columns=["cid", "ts", "item", "amt"]).assign(
+        cid=lambda d: d["cid"] + (d.index // len(LOG)).astype(str)).to_csv(path, index=False)
+    plain = view_to_frame(_view(), None)
+    rel = view_to_frame(_view(), None, time_features="relative")
+    assert add_time_features(plain, ["recency_days"]) is plain  # nothing needed: unchanged
+    derived = add_time_features(plain, rel.columns)
+    pd.testing.assert_frame_equal(derived[rel.columns], rel, check_like=True)
+    for target, cls, predict in (("churn", ChurnClassifier, "predict_proba"),
+                                 ("future_spend", SpendRegressor, "predict_spend")):
+        dm = events_datamodule(str(path), customer_col="cid", time_col="ts", amount_col="amt", cutoff=CUTOFF,
+                               horizon_days=30, target=target, time_features="relative", val_size=0.3, test_size=0.3)
+        dm.setup()
+        model = cls(**dm.model_kwargs())
+        model.set_preprocessing(dm.preprocessing_state())
+        np.testing.assert_allclose(getattr(model, predict)(plain), getattr(model, predict)(rel), rtol=1e-6)
+        with pytest.raises(SchemaError, match="recency_share"):  # without the absolute columns: a clear error
+            getattr(model, predict)(plain.drop(columns=["tenure_days"]))

@@ -32,7 +32,7 @@ import dataclasses
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -799,3 +799,92 @@ def _view_block(
     res.update(seq_item_idx=seq_item, seq_amount=seq_amount, seq_days_before_cutoff=seq_days,
                seq_length=np.minimum(np.bincount(p_row, minlength=n), n_last).astype(np.int64))
     return res
+
+
+# ----------------------------------------------------------------------------- time stated relative to age
+
+# ``data.time_features``: how the view states time. Every feature in days or counts grows with the
+# customer's age, so a model learned at one cutoff and applied at a later one (the pipeline's
+# train view at cutoff − horizon, or a single acquisition cohort) is scored on values it never saw.
+TIME_FEATURES = ("absolute", "relative", "both")
+# features whose range grows with the customer's age (all of them in days, counts or money)
+AGE_DEPENDENT_COLUMNS = ("recency_days", "frequency", "n_purchase_days", "monetary_total", "tenure_days",
+                         "max_gap_days")
+RELATIVE_TIME_COLUMNS = ("recency_share", "purchase_days_per_30d", "spend_per_30d", "recency_over_ipt",
+                         "max_gap_share")
+_RELATIVE_INPUTS = ("recency_days", "tenure_days", "n_purchase_days", "monetary_total", "ipt_mean_days",
+                    "max_gap_days")
+
+
+def relative_time_features(features: pd.DataFrame) -> pd.DataFrame:
+    """Age-free versions of the age-dependent view features (one row per row of ``features``).
+
+    =========================== ============================================== ==================
+    column                      definition                                     range
+    =========================== ============================================== ==================
+    ``recency_share``           recency_days / tenure_days: share of the       (0, 1]; 1 = one-time
+                                customer's observed life since the last        buyer
+                                purchase
+    ``purchase_days_per_30d``   n_purchase_days / tenure_days · 30              > 0
+    ``spend_per_30d``           monetary_total / tenure_days · 30 (NaN          any sign
+                                without amounts)
+    ``recency_over_ipt``        recency_days / ipt_mean_days: how overdue the   ≥ 0; NaN without a
+                                next purchase is                               repeat purchase
+    ``max_gap_share``           max(max_gap_days, recency_days) / tenure_days:  (0, 1]
+                                the longest silence as a share of the life
+    =========================== ============================================== ==================
+
+    ``tenure_days`` is floored at 1 day (a purchase minutes before the cutoff). Customers without
+    a purchase before the cutoff (customer-table only) get NaN.
+    """
+    tenure = features["tenure_days"].to_numpy(dtype=np.float64)
+    life = np.maximum(tenure, 1.0)
+    rec = features["recency_days"].to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ipt = features["ipt_mean_days"].to_numpy(dtype=np.float64)
+        gap = np.fmax(features["max_gap_days"].to_numpy(dtype=np.float64), rec)
+        out = {
+            "recency_share": np.clip(rec / life, 0.0, 1.0),
+            "purchase_days_per_30d": features["n_purchase_days"].to_numpy(dtype=np.float64) / life * 30.0,
+            "spend_per_30d": features["monetary_total"].to_numpy(dtype=np.float64) / life * 30.0,
+            "recency_over_ipt": np.where(ipt > 0, rec / np.where(ipt > 0, ipt, 1.0), np.nan),
+            "max_gap_share": np.clip(gap / life, 0.0, 1.0),
+        }
+    out = {k: np.where(np.isnan(tenure), np.nan, v) for k, v in out.items()}
+    return pd.DataFrame(out, index=features.index)
+
+
+def apply_time_features(features: pd.DataFrame, time_features: str = "absolute") -> pd.DataFrame:
+    """``features`` with time stated as ``time_features`` says (see :data:`TIME_FEATURES`).
+
+    ``absolute``: unchanged (days, counts and totals). ``relative``: the
+    :func:`relative_time_features` replace the age-dependent columns (:data:`AGE_DEPENDENT_COLUMNS`)
+    except ``recency_days`` (the days since the last purchase are what a fixed label window is
+    about; pair it with ``data.encoder.clip_to_range`` so that a model extrapolates it flat).
+    ``both``: the relative columns are added to the absolute ones.
+    """
+    if time_features not in TIME_FEATURES:
+        raise ValueError(f"data.time_features must be one of {TIME_FEATURES}, not {time_features!r}")
+    if time_features == "absolute":
+        return features
+    rel = relative_time_features(features)
+    clash = [c for c in rel.columns if c in features.columns]
+    if clash:
+        raise SchemaError("customer table column has the name of a relative time feature; rename it",
+                          source="<customers>", column=clash[0])
+    if time_features == "relative":
+        features = features.drop(columns=[c for c in AGE_DEPENDENT_COLUMNS if c != "recency_days"])
+    return features.join(rel)
+
+
+def add_time_features(df: pd.DataFrame, needed: Sequence[str]) -> pd.DataFrame:
+    """``df`` plus the :data:`RELATIVE_TIME_COLUMNS` among ``needed`` that it lacks, derived from its
+    absolute columns, so that a model trained with ``data.time_features=relative|both`` scores a
+    plain view frame (``predict_proba`` / ``predict_spend`` call this). Unchanged when nothing is
+    missing or the absolute columns are not there either (the encoder then names what is missing).
+    """
+    missing = [c for c in RELATIVE_TIME_COLUMNS if c in needed and c not in df.columns]
+    if not missing or not set(_RELATIVE_INPUTS) <= set(df.columns):
+        return df
+    rel = relative_time_features(df)
+    return df.assign(**{c: rel[c].to_numpy() for c in missing})

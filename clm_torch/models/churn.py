@@ -14,7 +14,7 @@ from torchmetrics import CatMetric
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
 from clm_torch.data.encoding import FeatureEncoder
-from clm_torch.data.events import parse_sequence_column
+from clm_torch.data.events import add_time_features, parse_sequence_column
 from clm_torch.data.schema import SchemaError
 from clm_torch.models.base import CLMModule
 from clm_torch.models.components.calibration import fit_platt, fit_temperature
@@ -456,10 +456,12 @@ class ChurnClassifier(CLMModule):
         """Churn probabilities (n,) for a raw DataFrame with the training columns.
 
         Extra columns are ignored and the target is not needed; NaN and unseen categories are
-        handled as missing. Rows are encoded in chunks of ``batch_size`` and each chunk goes
-        through the network in forward passes of :attr:`forward_rows` rows (on CPU), with the
-        categorical embeddings fused into the first layers (:meth:`fused_inference`), so memory
-        stays bounded (a few MB per chunk of encoded inputs) and the activations stay in cache.
+        handled as missing. The relative time features of ``data.time_features=relative|both``
+        are derived from a plain customer-view frame when it lacks them. Rows are encoded in
+        chunks of ``batch_size`` and each chunk goes through the network in forward passes of
+        :attr:`forward_rows` rows (on CPU), with the categorical embeddings fused into the first
+        layers (:meth:`fused_inference`), so memory stays bounded (a few MB per chunk of encoded
+        inputs) and the activations stay in cache.
 
         Raises:
             SchemaError: a required column is missing or a numeric column holds text.
@@ -474,7 +476,8 @@ class ChurnClassifier(CLMModule):
         chunk = max(batch_size, 1)
         with torch.inference_mode(), self.fused_inference():
             for start, _ in chunks(len(df), chunk, f"scoring {len(df):,} customers"):
-                part = self.with_infogap(df.iloc[start: start + chunk], source=source)
+                part = add_time_features(df.iloc[start: start + chunk], self.encoder.feature_columns)  # time_features
+                part = self.with_infogap(part, source=source)
                 enc = self.encoder.transform(part, source=source)
                 enc = {k: v.to(self.device) for k, v in enc.items() if k != "y"}
                 step = self.forward_rows if self.device.type == "cpu" else chunk

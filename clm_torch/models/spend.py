@@ -17,6 +17,7 @@ import torch
 from torchmetrics import CatMetric
 
 from clm_torch.data.encoding import FeatureEncoder
+from clm_torch.data.events import add_time_features
 from clm_torch.data.schema import SchemaError
 from clm_torch.models.base import CLMModule
 from clm_torch.models.components.tabular import MLP, FeatureTokenizer
@@ -119,7 +120,8 @@ class SpendRegressor(CLMModule):
 
     @torch.no_grad()
     def predict_spend(self, df: pd.DataFrame, *, batch_size: int = 65536, source: str = "<dataframe>") -> np.ndarray:
-        """Expected future spend (n,) for a raw DataFrame with the training columns (chunked)."""
+        """Expected future spend (n,) for a raw DataFrame with the training columns (chunked; the
+        relative time features of ``data.time_features`` are derived when the frame lacks them)."""
         if self.encoder is None:
             raise RuntimeError("this model has no fitted preprocessing; load it from a clm_torch checkpoint")
         if not isinstance(df, pd.DataFrame):
@@ -128,7 +130,7 @@ class SpendRegressor(CLMModule):
         self.eval()
         out = np.empty(len(df), dtype=np.float64)
         for start, _ in chunks(len(df), batch_size, f"spend for {len(df):,} customers"):
-            part = df.iloc[start: start + batch_size]
+            part = add_time_features(df.iloc[start: start + batch_size], self.encoder.feature_columns)  # time_features
             enc = {k: v.to(self.device) for k, v in self.encoder.transform(part, source=source).items() if k != "y"}
             out[start: start + len(part)] = torch.exp(self(enc)).double().cpu().numpy()
         self.train(was_training)
