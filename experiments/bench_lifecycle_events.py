@@ -31,14 +31,17 @@ so they cannot see the holdout even by mistake.
   TableDataModule with a 70/15/15 split over customers; early stopping, checkpoint choice and
   Platt calibration on the validation customers), default model settings, ``~logger``. The best
   checkpoint scores the raw view at the holdout cutoff (``predict_proba`` / ``predict_spend``).
-  Several seeds (``seed`` and ``data.split_seed``): mean ± std. Two churn configs are reported: the
-  default, and the one of the candidates (:data:`CANDIDATES`) that an out-of-time
-  backtest *inside the calibration period* ranks best (:data:`BACKTEST`; no holdout is looked at).
+  Several seeds (``seed`` and ``data.split_seed``): mean ± std. Three churn configs are reported:
+  the default, ``absolute`` (the view as built, no clipping: the default before), and the one of
+  the candidates (:data:`CANDIDATES`) that an out-of-time backtest *inside the calibration period*
+  ranks best (:data:`BACKTEST`; no holdout is looked at).
   The features drift between the two cutoffs (every tenure grows by the horizon; a single cohort
   never shows the model a tenure it will be scored at), and the candidates differ in how the model
   meets that drift: the PLR frequency scale, ``data.encoder.clip_to_range`` (flat extrapolation)
   and ``data.time_features=relative`` (age-free shares and rates instead of counts, totals and
-  tenure). The raw view at the holdout cutoff is built with the chosen ``data.time_features``.
+  tenure; both on by default in ``data=events``). Every model scores the plain raw view at the
+  holdout cutoff (``view_to_frame(view, None)``): ``predict_proba`` / ``predict_spend`` derive the
+  relative features themselves.
   The SpendRegressor reads the customer view of the chosen churn config (its ``data.*``
   overrides). Our spend ranking is the SpendRegressor's prediction or ``(1 − p_churn) × run-rate``,
   whichever has the higher top-20 % capture in the same backtest.
@@ -247,15 +250,6 @@ def train_ours(kind: str, log_csv: Path, train_cutoff: pd.Timestamp, horizon: fl
 
 
 # ---------------------------------------------------------------------------- config choice, in calibration
-def time_features_of(overrides: list[str]) -> str:
-    """The ``data.time_features`` a list of overrides sets (the scoring frame must be built the same way)."""
-    tf = "absolute"
-    for o in overrides:
-        if o.startswith("data.time_features="):
-            tf = o.split("=", 1)[1]
-    return tf
-
-
 # Candidate settings of the churn model, all about how it behaves when the features drift between the
 # train cutoff and the scoring cutoff (every customer's tenure grows by the horizon; a single cohort
 # never shows the model the ages it is scored at):
@@ -264,11 +258,12 @@ def time_features_of(overrides: list[str]) -> str:
 # * ``data.time_features=relative``: age-free shares and rates (recency / tenure, purchase days and
 #   spend per 30 days, recency / mean gap, longest silence / tenure) replace the age-dependent
 #   counts, totals and tenure (``clm_torch.data.sources.events.apply_time_features``);
-# * and the last without the additive members (plain MLP ensemble).
-CLIP, RELATIVE = "data.encoder.clip_to_range=true", "data.time_features=relative"
-CANDIDATES = {"default": [], "sigma=0.01": ["model.sigma=0.01"], "clip": [CLIP],
-              "relative+clip": [RELATIVE, CLIP], "relative+clip, no additive": [RELATIVE, CLIP,
-                                                                               "model.additive_members=0"]}
+# * and the model without its additive members (a plain MLP ensemble).
+# ``data=events`` defaults to relative + clip; the absolute view (the default before) is a candidate too.
+ABSOLUTE, NO_CLIP = "data.time_features=absolute", "data.encoder.clip_to_range=false"
+CANDIDATES = {"default": [], "default, no additive members": ["model.additive_members=0"],
+              "absolute": [ABSOLUTE, NO_CLIP], "absolute, sigma=0.01": [ABSOLUTE, NO_CLIP, "model.sigma=0.01"],
+              "absolute + clip": [ABSOLUTE]}
 
 
 def data_overrides(overrides: list[str]) -> list[str]:
@@ -295,7 +290,6 @@ def backtest_select(events: pd.DataFrame, seed: int, workdir: Path, extra: list[
     view = build_customer_view(load_events(ev, customer_col="customer_id", time_col="timestamp", amount_col="amount"),
                                bt_cut, horizon_days=h)
     frame, y = view_to_frame(view, None), view.labels["churn"].to_numpy()
-    frames = {tf: view_to_frame(view, None, time_features=tf) for tf in ("absolute", "relative", "both")}
     spend = view.labels["future_spend"].to_numpy(dtype="float64")
     log_csv = workdir / "cdnow_backtest.csv"
     ev[ev["timestamp"] < BACKTEST["score_cutoff"]].to_csv(log_csv, index=False)
@@ -305,13 +299,13 @@ def backtest_select(events: pd.DataFrame, seed: int, workdir: Path, extra: list[
     t0 = time.time()
     for name, cextra in CANDIDATES.items():
         model, _ = train_ours("churn", log_csv, train_cut, h, seed, workdir / f"backtest_{name}", [*extra, *cextra])
-        probs[name] = model.predict_proba(frames[time_features_of([*extra, *cextra])])
+        probs[name] = model.predict_proba(frame)  # the plain view: the model derives its relative features
         table[name] = auroc(y, probs[name])
         say(f"backtest {name}: ROC-AUC {table[name]:.4f}")
     chosen = max(CANDIDATES, key=lambda k: table[k])
     spend_extra = [*extra, *data_overrides(CANDIDATES[chosen])]
     spend_model, _ = train_ours("spend", log_csv, train_cut, h, seed, workdir / "backtest_spend", spend_extra)
-    spend_table = {"SpendRegressor": spend_scores(spend_model.predict_spend(frames[time_features_of(spend_extra)]),
+    spend_table = {"SpendRegressor": spend_scores(spend_model.predict_spend(frame),
                                                   spend)["capture20"],
                    "churn-adjusted run-rate": spend_scores(
                        (1.0 - probs[chosen]) * run_rate_clv(view.features, h).to_numpy(), spend)["capture20"]}
@@ -390,7 +384,6 @@ def run_split(name: str, events: pd.DataFrame, seeds: list[int], workdir: Path, 
     # holdout view: features from the calibration events only; labels from the holdout window
     hold = build_customer_view(ev_all, cutoff, horizon_days=horizon)
     score_frame = view_to_frame(hold, None)
-    score_frames = {tf: view_to_frame(hold, None, time_features=tf) for tf in ("absolute", "relative", "both")}
     y_np = hold.labels["churn"].to_numpy()
     y_spend = hold.labels["future_spend"].to_numpy(dtype="float64")
     n = len(score_frame)
@@ -439,9 +432,9 @@ def run_split(name: str, events: pd.DataFrame, seeds: list[int], workdir: Path, 
     run_rate = run_rate_clv(hold.features, horizon).to_numpy()
     spend_rows["run-rate (past spend per week × horizon)"] = spend_scores(run_rate, y_spend)
 
-    # --- ours: the default churn config and the one the in-calibration backtest chose; the spend model
-    churn_cfgs = {"default": []}
-    if selected[0] != "default":
+    # --- ours: the default churn config, the absolute view, the one the in-calibration backtest chose; spend
+    churn_cfgs = {"default": [], "absolute": CANDIDATES["absolute"]}  # + the view as built (the default before)
+    if selected[0] not in churn_cfgs:
         churn_cfgs[selected[0]] = selected[1]
     per_cfg: dict[str, list[float]] = {k: [] for k in churn_cfgs}
     ours_spend, ours_adj, ours_info = [], [], []
@@ -451,13 +444,13 @@ def run_split(name: str, events: pd.DataFrame, seeds: list[int], workdir: Path, 
         for cname, cextra in churn_cfgs.items():
             churn_model, info[f"churn[{cname}]"] = train_ours("churn", calib_csv, train_cut, train_h, seed,
                                                               workdir / cname, [*extra, *cextra])
-            p_c = churn_model.predict_proba(score_frames[time_features_of([*extra, *cextra])])
+            p_c = churn_model.predict_proba(score_frame)  # the plain view (relative features derived inside)
             per_cfg[cname].append(auroc(y_np, p_c))
             if cname == selected[0]:
                 p = p_c
         spend_extra = [*extra, *data_overrides(selected[1])]  # the customer view of the chosen churn config
         spend_model, info["spend"] = train_ours("spend", calib_csv, train_cut, train_h, seed, workdir, spend_extra)
-        q = spend_model.predict_spend(score_frames[time_features_of(spend_extra)])
+        q = spend_model.predict_spend(score_frame)
         ours_spend.append(spend_scores(q, y_spend))
         ours_adj.append(spend_scores((1.0 - p) * run_rate, y_spend))
         ours_info.append(info)
