@@ -385,6 +385,25 @@ def test_experiment_configs_compose(experiment: str) -> None:
     assert cfg.callbacks.early_stopping.monitor == "val/loss"
 
 
+def test_vae_synthetic_behaviour_columns_switch() -> None:
+    """`data.source.behaviour_columns=true` gives the VAE the measured-behaviour columns; off, the default table."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from clm_torch.data.synthetic import BEHAVIOUR_COLUMNS
+    from clm_torch.train import CONFIG_DIR
+
+    cols = {}
+    for flag in ("false", "true"):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("train.yaml", overrides=["experiment=vae_synthetic", "data.source.n_customers=200",
+                                                   f"data.source.behaviour_columns={flag}"])
+        cols[flag] = list(instantiate(cfg.data.source).load().frame.columns)
+    assert not set(BEHAVIOUR_COLUMNS) & set(cols["false"])
+    assert cols["true"][: len(cols["false"]) - 1] == cols["false"][:-1]  # the same columns, then behaviour, churn
+    assert set(BEHAVIOUR_COLUMNS) <= set(cols["true"]) and "views_electronics_30d" in cols["true"]
+
+
 @pytest.mark.parametrize("mode", ["raw", "none"])
 def test_projector_id_modes(tmp_path, mode: str) -> None:
     """`model.projector_ids=raw` opts in to raw ids; `none` drops the column; a typo is refused."""
