@@ -283,6 +283,35 @@ def test_score_and_full_scores_agree(dm: InteractionDataModule, trained: Embeddi
     assert torch.allclose(full.gather(1, items), part, atol=1e-4)
 
 
+def test_ease_term_matches_the_item_space_solution_and_round_trips(tmp_path: Path, dm: InteractionDataModule) -> None:
+    L.seed_everything(0)
+    model = EmbeddingRecommender(**dm.model_kwargs(), d=16, ease_weight=5.0, ease_l2=30.0)
+    model.set_preprocessing(dm.preprocessing_state())
+    trainer = _trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(model, datamodule=dm)  # on_fit_start solves the EASE matrix on the training split
+    indptr, vals = dm.tables["train"].ragged["target"]
+    X = torch.zeros(len(indptr) - 1, dm.n_items, dtype=torch.float64)
+    X[torch.repeat_interleave(torch.arange(len(indptr) - 1), indptr[1:] - indptr[:-1]), vals["items"]] = 1.0
+    P = torch.linalg.inv(X.T @ X + 30.0 * torch.eye(dm.n_items, dtype=torch.float64))
+    B = torch.eye(dm.n_items, dtype=torch.float64) - P / P.diagonal()[None]
+    B.diagonal().zero_()
+    assert torch.allclose(model.ease_matrix.double(), B, atol=1e-4)
+    model.eval()
+    users = torch.tensor([1, 2, 3])
+    with torch.no_grad():
+        batch = model._as_batch(users)
+        base = model._full_logits(model.user_vectors(batch), batch)
+        seen = torch.zeros(3, dm.n_items)
+        rows = torch.repeat_interleave(torch.arange(3), batch["hist_offsets"][1:] - batch["hist_offsets"][:-1])
+        seen[rows, batch["hist_items"]] = 1.0
+        assert torch.allclose(model.full_scores(users), base + 5.0 * (seen @ model.ease_matrix), atol=1e-4)
+    path = tmp_path / "ease.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = EmbeddingRecommender.load_from_checkpoint(path)
+    assert torch.equal(loaded.ease_matrix, model.ease_matrix)
+    assert (loaded.recommend(dm.user_ids[1:20], k=5) == model.recommend(dm.user_ids[1:20], k=5)).all()
+
+
 # ----------------------------------------------------------------------------- configs / CLI
 def _compose(overrides: list[str], tmp_path: Path):
     from hydra import compose, initialize_config_dir

@@ -8,6 +8,10 @@ Scores are ``score(u, i) = ⟨user_vector(u), item_vector(i)⟩ + bias_i (+ Σ_{
   which also serves users who were never trained on), a learned user embedding, or both;
 * the optional item-item term sums learned weights from each history item j to its
   co-occurrence neighbours i (EASE-like, restricted to ``data.n_neighbors`` pairs per item).
+* the optional EASE term (``ease_weight`` > 0) adds ``ease_weight · Σ_{j ∈ H(u)} B[j, i]`` with B
+  the closed-form EASE matrix (Steck 2019) solved on the training interactions at the start of
+  fit. It is not trained and not part of the loss: the model is then an ensemble of the learned
+  embedding scorer and EASE (``experiment=recsys_movielens`` turns it on).
 
 Training (``loss``) is denoising: a share of each user's history is hidden from the encoder
 (at random, or the most recent items for a temporal task) and the model predicts the whole
@@ -95,6 +99,12 @@ class EmbeddingRecommender(CLMModule):
         lr, weight_decay, embedding_weight_decay, scheduler: AdamW settings.
         neighbor_lr, neighbor_weight_decay: learning rate (None = ``lr``) and weight decay of the
             item-item weights, which start at zero and need to grow faster than the embeddings.
+        ease_weight: weight of a closed-form EASE term (Steck 2019) added to the ranking scores
+            (0 = off). Its item-item matrix (n_items², zero diagonal) is solved once at the start
+            of fit on the DataModule's training interactions (``fit_ease``) and is never trained:
+            the embeddings are trained without it and the two are ensembled at scoring time
+            (validation, test, ``recommend``), with this weight. Needs a history.
+        ease_l2: EASE's L2 penalty λ.
         scheduler_epochs: length of the cosine schedule (None = ``trainer.max_epochs``), so that a
             refit stopped at the tuned epoch follows the tuned schedule.
         ks: metric cut-offs.
@@ -134,6 +144,8 @@ class EmbeddingRecommender(CLMModule):
         embedding_weight_decay: float = 0.0,
         neighbor_lr: float | None = None,
         neighbor_weight_decay: float = 0.0,
+        ease_weight: float = 0.0,
+        ease_l2: float = 300.0,
         scheduler: str = "none",
         scheduler_epochs: int | None = None,
         ks: Sequence[int] = (10, 20),
@@ -160,6 +172,9 @@ class EmbeddingRecommender(CLMModule):
         if self.uses_neighbors:
             self.neighbor_embed = nn.Embedding(n_items, int(item_n_neighbors))  # W[j, m]: item j → its m-th neighbour
             nn.init.zeros_(self.neighbor_embed.weight)
+        self.uses_ease = float(ease_weight) > 0
+        if self.uses_ease:  # closed-form, fitted by fit_ease (on_fit_start); saved with the weights
+            self.register_buffer("ease_matrix", torch.zeros(n_items, n_items))
         if self.uses_embedding:
             self.user_embed = nn.Embedding(n_users, d)
             nn.init.normal_(self.user_embed.weight, std=1.0 / math.sqrt(d))
@@ -236,14 +251,66 @@ class EmbeddingRecommender(CLMModule):
         out = torch.zeros(B, self.n_items, device=w.device, dtype=w.dtype)
         return out.index_put((rows[:, None].expand_as(nbr), nbr), w, accumulate=True)
 
+    def ease_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The EASE term (B, n_items): ``ease_weight`` × Σ over the (deduplicated) history items j of
+        B[j, :]; None when ``ease_weight`` is 0."""
+        if not self.uses_ease:
+            return None
+        items, off = batch["hist_items"], batch["hist_offsets"]
+        B = len(off) - 1
+        out = F.embedding_bag(items, self.ease_matrix, off[:-1], mode="sum")
+        if out.shape[0] < B:  # torch drops trailing empty bags in some versions; pad
+            out = torch.cat([out, out.new_zeros(B - out.shape[0], out.shape[1])])
+        return out.float() * float(self.hparams.ease_weight)
+
+    @torch.no_grad()
+    def fit_ease(self, indptr: torch.Tensor, items: torch.Tensor) -> None:
+        """Solve the EASE item-item matrix on interactions given as a user CSR (``indptr`` (U+1,),
+        ``items`` (nnz,)): B = I − P / diag(P) with P = (XᵀX + λI)⁻¹, λ = ``ease_l2``, diag(B) = 0.
+        Solved in user space (Woodbury: λP = I − Xᵀ (λI + XXᵀ)⁻¹ X), cheap with few users; with
+        more users than items the item-space inverse is used."""
+        if not self.uses_ease:
+            raise RuntimeError("fit_ease needs model.ease_weight > 0")
+        lam = float(self.hparams.ease_l2)
+        indptr, items = torch.as_tensor(indptr).cpu(), torch.as_tensor(items).cpu()
+        rows = torch.repeat_interleave(torch.arange(len(indptr) - 1), indptr[1:] - indptr[:-1])
+        X = torch.zeros(len(indptr) - 1, self.n_items, dtype=torch.float64)
+        X[rows, items] = 1.0
+        X = X[X.sum(1) > 0]
+        if len(X) < self.n_items:
+            K = X @ X.T
+            K.diagonal().add_(lam)
+            P = -(X.T @ torch.linalg.solve(K, X))  # λP − I
+            P.diagonal().add_(1.0)
+        else:
+            G = X.T @ X
+            G.diagonal().add_(lam)
+            P = torch.linalg.inv(G)
+        B = -P / P.diagonal()[None]
+        B.diagonal().zero_()
+        self.ease_matrix.copy_(B.to(self.ease_matrix.dtype))
+
+    def on_fit_start(self) -> None:
+        """``ease_weight > 0``: solve the EASE matrix on the DataModule's training interactions (train,
+        or train + validation when refitting); a resumed run keeps its matrix."""
+        if not self.uses_ease or bool(self.ease_matrix.any()):
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or "train" not in getattr(dm, "tables", {}):
+            raise RuntimeError("model.ease_weight > 0 needs an InteractionDataModule (its training interactions)")
+        indptr, vals = dm.tables["train"].ragged["target"]
+        self.fit_ease(indptr, vals["items"])
+
     def full_scores(self, users: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
-        """Scores (B, n_items) over the whole catalogue (seen items not masked).
+        """Scores (B, n_items) over the whole catalogue (seen items not masked), the EASE term included.
 
         ``users`` is a user batch dict, or a (B,) tensor of user indices whose history is taken
         from the checkpoint's seen-item index.
         """
         batch = self._as_batch(users)
-        return self._full_logits(self.user_vectors(batch), batch)
+        logits = self._full_logits(self.user_vectors(batch), batch)
+        ease = self.ease_scores(batch)
+        return logits if ease is None else logits + ease
 
     def _full_logits(self, u: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = (u @ self.item_vectors().to(u.dtype).T).float() + self.item_bias
@@ -257,7 +324,9 @@ class EmbeddingRecommender(CLMModule):
         v = self.item_vectors(items.reshape(-1)).reshape(*items.shape, -1)
         out = (u[:, None, :] * v.to(u.dtype)).sum(-1).float() + self.item_bias[items]
         nb = self.neighbor_scores(batch)
-        return out if nb is None else out + nb.gather(1, items)
+        out = out if nb is None else out + nb.gather(1, items)
+        ease = self.ease_scores(batch)
+        return out if ease is None else out + ease.gather(1, items)
 
     def _as_batch(self, users: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if isinstance(users, dict):
