@@ -386,6 +386,64 @@ def test_blocks_of_customers_match_one_block(monkeypatch, with_table):
         np.testing.assert_array_equal(blocks.sequences[key], value)
 
 
+@pytest.mark.parametrize("kind", ["object", "str", "category", "arrow_chunks"])
+@pytest.mark.parametrize("n_distinct", [5, 3000])
+def test_factorize_fast_paths_match_pandas(kind, n_distinct):
+    """Codes and uniques reproduce the column (missing = -1) for every dtype an event log arrives in;
+    Arrow columns of several chunks take the per-chunk (few values) or combined (many) encoding."""
+    import pyarrow as pa
+
+    from clm_torch.data.events import _factorize
+
+    rng = np.random.default_rng(0)
+    raw = [f"id{i}" for i in rng.integers(0, n_distinct, 20_000)]
+    raw[7] = None
+    if kind == "arrow_chunks":
+        chunks = pa.chunked_array([pa.array(raw[i:i + 4096], type=pa.large_string()) for i in range(0, len(raw), 4096)])
+        s = pd.Series(pd.arrays.ArrowExtensionArray(chunks))
+    else:
+        s = pd.Series(raw, dtype={"object": object, "str": "str", "category": "category"}[kind])
+    codes, uniques = _factorize(s)
+    assert codes.dtype == np.int64 and codes.shape == (len(s),)
+    assert codes[7] == -1 and (np.delete(codes, 7) >= 0).all()
+    assert uniques.is_unique
+    assert list(uniques[np.delete(codes, 7)]) == [v for i, v in enumerate(raw) if i != 7]
+    ref_codes, ref_uniques = pd.factorize(s, sort=False)
+    if kind != "category":  # first-seen order, as pandas (categories keep their own order)
+        np.testing.assert_array_equal(codes, ref_codes)
+        assert list(uniques) == list(ref_uniques)
+
+
+def test_view_same_for_object_str_and_categorical_ids():
+    """Customer and item ids as Python strings, Arrow strings or categoricals give the same view."""
+    rng = np.random.default_rng(9)
+    n = 4000
+    base = pd.DataFrame({
+        "customer_id": rng.choice([f"c{i:03d}" for i in range(500)], n),
+        "timestamp": pd.Timestamp("2023-01-01") + pd.to_timedelta(rng.integers(0, 900, n) * 3600 * 8, unit="s"),
+        "amount": rng.normal(20, 15, n).round(2),
+        "item_id": rng.choice([f"i{i}" for i in range(70)], n),
+    })
+    table = pd.DataFrame({"customer_id": [f"c{i:03d}" for i in range(450, 520)], "age": np.arange(70.0)})
+    kwargs = dict(horizon_days=45, n_last=4, item_categories={f"i{i}": f"k{i % 4}" for i in range(0, 70, 2)},
+                  category_shares=True, customers=table)
+    views = []
+    for dtype in (object, "str", "category"):
+        ev = base.astype({"customer_id": dtype, "item_id": dtype})
+        views.append(build_customer_view(load_events(ev, customer_col="customer_id", time_col="timestamp",
+                                                     amount_col="amount", item_col="item_id"), "2023-07-01", **kwargs))
+    first = views[0]
+    assert len(first.features) > 400
+    for v in views[1:]:
+        assert list(v.features.index) == list(first.features.index)
+        # category entropy sums over categories in code order: equal up to rounding
+        pd.testing.assert_frame_equal(v.features, first.features, check_index_type=False, rtol=1e-12)
+        pd.testing.assert_frame_equal(v.labels, first.labels, check_index_type=False)
+        for key, value in first.sequences.items():
+            np.testing.assert_array_equal(v.sequences[key], value)
+        assert v.item_vocab == first.item_vocab
+
+
 # ----------------------------------------------------------------------------- data.time_features
 
 

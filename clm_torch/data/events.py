@@ -39,6 +39,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+try:  # pandas' default string dtype is Arrow-backed; pyarrow reads the Parquet logs
+    import pyarrow as pa
+    import pyarrow.compute as pc
+except ImportError:  # pragma: no cover - pyarrow is a dependency
+    pa = pc = None
+
 from clm_torch.data.schema import SchemaError, _is_missing_token, read_table, to_numeric_strict
 from clm_torch.utils.progress import steps
 
@@ -347,26 +353,72 @@ def _harmonise_ids(a: pd.Index, b: pd.Index) -> tuple[pd.Index, pd.Index]:
     return a, b
 
 
-def _sort_order(code: np.ndarray, ts: np.ndarray, n_codes: int) -> np.ndarray:
-    """Stable order by (code, ts): one int64 key when it fits (much faster than ``np.lexsort``).
+def _factorize(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """``pd.factorize(values, sort=False)`` (codes, -1 for missing; uniques in first-seen order), faster
+    for the column types event logs arrive in.
 
-    The timestamps are expressed in the coarsest unit (day, s, ms, us, ns) that represents every
-    difference exactly, so the single key sorts exactly like the pair.
+    * categorical: its codes and categories, no hashing (unused categories are harmless here);
+    * Arrow-backed strings (pandas' ``str`` dtype read from Parquet/CSV): Arrow's dictionary
+      encoding. Low-cardinality columns (item ids) are encoded chunk by chunk and the chunk
+      dictionaries unified (4x faster than one pass at 20M rows); high-cardinality ones (customer
+      ids) in one pass over the combined column (1.5x faster than pandas).
+    """
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return values.cat.codes.to_numpy().astype(np.int64), values.cat.categories
+    chunked = getattr(values.array, "_pa_array", None)
+    if chunked is not None and pa is not None and isinstance(chunked, pa.ChunkedArray) and len(chunked) > 0 \
+            and (pa.types.is_string(chunked.type) or pa.types.is_large_string(chunked.type)):
+        try:
+            first = pc.dictionary_encode(chunked.chunk(0)) if chunked.num_chunks > 1 else None
+            if first is not None and len(first.dictionary) * 64 < len(first):  # few distinct values
+                enc = pc.dictionary_encode(chunked).unify_dictionaries()
+                dictionary = enc.chunk(0).dictionary
+                codes = np.concatenate([c.indices.fill_null(-1).to_numpy(zero_copy_only=False) for c in enc.chunks])
+            else:
+                enc1 = pc.dictionary_encode(chunked.combine_chunks())
+                dictionary = enc1.dictionary
+                codes = enc1.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+            return codes.astype(np.int64, copy=False), pd.Index(pd.array(dictionary, dtype=values.dtype))
+        except (pa.ArrowException, TypeError, ValueError):  # pragma: no cover - odd extension types
+            pass
+    codes, uniques = pd.factorize(values, sort=False)
+    return codes.astype(np.int64, copy=False), pd.Index(uniques)
+
+
+def _sort_order(code: np.ndarray, ts: np.ndarray, n_codes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stable order by (code, ts), and ``code`` and ``ts`` in that order.
+
+    One int64 key when it fits (much faster than ``np.lexsort``): the timestamps are expressed in
+    the coarsest unit (day, s, ms, us, ns) that represents every difference exactly, so the single
+    key sorts exactly like the pair, and the sorted keys decode back to (code, ts) with sequential
+    arithmetic instead of two random gathers over the whole log.
     """
     if len(ts) == 0:
-        return np.zeros(0, dtype=np.int64)
-    rel = ts - ts.min()
+        return np.zeros(0, dtype=np.int64), code[:0].astype(np.int64), ts[:0]
+    t0 = int(ts.min())
+    rel = ts - t0
     scratch = np.empty_like(rel)
     for unit in (_NS_PER_DAY, 10**9, 10**6, 10**3, 1):
-        if unit == 1 or not np.remainder(rel, unit, out=scratch).any():
+        # a cheap look at the first cells rules most units out without a pass over the log
+        if unit == 1 or (not np.remainder(rel[:4096], unit).any()
+                         and not np.remainder(rel, unit, out=scratch).any()):
             break
     span = int(rel.max()) // unit + 1
     if n_codes * span < 2**62:
         key = np.floor_divide(rel, unit, out=rel)
         key += np.multiply(code, span, out=scratch, dtype=np.int64)
+        del scratch
         # torch's stable CPU sort of integer keys: 2.8x faster than numpy's argsort at 20M keys (2 threads)
-        return torch.sort(torch.from_numpy(key), stable=True).indices.numpy()
-    return np.lexsort((ts, code))
+        values, order = torch.sort(torch.from_numpy(key), stable=True)
+        del key, rel
+        sorted_key = values.numpy()
+        code_sorted = np.floor_divide(sorted_key, span)
+        ts_sorted = np.remainder(sorted_key, span, out=sorted_key)
+        ts_sorted *= unit
+        ts_sorted += t0
+        return order.numpy(), code_sorted, ts_sorted
+    order = np.lexsort((ts, code))
+    return order, code[order].astype(np.int64), ts[order]
 
 
 def _group_starts(codes: np.ndarray) -> np.ndarray:
@@ -493,7 +545,7 @@ def build_customer_view(
         if ts_all.dt.tz is not None:
             ts_all = ts_all.dt.tz_convert("UTC").dt.tz_localize(None)
         ts_all = ts_all.to_numpy().astype("datetime64[ns]", copy=False).view("int64")
-        ev_codes, ev_uniques = pd.factorize(events["customer_id"], sort=False)
+        ev_codes, ev_uniques = _factorize(events["customer_id"])
 
         step("customers")
         # --- population and mapping event-customer code -> row -----------------------------------
@@ -551,12 +603,12 @@ def build_customer_view(
         # --- the relevant events (population, ts < cutoff + horizon), sorted by (row, time) ----------
         ev_rows = row_of_code[ev_codes]
         kept = np.flatnonzero((ts_all < end_ns) & (ev_rows >= 0))
-        kept = kept[_sort_order(ev_rows[kept], ts_all[kept], n)]  # one gather per column below
-        row, ts = ev_rows[kept], ts_all[kept]
-        del ev_rows
+        order, row, ts = _sort_order(ev_rows[kept], ts_all[kept], n)
+        kept = kept[order]  # one gather per remaining column below
+        del ev_rows, order
         amount = events["amount"].to_numpy(dtype="float64")[kept] if has_amount else None
         if has_item:
-            it_codes, it_uniques = pd.factorize(events["item_id"], sort=False)  # -1 = missing item
+            it_codes, it_uniques = _factorize(events["item_id"])  # -1 = missing item
             it = it_codes[kept]
         before = ts < cut_ns
         step("RFM and trend features")
