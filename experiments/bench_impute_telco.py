@@ -261,8 +261,14 @@ def run(rates: list[float], seeds: list[int], methods: list[str], vae_kwargs: di
                 if m == "vae":
                     row["vae_info"] = getattr(impute_vae, "last_info", {})
                 rows.append(row)
+                val = ""
+                if m == "vae":  # the validation cells (observed cells of the masked table) that select the model
+                    info = row["vae_info"]
+                    val = f" [validation cells: NRMSE={info.get('val_nrmse', float('nan')):.4f} " \
+                          f"cat_acc={info.get('val_cat_acc', float('nan')):.4f}, epoch {info.get('best_epoch')}" \
+                          f"{', averaged ' + str(info['averaged']) if info.get('averaged') else ''}]"
                 print(f"rate={rate:.2f} seed={seed} {m:<11} NRMSE={s['nrmse']:.4f} cat_acc={s['cat_acc']:.4f} "
-                      f"({secs:.1f}s)", flush=True)
+                      f"({secs:.1f}s){val}", flush=True)
     return {"rows": rows, "n_rows": len(truth), "numeric": num, "categorical": cats}
 
 

@@ -124,6 +124,26 @@ def test_masked_elbo_terms_match_hand_computation() -> None:
     assert loss.item() == pytest.approx((gauss + cat3 + bern_no + math.log(2.0)) / 2 + 0.5, abs=1e-4)
 
 
+def test_hidden_weight_scales_only_hidden_cells_in_training_loss(monkeypatch) -> None:
+    """model.hidden_weight multiplies the NLL of the cells hidden from the encoder; the rest is the ELBO."""
+    batch = {
+        "num": torch.tensor([[1.0], [3.0]]),
+        "num_mask": torch.tensor([[True], [False]]),
+        "cat": torch.tensor([[3, 1], [0, 2]]),
+        "cat_mask": torch.tensor([[True, True], [False, True]]),
+    }
+    hidden = (torch.tensor([[False], [False]]), torch.tensor([[True, False], [False, False]]))  # row 0, plan
+    gauss = 0.5 * math.log(2 * math.pi) + 0.5 * (1.0 - 0.5) ** 2
+    cat3, bern_no = -math.log(2 / 4), math.log(2.0)
+    for hw in (1.0, 3.0):
+        m = _fixed_model()
+        m.hparams.hidden_weight = hw
+        monkeypatch.setattr(m, "_hide_masks", lambda *a, **k: hidden)
+        loss, _ = m.model_step(batch, "train")
+        rows = [gauss + hw * cat3 + bern_no, math.log(2.0)]
+        assert loss.item() == pytest.approx(sum(rows) / 2 + 0.5, abs=1e-4)
+
+
 def test_likelihood_and_kl_helpers_by_hand() -> None:
     x, loc, ls = torch.tensor([2.0]), torch.tensor([0.0]), torch.tensor([math.log(2.0)])
     assert numeric_nll(x, loc, ls).item() == pytest.approx(0.5 * math.log(2 * math.pi) + math.log(2.0) + 0.5)
@@ -331,6 +351,39 @@ def test_short_training_beats_mean_mode_on_held_out_cells(trained) -> None:
 
 
 # ----------------------------------------------------------------------------- CLI
+
+
+@pytest.mark.parametrize("average_wins", [True, False])
+def test_fit_imputer_snapshot_average_kept_only_when_validation_improves(monkeypatch, average_wins) -> None:
+    """average_snapshots=3 averages the weights of the evaluations around the best one, and keeps the
+    average only if the validation cells score it better (scripted scores stand in for the real ones)."""
+    import clm_torch.models.infogap_vae as vae_mod
+
+    scripted = [(0.5, 0.5), (0.4, 0.5), (0.3, 0.5), (0.35, 0.5), (0.36, 0.5),  # epochs 2..10, best at 6
+                (0.1, 0.9) if average_wins else (0.6, 0.4)]                   # the average of epochs 4, 6, 8
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def fake_score_cells(model, *args, **kwargs):  # noqa: ANN001, ANN202
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return scripted[len(seen) - 1]
+
+    monkeypatch.setattr(vae_mod, "score_cells", fake_score_cells)
+    train, _ = with_missing(make_table(200, seed=3), 0.15, 4, FEATURES)
+    model, info = fit_imputer(train.drop(columns=["churn"]), roles={"numeric": ["tenure", "fee", "total"]},
+                              id_col="customer_id", seed=0, max_epochs=40, eval_every=2, patience=2, batch_size=64,
+                              latent_dim=4, d_embed=4, encoder_hidden=[16], decoder_hidden=[16],
+                              average_snapshots=3)
+    assert len(seen) == 6 and [e for e, _, _ in info["val_history"]] == [2, 4, 6, 8, 10]
+    assert info["best_epoch"] == 6
+    name = "decoder.out.weight"
+    got = model.state_dict()[name]
+    if average_wins:
+        assert info["averaged"] == [4, 6, 8] and info["val_nrmse"] == 0.1
+        torch.testing.assert_close(got, torch.stack([seen[i][name] for i in (1, 2, 3)]).mean(0))
+    else:
+        assert info["averaged"] == [] and info["val_nrmse"] == 0.3
+        torch.testing.assert_close(got, seen[2][name])
+    assert not torch.equal(seen[1][name], seen[3][name])  # the snapshots really differ
 
 
 def test_clm_train_on_a_csv_without_target(tmp_path) -> None:

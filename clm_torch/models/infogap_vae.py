@@ -109,6 +109,8 @@ class InfoGapVAE(CLMModule):
             from the encoder during training (they are still reconstructed).
         single_hide_prob: share of training rows that instead hide exactly one observed cell
             (trains the leave-one-out conditionals behind :meth:`information_gap`).
+        hidden_weight: weight of the hidden cells' NLL in the training loss relative to the cells
+            the encoder saw (1 = the plain masked ELBO; > 1 stresses imputation over autoencoding).
         val_hide_rate: fixed rate of hidden observed cells in validation/test (seeded per batch).
         n_samples: latent samples used by :meth:`impute` and the other API methods by default.
         importance_impute: weight those samples by p(x_obs | z) p(z) / q(z | x_obs) in
@@ -144,6 +146,7 @@ class InfoGapVAE(CLMModule):
         hide_rate_min: float = 0.0,
         hide_rate_max: float = 0.5,
         single_hide_prob: float = 0.0,
+        hidden_weight: float = 1.0,
         val_hide_rate: float = 0.25,
         n_samples: int = 16,
         importance_impute: bool = False,
@@ -287,9 +290,13 @@ class InfoGapVAE(CLMModule):
             kl_term = free_bits_kl(t["kl_dim"], float(self.hparams.free_bits))
             rec = t["rec"]
             bal = float(self.hparams.get("nll_balance", 0.0))
-            if bal > 0:  # β-NLL: numeric cells weighted by stop_grad(σ^(2·bal))
-                w = torch.exp(2 * bal * t["out"]["num_log_scale"].detach())
-                rec = (t["nll_num"] * w).sum(1) + t["nll_cat"].sum(1)
+            hw = float(self.hparams.get("hidden_weight", 1.0))
+            if bal > 0 or hw != 1.0:
+                # β-NLL: numeric cells weighted by stop_grad(σ^(2·bal)); hidden cells by hidden_weight
+                w_num = torch.exp(2 * bal * t["out"]["num_log_scale"].detach()) if bal > 0 else 1.0
+                w_num = w_num * (1.0 + (hw - 1.0) * h_num)
+                w_cat = 1.0 + (hw - 1.0) * h_cat
+                rec = (t["nll_num"] * w_num).sum(1) + (t["nll_cat"] * w_cat).sum(1)
             loss = rec.mean() + self.kl_weight() * kl_term
         else:
             g = torch.Generator(device=batch["num"].device).manual_seed(104729 + batch_idx)
@@ -1065,6 +1072,7 @@ def fit_imputer(
     refit: bool = False,
     log_transform: str | Sequence[str] = "auto",
     eval_samples: int | None = None,
+    average_snapshots: int = 0,
     **model_kwargs: Any,
 ) -> tuple[InfoGapVAE, dict[str, Any]]:
     """Fit an :class:`InfoGapVAE` on a raw table with missing cells, choosing the number of epochs
@@ -1083,11 +1091,16 @@ def fit_imputer(
         id_col: optional id column (kept out of the features).
         log_transform: passed to the :class:`FeatureEncoder`.
         eval_samples: latent samples for the validation imputations (default: the model's).
+        average_snapshots: if > 1, also try the average of the weights of that many consecutive
+            evaluation snapshots around the best one (stochastic weight averaging, Izmailov et al.
+            2018); the averaged model is kept only if it scores better on the validation cells.
+            One model either way: every API method works on it.
         model_kwargs: :class:`InfoGapVAE` hyperparameters (``latent_dim``, ``beta``, ``lr``, ...).
 
     Returns:
         ``(model, info)``; ``info`` holds ``best_epoch``, ``val_nrmse``, ``val_cat_acc``,
-        ``val_history``, ``params`` and ``seconds``.
+        ``val_history``, ``averaged`` (the snapshot epochs averaged, empty if none), ``params`` and
+        ``seconds``.
     """
     import time
 
@@ -1118,6 +1131,11 @@ def fit_imputer(
 
     history: list[tuple[int, float, float]] = []
     state: dict[str, Any] = {"best": math.inf, "epoch": 0, "weights": None, "bad": 0}
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}  # epoch -> weights (only with average_snapshots)
+    n_avg = int(average_snapshots)
+
+    def cell_score(nr: float, ac: float) -> float:
+        return (0.0 if math.isnan(nr) else nr) + (0.0 if math.isnan(ac) else 1.0 - ac)
 
     class _SelectOnValidationCells(L.Callback):
         def on_train_epoch_end(self, trainer: L.Trainer, pl_module: InfoGapVAE) -> None:
@@ -1128,7 +1146,14 @@ def fit_imputer(
                                  seed=seed)
             history.append((ep, nr, ac))
             log.info("fit_imputer epoch %d: validation cells NRMSE %.4f, accuracy %.4f", ep, nr, ac)
-            sc = (0.0 if math.isnan(nr) else nr) + (0.0 if math.isnan(ac) else 1.0 - ac)
+            sc = cell_score(nr, ac)
+            if n_avg > 1:
+                snapshots[ep] = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+                while len(snapshots) > 2 * n_avg:  # keep a window: enough to centre it on a best one
+                    old = min(snapshots)
+                    if old == state["epoch"]:
+                        break
+                    del snapshots[old]
             if sc < state["best"] - 1e-4:
                 state.update(best=sc, epoch=ep, bad=0,
                              weights={k: v.detach().clone() for k, v in pl_module.state_dict().items()})
@@ -1150,6 +1175,25 @@ def fit_imputer(
         model.load_state_dict(state["weights"])
     best_epoch = int(state["epoch"])
     val = next(((nr, ac) for ep, nr, ac in history if ep == best_epoch), (float("nan"), float("nan")))
+    averaged: list[int] = []
+    if n_avg > 1 and best_epoch in snapshots:
+        epochs = sorted(snapshots)
+        i = epochs.index(best_epoch)
+        lo = max(0, min(i - n_avg // 2, len(epochs) - n_avg))
+        window = epochs[lo:lo + n_avg]
+        if len(window) > 1:
+            avg = {k: (torch.stack([snapshots[e][k].float() for e in window]).mean(0).to(v.dtype)
+                       if v.is_floating_point() else v)
+                   for k, v in snapshots[best_epoch].items()}
+            model.load_state_dict(avg)
+            nr, ac = score_cells(model, train_t, v_num, v_cat, truth_raw, full["cat"], raw_std, eval_samples,
+                                 seed=seed)
+            log.info("fit_imputer: average of epochs %s: validation cells NRMSE %.4f, accuracy %.4f", window, nr, ac)
+            if cell_score(nr, ac) < state["best"] - 1e-4:
+                averaged, val = window, (nr, ac)
+            else:
+                model.load_state_dict(state["weights"])
+    snapshots.clear()
     if refit and best_epoch > 0:
         L.seed_everything(seed, workers=True, verbose=False)
         model = build()
@@ -1158,6 +1202,6 @@ def fit_imputer(
     model._set_reference(full)
     model.eval()
     info = {"best_epoch": best_epoch, "epochs_run": history[-1][0] if history else 0, "val_nrmse": val[0],
-            "val_cat_acc": val[1], "val_history": history, "refit": refit,
+            "val_cat_acc": val[1], "val_history": history, "averaged": averaged, "refit": refit,
             "params": sum(p.numel() for p in model.parameters()), "seconds": round(time.time() - t0, 1)}
     return model, info
