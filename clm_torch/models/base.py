@@ -95,7 +95,8 @@ class CLMModule(L.LightningModule):
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.ndim < 2 or "embed" in name or "missing" in name else decay).append(p)
+            (no_decay if p.ndim < 2 or "embed" in name or "missing" in name or name.startswith("prior_")
+             else decay).append(p)
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": hp.get("weight_decay", 0.0)},
              {"params": no_decay, "weight_decay": 0.0}],

@@ -104,7 +104,13 @@ class InfoGapVAE(CLMModule):
             categorical terms; 0.5 tempers that. Logged NLL terms are always unweighted.
         beta: KL weight after warm-up.
         kl_warmup_epochs: epochs over which the KL weight rises linearly from 0 to ``beta``.
-        free_bits: floor (nats) on each latent dimension's batch-mean KL in the training loss.
+        free_bits: floor (nats) on each latent dimension's batch-mean KL in the training loss
+            (standard normal prior only).
+        prior_components: 0 = the standard normal prior N(0, I). K >= 2 = a learned mixture of K
+            diagonal Gaussians (VaDE, Jiang et al. 2017): the latent is shaped into K clusters and
+            :meth:`segments` assigns each customer to one. The mixture is initialised by k-means
+            on the training posteriors at the end of the KL warm-up (until then the prior is
+            N(0, I)); its KL term is the closed-form bound −H[q] − log Σ_k π_k exp E_q[log N_k(z)].
         hide_rate_min, hide_rate_max: range of the per-row rate at which observed cells are hidden
             from the encoder during training (they are still reconstructed).
         single_hide_prob: share of training rows that instead hide exactly one observed cell
@@ -143,6 +149,7 @@ class InfoGapVAE(CLMModule):
         beta: float = 1.0,
         kl_warmup_epochs: int = 10,
         free_bits: float = 0.05,
+        prior_components: int = 0,
         hide_rate_min: float = 0.0,
         hide_rate_max: float = 0.5,
         single_hide_prob: float = 0.0,
@@ -166,6 +173,8 @@ class InfoGapVAE(CLMModule):
             raise ValueError(f"need 0 <= hide_rate_min <= hide_rate_max < 1, got {hide_rate_min}, {hide_rate_max}")
         if n_num + len(cat_cardinalities) == 0:
             raise ValueError("the VAE needs at least one feature column")
+        if int(prior_components) == 1 or int(prior_components) < 0:
+            raise ValueError(f"model.prior_components must be 0 (N(0, I)) or >= 2, got {prior_components}")
         self.save_hyperparameters()
         self.n_num, self.n_cat = int(n_num), len(cat_cardinalities)
         self.cardinalities = [int(c) for c in cat_cardinalities]
@@ -174,6 +183,12 @@ class InfoGapVAE(CLMModule):
                                            activation)
         self.decoder = MixedDecoder(latent_dim, n_num, self.cardinalities, n_binary, decoder_hidden, dropout,
                                     activation, min_log_scale)
+        self.n_components = int(prior_components)
+        if self.n_components:  # mixture prior; N(0, I) until prior_ready (set by the k-means initialisation)
+            self.prior_logits = torch.nn.Parameter(torch.zeros(self.n_components))
+            self.prior_mu = torch.nn.Parameter(torch.zeros(self.n_components, latent_dim))
+            self.prior_logvar = torch.nn.Parameter(torch.zeros(self.n_components, latent_dim))
+            self.register_buffer("prior_ready", torch.tensor(False))
         # completeness reference: mean posterior information (nats) of a fully observed customer
         self.register_buffer("ref_info", torch.tensor(float("nan")))
         self.scores = torch.nn.ModuleDict({s: ImputationScore(self.n_num, self.n_cat) for s in ("val", "test")})
@@ -211,6 +226,69 @@ class InfoGapVAE(CLMModule):
     def decode(self, z: torch.Tensor) -> dict[str, Any]:
         """p(x | z) parameters for z (..., L); see :class:`MixedDecoder`."""
         return self.decoder(z)
+
+    # ------------------------------------------------------------------ prior
+    @property
+    def mixture_prior(self) -> bool:
+        """True once the learned mixture prior is initialised and in use."""
+        return self.n_components > 0 and bool(self.prior_ready)
+
+    def _component_scores(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """(B, K): log π_k + E_{q(z)}[log N(z; μ_k, σ_k²)] for q = N(mu, e^logvar)."""
+        lv = self.prior_logvar
+        e = -0.5 * (math.log(2 * math.pi) + lv[None]
+                    + (torch.exp(logvar)[:, None] + (mu[:, None] - self.prior_mu[None]) ** 2) * torch.exp(-lv)[None]
+                    ).sum(-1)
+        return torch.log_softmax(self.prior_logits, 0)[None] + e
+
+    def kl_rows(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """(B,) KL(q(z | x) || p(z)) for the standard normal prior; for the mixture its closed-form
+        upper bound −H[q] − log Σ_k π_k exp E_q[log N_k(z)] (exact when one component dominates)."""
+        if not self.mixture_prior:
+            return gaussian_kl(mu, logvar).sum(-1)
+        neg_entropy = -0.5 * (math.log(2 * math.pi) + 1.0 + logvar).sum(-1)
+        return neg_entropy - torch.logsumexp(self._component_scores(mu, logvar), -1)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) for z (..., L) → (...)."""
+        c = -0.5 * z.shape[-1] * math.log(2 * math.pi)
+        if not self.mixture_prior:
+            return c - 0.5 * (z * z).sum(-1)
+        lv = self.prior_logvar
+        comp = c - 0.5 * (lv + (z[..., None, :] - self.prior_mu) ** 2 * torch.exp(-lv)).sum(-1)  # (..., K)
+        return torch.logsumexp(torch.log_softmax(self.prior_logits, 0) + comp, -1)
+
+    @torch.no_grad()
+    def init_prior(self, batches: Any) -> None:
+        """Initialise the mixture prior from the posteriors of ``batches`` (encoded, observed cells):
+        k-means centres, per-cluster variances (spread of the means + mean posterior variance), and
+        the cluster shares as weights. Called at the end of the KL warm-up."""
+        from clm_torch.lifecycle.segments import kmeans
+
+        was_training = self.training
+        self.eval()
+        mus, variances = [], []
+        for b in batches:
+            b = {k: v.to(self.device) for k, v in b.items() if k in _FEATURE_KEYS}
+            mu, logvar = self.posterior(b)
+            mus.append(mu.float().cpu())
+            variances.append(torch.exp(logvar).float().cpu())
+        self.train(was_training)
+        mu, var = torch.cat(mus), torch.cat(variances)
+        k = self.n_components
+        if len(mu) < k:
+            raise ValueError(f"model.prior_components={k} needs at least {k} training rows, got {len(mu)}")
+        km = kmeans(mu, k, seed=0, n_init=4)
+        lab = km.labels
+        counts = torch.bincount(lab, minlength=k).float().clamp_min(1.0)
+        centres = km.centers.float()
+        spread = torch.zeros(k, mu.shape[1]).index_add_(0, lab, (mu - centres[lab]) ** 2 + var) / counts[:, None]
+        self.prior_mu.data.copy_(centres.to(self.prior_mu))
+        self.prior_logvar.data.copy_(torch.log(spread.clamp_min(1e-4)).to(self.prior_logvar))
+        self.prior_logits.data.copy_(torch.log(counts / counts.sum()).to(self.prior_logits))
+        self.prior_ready.fill_(True)
+        log.info("InfoGapVAE: mixture prior initialised by k-means on %d posteriors: shares %s", len(mu),
+                 [round(float(c), 3) for c in counts / counts.sum()])
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log-variance (B, L) of an encoded batch."""
@@ -266,7 +344,7 @@ class InfoGapVAE(CLMModule):
         nll_num = nll_num * num_mask
         nll_cat = nll_cat * cat_mask
         return {"mu": mu, "logvar": logvar, "z": z, "out": out, "kl_dim": gaussian_kl(mu, logvar),
-                "nll_num": nll_num, "nll_cat": nll_cat, "rec": nll_num.sum(1) + nll_cat.sum(1)}
+                "kl": self.kl_rows(mu, logvar), "nll_num": nll_num, "nll_cat": nll_cat, "rec": nll_num.sum(1) + nll_cat.sum(1)}
 
     def kl_weight(self) -> float:
         """β times the linear warm-up factor at the current (fractional) epoch."""
@@ -287,7 +365,10 @@ class InfoGapVAE(CLMModule):
             h_num, h_cat = self._hide_masks(batch, self.hparams.hide_rate_min, self.hparams.hide_rate_max,
                                             single=float(self.hparams.get("single_hide_prob", 0.0)))
             t = self.elbo_terms(batch, h_num, h_cat)
-            kl_term = free_bits_kl(t["kl_dim"], float(self.hparams.free_bits))
+            if self.mixture_prior:
+                kl_term = t["kl"].mean()
+            else:
+                kl_term = free_bits_kl(t["kl_dim"], float(self.hparams.free_bits))
             rec = t["rec"]
             bal = float(self.hparams.get("nll_balance", 0.0))
             hw = float(self.hparams.get("hidden_weight", 1.0))
@@ -303,7 +384,7 @@ class InfoGapVAE(CLMModule):
             r = float(self.hparams.val_hide_rate)
             h_num, h_cat = self._hide_masks(batch, r, r, generator=g)
             t = self.elbo_terms(batch, h_num, h_cat, generator=g)
-            loss = (t["rec"] + t["kl_dim"].sum(1)).mean()
+            loss = (t["rec"] + t["kl"]).mean()
         t["hide_num"], t["hide_cat"] = h_num, h_cat
         return loss, t
 
@@ -313,7 +394,7 @@ class InfoGapVAE(CLMModule):
         self.log(f"{stage}/nll", t["rec"].mean(), **kw)
         self.log(f"{stage}/nll_num", t["nll_num"].sum(1).mean(), **kw)
         self.log(f"{stage}/nll_cat", t["nll_cat"].sum(1).mean(), **kw)
-        self.log(f"{stage}/kl", t["kl_dim"].mean(0).sum(), **kw)
+        self.log(f"{stage}/kl", t["kl"].mean(), **kw)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         loss, t = self.model_step(batch, "train", batch_idx)
@@ -321,7 +402,8 @@ class InfoGapVAE(CLMModule):
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=n)
         # the other ELBO terms (and the KL of every latent dimension) are summed here in one tensor
         # and logged once per epoch: one self.log per term and step costs more than a small model's step
-        terms = torch.cat([torch.stack([t["rec"].mean(), t["nll_num"].sum(1).mean(), t["nll_cat"].sum(1).mean()]),
+        terms = torch.cat([torch.stack([t["rec"].mean(), t["nll_num"].sum(1).mean(), t["nll_cat"].sum(1).mean(),
+                                        t["kl"].mean()]),
                            t["kl_dim"].mean(0)]).detach().float() * n
         finite = torch.isfinite(terms).all()  # a tensor: no host sync in the training step
         terms = torch.where(finite, terms, torch.zeros_like(terms))
@@ -336,12 +418,19 @@ class InfoGapVAE(CLMModule):
         self._train_terms, self._train_rows = None, 0.0
 
     def on_train_epoch_end(self) -> None:
-        """Epoch means of the ELBO terms, the KL weight and the KL per latent dimension (collapse shows)."""
+        """Epoch means of the ELBO terms, the KL weight and the KL per latent dimension (collapse shows);
+        at the end of the KL warm-up, the mixture prior's k-means initialisation."""
+        if (self.n_components and not bool(self.prior_ready)
+                and self.current_epoch + 1 >= max(int(self.hparams.kl_warmup_epochs), 1)):
+            self.init_prior(self.trainer.train_dataloader)
+            if self.trainer.world_size > 1:  # every rank starts from rank 0's mixture
+                for p in (self.prior_mu, self.prior_logvar, self.prior_logits):
+                    p.data.copy_(self.trainer.strategy.broadcast(p.data, src=0))
         if self._train_terms is None or float(self._train_rows) == 0:  # once per epoch
             return
         m = (self._train_terms / self._train_rows).cpu().tolist()
-        kl_dim = m[3:]
-        values = {"train/nll": m[0], "train/nll_num": m[1], "train/nll_cat": m[2], "train/kl": sum(kl_dim),
+        kl_dim = m[4:]  # KL of each dimension against N(0, 1) (with a mixture prior: a collapse check only)
+        values = {"train/nll": m[0], "train/nll_num": m[1], "train/nll_cat": m[2], "train/kl": m[3],
                   "train/beta": self.kl_weight(), **{f"train/kl_dim_{i}": v for i, v in enumerate(kl_dim)}}
         self.log_dict(values, on_step=False, on_epoch=True)
 
@@ -533,7 +622,7 @@ class InfoGapVAE(CLMModule):
             nll_num, nll_cat = cell_nll(out, batch["num"].float()[None].expand(s, -1, -1),
                                         batch["cat"][None].expand(s, -1, -1), self.decoder, lik, df)
             log_px = -(nll_num * batch["num_mask"]).sum(-1) - (nll_cat * batch["cat_mask"]).sum(-1)
-            log_pz = -0.5 * (z * z).sum(-1)
+            log_pz = self.log_prior(z)
             log_qz = -0.5 * (((z - mu) ** 2) * torch.exp(-logvar)).sum(-1) - 0.5 * logvar.sum(-1)
             w = torch.softmax((log_px + log_pz - log_qz).double(), dim=0)  # (S, B)
         else:
@@ -719,6 +808,23 @@ class InfoGapVAE(CLMModule):
         mu = torch.cat(mus).numpy() if mus else np.zeros((0, L), np.float32)
         sd = torch.cat(sds).numpy() if sds else np.zeros((0, L), np.float32)
         return (mu, sd) if return_std else mu
+
+    @torch.no_grad()
+    def segments(self, df: pd.DataFrame, *, batch_size: int = 65536, source: str = "<dataframe>") -> pd.DataFrame:
+        """Each customer's mixture component (needs ``prior_components >= 2``): one row per row of
+        ``df`` (same index) with ``segment`` (argmax) and ``p_segment_<k>`` = q(k | x), the
+        component posterior under q(z | x)."""
+        if not self.mixture_prior:
+            raise ValueError("segments() needs a model trained with model.prior_components >= 2 "
+                             "(this one has the standard normal prior)")
+        was = self._eval_mode()
+        probs = [torch.softmax(self._component_scores(*self.posterior(b)), -1).float().cpu()
+                 for _, _, b in self._chunks(df, batch_size, source)]
+        self.train(was)
+        p = torch.cat(probs).numpy() if probs else np.zeros((0, self.n_components), np.float32)
+        out = pd.DataFrame(p, index=df.index, columns=[f"p_segment_{k}" for k in range(self.n_components)])
+        out.insert(0, "segment", p.argmax(1) if len(p) else np.zeros(0, np.int64))
+        return out
 
     @torch.no_grad()
     def impute(self, df: pd.DataFrame, n_samples: int | None = None, return_uncertainty: bool = False, *,
