@@ -399,6 +399,8 @@ def test_mixture_prior_kl_and_density_by_hand() -> None:
         m.prior_logvar.copy_(lv0.expand(2, 2))
         m.prior_logits.copy_(torch.tensor([1.7, 1.7]))
         m.prior_ready.fill_(True)
+    m.load_state_dict(m.state_dict())  # a loaded mixture is in use (the flag follows the buffer)
+    assert m.mixture_prior
     torch.testing.assert_close(m.kl_rows(mu, logvar), gaussian_kl(mu, logvar, m0, lv0).sum(-1))
     z = torch.tensor([[0.1, 0.2], [-1.0, 3.0]])
     ref = torch.distributions.Normal(m0, torch.exp(0.5 * lv0)).log_prob(z).sum(-1)

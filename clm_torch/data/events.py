@@ -37,13 +37,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa  # pandas' default string dtype is Arrow-backed; pyarrow reads the Parquet logs
+import pyarrow.compute as pc
 import torch
-
-try:  # pandas' default string dtype is Arrow-backed; pyarrow reads the Parquet logs
-    import pyarrow as pa
-    import pyarrow.compute as pc
-except ImportError:  # pragma: no cover - pyarrow is a dependency
-    pa = pc = None
 
 from clm_torch.data.schema import SchemaError, _is_missing_token, read_table, to_numeric_strict
 from clm_torch.utils.progress import steps
@@ -366,7 +362,7 @@ def _factorize(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
     if isinstance(values.dtype, pd.CategoricalDtype):
         return values.cat.codes.to_numpy().astype(np.int64), values.cat.categories
     chunked = getattr(values.array, "_pa_array", None)
-    if chunked is not None and pa is not None and isinstance(chunked, pa.ChunkedArray) and len(chunked) > 0 \
+    if isinstance(chunked, pa.ChunkedArray) and len(chunked) > 0 \
             and (pa.types.is_string(chunked.type) or pa.types.is_large_string(chunked.type)):
         try:
             first = pc.dictionary_encode(chunked.chunk(0)) if chunked.num_chunks > 1 else None

@@ -189,6 +189,9 @@ class InfoGapVAE(CLMModule):
             self.prior_mu = torch.nn.Parameter(torch.zeros(self.n_components, latent_dim))
             self.prior_logvar = torch.nn.Parameter(torch.zeros(self.n_components, latent_dim))
             self.register_buffer("prior_ready", torch.tensor(False))
+        # the buffer is the saved truth; this Python copy keeps the training step free of host syncs
+        self._prior_on = False
+        self.register_load_state_dict_post_hook(InfoGapVAE._sync_prior_flag)
         # completeness reference: mean posterior information (nats) of a fully observed customer
         self.register_buffer("ref_info", torch.tensor(float("nan")))
         self.scores = torch.nn.ModuleDict({s: ImputationScore(self.n_num, self.n_cat) for s in ("val", "test")})
@@ -231,7 +234,11 @@ class InfoGapVAE(CLMModule):
     @property
     def mixture_prior(self) -> bool:
         """True once the learned mixture prior is initialised and in use."""
-        return self.n_components > 0 and bool(self.prior_ready)
+        return self._prior_on
+
+    @staticmethod
+    def _sync_prior_flag(module: torch.nn.Module, incompatible_keys: Any) -> None:
+        module._prior_on = module.n_components > 0 and bool(module.prior_ready)
 
     def _component_scores(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """(B, K): log π_k + E_{q(z)}[log N(z; μ_k, σ_k²)] for q = N(mu, e^logvar)."""
@@ -287,6 +294,7 @@ class InfoGapVAE(CLMModule):
         self.prior_logvar.data.copy_(torch.log(spread.clamp_min(1e-4)).to(self.prior_logvar))
         self.prior_logits.data.copy_(torch.log(counts / counts.sum()).to(self.prior_logits))
         self.prior_ready.fill_(True)
+        self._prior_on = True
         log.info("InfoGapVAE: mixture prior initialised by k-means on %d posteriors: shares %s", len(mu),
                  [round(float(c), 3) for c in counts / counts.sum()])
 
@@ -343,8 +351,10 @@ class InfoGapVAE(CLMModule):
         nll_num, nll_cat = cell_nll(out, batch["num"].float(), batch["cat"], self.decoder, lik, df)
         nll_num = nll_num * num_mask
         nll_cat = nll_cat * cat_mask
-        return {"mu": mu, "logvar": logvar, "z": z, "out": out, "kl_dim": gaussian_kl(mu, logvar),
-                "kl": self.kl_rows(mu, logvar), "nll_num": nll_num, "nll_cat": nll_cat, "rec": nll_num.sum(1) + nll_cat.sum(1)}
+        kl_dim = gaussian_kl(mu, logvar)
+        kl = self.kl_rows(mu, logvar) if self.mixture_prior else kl_dim.sum(1)
+        return {"mu": mu, "logvar": logvar, "z": z, "out": out, "kl_dim": kl_dim, "kl": kl,
+                "nll_num": nll_num, "nll_cat": nll_cat, "rec": nll_num.sum(1) + nll_cat.sum(1)}
 
     def kl_weight(self) -> float:
         """β times the linear warm-up factor at the current (fractional) epoch."""
@@ -420,7 +430,7 @@ class InfoGapVAE(CLMModule):
     def on_train_epoch_end(self) -> None:
         """Epoch means of the ELBO terms, the KL weight and the KL per latent dimension (collapse shows);
         at the end of the KL warm-up, the mixture prior's k-means initialisation."""
-        if (self.n_components and not bool(self.prior_ready)
+        if (self.n_components and not self.mixture_prior
                 and self.current_epoch + 1 >= max(int(self.hparams.kl_warmup_epochs), 1)):
             self.init_prior(self.trainer.train_dataloader)
             if self.trainer.world_size > 1:  # every rank starts from rank 0's mixture
