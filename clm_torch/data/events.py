@@ -29,6 +29,7 @@ gaps and the monetary mean are per transaction; ``n_distinct_items`` and the seq
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 import logging
 import os
 import re
@@ -430,24 +431,27 @@ def _partition(
     row_of_code: np.ndarray, codes: np.ndarray, ts: np.ndarray, end_ns: int, n_rows: int
 ) -> tuple[int, list[list[np.ndarray]]]:
     """Positions of the relevant events (customer row >= 0, time < ``end_ns``), split into groups of
-    ``rows_per_group`` consecutive rows, each group's positions in log order (as pieces to concatenate).
+    ``rows_per_group`` consecutive rows (a power of two near ``_GROUP_EVENTS`` events), each group's
+    positions in log order (as pieces to concatenate).
 
     One chunked pass; the group number is a small integer, so the stable split per chunk is numpy's
     radix sort.
     """
-    rows_per_group = max(1, (n_rows * _GROUP_EVENTS) // max(len(ts), 1))
+    shift = max(0, int(np.log2(max(1, (n_rows * _GROUP_EVENTS) // max(len(ts), 1)))))
+    rows_per_group = 1 << shift
     n_groups = max(1, -(-n_rows // rows_per_group))
     gtype = np.uint8 if n_groups <= 256 else np.uint16 if n_groups <= 65536 else np.int64
     itype = np.int32 if len(ts) < 2**31 else np.int64
     parts: list[list[np.ndarray]] = [[] for _ in range(n_groups)]
     for a, b in _chunks(len(ts)):
         r = row_of_code[codes[a:b]]
-        sel = np.flatnonzero((ts[a:b] < end_ns) & (r >= 0)).astype(itype)
+        keep = (ts[a:b] < end_ns) & (r >= 0)
+        sel = np.flatnonzero(keep).astype(itype)
         sel += a
         if n_groups == 1:
             parts[0].append(sel)
             continue
-        g = (r[sel - a] // rows_per_group).astype(gtype)
+        g = (r[keep] >> shift).astype(gtype)
         sel = sel[np.argsort(g, kind="stable")]
         ends = np.cumsum(np.bincount(g, minlength=n_groups))
         for j, piece in enumerate(np.split(sel, ends[:-1])):
@@ -456,21 +460,34 @@ def _partition(
     return rows_per_group, parts
 
 
-def _sort_order(code: np.ndarray, ts: np.ndarray, n_codes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stable order by (code, ts), and ``code`` and ``ts`` in that order.
+class _Work:
+    """Work arrays of ``cap`` cells for :func:`_sort_order` and :class:`_GroupSorter`, allocated once and
+    reused by every group: a fresh array per group and step costs its first touch again each time."""
+
+    def __init__(self, cap: int) -> None:
+        self.key, self.scratch, self.row = (np.empty(cap, dtype=np.int64) for _ in range(3))
+        self.values, self.order = torch.empty(cap, dtype=torch.int64), torch.empty(cap, dtype=torch.int64)
+
+
+def _sort_order(code: np.ndarray, ts: np.ndarray, n_codes: int, work: _Work | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stable order by (code, ts), and ``code`` and ``ts`` in that order (views into ``work``, whose
+    arrays are reused by the next call, when it is given).
 
     One int64 key when it fits (much faster than ``np.lexsort``): the timestamps are expressed in
     the coarsest unit (day, s, ms, us, ns) that represents every difference exactly, so the single
     key sorts exactly like the pair, and the sorted keys decode back to (code, ts) with sequential
-    arithmetic instead of two random gathers over the whole log.
+    arithmetic instead of two random gathers.
     """
-    if len(ts) == 0:
+    m = len(ts)
+    if m == 0:
         return np.zeros(0, dtype=np.int64), code[:0].astype(np.int64), ts[:0]
+    work = work if work is not None else _Work(m)
     t0 = int(ts.min())
-    rel = ts - t0
-    scratch = np.empty_like(rel)
+    rel = np.subtract(ts, t0, out=work.key[:m])
+    scratch = work.scratch[:m]
     for unit in (_NS_PER_DAY, 10**9, 10**6, 10**3, 1):
-        # a cheap look at the first cells rules most units out without a pass over the log
+        # a cheap look at the first cells rules most units out without a pass over all of them
         if unit == 1 or (not np.remainder(rel[:4096], unit).any()
                          and not np.remainder(rel, unit, out=scratch).any()):
             break
@@ -478,18 +495,49 @@ def _sort_order(code: np.ndarray, ts: np.ndarray, n_codes: int) -> tuple[np.ndar
     if n_codes * span < _KEY_LIMIT:
         key = np.floor_divide(rel, unit, out=rel)
         key += np.multiply(code, span, out=scratch, dtype=np.int64)
-        del scratch
         # torch's stable CPU sort of integer keys: 2.8x faster than numpy's argsort at 20M keys (2 threads)
-        values, order = torch.sort(torch.from_numpy(key), stable=True)
-        del key, rel
+        values, order = work.values[:m], work.order[:m]
+        torch.sort(torch.from_numpy(key), stable=True, out=(values, order))
         sorted_key = values.numpy()
-        code_sorted = np.floor_divide(sorted_key, span)
-        ts_sorted = np.remainder(sorted_key, span, out=sorted_key)
-        ts_sorted *= unit
-        ts_sorted += t0
-        return order.numpy(), code_sorted, ts_sorted
+        code_sorted = np.floor_divide(sorted_key, span, out=work.row[:m])
+        sorted_key -= np.multiply(code_sorted, span, out=scratch)  # ts = (key - code * span) * unit + t0
+        sorted_key *= unit
+        sorted_key += t0
+        return order.numpy(), code_sorted, sorted_key
     order = np.lexsort((ts, code))
     return order, code[order].astype(np.int64), ts[order]
+
+
+class _GroupSorter:
+    """The events of one group of customers at a time, sorted by (row, time), with their amounts and
+    item codes, in arrays allocated once for the largest group (see :class:`_Work`)."""
+
+    def __init__(self, cap: int, row_of_code: np.ndarray, codes: np.ndarray, ts: np.ndarray,
+                 amount: np.ndarray | None, items: np.ndarray | None) -> None:
+        self.row_of_code, self.codes, self.ts_all, self.amount_all, self.items_all = row_of_code, codes, ts, amount, items
+        self.work = _Work(cap)
+        self.code, self.ts = np.empty(cap, dtype=np.int64), np.empty(cap, dtype=np.int64)
+        self.gathered = {name: (np.empty(cap, dtype=col.dtype), np.empty(cap, dtype=col.dtype))
+                         for name, col in (("amount", amount), ("items", items)) if col is not None}
+        self.codes_at = np.empty(cap, dtype=codes.dtype)
+        self.idx = np.empty(cap, dtype=np.int32 if len(ts) < 2**31 else np.int64)
+
+    def __call__(self, pieces: list[np.ndarray], first_row: int, n_rows: int) -> tuple[np.ndarray, ...]:
+        """Rows (relative to ``first_row``), times, amounts and item codes (None without the column) of
+        the events at the positions of the log in ``pieces`` (ascending), stably sorted by (row, time)."""
+        m = sum(len(p) for p in pieces)
+        idx = np.concatenate(pieces, out=self.idx[:m]) if pieces else self.idx[:0]
+        codes_at = np.take(self.codes, idx, out=self.codes_at[:m], mode="clip")  # clip: no bounds buffer
+        code = np.take(self.row_of_code, codes_at, out=self.code[:m], mode="clip")
+        code -= first_row
+        ts = np.take(self.ts_all, idx, out=self.ts[:m], mode="clip")
+        order, row, ts = _sort_order(code, ts, n_rows, self.work)
+        out = {}
+        for name, (at_idx, sorted_) in self.gathered.items():
+            col = self.amount_all if name == "amount" else self.items_all
+            np.take(col, idx, out=at_idx[:m], mode="clip")
+            out[name] = np.take(at_idx[:m], order, out=sorted_[:m], mode="clip")
+        return row, ts, out.get("amount"), out.get("items")
 
 
 def _group_starts(codes: np.ndarray) -> np.ndarray:
@@ -618,7 +666,14 @@ def build_customer_view(
         if ts_all.dt.tz is not None:
             ts_all = ts_all.dt.tz_convert("UTC").dt.tz_localize(None)
         ts_all = ts_all.to_numpy().astype("datetime64[ns]", copy=False).view("int64")
-        ev_codes, ev_uniques = _factorize(events["customer_id"])
+        # the item ids are encoded on the second core meanwhile (Arrow's hashing releases the GIL)
+        pool = ThreadPoolExecutor(max_workers=1) if has_item else None
+        items_encoded = pool.submit(_factorize, events["item_id"]) if pool is not None else None
+        try:
+            ev_codes, ev_uniques = _factorize(events["customer_id"])
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
 
         step("customers")
         # --- population and mapping event-customer code -> row -----------------------------------
@@ -678,7 +733,7 @@ def build_customer_view(
         # --- the relevant events (population, ts < cutoff + horizon), sorted by (row, time) ----------
         amount_all = events["amount"].to_numpy(dtype="float64") if has_amount else None
         if has_item:
-            it_codes, it_uniques = _factorize(events["item_id"])  # -1 = missing item
+            it_codes, it_uniques = items_encoded.result()  # -1 = missing item
         rows_per_group, parts = _partition(row_of_code, ev_codes, ts_all, end_ns, n)
         step("RFM and trend features")
         # --- the category maps, over the whole log (the vocabulary follows from the blocks) ------------
@@ -724,15 +779,12 @@ def build_customer_view(
         # per event does not grow with the log, and each block's results are one slice of the outputs.
         bought = np.zeros(len(it_uniques) if has_item else 0, dtype=bool)  # items purchased before the cutoff
         n_before = 0
+        sort_group = _GroupSorter(max([sum(len(p) for p in pieces) for pieces in parts], default=0), row_of_code,
+                                  ev_codes, ts_all, amount_all, it_codes if has_item else None)
         for g, pieces in enumerate(parts):
-            idx = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
-            parts[g] = []
             g0 = g * rows_per_group
-            order, row, ts = _sort_order(row_of_code[ev_codes[idx]] - g0, ts_all[idx],
-                                         min(n, g0 + rows_per_group) - g0)
-            amount = None if amount_all is None else amount_all[idx][order]
-            it = it_codes[idx][order] if has_item else None
-            del idx, order
+            row, ts, amount, it = sort_group(pieces, g0, min(n, g0 + rows_per_group) - g0)
+            parts[g] = []
             bounds = np.unique(np.r_[0, np.searchsorted(row, row[np.arange(_BLOCK_EVENTS, len(row), _BLOCK_EVENTS)]),
                                      len(row)])
             for a, b in zip(bounds[:-1], bounds[1:]):
@@ -748,7 +800,7 @@ def build_customer_view(
                     bought[local.pop("items_bought")] = True
                 for name, values in local.items():
                     (seq[name[4:]] if name.startswith("seq_") else out[name])[g0 + r0:g0 + r1] = values
-        del ev_codes
+        del ev_codes, sort_group
         if has_item:  # the vocabulary: items purchased before the cutoff, sorted; 0 = <unk> (unseen or missing)
             used = np.flatnonzero(bought)
             known = pd.Index(it_uniques[used])
