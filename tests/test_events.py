@@ -401,26 +401,41 @@ def test_blocks_of_customers_match_one_block(monkeypatch, with_table, split):
 
 @pytest.mark.parametrize("kind", ["object", "str", "category", "arrow_chunks"])
 @pytest.mark.parametrize("n_distinct", [5, 3000])
-def test_factorize_fast_paths_match_pandas(kind, n_distinct):
-    """Codes and uniques reproduce the column (missing = -1) for every dtype an event log arrives in;
-    Arrow columns of several chunks take the per-chunk (few values) or combined (many) encoding."""
+@pytest.mark.parametrize("parallel", [False, True])
+def test_factorize_fast_paths_match_pandas(monkeypatch, kind, n_distinct, parallel):
+    """Codes and uniques reproduce the column (missing = -1) in first-seen order for every dtype an
+    event log arrives in; Arrow columns of several chunks give the same result encoded in two halves
+    on two threads (values and missing cells in either half, values seen only in the second)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import pyarrow as pa
 
-    from clm_torch.data.events import _factorize
+    import clm_torch.data.events as events_mod
 
     rng = np.random.default_rng(0)
     raw = [f"id{i}" for i in rng.integers(0, n_distinct, 20_000)]
-    raw[7] = None
+    raw[7] = raw[-3] = None
+    raw[-1] = "only_in_the_second_half"
+    missing = [7, len(raw) - 3]
     if kind == "arrow_chunks":
         chunks = pa.chunked_array([pa.array(raw[i:i + 4096], type=pa.large_string()) for i in range(0, len(raw), 4096)])
         s = pd.Series(pd.arrays.ArrowExtensionArray(chunks))
     else:
         s = pd.Series(raw, dtype={"object": object, "str": "str", "category": "category"}[kind])
-    codes, uniques = _factorize(s)
+    if parallel:
+        monkeypatch.setattr(events_mod, "_PARALLEL_ROWS", 1000)
+        halves = []
+        encode = events_mod._encode_chunks
+        monkeypatch.setattr(events_mod, "_encode_chunks", lambda c, t: halves.append(len(c)) or encode(c, t))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            codes, uniques = events_mod._factorize(s, pool)
+        assert len(halves) == (2 if kind == "arrow_chunks" else 1 if kind == "str" else 0)
+    else:
+        codes, uniques = events_mod._factorize(s)
     assert codes.dtype in (np.int32, np.int64) and codes.shape == (len(s),)
-    assert codes[7] == -1 and (np.delete(codes, 7) >= 0).all()
+    assert (codes[missing] == -1).all() and (np.delete(codes, missing) >= 0).all()
     assert uniques.is_unique
-    assert list(uniques[np.delete(codes, 7)]) == [v for i, v in enumerate(raw) if i != 7]
+    assert list(uniques[np.delete(codes, missing)]) == [v for v in raw if v is not None]
     ref_codes, ref_uniques = pd.factorize(s, sort=False)
     if kind != "category":  # first-seen order, as pandas (categories keep their own order)
         np.testing.assert_array_equal(codes, ref_codes)
