@@ -115,6 +115,7 @@ _P_REPEAT = 0.3  # share of purchases that repeat an item the customer bought
 _SEGMENT_SEPARATION = 3.8  # min distance between segment means / mean within-segment scale
 _CHUNK = 1 << 20  # events per chunk of the category draw (the item draw scales it by 32 / items)
 _EVENT_BLOCK = 1 << 22  # raw events per block of customers
+_CUSTOMER_BLOCK = 1 << 16  # customers per block of the per-customer category probabilities
 _CANDIDATE_BATCH = 1 << 21  # candidates per batch of the i.i.d. stream
 
 
@@ -496,18 +497,22 @@ def _events(rng: np.random.Generator, pop: dict[str, np.ndarray], cat_items: dic
     rate = base * pop["rate_mult"]
     counts = rng.poisson(rate * length)
 
-    # purchase model
+    # purchase model; category probabilities per block of customers, so no (V, C) float64 temporaries
     aff = pop["aff"]
-    p = np.exp(aff - aff.max(1, keepdims=True))
+    cat_p = np.empty((aff.shape[1], V), dtype=np.float32)  # (C, V)
+    for a in range(0, V, _CUSTOMER_BLOCK):
+        block = aff[a:a + _CUSTOMER_BLOCK]
+        p = np.exp(block - block.max(1, keepdims=True))
+        cat_p[:, a:a + _CUSTOMER_BLOCK] = (p / p.sum(1, keepdims=True)).T
     model = {
-        "cat_p": np.ascontiguousarray((p / p.sum(1, keepdims=True)).T, dtype=np.float32),  # (C, V)
+        "cat_p": cat_p,
         "zaug_t": np.ascontiguousarray(  # (d + 2, V)
             np.concatenate([1.5 * pop["z"], 0.5 * pop["t_val"][:, None], np.ones((V, 1))], 1).T, dtype=np.float32),
         "item_order": np.argsort(cat_items["cat"], kind="stable"),
     }
     raug = np.concatenate([cat_items["resid"], cat_items["lp_centred"][:, None], cat_items["logpop"][:, None]], 1)
     model["raug"] = raug[model["item_order"]].astype(np.float32)
-    del p, raug
+    del raug
 
     # blocks of whole customers with about _EVENT_BLOCK raw events each bound the temporaries
     cum = np.cumsum(counts)
@@ -828,6 +833,8 @@ def generate_customer_base(
         # ids in order of acquisition
         vis = np.flatnonzero(visible)
         vis = vis[np.argsort(pop["acq"][vis], kind="stable")]
+        for key in ("aff", "rate_mult"):  # the event model's inputs; not gathered for the visible customers
+            pop.pop(key)
         pop = _take(pop, vis)
         remap = np.full(len(active), -1, dtype=np.int32)
         remap[vis] = np.arange(len(vis), dtype=np.int32)
@@ -843,8 +850,6 @@ def generate_customer_base(
         step("event frame")
         # event frame, sorted by time (customers with events are all visible: remap is never -1 here);
         # columns are built one at a time and their unsorted sources freed, to bound the peak memory
-        for key in ("aff", "rate_mult"):
-            pop.pop(key)
         cutoff_ns = cutoff_ts.value
         order = _time_order(ev["sec"])
         sec = ev.pop("sec")[order]
