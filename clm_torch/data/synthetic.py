@@ -233,8 +233,9 @@ def _inverse_cdf(p: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 
 def _softmax_sample(rng: np.random.Generator, logits: np.ndarray) -> np.ndarray:
-    """One categorical draw per column of ``logits`` (k, n) → codes (n,)."""
-    p = np.exp(logits - logits.max(axis=0))
+    """One categorical draw per column of ``logits`` (k, n; float ``logits`` are overwritten) → codes (n,)."""
+    p = np.subtract(logits, logits.max(axis=0), out=logits if logits.dtype.kind == "f" else None)
+    np.exp(p, out=p)
     return _inverse_cdf(p, rng.random(p.shape[1])).astype(np.int64)
 
 
@@ -394,7 +395,8 @@ def _attributes(rng: np.random.Generator, model: _Model, pop: dict[str, np.ndarr
     aff_std = aff[:, :n_int] / model.aff_sd[:n_int]
     q = 0.385 * np.sqrt(1.0 + 0.7**2)  # ≈35% "yes"
     pop["interests"] = (aff_std + 0.7 * rng.normal(size=(M, n_int)) > q).astype(np.float64)
-    pop["aff"] = aff + model.cat_logw  # category logits
+    aff += model.cat_logw  # category logits (in place: aff_std above is a copy)
+    pop["aff"] = aff
     pop["aff_std"] = aff_std
     pop["t_val"] = t_val
     pop["rate_mult"] = np.exp(0.5 * t_eng + 0.2 * t_val + model.seg_rate[seg]) * rng.gamma(2.0, 0.5, size=M)
@@ -500,14 +502,19 @@ def _events(rng: np.random.Generator, pop: dict[str, np.ndarray], cat_items: dic
     # purchase model; category probabilities per block of customers, so no (V, C) float64 temporaries
     aff = pop["aff"]
     cat_p = np.empty((aff.shape[1], V), dtype=np.float32)  # (C, V)
+    z = pop["z"]
+    zaug_t = np.empty((z.shape[1] + 2, V), dtype=np.float32)  # (d + 2, V): 1.5 z, 0.5 t_val, 1
     for a in range(0, V, _CUSTOMER_BLOCK):
-        block = aff[a:a + _CUSTOMER_BLOCK]
+        b = min(a + _CUSTOMER_BLOCK, V)
+        block = aff[a:b]
         p = np.exp(block - block.max(1, keepdims=True))
-        cat_p[:, a:a + _CUSTOMER_BLOCK] = (p / p.sum(1, keepdims=True)).T
+        cat_p[:, a:b] = (p / p.sum(1, keepdims=True)).T
+        zaug_t[:-2, a:b] = (1.5 * z[a:b]).T
+        zaug_t[-2, a:b] = 0.5 * pop["t_val"][a:b]
+    zaug_t[-1] = 1.0
     model = {
         "cat_p": cat_p,
-        "zaug_t": np.ascontiguousarray(  # (d + 2, V)
-            np.concatenate([1.5 * pop["z"], 0.5 * pop["t_val"][:, None], np.ones((V, 1))], 1).T, dtype=np.float32),
+        "zaug_t": zaug_t,
         "item_order": np.argsort(cat_items["cat"], kind="stable"),
     }
     raug = np.concatenate([cat_items["resid"], cat_items["lp_centred"][:, None], cat_items["logpop"][:, None]], 1)
@@ -819,7 +826,7 @@ def generate_customer_base(
         del batches
         active = np.floor(cand["churn"] * 86_400.0) > 0
         prefix = np.flatnonzero(active)[n_customers - 1] + 1
-        pop = _take(cand, np.arange(prefix))
+        pop = {k: v[:prefix] for k, v in cand.items()}  # views: the candidates after the prefix are dropped
         del cand
         step("attributes")
         _attributes(rng_attr, model, pop)
