@@ -411,9 +411,12 @@ def _time_order(sec: np.ndarray) -> np.ndarray:
     bits = max(1, int(n - 1).bit_length())
     if int(sec.max() - lo).bit_length() + bits > 62:
         return np.argsort(sec, kind="stable")
-    key = ((sec - lo) << bits) | np.arange(n, dtype=np.int64)
+    key = np.subtract(sec, lo, dtype=np.int64)  # in place from here: no further log-sized temporaries
+    key <<= bits
+    key |= np.arange(n, dtype=np.int64)
     key.sort()
-    return key & ((1 << bits) - 1)
+    key &= (1 << bits) - 1
+    return key
 
 
 def _id_strings(prefix: str, n: int, width: int, codes: np.ndarray | None = None) -> pd.Series:
@@ -431,10 +434,11 @@ def _id_strings(prefix: str, n: int, width: int, codes: np.ndarray | None = None
         import pyarrow as pa
     except ImportError:  # pragma: no cover - pandas without pyarrow stores str in Python objects
         pa = None
-    if pa is None or m * size >= 2**31 - 1:
+    if pa is None:
         return pd.Series(np.char.decode(data, "ascii"), dtype="str")
-    offsets = np.arange(0, (m + 1) * size, size, dtype=np.int32)
-    arr = pa.StringArray.from_buffers(m, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data)))
+    # 64-bit offsets: the large_string pandas stores, so it keeps the buffers instead of converting them
+    offsets = np.arange(0, (m + 1) * size, size, dtype=np.int64)
+    arr = pa.LargeStringArray.from_buffers(m, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data)))
     return pd.Series(arr, dtype=pd.StringDtype("pyarrow", na_value=np.nan))
 
 
