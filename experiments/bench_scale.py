@@ -152,6 +152,7 @@ def run_stage(stage: str, n: int, workdir: Path) -> dict[str, Any]:
         from clm_torch.models.churn import ChurnClassifier
 
         model = ChurnClassifier.load_from_checkpoint((workdir / "churn_ckpt.txt").read_text().strip())
+        model.eval()  # Lightning loads in training mode; predict_proba switches itself, the diagnostics below do not
         customers = pd.read_parquet(workdir / "customers.parquet").drop(columns=["churn"])
         res["rss_inputs_mb"] = _status_mb("VmRSS")
         with Clock() as c:

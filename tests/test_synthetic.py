@@ -454,3 +454,22 @@ def test_behaviour_columns_identify_the_latent(base: SyntheticBase, rich: Synthe
         ok = ~mask[col]
         assert views[ok & (cur[col] == 1)].mean() > 1.5 * views[ok & (cur[col] == 0)].mean(), col
         assert views[mask[col] & (cur[col] == 1)].mean() < views[ok & (cur[col] == 1)].mean(), col
+
+
+def test_many_candidate_batches_and_event_blocks(monkeypatch) -> None:
+    """The i.i.d. candidate stream is drawn batch by batch until n_customers are active at the cutoff, and
+    the purchases in blocks of whole customers: small batches and blocks give a consistent base too."""
+    import clm_torch.data.synthetic as synthetic
+
+    monkeypatch.setattr(synthetic, "_CANDIDATE_BATCH", 256)
+    monkeypatch.setattr(synthetic, "_EVENT_BLOCK", 2048)
+    b = generate_customer_base(1500, seed=3)
+    assert len(b.events) > 10 * 2048
+    test_no_events_after_churn(b)
+    test_future_labels_match_events(b)
+    assert b.customers["customer_id"].nunique() == 1500
+    assert int(b.truth["in_customers"].sum()) == 1500
+    assert b.truth["acquisition_date"].is_monotonic_increasing  # ids in order of acquisition
+    assert set(b.events["customer_id"].unique()) <= set(b.truth["customer_id"])
+    for col in CATEGORICAL_COLUMNS:
+        assert str(b.customers[col].dtype) == "str" and str(b.truth[f"clean_{col}"].dtype) == "str"
