@@ -59,14 +59,16 @@ def _status_mb(key: str) -> float:
 
 
 class Clock:
-    """Wall and process-CPU seconds of a block."""
+    """Wall and process-CPU seconds of a block; the CPU seconds split into user and system (kernel) time."""
 
     def __enter__(self) -> "Clock":
-        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        self.t0, self.c0, self.os0 = time.perf_counter(), time.process_time(), os.times()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.wall, self.cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+        t = os.times()
+        self.user, self.sys = t.user - self.os0.user, t.system - self.os0.system
 
 
 def _compose(overrides: list[str], out: Path) -> Any:
@@ -111,7 +113,8 @@ def run_stage(stage: str, n: int, workdir: Path) -> dict[str, Any]:
 
         with Clock() as c:
             base = generate_customer_base(n, seed=0, events_per_customer=20)
-        res.update(wall_s=c.wall, cpu_s=c.cpu, rows=len(base.customers), events=len(base.events))
+        res.update(wall_s=c.wall, cpu_s=c.cpu, user_s=c.user, sys_s=c.sys, rows=len(base.customers),
+                   events=len(base.events))
         base.customers.to_parquet(workdir / "customers.parquet", index=False)
         base.events.to_parquet(workdir / "events.parquet", index=False)
         meta_path.write_text(json.dumps({"cutoff": str(base.cutoff), "horizon_days": base.horizon_days,
@@ -124,7 +127,8 @@ def run_stage(stage: str, n: int, workdir: Path) -> dict[str, Any]:
         res["rss_inputs_mb"] = _status_mb("VmRSS")
         with Clock() as c:
             view = build_customer_view(events, meta["cutoff"], horizon_days=meta["horizon_days"])
-        res.update(wall_s=c.wall, cpu_s=c.cpu, events=len(events), customers=len(view.features))
+        res.update(wall_s=c.wall, cpu_s=c.cpu, user_s=c.user, sys_s=c.sys, events=len(events),
+                   customers=len(view.features))
     elif stage in ("churn", "vae"):
         import hydra
 
@@ -257,7 +261,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"OMP_WAIT_POLICY={m['omp_wait_policy']}; {m['date']}; 1-min load average at start "
         f"{m['load_avg_1min_at_start']} (other jobs share these cores: wall times are inflated, CPU seconds less so). "
         "Each stage is a separate process; peak = its VmHWM (inputs it loaded included)."
-        + (f" Every stage but gen ran {result['repeats']} times; the table shows the fastest run (by wall time), "
+        + (f" Every stage{'' if result.get('gen_repeated') else ' but gen'} ran {result['repeats']} times; the table shows the fastest run (by wall time), "
            "the notes below list all." if result.get("repeats", 1) > 1 else ""),
         "",
         "| stage | " + " | ".join(f"{n:,}: wall s / CPU s / peak GB" for n in sizes)
@@ -317,10 +321,18 @@ def markdown(result: dict[str, Any]) -> str:
             details.append(f"* {r['stage']} at {r['n']:,}: all runs, wall s "
                            + ", ".join(_fmt(x, ".2f") for x in r["wall_s_runs"]) + "; CPU s "
                            + ", ".join(_fmt(x, ".2f") for x in r["cpu_s_runs"]) + ".")
+    for stage in result["stage_names"]:
+        a, b = by.get((stage, lo), {}), by.get((stage, hi), {})
+        if "user_s" in a and "user_s" in b and lo != hi:
+            details.append(f"* {stage}, where the CPU time goes (fastest runs): user {a['user_s']:.2f} → {b['user_s']:.2f} s "
+                           f"(**{b['user_s'] / a['user_s']:.1f}×**), system {a['sys_s']:.2f} → {b['sys_s']:.2f} s "
+                           f"({b['sys_s'] / max(a['sys_s'], 1e-9):.0f}×).")
     for n in sizes:
         g, c, v, s = (by.get((k, n), {}) for k in ("gen", "churn", "vae", "score"))
         if "events" in g:
             details.append(f"* {n:,} customers: {g['rows']:,} table rows, {g['events']:,} events.")
+        elif any("setup_wall_s" in r for r in (c, v)) or "encode_rows_per_s" in s:
+            details.append(f"* {n:,} customers:")
         for name, r in (("churn", c), ("vae", v)):
             if "setup_wall_s" in r:
                 details.append(f"  * {name}: data set-up (clean + split + encode) {r['setup_wall_s']:.1f} s wall / "
@@ -347,9 +359,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--timeout", type=int, default=5400, help="seconds per stage")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--repeats", type=int, default=1,
-                   help="run every stage but gen this many times and keep the fastest (by wall time); all are recorded")
+                   help="run every stage this many times (fresh processes) and keep the fastest (by wall time); all are "
+                        "recorded. gen rewrites the same data each time")
     p.add_argument("--tag", default="", help="write perf_scale_<tag>.json and its own performance.md section")
-    p.add_argument("--render", type=Path, help="only re-render performance.md from this perf_scale.json")
+    p.add_argument("--render", type=Path,
+                   help="only re-render performance.md from this perf_scale[_<tag>].json (with its --tag)")
     p.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # internal: run one stage here
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -366,11 +380,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
     if args.render:
         result = json.loads(args.render.read_text())
-        write_section("scale", markdown(result), "Scale: 100k → 1M customers")
+        suffix = f"_{args.tag}" if args.tag else ""
+        write_section(f"scale{suffix}", markdown(result),
+                      f"Scale: 100k → 1M customers{' (' + args.tag + ')' if args.tag else ''}")
         return result
     root = args.workdir or Path(tempfile.mkdtemp(prefix="clm_bench_scale_"))
     result: dict[str, Any] = {"command": command_line(), "machine": machine_info(), "sizes": args.sizes,
-                              "stage_names": args.stages, "targets": TARGETS, "repeats": args.repeats, "stages": []}
+                              "stage_names": args.stages, "targets": TARGETS, "repeats": args.repeats, "gen_repeated": True,
+                              "stages": []}
     for n in args.sizes:
         for stage in args.stages:
             why = stage_available(stage)
@@ -378,7 +395,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 r = {"stage": stage, "n": n, "skipped": why}
             else:
                 runs = [run_in_subprocess(stage, n, root / str(n), args.timeout)
-                        for _ in range(1 if stage == "gen" else max(1, args.repeats))]
+                        for _ in range(max(1, args.repeats))]
                 ok = [x for x in runs if "wall_s" in x]
                 r = min(ok, key=lambda x: x["wall_s"]) if ok else runs[-1]
                 if len(runs) > 1:
