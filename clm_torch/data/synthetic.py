@@ -84,6 +84,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from clm_torch.utils.progress import steps
@@ -434,12 +435,6 @@ def _id_strings(prefix: str, n: int, width: int, codes: np.ndarray | None = None
     table = np.char.add(prefix.encode(), np.char.zfill(np.arange(1, n + 1).astype(f"S{width}"), width))
     data = table if codes is None else table[codes]
     m = len(data)
-    try:
-        import pyarrow as pa
-    except ImportError:  # pragma: no cover - pandas without pyarrow stores str in Python objects
-        pa = None
-    if pa is None:
-        return pd.Series(np.char.decode(data, "ascii"), dtype="str")
     # 64-bit offsets: the large_string pandas stores, so it keeps the buffers instead of converting them
     offsets = np.arange(0, (m + 1) * size, size, dtype=np.int64)
     arr = pa.LargeStringArray.from_buffers(m, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data)))
@@ -449,9 +444,7 @@ def _id_strings(prefix: str, n: int, width: int, codes: np.ndarray | None = None
 def _sorted_items_and_quantity(item: np.ndarray, quantity: np.ndarray, order: np.ndarray,
                                n_items: int) -> tuple[pd.Series, np.ndarray]:
     """The event frame's ``item_id`` and ``quantity`` columns in time ``order`` (run on a worker thread)."""
-    item_ids = _id_strings("I", n_items, 5, item[order])
-    del item
-    return item_ids, quantity[order]
+    return _id_strings("I", n_items, 5, item[order]), quantity[order]
 
 
 def _take(d: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -465,8 +458,6 @@ def _level_strings(levels: Sequence[str], codes: np.ndarray, missing: np.ndarray
     Same Series as building the object array and letting pandas infer ``str``, without converting
     millions of Python strings.
     """
-    import pyarrow as pa
-
     taken = pa.array(list(levels), pa.large_string()).take(pa.array(codes, mask=missing))
     return pd.Series(taken, dtype=pd.StringDtype("pyarrow", na_value=np.nan))
 
