@@ -255,13 +255,14 @@ def markdown(result: dict[str, Any]) -> str:
     sizes = result["sizes"]
     lo, hi = min(sizes), max(sizes)
     by = {(r["stage"], r["n"]): r for r in result["stages"]}
+    gen_once = any(r["stage"] == "gen" and "wall_s" in r and "wall_s_runs" not in r for r in result["stages"])  # older runs
     lines = [
         f"Command: `{result['command']}`  ",
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['torch_threads']} torch threads per stage, "
         f"OMP_WAIT_POLICY={m['omp_wait_policy']}; {m['date']}; 1-min load average at start "
         f"{m['load_avg_1min_at_start']} (other jobs share these cores: wall times are inflated, CPU seconds less so). "
         "Each stage is a separate process; peak = its VmHWM (inputs it loaded included)."
-        + (f" Every stage{'' if result.get('gen_repeated') else ' but gen'} ran {result['repeats']} times; the table shows the fastest run (by wall time), "
+        + (f" Every stage{' but gen' if gen_once else ''} ran {result['repeats']} times; the table shows the fastest run (by wall time), "
            "the notes below list all." if result.get("repeats", 1) > 1 else ""),
         "",
         "| stage | " + " | ".join(f"{n:,}: wall s / CPU s / peak GB" for n in sizes)
@@ -386,8 +387,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         return result
     root = args.workdir or Path(tempfile.mkdtemp(prefix="clm_bench_scale_"))
     result: dict[str, Any] = {"command": command_line(), "machine": machine_info(), "sizes": args.sizes,
-                              "stage_names": args.stages, "targets": TARGETS, "repeats": args.repeats, "gen_repeated": True,
-                              "stages": []}
+                              "stage_names": args.stages, "targets": TARGETS, "repeats": args.repeats, "stages": []}
     for n in args.sizes:
         for stage in args.stages:
             why = stage_available(stage)

@@ -437,7 +437,12 @@ def _id_strings(prefix: str, n: int, width: int, codes: np.ndarray | None = None
     m = len(data)
     # 64-bit offsets: the large_string pandas stores, so it keeps the buffers instead of converting them
     offsets = np.arange(0, (m + 1) * size, size, dtype=np.int64)
-    arr = pa.LargeStringArray.from_buffers(m, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data)))
+    return _str_series(pa.LargeStringArray.from_buffers(m, pa.py_buffer(offsets),
+                                                        pa.py_buffer(np.ascontiguousarray(data))))
+
+
+def _str_series(arr: pa.LargeStringArray) -> pd.Series:
+    """An Arrow large_string array as a pandas ``str`` Series, buffers kept (large_string is what pandas stores)."""
     return pd.Series(arr, dtype=pd.StringDtype("pyarrow", na_value=np.nan))
 
 
@@ -458,8 +463,7 @@ def _level_strings(levels: Sequence[str], codes: np.ndarray, missing: np.ndarray
     Same Series as building the object array and letting pandas infer ``str``, without converting
     millions of Python strings.
     """
-    taken = pa.array(list(levels), pa.large_string()).take(pa.array(codes, mask=missing))
-    return pd.Series(taken, dtype=pd.StringDtype("pyarrow", na_value=np.nan))
+    return _str_series(pa.array(list(levels), pa.large_string()).take(pa.array(codes, mask=missing)))
 
 
 # ----------------------------------------------------------------------------- events
