@@ -280,6 +280,7 @@ def test_score_and_full_scores_agree(dm: InteractionDataModule, trained: Embeddi
         full = trained.full_scores(users)
         part = trained.score(users, items)
     assert full.shape == (3, dm.n_items)
+    assert trained.uses_neighbors and trained.neighbor_embed.weight.abs().sum() > 0  # the item-item term counts
     assert torch.allclose(full.gather(1, items), part, atol=1e-4)
 
 
@@ -305,6 +306,9 @@ def test_ease_term_matches_the_item_space_solution_and_round_trips(tmp_path: Pat
         rows = torch.repeat_interleave(torch.arange(3), batch["hist_offsets"][1:] - batch["hist_offsets"][:-1])
         seen[rows, batch["hist_items"]] = 1.0
         assert torch.allclose(model.full_scores(users), base + 5.0 * (seen @ model.ease_matrix), atol=1e-4)
+        # score() gathers the EASE and item-item terms at the requested items only: the same values
+        items = torch.randint(0, dm.n_items, (3, 7), generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(model.score(users, items), model.full_scores(users).gather(1, items), atol=1e-4)
     path = tmp_path / "ease.ckpt"
     trainer.save_checkpoint(path)
     loaded = EmbeddingRecommender.load_from_checkpoint(path)

@@ -237,6 +237,12 @@ class EmbeddingRecommender(CLMModule):
         recency-weighted and divided by sqrt(history length); None without a neighbourhood."""
         if not self.uses_neighbors:
             return None
+        rows, nbr, w = self._neighbor_terms(batch)
+        out = torch.zeros(len(batch["user"]), self.n_items, device=w.device, dtype=w.dtype)
+        return out.index_put((rows[:, None].expand_as(nbr), nbr), w, accumulate=True)
+
+    def _neighbor_terms(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The item-item term as (user row (nnz,), neighbour item (nnz, M), weight (nnz, M)) triples."""
         items = batch["hist_items"]
         B = len(batch["user"])
         rows = batch.get("hist_rows")
@@ -247,9 +253,31 @@ class EmbeddingRecommender(CLMModule):
         scale = torch.bincount(rows, minlength=B).clamp(min=1).float().rsqrt()[rows]
         if self.history.recency is not None:
             scale = scale * torch.exp(self.history.recency[batch["hist_age"]]).float()
-        w = (w * scale[:, None]).masked_fill(nbr == items[:, None], 0.0)
-        out = torch.zeros(B, self.n_items, device=w.device, dtype=w.dtype)
-        return out.index_put((rows[:, None].expand_as(nbr), nbr), w, accumulate=True)
+        return rows, nbr, (w * scale[:, None]).masked_fill(nbr == items[:, None], 0.0)
+
+    def _neighbor_scores_at(self, batch: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
+        """:meth:`neighbor_scores` at ``items`` (B, m) only: the triples are summed per (user, item) key
+        and looked up, so no (B, n_items) matrix is built."""
+        rows, nbr, w = self._neighbor_terms(batch)
+        key, inv = torch.unique((rows[:, None] * self.n_items + nbr).reshape(-1), return_inverse=True)
+        total = torch.zeros(len(key), device=w.device, dtype=w.dtype).index_add_(0, inv, w.reshape(-1))
+        rows_q = torch.arange(len(items), device=items.device)[:, None]
+        query = (rows_q * self.n_items + items).reshape(-1)
+        if len(key) == 0:
+            return torch.zeros(items.shape, device=w.device, dtype=w.dtype)
+        pos = torch.searchsorted(key, query).clamp(max=len(key) - 1)
+        return torch.where(key[pos] == query, total[pos], 0.0).reshape(items.shape)
+
+    def _ease_scores_at(self, batch: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
+        """:meth:`ease_scores` at ``items`` (B, m) only: Σ over history items j of B[j, item], gathered
+        directly from the matrix instead of summing its full rows."""
+        hist = batch["hist_items"]
+        rows = batch.get("hist_rows")
+        if rows is None:
+            rows = ragged_rows(batch["hist_offsets"], len(hist))
+        vals = self.ease_matrix[hist[:, None], items[rows]].float()  # (nnz, m)
+        out = torch.zeros(items.shape, device=vals.device, dtype=vals.dtype).index_add_(0, rows, vals)
+        return out * float(self.hparams.ease_weight)
 
     def ease_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """The EASE term (B, n_items): ``ease_weight`` × Σ over the (deduplicated) history items j of
@@ -318,15 +346,17 @@ class EmbeddingRecommender(CLMModule):
         return logits if nb is None else logits + nb
 
     def score(self, users: torch.Tensor | dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
-        """Scores (B, m) of ``items`` (B, m) for ``users`` (a batch dict or (B,) user indices)."""
+        """Scores (B, m) of ``items`` (B, m) for ``users`` (a batch dict or (B,) user indices): the
+        entries of :meth:`full_scores` at ``items``, computed for those items only."""
         batch = self._as_batch(users)
         u = self.user_vectors(batch)
         v = self.item_vectors(items.reshape(-1)).reshape(*items.shape, -1)
         out = (u[:, None, :] * v.to(u.dtype)).sum(-1).float() + self.item_bias[items]
-        nb = self.neighbor_scores(batch)
-        out = out if nb is None else out + nb.gather(1, items)
-        ease = self.ease_scores(batch)
-        return out if ease is None else out + ease.gather(1, items)
+        if self.uses_neighbors:
+            out = out + self._neighbor_scores_at(batch, items)
+        if self.uses_ease:
+            out = out + self._ease_scores_at(batch, items)
+        return out
 
     def _as_batch(self, users: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if isinstance(users, dict):
