@@ -314,6 +314,31 @@ def test_api_methods_on_raw_frames(trained) -> None:
     assert c["question_1"].iloc[0] == model.encoder.cat_columns[0]
 
 
+def test_one_encoding_shared_by_the_api_methods(trained) -> None:
+    """encode / impute / information_gap given ``encoded=model.transform(df)`` return exactly what they
+    return when they encode the frame themselves, batch by batch (small batches: several chunks)."""
+    from clm_torch.models.infogap_features import infogap_frame
+
+    model, _, test = trained
+    raw = test.iloc[:50].drop(columns=["churn"]).copy()
+    raw.loc[raw.index[0], FEATURES] = np.nan
+    raw.loc[raw.index[1], "plan"] = "Platinum"
+    enc = model.transform(raw)
+    assert set(enc) == {"num", "num_mask", "cat", "cat_mask"} and len(enc["num"]) == 50
+    mu, sd = model.encode(raw, return_std=True, batch_size=16)
+    mu2, sd2 = model.encode(raw, return_std=True, batch_size=16, encoded=enc)
+    assert np.array_equal(mu, mu2) and np.array_equal(sd, sd2)
+    pd.testing.assert_frame_equal(model.impute(raw, batch_size=16), model.impute(raw, batch_size=16, encoded=enc))
+    pd.testing.assert_frame_equal(model.information_gap(raw, batch_size=16),
+                                  model.information_gap(raw, batch_size=16, encoded=enc))
+    frame = infogap_frame(model, raw)
+    assert np.array_equal(frame[[f"vae_z{i}" for i in range(mu.shape[1])]].to_numpy(), model.encode(raw))
+    assert np.array_equal(frame["vae_gap_score"].to_numpy(), model.information_gap(raw)["gap_score"].to_numpy())
+    pd.testing.assert_frame_equal(frame[raw.columns], model.impute(raw, n_samples=8)[raw.columns])
+    with pytest.raises(ValueError, match="rows"):
+        model.encode(raw.iloc[:10], encoded=enc)
+
+
 def test_api_rejects_non_frames(trained) -> None:
     from clm_torch.data.schema import SchemaError
 

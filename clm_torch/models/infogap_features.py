@@ -46,15 +46,16 @@ def infogap_frame(vae: Any, df: pd.DataFrame, *, impute: bool = True, n_samples:
     was_training = vae.training
     vae.eval()
     try:
-        mu, std = vae.encode(df, return_std=True, source=source)
-        gap = vae.information_gap(df, n_samples=n_samples, seed=0, source=source)
+        encoded = vae.transform(df, source=source)  # once, for the three calls below
+        mu, std = vae.encode(df, return_std=True, source=source, encoded=encoded)
+        gap = vae.information_gap(df, n_samples=n_samples, seed=0, source=source, encoded=encoded)
         cols = [c for c in vae.encoder.feature_columns if c in df.columns]
         out = df.copy(deep=False)
         n_missing = np.zeros(len(df), dtype=np.float64)
         for c in cols:
             n_missing += df[c].isna().to_numpy()
         if impute and cols:
-            filled = vae.impute(df, n_samples=n_samples, seed=0, source=source)
+            filled = vae.impute(df, n_samples=n_samples, seed=0, source=source, encoded=encoded)
             for c in cols:
                 out[c] = filled[c].to_numpy() if len(filled) else filled[c]
         extra = {f"vae_z{i}": mu[:, i] for i in range(mu.shape[1])}

@@ -780,13 +780,32 @@ class InfoGapVAE(CLMModule):
                                "or call set_preprocessing")
         return self.encoder
 
-    def _chunks(self, df: pd.DataFrame, batch_size: int, source: str):  # noqa: ANN202
+    def transform(self, df: pd.DataFrame, *, source: str = "<dataframe>") -> dict[str, torch.Tensor]:
+        """The fitted preprocessing of a raw frame: the feature tensors (``num``, ``num_mask``, ``cat``,
+        ``cat_mask``; one row per row of ``df``, on the CPU) that the methods below read.
+
+        Several methods on the same frame can share one encoding: pass the result as ``encoded=``
+        (as :func:`~clm_torch.models.infogap_features.infogap_frame` does)."""
         enc = self._require_encoder()
         if not isinstance(df, pd.DataFrame):
             raise SchemaError(f"expected a pandas DataFrame, got {type(df).__name__}", source=source)
+        t = enc.transform(df, source=source)
+        return {k: t[k] for k in _FEATURE_KEYS}
+
+    def _chunks(self, df: pd.DataFrame, batch_size: int, source: str,  # noqa: ANN202
+                encoded: Mapping[str, torch.Tensor] | None = None):
+        """(start, rows of ``df``, feature tensors on the model's device) per batch; the tensors are
+        sliced from ``encoded`` (:meth:`transform` of ``df``) when given, else encoded batch by batch."""
+        enc = self._require_encoder()
+        if not isinstance(df, pd.DataFrame):
+            raise SchemaError(f"expected a pandas DataFrame, got {type(df).__name__}", source=source)
+        if encoded is not None and any(len(encoded[k]) != len(df) for k in _FEATURE_KEYS):
+            raise ValueError(f"encoded has {len(encoded['num'])} rows but the frame {len(df)}: pass "
+                             "model.transform(df) of this very frame")
         for start, _ in chunks(len(df), max(int(batch_size), 1), f"{source}: {len(df):,} rows"):
             part = df.iloc[start: start + batch_size]
-            t = enc.transform(part, source=source)
+            t = enc.transform(part, source=source) if encoded is None else \
+                {k: encoded[k][start: start + batch_size] for k in _FEATURE_KEYS}
             yield start, part, {k: t[k].to(self.device) for k in _FEATURE_KEYS}
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
@@ -805,11 +824,13 @@ class InfoGapVAE(CLMModule):
 
     @torch.no_grad()
     def encode(self, df: pd.DataFrame, return_std: bool = False, *, batch_size: int = 65536,
-               source: str = "<dataframe>") -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Posterior mean (n, latent_dim) of each customer; with ``return_std`` also the posterior std."""
+               source: str = "<dataframe>", encoded: Mapping[str, torch.Tensor] | None = None
+               ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Posterior mean (n, latent_dim) of each customer; with ``return_std`` also the posterior std.
+        ``encoded``: :meth:`transform` of ``df``, when the caller has it already."""
         was = self._eval_mode()
         mus, sds = [], []
-        for _, _, b in self._chunks(df, batch_size, source):
+        for _, _, b in self._chunks(df, batch_size, source, encoded):
             mu, lv = self.posterior(b)
             mus.append(mu.float().cpu())
             sds.append(torch.exp(0.5 * lv).float().cpu())
@@ -838,8 +859,8 @@ class InfoGapVAE(CLMModule):
 
     @torch.no_grad()
     def impute(self, df: pd.DataFrame, n_samples: int | None = None, return_uncertainty: bool = False, *,
-               batch_size: int = 8192, seed: int | None = 0, source: str = "<dataframe>"
-               ) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, Any]]:
+               batch_size: int = 8192, seed: int | None = 0, source: str = "<dataframe>",
+               encoded: Mapping[str, torch.Tensor] | None = None) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, Any]]:
         """Fill only the missing cells of ``df`` (NaN numerics, NaN categories).
 
         Observed cells — unseen categories included — are returned untouched; columns keep their
@@ -852,6 +873,7 @@ class InfoGapVAE(CLMModule):
                 each imputed numeric cell (NaN where observed), "probs": {col: DataFrame (n, classes)
                 of class probabilities for imputed cells (NaN rows where observed)}}``.
             seed: seed of the latent samples (None = not seeded).
+            encoded: :meth:`transform` of ``df``, when the caller has it already.
         """
         enc = self._require_encoder()
         was = self._eval_mode()
@@ -861,7 +883,7 @@ class InfoGapVAE(CLMModule):
         num_std = np.full((n, enc.n_num), np.nan)
         cat_idx = np.zeros((n, enc.n_cat), dtype=np.int64)
         probs = np.zeros((n, enc.n_cat, self.max_card), dtype=np.float32)
-        for start, part, b in self._chunks(df, batch_size, source):
+        for start, part, b in self._chunks(df, batch_size, source, encoded):
             r = self.impute_batch(b, n_samples, g)
             sl = slice(start, start + len(part))
             num_vals[sl] = r["num"].cpu().numpy()
@@ -892,7 +914,8 @@ class InfoGapVAE(CLMModule):
 
     @torch.no_grad()
     def information_gap(self, df: pd.DataFrame, n_samples: int = 8, *, batch_size: int = 1024,
-                        seed: int | None = 0, source: str = "<dataframe>") -> pd.DataFrame:
+                        seed: int | None = 0, source: str = "<dataframe>",
+                        encoded: Mapping[str, torch.Tensor] | None = None) -> pd.DataFrame:
         """One row per customer (index of ``df``): where the information gap is and how large.
 
         Columns:
@@ -908,6 +931,8 @@ class InfoGapVAE(CLMModule):
             ``completeness``: posterior information about z (Σ_d −½ log σ²_d, nats) relative to a
                 fully observed customer (``ref_info``, measured on the validation split), clipped
                 to [0, 1]: 0 = the prior (nothing known), 1 = as certain as a complete record.
+
+        ``encoded``: :meth:`transform` of ``df``, when the caller has it already.
         """
         enc = self._require_encoder()
         was = self._eval_mode()
@@ -918,7 +943,7 @@ class InfoGapVAE(CLMModule):
         parts: list[dict[str, np.ndarray]] = []
         ref = float(self.ref_info)
         infos_full = []
-        for _, _, b in self._chunks(df, step, source):
+        for _, _, b in self._chunks(df, step, source, encoded):
             r = self.gap_batch(b, n_samples, g)
             parts.append({k: r[k].float().cpu().numpy() for k in ("surprise", "missing_entropy", "info")})
             parts[-1]["n_obs"] = (b["num_mask"].sum(1) + b["cat_mask"].sum(1)).cpu().numpy()
