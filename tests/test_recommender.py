@@ -191,6 +191,33 @@ def test_other_losses_train(dm: InteractionDataModule, loss: str) -> None:
     assert np.isfinite(after) and after < before
 
 
+def test_item_item_term_at_sampled_items_matches_the_dense_term(dm: InteractionDataModule) -> None:
+    """The sampled losses look the item-item term up at their pairs: same values and same gradients
+    as gathering from the dense (B, n_items) term."""
+    L.seed_everything(0)
+    model = EmbeddingRecommender(**dm.model_kwargs(), d=16, loss="bpr")
+    model.set_preprocessing(dm.preprocessing_state())
+    torch.nn.init.normal_(model.neighbor_embed.weight, std=0.5)
+    batch = dict(next(iter(dm.train_dataloader())))
+    B = len(batch["user"])
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, B, (40,), generator=g)
+    items = torch.randint(0, dm.n_items, (40, 6), generator=g)
+    items[:, 0] = model.item_neighbors[batch["hist_items"][0], 0]  # some pairs surely have a term
+    rows[:5] = 0
+    weight = torch.randn(40, 6, generator=g)
+    grads = []
+    for sparse in (False, True):
+        model.zero_grad()
+        vals = model._neighbor_scores_at(batch, items, rows) if sparse else \
+            model.neighbor_scores(batch)[rows[:, None], items]
+        (vals * weight).sum().backward()
+        grads.append((vals.detach(), model.neighbor_embed.weight.grad.clone()))
+    assert (grads[0][0] != 0).any()
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
+
+
 def test_bf16_mixed_fast_dev_run(dm: InteractionDataModule) -> None:
     model = EmbeddingRecommender(**dm.model_kwargs(), d=16)
     model.set_preprocessing(dm.preprocessing_state())

@@ -255,16 +255,19 @@ class EmbeddingRecommender(CLMModule):
             scale = scale * torch.exp(self.history.recency[batch["hist_age"]]).float()
         return rows, nbr, (w * scale[:, None]).masked_fill(nbr == items[:, None], 0.0)
 
-    def _neighbor_scores_at(self, batch: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
-        """:meth:`neighbor_scores` at ``items`` (B, m) only: the triples are summed per (user, item) key
-        and looked up, so no (B, n_items) matrix is built."""
-        rows, nbr, w = self._neighbor_terms(batch)
-        key, inv = torch.unique((rows[:, None] * self.n_items + nbr).reshape(-1), return_inverse=True)
-        total = torch.zeros(len(key), device=w.device, dtype=w.dtype).index_add_(0, inv, w.reshape(-1))
-        rows_q = torch.arange(len(items), device=items.device)[:, None]
-        query = (rows_q * self.n_items + items).reshape(-1)
+    def _neighbor_scores_at(self, batch: dict[str, torch.Tensor], items: torch.Tensor,
+                            rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``neighbor_scores(batch)[rows[:, None], items]`` for ``items`` (R, m) of the users at batch
+        positions ``rows`` (R,) (default: one row of ``items`` per user), without the (B, n_items)
+        matrix: the triples are summed per (user, item) key and looked up. Differentiable in the weights."""
+        h_rows, nbr, w = self._neighbor_terms(batch)
+        key, inv = torch.unique((h_rows[:, None] * self.n_items + nbr).reshape(-1), return_inverse=True)
         if len(key) == 0:
-            return torch.zeros(items.shape, device=w.device, dtype=w.dtype)
+            return torch.zeros(items.shape, device=w.device, dtype=w.dtype) + w.sum()  # keeps the graph
+        total = torch.zeros(len(key), device=w.device, dtype=w.dtype).index_add(0, inv, w.reshape(-1))
+        if rows is None:
+            rows = torch.arange(len(items), device=items.device)
+        query = (rows[:, None] * self.n_items + items).reshape(-1)
         pos = torch.searchsorted(key, query).clamp(max=len(key) - 1)
         return torch.where(key[pos] == query, total[pos], 0.0).reshape(items.shape)
 
@@ -396,9 +399,9 @@ class EmbeddingRecommender(CLMModule):
             logp = torch.log_softmax(self._full_logits(u, enc), 1)
             nll = -logp[t_rows, t_items]
         elif hp.loss == "sampled_softmax":
-            nll = self._sampled_softmax(u, t_rows, t_items, self.neighbor_scores(enc))
+            nll = self._sampled_softmax(u, t_rows, t_items, enc)
         else:
-            nll = self._bpr(u, t_rows, t_items, self.neighbor_scores(enc))
+            nll = self._bpr(u, t_rows, t_items, enc)
         if hp.loss_norm == "user":  # every user counts the same, whatever the length of their history
             per_user = torch.zeros(B, device=t_w.device, dtype=t_w.dtype).index_add(0, t_rows, t_w)
             t_w = t_w / per_user[t_rows].clamp(min=1e-12)
@@ -426,16 +429,17 @@ class EmbeddingRecommender(CLMModule):
         return torch.where(user_recent[rows], recent_keep, keep)
 
     def _sampled_softmax(self, u: torch.Tensor, t_rows: torch.Tensor, t_items: torch.Tensor,
-                         nb: torch.Tensor | None = None) -> torch.Tensor:
-        """Multinomial NLL (nnz,) over in-batch positives ∪ uniform negatives with a log-Q correction."""
+                         batch: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Multinomial NLL (nnz,) over in-batch positives ∪ uniform negatives with a log-Q correction.
+        With the item-item term (``batch``: the encoder's batch), it is added at the candidates only."""
         n_neg = int(self.hparams.n_negatives)
         cand = t_items
         if n_neg > 0:
             cand = torch.cat([cand, torch.randint(0, self.n_items, (n_neg,), device=u.device)])
         cand = torch.unique(cand)
         logits = (u @ self.item_vectors(cand).to(u.dtype).T).float() + self.item_bias[cand]
-        if nb is not None:
-            logits = logits + nb[:, cand]
+        if self.uses_neighbors and batch is not None:
+            logits = logits + self._neighbor_scores_at(batch, cand[None].expand(len(u), -1))
         if self.hparams.logq_correction:
             counts = self.train_counts if "train_counts" in self._buffers else torch.ones(self.n_items,
                                                                                           device=u.device)
@@ -447,15 +451,16 @@ class EmbeddingRecommender(CLMModule):
         return -torch.log_softmax(logits, 1)[t_rows, col]
 
     def _bpr(self, u: torch.Tensor, t_rows: torch.Tensor, t_items: torch.Tensor,
-             nb: torch.Tensor | None = None) -> torch.Tensor:
-        """BPR loss (nnz,): -log σ(s(u, i) − s(u, j)) with ``n_negatives`` uniform negatives j per positive."""
+             batch: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """BPR loss (nnz,): -log σ(s(u, i) − s(u, j)) with ``n_negatives`` uniform negatives j per positive;
+        the item-item term (``batch``: the encoder's batch) is added at the scored pairs only."""
         m = max(1, min(int(self.hparams.n_negatives), 64))
         neg = torch.randint(0, self.n_items, (len(t_items), m), device=u.device)
         items = torch.cat([t_items[:, None], neg], 1)
         v = self.item_vectors(items.reshape(-1)).reshape(len(t_items), m + 1, -1).to(u.dtype)
         s = (u[t_rows][:, None, :] * v).sum(-1).float() + self.item_bias[items]
-        if nb is not None:
-            s = s + nb[t_rows[:, None], items]
+        if self.uses_neighbors and batch is not None:
+            s = s + self._neighbor_scores_at(batch, items, t_rows)
         return -F.logsigmoid(s[:, :1] - s[:, 1:]).mean(1)
 
     # ------------------------------------------------------------------ Lightning steps
