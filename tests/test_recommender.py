@@ -191,9 +191,19 @@ def test_other_losses_train(dm: InteractionDataModule, loss: str) -> None:
     assert np.isfinite(after) and after < before
 
 
-def test_item_item_term_at_sampled_items_matches_the_dense_term(dm: InteractionDataModule) -> None:
-    """The sampled losses look the item-item term up at their pairs: same values and same gradients
-    as gathering from the dense (B, n_items) term."""
+@pytest.mark.parametrize("few_items", [True, False])
+def test_item_item_term_at_sampled_items_matches_the_dense_term(dm: InteractionDataModule, few_items: bool,
+                                                                monkeypatch) -> None:
+    """The sampled losses and score() take the item-item term at their items only: same values and
+    gradients as gathering from the dense (B, n_items) term, with few distinct items (the restricted
+    sum, forced on this small catalogue) and with many (the full term)."""
+    import clm_torch.models.recommender as rec
+
+    monkeypatch.setattr(rec, "_FULL_TERM_RATIO", 0)
+    calls = {"full": 0}
+    full = EmbeddingRecommender.neighbor_scores
+    monkeypatch.setattr(EmbeddingRecommender, "neighbor_scores",
+                        lambda self, b: calls.__setitem__("full", calls["full"] + 1) or full(self, b))
     L.seed_everything(0)
     model = EmbeddingRecommender(**dm.model_kwargs(), d=16, loss="bpr")
     model.set_preprocessing(dm.preprocessing_state())
@@ -202,17 +212,19 @@ def test_item_item_term_at_sampled_items_matches_the_dense_term(dm: InteractionD
     B = len(batch["user"])
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(0, B, (40,), generator=g)
-    items = torch.randint(0, dm.n_items, (40, 6), generator=g)
-    items[:, 0] = model.item_neighbors[batch["hist_items"][0], 0]  # some pairs surely have a term
-    rows[:5] = 0
+    pool = model.item_neighbors[batch["hist_items"][:3]].reshape(-1)[:8] if few_items else torch.arange(dm.n_items)
+    items = pool[torch.randint(0, len(pool), (40, 6), generator=g)]
+    rows[:10] = 0  # user 0's history has neighbours among the pool
+    assert (2 * len(items.unique()) < dm.n_items) == few_items
     weight = torch.randn(40, 6, generator=g)
     grads = []
     for sparse in (False, True):
         model.zero_grad()
-        vals = model._neighbor_scores_at(batch, items, rows) if sparse else \
+        vals = model._terms_at(batch, *torch.unique(items, return_inverse=True), rows) if sparse else \
             model.neighbor_scores(batch)[rows[:, None], items]
         (vals * weight).sum().backward()
         grads.append((vals.detach(), model.neighbor_embed.weight.grad.clone()))
+    assert calls["full"] == (1 if few_items else 2)  # the restricted sum ran without the full term
     assert (grads[0][0] != 0).any()
     assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
     assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
@@ -299,7 +311,12 @@ def test_checkpoint_round_trip_weights_only(tmp_path: Path, dm: InteractionDataM
     assert len(out) == len(dm.tables["test"]) and len(out["recommended"].iloc[0].split()) == 10
 
 
-def test_score_and_full_scores_agree(dm: InteractionDataModule, trained: EmbeddingRecommender) -> None:
+@pytest.mark.parametrize("matrix_cells", [0, 1 << 24])  # per-pair dot products / one matrix product
+def test_score_and_full_scores_agree(dm: InteractionDataModule, trained: EmbeddingRecommender, matrix_cells: int,
+                                     monkeypatch) -> None:
+    import clm_torch.models.recommender as rec
+
+    monkeypatch.setattr(rec, "_SCORE_MATRIX_CELLS", matrix_cells)
     trained.eval()
     users = torch.tensor([1, 2, 3])
     items = torch.tensor([[0, 5, 9], [1, 2, 3], [7, 7, 8]])
@@ -334,8 +351,9 @@ def test_ease_term_matches_the_item_space_solution_and_round_trips(tmp_path: Pat
         seen[rows, batch["hist_items"]] = 1.0
         assert torch.allclose(model.full_scores(users), base + 5.0 * (seen @ model.ease_matrix), atol=1e-4)
         # score() gathers the EASE and item-item terms at the requested items only: the same values
-        items = torch.randint(0, dm.n_items, (3, 7), generator=torch.Generator().manual_seed(0))
-        assert torch.allclose(model.score(users, items), model.full_scores(users).gather(1, items), atol=1e-4)
+        for pool in (dm.n_items, 5):  # many distinct items (full terms) and few (restricted sums)
+            items = torch.randint(0, pool, (3, 7), generator=torch.Generator().manual_seed(0))
+            assert torch.allclose(model.score(users, items), model.full_scores(users).gather(1, items), atol=1e-4)
     path = tmp_path / "ease.ckpt"
     trainer.save_checkpoint(path)
     loaded = EmbeddingRecommender.load_from_checkpoint(path)

@@ -62,6 +62,15 @@ LOSSES = ("softmax", "sampled_softmax", "bpr")
 TARGETS = ("all", "dropped")
 
 
+
+# The item-item term at a subset of the items is summed into a (B, subset) matrix only when the full
+# (B, n_items) matrix is this many times larger than the batch's history × neighbour triples; below
+# that, masking the triples costs more than the full matrix saves (MovieLens: 0.87x at batch 128).
+_FULL_TERM_RATIO = 4
+# score() takes the (B, distinct items) product of user and item vectors up to this many cells (64 MB
+# in fp32; a BLAS product, faster than per-pair dot products), and per-pair dot products beyond.
+_SCORE_MATRIX_CELLS = 1 << 24
+
 class EmbeddingRecommender(CLMModule):
     """Item embeddings (+ item features) scored against user vectors from a history encoder and/or
     a user embedding.
@@ -255,44 +264,59 @@ class EmbeddingRecommender(CLMModule):
             scale = scale * torch.exp(self.history.recency[batch["hist_age"]]).float()
         return rows, nbr, (w * scale[:, None]).masked_fill(nbr == items[:, None], 0.0)
 
-    def _neighbor_scores_at(self, batch: dict[str, torch.Tensor], items: torch.Tensor,
-                            rows: torch.Tensor | None = None) -> torch.Tensor:
-        """``neighbor_scores(batch)[rows[:, None], items]`` for ``items`` (R, m) of the users at batch
-        positions ``rows`` (R,) (default: one row of ``items`` per user), without the (B, n_items)
-        matrix: the triples are summed per (user, item) key and looked up. Differentiable in the weights."""
-        h_rows, nbr, w = self._neighbor_terms(batch)
-        key, inv = torch.unique((h_rows[:, None] * self.n_items + nbr).reshape(-1), return_inverse=True)
-        if len(key) == 0:
-            return torch.zeros(items.shape, device=w.device, dtype=w.dtype) + w.sum()  # keeps the graph
-        total = torch.zeros(len(key), device=w.device, dtype=w.dtype).index_add(0, inv, w.reshape(-1))
-        if rows is None:
-            rows = torch.arange(len(items), device=items.device)
-        query = (rows[:, None] * self.n_items + items).reshape(-1)
-        pos = torch.searchsorted(key, query).clamp(max=len(key) - 1)
-        return torch.where(key[pos] == query, total[pos], 0.0).reshape(items.shape)
-
-    def _ease_scores_at(self, batch: dict[str, torch.Tensor], items: torch.Tensor) -> torch.Tensor:
-        """:meth:`ease_scores` at ``items`` (B, m) only: Σ over history items j of B[j, item], gathered
-        directly from the matrix instead of summing its full rows."""
-        hist = batch["hist_items"]
-        rows = batch.get("hist_rows")
-        if rows is None:
-            rows = ragged_rows(batch["hist_offsets"], len(hist))
-        vals = self.ease_matrix[hist[:, None], items[rows]].float()  # (nnz, m)
-        out = torch.zeros(items.shape, device=vals.device, dtype=vals.dtype).index_add_(0, rows, vals)
-        return out * float(self.hparams.ease_weight)
-
     def ease_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """The EASE term (B, n_items): ``ease_weight`` × Σ over the (deduplicated) history items j of
         B[j, :]; None when ``ease_weight`` is 0."""
         if not self.uses_ease:
             return None
+        return self._ease_sum(batch, self.ease_matrix)
+
+    def _ease_sum(self, batch: dict[str, torch.Tensor], matrix: torch.Tensor) -> torch.Tensor:
+        """``ease_weight`` × the sum of ``matrix``'s rows (n_items, k) over each user's history: (B, k)."""
         items, off = batch["hist_items"], batch["hist_offsets"]
         B = len(off) - 1
-        out = F.embedding_bag(items, self.ease_matrix, off[:-1], mode="sum")
+        out = F.embedding_bag(items, matrix, off[:-1], mode="sum")
         if out.shape[0] < B:  # torch drops trailing empty bags in some versions; pad
             out = torch.cat([out, out.new_zeros(B - out.shape[0], out.shape[1])])
         return out.float() * float(self.hparams.ease_weight)
+
+    def _neighbor_subset(self, batch: dict[str, torch.Tensor], cols: torch.Tensor) -> torch.Tensor | None:
+        """``neighbor_scores(batch)[:, cols]`` (B, len(cols)) for sorted distinct items ``cols``, summed
+        from the triples that land in ``cols`` only; None where the full term is as cheap: ``cols``
+        covers half the catalogue or more, or the (B, n_items) matrix is under ``_FULL_TERM_RATIO`` ×
+        the batch's history × neighbour triples."""
+        B, K = len(batch["user"]), len(batch["hist_items"]) * self.item_neighbors.shape[1]
+        if 2 * len(cols) >= self.n_items or B * self.n_items < _FULL_TERM_RATIO * K:
+            return None
+        rows, nbr, w = self._neighbor_terms(batch)
+        col_of = torch.full((self.n_items,), -1, dtype=torch.long, device=cols.device)
+        col_of[cols] = torch.arange(len(cols), device=cols.device)
+        c = col_of[nbr]  # (nnz, M): the neighbour's column, -1 if not asked for
+        keep = c >= 0
+        out = torch.zeros(B, len(cols), device=w.device, dtype=w.dtype)
+        return out.index_put((rows[:, None].expand_as(nbr)[keep], c[keep]), w[keep], accumulate=True)
+
+    def _terms_at(self, batch: dict[str, torch.Tensor], cols: torch.Tensor, inv: torch.Tensor,
+                  rows: torch.Tensor | None = None, ease: bool = True) -> torch.Tensor | None:
+        """The item-item term (and, with ``ease``, the EASE term) at items ``cols[inv]`` (R, m)
+        (``cols, inv = torch.unique(items, return_inverse=True)``) of the users at batch positions
+        ``rows`` (R,) (default: one row per user). Summed for the distinct items ``cols`` only where
+        that is cheaper than the full (B, n_items) terms; None when the model has neither term.
+        Differentiable in the item-item weights."""
+        ease = ease and self.uses_ease
+        if not (self.uses_neighbors or ease):
+            return None
+        rows = (torch.arange(len(inv), device=inv.device) if rows is None else rows)[:, None]
+        total = 0.0
+        if self.uses_neighbors:
+            sub = self._neighbor_subset(batch, cols)
+            total = self.neighbor_scores(batch)[rows, cols[inv]] if sub is None else sub[rows, inv]
+        if ease:
+            if 2 * len(cols) < self.n_items:  # the history's rows summed over those columns only
+                total = total + self._ease_sum(batch, self.ease_matrix[:, cols])[rows, inv]
+            else:
+                total = total + self._ease_sum(batch, self.ease_matrix)[rows, cols[inv]]
+        return total
 
     @torch.no_grad()
     def fit_ease(self, indptr: torch.Tensor, items: torch.Tensor) -> None:
@@ -353,13 +377,15 @@ class EmbeddingRecommender(CLMModule):
         entries of :meth:`full_scores` at ``items``, computed for those items only."""
         batch = self._as_batch(users)
         u = self.user_vectors(batch)
-        v = self.item_vectors(items.reshape(-1)).reshape(*items.shape, -1)
-        out = (u[:, None, :] * v.to(u.dtype)).sum(-1).float() + self.item_bias[items]
-        if self.uses_neighbors:
-            out = out + self._neighbor_scores_at(batch, items)
-        if self.uses_ease:
-            out = out + self._ease_scores_at(batch, items)
-        return out
+        cols, inv = torch.unique(items, return_inverse=True)  # each distinct item's vector once
+        v = self.item_vectors(cols).to(u.dtype)
+        if len(u) * len(cols) <= _SCORE_MATRIX_CELLS:  # one matrix product, then the requested cells
+            out = (u @ v.T).float()[torch.arange(len(u), device=u.device)[:, None], inv]
+        else:  # a dot product per requested pair
+            out = (u[:, None, :] * v[inv]).sum(-1).float()
+        out = out + self.item_bias[items]
+        terms = self._terms_at(batch, cols, inv)
+        return out if terms is None else out + terms
 
     def _as_batch(self, users: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if isinstance(users, dict):
@@ -439,7 +465,8 @@ class EmbeddingRecommender(CLMModule):
         cand = torch.unique(cand)
         logits = (u @ self.item_vectors(cand).to(u.dtype).T).float() + self.item_bias[cand]
         if self.uses_neighbors and batch is not None:
-            logits = logits + self._neighbor_scores_at(batch, cand[None].expand(len(u), -1))
+            sub = self._neighbor_subset(batch, cand)  # cand: sorted, distinct
+            logits = logits + (self.neighbor_scores(batch)[:, cand] if sub is None else sub)
         if self.hparams.logq_correction:
             counts = self.train_counts if "train_counts" in self._buffers else torch.ones(self.n_items,
                                                                                           device=u.device)
@@ -460,7 +487,7 @@ class EmbeddingRecommender(CLMModule):
         v = self.item_vectors(items.reshape(-1)).reshape(len(t_items), m + 1, -1).to(u.dtype)
         s = (u[t_rows][:, None, :] * v).sum(-1).float() + self.item_bias[items]
         if self.uses_neighbors and batch is not None:
-            s = s + self._neighbor_scores_at(batch, items, t_rows)
+            s = s + self._terms_at(batch, *torch.unique(items, return_inverse=True), t_rows, ease=False)
         return -F.logsigmoid(s[:, :1] - s[:, 1:]).mean(1)
 
     # ------------------------------------------------------------------ Lightning steps
