@@ -2,8 +2,9 @@
 
 ``EmbeddingRecommender.score`` (candidate scoring) and the sampled losses (``loss=sampled_softmax`` and
 ``loss=bpr``) need the item-item (neighbourhood) term and the EASE term only at a few items per user.
-They look those up at the requested (user, item) pairs; before, they built the full (B, n_items)
-terms and gathered from them. This script times both ways in one process on the same batches:
+They sum them for the requested items only where that is cheaper; before, they built the full
+(B, n_items) terms and gathered from them (and BPR computed an item vector for every scored pair; it
+now computes one per distinct item). This script times both ways in one process on the same batches:
 
 * ``score``: every user of the data × 100 random items, ``score`` vs ``full_scores(...).gather``;
 * one training step (loss + backward) at the default batch of 128 users for ``sampled_softmax``
@@ -44,6 +45,14 @@ class DenseTerms(EmbeddingRecommender):
 
     def _neighbor_subset(self, batch: dict[str, torch.Tensor], cols: torch.Tensor) -> None:
         return None  # always the full term (the losses then gather from it as before)
+
+    def _dots_at(self, u: torch.Tensor, cols: torch.Tensor, inv: torch.Tensor,
+                 rows: torch.Tensor | None = None) -> torch.Tensor:
+        """An item vector per scored pair, as BPR did before (score's baseline is ``full_scores``)."""
+        items = cols[inv]
+        rows = torch.arange(len(items)) if rows is None else rows
+        v = self.item_vectors(items.reshape(-1)).reshape(*items.shape, -1).to(u.dtype)
+        return (u[rows][:, None, :] * v).sum(-1).float()
 
 
 def paired_ms(old: Any, new: Any, repeats: int) -> tuple[float, float]:
@@ -146,7 +155,7 @@ def main() -> None:
              f"- {info['date']}; {info['cpu']}, {info['cores']} cores, {args.threads} torch threads; torch {info['torch']}; "
              f"load average at start {info['load_avg_1min_at_start']}",
              f"- best of {args.repeats} after a warm-up, the two ways timed alternately; \"dense\" = the previous code (full (B, n_items) terms, then "
-             "gathered), \"lookup\" = the shipped code (the terms summed for the requested items where that is "
+             "gathered; BPR: an item vector per scored pair), \"lookup\" = the shipped code (the terms summed for the requested items where that is "
              "cheaper); |Δ| = max abs difference of the scores, or of the two losses (same seeds)", "",
              "| data | what | dense ms | lookup ms | speed-up | abs Δ |", "|---|---|---|---|---|---|"]
     dm, kw = movielens()

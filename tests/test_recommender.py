@@ -230,6 +230,43 @@ def test_item_item_term_at_sampled_items_matches_the_dense_term(dm: InteractionD
     assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
 
 
+@pytest.mark.parametrize("matrix_cells", [0, 1 << 24])
+def test_bpr_matches_the_per_pair_formula(dm: InteractionDataModule, matrix_cells: int, monkeypatch) -> None:
+    """BPR scores each distinct item once (one product or per-pair dots): the loss and its gradients
+    are those of scoring every (target, negative) pair on its own."""
+    import torch.nn.functional as F
+
+    import clm_torch.models.recommender as rec
+
+    monkeypatch.setattr(rec, "_SCORE_MATRIX_CELLS", matrix_cells)
+    L.seed_everything(0)
+    model = EmbeddingRecommender(**dm.model_kwargs(), d=16, loss="bpr", n_negatives=8, user_encoder="both")
+    model.set_preprocessing(dm.preprocessing_state())
+    torch.nn.init.normal_(model.neighbor_embed.weight, std=0.5)
+    batch = dict(next(iter(dm.train_dataloader())))
+    t_items = batch["target_items"]
+    t_rows = rec.ragged_rows(batch["target_offsets"], len(t_items))
+    results = []
+    for reference in (False, True):
+        model.zero_grad()
+        u = model.user_vectors(batch)
+        torch.manual_seed(3)
+        if reference:
+            neg = torch.randint(0, model.n_items, (len(t_items), 8))
+            items = torch.cat([t_items[:, None], neg], 1)
+            v = model.item_vectors(items.reshape(-1)).reshape(len(t_items), 9, -1)
+            s = (u[t_rows][:, None, :] * v).sum(-1) + model.item_bias[items]
+            s = s + model.neighbor_scores(batch)[t_rows[:, None], items]
+            loss = -F.logsigmoid(s[:, :1] - s[:, 1:]).mean(1)
+        else:
+            loss = model._bpr(u, t_rows, t_items, batch)
+        loss.sum().backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-5)
+    assert len(results[0][1]) == len(results[1][1]) > 0
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(results[0][1], results[1][1]))
+
+
 def test_bf16_mixed_fast_dev_run(dm: InteractionDataModule) -> None:
     model = EmbeddingRecommender(**dm.model_kwargs(), d=16)
     model.set_preprocessing(dm.preprocessing_state())

@@ -67,8 +67,8 @@ TARGETS = ("all", "dropped")
 # (B, n_items) matrix is this many times larger than the batch's history × neighbour triples; below
 # that, masking the triples costs more than the full matrix saves (MovieLens: 0.87x at batch 128).
 _FULL_TERM_RATIO = 4
-# score() takes the (B, distinct items) product of user and item vectors up to this many cells (64 MB
-# in fp32; a BLAS product, faster than per-pair dot products), and per-pair dot products beyond.
+# score() and the BPR loss take the (B, distinct items) product of user and item vectors up to this many
+# cells (64 MB in fp32; a BLAS product, faster than per-pair dot products), and per-pair dot products beyond.
 _SCORE_MATRIX_CELLS = 1 << 24
 
 class EmbeddingRecommender(CLMModule):
@@ -377,15 +377,21 @@ class EmbeddingRecommender(CLMModule):
         entries of :meth:`full_scores` at ``items``, computed for those items only."""
         batch = self._as_batch(users)
         u = self.user_vectors(batch)
-        cols, inv = torch.unique(items, return_inverse=True)  # each distinct item's vector once
-        v = self.item_vectors(cols).to(u.dtype)
-        if len(u) * len(cols) <= _SCORE_MATRIX_CELLS:  # one matrix product, then the requested cells
-            out = (u @ v.T).float()[torch.arange(len(u), device=u.device)[:, None], inv]
-        else:  # a dot product per requested pair
-            out = (u[:, None, :] * v[inv]).sum(-1).float()
-        out = out + self.item_bias[items]
+        cols, inv = torch.unique(items, return_inverse=True)
+        out = self._dots_at(u, cols, inv) + self.item_bias[items]
         terms = self._terms_at(batch, cols, inv)
         return out if terms is None else out + terms
+
+    def _dots_at(self, u: torch.Tensor, cols: torch.Tensor, inv: torch.Tensor,
+                 rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Float dot products (R, m) of user vectors ``u[rows]`` (default: one row per user) with the
+        vectors of items ``cols[inv]``; each distinct item's vector is computed once. Up to
+        ``_SCORE_MATRIX_CELLS`` cells, one (B, distinct items) matrix product and a gather."""
+        v = self.item_vectors(cols).to(u.dtype)
+        rows = torch.arange(len(inv), device=inv.device) if rows is None else rows
+        if len(u) * len(cols) <= _SCORE_MATRIX_CELLS:
+            return (u @ v.T).float()[rows[:, None], inv]
+        return (u[rows][:, None, :] * v[inv]).sum(-1).float()
 
     def _as_batch(self, users: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if isinstance(users, dict):
@@ -484,10 +490,10 @@ class EmbeddingRecommender(CLMModule):
         m = max(1, min(int(self.hparams.n_negatives), 64))
         neg = torch.randint(0, self.n_items, (len(t_items), m), device=u.device)
         items = torch.cat([t_items[:, None], neg], 1)
-        v = self.item_vectors(items.reshape(-1)).reshape(len(t_items), m + 1, -1).to(u.dtype)
-        s = (u[t_rows][:, None, :] * v).sum(-1).float() + self.item_bias[items]
+        cols, inv = torch.unique(items, return_inverse=True)
+        s = self._dots_at(u, cols, inv, t_rows) + self.item_bias[items]
         if self.uses_neighbors and batch is not None:
-            s = s + self._terms_at(batch, *torch.unique(items, return_inverse=True), t_rows, ease=False)
+            s = s + self._terms_at(batch, cols, inv, t_rows, ease=False)
         return -F.logsigmoid(s[:, :1] - s[:, 1:]).mean(1)
 
     # ------------------------------------------------------------------ Lightning steps
