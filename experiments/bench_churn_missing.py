@@ -78,15 +78,8 @@ def fit_vae(train_df: pd.DataFrame, target: str, id_col: str, workdir: str, over
     dm = hydra.utils.instantiate(cfg.data, source=FrameSource(train_df, target=target, id_col=id_col),
                                  _convert_="partial")
     model = build_model(cfg, dm)
-    ckpt = hydra.utils.instantiate(cfg.callbacks.model_checkpoint, dirpath=workdir, monitor=cfg.model_monitor,
-                                   mode=cfg.model_monitor_mode)
-    early = hydra.utils.instantiate(cfg.callbacks.early_stopping, monitor=cfg.model_monitor,
-                                    mode=cfg.model_monitor_mode)
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[ckpt, early], logger=False, default_root_dir=workdir,
-                                      enable_progress_bar=False, enable_model_summary=False, _convert_="partial")
-    t0 = time.time()
-    trainer.fit(model, datamodule=dm)
-    return ckpt.best_model_path, {"vae_epochs": int(trainer.current_epoch), "vae_seconds": round(time.time() - t0, 1)}
+    ckpt, trainer, seconds = bct.fit_with_early_stopping(cfg, dm, model, workdir)
+    return ckpt.best_model_path, {"vae_epochs": int(trainer.current_epoch), "vae_seconds": round(seconds, 1)}
 
 
 def run(rates: list[float], folds_sel: list[int], models: list[str], churn_over: list[str], vae_over: list[str],

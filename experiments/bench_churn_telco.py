@@ -192,6 +192,23 @@ def compose_config(experiment: str, overrides: list[str]) -> Any:
         return compose("train.yaml", overrides=[f"experiment={experiment}", *overrides])
 
 
+def fit_with_early_stopping(cfg: Any, dm: Any, model: Any, workdir: str) -> tuple[Any, Any, float]:
+    """Fit ``model`` on ``dm`` as ``clm-train`` does (the config's trainer, checkpoint of the best
+    ``cfg.model_monitor`` and early stopping), without logger or progress bar, writing to ``workdir``.
+    Returns (checkpoint callback, trainer, fit seconds)."""
+    import hydra
+
+    ckpt = hydra.utils.instantiate(cfg.callbacks.model_checkpoint, dirpath=workdir, monitor=cfg.model_monitor,
+                                   mode=cfg.model_monitor_mode)
+    early = hydra.utils.instantiate(cfg.callbacks.early_stopping, monitor=cfg.model_monitor,
+                                    mode=cfg.model_monitor_mode)
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[ckpt, early], logger=False, default_root_dir=workdir,
+                                      enable_progress_bar=False, enable_model_summary=False, _convert_="partial")
+    t0 = time.time()
+    trainer.fit(model, datamodule=dm)
+    return ckpt, trainer, time.time() - t0
+
+
 def fit_ours(cfg: Any, train_df: pd.DataFrame, test_df: pd.DataFrame, target: str, id_col: str
              ) -> tuple[np.ndarray, dict]:
     """Train ChurnClassifier on ``train_df`` through the package's own path; score raw ``test_df``."""
@@ -207,16 +224,7 @@ def fit_ours(cfg: Any, train_df: pd.DataFrame, test_df: pd.DataFrame, target: st
                                  test_frame=test_df, _convert_="partial")
     model = build_model(cfg, dm)  # as train() does (with model.infogap_ckpt: the VAE's features too)
     with tempfile.TemporaryDirectory(prefix="clm_bench_") as tmp:
-        ckpt = hydra.utils.instantiate(cfg.callbacks.model_checkpoint, dirpath=tmp, monitor=cfg.model_monitor,
-                                       mode=cfg.model_monitor_mode)
-        early = hydra.utils.instantiate(cfg.callbacks.early_stopping, monitor=cfg.model_monitor,
-                                        mode=cfg.model_monitor_mode)
-        trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[ckpt, early], logger=False, default_root_dir=tmp,
-                                          enable_progress_bar=False, enable_model_summary=False,
-                                          _convert_="partial")
-        t0 = time.time()
-        trainer.fit(model, datamodule=dm)
-        fit_s = time.time() - t0
+        ckpt, trainer, fit_s = fit_with_early_stopping(cfg, dm, model, tmp)
         cls = hydra.utils.get_class(cfg.model._target_)
         best = cls.load_from_checkpoint(ckpt.best_model_path, weights_only=True)
         prob = best.predict_proba(test_df.drop(columns=[target]))

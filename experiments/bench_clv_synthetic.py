@@ -47,7 +47,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,8 +56,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_lifecycle_events import freeze_package, git_state, train_and_load  # shared run bookkeeping
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -74,10 +75,9 @@ def say(msg: str) -> None:
 
 def train_model(kind: str, train_path: Path, seed: int, out: Path, pipe_cfg: Any) -> tuple[Any, dict[str, Any]]:
     """Train ``spend`` or ``churn`` on the train view with the pipeline's sub-run overrides."""
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import OmegaConf
 
     from clm_torch.config import compose_config
-    from clm_torch.train import train
 
     table = ["data=parquet", "data.id_col=customer_id", "~logger", f"data.path={train_path}"]
     if kind == "spend":
@@ -89,17 +89,9 @@ def train_model(kind: str, train_path: Path, seed: int, out: Path, pipe_cfg: Any
     extra = pipe_cfg.models.get(kind)
     if extra:
         cfg = OmegaConf.merge(cfg, extra)
-    with open_dict(cfg):
-        cfg.callbacks.progress_bar = None
-        cfg.callbacks.model_summary = None
-        cfg.trainer.enable_model_summary = False
-        cfg.trainer.enable_progress_bar = False
-    t0 = time.time()
-    metrics, objects = train(cfg)
-    m = type(objects["model"]).load_from_checkpoint(metrics["best_ckpt"], weights_only=True)
-    m.eval()
+    m, metrics, seconds = train_and_load(cfg)
     info = {"overrides": overrides + [f"{k}={v}" for k, v in _flat(OmegaConf.to_container(extra) if extra else {})],
-            "seconds": round(time.time() - t0, 1),
+            "seconds": round(seconds, 1),
             "metrics": {k: v for k, v in metrics.items() if "/" in k and isinstance(v, float)}}
     return m, info
 
@@ -246,36 +238,6 @@ def write_report(res: dict[str, Any], meta: dict[str, Any]) -> None:
         L += [f"- seed {r['runs'][0]['seed']} diagnostics: {json.dumps(rounded)}",
               ""]
     (RESULTS / "clv_synthetic.md").write_text("\n".join(L) + "\n")
-
-
-def git_state() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "clm_torch", "configs"], cwd=ROOT, capture_output=True,
-                               text=True).stdout
-        note = " + uncommitted changes in clm_torch/ or configs/ (shared tree)" if dirty.strip() else ""
-        return head.strip() + note
-    except OSError:
-        return "unknown"
-
-
-def freeze_package(tmp: Path) -> None:
-    """Import the package code now and compose every config from a copy of ``configs/`` taken now.
-
-    The working tree is shared and edited while a long benchmark runs; without this a model config
-    edited mid-run can disagree with the model code already imported (an unexpected keyword).
-    """
-    import shutil
-
-    import clm_torch.config
-    import clm_torch.models.churn  # noqa: F401
-    import clm_torch.models.spend  # noqa: F401
-    import clm_torch.pipeline  # noqa: F401
-    import clm_torch.train  # noqa: F401
-
-    snapshot = tmp / "configs"
-    shutil.copytree(ROOT / "configs", snapshot)
-    clm_torch.config.CONFIG_DIR = str(snapshot)
 
 
 def main() -> None:

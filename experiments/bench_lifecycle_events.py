@@ -222,10 +222,7 @@ def btyd_scores(summary: pd.DataFrame, repeat_spend: pd.Series, horizon_weeks: f
 def train_ours(kind: str, log_csv: Path, train_cutoff: pd.Timestamp, horizon: float, seed: int, workdir: Path,
                extra: list[str]) -> tuple[Any, dict[str, Any]]:
     """Train ChurnClassifier (``kind="churn"``) or SpendRegressor (``"spend"``) with ``train(cfg)``."""
-    from omegaconf import open_dict
-
     from clm_torch.config import compose_config
-    from clm_torch.train import train
 
     target = ["data.target=churn" if kind == "churn" else "data.target=future_spend"]  # continuous: set by the source
     overrides = [f"model={kind}", "data=events", f"data.path={log_csv}", "data.customer_col=customer_id",
@@ -234,16 +231,8 @@ def train_ours(kind: str, log_csv: Path, train_cutoff: pd.Timestamp, horizon: fl
                  *extra]
     out = workdir / f"{kind}_seed{seed}"
     cfg = compose_config(overrides, output_dir=out)
-    with open_dict(cfg):
-        cfg.callbacks.progress_bar = None
-        cfg.callbacks.model_summary = None
-        cfg.trainer.enable_model_summary = False
-        cfg.trainer.enable_progress_bar = False
-    t0 = time.time()
-    metrics, objects = train(cfg)
-    model = type(objects["model"]).load_from_checkpoint(metrics["best_ckpt"], weights_only=True)
-    model.eval()
-    info = {"overrides": overrides, "seconds": round(time.time() - t0, 1),
+    model, metrics, seconds = train_and_load(cfg)
+    info = {"overrides": overrides, "seconds": round(seconds, 1),
             "val": {k: v for k, v in metrics.items() if k.startswith("val/") and isinstance(v, float)},
             "test_in_calibration": {k: v for k, v in metrics.items() if k.startswith("test/") and isinstance(v, float)}}
     return model, info
@@ -592,6 +581,25 @@ def write_report(res: dict[str, Any], meta: dict[str, Any]) -> None:
     (RESULTS / "lifecycle_events.md").write_text("\n".join(L) + "\n")
 
 
+def train_and_load(cfg: Any) -> tuple[Any, dict[str, Any], float]:
+    """``clm_torch.train.train(cfg)`` without progress bar or model summary: the best checkpoint loaded
+    in eval mode, the run's metrics, and the seconds both took."""
+    from omegaconf import open_dict
+
+    from clm_torch.train import train
+
+    with open_dict(cfg):
+        cfg.callbacks.progress_bar = None
+        cfg.callbacks.model_summary = None
+        cfg.trainer.enable_model_summary = False
+        cfg.trainer.enable_progress_bar = False
+    t0 = time.time()
+    metrics, objects = train(cfg)
+    model = type(objects["model"]).load_from_checkpoint(metrics["best_ckpt"], weights_only=True)
+    model.eval()
+    return model, metrics, time.time() - t0
+
+
 def git_state() -> str:
     """HEAD, and whether the package had uncommitted changes (the tree is shared) when the run started."""
     try:
@@ -615,6 +623,7 @@ def freeze_package(tmp: Path) -> None:
     import clm_torch.config
     import clm_torch.models.churn  # noqa: F401
     import clm_torch.models.spend  # noqa: F401
+    import clm_torch.pipeline  # noqa: F401
     import clm_torch.train  # noqa: F401
 
     snapshot = tmp / "configs"

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_throughput import command_line, compose, machine_info, quiet_lightning, write_section  # noqa: E402,I001
+from bench_throughput import command_line, compose, machine_info, quiet_lightning, write_section
 
-from clm_torch.models.recommender import EmbeddingRecommender  # noqa: E402
+from clm_torch.models.recommender import EmbeddingRecommender
 
 
 class DenseTerms(EmbeddingRecommender):
@@ -152,11 +152,12 @@ def main() -> None:
     quiet_lightning()
     info = machine_info()
     lines = [f"- command: `{command_line()}`",
-             f"- {info['date']}; {info['cpu']}, {info['cores']} cores, {args.threads} torch threads; torch {info['torch']}; "
-             f"load average at start {info['load_avg_1min_at_start']}",
-             f"- best of {args.repeats} after a warm-up, the two ways timed alternately; \"dense\" = the previous code (full (B, n_items) terms, then "
-             "gathered; BPR: an item vector per scored pair), \"lookup\" = the shipped code (the terms summed for the requested items where that is "
-             "cheaper); |Δ| = max abs difference of the scores, or of the two losses (same seeds)", "",
+             (f"- {info['date']}; {info['cpu']}, {info['cores']} cores, {args.threads} torch threads; "
+              f"torch {info['torch']}; load average at start {info['load_avg_1min_at_start']}"),
+             (f"- best of {args.repeats} after a warm-up, the two ways timed alternately; \"dense\" = the previous "
+              "code (full (B, n_items) terms, then gathered; BPR: an item vector per scored pair), \"lookup\" = the "
+              "shipped code (the terms summed for the requested items where that is cheaper); |Δ| = max abs "
+              "difference of the scores, or of the two losses (same seeds)"), "",
              "| data | what | dense ms | lookup ms | speed-up | abs Δ |", "|---|---|---|---|---|---|"]
     dm, kw = movielens()
     lines += measure(f"MovieLens ({dm.n_items:,} items)", dm, kw, args.repeats)

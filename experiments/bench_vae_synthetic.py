@@ -191,21 +191,14 @@ def fit_package_model(experiment: str, overrides: list[str], train_df: pd.DataFr
     dm = hydra.utils.instantiate(cfg.data, source=FrameSource(train_df, target="churn", id_col="customer_id"),
                                  test_frame=test_df, _convert_="partial")
     model = build_model(cfg, dm)
-    ckpt = hydra.utils.instantiate(cfg.callbacks.model_checkpoint, dirpath=workdir, monitor=cfg.model_monitor,
-                                   mode=cfg.model_monitor_mode)
-    early = hydra.utils.instantiate(cfg.callbacks.early_stopping, monitor=cfg.model_monitor,
-                                    mode=cfg.model_monitor_mode)
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[ckpt, early], logger=False, default_root_dir=workdir,
-                                      enable_progress_bar=False, enable_model_summary=False, _convert_="partial")
-    t0 = time.time()
-    trainer.fit(model, datamodule=dm)
+    ckpt, trainer, seconds = bct.fit_with_early_stopping(cfg, dm, model, workdir)
     cls = hydra.utils.get_class(cfg.model._target_)
     best = cls.load_from_checkpoint(ckpt.best_model_path, map_location="cpu", weights_only=True)
     best.eval()
     info = {"epochs": int(trainer.current_epoch), "best_epoch": bct._best_epoch(ckpt.best_model_path),
             "monitor": str(cfg.model_monitor),
             "best_val": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
-            "seconds": round(time.time() - t0, 1), "n_train": len(dm.frames["train"]),
+            "seconds": round(seconds, 1), "n_train": len(dm.frames["train"]),
             "n_val": len(dm.frames["val"]), "overrides": list(overrides)}
     return best, info, dm
 
