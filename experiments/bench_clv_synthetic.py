@@ -44,26 +44,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
-import platform
 import sys
 import tempfile
 import time
-import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lifecycle_events import freeze_package, git_state, train_and_load  # shared run bookkeeping
+from bench_lifecycle_events import freeze_package, quiet_run, run_meta, run_start, train_and_load  # shared
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
-N_THREADS = int(os.environ.get("CLM_BENCH_THREADS", "1"))  # 1: see the module docstring
 METHODS = ("learned", "formula", "run_rate")
 LABELS = {"learned": "learned CLV (SpendRegressor, Tweedie)", "formula": "formula CLV (survival from predicted churn)",
           "run_rate": "run-rate baseline (past spend per week × horizon)"}
@@ -247,14 +240,8 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["pipeline"], choices=["pipeline", "events only"])
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    torch.set_num_threads(N_THREADS)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    logging.getLogger("lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    t_start, c_start = time.time(), time.process_time()
-    git = git_state()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    quiet_run()
+    start = run_start()
     res: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="clm_clv_") as tmp:
         freeze_package(Path(tmp))
@@ -265,13 +252,7 @@ def main() -> None:
             say(f"{variant}: " + "; ".join(f"{m} Spearman {pm(a['spearman'])} capture {pm(a['capture20'])}"
                                           for m, a in agg.items()))
             say(f"{variant}: verdict {res[variant]['verdict']}")
-    meta = {"command": "python experiments/bench_clv_synthetic.py " + " ".join(
-                f"'{a}'" if " " in a else a for a in sys.argv[1:]),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "wall_seconds": round(time.time() - t_start, 1), "cpu_seconds": round(time.process_time() - c_start, 1),
-            "threads": N_THREADS, "load_average": round(load, 1),
-            "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}",
-            "git": git, "n_customers": args.n_customers, "seeds": args.seeds}
+    meta = {**run_meta("bench_clv_synthetic.py", start), "n_customers": args.n_customers, "seeds": args.seeds}
     say(f"done in {meta['wall_seconds'] / 60:.1f} min (CPU {meta['cpu_seconds'] / 60:.1f} min)")
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)

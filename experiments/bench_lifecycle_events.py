@@ -600,6 +600,32 @@ def train_and_load(cfg: Any) -> tuple[Any, dict[str, Any], float]:
     return model, metrics, time.time() - t0
 
 
+def quiet_run() -> None:
+    """``N_THREADS`` torch threads; no FutureWarnings, dataloader-worker warnings or Lightning info logs."""
+    torch.set_num_threads(N_THREADS)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+
+def run_start() -> dict[str, Any]:
+    """What :func:`run_meta` needs from the start of a run: clocks, git state, load average."""
+    return {"wall": time.time(), "cpu": time.process_time(), "git": git_state(),
+            "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")}
+
+
+def run_meta(script: str, start: dict[str, Any]) -> dict[str, Any]:
+    """The bookkeeping recorded with a run's results: command, date, wall and CPU time, machine, git."""
+    return {"command": f"python experiments/{script} " + " ".join(f"'{a}'" if " " in a else a for a in sys.argv[1:]),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "wall_seconds": round(time.time() - start["wall"], 1),
+            "cpu_seconds": round(time.process_time() - start["cpu"], 1),
+            "threads": N_THREADS, "load_average": round(start["load"], 1),
+            "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}",
+            "git": start["git"]}
+
+
 def git_state() -> str:
     """HEAD, and whether the package had uncommitted changes (the tree is shared) when the run started."""
     try:
@@ -638,16 +664,10 @@ def main() -> None:
     ap.add_argument("--override", action="append", default=[], help="extra Hydra override for our models")
     ap.add_argument("--no-write", action="store_true", help="print only; do not write results/")
     args = ap.parse_args()
-    torch.set_num_threads(N_THREADS)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    logging.getLogger("lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    quiet_run()
     import lifetimes
 
-    t_start, c_start = time.time(), time.process_time()
-    git = git_state()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    start = run_start()
     check = check_btyd_plumbing()
     events = load_cdnow_master()
     res = {}
@@ -657,14 +677,10 @@ def main() -> None:
         for name in args.splits:
             res[name] = run_split(name, events, args.seeds, Path(tmp), args.override,
                                   (bt["chosen"], bt["overrides"]), bt["spend_chosen"])
-    meta = {"command": "python experiments/bench_lifecycle_events.py " + " ".join(sys.argv[1:]),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "wall_seconds": round(time.time() - t_start, 1), "cpu_seconds": round(time.process_time() - c_start, 1),
-            "threads": N_THREADS, "load_average": round(load, 1),
-            "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}",
+    meta = {**run_meta("bench_lifecycle_events.py", start),
             "lifetimes_version": lifetimes.__version__, "n_events": len(events),
             "n_customers": int(events["customer_id"].nunique()), "seeds": args.seeds, "extra": args.override,
-            "btyd_check": check, "backtest": bt, "git": git}
+            "btyd_check": check, "backtest": bt}
     for name, r in res.items():
         say(f"{name}: verdict {r['verdict']}")
     say(f"done in {meta['wall_seconds'] / 60:.1f} min (CPU {meta['cpu_seconds'] / 60:.1f} min)")
