@@ -200,3 +200,60 @@ def test_csv_source_errors_name_file_and_column(tmp_path: Path) -> None:
     df.to_csv(p, index=False)
     with pytest.raises(SchemaError, match="only one class"):
         table_from_file(str(p), target="churn").setup()
+
+
+# ----------------------------------------------------------------------------- per distinct value
+def _messy_columns(seed: int) -> list[pd.Series]:
+    """Small columns with case/whitespace variants, missing values, ties and mixed Python objects."""
+    rng = np.random.default_rng(seed)
+    words = ["Yes", "yes", " Yes", "YES ", "No", "no", "n/a", "?", "", "Maybe", "ß", "SS", "1", "1.0", " 2 ", None,
+             np.nan]
+    mixed = [1, 1.0, True, "1", 2, "x", None]
+    out = []
+    for n in (1, 7, 30):
+        out.append(pd.Series([words[i] for i in rng.integers(0, len(words), n)], dtype=object))
+        out.append(pd.Series([words[i] for i in rng.integers(0, 6, n)], dtype="str"))
+        out.append(pd.Series([mixed[i] for i in rng.integers(0, len(mixed), n)], dtype=object))
+        out.append(pd.Series([str(i) for i in rng.integers(0, 4, n)] + ["x"], dtype="str"))
+        out.append(pd.Series(rng.choice([0.0, 1.0, 2.5, np.nan], n)))
+        out.append(pd.Series(pd.Categorical([["a", "B", " b", None][i] for i in rng.integers(0, 4, n)])))
+    for s in out:
+        s.index = rng.permutation(len(s)) + 3
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_string_work_per_distinct_value_matches_the_row_wise_result(seed: int) -> None:
+    """Spelling normalisation, the numeric-looking check and the encoder's vocabulary run once per
+    distinct value; they must give exactly the row-wise results, ties (first seen wins) included."""
+    from clm_torch.data.cleaning import _canonical_spellings
+    from clm_torch.data.encoding import _category_counts, _category_keys
+    from clm_torch.data.schema import _is_missing_token, _looks_numeric
+
+    for s in _messy_columns(seed):
+        if not isinstance(s.dtype, pd.CategoricalDtype) and not pd.api.types.is_float_dtype(s):
+            is_str = np.array([isinstance(v, str) for v in s.astype(object)])
+            out, n = _canonical_spellings(s)
+            if is_str.any():  # row-wise: the most frequent stripped spelling per casefolded key
+                stripped = s[is_str].astype(str).str.strip()
+                key = stripped.str.casefold()
+                order = pd.DataFrame({"k": key, "v": stripped}).value_counts(sort=True)
+                canon: dict = {}
+                for (k, v), _ in order.items():
+                    canon.setdefault(k, v)
+                expect = s.astype(object).copy()
+                expect[is_str] = key.map(canon).to_numpy()
+                assert n == int((key.map(canon) != s[is_str].astype(str)).sum())
+                assert out.index.equals(s.index)
+                assert all(a is b or a == b or (pd.isna(a) and pd.isna(b)) for a, b in zip(out, expect))
+            nonnull = s.dropna()
+            nonnull = nonnull[~_is_missing_token(nonnull)]
+            parses = pd.to_numeric(nonnull.astype("string").str.strip(), errors="coerce").notna().mean()
+            assert _looks_numeric(s) == bool(len(nonnull) and parses > 0.98)
+        keys = _category_keys(s)
+        counts, first = _category_counts(s)
+        expect_counts = keys.value_counts(dropna=True)
+        assert [str(k) for k in counts.index] == [str(k) for k in expect_counts.index]
+        assert counts.tolist() == expect_counts.tolist()
+        rows = pd.DataFrame({"k": keys, "v": s}).dropna().drop_duplicates("k")
+        assert {str(k): v for k, v in first.items()} == {str(k): v for k, v in zip(rows["k"], rows["v"])}

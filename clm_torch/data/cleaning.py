@@ -54,21 +54,34 @@ class CleaningReport:
 
 
 def _canonical_spellings(s: pd.Series) -> tuple[pd.Series, int]:
-    """Map every case/whitespace variant of a category to its most frequent spelling."""
-    is_str = s.map(lambda v: isinstance(v, str), na_action="ignore").fillna(False).astype(bool)
+    """Map every case/whitespace variant of a category to its most frequent spelling.
+
+    The strings are normalised and counted once per distinct value (weighted by its rows), not once
+    per row; the result is the same as the row-wise count."""
+    obj = s.astype(object)
+    codes, uniques = pd.factorize(obj, use_na_sentinel=True)
+    is_str = np.fromiter((isinstance(v, str) for v in uniques), dtype=bool, count=len(uniques))
     if not is_str.any():
         return s, 0
-    raw = s[is_str].astype(str)
+    rows = np.bincount(codes[codes >= 0], minlength=len(uniques))[is_str]
+    raw = pd.Series(np.asarray(uniques, dtype=object)[is_str], dtype=object).astype(str)
     stripped = raw.str.strip()
     key = stripped.str.casefold()
-    counts = pd.DataFrame({"key": key, "val": stripped}).value_counts(sort=True)
+    # the rows of each (key, spelling) pair, most first; ties in order of first appearance (the
+    # distinct values come in that order), as value_counts orders them
+    counts = pd.DataFrame({"key": key, "val": stripped, "n": rows}).groupby(["key", "val"], sort=False)["n"].sum()
+    counts = counts.sort_values(ascending=False, kind="stable")
     canon = {}
     for (k, v), _ in counts.items():
         canon.setdefault(k, v)
-    fixed = key.map(canon)
-    n_changed = int((fixed != raw).sum())
-    out = s.astype(object).copy()
-    out[is_str] = fixed.to_numpy()
+    fixed = key.map(canon).to_numpy(dtype=object)
+    n_changed = int(rows[fixed != raw.to_numpy(dtype=object)].sum())
+    value = np.empty(len(uniques), dtype=object)
+    value[is_str] = fixed
+    at = codes >= 0
+    at[at] = is_str[codes[at]]
+    out = obj.copy()
+    out[at] = value[codes[at]]
     return out, n_changed
 
 

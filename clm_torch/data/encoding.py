@@ -48,6 +48,29 @@ def _category_keys(s: pd.Series) -> pd.Series:
     return s.astype("string").str.strip().str.lower()
 
 
+def _category_counts(s: pd.Series) -> tuple[pd.Series, dict[str, Any]]:
+    """The rows of each category key of ``s`` (:func:`_category_keys`), most first (ties: first seen),
+    and each key's original value at its first row; missing values are not counted.
+
+    The keys are computed once per distinct value and weighted by its rows: the same counts and
+    order as ``_category_keys(s).value_counts()`` without normalising every row's string."""
+    t = s.astype("string") if s.dtype == object else s  # 1, 1.0 and True hash alike but have different keys
+    codes, uniques = pd.factorize(t, use_na_sentinel=True)
+    dtype = t.dtype.categories.dtype if isinstance(t.dtype, pd.CategoricalDtype) else t.dtype
+    keys = _category_keys(pd.Series(list(uniques), dtype=dtype))
+    seen = codes >= 0
+    rows = np.bincount(codes[seen], minlength=len(uniques))
+    first_row = np.full(len(uniques), len(s), dtype=np.int64)
+    np.minimum.at(first_row, codes[seen], np.flatnonzero(seen))
+    # the distinct values come in order of first appearance, so the groups do too
+    per_key = pd.DataFrame({"k": keys.astype(object), "n": rows, "first": first_row}).dropna(subset=["k"])
+    grouped = per_key.groupby("k", sort=False)
+    counts = grouped["n"].sum().sort_values(ascending=False, kind="stable")
+    at = grouped["first"].min()
+    first = dict(zip(at.index, s.iloc[at.to_numpy()].tolist() if len(at) else []))
+    return counts, first
+
+
 def _plain(v: Any) -> Any:
     """numpy scalars → Python scalars (checkpoint state must be primitives)."""
     if isinstance(v, np.generic):
@@ -172,15 +195,12 @@ class FeatureEncoder:
             self.dtypes[col] = str(df[col].dtype)
         for col in self.cat_columns:
             s = df[col]
-            keys = _category_keys(s)
-            counts = keys.value_counts(dropna=True)
-            counts = counts.iloc[: self.max_categories]
-            # the original spelling that is most frequent for each key
-            orig = pd.DataFrame({"k": keys, "v": s}).dropna().drop_duplicates("k")
-            first = dict(zip(orig["k"], orig["v"]))
-            self.keys[col] = [UNK, *[str(k) for k in counts.index]]
+            keys, first = _category_counts(s)
+            keys = keys.iloc[: self.max_categories]
+            self.keys[col] = [UNK, *[str(k) for k in keys.index]]
             self._index_cache = {}
-            self.vocab[col] = [UNK, *[_plain(first[k]) for k in counts.index]]
+            # each kept key's spelling at its first row
+            self.vocab[col] = [UNK, *[_plain(first[k]) for k in keys.index]]
             self.dtypes[col] = str(s.dtype)
         if self.target and self.target in df.columns and self.target_type == "binary":
             _, pos = validate_target(df[self.target], source=source, column=self.target, positive=self.positive_label)

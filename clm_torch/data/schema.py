@@ -164,12 +164,15 @@ def _looks_numeric(s: pd.Series) -> bool:
         return False
     if pd.api.types.is_numeric_dtype(s):
         return True
-    nonnull = s.dropna()
-    nonnull = nonnull[~_is_missing_token(nonnull)]
-    if len(nonnull) == 0:
+    # once per distinct value (weighted by its rows): the share of the non-missing rows that parse
+    codes, uniques = pd.factorize(s.dropna().astype("string"), use_na_sentinel=True)
+    rows = np.bincount(codes[codes >= 0], minlength=len(uniques))
+    values = pd.Series(uniques, dtype="string")
+    keep = ~_is_missing_token(values).to_numpy(dtype=bool)
+    if rows[keep].sum() == 0:
         return False
-    conv = pd.to_numeric(nonnull.astype("string").str.strip(), errors="coerce")
-    return bool(conv.notna().mean() > 0.98)
+    parses = pd.to_numeric(values[keep].str.strip(), errors="coerce").notna().to_numpy(dtype=bool)
+    return bool(rows[keep][parses].sum() / rows[keep].sum() > 0.98)
 
 
 def infer_schema(
