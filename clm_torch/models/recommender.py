@@ -61,8 +61,6 @@ USER_ENCODERS = ("history", "embedding", "both")
 LOSSES = ("softmax", "sampled_softmax", "bpr")
 TARGETS = ("all", "dropped")
 
-
-
 # The item-item term at a subset of the items is summed into a (B, subset) matrix only when the full
 # (B, n_items) matrix is this many times larger than the batch's history × neighbour triples; below
 # that, masking the triples costs more than the full matrix saves (MovieLens: 0.87x at batch 128).
@@ -70,6 +68,7 @@ _FULL_TERM_RATIO = 4
 # score() and the BPR loss take the (B, distinct items) product of user and item vectors up to this many
 # cells (64 MB in fp32; a BLAS product, faster than per-pair dot products), and per-pair dot products beyond.
 _SCORE_MATRIX_CELLS = 1 << 24
+
 
 class EmbeddingRecommender(CLMModule):
     """Item embeddings (+ item features) scored against user vectors from a history encoder and/or
