@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clm_torch.data.schema import _MISSING_TOKENS, TableSchema, to_numeric_strict
+from clm_torch.data.schema import TableSchema, _is_missing_token, distinct_rows, to_numeric_strict
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,11 @@ def _canonical_spellings(s: pd.Series) -> tuple[pd.Series, int]:
     The strings are normalised and counted once per distinct value (weighted by its rows), not once
     per row; the result is the same as the row-wise count."""
     obj = s.astype(object)
-    codes, uniques = pd.factorize(obj, use_na_sentinel=True)
+    codes, uniques, rows = distinct_rows(obj)
     is_str = np.fromiter((isinstance(v, str) for v in uniques), dtype=bool, count=len(uniques))
     if not is_str.any():
         return s, 0
-    rows = np.bincount(codes[codes >= 0], minlength=len(uniques))[is_str]
+    rows = rows[is_str]
     raw = pd.Series(np.asarray(uniques, dtype=object)[is_str], dtype=object).astype(str)
     stripped = raw.str.strip()
     key = stripped.str.casefold()
@@ -72,7 +72,7 @@ def _canonical_spellings(s: pd.Series) -> tuple[pd.Series, int]:
     counts = pd.DataFrame({"key": key, "val": stripped, "n": rows}).groupby(["key", "val"], sort=False)["n"].sum()
     counts = counts.sort_values(ascending=False, kind="stable")
     canon = {}
-    for (k, v), _ in counts.items():
+    for k, v in counts.index:
         canon.setdefault(k, v)
     fixed = key.map(canon).to_numpy(dtype=object)
     n_changed = int(rows[fixed != raw.to_numpy(dtype=object)].sum())
@@ -121,7 +121,7 @@ def clean_table(
             continue
         s = out[col]
         if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
-            tok = s.astype("string").str.strip().str.lower().isin(_MISSING_TOKENS) & s.notna()
+            tok = _is_missing_token(s) & s.notna()
             report.missing_tokens[col] = int(tok.sum())
             if tok.any():
                 s = s.astype(object).where(~tok, np.nan)

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clm_torch.data.schema import SchemaError, TableSchema, to_numeric_strict, validate_target
+from clm_torch.data.schema import SchemaError, TableSchema, distinct_rows, to_numeric_strict, validate_target
 
 UNK = "<unk>"
 
@@ -55,11 +55,10 @@ def _category_counts(s: pd.Series) -> tuple[pd.Series, dict[str, Any]]:
     The keys are computed once per distinct value and weighted by its rows: the same counts and
     order as ``_category_keys(s).value_counts()`` without normalising every row's string."""
     t = s.astype("string") if s.dtype == object else s  # 1, 1.0 and True hash alike but have different keys
-    codes, uniques = pd.factorize(t, use_na_sentinel=True)
+    codes, uniques, rows = distinct_rows(t)
     dtype = t.dtype.categories.dtype if isinstance(t.dtype, pd.CategoricalDtype) else t.dtype
     keys = _category_keys(pd.Series(list(uniques), dtype=dtype))
     seen = codes >= 0
-    rows = np.bincount(codes[seen], minlength=len(uniques))
     first_row = np.full(len(uniques), len(s), dtype=np.int64)
     np.minimum.at(first_row, codes[seen], np.flatnonzero(seen))
     # the distinct values come in order of first appearance, so the groups do too

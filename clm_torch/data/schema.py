@@ -125,6 +125,14 @@ def read_table(path: str | os.PathLike, *, what: str = "table") -> pd.DataFrame:
 # ----------------------------------------------------------------------------- inference
 
 
+def distinct_rows(values: Any) -> tuple[np.ndarray, Any, np.ndarray]:
+    """``pd.factorize(values)`` (codes, −1 for missing; the distinct values in order of first
+    appearance) and the rows of each distinct value: what string work done once per distinct value
+    weighs its results by."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    return codes, uniques, np.bincount(codes[codes >= 0], minlength=len(uniques))
+
+
 def _is_missing_token(s: pd.Series) -> pd.Series:
     return s.astype("string").str.strip().str.lower().isin(_MISSING_TOKENS)
 
@@ -165,8 +173,7 @@ def _looks_numeric(s: pd.Series) -> bool:
     if pd.api.types.is_numeric_dtype(s):
         return True
     # once per distinct value (weighted by its rows): the share of the non-missing rows that parse
-    codes, uniques = pd.factorize(s.dropna().astype("string"), use_na_sentinel=True)
-    rows = np.bincount(codes[codes >= 0], minlength=len(uniques))
+    _, uniques, rows = distinct_rows(s.dropna().astype("string"))
     values = pd.Series(uniques, dtype="string")
     keep = ~_is_missing_token(values).to_numpy(dtype=bool)
     if rows[keep].sum() == 0:

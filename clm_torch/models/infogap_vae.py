@@ -786,19 +786,22 @@ class InfoGapVAE(CLMModule):
 
         Several methods on the same frame can share one encoding: pass the result as ``encoded=``
         (as :func:`~clm_torch.models.infogap_features.infogap_frame` does)."""
+        enc = self._require_frame(df, source)
+        t = enc.transform(df, source=source)
+        return {k: t[k] for k in _FEATURE_KEYS}
+
+    def _require_frame(self, df: pd.DataFrame, source: str) -> FeatureEncoder:
+        """The fitted encoder, once ``df`` is known to be a DataFrame (else a SchemaError naming ``source``)."""
         enc = self._require_encoder()
         if not isinstance(df, pd.DataFrame):
             raise SchemaError(f"expected a pandas DataFrame, got {type(df).__name__}", source=source)
-        t = enc.transform(df, source=source)
-        return {k: t[k] for k in _FEATURE_KEYS}
+        return enc
 
     def _chunks(self, df: pd.DataFrame, batch_size: int, source: str,  # noqa: ANN202
                 encoded: Mapping[str, torch.Tensor] | None = None):
         """(start, rows of ``df``, feature tensors on the model's device) per batch; the tensors are
         sliced from ``encoded`` (:meth:`transform` of ``df``) when given, else encoded batch by batch."""
-        enc = self._require_encoder()
-        if not isinstance(df, pd.DataFrame):
-            raise SchemaError(f"expected a pandas DataFrame, got {type(df).__name__}", source=source)
+        enc = self._require_frame(df, source)
         if encoded is not None and any(len(encoded[k]) != len(df) for k in _FEATURE_KEYS):
             raise ValueError(f"encoded has {len(encoded['num'])} rows but the frame {len(df)}: pass "
                              "model.transform(df) of this very frame")
