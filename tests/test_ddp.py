@@ -90,6 +90,11 @@ def test_ddp_sim_from_the_cli(tmp_path: Path, strategy: str) -> None:
     if strategy == "ddp":  # ranks are separate interpreters: every event file comes from the launching rank 0
         assert len({f.name.split(".")[-2] for f in events}) == 1, events
     assert (run / ".hydra" / "config.yaml").exists() and (run / "checkpoints" / "best.ckpt").exists()
+    # train/loss: one value for the epoch, from the running sums of both ranks (summed across them)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    loss = [e.value for e in EventAccumulator(str(run / "tensorboard")).Reload().Scalars("train/loss")]
+    assert len(loss) == 1 and 0 < loss[0] < 5, loss
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
     metrics = json.loads((run / "metrics.json").read_text())

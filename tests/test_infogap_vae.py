@@ -489,7 +489,7 @@ def test_clm_train_on_a_csv_without_target(tmp_path) -> None:
 
     events = EventAccumulator(str(out / "tensorboard")).Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/kl_dim_0", "train/kl_dim_3", "train/nll", "train/kl", "train/beta", "val/loss"} <= tags
+    assert {"train/loss", "train/kl_dim_0", "train/kl_dim_3", "train/nll", "train/kl", "train/beta", "val/loss"} <= tags
     preds = pd.read_csv(out / "predictions" / "test.csv")
     assert {"customer_id", "gap_score", "completeness", "z_0", "z_3"} <= set(preds.columns)
     assert preds["completeness"].between(0, 1).all() and len(preds) == len(objects["datamodule"].frames["test"])

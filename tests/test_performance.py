@@ -172,6 +172,63 @@ def test_mixed_precision_on_gpu(precision) -> None:
     assert 0.0 <= res["test/auroc"] <= 1.0
 
 
+# ---------------------------------------------------------------------------- training-step logging
+def test_train_loss_is_the_row_weighted_epoch_mean_of_the_finite_batches() -> None:
+    """add_train_terms: per epoch, sum(loss * rows) / rows over the batches with a finite loss (a
+    NaN batch, skipped by nan_policy=skip, is left out), reset between epochs, logged once."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from clm_torch.models.base import CLMModule
+
+    losses = {0: [1.0, float("nan"), 4.0], 1: [5.0, 5.0, 8.0]}  # batches of 4, 4 and 2 rows
+
+    class Fixed(CLMModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.save_hyperparameters({"nan_policy": "skip"})
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def training_step(self, batch, batch_idx):
+            loss = self.w * 0 + losses[self.current_epoch][batch_idx]
+            self.add_train_terms(loss, len(batch[0]))
+            return self.guard_loss(loss, batch_idx)
+
+        def train_dataloader(self):
+            return DataLoader(TensorDataset(torch.zeros(10, 1)), batch_size=4)
+
+    seen = []
+
+    class Record(L.Callback):  # the logged epoch value is in callback_metrics once the epoch has ended
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch:
+                seen.append(float(trainer.callback_metrics["train/loss"]))
+
+        def on_train_end(self, trainer, pl_module):
+            seen.append(float(trainer.callback_metrics["train/loss"]))
+
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()])
+    trainer.fit(Fixed())
+    # (4*1 + 2*4) / 6 = 2.0 (unweighted 2.5, NaN included: nan); (4*5 + 4*5 + 2*8) / 10 = 5.6 (not reset: 4.25)
+    assert seen == pytest.approx([2.0, 5.6])
+
+
+@pytest.mark.parametrize("model_cls,supervised", _models(), ids=lambda x: getattr(x, "__name__", str(x)))
+def test_training_step_does_not_call_self_log(small_dm, model_cls, supervised, monkeypatch) -> None:
+    """Per-step self.log costs about a millisecond of Lightning bookkeeping: the training step only adds
+    tensors (add_train_terms), and the epoch means are logged once at the epoch's end."""
+    torch.manual_seed(0)
+    model = model_cls(**small_dm.model_kwargs())
+    model.set_preprocessing(small_dm.preprocessing_state())
+    model.train()
+    calls = []
+    monkeypatch.setattr(model, "log", lambda *a, **k: calls.append(a[0]))
+    monkeypatch.setattr(model, "log_dict", lambda *a, **k: calls.append(a[0]))
+    batch = next(iter(small_dm.train_dataloader()))
+    assert model.training_step(batch, 0) is not None
+    assert calls == [] and model._train_sums is not None and torch.isfinite(model._train_sums).all()
+
+
 # ---------------------------------------------------------------------------- DDP launcher guard
 def test_ddp_relaunch_is_refused_inside_a_multirun(make_cfg) -> None:
     import hydra
@@ -205,6 +262,28 @@ def test_rates_from_time_stamps() -> None:
     window, median, cpu, best = bt.rates(stamps, 10)
     assert window == pytest.approx(30 / 4) and median == pytest.approx(10 / 1)
     assert cpu == pytest.approx(30 / 2) and best == pytest.approx(10 / 1)
+
+
+def test_paired_timer_interleaves_one_hand_step_per_lightning_step(monkeypatch) -> None:
+    """A hand step before every Lightning step of the warm-up and the window; the window's hand steps and
+    the Lightning steps between them are timed, each on its own clock span."""
+    bt = _bench_module()
+    clock = iter(range(1000))
+    monkeypatch.setattr(bt.time, "perf_counter", lambda: float(next(clock)))
+
+    class Hand:
+        n = 0
+
+        def step(self) -> None:
+            Hand.n += 1
+
+    warmup, steps = 2, 3
+    timer = bt.PairedTimer(Hand(), warmup, steps)
+    for i in range(warmup + steps + 1):  # max_steps = warmup + steps + 1, as in run_paired
+        timer.on_train_batch_start(type("T", (), {"global_step": i})(), None, None, i)
+    assert Hand.n == warmup + steps
+    # every call reads the clock once on entry and once after a timed hand step: each span is 1 "second"
+    assert timer.hand_s == [1.0] * steps and timer.ours_s == [1.0] * steps
 
 
 def test_write_section_replaces_only_its_own_block(tmp_path, monkeypatch) -> None:

@@ -5,6 +5,8 @@
 * ``monitor`` / ``monitor_mode`` name the validation metric that checkpointing, early stopping
   and sweeps optimise.
 * A non-finite loss either raises (naming the step) or skips the batch, per ``nan_policy``.
+* ``train/loss`` (and any other training term) is summed in tensors during the epoch and logged once at
+  its end (:meth:`CLMModule.add_train_terms`), not with a ``self.log`` per step.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class CLMModule(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self.preprocessing: dict[str, Any] = {}
+        self._train_sums: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -88,6 +91,35 @@ class CLMModule(L.LightningModule):
             self.print(f"warning: {msg}; batch skipped (nan_policy=skip)")
             return None
         raise NonFiniteLossError(f"{msg}. Lower model.lr, check the inputs, or set model.nan_policy=skip.")
+
+    def add_train_terms(self, terms: torch.Tensor, n: int) -> None:
+        """Add one training batch's terms (1-D: ``terms[0]`` the loss, then whatever the model logs in
+        :meth:`log_train_means`; each a mean over the batch's ``n`` rows) to the epoch's running sums.
+
+        Tensor arithmetic only: no host sync, and none of the bookkeeping of a ``self.log`` per step,
+        which costs about a millisecond (5-10 % of a small model's step at batch 256). A batch with a
+        non-finite term is left out of the means (``nan_policy`` decides what happens to the batch).
+        """
+        terms = terms.detach().float().reshape(-1)
+        finite = torch.isfinite(terms).all()
+        step = torch.cat([torch.where(finite, terms, torch.zeros_like(terms)), finite.float()[None]]) * n
+        self._train_sums = step if self._train_sums is None else self._train_sums + step
+
+    def on_train_epoch_start(self) -> None:
+        self._train_sums = None
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's means of the training terms, weighted by rows and summed over all ranks
+        (NaN when every batch was non-finite)."""
+        if self._train_sums is None:
+            return
+        sums = self.trainer.strategy.reduce(self._train_sums, reduce_op="sum")
+        self._train_sums = None
+        self.log_train_means(sums[:-1] / sums[-1])
+
+    def log_train_means(self, means: torch.Tensor) -> None:
+        """Hook: log the epoch means of the terms given to :meth:`add_train_terms` (here: the loss)."""
+        self.log("train/loss", means[0], prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams

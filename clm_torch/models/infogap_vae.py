@@ -196,8 +196,6 @@ class InfoGapVAE(CLMModule):
         self.register_buffer("ref_info", torch.tensor(float("nan")))
         self.scores = torch.nn.ModuleDict({s: ImputationScore(self.n_num, self.n_cat) for s in ("val", "test")})
         self._acc: dict[str, Any] = {}
-        self._train_terms: torch.Tensor | None = None
-        self._train_rows: torch.Tensor | float = 0.0
         self.encoder: FeatureEncoder | None = None
 
     def _on_preprocessing(self) -> None:
@@ -408,41 +406,31 @@ class InfoGapVAE(CLMModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         loss, t = self.model_step(batch, "train", batch_idx)
-        n = len(batch["num"])
-        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=n)
-        # the other ELBO terms (and the KL of every latent dimension) are summed here in one tensor
-        # and logged once per epoch: one self.log per term and step costs more than a small model's step
-        terms = torch.cat([torch.stack([t["rec"].mean(), t["nll_num"].sum(1).mean(), t["nll_cat"].sum(1).mean(),
-                                        t["kl"].mean()]),
-                           t["kl_dim"].mean(0)]).detach().float() * n
-        finite = torch.isfinite(terms).all()  # a tensor: no host sync in the training step
-        terms = torch.where(finite, terms, torch.zeros_like(terms))
-        rows = finite.to(terms.dtype) * n
-        if self._train_terms is None:
-            self._train_terms, self._train_rows = terms, rows
-        else:
-            self._train_terms, self._train_rows = self._train_terms + terms, self._train_rows + rows
+        # the loss, the other ELBO terms and the KL of every latent dimension, in one tensor, logged as
+        # epoch means (see add_train_terms)
+        self.add_train_terms(torch.cat([torch.stack([loss, t["rec"].mean(), t["nll_num"].sum(1).mean(),
+                                                     t["nll_cat"].sum(1).mean(), t["kl"].mean()]),
+                                        t["kl_dim"].mean(0)]), len(batch["num"]))
         return self.guard_loss(loss, batch_idx)
 
-    def on_train_epoch_start(self) -> None:
-        self._train_terms, self._train_rows = None, 0.0
-
     def on_train_epoch_end(self) -> None:
-        """Epoch means of the ELBO terms, the KL weight and the KL per latent dimension (collapse shows);
-        at the end of the KL warm-up, the mixture prior's k-means initialisation."""
+        """Epoch means of the loss, the ELBO terms, the KL weight and the KL per latent dimension
+        (collapse shows); at the end of the KL warm-up, the mixture prior's k-means initialisation."""
         if (self.n_components and not self.mixture_prior
                 and self.current_epoch + 1 >= max(int(self.hparams.kl_warmup_epochs), 1)):
             self.init_prior(self.trainer.train_dataloader)
             if self.trainer.world_size > 1:  # every rank starts from rank 0's mixture
                 for p in (self.prior_mu, self.prior_logvar, self.prior_logits):
                     p.data.copy_(self.trainer.strategy.broadcast(p.data, src=0))
-        if self._train_terms is None or float(self._train_rows) == 0:  # once per epoch
-            return
-        m = (self._train_terms / self._train_rows).cpu().tolist()
+        super().on_train_epoch_end()
+
+    def log_train_means(self, means: torch.Tensor) -> None:
+        super().log_train_means(means)  # train/loss
+        m = means[1:].cpu().tolist()
         kl_dim = m[4:]  # KL of each dimension against N(0, 1) (with a mixture prior: a collapse check only)
         values = {"train/nll": m[0], "train/nll_num": m[1], "train/nll_cat": m[2], "train/kl": m[3],
                   "train/beta": self.kl_weight(), **{f"train/kl_dim_{i}": v for i, v in enumerate(kl_dim)}}
-        self.log_dict(values, on_step=False, on_epoch=True)
+        self.log_dict(values, on_step=False, on_epoch=True, sync_dist=True)
 
     @torch.no_grad()
     def _eval_step(self, batch: Batch, batch_idx: int, stage: str) -> None:

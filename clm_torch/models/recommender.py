@@ -514,7 +514,7 @@ class EmbeddingRecommender(CLMModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         loss = self.model_step(batch, "train")
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["user"]))
+        self.add_train_terms(loss, len(batch["user"]))  # logged as train/loss at the epoch's end
         return self.guard_loss(loss, batch_idx)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

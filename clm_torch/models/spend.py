@@ -90,7 +90,7 @@ class SpendRegressor(CLMModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         loss, _ = self.model_step(batch)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["y"]))
+        self.add_train_terms(loss, len(batch["y"]))  # logged as train/loss at the epoch's end
         return self.guard_loss(loss, batch_idx)
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
