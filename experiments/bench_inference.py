@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_throughput import command_line, compose, machine_info, quiet_lightning, write_section  # noqa: E402,I001
+from bench_throughput import command_line, compose, machine_info, publish, quiet_lightning  # noqa: E402,I001
 
 
 def train_checkpoint(overrides: list[str], workdir: Path) -> Path:
@@ -163,8 +163,7 @@ def main() -> None:
         body = "\n".join([f"- command: `{command_line()}`",
                           f"- {info['date']}; {info['cpu']}, {info['cores']} cores, {args.threads} torch threads; "
                           f"load average at start {info['load_avg_1min_at_start']}", bench_recommend(args.repeats)])
-        if not args.no_write:
-            write_section("inference_recommend", body, "Inference: recommend for every MovieLens user")
+        publish("inference_recommend", body, "Inference: recommend for every MovieLens user", write=not args.no_write)
         return
     from clm_torch.data.synthetic import generate_customer_base
 
@@ -191,10 +190,7 @@ def main() -> None:
                 lines.append(f"| {label} | {r['variant']} | | {r['rows_per_s']:.1e} |")
             else:
                 lines.append(f"| {label} | {r['variant']} | {r['seconds']:.2f} | {r['rows_per_s']:,.0f} |")
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section("inference", body, "Inference: predict_proba on raw customers")
+    publish("inference", "\n".join(lines), "Inference: predict_proba on raw customers", write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Writes ``experiments/results/perf_precision[_<accelerator>].json`` and the "Prec
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -35,7 +34,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_throughput.py; 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
-from bench_throughput import RESULTS, command_line, compose, experiment_exists, machine_info, quiet_lightning, write_section  # noqa: E402,I001
+from bench_throughput import command_line, compose, experiment_exists, machine_info, publish, quiet_lightning  # noqa: E402,I001
 
 N_THREADS = int(os.environ.get("CLM_BENCH_THREADS", "2"))
 
@@ -201,12 +200,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "summary": summarise(runs, args.precisions)}
     if args.accelerator != "cpu" and torch.cuda.is_available():
         result["machine"]["gpu"] = torch.cuda.get_device_name(0)
-    md = markdown(result)
-    print(md)
-    if not args.no_write:
-        suffix = ("" if args.accelerator == "cpu" else f"_{args.accelerator}") + (f"_{args.tag}" if args.tag else "")
-        (RESULTS / f"perf_precision{suffix}.json").write_text(json.dumps(result, indent=2))
-        write_section(f"precision{suffix}", md, f"Precision ({args.accelerator}{', ' + args.tag if args.tag else ''})")
+    suffix = ("" if args.accelerator == "cpu" else f"_{args.accelerator}") + (f"_{args.tag}" if args.tag else "")
+    publish(f"precision{suffix}", markdown(result), f"Precision ({args.accelerator}{', ' + args.tag if args.tag else ''})",
+            write=not args.no_write, json_name=f"perf_precision{suffix}.json", result=result)
     return result
 
 

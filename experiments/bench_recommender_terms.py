@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_throughput import command_line, compose, machine_info, quiet_lightning, write_section
+from bench_throughput import command_line, compose, machine_info, publish, quiet_lightning
 
 from clm_torch.models.recommender import EmbeddingRecommender
 
@@ -163,10 +163,8 @@ def main() -> None:
     lines += measure(f"MovieLens ({dm.n_items:,} items)", dm, kw, args.repeats)
     dm, kw = synthetic(20_000, 50_000, 600_000)
     lines += measure(f"synthetic ({dm.n_items:,} items)", dm, kw, args.repeats)
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section("recsys_terms", body, "Recommender: item-item and EASE terms at sampled items")
+    publish("recsys_terms", "\n".join(lines), "Recommender: item-item and EASE terms at sampled items",
+            write=not args.no_write)
 
 
 if __name__ == "__main__":

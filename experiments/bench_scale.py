@@ -441,13 +441,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         print("RESULT " + json.dumps(res), flush=True)
         return None
 
-    from bench_throughput import RESULTS, command_line, machine_info, write_section
+    from bench_throughput import command_line, machine_info, publish
 
     if args.render:
         result = json.loads(args.render.read_text())
         suffix = f"_{args.tag}" if args.tag else ""
-        write_section(f"scale{suffix}", markdown(result),
-                      f"Scale: 100k → 1M customers{' (' + args.tag + ')' if args.tag else ''}")
+        publish(f"scale{suffix}", markdown(result), f"Scale: 100k → 1M customers{' (' + args.tag + ')' if args.tag else ''}")
         return result
     root = args.workdir or Path(tempfile.mkdtemp(prefix="clm_bench_scale_"))
     result: dict[str, Any] = {"command": command_line(), "machine": machine_info(), "sizes": args.sizes,
@@ -474,12 +473,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.touch_mb > 0 and {"gen", "features"} & set(args.stages):
         result["first_touch"] = run_in_subprocess("touch", args.touch_mb, root, args.timeout)
         print(f"[scale] first touch: {result['first_touch']}", flush=True)
-    md = markdown(result)
-    print(md)
-    if not args.no_write:
-        suffix = f"_{args.tag}" if args.tag else ""
-        (RESULTS / f"perf_scale{suffix}.json").write_text(json.dumps(result, indent=2))
-        write_section(f"scale{suffix}", md, f"Scale: 100k → 1M customers{' (' + args.tag + ')' if args.tag else ''}")
+    suffix = f"_{args.tag}" if args.tag else ""
+    publish(f"scale{suffix}", markdown(result), f"Scale: 100k → 1M customers{' (' + args.tag + ')' if args.tag else ''}",
+            write=not args.no_write, json_name=f"perf_scale{suffix}.json", result=result)
     return result
 
 

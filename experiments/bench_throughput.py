@@ -157,6 +157,20 @@ def write_section(name: str, body: str, title: str) -> None:
     PERF_MD.write_text(text)
 
 
+def publish(section: str, body: str, title: str, *, write: bool = True, json_name: str | None = None,
+            result: Any = None) -> None:
+    """Print a benchmark's markdown ``body``; unless ``write`` is False (``--no-write``), save ``result`` as
+    ``experiments/results/<json_name>`` (when given) and put ``body`` in the section ``section`` of
+    performance.md (see :func:`write_section`)."""
+    print(body, flush=True)
+    if not write:
+        return
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if json_name is not None:
+        (RESULTS / json_name).write_text(json.dumps(result, indent=2))
+    write_section(section, body, title)
+
+
 def quiet_lightning() -> None:
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "clm_torch"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -628,12 +642,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     quiet_lightning()
     if args.omp_probe:
         rows = omp_probe(args.repeats, args.seconds)
-        md = omp_markdown(rows, command_line(), machine_info())
-        print(md)
-        if not args.no_write:
-            (RESULTS / "perf_omp.json").write_text(json.dumps({"command": command_line(), "machine": machine_info(),
-                                                               "rows": rows}, indent=2))
-            write_section("omp", md, "OpenMP wait policy on shared cores")
+        publish("omp", omp_markdown(rows, command_line(), machine_info()), "OpenMP wait policy on shared cores",
+                write=not args.no_write, json_name="perf_omp.json",
+                result={"command": command_line(), "machine": machine_info(), "rows": rows})
         return {"rows": rows}
 
     def log(msg: str) -> None:
@@ -645,13 +656,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         res = bench_model(name, args, log)
         if res:
             result["models"].append(res)
-    md = markdown(result)
-    print(md)
-    if not args.no_write:
-        suffix = f"_{args.tag}" if args.tag else ""
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"perf_throughput{suffix}.json").write_text(json.dumps(result, indent=2))
-        write_section(f"throughput{suffix}", md, f"Throughput: training-loop overhead{' (' + args.tag + ')' if args.tag else ''}")
+    suffix = f"_{args.tag}" if args.tag else ""
+    publish(f"throughput{suffix}", markdown(result),
+            f"Throughput: training-loop overhead{' (' + args.tag + ')' if args.tag else ''}",
+            write=not args.no_write, json_name=f"perf_throughput{suffix}.json", result=result)
     return result
 
 

@@ -4,6 +4,7 @@ mixed precision code paths, the DDP launcher guard and the benchmark helpers."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 
 import lightning as L
@@ -298,6 +299,17 @@ def test_write_section_replaces_only_its_own_block(tmp_path, monkeypatch) -> Non
     text = md.read_text()
     assert "hand-written intro" in text and "second" in text and "first" not in text and "other" in text
     assert text.count("## Alpha") == 1 and text.index("## Alpha") < text.index("## Beta")
+
+
+def test_publish_prints_and_writes_json_and_section_unless_told_not_to(tmp_path, monkeypatch, capsys) -> None:
+    bt = _bench_module()
+    monkeypatch.setattr(bt, "PERF_MD", tmp_path / "performance.md")
+    monkeypatch.setattr(bt, "RESULTS", tmp_path)
+    bt.publish("alpha", "| a |", "Alpha", write=False, json_name="a.json", result={"x": 1})
+    assert "| a |" in capsys.readouterr().out and not list(tmp_path.iterdir())
+    bt.publish("alpha", "| b |", "Alpha", json_name="a.json", result={"x": 2})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 2}
+    assert "## Alpha" in (tmp_path / "performance.md").read_text() and "| b |" in (tmp_path / "performance.md").read_text()
 
 
 def test_machine_info_names_the_cpu_and_versions() -> None:
