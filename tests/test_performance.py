@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -156,21 +157,64 @@ def test_fp16_autocast_step_with_grad_scaler(small_dm, model_cls, supervised) ->
     assert any(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def _fit_and_test(name: str, precision: str, accelerator: str) -> dict[str, float]:
+    """One short epoch of a small ``name`` model ("churn", "vae" or "recommender") at ``precision`` on
+    ``accelerator``, then its test metrics."""
+    if name == "recommender":
+        from clm_torch.data.interactions import InteractionDataModule
+        from clm_torch.data.sources.interactions import InteractionsFrameSource, synthetic_lowrank_log
+        from clm_torch.models.recommender import EmbeddingRecommender
+
+        dm = InteractionDataModule(InteractionsFrameSource(synthetic_lowrank_log(n_users=300, n_items=120, rank=3,
+                                                                                 per_user=25, seed=0), time_col="time"),
+                                   protocol="random", batch_size=64, split_seed=0, n_neighbors=20)
+        cls, kw = EmbeddingRecommender, {"d": 16}
+    else:
+        from clm_torch.models.churn import ChurnClassifier
+        from clm_torch.models.infogap_vae import InfoGapVAE
+
+        dm = TableDataModule(FrameSource(messy_table(400), target="churn", id_col="customer_id"), batch_size=64,
+                             require_target=name == "churn")
+        cls, kw = (ChurnClassifier if name == "churn" else InfoGapVAE), {}
+    dm.setup()
+    L.seed_everything(0, verbose=False)
+    model = cls(**dm.model_kwargs(), **kw)
+    model.set_preprocessing(dm.preprocessing_state())
+    prec: dict[str, Any] = {"precision": precision}
+    if precision == "16-mixed" and accelerator == "cpu":  # Trainer(precision=...) would swap in bf16 on the CPU
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        prec = {"plugins": [MixedPrecision("16-mixed", "cpu")]}
+    trainer = L.Trainer(max_epochs=1, accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_train_batches=3,
+                        limit_val_batches=2, limit_test_batches=2, num_sanity_val_steps=0,
+                        use_distributed_sampler=name != "recommender", **prec)
+    if precision == "16-mixed":  # Lightning's float16 autocast comes with a grad scaler on every device
+        assert isinstance(trainer.precision_plugin.scaler, torch.amp.GradScaler)
+    trainer.fit(model, datamodule=dm)
+    if precision == "16-mixed":  # the scaler scaled the losses (its scale tensor is made on the first use)
+        assert trainer.precision_plugin.scaler._scale is not None
+    res = trainer.test(model, datamodule=dm, verbose=False)[0]
+    assert res and all(np.isfinite(v) for v in res.values()), res
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # mixed: master weights stay fp32
+    return res
+
+
+@pytest.mark.parametrize("name", ["churn", "vae", "recommender"])
+def test_16_mixed_with_grad_scaler_trains_and_tests_on_cpu(name) -> None:
+    """16-mixed through Lightning's MixedPrecision plugin (float16 autocast + GradScaler) for all three
+    models: on the CPU here (the plugin given explicitly), on a GPU in test_mixed_precision_on_gpu."""
+    _fit_and_test(name, "16-mixed", "cpu")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
-def test_mixed_precision_on_gpu(precision) -> None:
-    from clm_torch.models.churn import ChurnClassifier
-
-    dm = TableDataModule(FrameSource(messy_table(400), target="churn", id_col="customer_id"), batch_size=64)
-    dm.setup()
-    model = ChurnClassifier(**dm.model_kwargs())
-    model.set_preprocessing(dm.preprocessing_state())
-    trainer = L.Trainer(max_epochs=1, precision=precision, accelerator="gpu", devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False)
-    trainer.fit(model, datamodule=dm)
-    res = trainer.test(model, datamodule=dm, verbose=False)[0]
-    assert 0.0 <= res["test/auroc"] <= 1.0
+@pytest.mark.parametrize("name", ["churn", "vae", "recommender"])
+def test_mixed_precision_on_gpu(name, precision) -> None:
+    res = _fit_and_test(name, precision, "gpu")
+    if name == "churn":
+        assert 0.0 <= res["test/auroc"] <= 1.0
 
 
 # ---------------------------------------------------------------------------- training-step logging
