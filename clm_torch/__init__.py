@@ -11,6 +11,18 @@ Public API::
     metrics, objects = train(compose_config(["experiment=churn_telco"]))
 """
 
+import warnings
+
+
+def _quiet_third_party_warnings() -> None:
+    """Lightning 2.6 flattens every batch with torch's LeafSpec, which torch >= 2.10 deprecates: a
+    FutureWarning about Lightning's own code in the output of every run. Only that message is silenced."""
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
+
+
+_quiet_third_party_warnings()
+
 from clm_torch.data.schema import SchemaError
 from clm_torch.models.churn import ChurnClassifier
 from clm_torch.models.infogap_vae import InfoGapVAE

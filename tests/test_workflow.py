@@ -20,7 +20,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics.functional.classification import binary_auroc
 
-from clm_torch import ChurnClassifier, CheckpointError, SchemaError, load_run
+from clm_torch import CheckpointError, ChurnClassifier, SchemaError, load_run
 from clm_torch.callbacks import OverfitBatches
 from clm_torch.data.datamodules import TableDataModule
 from clm_torch.data.sources import FrameSource
@@ -299,3 +299,22 @@ def test_long_data_steps_report_progress(monkeypatch, caplog) -> None:
     monkeypatch.setenv("CLM_PROGRESS", "0")
     with steps("off", 1) as step:
         assert step._bar is None
+
+
+def test_lightning_leafspec_future_warning_is_silenced() -> None:
+    """Lightning's batch flattening trips torch's LeafSpec deprecation on every run; importing clm_torch
+    silences that one message, and no other. (pytest restores the warning filters after collection, so
+    the filter is installed again here, in front of an 'always' that would show the warning without it.)"""
+    import warnings
+
+    from lightning.pytorch.utilities._pytree import _tree_flatten
+
+    import clm_torch
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        clm_torch._quiet_third_party_warnings()
+        _tree_flatten(1)
+        warnings.warn("another FutureWarning", FutureWarning, stacklevel=1)
+    messages = [str(w.message) for w in seen]
+    assert not [m for m in messages if "LeafSpec" in m] and "another FutureWarning" in messages
