@@ -43,8 +43,8 @@ from clm_torch.models.recommender import EmbeddingRecommender
 class DenseTerms(EmbeddingRecommender):
     """The previous code path: the item-item term built for the whole catalogue, then gathered."""
 
-    def _neighbor_subset(self, batch: dict[str, torch.Tensor], cols: torch.Tensor) -> None:
-        return None  # always the full term (the losses then gather from it as before)
+    def _restricted_is_cheaper(self, batch: dict[str, torch.Tensor], cols: torch.Tensor) -> bool:
+        return False  # always the full term (the losses then gather from it as before)
 
     def _dots_at(self, u: torch.Tensor, cols: torch.Tensor, inv: torch.Tensor,
                  rows: torch.Tensor | None = None) -> torch.Tensor:

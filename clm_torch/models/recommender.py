@@ -279,20 +279,25 @@ class EmbeddingRecommender(CLMModule):
             out = torch.cat([out, out.new_zeros(B - out.shape[0], out.shape[1])])
         return out.float() * float(self.hparams.ease_weight)
 
-    def _neighbor_subset(self, batch: dict[str, torch.Tensor], cols: torch.Tensor) -> torch.Tensor | None:
-        """``neighbor_scores(batch)[:, cols]`` (B, len(cols)) for sorted distinct items ``cols``, summed
-        from the triples that land in ``cols`` only; None where the full term is as cheap: ``cols``
-        covers half the catalogue or more, or the (B, n_items) matrix is under ``_FULL_TERM_RATIO`` ×
+    def _restricted_is_cheaper(self, batch: dict[str, torch.Tensor], cols: torch.Tensor) -> bool:
+        """Whether summing the item-item term at ``cols`` only beats building the full term: ``cols``
+        covers under half the catalogue and the (B, n_items) matrix is at least ``_FULL_TERM_RATIO`` ×
         the batch's history × neighbour triples."""
         B, K = len(batch["user"]), len(batch["hist_items"]) * self.item_neighbors.shape[1]
-        if 2 * len(cols) >= self.n_items or B * self.n_items < _FULL_TERM_RATIO * K:
-            return None
+        return 2 * len(cols) < self.n_items and B * self.n_items >= _FULL_TERM_RATIO * K
+
+    def _neighbor_cols(self, batch: dict[str, torch.Tensor], cols: torch.Tensor) -> torch.Tensor:
+        """``neighbor_scores(batch)[:, cols]`` (B, len(cols)) for sorted distinct items ``cols``: summed
+        from the triples that land in ``cols`` only where that is cheaper, else gathered from the full
+        term."""
+        if not self._restricted_is_cheaper(batch, cols):
+            return self.neighbor_scores(batch)[:, cols]
         rows, nbr, w = self._neighbor_terms(batch)
         col_of = torch.full((self.n_items,), -1, dtype=torch.long, device=cols.device)
         col_of[cols] = torch.arange(len(cols), device=cols.device)
         c = col_of[nbr]  # (nnz, M): the neighbour's column, -1 if not asked for
         keep = c >= 0
-        out = torch.zeros(B, len(cols), device=w.device, dtype=w.dtype)
+        out = torch.zeros(len(batch["user"]), len(cols), device=w.device, dtype=w.dtype)
         return out.index_put((rows[:, None].expand_as(nbr)[keep], c[keep]), w[keep], accumulate=True)
 
     def _terms_at(self, batch: dict[str, torch.Tensor], cols: torch.Tensor, inv: torch.Tensor,
@@ -308,8 +313,7 @@ class EmbeddingRecommender(CLMModule):
         rows = (torch.arange(len(inv), device=inv.device) if rows is None else rows)[:, None]
         total = 0.0
         if self.uses_neighbors:
-            sub = self._neighbor_subset(batch, cols)
-            total = self.neighbor_scores(batch)[rows, cols[inv]] if sub is None else sub[rows, inv]
+            total = self._neighbor_cols(batch, cols)[rows, inv]
         if ease:
             if 2 * len(cols) < self.n_items:  # the history's rows summed over those columns only
                 total = total + self._ease_sum(batch, self.ease_matrix[:, cols])[rows, inv]
@@ -470,8 +474,7 @@ class EmbeddingRecommender(CLMModule):
         cand = torch.unique(cand)
         logits = (u @ self.item_vectors(cand).to(u.dtype).T).float() + self.item_bias[cand]
         if self.uses_neighbors and batch is not None:
-            sub = self._neighbor_subset(batch, cand)  # cand: sorted, distinct
-            logits = logits + (self.neighbor_scores(batch)[:, cand] if sub is None else sub)
+            logits = logits + self._neighbor_cols(batch, cand)  # cand: sorted, distinct
         if self.hparams.logq_correction:
             counts = self.train_counts if "train_counts" in self._buffers else torch.ones(self.n_items,
                                                                                           device=u.device)
