@@ -1,6 +1,8 @@
 """Distributed training, simulated with 2 CPU processes (gloo).
 
 * the batch sampler of a real 2-process group: one shared shuffle, disjoint shards, equal batch counts;
+  the same for the training loaders of the table and the interaction DataModules when the ranks'
+  torch seeds differ (as under ``ddp_spawn``);
 * ``clm-train ... trainer=ddp_sim`` from the command line (slow): one epoch, sane metrics that equal
   the single-process evaluation of the saved checkpoint (so val/test metrics were gathered from both
   ranks, every row once), and exactly one run directory written, once, by rank 0.
@@ -23,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.conftest import REPO, messy_table
+from tests.conftest import messy_table
 
 
 def _free_port() -> int:
@@ -33,14 +35,29 @@ def _free_port() -> int:
 
 
 def _sampler_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    from clm_torch.data.datamodules import IndexBatchSampler, shared_seed
+    from clm_torch.data.datamodules import IndexBatchSampler, TableDataModule, shared_seed
+    from clm_torch.data.interactions import InteractionDataModule
+    from clm_torch.data.sources.interactions import InteractionsFrameSource, synthetic_lowrank_log
+    from clm_torch.data.sources.tables import FrameSource
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         seed = shared_seed(1000 + rank)  # ranks start from different seeds, as spawned workers may
         train = [b.tolist() for b in IndexBatchSampler(101, 8, shuffle=True, seed=seed)]
         evals = [b.tolist() for b in IndexBatchSampler(101, 8, shuffle=False)]
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"seed": seed, "train": train, "eval": evals}))
+        # the DataModules' training loaders, from a torch seed that differs by rank
+        torch.manual_seed(2000 + rank)
+        dms = {"table": TableDataModule(FrameSource(messy_table(203), target="churn", id_col="customer_id"),
+                                        batch_size=16),
+               "interactions": InteractionDataModule(InteractionsFrameSource(
+                   synthetic_lowrank_log(n_users=150, n_items=40, per_user=8), time_col="time"), batch_size=16)}
+        loaders = {}
+        for name, dm in dms.items():
+            dm.setup()
+            loader = dm.train_dataloader()
+            loaders[name] = {"n": len(loader.dataset), "rows": [b.tolist() for b in loader.sampler]}
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"seed": seed, "train": train, "eval": evals,
+                                                                 "loaders": loaders}))
     finally:
         dist.destroy_process_group()
 
@@ -55,6 +72,11 @@ def test_sampler_in_a_real_two_process_group(tmp_path: Path) -> None:
     assert set(train) == set(range(101)) and len(train) == 102  # one padded row
     evals = sorted(i for b in r0["eval"] + r1["eval"] for i in b)
     assert evals == list(range(101))
+    for name in ("table", "interactions"):  # each DataModule's shards: one shared shuffle, disjoint
+        n = r0["loaders"][name]["n"]
+        shards = [[i for b in r["loaders"][name]["rows"] for i in b] for r in (r0, r1)]
+        assert len(shards[0]) == len(shards[1]) == (n + 1) // 2, name
+        assert set(shards[0] + shards[1]) == set(range(n)), name
 
 
 # ---------------------------------------------------------------------------- the CLI, end to end

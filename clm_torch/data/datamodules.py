@@ -46,6 +46,12 @@ def shared_seed(seed: int) -> int:
     return int(box[0])
 
 
+def shuffle_seed(shuffle: bool) -> int:
+    """The sampler seed of a DataModule's loader: this process's torch seed, rank 0's under DDP
+    (:func:`shared_seed`), when ``shuffle``; 0 otherwise."""
+    return shared_seed(torch.initial_seed() % 2**31) if shuffle else 0
+
+
 class IndexBatchSampler(Sampler[torch.Tensor]):
     """Yields ``(batch,)`` LongTensors of row indices; shuffles per epoch with a fixed seed.
 
@@ -291,9 +297,8 @@ class TableDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ loaders
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         # every rank shuffles with rank 0's seed (see IndexBatchSampler); the broadcast is a no-op without DDP
-        seed = shared_seed(torch.initial_seed() % 2**31) if shuffle else 0
         return batch_loader(self.tensors[split], self.batch_size if shuffle else self.eval_batch_size,
-                            shuffle=shuffle, seed=seed, num_workers=self.num_workers,
+                            shuffle=shuffle, seed=shuffle_seed(shuffle), num_workers=self.num_workers,
                             pin_memory=self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:

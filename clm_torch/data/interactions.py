@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from clm_torch.data.datamodules import IndexBatchSampler, TensorTable
+from clm_torch.data.datamodules import IndexBatchSampler, TensorTable, shuffle_seed
 from clm_torch.data.encoding import FeatureEncoder
 from clm_torch.data.schema import SchemaError
 from clm_torch.data.sources.interactions import InteractionData
@@ -407,8 +407,9 @@ class InteractionDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        # every rank shuffles with rank 0's seed (see IndexBatchSampler); the broadcast is a no-op without DDP
         return ragged_loader(self.tables[split], self.batch_size if shuffle else self.eval_batch_size,
-                             shuffle=shuffle, seed=torch.initial_seed() % 2**31, num_workers=self.num_workers,
+                             shuffle=shuffle, seed=shuffle_seed(shuffle), num_workers=self.num_workers,
                              pin_memory=self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
