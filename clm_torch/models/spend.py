@@ -36,7 +36,7 @@ def spend_metrics(pred: torch.Tensor, y: torch.Tensor, top: float = 0.2) -> dict
     rmse = torch.sqrt(((pred - y) ** 2).mean())
 
     def _rank(v: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(pd.Series(v.cpu().numpy()).rank().to_numpy())
+        return torch.from_numpy(pd.Series(v.cpu().numpy()).rank().to_numpy(copy=True))  # pandas returns a read-only view
 
     rp, ry = _rank(pred), _rank(y)
     rp, ry = rp - rp.mean(), ry - ry.mean()
