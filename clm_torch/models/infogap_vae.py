@@ -387,6 +387,10 @@ class InfoGapVAE(CLMModule):
                 w_cat = 1.0 + (hw - 1.0) * h_cat
                 rec = (t["nll_num"] * w_num).sum(1) + (t["nll_cat"] * w_cat).sum(1)
             loss = rec.mean() + self.kl_weight() * kl_term
+            if self.n_components and not self.mixture_prior and self._trainer is not None \
+                    and self._trainer.world_size > 1:
+                # DDP needs a gradient for every parameter; the mixture prior joins the loss after the warm-up
+                loss = loss + 0.0 * (self.prior_logits.sum() + self.prior_mu.sum() + self.prior_logvar.sum())
         else:
             g = torch.Generator(device=batch["num"].device).manual_seed(104729 + batch_idx)
             r = float(self.hparams.val_hide_rate)
@@ -457,18 +461,40 @@ class InfoGapVAE(CLMModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, batch_idx, "test")
 
+    def _eval_sums(self, stage: str, acc: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """This epoch's imputation-score buffers, posterior-mean moments and information sums, summed
+        over the DDP ranks (one collective; each rank holds its own rows)."""
+        score, d = self.scores[stage], int(self.hparams.latent_dim)
+        dev = score.sq_err.device
+        zeros = torch.zeros(d, dtype=torch.float64, device=dev)
+        info = torch.cat(acc["info"]).double() if acc["info"] else torch.zeros(0, dtype=torch.float64)
+        parts = {"sq_err": score.sq_err, "n_num": score.n_num, "correct": score.correct, "n_cat": score.n_cat,
+                 "mu_sum": torch.as_tensor(acc["mu_sum"], dtype=torch.float64, device=dev) + zeros,
+                 "mu_sq": torch.as_tensor(acc["mu_sq"], dtype=torch.float64, device=dev) + zeros,
+                 "n": torch.tensor([acc["n"]], dtype=torch.float64, device=dev),
+                 "info": torch.stack([info.sum(), torch.tensor(float(len(info)), dtype=torch.float64)]).to(dev)}
+        flat = torch.cat([v.reshape(-1) for v in parts.values()])
+        if self._trainer is not None and self._trainer.world_size > 1:
+            flat = self._trainer.strategy.reduce(flat, reduce_op="sum")
+        return dict(zip(parts, torch.split(flat, [v.numel() for v in parts.values()])))
+
     def _eval_epoch_end(self, stage: str) -> None:
-        rmse, acc_ = self.scores[stage].compute()
-        self.scores[stage].reset()
-        acc = self._acc.pop(stage, None)
-        self.log(f"{stage}/impute_nrmse", rmse, sync_dist=True)
+        acc = self._acc.pop(stage, None) or {"mu": [], "mu_sum": 0, "mu_sq": 0, "n": 0, "info": [], "rows": []}
+        sums = self._eval_sums(stage, acc)
+        score = self.scores[stage]
+        for key in ("sq_err", "n_num", "correct", "n_cat"):
+            getattr(score, key).copy_(sums[key])
+        rmse, acc_ = score.compute()
+        score.reset()
+        self.log(f"{stage}/impute_nrmse", rmse, sync_dist=True)  # the same on every rank: sync is a no-op
         self.log(f"{stage}/impute_acc", acc_, sync_dist=True)
-        if acc is None or acc["n"] == 0:
+        n = float(sums["n"])
+        if n == 0:
             return
-        var = acc["mu_sq"] / acc["n"] - (acc["mu_sum"] / acc["n"]) ** 2
+        var = sums["mu_sq"] / n - (sums["mu_sum"] / n) ** 2
         self.log(f"{stage}/active_units", float((var > 0.01).sum()), sync_dist=True)
-        if stage == "val" and not self.trainer.sanity_checking:
-            self.ref_info.fill_(float(torch.cat(acc["info"]).mean()))
+        if stage == "val" and not self.trainer.sanity_checking and float(sums["info"][1]) > 0:
+            self.ref_info.fill_(float(sums["info"][0] / sums["info"][1]))
         if stage == "test":
             self._add_embedding(torch.cat(acc["mu"]), torch.cat(acc["rows"]) if acc["rows"] else None)
 

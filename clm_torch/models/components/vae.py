@@ -238,7 +238,7 @@ class ImputationScore(nn.Module):
     ``(rmse, acc)``: the RMSE of the numeric predictions (standardised units, so ≈ NRMSE when no
     log transform is used) averaged over numeric columns, and the accuracy averaged over
     categorical columns (columns without hidden cells are skipped; NaN when there are none).
-    Sums are plain buffers, reduced across processes by the caller if needed.
+    Sums are plain buffers; under DDP the caller sums them over the ranks before ``compute``.
     """
 
     def __init__(self, n_num: int, n_cat: int) -> None:
