@@ -12,6 +12,7 @@ Run directory (``logs/<task_name>/runs/<timestamp>/`` by default, or ``hydra.run
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import sys
@@ -22,12 +23,13 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from clm_torch.data.schema import SchemaError
 from clm_torch.models.base import NonFiniteLossError
-from clm_torch.utils.io import AtomicCheckpointIO, CheckpointError, write_csv_safe, write_json
+from clm_torch.utils.io import (AtomicCheckpointIO, CheckpointError, load_checkpoint_safely, write_csv_safe,
+                                write_json)
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
@@ -212,15 +214,26 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if cfg.get("train", True):
             trainer.fit(model, datamodule=dm, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
         metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        best = None
+        best, best_ckpt = None, None
         ckpt_cb = getattr(trainer, "checkpoint_callback", None)
         if ckpt_cb is not None and getattr(ckpt_cb, "best_model_path", ""):
             best = ckpt_cb.best_model_path
-            if ckpt_cb.best_model_score is not None:
-                metrics[monitor] = _scalar(ckpt_cb.best_model_score)
+            best_ckpt = load_checkpoint_safely(best)
+            score = ckpt_cb.best_model_score
+            if score is None:  # ddp_spawn returns the best path to this process, not the score
+                score = best_ckpt.get("callbacks", {}).get(ckpt_cb.state_key, {}).get("best_model_score")
+            if score is not None and ckpt_cb.monitor == monitor:
+                metrics[monitor] = _scalar(score)
         if cfg.get("test", True):
+            _sync_csv_headers(loggers)
             trainer.test(model, datamodule=dm, ckpt_path=best if best else None, weights_only=True)
             metrics.update({k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        if best_ckpt is not None:
+            # the returned model and its predictions are the best checkpoint's (under ddp_spawn, fit and
+            # test ran in other processes: this one still holds the weights of the last epoch)
+            model.on_load_checkpoint(best_ckpt)
+            model.load_state_dict(best_ckpt["state_dict"])
+        if cfg.get("test", True):
             if trainer.is_global_zero:
                 preds = model.export_predictions(dm, "test")
                 write_csv_safe(preds, output_dir / "predictions" / "test.csv")
@@ -229,6 +242,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics["best_ckpt"] = best or ""
         if trainer.is_global_zero:
             write_json(metrics, output_dir / "metrics.json")
+            _sync_csv_headers(loggers)
             for lg in loggers:
                 lg.log_metrics({f"hp/{k.replace('/', '_')}": float(metrics[k]) for k in hp_keys
                                 if isinstance(metrics.get(k), (int, float))}, step=trainer.global_step)
@@ -240,6 +254,23 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                 lg.finalize("success")
             except Exception:  # noqa: BLE001 - closing must never mask the real error
                 pass
+
+
+def _sync_csv_headers(loggers: list[Logger]) -> None:
+    """Give each CSV logger of this process the columns ``metrics.csv`` already has.
+
+    Under ``ddp_spawn`` fit and test run in worker processes, each with a copy of this process's
+    logger; the copy that tests (or this process, logging the hp/ metrics) has not seen the columns
+    that fit wrote, and Lightning's rewrite of the file with a wider header would fail on them."""
+    for lg in loggers:
+        writer = getattr(lg, "_experiment", None) if isinstance(lg, CSVLogger) else None
+        if writer is None:  # not created in this process yet (creating it would clear the file)
+            continue
+        path = Path(writer.metrics_file_path)
+        if path.is_file():
+            with path.open(newline="") as f:
+                header = next(csv.reader(f), [])
+            writer.metrics_keys = sorted(set(writer.metrics_keys) | set(header))
 
 
 def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:

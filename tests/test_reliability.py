@@ -94,6 +94,23 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path: Path, small_ckpt: 
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "temporary file left behind"
 
 
+
+def test_last_checkpoint_is_the_latest_epoch_and_outputs_the_best(make_cfg, table_csv: Path) -> None:
+    """last.ckpt is rewritten every epoch, also when the epoch is not the best (Lightning 2.6 alone
+    writes it only with a new best), and the returned model is the best checkpoint's. "Best" here
+    is the smallest epoch, so best (epoch 0) and last (epoch 2) differ in every run."""
+    cfg = make_cfg(*_csv(table_csv), *FAST, "trainer.max_epochs=3", "callbacks.early_stopping=null", "~logger",
+                   "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min")
+    metrics, objects = train(cfg)
+    ckpts = Path(cfg.paths.output_dir) / "checkpoints"
+    best, last = (torch.load(ckpts / f"{name}.ckpt", weights_only=True) for name in ("best", "last"))
+    assert (best["epoch"], last["epoch"]) == (0, 2)
+    state = objects["model"].state_dict()
+    assert all(torch.equal(state[k], v) for k, v in best["state_dict"].items())
+    assert not all(torch.equal(best["state_dict"][k], v) for k, v in last["state_dict"].items())
+    # the checkpoint's monitor is not the run's: metrics.json reports the run's metric, not the epoch
+    assert 0.5 < metrics["val/auroc"] <= 1.0 and metrics["optimized"] == metrics["val/auroc"]
+
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume(tmp_path: Path) -> None:
     data = tmp_path / "big.csv"
