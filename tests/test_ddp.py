@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from clm_torch.models.infogap_vae import InfoGapVAE
 from tests.conftest import messy_table
 
 
@@ -96,11 +97,13 @@ def test_ddp_sim_from_the_cli(tmp_path: Path, strategy: str) -> None:
     data = tmp_path / "customers.csv"
     raw = messy_table(1200)
     raw.to_csv(data, index=False)
-    # no additive members: they learn slowly, and one epoch split over two ranks is short
+    # no additive members: they learn slowly, and one epoch split over two ranks is short. Two epochs,
+    # the first one "best" (the smallest epoch): the outputs must come from it, not from the last epoch
     proc = _run_cli(tmp_path, "model=churn", "data=csv", f"data.path={data}", "data.target=churn",
                     "model.additive_members=0", "data.id_col=customer_id", "trainer=ddp_sim", f"trainer.strategy={strategy}",
-                    "trainer.max_epochs=1", "model.k_ensemble=2", "model.hidden=[32]", "data.batch_size=64",
-                    "callbacks.model_summary=null", "callbacks.progress_bar=null")
+                    "trainer.max_epochs=2", "model.k_ensemble=2", "model.hidden=[32]", "data.batch_size=64",
+                    "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min",
+                    "callbacks.model_summary=null", "callbacks.progress_bar=null", "logger=many")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MEMBER: 2/2" in proc.stdout + proc.stderr  # two processes really ran
 
@@ -116,8 +119,14 @@ def test_ddp_sim_from_the_cli(tmp_path: Path, strategy: str) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     loss = [e.value for e in EventAccumulator(str(run / "tensorboard")).Reload().Scalars("train/loss")]
-    assert len(loss) == 1 and 0 < loss[0] < 5, loss
+    assert len(loss) == 2 and all(0 < v < 5 for v in loss), loss
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    # the CSV logger: one file with the columns of fit, test and the hp/ metrics (under ddp_spawn fit
+    # and test write it from different processes)
+    csv_log = pd.read_csv(run / "csv" / "metrics.csv")
+    assert {"train/loss", "val/auroc", "test/auroc", "hp/val_auroc"} <= set(csv_log.columns)
+    assert csv_log["train/loss"].notna().sum() == 2 and csv_log["test/auroc"].notna().sum() == 1
+    assert [torch.load(run / "checkpoints" / f"{n}.ckpt", weights_only=True)["epoch"] for n in ("best", "last")] == [0, 1]
 
     metrics = json.loads((run / "metrics.json").read_text())
     for k in ("val/auroc", "test/auroc"):
@@ -126,7 +135,7 @@ def test_ddp_sim_from_the_cli(tmp_path: Path, strategy: str) -> None:
 
     preds = pd.read_csv(run / "predictions" / "test.csv")
     assert preds["customer_id"].is_unique and len(preds) == round(0.15 * len(raw))
-    # the checkpoint scored in one process reproduces predictions.csv and the logged test metrics:
+    # the best checkpoint scored in one process reproduces predictions.csv and the logged test metrics:
     # test metrics were gathered from both ranks, with every test row exactly once
     model = ChurnClassifier.load_from_checkpoint(run / "checkpoints" / "best.ckpt")
     p = model.predict_proba(raw.set_index("customer_id").loc[preds["customer_id"]].reset_index())
@@ -135,3 +144,56 @@ def test_ddp_sim_from_the_cli(tmp_path: Path, strategy: str) -> None:
     for k in ("auroc", "ap", "log_loss", "brier"):
         assert float(single[k]) == pytest.approx(metrics[f"test/{k}"], abs=2e-4), k
     shutil.rmtree(tmp_path / "logs", ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- the VAE under ddp_spawn
+class ProbeVAE(InfoGapVAE):  # module level: ddp_spawn pickles the model by its class's import path
+    """Writes each rank's own validation sums (before they are combined) to ``probe_dir``."""
+
+    probe_dir = ""
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        if stage == "val" and not self.trainer.sanity_checking:
+            s, a = self.scores[stage], self._acc[stage]
+            info = torch.cat(a["info"])
+            rec = {k: getattr(s, k).tolist() for k in ("sq_err", "n_num", "correct", "n_cat")}
+            rec.update(mu_sum=a["mu_sum"].tolist(), mu_sq=a["mu_sq"].tolist(), n=a["n"],
+                       info_sum=float(info.double().sum()), info_n=len(info))
+            Path(self.probe_dir, f"rank{self.global_rank}.json").write_text(json.dumps(rec))
+        super()._eval_epoch_end(stage)
+
+
+@pytest.mark.slow  # two spawned interpreters
+def test_vae_under_ddp_spawn_logs_global_validation_metrics(tmp_path: Path) -> None:
+    """Two ranks, one epoch, with a mixture prior that is not yet in use (its parameters get no
+    gradient before the warm-up ends, which DDP refuses unless they join the loss): the imputation
+    scores, the active units and the completeness reference are computed over both ranks' rows."""
+    import lightning as L
+
+    from clm_torch.data.datamodules import TableDataModule
+    from clm_torch.data.sources.tables import FrameSource
+
+    L.seed_everything(0)
+    dm = TableDataModule(FrameSource(messy_table(600), target="churn", id_col="customer_id"), batch_size=64,
+                         eval_batch_size=64, require_target=False)
+    dm.setup("fit")
+    model = ProbeVAE(**dm.model_kwargs(), latent_dim=4, d_embed=8, encoder_hidden=[32], decoder_hidden=[32],
+                     prior_components=2, kl_warmup_epochs=2)
+    model.set_preprocessing(dm.preprocessing_state())
+    model.probe_dir = str(tmp_path)
+    trainer = L.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, max_epochs=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        use_distributed_sampler=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=dm)
+
+    r = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
+    tot = {k: np.add(np.asarray(r[0][k], dtype=float), np.asarray(r[1][k], dtype=float)) for k in r[0]}
+    assert min(x["n"] for x in r) > 0 and tot["n"] == len(dm.tensors["val"]["num"])  # every row once
+    m, c = tot["n_num"] > 0, tot["n_cat"] > 0
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert metrics["val/impute_nrmse"] == pytest.approx(np.sqrt(tot["sq_err"][m] / tot["n_num"][m]).mean(), rel=1e-6)
+    assert metrics["val/impute_acc"] == pytest.approx((tot["correct"][c] / tot["n_cat"][c]).mean(), rel=1e-6)
+    var = tot["mu_sq"] / tot["n"] - (tot["mu_sum"] / tot["n"]) ** 2
+    assert metrics["val/active_units"] == float((var > 0.01).sum())
+    # the main process holds rank 0's weights and buffers: the reference of all validation rows
+    assert float(model.ref_info) == pytest.approx(tot["info_sum"] / tot["info_n"], rel=1e-5)
