@@ -160,7 +160,7 @@ def run_model(name: str, base: Sequence[str], extra: DictConfig | None, out: Pat
     cfg = compose_subrun([*base, f"task_name={name}", f"seed={seed}"], out / name, root_dir)
     if extra:
         cfg = OmegaConf.merge(cfg, extra)
-    metrics, objects = train(cfg)
+    metrics, objects = train(cfg, allow_relaunch=False)  # strategy=ddp would re-run the whole pipeline
     model = objects["model"]
     best = metrics.get("best_ckpt")
     if best:

@@ -89,14 +89,21 @@ def check_run_dir(output_dir: Path, resuming: bool) -> None:
             f"Choose a new hydra.run.dir, or resume that run with ckpt_path=last")
 
 
-def check_launcher(trainer: L.Trainer) -> None:
-    """Refuse a re-launching DDP strategy (``strategy=ddp``) inside a Hydra multirun (``-m``).
+def check_launcher(trainer: L.Trainer, allow_relaunch: bool = True) -> None:
+    """Refuse a re-launching DDP strategy (``strategy=ddp``) inside a Hydra multirun (``-m``), or
+    wherever the caller says the command line is not this training run (``allow_relaunch=False``:
+    ``clm-pipeline``'s model sub-runs).
 
     That launcher starts the extra ranks by re-running the command line, so inside a sweep every
-    rank would start the whole sweep again. Sweeps use one device per job or ``strategy=ddp_spawn``.
+    rank would start the whole sweep again (and inside the pipeline, the whole pipeline). Sweeps
+    and sub-runs use one device per job or ``strategy=ddp_spawn``.
     """
     if type(getattr(trainer.strategy, "launcher", None)).__name__ != "_SubprocessScriptLauncher":
         return
+    if not allow_relaunch:
+        raise RunDirectoryError(
+            "trainer.strategy=ddp re-runs the command for every extra rank, which would start the whole "
+            "pipeline again; use trainer.strategy=ddp_spawn for this model's sub-run")
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -191,8 +198,11 @@ def log_hparams(loggers: list[Logger], cfg: DictConfig, model: L.LightningModule
             lg.log_hyperparams(flat)
 
 
-def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, float], dict[str, Any]]:
     """Train, validate and test the configured model; write the run directory.
+
+    ``allow_relaunch=False`` refuses ``trainer.strategy=ddp`` (see :func:`check_launcher`): for
+    callers whose command line is not this run, such as the pipeline's sub-runs.
 
     Returns:
         (metrics, objects): final ``val/*`` and ``test/*`` metrics, and the built objects
@@ -204,7 +214,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     print(f"[clm_torch] run directory: {output_dir}", flush=True)
     check_run_dir(output_dir, resuming=cfg.get("ckpt_path") not in (None, "", "null") or not cfg.get("train", True))
     objects = build(cfg, output_dir)
-    check_launcher(objects["trainer"])
+    check_launcher(objects["trainer"], allow_relaunch)
     dm, model, trainer, loggers = objects["datamodule"], objects["model"], objects["trainer"], objects["loggers"]
     t0 = time.time()
     try:

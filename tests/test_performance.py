@@ -275,7 +275,7 @@ def test_training_step_does_not_call_self_log(small_dm, model_cls, supervised, m
 
 
 # ---------------------------------------------------------------------------- DDP launcher guard
-def test_ddp_relaunch_is_refused_inside_a_multirun(make_cfg) -> None:
+def test_ddp_relaunch_is_refused_inside_a_multirun_or_a_pipeline_subrun(make_cfg) -> None:
     import hydra
 
     from clm_torch.train import RunDirectoryError, check_launcher
@@ -289,6 +289,11 @@ def test_ddp_relaunch_is_refused_inside_a_multirun(make_cfg) -> None:
                 check_launcher(trainer)
         else:
             check_launcher(trainer)
+        if strategy == "ddp":  # a caller whose command line is not this run (the pipeline's sub-runs)
+            with pytest.raises(RunDirectoryError, match="whole pipeline again; use trainer.strategy=ddp_spawn"):
+                check_launcher(trainer, allow_relaunch=False)
+        else:
+            check_launcher(trainer, allow_relaunch=False)
 
 
 # ---------------------------------------------------------------------------- benchmark helpers

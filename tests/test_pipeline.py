@@ -96,3 +96,18 @@ def test_pipeline_churn_model_can_read_the_purchase_sequence(tmp_path: Path) -> 
     assert customers["churn_probability"].between(0, 1).all() and customers["churn_probability"].notna().all()
     with pytest.raises(ValueError, match="churn_sequence"):
         run_pipeline(compose_cfg(["churn_sequence=lstm"], tmp_path / "bad", config_name="pipeline.yaml"))
+
+
+def test_a_pipeline_subrun_refuses_the_relaunching_ddp_strategy(tmp_path: Path) -> None:
+    """strategy=ddp re-runs the command line for every extra rank: inside clm-pipeline that is the
+    whole pipeline, so a model's sub-run stops before training with a pointer to ddp_spawn."""
+    from clm_torch.pipeline import run_model
+    from clm_torch.train import RunDirectoryError
+    from tests.conftest import REPO, messy_table
+
+    data = tmp_path / "t.csv"
+    messy_table(200).to_csv(data, index=False)
+    base = ["model=churn", "data=csv", f"data.path={data}", "data.target=churn", "~logger", "trainer=ddp_sim"]
+    with pytest.raises(RunDirectoryError, match="whole pipeline again; use trainer.strategy=ddp_spawn"):
+        run_model("churn", base, None, tmp_path / "out", str(REPO), 0)
+    assert not (tmp_path / "out" / "churn" / "checkpoints").exists()
