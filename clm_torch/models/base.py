@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
 import pandas as pd
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 
 PREPROCESSING_KEY = "clm_preprocessing"
 MODEL_CLASS_KEY = "clm_model_class"
@@ -135,9 +137,20 @@ class CLMModule(L.LightningModule):
             lr=hp.get("lr", 1e-3),
         )
         if hp.get("scheduler", "none") == "cosine" and self.trainer is not None and self.trainer.max_epochs:
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.trainer.max_epochs))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": self.cosine_schedule(opt), "interval": "epoch"}}
         return opt
+
+    def cosine_schedule(self, opt: torch.optim.Optimizer, epochs: int | None = None) -> LambdaLR:
+        """Cosine decay of every group's learning rate to 0 over ``epochs`` (default: the trainer's
+        ``max_epochs``, read at every step). ``CosineAnnealingLR`` would save its horizon in the
+        checkpoint, so a run resumed with a larger ``max_epochs`` would climb back to the peak rate;
+        this schedule's factor is not saved, only the epoch it has reached."""
+
+        def factor(epoch: int) -> float:
+            horizon = max(1, int(epochs or self.trainer.max_epochs))
+            return 0.5 * (1.0 + math.cos(math.pi * epoch / horizon))
+
+        return LambdaLR(opt, factor)
 
     # ------------------------------------------------------------------ outputs
     def export_predictions(self, datamodule: Any, split: str = "test") -> pd.DataFrame:

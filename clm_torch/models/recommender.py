@@ -583,7 +583,7 @@ class EmbeddingRecommender(CLMModule):
             {"params": groups["none"], "weight_decay": 0.0}], lr=hp.lr)
         epochs = hp.scheduler_epochs or (self.trainer.max_epochs if self.trainer is not None else None)
         if hp.scheduler == "cosine" and epochs:
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(epochs)))
+            sched = self.cosine_schedule(opt, hp.scheduler_epochs)  # None: the trainer's max_epochs
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
         return opt
 
