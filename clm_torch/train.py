@@ -204,6 +204,9 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
     ``allow_relaunch=False`` refuses ``trainer.strategy=ddp`` (see :func:`check_launcher`): for
     callers whose command line is not this run, such as the pipeline's sub-runs.
 
+    ``train=false ckpt_path=<checkpoint>`` evaluates that checkpoint into a new run directory (test
+    metrics and predictions); ``ckpt_path`` with training resumes (``last``: this directory's run).
+
     Returns:
         (metrics, objects): final ``val/*`` and ``test/*`` metrics, and the built objects
         (datamodule, model, trainer, ...). ``metrics["optimized"]`` is the monitored value.
@@ -212,7 +215,15 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     print(f"[clm_torch] run directory: {output_dir}", flush=True)
-    check_run_dir(output_dir, resuming=cfg.get("ckpt_path") not in (None, "", "null") or not cfg.get("train", True))
+    fit = bool(cfg.get("train", True))
+    eval_ckpt = None
+    if not fit:  # evaluate a checkpoint: refuse before anything is built or written
+        if cfg.get("ckpt_path") in (None, "", "null"):
+            raise CheckpointError("train=false evaluates a checkpoint: pass ckpt_path=<path to a .ckpt> "
+                                  "(or use clm-evaluate)")
+        eval_ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    check_run_dir(output_dir, resuming=fit and cfg.get("ckpt_path") not in (None, "", "null"))
+    csv_rows = _csv_rows_to_keep(cfg, output_dir) if fit else {}
     objects = build(cfg, output_dir)
     check_launcher(objects["trainer"], allow_relaunch)
     dm, model, trainer, loggers = objects["datamodule"], objects["model"], objects["trainer"], objects["loggers"]
@@ -221,12 +232,15 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
         monitor = cfg.get("monitor") or model.monitor
         hp_keys = [monitor, monitor.replace("val/", "test/")]
         log_hparams(loggers, cfg, model, {f"hp/{k.replace('/', '_')}": float("nan") for k in hp_keys})
-        if cfg.get("train", True):
+        _restore_csv_rows(loggers, csv_rows)
+        if fit:
             trainer.fit(model, datamodule=dm, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
         metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         best, best_ckpt = None, None
         ckpt_cb = getattr(trainer, "checkpoint_callback", None)
-        if ckpt_cb is not None and getattr(ckpt_cb, "best_model_path", ""):
+        if eval_ckpt is not None:
+            best, best_ckpt = eval_ckpt, load_checkpoint_safely(eval_ckpt)
+        elif ckpt_cb is not None and getattr(ckpt_cb, "best_model_path", ""):
             best = ckpt_cb.best_model_path
             best_ckpt = load_checkpoint_safely(best)
             score = ckpt_cb.best_model_score
@@ -264,6 +278,28 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
                 lg.finalize("success")
             except Exception:  # noqa: BLE001 - closing must never mask the real error
                 pass
+
+
+def _csv_rows_to_keep(cfg: DictConfig, output_dir: Path) -> dict[Path, bytes]:
+    """The ``metrics.csv`` files of the run being resumed (path → bytes), read before the loggers are
+    built: Lightning's CSV writer deletes an existing ``metrics.csv`` in its directory when it starts."""
+    if cfg.get("ckpt_path") in (None, "", "null"):
+        return {}
+    return {p.resolve(): p.read_bytes() for p in output_dir.rglob("metrics.csv") if p.is_file()}
+
+
+def _restore_csv_rows(loggers: list[Logger], rows: dict[Path, bytes]) -> None:
+    """Put back the rows of a resumed run's ``metrics.csv`` that the CSV writer cleared on start; new
+    rows are appended after them (columns merged by :func:`_sync_csv_headers`)."""
+    if not rows:
+        return
+    for lg in loggers:
+        if isinstance(lg, CSVLogger):
+            writer = lg.experiment  # created now (clearing the file) on rank 0; a no-op elsewhere
+            path = Path(getattr(writer, "metrics_file_path", "") or "-").resolve()
+            if path in rows and not path.exists():
+                path.write_bytes(rows[path])
+    _sync_csv_headers(loggers)
 
 
 def _sync_csv_headers(loggers: list[Logger]) -> None:

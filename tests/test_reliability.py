@@ -220,3 +220,42 @@ def test_csv_export_escapes_formulas(tmp_path: Path) -> None:
     for bad in ("\n=1+1", "\n+x", "\n-y", "\n@z"):
         assert bad not in text
     assert "'=1+1" in text and "\nok,5" in text
+
+
+def test_evaluate_only_scores_the_given_checkpoint_into_a_new_directory(make_cfg, table_csv: Path) -> None:
+    """train=false ckpt_path=<best.ckpt> reproduces that run's test metrics and predictions in a new
+    run directory; without a checkpoint, or into the finished run's directory, it is refused."""
+    import json
+
+    first, _ = train(make_cfg(*_csv(table_csv), *FAST, "trainer.max_epochs=2", "~logger", out="first"))
+    best = Path(first["best_ckpt"])
+    again, _ = train(make_cfg(*_csv(table_csv), *FAST, "~logger", "train=false", f"ckpt_path={best}", out="eval"))
+    assert again["best_ckpt"] == str(best)
+    for k in ("test/auroc", "test/log_loss"):
+        assert again[k] == pytest.approx(first[k], abs=1e-6), k
+    run = best.parents[1]
+    p1 = pd.read_csv(run / "predictions" / "test.csv")
+    p2 = pd.read_csv(Path(make_cfg(out="eval").paths.output_dir) / "predictions" / "test.csv")
+    np.testing.assert_allclose(p1["prediction"], p2["prediction"], atol=1e-6)
+
+    with pytest.raises(CheckpointError, match="train=false evaluates a checkpoint"):
+        train(make_cfg(*_csv(table_csv), *FAST, "~logger", "train=false", out="nockpt"))
+    before = (run / "metrics.json").read_text()
+    with pytest.raises(RunDirectoryError, match="nothing was overwritten"):
+        train(make_cfg(*_csv(table_csv), *FAST, "~logger", "train=false", f"ckpt_path={best}", out="first"))
+    assert (run / "metrics.json").read_text() == before and json.loads(before)["best_ckpt"] == str(best)
+
+
+def test_resume_with_more_epochs_keeps_the_csv_rows_and_stretches_the_cosine(make_cfg, table_csv: Path) -> None:
+    """Resuming with a larger max_epochs: the cosine schedule ends at 0 at the new last epoch (it does
+    not restart from the peak), and metrics.csv keeps the rows of the first part of the run."""
+    args = [*_csv(table_csv), *FAST, "model.scheduler=cosine", "model.lr=0.01", "callbacks.early_stopping=null",
+            "logger=csv"]
+    train(make_cfg(*args, "trainer.max_epochs=2"))
+    train(make_cfg(*args, "trainer.max_epochs=4", "ckpt_path=last"))
+    run = Path(make_cfg(out="run").paths.output_dir)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 3
+    assert all(g["lr"] < 1e-9 for g in last["optimizer_states"][0]["param_groups"])  # cos(π) at epoch 4 of 4
+    rows = pd.read_csv(run / "csv" / "metrics.csv")
+    assert sorted(rows.dropna(subset=["train/loss"])["epoch"].astype(int)) == [0, 1, 2, 3]
