@@ -78,6 +78,23 @@ def test_checkpoint_is_weights_only_and_scores_raw_frames(trained_run) -> None:
         model.predict_proba(df.drop(columns=["tenure"]))
 
 
+
+def test_scoring_frames_with_unknown_targets_and_bad_numbers(trained_run) -> None:
+    """Rows whose churn label is not known yet are scored (the label column is ignored); numbers too
+    large for float32, dates in a numeric column and duplicated columns are clear SchemaErrors."""
+    _, run = trained_run
+    model = ChurnClassifier.load_from_checkpoint(run / "checkpoints" / "best.ckpt")
+    df = messy_table(50, seed=3)
+    p = model.predict_proba(df.drop(columns=["churn"]))
+    unlabelled = df.assign(churn=np.where(np.arange(50) < 45, df["churn"], None))
+    np.testing.assert_allclose(model.predict_proba(unlabelled), p, rtol=1e-6)
+    with pytest.raises(SchemaError, match=r"column 'tenure'.*too large to encode"):
+        model.predict_proba(df.assign(tenure=1e300))
+    with pytest.raises(SchemaError, match=r"column 'tenure'.*expected a number but found datetime64"):
+        model.predict_proba(df.assign(tenure=pd.Timestamp("2024-01-01")))
+    with pytest.raises(SchemaError, match=r"column 'tenure'.*2 columns share this name"):
+        model.predict_proba(pd.concat([df, df[["tenure"]]], axis=1))
+
 def test_predictions_csv_matches_predict_proba(trained_run) -> None:
     """The test predictions written by the run equal scoring the raw test rows from best.ckpt."""
     _, run = trained_run

@@ -328,6 +328,15 @@ def test_unknown_users_fall_back_as_documented(dm: InteractionDataModule, traine
     assert not set(cold[0]) & set(hist)  # its items are excluded
     assert counts(cold[0]) != top_counts[:5]  # and it is not just popularity
     assert list(via_hist[1]) == list(trained.recommend([dm.user_ids[1]], k=5)[0])  # known user unaffected
+    # histories are taken by position (a Series' index is ignored); bad k and bare strings are refused
+    by_pos = trained.recommend(pd.Series(["nobody", dm.user_ids[1]]), k=5,
+                               histories=pd.Series([hist, None], index=[5, 6]))
+    assert by_pos.tolist() == via_hist.tolist()
+    for bad_k in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            trained.recommend(["nobody"], k=bad_k)
+    with pytest.raises(ValueError, match=r"histories\[0\] is the string"):
+        trained.recommend_for_history([hist[0]], k=5)
     # unknown item ids in a history are ignored; an empty history → popularity
     assert counts(trained.recommend_for_history([["not-an-item"]], k=5)[0]) == top_counts[:5]
     # a model without a history encoder serves popularity minus the given history

@@ -53,3 +53,8 @@ def test_learns_zero_inflated_spend() -> None:
     truth = 0.6 * mu[:500]
     assert np.corrcoef(np.log(pred), np.log(truth))[0, 1] > 0.9
     assert 0.7 < pred.mean() / truth.mean() < 1.3
+    # customers whose spend is not known yet are scored too; chunks cover every row
+    np.testing.assert_allclose(model.predict_spend(df.iloc[:500].assign(spend=np.nan), batch_size=7), pred,
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        model.predict_spend(df.iloc[:5], batch_size=0)

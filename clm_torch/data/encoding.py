@@ -213,6 +213,10 @@ class FeatureEncoder:
         if missing:
             raise SchemaError(f"required column{'s' if len(missing) > 1 else ''} missing: {missing}",
                               source=source, column=missing[0])
+        dup = [c for c in dict.fromkeys(df.columns[df.columns.duplicated()]) if c in needed or c == self.target]
+        if dup:
+            raise SchemaError(f"{int((df.columns == dup[0]).sum())} columns share this name; keep one",
+                              source=source, column=dup[0])
 
     def _category_index(self, col: str, s: pd.Series) -> np.ndarray:
         """Vocabulary indices (n,) int64 of the values of ``s`` (0 = missing or unseen).
@@ -240,9 +244,10 @@ class FeatureEncoder:
         lookup = np.fromiter((cache[t] for t in tokens), dtype=np.int64, count=len(tokens))
         return np.append(lookup, 0)[codes]  # code −1 (NaN) → the last slot: 0
 
-    def transform(self, df: pd.DataFrame, *, source: str = "<dataframe>", require_target: bool = False
-                  ) -> dict[str, torch.Tensor]:
-        """Encode ``df`` (extra columns ignored; target optional unless ``require_target``).
+    def transform(self, df: pd.DataFrame, *, source: str = "<dataframe>", require_target: bool = False,
+                  with_target: bool = True) -> dict[str, torch.Tensor]:
+        """Encode ``df`` (extra columns ignored; target optional unless ``require_target``;
+        ``with_target=False`` ignores it, for scoring frames whose target is not known yet).
 
         Missing numerics and NaN / unseen categories become unobserved entries.
         """
@@ -261,6 +266,10 @@ class FeatureEncoder:
                 x = np.log1p(np.clip(x, 0, None))
             z = (x - float(self.num_mean[j])) / float(self.num_std[j])
             num[:, j] = np.where(obs, z, 0.0)
+            if not np.isfinite(num[:, j]).all():  # finite in float64, too large for the float32 tensors
+                row = int(np.flatnonzero(~np.isfinite(num[:, j]))[0])
+                raise SchemaError(f"value {df[col].iloc[row]!r} is too large to encode", source=source,
+                                  column=col, row=df.index[row])
             num_mask[:, j] = obs
         cat = np.zeros((n, self.n_cat), dtype=np.int64)
         for j, col in enumerate(self.cat_columns):
@@ -271,7 +280,7 @@ class FeatureEncoder:
             "cat": torch.from_numpy(cat),
             "cat_mask": torch.from_numpy(cat > 0),
         }
-        if self.target and self.target in df.columns:
+        if with_target and self.target and self.target in df.columns:
             if self.target_type == "continuous":
                 y = to_numeric_strict(df[self.target], source=source, column=self.target).to_numpy(np.float32)
                 if np.isnan(y).any():

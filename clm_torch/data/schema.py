@@ -145,6 +145,9 @@ def to_numeric_strict(s: pd.Series, *, source: str, column: str) -> pd.Series:
     """
     if pd.api.types.is_bool_dtype(s):
         return s.astype("float64")
+    if pd.api.types.is_datetime64_any_dtype(s) or pd.api.types.is_timedelta64_dtype(s):
+        raise SchemaError(f"expected a number but found {s.dtype} values (convert them to a number first, "
+                          "e.g. days)", source=source, column=column)
     if pd.api.types.is_numeric_dtype(s):
         out = s.astype("float64")
     else:

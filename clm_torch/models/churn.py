@@ -478,7 +478,7 @@ class ChurnClassifier(CLMModule):
             for start, _ in chunks(len(df), chunk, f"scoring {len(df):,} customers"):
                 part = add_time_features(df.iloc[start: start + chunk], self.encoder.feature_columns)  # time_features
                 part = self.with_infogap(part, source=source)
-                enc = self.encoder.transform(part, source=source)
+                enc = self.encoder.transform(part, source=source, with_target=False)
                 enc = {k: v.to(self.device) for k, v in enc.items() if k != "y"}
                 step = self.forward_rows if self.device.type == "cpu" else chunk
                 for i in range(0, len(part), step):  # small forward batches stay in the CPU's cache

@@ -819,10 +819,12 @@ class InfoGapVAE(CLMModule):
         if encoded is not None and any(len(encoded[k]) != len(df) for k in _FEATURE_KEYS):
             raise ValueError(f"encoded has {len(encoded['num'])} rows but the frame {len(df)}: pass "
                              "model.transform(df) of this very frame")
-        for start, _ in chunks(len(df), max(int(batch_size), 1), f"{source}: {len(df):,} rows"):
-            part = df.iloc[start: start + batch_size]
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for start, stop in chunks(len(df), int(batch_size), f"{source}: {len(df):,} rows"):
+            part = df.iloc[start: stop]
             t = enc.transform(part, source=source) if encoded is None else \
-                {k: encoded[k][start: start + batch_size] for k in _FEATURE_KEYS}
+                {k: encoded[k][start: stop] for k in _FEATURE_KEYS}
             yield start, part, {k: t[k].to(self.device) for k in _FEATURE_KEYS}
 
     def _generator(self, seed: int | None) -> torch.Generator | None:

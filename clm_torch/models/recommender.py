@@ -70,6 +70,27 @@ _FULL_TERM_RATIO = 4
 _SCORE_MATRIX_CELLS = 1 << 24
 
 
+def _check_k(k: int, n_items: int) -> int:
+    """``k`` capped at the catalogue size; ValueError unless it is a positive integer."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return int(min(k, n_items))
+
+
+def _check_histories(histories: Any, n: int | None = None) -> list[Sequence[Any] | None]:
+    """``histories`` as a list taken by position (a Series' index is ignored), one item-id sequence
+    (or None) per user; a bare string is refused (it would be read as a sequence of characters)."""
+    if isinstance(histories, (str, bytes)):
+        raise ValueError("histories must be a list of item-id lists, one per user, not a string")
+    out = list(histories)
+    if n is not None and len(out) != n:
+        raise ValueError(f"histories has {len(out)} entries for {n} user ids")
+    for j, h in enumerate(out):
+        if isinstance(h, (str, bytes)):
+            raise ValueError(f"histories[{j}] is the string {h!r}; pass a list of item ids, e.g. [{h!r}]")
+    return out
+
+
 class EmbeddingRecommender(CLMModule):
     """Item embeddings (+ item features) scored against user vectors from a history encoder and/or
     a user embedding.
@@ -670,9 +691,12 @@ class EmbeddingRecommender(CLMModule):
         popularity. Slots that cannot be filled (k larger than the unseen catalogue) are None.
         """
         self._require_preprocessing()
+        k = _check_k(k, self.n_items)
+        user_ids = list(user_ids)
+        histories = _check_histories(histories, len(user_ids)) if histories is not None else None
         was = self.training
         self.eval()
-        n, k = len(user_ids), int(min(k, self.n_items))
+        n = len(user_ids)
         pos = self._lookup(self.user_index, user_ids) + 1  # 0 = unknown
         out = torch.full((n, k), -1, dtype=torch.long)
         known = np.flatnonzero(pos > 0)
@@ -680,8 +704,6 @@ class EmbeddingRecommender(CLMModule):
             out[known] = self._topk_batches(self._as_batch(torch.as_tensor(pos[known])), k, exclude_seen).cpu()
         unknown = np.flatnonzero(pos == 0)
         if len(unknown):
-            if histories is not None and len(histories) != n:
-                raise ValueError(f"histories has {len(histories)} entries for {n} user ids")
             hist = [histories[j] if histories is not None else None for j in unknown]
             out[unknown] = self._cold(hist, k, exclude_seen).cpu()
             log.info("recommend: %d unknown user(s): %d via history, %d via popularity", len(unknown),
@@ -699,9 +721,11 @@ class EmbeddingRecommender(CLMModule):
         encoder) get the popularity fallback.
         """
         self._require_preprocessing()
+        k = _check_k(k, self.n_items)
+        histories = _check_histories(histories)
         was = self.training
         self.eval()
-        out = self._cold(list(histories), int(min(k, self.n_items)), exclude_seen)
+        out = self._cold(histories, k, exclude_seen)
         self.train(was)
         return self._ids(out)
 

@@ -129,9 +129,12 @@ class SpendRegressor(CLMModule):
         was_training = self.training
         self.eval()
         out = np.empty(len(df), dtype=np.float64)
-        for start, _ in chunks(len(df), batch_size, f"spend for {len(df):,} customers"):
-            part = add_time_features(df.iloc[start: start + batch_size], self.encoder.feature_columns)  # time_features
-            enc = {k: v.to(self.device) for k, v in self.encoder.transform(part, source=source).items() if k != "y"}
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for start, stop in chunks(len(df), int(batch_size), f"spend for {len(df):,} customers"):
+            part = add_time_features(df.iloc[start: stop], self.encoder.feature_columns)  # time_features
+            enc = self.encoder.transform(part, source=source, with_target=False)
+            enc = {k: v.to(self.device) for k, v in enc.items()}
             out[start: start + len(part)] = torch.exp(self(enc)).double().cpu().numpy()
         self.train(was_training)
         return out
