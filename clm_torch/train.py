@@ -327,7 +327,13 @@ def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
 
 
 def run_cli(fn: Any, cfg: DictConfig) -> Any:
-    """Run ``fn(cfg)``; expected data/checkpoint errors exit non-zero with one clear line."""
+    """Run ``fn(cfg)``; expected data/checkpoint errors, and settings left ``???`` in the config
+    (e.g. ``data=csv`` without ``data.path``), exit non-zero with one clear line."""
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
+    if missing:
+        print(f"error: no value for {', '.join(missing)}: set {'them' if len(missing) > 1 else 'it'} on the "
+              f"command line, e.g. {missing[0]}=...", file=sys.stderr, flush=True)
+        sys.exit(2)
     try:
         return fn(cfg)
     except (SchemaError, CheckpointError, RunDirectoryError, NonFiniteLossError) as e:

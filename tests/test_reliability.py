@@ -259,3 +259,15 @@ def test_resume_with_more_epochs_keeps_the_csv_rows_and_stretches_the_cosine(mak
     assert all(g["lr"] < 1e-9 for g in last["optimizer_states"][0]["param_groups"])  # cos(π) at epoch 4 of 4
     rows = pd.read_csv(run / "csv" / "metrics.csv")
     assert sorted(rows.dropna(subset=["train/loss"])["epoch"].astype(int)) == [0, 1, 2, 3]
+
+
+def test_a_setting_left_missing_is_one_clear_line(make_cfg, capsys) -> None:
+    """`clm-train data=csv` without data.path: one line naming the setting, exit code 2, nothing run."""
+    from clm_torch.train import run_cli
+
+    cfg = make_cfg("data=csv", "data.target=churn")
+    ran = []
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(ran.append, cfg)
+    assert exit_info.value.code == 2 and not ran
+    assert capsys.readouterr().err.strip() == "error: no value for data.path: set it on the command line, e.g. data.path=..."
