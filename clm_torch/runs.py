@@ -205,8 +205,10 @@ def load_run(run_dir: str | Path, map_location: Any = "cpu") -> Run:
     path = Path(run_dir).expanduser().resolve()
     if not path.is_dir():
         raise CheckpointError(f"{path}: run directory not found")
-    if (path / "multirun.yaml").is_file() and not (path / ".hydra").is_dir():
-        jobs = sorted((d.name for d in path.iterdir() if (d / ".hydra").is_dir()), key=lambda n: (len(n), n))
+    jobs = sorted((d.name for d in path.iterdir() if d.name.isdigit() and (d / ".hydra").is_dir()),
+                  key=lambda n: (len(n), n))
+    sweep_files = ("multirun.yaml", "optimization_results.yaml")  # the basic sweeper's, Optuna's
+    if not (path / ".hydra").is_dir() and (jobs or any((path / f).is_file() for f in sweep_files)):
         raise CheckpointError(f"{path}: this is a sweep (multirun) directory; load one of its jobs, e.g. "
                               f"load_run('{path / (jobs[0] if jobs else '0')}'), or compare them with "
                               f"tensorboard --logdir {path}")

@@ -99,6 +99,9 @@ def test_optuna_sweep_optimises_the_returned_metric(tmp_path: Path) -> None:
     assert f"model.lr={results['best_params']['model.lr']}" in overrides
     cfg = yaml.safe_load((sweep_dir / "0" / ".hydra" / "config.yaml").read_text())
     assert cfg["data"]["path"] == str(csv)  # the command line's data= wins over the experiment's
+    # Optuna's sweeper writes no multirun.yaml; load_run still sees a sweep directory
+    with pytest.raises(CheckpointError, match="this is a sweep"):
+        load_run(sweep_dir)
 
 
 def test_every_hparams_search_has_a_matching_experiment(tmp_path: Path) -> None:
