@@ -25,6 +25,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from clm_torch.data.schema import SchemaError
 from clm_torch.models.base import NonFiniteLossError
@@ -192,7 +193,14 @@ def log_hparams(loggers: list[Logger], cfg: DictConfig, model: L.LightningModule
     flat["model/params"] = sum(p.numel() for p in model.parameters())
     for lg in loggers:
         if isinstance(lg, TensorBoardLogger):
-            lg.log_hyperparams(flat, metrics=metrics)
+            lg.log_hyperparams(flat)  # hparams.yaml
+            # the HParams tab's summaries name the hp/ metrics; their values are logged at the end.
+            # No placeholder values: TensorBoard reads a run's event files in name order, and a
+            # placeholder in a later-sorting file would be taken as the metric's final value.
+            writer = getattr(lg.experiment, "_get_file_writer", lambda: None)()  # None off rank 0
+            if writer is not None:
+                for summary in hparams_summary(flat, metrics):
+                    writer.add_summary(summary)
             lg.experiment.add_text("config", "```yaml\n" + OmegaConf.to_yaml(container) + "\n```", 0)
         else:
             lg.log_hyperparams(flat)

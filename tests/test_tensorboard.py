@@ -63,7 +63,8 @@ def test_hparams_and_hp_metrics_are_in_the_event_files(sweep) -> None:
     experiment = next(d.experiment for d in data.values() if d.HasField("experiment"))
     assert {m.name.tag for m in experiment.metric_infos} == {"hp/val_auroc", "hp/test_auroc"}
     for tag, key in (("hp/val_auroc", "val/auroc"), ("hp/test_auroc", "test/auroc")):
-        last = ea.Scalars(tag)[-1]
+        # one value, the final one: no placeholder that a reader could take as the last value
+        (last,) = ea.Scalars(tag)
         assert math.isfinite(last.value)
         assert last.value == pytest.approx(metrics[key], abs=1e-6)
     saved = json.loads((run / "metrics.json").read_text())
