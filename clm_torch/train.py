@@ -251,11 +251,14 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
         elif ckpt_cb is not None and getattr(ckpt_cb, "best_model_path", ""):
             best = ckpt_cb.best_model_path
             best_ckpt = load_checkpoint_safely(best)
-            score = ckpt_cb.best_model_score
+            score, state = ckpt_cb.best_model_score, best_ckpt.get("callbacks", {}).get(ckpt_cb.state_key, {})
             if score is None:  # ddp_spawn returns the best path to this process, not the score
-                score = best_ckpt.get("callbacks", {}).get(ckpt_cb.state_key, {}).get("best_model_score")
-            if score is not None and ckpt_cb.monitor == monitor:
-                metrics[monitor] = _scalar(score)
+                score = state.get("best_model_score")
+            if ckpt_cb.monitor == monitor:
+                # the best epoch's val/* metrics (callback_metrics hold the last epoch's)
+                metrics.update(getattr(ckpt_cb, "best_metrics", None) or state.get("best_metrics") or {})
+                if score is not None:
+                    metrics[monitor] = _scalar(score)
         if cfg.get("test", True):
             _sync_csv_headers(loggers)
             trainer.test(model, datamodule=dm, ckpt_path=best if best else None, weights_only=True)

@@ -271,3 +271,28 @@ def test_a_setting_left_missing_is_one_clear_line(make_cfg, capsys) -> None:
         run_cli(ran.append, cfg)
     assert exit_info.value.code == 2 and not ran
     assert capsys.readouterr().err.strip() == "error: no value for data.path: set it on the command line, e.g. data.path=..."
+
+
+def test_metrics_json_reports_the_best_epoch_and_a_moved_run_keeps_its_best(make_cfg, table_csv: Path) -> None:
+    """With the first epoch the best (the run monitors the epoch, smallest first), every val/* value in
+    metrics.json is that epoch's, as logged; a copy of the run directory resumed elsewhere keeps
+    epoch 0 as its best instead of letting the next epoch replace it."""
+    import json
+    import shutil
+
+    args = [*_csv(table_csv), *FAST, "monitor=epoch", "monitor_mode=min", "callbacks.early_stopping=null",
+            "logger=csv", "model.lr=0.01"]
+    metrics, _ = train(make_cfg(*args, "trainer.max_epochs=3"))
+    run = Path(make_cfg(out="run").paths.output_dir)
+    log = pd.read_csv(run / "csv" / "metrics.csv").dropna(subset=["val/auroc"]).set_index("epoch")
+    assert log.loc[2, "val/auroc"] != log.loc[0, "val/auroc"]  # else the test could not tell them apart
+    for key in ("val/auroc", "val/log_loss", "val/brier"):
+        assert metrics[key] == pytest.approx(log.loc[0, key], abs=1e-6), key
+
+    moved = Path(make_cfg(out="moved").paths.output_dir)
+    shutil.copytree(run, moved)
+    shutil.rmtree(run)
+    train(make_cfg(*args, "trainer.max_epochs=4", "ckpt_path=last", out="moved"))
+    assert torch.load(moved / "checkpoints" / "best.ckpt", weights_only=True)["epoch"] == 0
+    assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
+    assert json.loads((moved / "metrics.json").read_text())["best_ckpt"] == str(moved / "checkpoints" / "best.ckpt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any
 
 import lightning as L
@@ -21,7 +22,33 @@ class SafeModelCheckpoint(ModelCheckpoint):
 
     Lightning 2.6 writes ``last.ckpt`` only at a step where a top-k checkpoint was saved; with
     ``save_top_k=1`` it would hold the best epoch, and a resume would repeat the epochs after it.
+
+    ``best_metrics`` holds the ``val/*`` metrics of the best epoch (saved with the callback's state,
+    so ``metrics.json`` reports one epoch, also after a resume or under ``ddp_spawn``). A run
+    directory that was copied or moved is recognised on resume: its best checkpoint and score are
+    kept (Lightning alone would forget the score and let the next epoch replace the best).
     """
+
+    best_metrics: dict[str, float] = {}
+
+    def _update_best_and_save(self, current: torch.Tensor, trainer: L.Trainer,
+                              monitor_candidates: dict[str, Any]) -> None:
+        best = self.best_model_score
+        if best is None or {"min": torch.lt, "max": torch.gt}[self.mode](current, best):
+            self.best_metrics = {k: float(v) for k, v in monitor_candidates.items()
+                                 if k.startswith("val/") and (not isinstance(v, torch.Tensor) or v.numel() == 1)}
+        super()._update_best_and_save(current, trainer, monitor_candidates)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "best_metrics": dict(self.best_metrics)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old_dir = state_dict.get("dirpath")
+        if old_dir and self.dirpath and old_dir != self.dirpath:
+            state_dict = _moved(state_dict, str(old_dir), str(self.dirpath))
+        super().load_state_dict(state_dict)
+        self.best_metrics = dict(state_dict.get("best_metrics") or {}) if state_dict.get("dirpath") == self.dirpath \
+            else {}
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
@@ -53,3 +80,21 @@ class SafeModelCheckpoint(ModelCheckpoint):
                         trainer.current_epoch)
             return
         super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+
+def _moved(state: dict[str, Any], old_dir: str, new_dir: str) -> dict[str, Any]:
+    """The callback state of a run directory moved from ``old_dir`` to ``new_dir``, when every file
+    it names under ``old_dir`` exists at the same place under ``new_dir``; else unchanged (the run
+    resumed elsewhere: Lightning then keeps only ``best_model_path``)."""
+    def remap(path: Any) -> Any:
+        return os.path.join(new_dir, os.path.relpath(path, old_dir)) if isinstance(path, str) and path else path
+
+    paths = [state.get("best_model_path"), state.get("kth_best_model_path"), *(state.get("best_k_models") or {})]
+    named = [p for p in paths if isinstance(p, str) and p]
+    if not named or not all(os.path.commonpath([old_dir, p]) == old_dir and os.path.isfile(remap(p)) for p in named):
+        return state
+    log.info("checkpoint directory moved from %s to %s: keeping its best checkpoint and score", old_dir, new_dir)
+    return {**state, "dirpath": new_dir, "best_model_path": remap(state.get("best_model_path")),
+            "kth_best_model_path": remap(state.get("kth_best_model_path")),
+            "last_model_path": remap(state.get("last_model_path")),
+            "best_k_models": {remap(k): v for k, v in (state.get("best_k_models") or {}).items()}}
