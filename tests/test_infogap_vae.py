@@ -204,6 +204,13 @@ def test_impute_fills_only_missing_cells_and_keeps_dtypes() -> None:
     assert np.allclose(p[raw["plan"].isna()].sum(1), 1.0, atol=1e-5)
     assert p[raw["plan"].notna()].isna().all().all()
     assert df["fee"].notna().all()  # the input frame is untouched
+    # numbers as text with missing-value tokens: the tokens are missing cells, filled with numbers
+    text = raw.assign(fee=raw["fee"].map(lambda v: "n/a" if pd.isna(v) else str(v)).astype(object))
+    text.loc[text.index[miss][:3], "fee"] = ""  # another missing-value token
+    filled = model.impute(text, n_samples=4)["fee"]
+    assert pd.api.types.is_float_dtype(filled) and filled.notna().all()
+    np.testing.assert_allclose(filled[~miss], raw.loc[~miss, "fee"].astype(float))
+    np.testing.assert_allclose(filled[miss], out.loc[miss, "fee"].astype(float), rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -305,6 +312,10 @@ def test_api_methods_on_raw_frames(trained) -> None:
     t = model.next_best_question(raw.iloc[:1], target=_ChurnStub(), k=2, n_samples=8)
     assert t["question_1"].iloc[0] == "fee" and t["gain_1"].iloc[0] > 0
     assert t["gain_2"].iloc[0] == pytest.approx(0.0, abs=1e-9)
+    # the same with the numbers given as text (a string column, as read from a text file)
+    as_text = raw.iloc[:1].astype({c: "str" for c in ("tenure", "fee", "total")})
+    t_text = model.next_best_question(as_text, target=_ChurnStub(), k=2, n_samples=8)
+    assert t_text["question_1"].iloc[0] == "fee" and t_text["gain_1"].iloc[0] == pytest.approx(t["gain_1"].iloc[0])
 
     # a callable on encoded batches (this model's encoding): probability from the plan column only
     def plan_target(batch: dict) -> torch.Tensor:

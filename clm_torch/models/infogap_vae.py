@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from clm_torch.data.encoding import FeatureEncoder
-from clm_torch.data.schema import SchemaError
+from clm_torch.data.schema import SchemaError, to_numeric_strict
 from clm_torch.models.base import CLMModule
 from clm_torch.models.components.vae import (
     NUMERIC_LIKELIHOODS,
@@ -914,8 +914,13 @@ class InfoGapVAE(CLMModule):
         std_df = pd.DataFrame(index=df.index, columns=enc.num_columns, dtype="float64")
         prob_dfs: dict[str, pd.DataFrame] = {}
         for j, col in enumerate(enc.num_columns):
-            miss = df[col].isna().to_numpy()
-            out[col] = _fill(df[col], miss, self._finish_numeric(num_vals[:, j], j))
+            x = to_numeric_strict(df[col], source=source, column=col)  # "n/a", "" are missing too
+            miss = x.isna().to_numpy()
+            filled = self._finish_numeric(num_vals[:, j], j)
+            if pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
+                out[col] = _fill(df[col], miss, filled)
+            else:  # a numeric column that arrived as text: numbers out
+                out[col] = x.where(~miss, pd.Series(filled, index=df.index))
             std_df[col] = np.where(miss, num_std[:, j], np.nan)
         decoded = enc.decode_categories(cat_idx)
         for j, col in enumerate(enc.cat_columns):
@@ -1079,6 +1084,8 @@ class InfoGapVAE(CLMModule):
                 continue
             if j < self.n_num:
                 vals = raw_num[s[sel], r[sel], j]
+                if not pd.api.types.is_numeric_dtype(exp[col]):  # numbers given as text
+                    exp[col] = to_numeric_strict(exp[col], source="<next_best_question>", column=col)
                 if pd.api.types.is_integer_dtype(exp[col]) and not enc.num_integer[j]:
                     exp[col] = exp[col].astype("float64")
                 exp.loc[sel, col] = np.round(vals) if enc.num_integer[j] else vals
