@@ -257,3 +257,17 @@ def test_string_work_per_distinct_value_matches_the_row_wise_result(seed: int) -
         assert counts.tolist() == expect_counts.tolist()
         rows = pd.DataFrame({"k": keys, "v": s}).dropna().drop_duplicates("k")
         assert {str(k): v for k, v in first.items()} == {str(k): v for k, v in zip(rows["k"], rows["v"])}
+
+
+def test_categories_match_across_spellings_of_the_same_value() -> None:
+    """A flag fitted as booleans matches "True"/"false" strings and the reverse; an integer code matches
+    "10.0" as read from text; a value that is really new stays unknown (index 0)."""
+    df = pd.DataFrame({"flag": [True, False, True, False] * 10, "code": [10, 20, 10, 30] * 10, "x": np.arange(40.0)})
+    enc = FeatureEncoder.from_schema(infer_schema(df)).fit(df)
+    want = enc.transform(df)["cat"]
+    text = df.assign(flag=df["flag"].map({True: "True", False: " false"}), code=df["code"].astype(float).astype(str))
+    assert torch.equal(enc.transform(text)["cat"], want)
+    as_strings = df.assign(flag=df["flag"].map({True: "true", False: "false"}))
+    enc_s = FeatureEncoder.from_schema(infer_schema(as_strings)).fit(as_strings)
+    assert torch.equal(enc_s.transform(df)["cat"], enc_s.transform(as_strings)["cat"])
+    assert (enc.transform(df.assign(code=40))["cat"][:, enc.cat_columns.index("code")] == 0).all()

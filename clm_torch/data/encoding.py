@@ -48,6 +48,22 @@ def _category_keys(s: pd.Series) -> pd.Series:
     return s.astype("string").str.strip().str.lower()
 
 
+_BOOL_ALIASES = {"true": "1", "false": "0", "1": "true", "0": "false"}
+
+
+def _alias_key(key: str) -> str | None:
+    """Another spelling of a category key (:func:`_category_keys`) for the same value: a boolean as
+    ``true``/``false`` or ``1``/``0`` (whichever the column was fitted with), an integral number
+    written with a decimal point (``10.0`` → ``10``); None if there is none."""
+    if key in _BOOL_ALIASES:
+        return _BOOL_ALIASES[key]
+    try:
+        x = float(key)
+    except ValueError:
+        return None
+    return str(int(x)) if np.isfinite(x) and x == int(x) and str(int(x)) != key else None
+
+
 def _category_counts(s: pd.Series) -> tuple[pd.Series, dict[str, Any]]:
     """The rows of each category key of ``s`` (:func:`_category_keys`), most first (ties: first seen),
     and each key's original value at its first row; missing values are not counted.
@@ -239,7 +255,12 @@ class FeatureEncoder:
                 cache.clear()
             dtype = s.dtype.categories.dtype if isinstance(s.dtype, pd.CategoricalDtype) else s.dtype
             keys = _category_keys(pd.Series([values[i] for i in new], dtype=dtype))
-            found = pd.Index(self.keys[col]).get_indexer(keys.astype(object).where(keys.notna(), None))
+            vocab = pd.Index(self.keys[col])
+            found = vocab.get_indexer(keys.astype(object).where(keys.notna(), None))
+            if (found < 0).any():  # the same value in another spelling: True vs 1, "10.0" vs 10
+                alias = [_alias_key(k) if f < 0 and isinstance(k, str) else None for k, f in zip(keys, found)]
+                again = vocab.get_indexer(alias)
+                found = np.where((found < 0) & (again >= 0), again, found)
             cache.update({tokens[i]: max(int(f), 0) for i, f in zip(new, found)})
         lookup = np.fromiter((cache[t] for t in tokens), dtype=np.int64, count=len(tokens))
         return np.append(lookup, 0)[codes]  # code −1 (NaN) → the last slot: 0
