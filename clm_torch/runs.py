@@ -227,7 +227,7 @@ def load_run(run_dir: str | Path, map_location: Any = "cpu") -> Run:
             found.setdefault(sub.name, ckpt_file)
     if not found:
         raise CheckpointError(f"{path}: no checkpoints/best.ckpt or last.ckpt here or in its sub-folders "
-                              f"(a debug=fdr run saves none)")
+                              f"(did the run stop before its first epoch ended?)")
     models = {name: load_model(p, _sub_config(config, path, p), map_location) for name, p in found.items()}
     metrics = _read_json(path / "metrics.json")
     if not metrics:
