@@ -94,6 +94,9 @@ def test_scoring_frames_with_unknown_targets_and_bad_numbers(trained_run) -> Non
         model.predict_proba(df.assign(tenure=pd.Timestamp("2024-01-01")))
     with pytest.raises(SchemaError, match=r"column 'tenure'.*2 columns share this name"):
         model.predict_proba(pd.concat([df, df[["tenure"]]], axis=1))
+    assert model.predict_proba(df.iloc[:0]).shape == (0,)
+    with pytest.raises(SchemaError, match=r"required column.*missing"):
+        model.predict_proba(pd.DataFrame())
 
 def test_predictions_csv_matches_predict_proba(trained_run) -> None:
     """The test predictions written by the run equal scoring the raw test rows from best.ckpt."""

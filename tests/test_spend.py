@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from clm_torch.data.datamodules import TableDataModule
+from clm_torch.data.schema import SchemaError
 from clm_torch.data.sources import FrameSource
 from clm_torch.models.spend import SpendRegressor, spend_metrics, tweedie_nll
 
@@ -58,3 +59,6 @@ def test_learns_zero_inflated_spend() -> None:
                                rtol=1e-5)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         model.predict_spend(df.iloc[:5], batch_size=0)
+    assert model.predict_spend(df.iloc[:0]).shape == (0,)
+    with pytest.raises(SchemaError, match=r"required column.*missing"):
+        model.predict_spend(pd.DataFrame())
