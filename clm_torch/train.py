@@ -345,10 +345,18 @@ def run_cli(fn: Any, cfg: DictConfig) -> Any:
         print(f"error: no value for {', '.join(missing)}: set {'them' if len(missing) > 1 else 'it'} on the "
               f"command line, e.g. {missing[0]}=...", file=sys.stderr, flush=True)
         sys.exit(2)
+    expected = (SchemaError, CheckpointError, RunDirectoryError, NonFiniteLossError)
     try:
         return fn(cfg)
-    except (SchemaError, CheckpointError, RunDirectoryError, NonFiniteLossError) as e:
+    except expected as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except hydra.errors.InstantiationException as e:
+        # A data source raises its SchemaError inside hydra.utils.instantiate, which wraps it in
+        # "Error in call to target ...": show the source's own message.
+        if not isinstance(e.__cause__, expected):
+            raise
+        print(f"error: {e.__cause__}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 

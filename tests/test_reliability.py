@@ -273,6 +273,22 @@ def test_a_setting_left_missing_is_one_clear_line(make_cfg, capsys) -> None:
     assert capsys.readouterr().err.strip() == "error: no value for data.path: set it on the command line, e.g. data.path=..."
 
 
+def test_a_data_source_error_raised_inside_hydra_instantiate_is_one_clear_line(make_cfg, tmp_path: Path,
+                                                                              capsys) -> None:
+    """data=events builds its DataModule through hydra.utils.instantiate, which wraps the source's
+    SchemaError in an InstantiationException: the CLI still prints the source's own message, exit 2."""
+    from clm_torch.train import run_cli
+
+    log = tmp_path / "events.csv"
+    log.write_text("customer_id,timestamp,amount\n1,2024-01-01,5\n1,notadate,3\n2,2024-02-01,4\n")
+    cfg = make_cfg("model=churn", "data=events", f"data.path={log}", "data.amount_col=amount", *FAST)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train, cfg)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {log}, column 'timestamp', row 1: cannot parse timestamp 'notadate'"), err
+
+
 def test_metrics_json_reports_the_best_epoch_and_a_moved_run_keeps_its_best(make_cfg, table_csv: Path) -> None:
     """With the first epoch the best (the run monitors the epoch, smallest first), every val/* value in
     metrics.json is that epoch's, as logged; a copy of the run directory resumed elsewhere keeps
