@@ -75,8 +75,9 @@ def load_inputs(cfg: DictConfig) -> dict[str, Any]:
         cutoff = pd.Timestamp(base.cutoff)
         events = base.events[base.events["timestamp"] < cutoff].reset_index(drop=True)  # the observable past
         customers = base.customers.drop(columns=[base.target])
+        name = f"synthetic(n={d.n_customers}, seed={d.seed})"
         return {"events": events, "customers": customers, "truth": base.truth.set_index("customer_id"),
-                "items": base.items, "cutoff": cutoff, "name": f"synthetic(n={d.n_customers}, seed={d.seed})"}
+                "items": base.items, "cutoff": cutoff, "name": name, "customers_source": f"{name} customer table"}
     if d.kind == "events":
         events = load_events(d.path, customer_col=d.customer_col, time_col=d.time_col, amount_col=d.amount_col,
                              item_col=d.item_col, quantity_col=d.get("quantity_col"))
@@ -91,16 +92,17 @@ def load_inputs(cfg: DictConfig) -> dict[str, Any]:
             days=1)
         events = events[events["timestamp"] < cutoff].reset_index(drop=True)
         return {"events": events, "customers": customers, "truth": None, "items": None, "cutoff": cutoff,
-                "name": str(d.path)}
+                "name": str(d.path), "customers_source": str(d.get("customers_path") or "customer table")}
     raise SchemaError(f"data.kind must be synthetic or events, not {d.kind!r}", source="pipeline config")
 
 
 # ----------------------------------------------------------------------------- step 2-3
-def clean_customers(customers: pd.DataFrame | None, name: str) -> pd.DataFrame | None:
+def clean_customers(customers: pd.DataFrame | None, source: str) -> pd.DataFrame | None:
+    """The customer table cleaned by the table rules; ``source`` (its file) is named in errors."""
     if customers is None:
         return None
-    schema = infer_schema(customers, id_col="customer_id", source=f"{name} customer table")
-    clean, report = clean_table(customers, schema, source=f"{name} customer table")
+    schema = infer_schema(customers, id_col="customer_id", source=source)
+    clean, report = clean_table(customers, schema, source=source)
     _say(report.summary())
     return clean
 
@@ -115,9 +117,9 @@ def build_views(inputs: dict[str, Any], customers: pd.DataFrame | None, horizon:
     cutoff = inputs["cutoff"]
     train_cut = cutoff - pd.Timedelta(days=horizon)
     items = inputs.get("items")
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"customers_source": inputs.get("customers_source")}
     if items is not None and {"item_id", "category"} <= set(items.columns):  # purchase shares per category
-        extra = {"item_categories": items.set_index("item_id")["category"], "category_shares": True}
+        extra.update(item_categories=items.set_index("item_id")["category"], category_shares=True)
     tv = build_customer_view(inputs["events"], train_cut, horizon_days=horizon, customers=customers, n_last=n_last,
                              **extra)
     sv = build_customer_view(inputs["events"], cutoff, horizon_days=horizon, customers=customers, n_last=n_last,
@@ -190,7 +192,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     _say(f"1/10 loaded {inputs['name']}: {len(ev):,} events of {ev['customer_id'].nunique():,} customers "
          f"before the cutoff {inputs['cutoff'].date()}")
     # 2. clean
-    customers = clean_customers(inputs["customers"], inputs["name"])
+    customers = clean_customers(inputs["customers"], inputs["customers_source"])
     # 3. features at the cutoff
     horizon = float(cfg.horizon_days)
     seq_kind = str(cfg.get("churn_sequence", "none"))

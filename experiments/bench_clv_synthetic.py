@@ -114,7 +114,7 @@ def run_seed(seed: int, n_customers: int, variant: str, workdir: Path) -> dict[s
                               output_dir=out)
     horizon = float(pipe_cfg.horizon_days)
     inputs = load_inputs(pipe_cfg)
-    customers = clean_customers(inputs["customers"], inputs["name"]) if variant == "pipeline" else None
+    customers = clean_customers(inputs["customers"], inputs["customers_source"]) if variant == "pipeline" else None
     train_frame, score_frame = build_views(inputs, customers, horizon, int(pipe_cfg.n_last))
     t_data = time.time() - t0
     diag: dict[str, Any] = {"n_train_view": len(train_frame), "n_score_view": len(score_frame),

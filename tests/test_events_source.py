@@ -56,6 +56,23 @@ def test_bad_target_and_cutoff(event_files) -> None:
         events_datamodule(str(ev), cutoff="1999-01-01")
 
 
+@pytest.mark.parametrize("column, time_features, what", [
+    ("recency_days", "absolute", "the name of an event feature"),
+    ("recency_share", "relative", "the name of a relative time feature"),
+    ("seq0_days", "absolute", "the name of a purchase-sequence column"),
+])
+def test_a_customer_table_column_clash_names_the_table_file(event_files, tmp_path: Path, column: str,
+                                                            time_features: str, what: str) -> None:
+    """A customer-table column named like a derived feature: the error names the table's file."""
+    ev, cust = event_files
+    bad = tmp_path / "crm_export.csv"
+    pd.read_csv(cust).assign(**{column: 1.0}).to_csv(bad, index=False)
+    with pytest.raises(SchemaError) as err:
+        events_datamodule(str(ev), amount_col="amount", cutoff="2024-06-01", customers_path=str(bad),
+                          time_features=time_features, sequence_length=2 if column.startswith("seq") else 0)
+    assert str(err.value).startswith(f"{bad}, column '{column}': ") and what in str(err.value), str(err.value)
+
+
 def test_train_churn_on_events_from_the_cli_config(make_cfg, event_files) -> None:
     ev, cust = event_files
     cfg = make_cfg("model=churn", "data=events", f"data.path={ev}", "data.amount_col=amount",

@@ -343,6 +343,8 @@ class CustomerView:
     item_vocab : list
         ``item_vocab[0]`` is ``"<unk>"``; ``item_vocab[i]`` is the item with index ``i`` (items seen
         in purchases before the cutoff, sorted).
+    customers_source : str
+        Where the customer table came from (its file), for the errors about its columns.
     """
 
     features: pd.DataFrame
@@ -351,6 +353,7 @@ class CustomerView:
     cutoff: pd.Timestamp
     horizon_days: float
     item_vocab: list = dataclasses.field(default_factory=lambda: ["<unk>"])
+    customers_source: str = "customer table"
 
 
 def _harmonise_ids(a: pd.Index, b: pd.Index) -> tuple[pd.Index, pd.Index]:
@@ -588,6 +591,7 @@ def build_customer_view(
     trend_window_days: float = 90,
     item_categories: Mapping | pd.Series | None = None,
     category_shares: bool = False,
+    customers_source: str | None = None,
 ) -> CustomerView:
     """Features before one global cutoff, labels after it, and last-N purchase sequences.
 
@@ -614,6 +618,9 @@ def build_customer_view(
     category_shares
         With ``item_categories``: also add ``share_<category>`` for every category of the map
         (sorted by name; the same columns at every cutoff).
+    customers_source
+        Where ``customers`` came from (e.g. its file), named in the errors about it; default
+        ``"customer table"``.
 
     Returns
     -------
@@ -714,6 +721,7 @@ def build_customer_view(
         for a, b in _chunks(len(ts_all)):
             had_before[ev_codes[a:b][ts_all[a:b] < cut_ns]] = True
         table = None
+        tsrc = customers_source or "customer table"
         if customers is not None:
             table = customers.copy()
             if customer_id_col in table.columns:
@@ -721,14 +729,14 @@ def build_customer_view(
             elif table.index.name != customer_id_col:
                 raise SchemaError(
                     f"customer table has no id column; available columns: {list(customers.columns)}",
-                    source="<customers>",
+                    source=tsrc,
                     column=customer_id_col,
                 )
             ids = table.index.to_series()
             if ids.isna().any():
                 raise SchemaError(
                     "missing customer id in the customer table",
-                    source="<customers>",
+                    source=tsrc,
                     column=customer_id_col,
                     row=int(np.flatnonzero(ids.isna().to_numpy())[0]),
                 )
@@ -737,7 +745,7 @@ def build_customer_view(
                 i = int(np.flatnonzero(dup)[0])
                 raise SchemaError(
                     f"duplicated customer id {table.index[i]!r} in the customer table",
-                    source="<customers>",
+                    source=tsrc,
                     column=customer_id_col,
                     row=i,
                 )
@@ -745,7 +753,7 @@ def build_customer_view(
             if clash:
                 raise SchemaError(
                     "customer table column has the name of an event feature; rename it",
-                    source="<customers>",
+                    source=tsrc,
                     column=clash[0],
                 )
             ev_index, tab_index = _harmonise_ids(ev_index, table.index)
@@ -784,7 +792,7 @@ def build_customer_view(
                         clash = [f"share_{c}" for c in share_names if f"share_{c}" in table.columns]
                         if clash:
                             raise SchemaError("customer table column has the name of a category-share feature; "
-                                              "rename it", source="<customers>", column=clash[0])
+                                              "rename it", source=tsrc, column=clash[0])
         elif item_categories is not None:
             log.warning("item_categories given but the events have no item_id column; no category_entropy")
         if category_shares and (item_categories is None or not has_item):
@@ -880,6 +888,7 @@ def build_customer_view(
             cutoff=cutoff,
             horizon_days=float(horizon_days),
             item_vocab=vocab,
+            customers_source=tsrc,
         )
 
 
@@ -1074,14 +1083,16 @@ def relative_time_features(features: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, index=features.index)
 
 
-def apply_time_features(features: pd.DataFrame, time_features: str = "absolute") -> pd.DataFrame:
+def apply_time_features(features: pd.DataFrame, time_features: str = "absolute",
+                        source: str = "customer table") -> pd.DataFrame:
     """``features`` with time stated as ``time_features`` says (see :data:`TIME_FEATURES`).
 
     ``absolute``: unchanged (days, counts and totals). ``relative``: the
     :func:`relative_time_features` replace the age-dependent columns (:data:`AGE_DEPENDENT_COLUMNS`)
     except ``recency_days`` (the days since the last purchase are what a fixed label window is
     about; pair it with ``data.encoder.clip_to_range`` so that a model extrapolates it flat).
-    ``both``: the relative columns are added to the absolute ones.
+    ``both``: the relative columns are added to the absolute ones. ``source`` names the customer
+    table in the error about a column that clashes with a relative feature.
     """
     if time_features not in TIME_FEATURES:
         raise ValueError(f"data.time_features must be one of {TIME_FEATURES}, not {time_features!r}")
@@ -1091,7 +1102,7 @@ def apply_time_features(features: pd.DataFrame, time_features: str = "absolute")
     clash = [c for c in rel.columns if c in features.columns]
     if clash:
         raise SchemaError("customer table column has the name of a relative time feature; rename it",
-                          source="<customers>", column=clash[0])
+                          source=source, column=clash[0])
     if time_features == "relative":
         features = features.drop(columns=[c for c in AGE_DEPENDENT_COLUMNS if c != "recency_days"])
     return features.join(rel)

@@ -106,7 +106,7 @@ def view_to_frame(view: CustomerView, target: str | None, sequence_length: int =
     (:func:`apply_time_features`). A model trained on a frame with ``relative`` or ``both`` scores
     frames built with the same setting.
     """
-    frame = apply_time_features(view.features, time_features).copy()
+    frame = apply_time_features(view.features, time_features, source=view.customers_source).copy()
     frame = frame.drop(columns=[c for c in LABEL_COLUMNS if c in frame.columns])  # table columns named like labels
     # derived features that an optional input did not allow (e.g. diversity without an item column)
     empty = [c for c in (*FEATURE_COLUMNS, *RELATIVE_TIME_COLUMNS) if c in frame.columns and frame[c].isna().all()]
@@ -119,7 +119,7 @@ def view_to_frame(view: CustomerView, target: str | None, sequence_length: int =
         clash = [c for c in seq.columns if c in frame.columns]
         if clash:
             raise SchemaError("customer table column has the name of a purchase-sequence column; rename it",
-                              source="<customers>", column=clash[0])
+                              source=view.customers_source, column=clash[0])
         frame = frame.join(seq)
     if target:
         frame[target] = view.labels[target].to_numpy()
@@ -161,7 +161,8 @@ def customer_view_from_files(
     if cut <= events["timestamp"].min():
         raise SchemaError(f"cutoff {cut.date()} is before the first event ({events['timestamp'].min().date()})",
                           source=str(path), column=time_col)
-    return build_customer_view(events, cut, horizon_days=horizon_days, customers=customers, n_last=n_last)
+    return build_customer_view(events, cut, horizon_days=horizon_days, customers=customers, n_last=n_last,
+                               customers_source=str(customers_path) if customers_path else None)
 
 
 def _check_view_args(target: str, sequence_length: int, time_features: str = "absolute") -> None:
