@@ -45,6 +45,62 @@ def test_unreadable_file(tmp_path: Path) -> None:
         read_table(q)
 
 
+def test_files_that_pandas_would_misread_are_named_errors(tmp_path: Path) -> None:
+    """A spreadsheet or archive under a .csv name, a repeated header column, another delimiter: each
+    is a SchemaError naming the file (and the column), not a silent misread or a decoding traceback."""
+    import io
+    import zipfile
+
+    def error(name: str, data: bytes) -> str:
+        p = tmp_path / name
+        p.write_bytes(data)
+        with pytest.raises(SchemaError) as err:
+            read_table(p)
+        assert str(err.value).startswith(str(p)), str(err.value)
+        return str(err.value)
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("xl/workbook.xml", "<workbook/>")
+    assert "ZIP archive (an Excel .xlsx workbook" in error("export.csv", buf.getvalue())
+    assert "Excel .xls workbook" in error("old.csv", b"\xd0\xcf\x11\xe0" + bytes(60))
+    assert "Parquet file" in error("data.csv", b"PAR1" + bytes(60))
+    assert "gzip-compressed" in error("log.csv", __import__("gzip").compress(b"a,b\n1,2\n"))
+    dup = error("dup.csv", b"id,tenure,plan,tenure\n1,2,a,3\n")
+    assert "column 'tenure': the header names this column twice (columns 2 and 4)" in dup
+    assert "separated by ';'" in error("semi.csv", b"id;tenure;plan\n1;2;a\n")
+    assert "give it a .tsv name" in error("tabs.csv", b"id\ttenure\n1\t2\n")
+    assert "give it a .csv name" in error("commas.tsv", b"id,tenure\n1,2\n")
+
+
+def test_what_is_read_as_it_should_be(tmp_path: Path) -> None:
+    """The counterparts that must keep working: a UTF-16 export with its byte-order mark, a UTF-8 BOM,
+    empty trailing header cells, a one-column table, and a zipped or gzipped CSV named as such."""
+    import gzip
+    import zipfile
+
+    expected = pd.DataFrame({"name": ["José", "Zoë"], "city": ["Köln", "Åre"]})
+    p = tmp_path / "excel_unicode.tsv"
+    p.write_bytes("name\tcity\nJosé\tKöln\nZoë\tÅre\n".encode("utf-16"))
+    pd.testing.assert_frame_equal(read_table(p), expected)
+    p = tmp_path / "bom.csv"
+    p.write_bytes("name,city\nJosé,Köln\nZoë,Åre\n".encode("utf-8-sig"))
+    pd.testing.assert_frame_equal(read_table(p), expected)
+    p = tmp_path / "trailing.csv"
+    p.write_text("a,b,,\n1,2,,\n")
+    assert list(read_table(p).columns)[:2] == ["a", "b"]
+    p = tmp_path / "one.csv"
+    p.write_text("customer_id\n1\n2\n")
+    assert list(read_table(p).columns) == ["customer_id"]
+    p = tmp_path / "t.csv.gz"
+    p.write_bytes(gzip.compress(b"a,b\n1,2\n"))
+    assert read_table(p).to_dict("list") == {"a": [1], "b": [2]}
+    p = tmp_path / "t.csv.zip"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("t.csv", "a,b\n1,2\n")
+    assert read_table(p).to_dict("list") == {"a": [1], "b": [2]}
+
+
 def test_missing_column() -> None:
     schema = TableSchema(numeric=["tenure"], categorical=["plan"], target="churn")
     df = pd.DataFrame({"tenure": [1.0, 2.0], "churn": ["Yes", "No"]})

@@ -99,12 +99,25 @@ def read_table(path: str | os.PathLike, *, what: str = "table") -> pd.DataFrame:
     if p.stat().st_size == 0:
         raise SchemaError(f"{what} file is empty (0 bytes)", source=src)
     suffixes = "".join(p.suffixes).lower()
+    is_parquet = suffixes.endswith(".parquet") or suffixes.endswith(".pq")
+    encoding = "utf-8"
     try:
-        if suffixes.endswith(".parquet") or suffixes.endswith(".pq"):
+        with p.open("rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise SchemaError(f"cannot read {what} file: {type(e).__name__}: {e}", source=src) from None
+    if not is_parquet:
+        kind = _binary_kind(head, suffixes)
+        if kind:
+            raise SchemaError(f"{what} file is {kind}, not a CSV text file", source=src)
+        if head[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a byte-order mark: Excel's "Unicode text" export
+            encoding = "utf-16"
+    sep = "\t" if ".tsv" in suffixes else ","
+    try:
+        if is_parquet:
             df = pd.read_parquet(p)
         else:
-            sep = "\t" if ".tsv" in suffixes else ","
-            df = pd.read_csv(p, sep=sep, encoding="utf-8", low_memory=False)
+            df = pd.read_csv(p, sep=sep, encoding=encoding, low_memory=False)
     except UnicodeDecodeError as e:
         raise SchemaError(
             f"file is not valid UTF-8 (byte {e.start}); re-save it as UTF-8, e.g. "
@@ -117,9 +130,47 @@ def read_table(path: str | os.PathLike, *, what: str = "table") -> pd.DataFrame:
         raise SchemaError(f"cannot parse {what} file: {str(e).strip()}", source=src) from None
     except (OSError, ValueError, ImportError) as e:
         raise SchemaError(f"cannot read {what} file: {type(e).__name__}: {e}", source=src) from None
+    if not is_parquet:
+        _check_header(p, sep, encoding, list(df.columns))
     if len(df) == 0:
         raise SchemaError(f"{what} file has a header but no rows", source=src)
     return df
+
+
+def _binary_kind(head: bytes, suffixes: str) -> str | None:
+    """What a file that pandas would read as CSV text really is, from its first bytes (None: text,
+    or a compression that its name announces, which pandas reads)."""
+    if head.startswith(b"PK\x03\x04") and not suffixes.endswith(".zip"):
+        return "a ZIP archive (an Excel .xlsx workbook is one): save the sheet as CSV, or unzip it"
+    if head.startswith(b"\xd0\xcf\x11\xe0"):
+        return "an Excel .xls workbook: save the sheet as CSV"
+    if head.startswith(b"PAR1"):
+        return "a Parquet file: give it a .parquet name"
+    if head.startswith(b"\x1f\x8b") and not suffixes.endswith(".gz"):
+        return "gzip-compressed: give it a .csv.gz name"
+    return None
+
+
+def _check_header(p: Path, sep: str, encoding: str, columns: list) -> None:
+    """Raise on a CSV header that pandas read without complaint but wrongly: a repeated column name
+    (pandas renames the second ``x`` to ``x.1``), or one column whose name holds another delimiter."""
+    header = pd.read_csv(p, sep=sep, encoding=encoding, header=None, nrows=1, dtype=str,
+                         keep_default_na=False).iloc[0].tolist()
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header):
+        if name in seen:
+            raise SchemaError(f"the header names this column twice (columns {seen[name] + 1} and {i + 1}); "
+                              f"rename or drop one", source=str(p), column=name)
+        if name.strip():  # empty names (trailing separators) become "Unnamed: k" columns
+            seen[name] = i
+    if len(columns) == 1:
+        other = next((d for d in (";", "|", "\t", ",") if d != sep and d in str(columns[0])), None)
+        fix = {";": "save it comma-separated (.csv) or tab-separated (.tsv)",
+               "|": "save it comma-separated (.csv) or tab-separated (.tsv)",
+               "\t": "give it a .tsv name", ",": "give it a .csv name"}
+        if other:
+            raise SchemaError(f"the header is one column, {str(columns[0])[:80]!r}: the file looks separated by "
+                              f"{other!r}; {fix[other]}", source=str(p))
 
 
 # ----------------------------------------------------------------------------- inference
