@@ -134,6 +134,16 @@ def test_missing_amount(tmp_path):
     _raises(path, ["column 'amt'", "row 1", "missing amount"], amount_col="amt")
 
 
+def test_a_log_of_only_negative_amounts_is_refused(tmp_path):
+    """Purchases booked as debits (all negative) would make every event a refund and every customer
+    a churner; that is an error naming the column. One refund among purchases is kept."""
+    path = _csv(tmp_path, "cid,ts,amt\nA,2024-01-01,-1.5\nA,2024-01-02,-2\nB,2024-01-03,-4\n")
+    _raises(path, ["column 'amt'", "every amount is negative (3 rows", "flip the sign"], amount_col="amt")
+    ok = _csv(tmp_path, "cid,ts,amt\nA,2024-01-01,-1.5\nA,2024-01-02,2\nB,2024-01-03,0\n")
+    amt = load_events(ok, customer_col="cid", time_col="ts", amount_col="amt", now="2025-01-01")["amount"]
+    assert amt.tolist() == [-1.5, 2.0, 0.0]
+
+
 def test_negative_quantity(tmp_path):
     path = _csv(tmp_path, "cid,ts,qty\nA,2024-01-01,1\nA,2024-01-02,2\nB,2024-01-03,-1\n")
     e = _raises(path, ["column 'qty'", "row 2", "negative quantity"], quantity_col="qty")

@@ -272,6 +272,14 @@ def load_events(
                 row=_first_row(amount.isna()),
             )
         n_neg = int((amount < 0).sum())
+        if n_neg == len(amount):
+            raise SchemaError(
+                f"every amount is negative ({n_neg} rows, e.g. {amount.iloc[0]}): negative amounts are refunds, "
+                "so no event would be a purchase; if the log records purchases as negative numbers (debits), "
+                "flip the sign",
+                source=src,
+                column=amount_col,
+            )
         if n_neg:
             log.info("%s: %d events with a negative amount kept as refunds", src, n_neg)
         out["amount"] = amount
