@@ -468,6 +468,34 @@ def test_train_fast_dev_run_recsys_movielens(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_interaction_times_and_weights_are_read_strictly(tmp_path: Path) -> None:
+    """Dates in several time zones are one UTC clock; a missing or unparseable time and a non-numeric
+    or negative weight are SchemaErrors naming the file, the column and the row (they were coerced,
+    filled with the earliest time or set to weight 0 before)."""
+    from clm_torch.data.schema import SchemaError
+    from clm_torch.data.sources.interactions import InteractionsFileSource
+
+    def load(times: list, weights: list | None = None):
+        p = tmp_path / "log.csv"
+        pd.DataFrame({"user_id": ["a", "b", "c"], "item_id": [1, 2, 3], "ts": times,
+                      "qty": weights or [1, 2, 3]}).to_csv(p, index=False)
+        return InteractionsFileSource(p, time_col="ts", weight_col="qty").load().frame
+
+    frame = load(["2024-01-01T10:00:00+02:00", "2024-01-01T09:00:00Z", "2024-01-01 08:30"])
+    assert frame["time"].tolist() == [pd.Timestamp(f"2024-01-01 {h}").timestamp() for h in ("08:00", "09:00", "08:30")]
+    assert load([3, 1, 2])["time"].tolist() == [3.0, 1.0, 2.0]  # numbers: any unit, kept
+    for times, weights, expected in [
+        (["2024-01-01", "2024-01-02", "garbage"], None, "column 'ts', row 2: cannot parse timestamp 'garbage'"),
+        (["2024-01-01", None, "2024-01-03"], None, "column 'ts', row 1: missing timestamp"),
+        ([1.0, None, 3.0], None, "column 'ts', row 1: missing or infinite time"),
+        ([1, 2, 3], [1, "two", 3], "column 'qty', row 1: expected a number but found 'two'"),
+        ([1, 2, 3], [1, 2, -3], "column 'qty', row 2: negative weight -3.0"),
+    ]:
+        with pytest.raises(SchemaError) as err:
+            load(times, weights)
+        assert str(err.value).startswith(f"{tmp_path / 'log.csv'}, {expected}"), str(err.value)
+
+
 def test_synthetic_purchase_log_source() -> None:
     """The synthetic base's event log as interactions, with category/price item features (slow: the generator)."""
     from clm_torch.data.sources.interactions import SyntheticInteractionsSource

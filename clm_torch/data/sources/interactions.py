@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clm_torch.data.schema import SchemaError, infer_schema, read_table
+from clm_torch.data.events import parse_timestamps
+from clm_torch.data.schema import SchemaError, infer_schema, read_table, to_numeric_strict
 from clm_torch.data.sources.tables import load_rdataset
 
 ITEM_ROLES = ("numeric", "categorical", "multilabel", "label")
@@ -68,27 +69,35 @@ def _standardise(df: pd.DataFrame, user_col: str, item_col: str, time_col: str |
     if len(out) == 0:
         raise SchemaError("no interactions with both a user and an item", source=source)
     if "time" in out.columns:
-        t = out["time"]
-        if not (pd.api.types.is_numeric_dtype(t) or pd.api.types.is_datetime64_any_dtype(t)):
-            parsed = pd.to_datetime(t, errors="coerce")
-            if parsed.isna().mean() > 0.5:
-                raise SchemaError("time column is neither numeric nor parseable as dates", source=source,
-                                  column=time_col)
-            t = parsed
-        if pd.api.types.is_datetime64_any_dtype(t):
-            t = t.astype("datetime64[ns]").astype("int64").astype("float64") / 1e9
-            t = t.where(t > -9e9)  # NaT → NaN
-        out["time"] = pd.to_numeric(t, errors="coerce").astype("float64")
-        if out["time"].isna().any():
-            out["time"] = out["time"].fillna(out["time"].min())
+        out["time"] = _times(out["time"], source, time_col)
     if "weight" in out.columns:
-        w = pd.to_numeric(out["weight"], errors="coerce")
+        w = to_numeric_strict(out["weight"], source=source, column=weight_col)
         if w.isna().all():
-            raise SchemaError("weight column is not numeric", source=source, column=weight_col)
+            raise SchemaError("weight column has no values", source=source, column=weight_col)
         if (w < 0).any():
-            raise SchemaError("weight column has negative values", source=source, column=weight_col)
+            first = w.index[(w < 0).to_numpy()][0]
+            raise SchemaError(f"negative weight {w.loc[first]} ({int((w < 0).sum())} rows); weights are "
+                              "non-negative", source=source, column=weight_col, row=first)
         out["weight"] = w.fillna(0.0).astype("float64")
     return out.reset_index(drop=True)
+
+
+def _times(t: pd.Series, source: str, column: str) -> pd.Series:
+    """Interaction times as float64 (larger = later): numbers as they are (any unit), datetimes and
+    date strings as epoch seconds (time zones converted to UTC). A missing or unparseable time is a
+    SchemaError naming its row: a temporal split cannot place it."""
+    if pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t):
+        out = t.astype("float64")
+        bad = ~np.isfinite(out.to_numpy())
+        if bad.any():
+            first = t.index[bad][0]
+            raise SchemaError(f"missing or infinite time ({int(bad.sum())} rows); give every interaction a "
+                              "time, or leave data.time_col unset", source=source, column=column, row=first)
+        return out
+    if not (pd.api.types.is_datetime64_dtype(t) and not t.isna().any()):  # naive datetimes need no parsing
+        t = parse_timestamps(t, source=source, column=column)
+    ns = t.to_numpy().astype("datetime64[ns]", copy=False).view("int64")
+    return pd.Series(ns.astype("float64") / 1e9, index=t.index)
 
 
 def _item_table(items: pd.DataFrame, item_col: str, roles: Mapping[str, Sequence[str]] | None,
