@@ -22,6 +22,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import pandas as pd
 import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -269,8 +270,8 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
             model.on_load_checkpoint(best_ckpt)
             model.load_state_dict(best_ckpt["state_dict"])
         if cfg.get("test", True):
+            preds = _test_predictions(model, dm, trainer)
             if trainer.is_global_zero:
-                preds = model.export_predictions(dm, "test")
                 write_csv_safe(preds, output_dir / "predictions" / "test.csv")
         metrics["train_seconds"] = round(time.time() - t0, 3)
         metrics["optimized"] = metrics.get(monitor, float("nan"))
@@ -289,6 +290,18 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
                 lg.finalize("success")
             except Exception:  # noqa: BLE001 - closing must never mask the real error
                 pass
+
+
+def _test_predictions(model: L.LightningModule, dm: Any, trainer: L.Trainer) -> pd.DataFrame | None:
+    """The test split's predictions on rank 0 (None on the other ranks). A DataModule whose ranks
+    hold different rows (``rank_local``: ``data=parquet_shards``) gathers every rank's part."""
+    dist = torch.distributed
+    if getattr(dm, "rank_local", False) and dist.is_available() and dist.is_initialized() \
+            and dist.get_world_size() > 1:
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, model.export_predictions(dm, "test"))
+        return pd.concat(parts, ignore_index=True) if trainer.is_global_zero else None
+    return model.export_predictions(dm, "test") if trainer.is_global_zero else None
 
 
 def _csv_rows_to_keep(cfg: DictConfig, output_dir: Path) -> dict[Path, bytes]:

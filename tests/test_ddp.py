@@ -146,6 +146,42 @@ def test_ddp_sim_from_the_cli(tmp_path: Path, strategy: str) -> None:
     shutil.rmtree(tmp_path / "logs", ignore_errors=True)
 
 
+# ---------------------------------------------------------------------------- Parquet shards per rank
+@pytest.mark.slow  # two interpreters
+def test_parquet_shards_are_read_per_rank_from_the_cli(tmp_path: Path) -> None:
+    """data=parquet_shards under trainer=ddp_sim: each rank reads only its own shards, and the
+    test predictions gathered from both ranks hold every test customer once, as the best checkpoint
+    scores them in one process, with the logged test metrics computed over all of them."""
+    from clm_torch import ChurnClassifier
+    from clm_torch.data.sharded import ShardedTableDataModule
+    from clm_torch.models.churn import binary_metrics
+    from tests.test_sharded import write_shards
+
+    raw = messy_table(1200)
+    shards = write_shards(raw, tmp_path / "shards", 3)
+    proc = _run_cli(tmp_path, "model=churn", "data=parquet_shards", f"data.path={shards}", "data.target=churn",
+                    "data.id_col=customer_id", "data.sample_rows=500", "model.additive_members=0", "trainer=ddp_sim",
+                    "trainer.max_epochs=1", "model.k_ensemble=2", "model.hidden=[32]", "data.batch_size=64",
+                    "callbacks.model_summary=null", "callbacks.progress_bar=null", "logger=csv")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "rank 0 of 2: 2 shards" in out and "rank 1 of 2: 1 shards" in out, out[-3000:]
+    run = next(p for p in (tmp_path / "logs").rglob("*") if p.is_dir() and p.parent.name == "runs")
+    preds = pd.read_csv(run / "predictions" / "test.csv")
+    one = ShardedTableDataModule(str(shards), target="churn", id_col="customer_id", sample_rows=500)
+    one.setup()
+    assert preds["customer_id"].is_unique and set(preds["customer_id"]) == set(one.ids("test"))
+    model = ChurnClassifier.load_from_checkpoint(run / "checkpoints" / "best.ckpt")
+    p = model.predict_proba(raw.drop_duplicates("customer_id", keep="last").set_index("customer_id")
+                            .loc[preds["customer_id"]].reset_index())
+    np.testing.assert_allclose(p, preds["prediction"].to_numpy(), atol=1e-5)
+    metrics = json.loads((run / "metrics.json").read_text())
+    single = binary_metrics(torch.tensor(p), torch.tensor(preds["label"].to_numpy(), dtype=torch.float32))
+    for k in ("auroc", "log_loss", "brier"):
+        assert float(single[k]) == pytest.approx(metrics[f"test/{k}"], abs=2e-4), k
+    assert 0.6 < metrics["test/auroc"] <= 1.0
+
+
 # ---------------------------------------------------------------------------- the VAE under ddp_spawn
 class ProbeVAE(InfoGapVAE):  # module level: ddp_spawn pickles the model by its class's import path
     """Writes each rank's own validation sums (before they are combined) to ``probe_dir``."""

@@ -1,0 +1,373 @@
+"""A customer table in Parquet shards, each rank reading only its own (``data=parquet_shards``).
+
+For tables larger than one machine's memory. The table is split into Parquet files (shards), best
+by a hash of the customer id so that the rows of one customer share a shard. Under DDP with ``W``
+ranks, rank ``r`` reads shards ``r, r + W, r + 2W, ...`` and nothing else:
+
+* **Preprocessing.** The schema and the :class:`~clm_torch.data.encoding.FeatureEncoder` are fitted
+  on a sample of ``sample_rows`` rows drawn from every shard (one shard in memory at a time). The
+  draw is seeded, so every rank fits the same encoder without any communication, and the
+  checkpoint's preprocessing does not depend on the number of ranks.
+* **Split.** A row's split follows from a hash of its customer id (seeded by ``split_seed``), so a
+  customer is in the same split whatever the sharding and the number of ranks.
+* **Batches.** Every rank batches only its own rows (no further sharding). DDP needs the same
+  number of steps on every rank: training pads a rank's shuffled rows, by wrapping, to the row
+  count of the largest rank; evaluation cuts each rank's rows into the same number of batches, so
+  every row is seen once (metrics are gathered over the ranks).
+
+Cleaning runs per shard: duplicate ids are dropped within a shard (shard by id so that duplicates
+meet), and ``clean.clip_outliers`` (per-table statistics) is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from clm_torch.data.cleaning import clean_table
+from clm_torch.data.datamodules import TableDataModule, TensorTable, _dist_info, shuffle_seed
+from clm_torch.data.encoding import FeatureEncoder
+from clm_torch.data.schema import SchemaError, TableSchema, infer_schema
+from clm_torch.data.sources.tables import TableData
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def shard_files(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The shards named by ``path``: a directory (its ``*.parquet`` files), a glob pattern, or a list
+    of files; sorted by name, so that every rank sees the same list."""
+    if isinstance(path, (list, tuple)):
+        files = [Path(p) for p in path]
+        name = f"{len(files)} files"
+    else:
+        p, name = Path(str(path)), str(path)
+        if p.is_dir():
+            files = [f for f in p.iterdir() if f.suffix.lower() in (".parquet", ".pq") and f.is_file()]
+        else:
+            files = [Path(f) for f in glob.glob(str(path))]
+    if not files:
+        raise SchemaError("no Parquet shards found (give a directory of .parquet files, a glob pattern such as "
+                          "'shards/part-*.parquet', or a list of files)", source=name)
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise SchemaError("shard file not found", source=str(missing[0]))
+    return sorted(files, key=lambda f: str(f))
+
+
+def _shard_rows(f: Path) -> int:
+    import pyarrow.parquet as pq
+
+    try:
+        return int(pq.ParquetFile(f).metadata.num_rows)
+    except Exception as e:  # noqa: BLE001 - any unreadable shard is the user's file problem
+        raise SchemaError(f"cannot read Parquet shard: {type(e).__name__}: {e}", source=str(f)) from None
+
+
+def _read_shard(f: Path) -> pd.DataFrame:
+    from clm_torch.data.schema import read_table
+
+    return read_table(f, what="Parquet shard")
+
+
+def hash_split(ids: pd.Series, fractions: tuple[float, float], seed: int, *, source: str,
+               column: str) -> np.ndarray:
+    """Split code per row (0 train, 1 val, 2 test) from a seeded hash of the customer id: the same
+    for a customer in any shard, on any rank. ``fractions`` = (val, test)."""
+    if ids.isna().any():
+        first = ids.index[ids.isna().to_numpy()][0]
+        raise SchemaError("missing customer id: the split of a sharded table hashes the id", source=source,
+                          column=column, row=first)
+    key = f"{int(seed) % 10**13:013d}clm"  # hash_pandas_object takes a 16-character key
+    h = pd.util.hash_pandas_object(ids.astype(str), index=False, hash_key=key).to_numpy()
+    u = (h >> np.uint64(11)).astype(np.float64) / 2.0**53
+    val, test = fractions
+    return np.where(u < 1.0 - val - test, 0, np.where(u < 1.0 - test, 1, 2)).astype(np.int8)
+
+
+class LocalBatchSampler(Sampler[torch.Tensor]):
+    """Index batches over one rank's own rows (no sharding by rank), ``n_batches`` of them.
+
+    Training (``shuffle``): a fresh permutation per epoch, wrapped to ``n_rows`` rows (the largest
+    rank's count) and cut into batches of ``batch_size``. Evaluation: the rows in order, cut into
+    ``n_batches`` nearly equal chunks (every row once; rows are repeated only when a rank holds fewer
+    rows than batches).
+    """
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, n_rows: int | None = None, n_batches: int | None = None,
+                 seed: int = 0, drop_last: bool = False) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if n < 1:
+            raise ValueError("a rank holds no rows of this split")
+        self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, int(batch_size), shuffle, seed, drop_last
+        self.n_rows = max(int(n_rows or n), n)
+        if shuffle:
+            self.n_batches = self.n_rows // self.batch_size if drop_last else -(-self.n_rows // self.batch_size)
+        else:
+            self.n_batches = int(n_batches or -(-n // self.batch_size))
+        self.n_batches = max(self.n_batches, 1)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _batches(self) -> list[torch.Tensor]:
+        if not self.shuffle:
+            chunks = list(torch.tensor_split(torch.arange(self.n), self.n_batches))
+            return [c if len(c) else torch.tensor([j % self.n]) for j, c in enumerate(chunks)]
+        g = torch.Generator().manual_seed(self.seed + 7919 * self.epoch)
+        order = torch.randperm(self.n, generator=g)
+        if self.n_rows > self.n:
+            order = order[torch.arange(self.n_rows) % self.n]
+        return [order[i * self.batch_size: (i + 1) * self.batch_size] for i in range(self.n_batches)]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        yield from self._batches()
+        if self.shuffle:
+            self.epoch += 1
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+
+class ParquetShardsSource:
+    """All shards as one table (``load()``): what ``clm-evaluate`` reads; training reads per rank."""
+
+    def __init__(self, files: Sequence[Path], name: str, target: str | None, id_col: str | None,
+                 roles: Mapping[str, Sequence[str]], drop: Sequence[str]) -> None:
+        self.files, self.name, self.target, self.id_col = list(files), name, target, id_col
+        self.roles, self.drop = {k: list(v) for k, v in roles.items()}, list(drop)
+
+    def load(self) -> TableData:
+        frame = pd.concat([_read_shard(f) for f in self.files], ignore_index=True)
+        return TableData(frame, name=self.name, target=self.target, id_col=self.id_col, roles=self.roles,
+                         drop=self.drop)
+
+
+class ShardedTableDataModule(TableDataModule):
+    """A customer table in Parquet shards; each rank reads, cleans and encodes only its own shards.
+
+    Args:
+        path: a directory of ``.parquet`` files, a glob pattern, or a list of files.
+        target, id_col, roles, drop: as ``data=parquet``; ``id_col`` is required (the split hashes it).
+        sample_rows: rows drawn over all shards to infer the schema and fit the encoder.
+        rank, world_size: this process's shard set (default: ``torch.distributed``'s rank and world
+            size when initialised, else 0 of 1); for custom launchers and tests.
+        Other arguments: as :class:`~clm_torch.data.datamodules.TableDataModule`.
+    """
+
+    rank_local = True  # each rank holds other rows: train() gathers the test predictions
+
+    def __init__(self, path: str | Sequence[str], target: str | None = None, id_col: str | None = None,
+                 roles: Mapping[str, Sequence[str]] | None = None, drop: Sequence[str] = (),
+                 sample_rows: int = 200_000, rank: int | None = None, world_size: int | None = None,
+                 require_target: bool | None = None, clean: Mapping[str, Any] | None = None,
+                 frame_transform: Callable[..., pd.DataFrame] | None = None, **kwargs: Any) -> None:
+        if path is None or str(path) in ("", "???"):
+            raise SchemaError("no shards given: set data.path=<directory of .parquet files or a glob>", source="data.path")
+        if not id_col:
+            raise SchemaError("data.id_col is required for a sharded table: a row's split is a hash of its customer "
+                              "id, so that every rank agrees without reading the other shards", source="data.id_col")
+        if (clean or {}).get("clip_outliers") is not None:
+            raise ValueError("data.clean.clip_outliers needs statistics of the whole table; a sharded table cleans "
+                             "each shard on its own: leave it null (data.encoder.clip_to_range bounds the encoded "
+                             "values instead)")
+        if int(sample_rows) < 1:
+            raise ValueError(f"data.sample_rows must be >= 1, not {sample_rows}")
+        kwargs.pop("test_frame", None)
+        files = shard_files(path)
+        name = str(path) if not isinstance(path, (list, tuple)) else f"{len(files)} Parquet shards"
+        source = ParquetShardsSource(files, name, target, id_col, dict(roles or {}), list(drop or ()))
+        super().__init__(source, require_target=target is not None if require_target is None else require_target,
+                         clean=clean, frame_transform=frame_transform, **kwargs)
+        self.files, self.name, self.sample_rows = files, name, int(sample_rows)
+        self._rank_override = None if rank is None else (int(rank), int(world_size or 1))
+        self._local: tuple[int, int] | None = None  # (rank, world) whose shards self._tensors hold
+        self._sample: dict[str, pd.DataFrame] = {}
+        self._ids: dict[str, np.ndarray] = {}
+        self._clean_schema: TableSchema | None = None
+        self.target_mean: float | None = None
+
+    # tensors of this rank's shards, read when first used (after the process group exists)
+    @property
+    def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        if self._ready:
+            self._ensure_local()
+        return self._tensors
+
+    @tensors.setter
+    def tensors(self, value: dict[str, dict[str, torch.Tensor]]) -> None:
+        self._tensors = value
+
+    def rank_world(self) -> tuple[int, int]:
+        return self._rank_override or _dist_info()
+
+    def my_shards(self) -> list[Path]:
+        rank, world = self.rank_world()
+        if len(self.files) < world:
+            raise SchemaError(f"{len(self.files)} shards for {world} ranks: every rank needs at least one shard "
+                              "(split the table into more files)", source=self.name)
+        return self.files[rank::world]
+
+    # ------------------------------------------------------------------ setup: preprocessing from a sample
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        data = self.source
+        target = data.target if self.require_target else None
+        sizes = [_shard_rows(f) for f in self.files]
+        total = sum(sizes)
+        if total == 0:
+            raise SchemaError("the shards hold no rows", source=self.name)
+        parts: list[pd.DataFrame] = []
+        for i, (f, n_f) in enumerate(zip(self.files, sizes)):
+            if n_f == 0:
+                continue
+            k = n_f if self.sample_rows >= total else min(n_f, -(-self.sample_rows * n_f // total))
+            df = _read_shard(f)
+            self._check_shard(df, str(f), parts[0] if parts else None)
+            if k < len(df):
+                rows = np.sort(np.random.default_rng([self.split_seed, i]).choice(len(df), size=k, replace=False))
+                df = df.iloc[rows]
+            parts.append(df)
+        sample = pd.concat(parts, ignore_index=True)
+        if not self.require_target and data.target and data.target in sample.columns:
+            sample = sample.drop(columns=[data.target])
+        schema = infer_schema(sample, target=target, id_col=data.id_col, overrides=data.roles, drop=data.drop,
+                              source=f"{self.name} [sample]")
+        if not schema.features:
+            raise SchemaError("no feature columns left after removing id, target and dropped columns", source=self.name)
+        clean, self.report = clean_table(sample, schema, source=f"{self.name} [sample]", **self.clean_kwargs)
+        self._clean_schema = schema  # before frame_transform's columns: what each shard is cleaned with
+        frames = self._split(clean, schema, f"{self.name} [sample]")
+        for split, f in frames.items():
+            if len(f) == 0:
+                raise SchemaError(f"the sample's {split} split is empty: raise data.sample_rows ({self.sample_rows}) "
+                                  f"or the {split} share", source=self.name)
+        if self.frame_transform is not None:
+            frames = {k: self.frame_transform(f, source=f"{self.name} [sample, {k} split]") for k, f in frames.items()}
+            added = [c for c in frames["train"].columns if c not in clean.columns]
+            schema = dataclasses.replace(schema, numeric=[*schema.numeric, *added])
+        self.schema = schema
+        self.encoder = FeatureEncoder.from_schema(schema, **self.encoder_kwargs_target, **self.encoder_kwargs).fit(
+            frames["train"], source=f"{self.name} [sample, train split]")
+        self._sample = frames
+        if target:
+            y = self.encoder.transform(frames["train"], source=f"{self.name} [sample]", require_target=True)["y"]
+            self.target_mean = float(y.double().mean())
+        self._ready = True
+        log.info("data %s: %d shards, %d rows; preprocessing fitted on a sample of %d rows",
+                 self.name, len(self.files), total, len(sample))
+
+    def _check_shard(self, df: pd.DataFrame, source: str, first: pd.DataFrame | None) -> None:
+        """Every shard (each is read once for the sample): the id and target columns, no missing id,
+        and the columns of the first shard."""
+        for col, what in ((self.source.target, "target"), (self.source.id_col, "id column")):
+            if col and col not in df.columns:
+                raise SchemaError(f"{what} not found; columns are {list(df.columns)}", source=source, column=col)
+        ids = df[self.source.id_col]
+        if ids.isna().any():
+            raise SchemaError(f"missing customer id ({int(ids.isna().sum())} rows): the split of a sharded table "
+                              "hashes the id", source=source, column=self.source.id_col,
+                              row=int(np.flatnonzero(ids.isna().to_numpy())[0]))
+        if first is not None and list(df.columns) != list(first.columns):
+            extra = [c for c in df.columns if c not in first.columns]
+            lost = [c for c in first.columns if c not in df.columns]
+            what = f"not in {self.files[0].name}" if extra else f"missing (it is in {self.files[0].name})"
+            raise SchemaError(f"the shards differ in their columns: this one is {what}" if extra or lost else
+                              f"the shards list their columns in another order than {self.files[0].name}",
+                              source=source, column=(extra or lost or [None])[0])
+
+    def _split(self, clean: pd.DataFrame, schema: TableSchema, source: str) -> dict[str, pd.DataFrame]:
+        code = hash_split(clean[schema.id_col], (self.val_size, self.test_size), self.split_seed, source=source,
+                          column=schema.id_col)
+        return {split: clean.iloc[np.flatnonzero(code == j)] for j, split in enumerate(SPLITS)}
+
+    # ------------------------------------------------------------------ this rank's rows
+    def _ensure_local(self) -> None:
+        rank_world = self.rank_world()
+        if self._local == rank_world:
+            return
+        target = self.source.target if self.require_target else None
+        pieces: dict[str, list[dict[str, torch.Tensor]]] = {s: [] for s in SPLITS}
+        ids: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+        for f in self.my_shards():
+            raw = _read_shard(f)
+            if not self.require_target and self.source.target and self.source.target in raw.columns:
+                raw = raw.drop(columns=[self.source.target])
+            clean, _ = clean_table(raw, self._clean_schema, source=str(f), **self.clean_kwargs)
+            for split, part in self._split(clean, self.schema, str(f)).items():
+                if len(part) == 0:
+                    continue
+                if self.frame_transform is not None:
+                    part = self.frame_transform(part, source=f"{f} [{split} split]")
+                pieces[split].append(self.encoder.transform(part, source=f"{f} [{split} split]",
+                                                            require_target=bool(target)))
+                ids[split].append(part[self.schema.id_col].to_numpy())
+            del raw, clean
+        tensors: dict[str, dict[str, torch.Tensor]] = {}
+        for split in SPLITS:
+            if not pieces[split]:
+                raise SchemaError(f"rank {rank_world[0]} of {rank_world[1]} has no rows in the {split} split: its "
+                                  f"shards are too small", source=self.name)
+            keys = pieces[split][0].keys()
+            tensors[split] = {k: torch.cat([p[k] for p in pieces[split]]) for k in keys}
+            tensors[split]["row"] = torch.arange(len(tensors[split][next(iter(keys))]))
+            self._ids[split] = np.concatenate(ids[split])
+        self._tensors = tensors
+        self._local = rank_world
+        log.info("data %s, rank %d of %d: %d shards, %s rows", self.name, rank_world[0], rank_world[1],
+                 len(self.my_shards()), {k: len(v) for k, v in self._ids.items()})
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Sizes from the encoder; the positive rate from the sample (the same on every rank)."""
+        self.setup()
+        d = self.encoder.dims()
+        if self.require_target and self.target_type == "binary" and self.target_mean is not None:
+            d["pos_rate"] = self.target_mean
+        return d
+
+    def preprocessing_state(self) -> dict[str, Any]:
+        self.setup()
+        state = {"encoder": self.encoder.state_dict(), "schema": self.schema.to_dict(),
+                 "cleaning": dict(self.clean_kwargs)}
+        if self.target_type == "continuous" and self.target_mean is not None:
+            state["target_mean"] = self.target_mean
+        return state
+
+    def ids(self, split: str) -> np.ndarray:
+        """Customer ids of this rank's rows of ``split``."""
+        self._ensure_local()
+        return self._ids[split]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        self.setup()
+        t = self.tensors[split]
+        n = len(t["row"])
+        counts = [n]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            counts = [0] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(counts, n)
+        bs = self.batch_size if shuffle else self.eval_batch_size
+        rank = self.rank_world()[0]
+        sampler = LocalBatchSampler(n, bs, shuffle=shuffle, n_rows=max(counts),
+                                    n_batches=-(-max(counts) // bs), seed=shuffle_seed(shuffle) + 104729 * rank)
+        return DataLoader(TensorTable(t), sampler=sampler, batch_size=None, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+
+
+def sharded_table(path: str, **kwargs: Any) -> ShardedTableDataModule:
+    """The ``data=parquet_shards`` config's target."""
+    return ShardedTableDataModule(path, **kwargs)

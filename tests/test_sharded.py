@@ -1,0 +1,126 @@
+"""data=parquet_shards: each rank reads only its own Parquet shards.
+
+Ranks are simulated here with the DataModule's ``rank``/``world_size`` arguments (no processes);
+the real two-process run through the CLI is in ``test_ddp.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clm_torch.data.schema import SchemaError
+from clm_torch.data.sharded import LocalBatchSampler, ShardedTableDataModule, hash_split
+from tests.conftest import messy_table
+
+
+def write_shards(frame: pd.DataFrame, directory: Path, n: int, salt: int = 0) -> Path:
+    """``frame`` in ``n`` Parquet files, by a hash of the customer id (``salt`` changes the hash)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    h = pd.util.hash_pandas_object(frame["customer_id"].astype(str) + f"/{salt}", index=False).to_numpy() % n
+    for k in range(n):
+        frame[h == k].to_parquet(directory / f"part-{k:03d}.parquet", index=False)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    return messy_table(1500)
+
+
+def _same(a, b) -> bool:  # noqa: ANN001 - nested dicts/lists of tensors and plain values
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b or (a != a and b != b)  # NaN equals NaN here
+
+
+def _dm(path: Path, rank: int = 0, world: int = 1, **kw) -> ShardedTableDataModule:
+    kw.setdefault("sample_rows", 600)
+    dm = ShardedTableDataModule(str(path), target="churn", id_col="customer_id", rank=rank, world_size=world,
+                                batch_size=64, **kw)
+    dm.setup()
+    return dm
+
+
+def test_ranks_hold_disjoint_rows_encoded_as_by_one_process(table: pd.DataFrame, tmp_path: Path) -> None:
+    """Two ranks together hold every customer of every split once, encoded exactly as one process
+    that reads all shards; the fitted preprocessing is the same whatever the rank."""
+    shards = write_shards(table, tmp_path / "s5", 5)
+    one, r0, r1 = _dm(shards), _dm(shards, 0, 2), _dm(shards, 1, 2)
+    assert [f.name for f in r0.my_shards()] == ["part-000.parquet", "part-002.parquet", "part-004.parquet"]
+    assert _same(r0.preprocessing_state(), one.preprocessing_state())
+    assert _same(r1.preprocessing_state(), one.preprocessing_state())
+    assert r0.model_kwargs() == one.model_kwargs()
+    n_ids = table["customer_id"].nunique()
+    assert sum(len(one.ids(s)) for s in ("train", "val", "test")) == n_ids  # duplicates dropped in their shard
+    for split in ("train", "val", "test"):
+        both = np.concatenate([r0.ids(split), r1.ids(split)])
+        assert len(set(both)) == len(both) and set(both) == set(one.ids(split)), split
+        where = {c: i for i, c in enumerate(one.ids(split))}
+        for dm in (r0, r1):
+            rows = torch.tensor([where[c] for c in dm.ids(split)])
+            for k, t in dm.tensors[split].items():
+                if k != "row":
+                    assert torch.equal(t, one.tensors[split][k].index_select(0, rows)), (split, k)
+    shares = [len(one.ids(s)) / n_ids for s in ("train", "val", "test")]
+    np.testing.assert_allclose(shares, [0.70, 0.15, 0.15], atol=0.04)
+
+
+def test_the_split_follows_the_customer_not_the_sharding(table: pd.DataFrame, tmp_path: Path) -> None:
+    a = _dm(write_shards(table, tmp_path / "a", 3, salt=1), 1, 3)
+    b = _dm(write_shards(table, tmp_path / "b", 4, salt=2))
+    for split in ("train", "val", "test"):
+        assert set(a.ids(split)) <= set(b.ids(split)), split
+    codes = hash_split(pd.Series(["x", "y", "z"] * 2), (0.15, 0.15), 0, source="s", column="id")
+    assert codes[:3].tolist() == codes[3:].tolist()  # a function of the id only
+    other = hash_split(pd.Series([f"c{i}" for i in range(2000)]), (0.15, 0.15), 1, source="s", column="id")
+    assert (other != hash_split(pd.Series([f"c{i}" for i in range(2000)]), (0.15, 0.15), 0, source="s",
+                                column="id")).mean() > 0.2  # split_seed draws another split
+
+
+def test_local_sampler_gives_every_rank_the_same_number_of_batches() -> None:
+    small, big = (LocalBatchSampler(n, 8, shuffle=True, n_rows=50, seed=3) for n in (37, 50))
+    assert len(small) == len(big) == 7 and len(list(small)) == 7
+    rows = torch.cat(list(LocalBatchSampler(37, 8, shuffle=True, n_rows=50, seed=3))).tolist()
+    assert len(rows) == 50 and set(rows) == set(range(37))  # wrapped: 13 rows twice
+    first, second = (torch.cat(list(s)).tolist() for s in [LocalBatchSampler(37, 8, shuffle=True, seed=3)] * 2)
+    assert sorted(first) == sorted(second) and first != second  # a new permutation per epoch
+    ev = LocalBatchSampler(37, 8, shuffle=False, n_batches=7)
+    batches = list(ev)
+    assert len(batches) == len(ev) == 7 and torch.cat(batches).tolist() == list(range(37))  # every row once
+
+
+def test_shard_problems_are_named_errors(table: pd.DataFrame, tmp_path: Path) -> None:
+    shards = write_shards(table, tmp_path / "s2", 2)
+    with pytest.raises(SchemaError, match="2 shards for 3 ranks"):
+        _dm(shards, 0, 3).tensors["train"]
+    with pytest.raises(SchemaError, match="no Parquet shards found"):
+        ShardedTableDataModule(str(tmp_path / "nothing-*.parquet"), target="churn", id_col="customer_id")
+    with pytest.raises(SchemaError, match="data.id_col is required"):
+        ShardedTableDataModule(str(shards), target="churn")
+    with pytest.raises(ValueError, match="clip_outliers"):
+        ShardedTableDataModule(str(shards), target="churn", id_col="customer_id", clean={"clip_outliers": 3})
+    bad = table.copy()
+    bad.loc[bad.index[7], "customer_id"] = None
+    broken = write_shards(bad.iloc[:700], tmp_path / "b1", 1)
+    write_shards(table.iloc[700:], tmp_path / "b2", 1)
+    (tmp_path / "b2" / "part-000.parquet").rename(broken / "part-001.parquet")
+    with pytest.raises(SchemaError) as err:
+        _dm(broken, sample_rows=10**6)
+    assert "column 'customer_id', row 7: missing customer id" in str(err.value)
+    assert str(err.value).startswith(str(broken / "part-000.parquet"))  # the shard and its own row
+    table.iloc[:700].to_parquet(broken / "part-000.parquet", index=False)
+    table.iloc[700:].drop(columns="churn").to_parquet(broken / "part-001.parquet", index=False)
+    with pytest.raises(SchemaError, match=r"part-001\.parquet, column 'churn': target not found"):
+        _dm(broken)
+    table.iloc[700:].assign(extra=1).to_parquet(broken / "part-001.parquet", index=False)
+    with pytest.raises(SchemaError, match=r"part-001\.parquet, column 'extra': the shards differ in their columns"):
+        _dm(broken)
