@@ -218,6 +218,32 @@ def test_assign_stage_every_stage():
         assign_stage(f.drop(columns="last_gap_days"))
 
 
+def test_assign_stage_refuses_what_it_would_misread():
+    """A probability Series that does not cover the customers (e.g. a 0..n-1 index on an id-indexed
+    view), probabilities on a 0-100 scale, durations or text in a day column, duplicated customers
+    and thresholds out of range are errors, not silently "active" or "lapsed" customers."""
+    f = _rows()
+    with pytest.raises(ValueError, match=r"11 of 11 customers are not in it \(first: 'new'\).*to_numpy\(\)"):
+        assign_stage(f, pd.Series(np.full(len(f), 0.9)))
+    with pytest.raises(ValueError, match="index, which has duplicates"):
+        assign_stage(f, pd.concat([pd.Series(0.9, index=f.index)] * 2))
+    with pytest.raises(ValueError, match=r"customer 'new' has 30.0 \(11 such values; a 0-100 scale"):
+        assign_stage(f, np.full(len(f), 30.0))
+    with pytest.raises(ValueError, match="at_risk_prob must be a probability"):
+        assign_stage(f, at_risk_prob=50)
+    with pytest.raises(ValueError, match="new_days must be a number of days"):
+        assign_stage(f, new_days=float("nan"))
+    with pytest.raises(SchemaError, match="column 'recency_days': expected a number but found timedelta64"):
+        assign_stage(f.assign(recency_days=pd.to_timedelta(f["recency_days"].fillna(0), unit="D")))
+    with pytest.raises(SchemaError, match=r"column 'tenure_days', row active: expected a number but found 'n/d'"):
+        assign_stage(f.assign(tenure_days=f["tenure_days"].astype(object).where(f.index != "active", "n/d")))
+    with pytest.raises(SchemaError, match="duplicated customer 'new'"):
+        assign_stage(pd.concat([f, f.iloc[:1]]))
+    # a Series covering every customer in another order, with extra customers, is matched by id
+    prob = pd.Series(0.9, index=[*f.index[::-1], "someone_else"])
+    assert assign_stage(f, prob).tolist() == assign_stage(f, np.full(len(f), 0.9)).tolist()
+
+
 def test_assign_stage_on_customer_view():
     log = pd.DataFrame(
         [

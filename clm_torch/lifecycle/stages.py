@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clm_torch.data.schema import SchemaError
+from clm_torch.data.schema import SchemaError, to_numeric_strict
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +75,21 @@ def assign_stage(
             source="<features>",
             column=missing[0],
         )
+    days = {"new_days": new_days, "active_recency_days": active_recency_days,
+            "lapsed_recency_days": lapsed_recency_days, "winback_gap_days": winback_gap_days}
+    for name, v in days.items():
+        if not (isinstance(v, (int, float, np.number)) and np.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a number of days >= 0, not {v!r}")
+    if not (isinstance(at_risk_prob, (int, float, np.number)) and 0.0 <= at_risk_prob <= 1.0):
+        raise ValueError(f"at_risk_prob must be a probability in [0, 1], not {at_risk_prob!r}")
     if not active_recency_days <= lapsed_recency_days:
         raise ValueError("active_recency_days must be <= lapsed_recency_days")
-    recency = features["recency_days"].to_numpy(dtype="float64")
-    tenure = features["tenure_days"].to_numpy(dtype="float64")
-    freq = features["frequency"].to_numpy(dtype="float64")
-    last_gap = features["last_gap_days"].to_numpy(dtype="float64")
-    if churn_prob is None:
-        prob = np.full(len(features), np.nan)
-    elif isinstance(churn_prob, pd.Series):
-        prob = churn_prob.reindex(features.index).to_numpy(dtype="float64")
-    else:
-        prob = np.asarray(churn_prob, dtype="float64").ravel()
-        if len(prob) != len(features):
-            raise ValueError(f"churn_prob has {len(prob)} values for {len(features)} customers")
+    if features.index.has_duplicates:
+        dup = features.index[features.index.duplicated()][0]
+        raise SchemaError(f"duplicated customer {dup!r} in the index: one row per customer", source="<features>")
+    recency, tenure, freq, last_gap = (
+        to_numeric_strict(features[c], source="<features>", column=c).to_numpy() for c in _REQUIRED)
+    prob = _churn_prob(churn_prob, features.index)
 
     no_history = (freq == 0) | np.isnan(recency)
     with np.errstate(invalid="ignore"):
@@ -102,3 +103,32 @@ def assign_stage(
     out = pd.Series(pd.Categorical(stage, categories=list(STAGES)), index=features.index, name="stage")
     log.info("stages: %s", out.value_counts().to_dict())
     return out
+
+
+def _churn_prob(churn_prob: Any, index: pd.Index) -> np.ndarray:
+    """``churn_prob`` as float64 in the order of ``index`` (NaN: unknown). A Series is matched by its
+    index, which must hold every customer once; anything else is taken in row order."""
+    n = len(index)
+    if churn_prob is None:
+        return np.full(n, np.nan)
+    if isinstance(churn_prob, pd.Series):
+        if churn_prob.index.has_duplicates:
+            raise ValueError("churn_prob (a Series) is matched to the customers by its index, which has duplicates")
+        absent = ~index.isin(churn_prob.index)
+        if absent.any():
+            raise ValueError(f"churn_prob (a Series) is matched to the customers by its index, but {int(absent.sum())} "
+                             f"of {n} customers are not in it (first: {index[absent][0]!r}); pass "
+                             "churn_prob.to_numpy() to take the values in row order")
+        churn_prob = churn_prob.reindex(index)
+    try:
+        prob = np.asarray(churn_prob, dtype="float64").ravel()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"churn_prob must be numbers: {e}") from None
+    if len(prob) != n:
+        raise ValueError(f"churn_prob has {len(prob)} values for {n} customers")
+    bad = ~np.isnan(prob) & ~((prob >= 0) & (prob <= 1))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"churn_prob must be probabilities in [0, 1] (NaN = unknown): customer {index[i]!r} has "
+                         f"{prob[i]} ({int(bad.sum())} such values; a 0-100 scale must be divided by 100)")
+    return prob
