@@ -56,3 +56,36 @@ def test_segment_summary() -> None:
     assert s["size"].tolist() == [2, 1]
     assert s["mean_churn_probability"].tolist() == pytest.approx([0.3, 0.9])
     assert s.loc[0, "top_plan"] == "a" and s.loc[0, "top_recs"].startswith("x")
+
+
+def test_bad_points_and_labels_are_named_errors() -> None:
+    """Missing or overflowing values, more clusters than distinct points, mismatched labels and
+    customers without a segment: ValueErrors/SchemaErrors that say what to do, never a bare torch
+    error from the k-means++ draw; choose_k skips the k that the data cannot support."""
+    from clm_torch.data.schema import SchemaError
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 3))
+    for bad, shown in ((np.nan, "nan"), (np.inf, "inf"), (1e20, r"1e\+20")):
+        y = x.copy()
+        y[7, 2] = bad
+        with pytest.raises(ValueError, match=rf"first: row 7, column 2: {shown}\); impute or drop"):
+            kmeans(y, 3)
+        with pytest.raises(ValueError, match="row 7, column 2"):
+            choose_k(y)
+    three = np.repeat(np.eye(3), 100, axis=0)
+    assert np.bincount(kmeans(three, 3).labels.numpy()).tolist() == [100, 100, 100]
+    with pytest.raises(ValueError, match="k = 4 clusters but only 3 distinct points"):
+        kmeans(three, 4)
+    assert choose_k(three).k == 3 and choose_k(three, [5, 2, 3]).k == 3  # k above 3 skipped, any order
+    with pytest.raises(ValueError, match="clusters >= 2"):
+        choose_k(x, [1])
+    with pytest.raises(ValueError, match="labels has 299 values for 300 points"):
+        silhouette(x, np.zeros(299, dtype=int))
+    with pytest.raises(ValueError, match="found -1"):
+        silhouette(x, np.r_[-1, np.zeros(299, dtype=int)])
+    df = pd.DataFrame({"segment": [0, 1, None, 1], "clv": [1.0, 2.0, 3.0, 4.0]}, index=list("abcd"))
+    with pytest.raises(SchemaError, match="column 'segment', row c: 1 customers have no segment"):
+        segment_summary(df)
+    with pytest.raises(SchemaError, match="column 'cluster': segment column not found"):
+        segment_summary(df, "cluster")

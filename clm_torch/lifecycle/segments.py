@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from clm_torch.data.schema import SchemaError
+
 
 @dataclasses.dataclass
 class KMeansResult:
@@ -30,6 +32,30 @@ class KMeansResult:
                           for i in range(0, len(x), chunk)]).numpy()
 
 
+def _points(x: torch.Tensor | np.ndarray, what: str = "x") -> torch.Tensor:
+    """``x`` as an (n, d) float32 tensor of finite values, or a ValueError naming the first bad cell."""
+    try:
+        arr = x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} must be numbers: {e}") from None
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D (points, dimensions) array, got shape {arr.shape}")
+    bad = ~np.isfinite(arr) | (np.abs(arr) > 1e15)  # squared distances must stay finite in float32
+    if bad.any():
+        i, j = (int(v[0]) for v in np.nonzero(bad))
+        raise ValueError(f"{what} has {int(bad.sum())} missing, infinite or huge (> 1e15) values (first: row {i}, "
+                         f"column {j}: {float(arr[i, j]):.6g}); impute or drop them, and standardise, before segmenting")
+    return torch.as_tensor(arr, dtype=torch.float32)
+
+
+class TooFewDistinctPoints(ValueError):
+    """More clusters asked for than the data has distinct points."""
+
+
+def _n_distinct(x: torch.Tensor) -> int:
+    return int(torch.unique(x, dim=0).shape[0]) if len(x) else 0
+
+
 def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; 2 + log k candidates per step, as in
     scikit-learn): (k, d) centers."""
@@ -38,6 +64,8 @@ def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
     centers = [x[torch.randint(n, (1,), generator=g)].squeeze(0)]
     d2 = ((x - centers[0]) ** 2).sum(1)
     for _ in range(1, k):
+        if not float(d2.sum()) > 0:  # every point sits on a center already: fewer distinct points than k
+            raise TooFewDistinctPoints
         probs = d2 / d2.sum().clamp_min(1e-12)
         cand = torch.multinomial(probs, n_trials, replacement=True, generator=g)
         cand_d2 = torch.minimum(d2[None], torch.cdist(x[cand], x) ** 2)  # (trials, n)
@@ -55,13 +83,18 @@ def kmeans(x: torch.Tensor | np.ndarray, k: int, *, n_init: int = 4, max_iter: i
         x: (n, d) points.
         k: number of clusters (≤ n).
     """
-    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    x = _points(x)
     if k < 1 or k > len(x):
         raise ValueError(f"k must be in [1, {len(x)}], got {k}")
     g = torch.Generator().manual_seed(seed)
     best: KMeansResult | None = None
     for _ in range(n_init):
-        c = _kmeans_pp(x, k, g)
+        try:
+            c = _kmeans_pp(x, k, g)
+        except TooFewDistinctPoints:
+            distinct = _n_distinct(x)
+            raise TooFewDistinctPoints(f"k = {k} clusters but only {distinct} distinct points: k must be <= {distinct}") \
+                from None
         prev = math.inf
         for _ in range(max_iter):
             dist = torch.cdist(x, c)
@@ -89,8 +122,12 @@ def kmeans(x: torch.Tensor | np.ndarray, k: int, *, n_init: int = 4, max_iter: i
 def silhouette(x: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, *, sample_size: int = 4000,
                seed: int = 0) -> float:
     """Mean silhouette coefficient (on a random sample of at most ``sample_size`` points)."""
-    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    x = _points(x)
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).ravel()
+    if len(labels) != len(x):
+        raise ValueError(f"labels has {len(labels)} values for {len(x)} points")
+    if len(labels) and int(labels.min()) < 0:
+        raise ValueError(f"labels must be cluster numbers >= 0, found {int(labels.min())}")
     if len(x) > sample_size:
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(x), generator=g)[:sample_size]
@@ -139,18 +176,24 @@ def choose_k(x: torch.Tensor | np.ndarray, k_range: Sequence[int] = range(2, 11)
     """Fit k-means for each k and keep the best by silhouette (max) or BIC (min)."""
     if criterion not in ("silhouette", "bic"):
         raise ValueError(f"criterion must be silhouette or bic, not {criterion!r}")
-    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    x = _points(x)
+    ks = [int(k) for k in k_range]
+    if any(k < 2 for k in ks):
+        raise ValueError(f"k_range must hold numbers of clusters >= 2 (the criteria compare partitions), got {ks}")
     rows, fits = [], {}
-    for k in k_range:
-        if k >= len(x):
-            break
-        r = kmeans(x, k, seed=seed, n_init=n_init)
+    for k in ks:
+        if k >= len(x):  # a silhouette needs k < n
+            continue
+        try:
+            r = kmeans(x, k, seed=seed, n_init=n_init)
+        except TooFewDistinctPoints:  # k above the number of distinct points
+            continue
         fits[k] = r
         rows.append({"k": k, "silhouette": silhouette(x, r.labels, seed=seed), "bic": kmeans_bic(x, r),
                      "inertia": r.inertia})
     scores = pd.DataFrame(rows)
     if scores.empty:
-        raise ValueError("too few points to segment")
+        raise ValueError(f"too few points to segment: {len(x)} points, {_n_distinct(x)} distinct, for k in {ks}")
     best_k = int(scores.loc[scores["silhouette"].idxmax() if criterion == "silhouette" else scores["bic"].idxmin(), "k"])
     return SegmentSelection(fits[best_k], best_k, scores)
 
@@ -160,8 +203,16 @@ def segment_summary(customers: pd.DataFrame, segment_col: str = "segment", *,
                     category_cols: Sequence[str] = (), list_cols: Sequence[str] = (), top: int = 3) -> pd.DataFrame:
     """One readable row per segment: size, share, means of ``numeric_cols``, the most common values
     of ``category_cols`` and the most frequent entries of list-valued ``list_cols`` (e.g. top
-    recommended items, next best questions)."""
-    g = customers.groupby(segment_col, sort=True)
+    recommended items, next best questions). Columns of ``numeric_cols`` etc. that ``customers``
+    lacks are left out (the defaults name the pipeline's columns); every customer needs a segment."""
+    if segment_col not in customers.columns:
+        raise SchemaError(f"segment column not found; columns are {list(customers.columns)}", source="<customers>",
+                          column=segment_col)
+    if customers[segment_col].isna().any():
+        first = customers.index[customers[segment_col].isna().to_numpy()][0]
+        raise SchemaError(f"{int(customers[segment_col].isna().sum())} customers have no segment", source="<customers>",
+                          column=segment_col, row=first)
+    g = customers.groupby(segment_col, sort=True, observed=True)
     out = pd.DataFrame({"size": g.size()})
     out["share"] = out["size"] / out["size"].sum()
     for c in numeric_cols:
