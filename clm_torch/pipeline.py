@@ -287,7 +287,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         category_cols=("stage", "gap", "next_best_question", "action"), list_cols=("top_items",))
     write_csv_safe(customers_out, out / "customers.csv")
     write_csv_safe(seg_table, out / "segments.csv")
-    cohorts = cohort_retention(ev)
+    cohorts = cohort_retention(ev, end=inputs["cutoff"])  # the log is observed up to the cutoff
     rpt.plot_latent_map(latents, segments, out / "plots" / "latent_map.png")
     rpt.plot_clv_by_segment(customers_out, out / "plots" / "clv_by_segment.png")
     rpt.plot_cohorts(cohorts, out / "plots" / "cohort_retention.png")

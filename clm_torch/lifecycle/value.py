@@ -52,16 +52,29 @@ def clv_formula(
     m = np.asarray(margins, dtype="float64")
     if m.ndim not in (1, 2) or m.shape[-1] == 0:
         raise ValueError(f"margins must have shape (T,) or (n, T) with T >= 1, got {m.shape}")
-    if discount_rate <= -1:
-        raise ValueError(f"discount_rate must be > -1, got {discount_rate}")
+    if not (np.isfinite(discount_rate) and discount_rate > -1):
+        raise ValueError(f"discount_rate must be a number > -1, got {discount_rate}")
+    _check_finite(m, "margins")
     s = np.ones_like(m) if survival is None else np.asarray(survival, dtype="float64")
     if s.ndim not in (1, 2) or s.shape[-1] != m.shape[-1]:
         raise ValueError(f"survival shape {s.shape} does not match margins shape {m.shape}")
+    _check_finite(s, "survival")
     if np.any((s < 0) | (s > 1)):
         raise ValueError("survival probabilities must lie in [0, 1]")
     t = np.arange(1, m.shape[-1] + 1, dtype="float64")
     value = (m * s / (1.0 + discount_rate) ** t).sum(axis=-1)
     return float(value) if np.ndim(value) == 0 else value
+
+
+def _check_finite(x: np.ndarray, what: str) -> None:
+    """A ValueError naming the first missing or infinite value of ``x`` (CLV inputs are never NaN:
+    a NaN would silently become a NaN value for the customer)."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        x, bad = np.atleast_1d(x), np.atleast_1d(bad)
+        where = tuple(int(v[0]) for v in np.nonzero(bad))
+        raise ValueError(f"{what} has {int(bad.sum())} missing or infinite values (first at index "
+                         f"{where[0] if len(where) == 1 else where}: {x[where]}); fill or drop those customers")
 
 
 def survival_from_churn_prob(p_churn: ArrayLike, n_periods: int) -> np.ndarray:
@@ -86,7 +99,8 @@ def survival_from_churn_prob(p_churn: ArrayLike, n_periods: int) -> np.ndarray:
         ``(n_periods,)`` for a scalar ``p_churn``, else ``(n, n_periods)``.
     """
     p = np.asarray(p_churn, dtype="float64")
-    if np.any((p < 0) | (p > 1)) or np.any(np.isnan(p)):
+    _check_finite(p, "p_churn")
+    if np.any((p < 0) | (p > 1)):
         raise ValueError("churn probabilities must lie in [0, 1]")
     if n_periods < 1:
         raise ValueError(f"n_periods must be >= 1, got {n_periods}")
@@ -109,9 +123,10 @@ def per_period_churn_prob(p_horizon: ArrayLike, periods_in_horizon: float) -> np
         ``k`` = horizon length / period length (> 0).
     """
     p = np.asarray(p_horizon, dtype="float64")
+    _check_finite(p, "p_horizon")
     if np.any((p < 0) | (p > 1)):
         raise ValueError("churn probabilities must lie in [0, 1]")
-    if periods_in_horizon <= 0:
+    if not (np.isfinite(periods_in_horizon) and periods_in_horizon > 0):
         raise ValueError(f"periods_in_horizon must be > 0, got {periods_in_horizon}")
     out = 1.0 - (1.0 - p) ** (1.0 / periods_in_horizon)
     return float(out) if out.ndim == 0 else out
@@ -123,7 +138,7 @@ def per_period_churn_prob(p_horizon: ArrayLike, periods_in_horizon: float) -> np
 def retention_rate(
     customers_start: ArrayLike, customers_end: ArrayLike, new_customers: ArrayLike
 ) -> float | np.ndarray:
-    """Retention rate ``(end - new) / start``; NaN where ``start`` is 0.
+    """Retention rate ``(end - new) / start``; NaN where ``start`` is 0 (and nobody was retained).
 
     Parameters
     ----------
@@ -135,10 +150,18 @@ def retention_rate(
         Customers gained during the period (counted in ``customers_end``).
     """
     s, e, n = (np.asarray(x, dtype="float64") for x in (customers_start, customers_end, new_customers))
+    for x, what in ((s, "customers_start"), (e, "customers_end"), (n, "new_customers")):
+        _check_finite(x, what)
     if np.any(s < 0) or np.any(e < 0) or np.any(n < 0):
         raise ValueError("customer counts must be >= 0")
     if np.any(n > e):
         raise ValueError("new_customers cannot exceed customers_end")
+    sb, eb, nb = (x.ravel() for x in np.broadcast_arrays(s, e, n))
+    over = np.flatnonzero((eb - nb) > sb)
+    if len(over):
+        i = over[0]
+        raise ValueError(f"customers_end - new_customers ({eb[i]:g} - {nb[i]:g}) exceeds customers_start ({sb[i]:g}): "
+                         "more customers retained than there were; new_customers must count every customer gained")
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(s > 0, (e - n) / np.where(s > 0, s, 1.0), np.nan)
     return float(r) if r.ndim == 0 else r
@@ -153,8 +176,19 @@ def _purchases(events: pd.DataFrame, what: str) -> pd.DataFrame:
     for col in ("customer_id", "timestamp"):
         if col not in events.columns:
             raise SchemaError("column not found; pass the frame returned by load_events", source=what, column=col)
+    t = events["timestamp"]
+    if not pd.api.types.is_datetime64_any_dtype(t):
+        raise SchemaError(f"expected datetimes but found {t.dtype} values; read the log with load_events (which "
+                          "parses text and epoch seconds)", source=what, column="timestamp")
+    if t.dt.tz is not None:  # one UTC clock, as load_events and build_customer_view use
+        events = events.assign(timestamp=t.dt.tz_convert("UTC").dt.tz_localize(None))
     if "amount" in events.columns:
-        return events.loc[events["amount"] >= 0, ["customer_id", "timestamp"]]
+        amount = events["amount"]
+        if amount.isna().any():
+            raise SchemaError(f"missing amount ({int(amount.isna().sum())} rows): a purchase or a refund? Fill or "
+                              "drop those events", source=what, column="amount",
+                              row=events.index[amount.isna().to_numpy()][0])
+        return events.loc[amount >= 0, ["customer_id", "timestamp"]]
     return events[["customer_id", "timestamp"]]
 
 
@@ -185,9 +219,13 @@ def rates_from_events(
     pd.Series
         float64 values ``n_start, n_end, n_new, n_reactivated, retention_rate, churn_rate``.
     """
-    start, end = pd.Timestamp(period_start), pd.Timestamp(period_end)
+    from clm_torch.data.events import _to_utc_naive
+
+    start, end = _to_utc_naive(period_start), _to_utc_naive(period_end)
     if not start < end:
         raise ValueError(f"period_start {start} must be before period_end {end}")
+    if lookback_days is not None and not (np.isfinite(lookback_days) and lookback_days > 0):
+        raise ValueError(f"lookback_days must be a number of days > 0, got {lookback_days}")
     lookback = (end - start) if lookback_days is None else pd.Timedelta(days=lookback_days)
     ev = _purchases(events, "<events>")
     t, cid = ev["timestamp"], ev["customer_id"]
@@ -209,7 +247,7 @@ def rates_from_events(
     )
 
 
-def cohort_retention(events: pd.DataFrame, freq: str = "M") -> pd.DataFrame:
+def cohort_retention(events: pd.DataFrame, freq: str = "M", *, end: Any = None) -> pd.DataFrame:
     """Share of each acquisition cohort active in each period since acquisition.
 
     Parameters
@@ -218,18 +256,30 @@ def cohort_retention(events: pd.DataFrame, freq: str = "M") -> pd.DataFrame:
         Canonical event frame; refunds (negative amounts) are not purchases.
     freq
         A pandas period frequency (``"M"`` month, ``"W"`` week, ``"Q"``, ``"Y"``).
+    end
+        The end of observation (exclusive), e.g. the cutoff the log was extracted at: a period is
+        observed only if it ends by then. Default: the day after the last purchase, so the
+        period holding the last purchase counts only if it ends that day (a log cut mid-month
+        would otherwise show a false drop in its last month).
 
     Returns
     -------
     pd.DataFrame
         Index ``cohort`` (PeriodIndex of the first-purchase period), columns ``period``
         0, 1, 2, ... (periods since acquisition), values = customers of the cohort with a purchase
-        in that period / cohort size. Column 0 is 1.0 by construction. Cells after the last period
-        in the data are NaN (not observed), not 0. The cohort sizes are in ``df.attrs["size"]``.
+        in that period / cohort size. Column 0 is 1.0 by construction. Cells of periods not
+        fully observed by ``end`` are NaN (not observed), not 0. The cohort sizes are in
+        ``df.attrs["size"]``.
     """
+    from clm_torch.data.events import _to_utc_naive
+
     ev = _purchases(events, "<events>")
     if len(ev) == 0:
         raise SchemaError("no purchases in the event log", source="<events>")
+    t_max = ev["timestamp"].max()
+    end = t_max.normalize() + pd.Timedelta(days=1) if end is None else _to_utc_naive(end)
+    if not end > t_max:
+        raise ValueError(f"end {end} must be after the last purchase ({t_max})")
     per = ev["timestamp"].dt.to_period(freq)
     ordinal = per.array.asi8  # period ordinals, int64
     codes, _ = pd.factorize(ev["customer_id"])
@@ -238,12 +288,14 @@ def cohort_retention(events: pd.DataFrame, freq: str = "M") -> pd.DataFrame:
     active = pd.DataFrame({"c": codes, "k": k}).drop_duplicates()
     cohort_of = first[active["c"].to_numpy()]
     counts = pd.crosstab(cohort_of, active["k"].to_numpy())
-    counts = counts.reindex(columns=np.arange(int(k.max()) + 1), fill_value=0)
+    last_instant = pd.Period(end - pd.Timedelta(1, "ns"), freq=per.dt.freq)
+    last_complete = last_instant.ordinal - (0 if last_instant.end_time <= end - pd.Timedelta(1, "ns") else 1)
+    n_cols = max(int(k.max()), int(last_complete - counts.index.min())) + 1
+    counts = counts.reindex(columns=np.arange(n_cols), fill_value=0)
     size = pd.Series(first).value_counts().reindex(counts.index)
     share = counts.div(size, axis=0).astype("float64")
-    last = int(ordinal.max())
-    horizon = np.subtract.outer(last - counts.index.to_numpy(), counts.columns.to_numpy())  # >= 0 observed
-    share = share.where(horizon >= 0)
+    cal = np.add.outer(counts.index.to_numpy(), counts.columns.to_numpy())  # calendar ordinal of each cell
+    share = share.where((cal <= last_complete) | (counts.columns.to_numpy()[None] == 0))
     share.index = pd.PeriodIndex.from_ordinals(counts.index.to_numpy(), freq=per.dt.freq).rename("cohort")
     share.columns = pd.Index(counts.columns.to_numpy(), name="period")
     share.attrs["size"] = dict(zip(share.index.astype(str), size.to_numpy().tolist()))
@@ -275,6 +327,8 @@ def run_rate_clv(features: pd.DataFrame, horizon_days: float, *, min_tenure_days
     for col in ("monetary_total", "tenure_days"):
         if col not in features.columns:
             raise SchemaError("column not found; pass CustomerView.features", source="<features>", column=col)
+    if not (np.isfinite(horizon_days) and horizon_days >= 0):
+        raise ValueError(f"horizon_days must be a number of days >= 0, got {horizon_days}")
     total = features["monetary_total"].astype("float64").fillna(0.0).clip(lower=0.0)
     weeks = features["tenure_days"].astype("float64").clip(lower=min_tenure_days) / 7.0
     pred = (total / weeks * (horizon_days / 7.0)).where(features["tenure_days"].notna(), 0.0)
