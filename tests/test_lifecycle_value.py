@@ -126,14 +126,29 @@ def test_cohort_retention_by_hand():
             ("e", "2024-03-03", 7),
         ]
     )
-    got = cohort_retention(ev, freq="M")
-    expected = pd.DataFrame(
-        [[1.0, 0.0, 0.5], [1.0, 0.5, np.nan], [1.0, np.nan, np.nan]],
-        index=pd.PeriodIndex(["2024-01", "2024-02", "2024-03"], freq="M", name="cohort"),
-        columns=pd.Index([0, 1, 2], name="period"),
-    )
+    cohorts = pd.PeriodIndex(["2024-01", "2024-02", "2024-03"], freq="M", name="cohort")
+    # observed to the end of March: every cell up to March counts
+    got = cohort_retention(ev, freq="M", end="2024-04-01")
+    expected = pd.DataFrame([[1.0, 0.0, 0.5], [1.0, 0.5, np.nan], [1.0, np.nan, np.nan]], index=cohorts,
+                            columns=pd.Index([0, 1, 2], name="period"))
     pd.testing.assert_frame_equal(got, expected, check_column_type=False)
     assert got.attrs["size"] == {"2024-01": 2, "2024-02": 2, "2024-03": 1}
+    # by default the log ends the day after its last purchase (March 4): March is not fully observed,
+    # so its cells are unknown rather than a false drop (column 0 stays 1.0 by construction)
+    expected.loc[["2024-01"], 2] = np.nan
+    expected.loc[["2024-02"], 1] = np.nan
+    pd.testing.assert_frame_equal(cohort_retention(ev, freq="M"), expected, check_column_type=False)
+    # observed to mid-May: April is a month without purchases (0), May is unknown
+    later = cohort_retention(ev, freq="M", end=pd.Timestamp("2024-05-15", tz="Europe/Berlin"))
+    assert later.columns.tolist() == [0, 1, 2, 3]  # up to April for the January cohort
+    np.testing.assert_array_equal(later.to_numpy(), [[1.0, 0.0, 0.5, 0.0], [1.0, 0.5, 0.0, np.nan],
+                                                     [1.0, 0.0, np.nan, np.nan]])
+    with pytest.raises(ValueError, match="must be after the last purchase"):
+        cohort_retention(ev, end="2024-03-03")
+    # a customer buying every month, the log cut on the 10th: retention 1.0, no drop in the cut month
+    monthly = _events([(c, f"2023-{m:02d}-0{1 + i}", 1) for i, c in enumerate("xyz") for m in range(1, 7)])
+    monthly = pd.concat([monthly, _events([("x", "2023-06-10", 1)])], ignore_index=True)
+    assert np.nanmin(cohort_retention(monthly).to_numpy()) == 1.0
 
 
 # ----------------------------------------------------------------------------- baselines and metrics
@@ -260,3 +275,63 @@ def test_assign_stage_on_customer_view():
     v = build_customer_view(ev, "2024-04-01", customers=pd.DataFrame({"customer_id": ["E"]}))
     assert assign_stage(v.features).to_dict() == {"A": "active", "B": "won_back", "C": "new", "E": "lapsed"}
     assert math.isclose(v.features.loc["B", "last_gap_days"], 203)
+
+
+def test_value_and_rate_inputs_that_would_give_silent_nan_or_impossible_rates():
+    """NaN margins, survival or probabilities, more customers retained than there were, text or
+    time-zone timestamps and events without an amount: named errors (or, for time zones, one UTC
+    clock), never a NaN CLV or a retention above 1."""
+    with pytest.raises(ValueError, match=r"margins has 1 missing or infinite values \(first at index 2: nan\)"):
+        clv_formula([1.0, 2.0, np.nan])
+    with pytest.raises(ValueError, match="survival has 1 missing"):
+        clv_formula([1.0, 2.0], survival=[0.9, np.nan])
+    with pytest.raises(ValueError, match="discount_rate must be a number"):
+        clv_formula([1.0, 2.0], discount_rate=float("nan"))
+    with pytest.raises(ValueError, match="p_churn has 1 missing"):
+        survival_from_churn_prob([0.1, np.nan], 3)
+    with pytest.raises(ValueError, match="p_horizon has 1 missing"):
+        per_period_churn_prob([np.nan], 2)
+    with pytest.raises(ValueError, match=r"\(1100 - 50\) exceeds customers_start \(1000\)"):
+        retention_rate(1000, 1100, 50)
+    with pytest.raises(ValueError, match=r"\(40 - 10\) exceeds customers_start \(0\)"):
+        churn_rate([10, 0], [5, 40], [0, 10])
+    with pytest.raises(ValueError, match="customers_end has 1 missing"):
+        retention_rate(10, np.nan, 0)
+    assert math.isnan(retention_rate(0, 3, 3)) and retention_rate(10, 12, 4) == 0.8
+    ev = _events([("a", "2024-01-05", 1), ("a", "2024-02-05", 1), ("b", "2024-01-20", 3), ("b", "2024-03-02", 1)])
+    base = rates_from_events(ev, "2024-02-01", "2024-03-01")
+    tz = ev.assign(timestamp=ev["timestamp"].dt.tz_localize("UTC").dt.tz_convert("America/New_York"))
+    pd.testing.assert_series_equal(rates_from_events(tz, pd.Timestamp("2024-02-01", tz="UTC"), "2024-03-01"), base)
+    pd.testing.assert_frame_equal(cohort_retention(tz), cohort_retention(ev))
+    with pytest.raises(SchemaError, match="column 'timestamp': expected datetimes but found"):
+        rates_from_events(ev.assign(timestamp=ev["timestamp"].astype(str)), "2024-02-01", "2024-03-01")
+    with pytest.raises(SchemaError, match="column 'amount', row 1: missing amount"):
+        cohort_retention(ev.assign(amount=[1.0, np.nan, 3.0, 1.0]))
+    with pytest.raises(ValueError, match="lookback_days must be a number of days > 0"):
+        rates_from_events(ev, "2024-02-01", "2024-03-01", lookback_days=0)
+    with pytest.raises(ValueError, match="horizon_days must be"):
+        run_rate_clv(pd.DataFrame({"monetary_total": [1.0], "tenure_days": [3.0]}), float("nan"))
+
+
+def test_suggested_actions_refuse_bad_inputs_and_ties_do_not_make_everyone_high_value():
+    from clm_torch.lifecycle.report import suggest_actions
+
+    clv = np.r_[np.zeros(85), np.linspace(50, 500, 15)]  # most customers have no value yet
+    c = pd.DataFrame({"stage": "active", "churn_probability": 0.1, "clv": clv, "top5_items": "i1 i2"})
+    got = suggest_actions(c)
+    assert (got.loc[clv == 0, "action"] == "recommend").all()
+    assert got.loc[clv > 0, "action"].value_counts().to_dict() == {"cross-sell": 15}  # the top 20 % minus ties
+    at_risk = suggest_actions(c.assign(clv=0.0, stage="at_risk", churn_probability=np.r_[np.full(99, 0.7), np.nan]))
+    assert set(at_risk["reason"]) == {"at risk: churn p=0.70", "at risk: churn p=n/a"}
+    no_history = suggest_actions(pd.DataFrame({"stage": ["lapsed", "lapsed"], "churn_probability": [0.9, 0.9],
+                                               "clv": [0.0, 1.0], "recency_days": [np.nan, 200.4],
+                                               "top5_items": [np.nan, np.nan]}))
+    assert no_history["reason"].tolist() == ["lapsed: no purchase before the cutoff", "lapsed: no purchase for 200 days"]
+    with pytest.raises(SchemaError, match="column 'clv': column not found"):
+        suggest_actions(c.drop(columns="clv"))
+    with pytest.raises(SchemaError, match="row 3: unknown stage 'Lapsed'"):
+        suggest_actions(c.assign(stage=["active"] * 3 + ["Lapsed"] + ["active"] * 96))
+    with pytest.raises(SchemaError, match=r"column 'churn_probability', row 0: churn probabilities must lie in \[0, 1\]"):
+        suggest_actions(c.assign(churn_probability=70.0))
+    with pytest.raises(ValueError, match="value_quantile must be in"):
+        suggest_actions(c, value_quantile=80)

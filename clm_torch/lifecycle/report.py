@@ -29,37 +29,88 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 
+def _high_value(clv: np.ndarray, value_quantile: float) -> np.ndarray:
+    """CLV in the top ``1 - value_quantile`` share and positive. When ties at the quantile would put
+    more than that share in the group (e.g. most customers at CLV 0), the tied customers are left out."""
+    ok = np.isfinite(clv)
+    if not ok.any():
+        return np.zeros(len(clv), bool)
+    thr = np.quantile(clv[ok], value_quantile)
+    with np.errstate(invalid="ignore"):
+        high = clv >= thr
+        if high[ok].mean() > (1.0 - value_quantile) + 1.0 / ok.sum():  # ties at the threshold
+            high = clv > thr
+        return high & (clv > 0)
+
+
+def _fmt_prob(p: np.ndarray) -> np.ndarray:
+    return np.where(np.isnan(p), "n/a", np.char.mod("%.2f", np.nan_to_num(p)))
+
+
 def suggest_actions(customers: pd.DataFrame, *, churn_threshold: float = 0.5, value_quantile: float = 0.8,
                     low_completeness: float = 0.5) -> pd.DataFrame:
     """Columns ``action`` and ``reason`` for a frame with ``stage``, ``churn_probability``, ``clv``,
-    and optionally ``completeness``, ``next_best_question``, ``recency_days``, ``top5_items``."""
+    and optionally ``completeness``, ``next_best_question``, ``recency_days``, ``top5_items``.
+
+    ``high value`` is the top ``1 - value_quantile`` share by CLV among customers with a positive
+    CLV (customers tied at the quantile are all left out when including them would exceed that
+    share). A missing churn probability never makes a customer at risk.
+    """
+    from clm_torch.data.schema import SchemaError, to_numeric_strict
+    from clm_torch.lifecycle.stages import STAGES
+
     c = customers
-    p = c["churn_probability"].to_numpy(dtype=float)
-    clv = c["clv"].to_numpy(dtype=float)
-    high = clv >= np.nanquantile(clv, value_quantile) if np.isfinite(clv).any() else np.zeros(len(c), bool)
-    stage = c["stage"].astype(str).to_numpy()
-    comp = c["completeness"].to_numpy(dtype=float) if "completeness" in c else np.ones(len(c))
+    for name, v, lo, hi in (("churn_threshold", churn_threshold, 0, 1), ("value_quantile", value_quantile, 0, 1),
+                            ("low_completeness", low_completeness, 0, 1)):
+        if not (isinstance(v, (int, float, np.number)) and lo <= v <= hi):
+            raise ValueError(f"{name} must be in [{lo}, {hi}], not {v!r}")
+    missing = [k for k in ("stage", "churn_probability", "clv") if k not in c.columns]
+    if missing:
+        raise SchemaError(f"column not found; suggest_actions needs stage, churn_probability and clv "
+                          f"(columns are {list(c.columns)})", source="<customers>", column=missing[0])
+    num = {k: to_numeric_strict(c[k], source="<customers>", column=k).to_numpy()
+           for k in ("churn_probability", "clv", "completeness", "recency_days") if k in c.columns}
+    p = num["churn_probability"]
+    bad = ~np.isnan(p) & ((p < 0) | (p > 1))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise SchemaError(f"churn probabilities must lie in [0, 1] (found {p[i]})", source="<customers>",
+                          column="churn_probability", row=c.index[i])
+    stage = c["stage"].astype(object).to_numpy()
+    unknown = ~pd.Series(stage).isin(STAGES).to_numpy()
+    if unknown.any():
+        i = int(np.flatnonzero(unknown)[0])
+        raise SchemaError(f"unknown stage {stage[i]!r}; stages are {list(STAGES)} (assign_stage)",
+                          source="<customers>", column="stage", row=c.index[i])
+    stage = stage.astype(str)
+    high = _high_value(num["clv"], value_quantile)
+    comp = num.get("completeness", np.ones(len(c)))
     question = c["next_best_question"].astype(object).fillna("").to_numpy() if "next_best_question" in c \
         else np.full(len(c), "")
-    rec = c["recency_days"].to_numpy(dtype=float) if "recency_days" in c else np.full(len(c), np.nan)
-    top = c["top5_items"].astype(str).str.split(" ").str[0].to_numpy() if "top5_items" in c else np.full(len(c), "")
-    conds = [
-        stage == "lapsed",
-        high & ((stage == "at_risk") | (p >= churn_threshold)),
-        stage == "at_risk",
-        (comp < low_completeness) & (question != ""),
-        stage == "new",
-        stage == "won_back",
-        high,
-    ]
+    rec = num.get("recency_days", np.full(len(c), np.nan))
+    rec = np.where(np.isfinite(rec), rec, np.nan)
+    top = (c["top5_items"].astype(object).fillna("").astype(str).str.split(" ").str[0].to_numpy()
+           if "top5_items" in c else np.full(len(c), ""))
+    with np.errstate(invalid="ignore"):
+        conds = [
+            stage == "lapsed",
+            high & ((stage == "at_risk") | (p >= churn_threshold)),
+            stage == "at_risk",
+            (comp < low_completeness) & (question != ""),
+            stage == "new",
+            stage == "won_back",
+            high,
+        ]
     actions = ["win-back campaign", "retention offer", "re-engagement nudge", "ask next best question",
                "onboarding", "welcome-back offer", "cross-sell"]
     action = np.select(conds, actions, default="recommend")
+    days = np.char.mod("%d", np.nan_to_num(np.round(rec), nan=0).astype(np.int64))
+    lapsed = np.where(np.isnan(rec), "lapsed: no purchase before the cutoff",
+                      np.char.add(np.char.add("lapsed: no purchase for ", days), " days"))
     reasons = np.select(conds, [
-        np.char.add("lapsed: no purchase for ", np.char.add(np.nan_to_num(rec, nan=-1).round().astype(int).astype(str),
-                                                            " days")),
-        np.char.add("high value, at risk: churn p=", np.round(p, 2).astype(str)),
-        np.char.add("at risk: churn p=", np.round(p, 2).astype(str)),
+        lapsed,
+        np.char.add("high value, at risk: churn p=", _fmt_prob(p)),
+        np.char.add("at risk: churn p=", _fmt_prob(p)),
         np.char.add("profile incomplete: ask ", question.astype(str)),
         np.full(len(c), "new customer"),
         np.full(len(c), "won back after a long gap"),
