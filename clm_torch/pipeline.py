@@ -43,7 +43,7 @@ from clm_torch.data.sources.events import view_to_frame
 from clm_torch.lifecycle import report as rpt
 from clm_torch.models.components.sequence import SEQUENCE_ENCODERS
 from clm_torch.lifecycle.segments import choose_k, segment_summary
-from clm_torch.lifecycle.stages import assign_stage
+from clm_torch.lifecycle.stages import STAGE_INPUTS, assign_stage
 from clm_torch.lifecycle.value import (
     clv_formula,
     cohort_retention,
@@ -79,6 +79,9 @@ def load_inputs(cfg: DictConfig) -> dict[str, Any]:
         return {"events": events, "customers": customers, "truth": base.truth.set_index("customer_id"),
                 "items": base.items, "cutoff": cutoff, "name": name, "customers_source": f"{name} customer table"}
     if d.kind == "events":
+        if not d.get("amount_col"):
+            raise SchemaError("the pipeline needs a money column (CLV and the spend model are in money): set "
+                              "data.amount_col=<column>", source=str(d.path), column="data.amount_col")
         events = load_events(d.path, customer_col=d.customer_col, time_col=d.time_col, amount_col=d.amount_col,
                              item_col=d.item_col, quantity_col=d.get("quantity_col"))
         customers = None
@@ -254,11 +257,14 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     period_days = float(v.period_days)
     p_period = per_period_churn_prob(p_churn, horizon / period_days)
     surv = survival_from_churn_prob(p_period, int(v.periods))
-    spend_rate = run_rate_clv(sf, period_days).to_numpy()  # past spend per period
+    # the view frames leave out features that are NaN for every customer (e.g. last_gap_days when each
+    # customer bought once); the stage rules and the run rate read them as NaN
+    sf_all = sf.assign(**{c: np.nan for c in (*STAGE_INPUTS, "monetary_total") if c not in sf.columns})
+    spend_rate = run_rate_clv(sf_all, period_days).to_numpy()  # past spend per period
     clv_formula_v = clv_formula(float(v.margin) * spend_rate[:, None] * np.ones((1, int(v.periods))), surv,
                                 float(v.discount_rate))
     clv_learned = float(v.margin) * spend_pred * (float(v.periods) * period_days / horizon)
-    stages = assign_stage(sf, p_churn, **OmegaConf.to_container(cfg.stages, resolve=True))
+    stages = assign_stage(sf_all, p_churn, **OmegaConf.to_container(cfg.stages, resolve=True))
 
     customers_out = pd.DataFrame({
         "customer_id": sf["customer_id"].to_numpy(),

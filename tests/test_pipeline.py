@@ -111,3 +111,16 @@ def test_a_pipeline_subrun_refuses_the_relaunching_ddp_strategy(tmp_path: Path) 
     with pytest.raises(RunDirectoryError, match="whole pipeline again; use trainer.strategy=ddp_spawn"):
         run_model("churn", base, None, tmp_path / "out", str(REPO), 0)
     assert not (tmp_path / "out" / "churn" / "checkpoints").exists()
+
+
+def test_an_event_log_without_money_is_refused_before_any_training(tmp_path: Path) -> None:
+    from clm_torch.data.schema import SchemaError
+    from clm_torch.pipeline import load_inputs
+    from tests.conftest import compose_cfg
+
+    log = tmp_path / "events.csv"
+    pd.DataFrame({"customer_id": [1, 2], "timestamp": ["2024-01-01", "2024-01-02"]}).to_csv(log, index=False)
+    cfg = compose_cfg(["data.kind=events", f"data.path={log}", "data.amount_col=null"], tmp_path / "run",
+                      config_name="pipeline.yaml")
+    with pytest.raises(SchemaError, match=r"events\.csv, column 'data.amount_col': the pipeline needs a money column"):
+        load_inputs(cfg)

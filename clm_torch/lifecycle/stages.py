@@ -13,7 +13,7 @@ from clm_torch.data.schema import SchemaError, to_numeric_strict
 log = logging.getLogger(__name__)
 
 STAGES = ("new", "active", "at_risk", "lapsed", "won_back")
-_REQUIRED = ("recency_days", "tenure_days", "frequency", "last_gap_days")
+STAGE_INPUTS = ("recency_days", "tenure_days", "frequency", "last_gap_days")  # the columns assign_stage reads
 
 
 def assign_stage(
@@ -68,10 +68,10 @@ def assign_stage(
     pd.Series
         Categorical with categories :data:`STAGES`, index of ``features``, name ``stage``.
     """
-    missing = [c for c in _REQUIRED if c not in features.columns]
+    missing = [c for c in STAGE_INPUTS if c not in features.columns]
     if missing:
         raise SchemaError(
-            f"column not found; assign_stage needs {list(_REQUIRED)} (CustomerView.features)",
+            f"column not found; assign_stage needs {list(STAGE_INPUTS)} (CustomerView.features)",
             source="<features>",
             column=missing[0],
         )
@@ -88,7 +88,7 @@ def assign_stage(
         dup = features.index[features.index.duplicated()][0]
         raise SchemaError(f"duplicated customer {dup!r} in the index: one row per customer", source="<features>")
     recency, tenure, freq, last_gap = (
-        to_numeric_strict(features[c], source="<features>", column=c).to_numpy() for c in _REQUIRED)
+        to_numeric_strict(features[c], source="<features>", column=c).to_numpy() for c in STAGE_INPUTS)
     prob = _churn_prob(churn_prob, features.index)
 
     no_history = (freq == 0) | np.isnan(recency)
