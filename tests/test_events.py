@@ -144,6 +144,16 @@ def test_a_log_of_only_negative_amounts_is_refused(tmp_path):
     assert amt.tolist() == [-1.5, 2.0, 0.0]
 
 
+def test_customer_ids_mixing_numbers_and_text_are_refused():
+    """Two exports concatenated, one with integer ids and one with text ids: 7 and '7' would be two
+    customers in every count downstream."""
+    frame = pd.DataFrame({"cid": [7, 8, "7", "9"], "ts": ["2024-01-01", "2024-01-02", "2024-02-01", "2024-02-02"]})
+    with pytest.raises(SchemaError, match=r"column 'cid', row 2: customer ids mix numbers and text \(e.g. 7 and '7'\)"):
+        load_events(frame, customer_col="cid", time_col="ts", now="2025-01-01")
+    ok = load_events(frame.assign(cid=frame["cid"].astype(str)), customer_col="cid", time_col="ts", now="2025-01-01")
+    assert ok["customer_id"].nunique() == 3
+
+
 def test_negative_quantity(tmp_path):
     path = _csv(tmp_path, "cid,ts,qty\nA,2024-01-01,1\nA,2024-01-02,2\nB,2024-01-03,-1\n")
     e = _raises(path, ["column 'qty'", "row 2", "negative quantity"], quantity_col="qty")

@@ -258,6 +258,17 @@ def load_events(
             column=customer_col,
             row=_first_row(missing),
         )
+    if cid.dtype == object and pd.api.types.infer_dtype(cid, skipna=True).startswith("mixed"):
+        is_text = cid.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+        if is_text.any() and not is_text.all():
+            first = int(np.flatnonzero(is_text != is_text[0])[0])
+            raise SchemaError(
+                f"customer ids mix numbers and text (e.g. {cid.iloc[0]!r} and {cid.iloc[first]!r}), so one customer "
+                "could count as two (7 and '7'); convert the column to one type first, e.g. .astype(str)",
+                source=src,
+                column=customer_col,
+                row=cid.index[first],
+            )
     out["customer_id"] = cid
     ts = parse_timestamps(raw[time_col], source=src, column=time_col)
     out["timestamp"] = ts
