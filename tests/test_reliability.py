@@ -312,3 +312,19 @@ def test_metrics_json_reports_the_best_epoch_and_a_moved_run_keeps_its_best(make
     assert torch.load(moved / "checkpoints" / "best.ckpt", weights_only=True)["epoch"] == 0
     assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
     assert json.loads((moved / "metrics.json").read_text())["best_ckpt"] == str(moved / "checkpoints" / "best.ckpt")
+
+
+def test_metrics_json_is_strict_json(tmp_path: Path) -> None:
+    """NaN (e.g. ``optimized`` of a train=false run) is written as null: Python's json would read NaN,
+    but jq, JavaScript and most other readers refuse it."""
+    import json
+
+    from clm_torch.utils.io import write_json
+
+    path = write_json({"optimized": float("nan"), "val/auroc": np.float32(0.75), "n": [1.0, float("inf")]},
+                      tmp_path / "metrics.json")
+    def refuse(token: str) -> None:
+        raise ValueError(token)
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {"optimized": None, "val/auroc": 0.75,
+                                                                   "n": [1.0, None]}

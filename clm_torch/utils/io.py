@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -76,8 +77,22 @@ def write_csv_safe(df: pd.DataFrame, path: str | os.PathLike, **kwargs: Any) -> 
     return Path(path)
 
 
+def _json_safe(obj: Any) -> Any:
+    """``obj`` with NaN and infinite floats as ``null``: strict JSON, which every reader accepts."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n").encode("utf-8"))
+    """``obj`` as strict JSON (NaN and infinities as ``null``), written atomically."""
+    text = json.dumps(_json_safe(json.loads(json.dumps(obj, default=float))), indent=2, sort_keys=True,
+                      allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
     return Path(path)
 
 
