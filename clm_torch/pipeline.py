@@ -35,6 +35,7 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigKeyError
 
 from clm_torch.data.cleaning import clean_table
 from clm_torch.data.events import build_customer_view, load_events, parse_sequence_column
@@ -164,7 +165,12 @@ def run_model(name: str, base: Sequence[str], extra: DictConfig | None, out: Pat
     t0 = time.time()
     cfg = compose_subrun([*base, f"task_name={name}", f"seed={seed}"], out / name, root_dir)
     if extra:
-        cfg = OmegaConf.merge(cfg, extra)
+        try:
+            cfg = OmegaConf.merge(cfg, extra)
+        except ConfigKeyError as e:
+            raise SchemaError(f"{e.full_key} is not a setting of the {name} sub-run (configs/train.yaml and its "
+                              "groups); check the spelling", source="pipeline config",
+                              column=f"models.{name}.{e.full_key}") from None
     metrics, objects = train(cfg, allow_relaunch=False)  # strategy=ddp would re-run the whole pipeline
     model = objects["model"]
     best = metrics.get("best_ckpt")

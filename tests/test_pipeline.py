@@ -111,6 +111,17 @@ def test_a_pipeline_subrun_refuses_the_relaunching_ddp_strategy(tmp_path: Path) 
     with pytest.raises(RunDirectoryError, match="whole pipeline again; use trainer.strategy=ddp_spawn"):
         run_model("churn", base, None, tmp_path / "out", str(REPO), 0)
     assert not (tmp_path / "out" / "churn" / "checkpoints").exists()
+    # the same through the per-model settings (+models.churn.trainer.strategy=ddp on the command line)
+    from omegaconf import OmegaConf
+
+    from clm_torch.data.schema import SchemaError
+
+    plain = [b for b in base if b != "trainer=ddp_sim"]
+    extra = OmegaConf.create({"trainer": {"strategy": "ddp", "devices": 2}})
+    with pytest.raises(RunDirectoryError, match="use trainer.strategy=ddp_spawn"):
+        run_model("churn", plain, extra, tmp_path / "out2", str(REPO), 0)
+    with pytest.raises(SchemaError, match="'models.churn.trainer.max_epoch': trainer.max_epoch is not a setting"):
+        run_model("churn", plain, OmegaConf.create({"trainer": {"max_epoch": 3}}), tmp_path / "out3", str(REPO), 0)
 
 
 def test_an_event_log_without_money_is_refused_before_any_training(tmp_path: Path) -> None:
