@@ -18,10 +18,13 @@ model's checkpoint, so the VAE checkpoint file is not needed after training.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = ("vae_gap_score", "vae_completeness", "vae_n_missing")
 
@@ -61,7 +64,14 @@ def infogap_frame(vae: Any, df: pd.DataFrame, *, impute: bool = True, n_samples:
         extra = {f"vae_z{i}": mu[:, i] for i in range(mu.shape[1])}
         extra.update({f"vae_std{i}": std[:, i] for i in range(std.shape[1])})
         extra["vae_gap_score"] = gap["gap_score"].to_numpy(dtype=np.float64)
-        extra["vae_completeness"] = gap["completeness"].to_numpy(dtype=np.float64)
+        completeness = gap["completeness"].to_numpy(dtype=np.float64)
+        if len(completeness) and np.isnan(completeness).all():
+            # ref_info <= 0: even a complete record leaves the posterior as wide as the prior (a collapsed
+            # or barely trained VAE), so there is nothing to be complete about; 0 = "nothing known"
+            log.warning("%s: the InfoGapVAE's completeness is undefined (ref_info %.4g <= 0: a collapsed or barely "
+                        "trained VAE); vae_completeness is 0 for every row", source, float(vae.ref_info))
+            completeness = np.zeros(len(completeness))
+        extra["vae_completeness"] = completeness
         extra["vae_n_missing"] = n_missing
         extra = {k: extra[k] for k in wanted}
         clash = [c for c in extra if c in df.columns]
