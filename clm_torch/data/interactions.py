@@ -282,6 +282,7 @@ class InteractionDataModule(L.LightningDataModule):
         o = np.lexsort((i, order_key, u))
         u, i, order_key, w, self.split = u[o], i[o], order_key[o], w[o], self.split[o]
         self.interactions = {"user": u, "item": i, "time": order_key, "weight": w}
+        self.has_time = t is not None  # without times every history item has age bucket 0
         parts = {"train": self.split == 0, "val": self.split == 1, "test": self.split == 2}
         known = self.split <= 1
         self._build_item_features(data)
@@ -290,6 +291,7 @@ class InteractionDataModule(L.LightningDataModule):
         self.train_counts = np.bincount(i[parts["train"]], minlength=self.n_items)
         self.popularity = np.bincount(i[known], minlength=self.n_items)
         self.known_csr = self._csr(known)
+        self.all_csr = self._csr(np.ones(len(u), dtype=bool))  # what recommend() serves from and excludes
         self.neighbors = item_neighbors(u[parts["train"]], i[parts["train"]], self.n_users, self.n_items,
                                         self.n_neighbors)
         hist = {"train": parts["train"], "val": self.split == 0, "test": known}
@@ -318,8 +320,9 @@ class InteractionDataModule(L.LightningDataModule):
         u, i = self.interactions["user"][mask], self.interactions["item"][mask]
         t, w = self.interactions["time"][mask], self.interactions["weight"][mask]  # sorted by (user, time, item)
         indptr = csr_from_pairs(u, self.n_users)
+        age = age_buckets_sorted(u, t) if self.has_time else np.zeros(len(u), np.int64)  # no order to rank by
         return torch.from_numpy(indptr), {"items": torch.from_numpy(i.astype(np.int64)),
-                                          "age": torch.from_numpy(age_buckets_sorted(u, t)),
+                                          "age": torch.from_numpy(age),
                                           "weight": torch.from_numpy(w.astype(np.float32))}
 
     def _build_item_features(self, data: InteractionData) -> None:
@@ -370,7 +373,8 @@ class InteractionDataModule(L.LightningDataModule):
                 "item_n_neighbors": int(self.neighbors.shape[1])}
 
     def preprocessing_state(self) -> dict[str, Any]:
-        """Vocabularies, the seen-item index (train + val, CSR), popularity and item features.
+        """Vocabularies, the seen-item indexes (train + val, and every interaction; CSR), popularity
+        and item features.
 
         Tensors and primitives only, so checkpoints load with ``weights_only=True``.
         """
@@ -380,12 +384,14 @@ class InteractionDataModule(L.LightningDataModule):
             "version": 1,
             "user_ids": list(self.user_ids), "item_ids": list(self.item_ids),
             "seen_indptr": indptr.clone(), "seen_indices": vals["items"].clone(), "seen_age": vals["age"].clone(),
+            "all_indptr": self.all_csr[0].clone(), "all_indices": self.all_csr[1]["items"].clone(),
+            "all_age": self.all_csr[1]["age"].clone(),
             "popularity": torch.from_numpy(self.popularity.astype(np.float32)),
             "train_counts": torch.from_numpy(self.train_counts.astype(np.float32)),
             "item_num": self.item_num.clone(), "item_num_mask": self.item_num_mask.clone(),
             "item_cat": self.item_cat.clone(), "item_label_indptr": self.item_label_indptr.clone(),
             "item_label_indices": self.item_label_indices.clone(), "label_vocab": list(self.label_vocab),
-            "item_neighbors": self.neighbors.clone(), "protocol": self.protocol,
+            "item_neighbors": self.neighbors.clone(), "protocol": self.protocol, "has_time": self.has_time,
         }
 
     def item_metadata(self) -> pd.DataFrame:

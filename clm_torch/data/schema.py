@@ -80,6 +80,14 @@ class TableSchema:
         return None
 
 
+def role_columns(v: Any) -> list:
+    """The columns of one role override: a list, or one column name given alone (``+data.roles.numeric=age``
+    on the command line gives a string, which must not be read as its characters)."""
+    if v is None:
+        return []
+    return [v] if isinstance(v, str) else list(v)
+
+
 # ----------------------------------------------------------------------------- reading
 
 
@@ -254,7 +262,7 @@ def infer_schema(
     ``overrides`` maps a role (``numeric``, ``categorical``, ``binary``, ``datetime``) to
     columns that take that role whatever inference says.
     """
-    overrides = {k: list(v or []) for k, v in (overrides or {}).items()}
+    overrides = {k: role_columns(v) for k, v in (overrides or {}).items()}
     for role in overrides:
         if role not in ROLES or role in ("id", "target"):
             raise SchemaError(

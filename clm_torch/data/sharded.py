@@ -349,6 +349,7 @@ class ShardedTableDataModule(TableDataModule):
 
     def ids(self, split: str) -> np.ndarray:
         """Customer ids of this rank's rows of ``split``."""
+        self.setup()
         self._ensure_local()
         return self._ids[split]
 

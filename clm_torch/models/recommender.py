@@ -88,7 +88,24 @@ def _check_histories(histories: Any, n: int | None = None) -> list[Sequence[Any]
     for j, h in enumerate(out):
         if isinstance(h, (str, bytes)):
             raise ValueError(f"histories[{j}] is the string {h!r}; pass a list of item ids, e.g. [{h!r}]")
+        if h is not None and not hasattr(h, "__len__"):
+            raise ValueError(f"histories[{j}] is {h!r}, not a list of item ids: histories holds one list per user, "
+                             f"e.g. [[{h!r}, ...]] for one user")
     return out
+
+
+def _check_user_ids(user_ids: Any) -> list[Any]:
+    """``user_ids`` as a list; a single id (a string or a number) is refused, not split into characters."""
+    if isinstance(user_ids, (str, bytes)) or not hasattr(user_ids, "__iter__"):
+        raise ValueError(f"user_ids must be a list of ids, not the single id {user_ids!r}; pass [{user_ids!r}]")
+    return list(user_ids)
+
+
+def _whole(v: Any) -> Any:
+    """A whole-number float (5.0, e.g. an id column that a missing value made float) as an int."""
+    if isinstance(v, (float, np.floating)) and np.isfinite(v) and float(v).is_integer():
+        return int(v)
+    return v
 
 
 class EmbeddingRecommender(CLMModule):
@@ -214,7 +231,8 @@ class EmbeddingRecommender(CLMModule):
     # ------------------------------------------------------------------ preprocessing
     def _on_preprocessing(self) -> None:
         p = self.preprocessing
-        for name in ("seen_indptr", "seen_indices", "seen_age", "popularity", "train_counts", "item_num",
+        for name in ("seen_indptr", "seen_indices", "seen_age", "all_indptr", "all_indices", "all_age",
+                     "popularity", "train_counts", "item_num",
                      "item_num_mask", "item_cat", "item_label_indptr", "item_label_indices", "item_neighbors"):
             t = p.get(name, torch.zeros(self.n_items, 0, dtype=torch.long))
             device = self.item_bias.device
@@ -417,15 +435,21 @@ class EmbeddingRecommender(CLMModule):
             return (u @ v.T).float()[rows[:, None], inv]
         return (u[rows][:, None, :] * v[inv]).sum(-1).float()
 
-    def _as_batch(self, users: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _as_batch(self, users: torch.Tensor | dict[str, torch.Tensor], *, everything: bool = False
+                  ) -> dict[str, torch.Tensor]:
+        """A ragged batch of known users with their histories: the train + validation items (what the
+        evaluation hides the test items from), or with ``everything`` every interaction of the
+        training log (what :meth:`recommend` serves from; checkpoints from before it fall back)."""
         if isinstance(users, dict):
             return users
         self._require_preprocessing()
         users = users.to(self.item_bias.device)
-        pos, offsets = csr_gather(self.seen_indptr.cpu(), users.cpu())
+        src = "all" if everything and getattr(self, "all_indptr", None) is not None and self.all_indptr.numel() \
+            else "seen"
+        indptr, items, age = (getattr(self, f"{src}_{k}") for k in ("indptr", "indices", "age"))
+        pos, offsets = csr_gather(indptr.cpu(), users.cpu())
         pos, offsets = pos.to(users.device), offsets.to(users.device)
-        return {"user": users, "hist_items": self.seen_indices[pos], "hist_age": self.seen_age[pos],
-                "hist_offsets": offsets}
+        return {"user": users, "hist_items": items[pos], "hist_age": age[pos], "hist_offsets": offsets}
 
     # ------------------------------------------------------------------ losses
     def loss(self, batch: dict[str, torch.Tensor], *, train: bool = True) -> torch.Tensor:
@@ -619,12 +643,15 @@ class EmbeddingRecommender(CLMModule):
         if len(miss):
             alt = []
             for j in miss:
-                v = ids[j]
+                v = _whole(ids[j])
                 try:
                     alt.append(int(v) if isinstance(v, str) else str(v))
                 except ValueError:
                     alt.append(v)
             pos[miss] = index.get_indexer(pd.Index(alt, dtype=object))
+            still = miss[pos[miss] < 0]
+            if len(still):  # '5.0' vs 5: the whole number's text
+                pos[still] = index.get_indexer(pd.Index([_whole(ids[j]) for j in still], dtype=object))
         return pos
 
     def _history_batch(self, histories: Sequence[Sequence[Any]]) -> dict[str, torch.Tensor]:
@@ -634,8 +661,11 @@ class EmbeddingRecommender(CLMModule):
         codes = [c[c >= 0] for c in codes]
         codes = [pd.unique(c[::-1])[::-1] for c in codes]  # keep the last occurrence of repeated items
         lens = np.array([len(c) for c in codes], np.int64)
-        ages = [np.minimum(np.floor(np.log2(1 + np.arange(n)[::-1])).astype(np.int64), N_AGE_BUCKETS - 1)
-                for n in lens]
+        if self.preprocessing.get("has_time", True):  # the newest item (last) in bucket 0, as in training
+            ages = [np.minimum(np.floor(np.log2(1 + np.arange(n)[::-1])).astype(np.int64), N_AGE_BUCKETS - 1)
+                    for n in lens]
+        else:  # trained without times: every history item had age 0, whatever its position
+            ages = [np.zeros(n, np.int64) for n in lens]
         dev = self.item_bias.device
         flat = np.concatenate(codes) if len(codes) else np.zeros(0, np.int64)
         return {"user": torch.zeros(len(codes), dtype=torch.long, device=dev),
@@ -685,14 +715,15 @@ class EmbeddingRecommender(CLMModule):
                   histories: Sequence[Sequence[Any] | None] | None = None) -> np.ndarray:
         """Top-``k`` item ids (n, k) for external ``user_ids``, best first.
 
-        Known users are scored with their training history (train + validation items) and, when
-        ``exclude_seen``, never get those items back. Unknown users follow the module's fallback:
+        Known users are scored with every interaction of the training log (the train, validation
+        and test parts: the test part is hidden only while evaluating) and, when ``exclude_seen``,
+        never get any of those items back. Unknown users follow the module's fallback:
         the history encoder on ``histories[j]`` (item ids, oldest → newest) when given, else
         popularity. Slots that cannot be filled (k larger than the unseen catalogue) are None.
         """
         self._require_preprocessing()
         k = _check_k(k, self.n_items)
-        user_ids = list(user_ids)
+        user_ids = _check_user_ids(user_ids)
         histories = _check_histories(histories, len(user_ids)) if histories is not None else None
         was = self.training
         self.eval()
@@ -701,7 +732,8 @@ class EmbeddingRecommender(CLMModule):
         out = torch.full((n, k), -1, dtype=torch.long)
         known = np.flatnonzero(pos > 0)
         if len(known):
-            out[known] = self._topk_batches(self._as_batch(torch.as_tensor(pos[known])), k, exclude_seen).cpu()
+            batch = self._as_batch(torch.as_tensor(pos[known]), everything=True)
+            out[known] = self._topk_batches(batch, k, exclude_seen).cpu()
         unknown = np.flatnonzero(pos == 0)
         if len(unknown):
             hist = [histories[j] if histories is not None else None for j in unknown]

@@ -30,7 +30,7 @@ from clm_torch.data.events import (  # noqa: F401 (the time-feature names are re
     relative_time_features,
     sequence_column,
 )
-from clm_torch.data.schema import SchemaError, read_table
+from clm_torch.data.schema import SchemaError, read_table, role_columns
 from clm_torch.data.sources.tables import FrameSource
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def sequence_frame(view: CustomerView, length: int, *, min_customers: int = 0) -
 def sequence_roles(columns: Sequence[str], roles: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]]:
     """``roles`` plus the sequence columns among ``columns``: days and amounts numeric, items
     categorical (whatever their values look like). A role given in ``roles`` wins."""
-    out = {k: list(v or []) for k, v in (roles or {}).items()}
+    out = {k: role_columns(v) for k, v in (roles or {}).items()}
     forced = {c for v in out.values() for c in v}
     for c in columns:
         parsed = parse_sequence_column(c)

