@@ -85,6 +85,13 @@ def test_temporal_split_holds_out_the_latest() -> None:
     assert sorted(times[:10][split[:10] == 2]) == [8, 9]  # last 20% of user 0
     assert sorted(times[:10][split[:10] == 1]) == [6, 7]  # last 25% of the remaining 8
     assert (split[10:] == 0).all()  # user 1 has fewer than 5 interactions: never held out
+    # equal times (a date-only log: all of a user's items on one day) are held out at random, not
+    # by item order (that held out each user's largest item ids)
+    users = np.repeat(np.arange(200), 10)
+    split = split_interactions(users, np.zeros(len(users)), 200, "temporal", 0.2, 0.0, 5, seed=0)
+    position = np.tile(np.arange(10), 200)  # the item order within each user
+    held = position[split == 2]
+    assert len(held) == 400 and 3.5 < held.mean() < 5.5  # by item order it would be 8.5
 
 
 def test_ragged_batches_are_sliced_without_loss(dm: InteractionDataModule) -> None:

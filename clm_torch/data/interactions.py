@@ -6,7 +6,8 @@ Splits (per user, every user with at least ``min_user_interactions`` distinct it
   (``numpy.random.default_rng(split_seed)``); the validation part is carved out of the rest
   the same way (same generator, next draw).
 * ``temporal`` (R2): the last ``test_fraction`` of the user's items by time is held out; the
-  validation part is the last ``val_fraction`` of what remains.
+  validation part is the last ``val_fraction`` of what remains. Items with equal times are
+  ordered at random (same generator), not by item id.
 
 Users below the threshold keep all their items in training and are not evaluated. Repeated
 (user, item) pairs are collapsed to one interaction (first time, summed weight) before splitting,
@@ -168,10 +169,11 @@ def age_buckets_sorted(users: np.ndarray, times: np.ndarray, n_buckets: int = N_
 
 # ----------------------------------------------------------------------------- splitting
 def _holdout(users: np.ndarray, key: np.ndarray, eligible: np.ndarray, fraction: float,
-             n_users: int) -> np.ndarray:
-    """Mask (n,) of the interactions held out: per eligible user, the round(fraction·n_u) with the largest key."""
+             n_users: int, tiebreak: np.ndarray | None = None) -> np.ndarray:
+    """Mask (n,) of the interactions held out: per eligible user, the round(fraction·n_u) with the
+    largest key; equal keys are ordered by ``tiebreak`` (random), else by position."""
     n = len(users)
-    o = np.lexsort((key, users))
+    o = np.lexsort((key, users)) if tiebreak is None else np.lexsort((tiebreak, key, users))
     u = users[o]
     counts = np.bincount(users, minlength=n_users)
     start = np.concatenate([[0], np.cumsum(counts)])[u]
@@ -195,16 +197,20 @@ def split_interactions(users: np.ndarray, times: np.ndarray | None, n_users: int
     n = len(users)
     split = np.zeros(n, np.int8)
     counts = np.bincount(users, minlength=n_users)
+    # temporal: equal times (date-only logs; 32 % of MovieLens ratings share a user's second) are
+    # ordered at random, not by item id, which would hold out each user's largest ids
     if test_fraction > 0:
         key = rng.random(n) if protocol == "random" else times
-        test = _holdout(users, key, counts >= min_user_interactions, test_fraction, n_users)
+        tie = rng.random(n) if protocol == "temporal" else None
+        test = _holdout(users, key, counts >= min_user_interactions, test_fraction, n_users, tie)
         split[test] = 2
     if val_fraction > 0:
         rest = np.flatnonzero(split == 0)
         ru = users[rest]
         rcounts = np.bincount(ru, minlength=n_users)
         key = rng.random(len(rest)) if protocol == "random" else times[rest]
-        val = _holdout(ru, key, rcounts >= min_user_interactions, val_fraction, n_users)
+        tie = rng.random(len(rest)) if protocol == "temporal" else None
+        val = _holdout(ru, key, rcounts >= min_user_interactions, val_fraction, n_users, tie)
         split[rest[val]] = 1
     return split
 
