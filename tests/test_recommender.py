@@ -409,7 +409,7 @@ def test_one_role_column_given_alone_is_not_split_into_characters() -> None:
 
 # ----------------------------------------------------------------------------- checkpoints
 def test_checkpoint_round_trip_weights_only(tmp_path: Path, dm: InteractionDataModule,
-                                            trained: EmbeddingRecommender) -> None:
+                                            trained: EmbeddingRecommender, log_frame: pd.DataFrame) -> None:
     trainer = _trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1)
     trainer.fit(trained, datamodule=dm)
     path = tmp_path / "rec.ckpt"
@@ -424,6 +424,17 @@ def test_checkpoint_round_trip_weights_only(tmp_path: Path, dm: InteractionDataM
     out = loaded.export_predictions(dm, "test")
     assert list(out.columns) == ["user_id", "recommended", "held_out"]
     assert len(out) == len(dm.tables["test"]) and len(out["recommended"].iloc[0].split()) == 10
+    # a DataModule built from another log indexes other vocabularies: refused, not silently mislabelled
+    renamed = log_frame.assign(item=log_frame["item"].replace({dm.item_ids[0]: "I9999"}))
+    other = InteractionDataModule(InteractionsFrameSource(renamed, time_col="time", items=_items_frame(),
+                                                          item_roles={"numeric": ["price"], "categorical": ["category"]}),
+                                  protocol="random", batch_size=64, split_seed=0, n_neighbors=20)
+    with pytest.raises(ValueError, match="the DataModule's item_ids differ from this checkpoint's"):
+        loaded.export_predictions(other, "test")
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        loaded.export_predictions(dm, "test", k=-1)
+    with pytest.raises(ValueError, match="split must be train, val or test"):
+        loaded.export_predictions(dm, "valid")
 
 
 @pytest.mark.parametrize("matrix_cells", [0, 1 << 24])  # per-pair dot products / one matrix product

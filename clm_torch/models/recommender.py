@@ -779,6 +779,15 @@ class EmbeddingRecommender(CLMModule):
         """Per evaluated user: ``user_id``, the top-``k`` ``recommended`` item ids and the ``held_out``
         items (space-separated), ranked with the split's history masked."""
         self._require_preprocessing()
+        k = _check_k(k, self.n_items)
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be train, val or test, not {split!r}")
+        datamodule.setup()
+        for what in ("user_ids", "item_ids"):  # the tables hold indices into these vocabularies
+            if list(getattr(datamodule, what)) != list(self.preprocessing[what]):
+                raise ValueError(f"the DataModule's {what} differ from this checkpoint's: its tables index another "
+                                 "vocabulary (a newer or different log); rebuild it from the training data, or score "
+                                 "new data with recommend()")
         was = self.training
         self.eval()
         table = datamodule.tables[split]
