@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -298,8 +299,8 @@ def _test_predictions(model: L.LightningModule, dm: Any, trainer: L.Trainer) -> 
     dist = torch.distributed
     if getattr(dm, "rank_local", False) and dist.is_available() and dist.is_initialized() \
             and dist.get_world_size() > 1:
-        parts: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, model.export_predictions(dm, "test"))
+        parts: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+        dist.gather_object(model.export_predictions(dm, "test"), parts, dst=0)  # to rank 0 only
         return pd.concat(parts, ignore_index=True) if trainer.is_global_zero else None
     return model.export_predictions(dm, "test") if trainer.is_global_zero else None
 
@@ -320,10 +321,20 @@ def _restore_csv_rows(loggers: list[Logger], rows: dict[Path, bytes]) -> None:
     for lg in loggers:
         if isinstance(lg, CSVLogger):
             writer = lg.experiment  # created now (clearing the file) on rank 0; a no-op elsewhere
-            path = Path(getattr(writer, "metrics_file_path", "") or "-").resolve()
+            path = _csv_path(writer)
+            if path is None:  # another rank's dummy logger: rank 0 restores the file
+                continue
+            path = path.resolve()
             if path in rows and not path.exists():
                 path.write_bytes(rows[path])
     _sync_csv_headers(loggers)
+
+
+def _csv_path(writer: Any) -> Path | None:
+    """The ``metrics.csv`` of a CSV logger's writer; None off rank 0, where Lightning hands out a dummy
+    writer whose attributes are methods."""
+    path = getattr(writer, "metrics_file_path", None) if writer is not None else None
+    return Path(path) if isinstance(path, (str, os.PathLike)) else None
 
 
 def _sync_csv_headers(loggers: list[Logger]) -> None:
@@ -334,9 +345,9 @@ def _sync_csv_headers(loggers: list[Logger]) -> None:
     that fit wrote, and Lightning's rewrite of the file with a wider header would fail on them."""
     for lg in loggers:
         writer = getattr(lg, "_experiment", None) if isinstance(lg, CSVLogger) else None
-        if writer is None:  # not created in this process yet (creating it would clear the file)
+        path = _csv_path(writer)
+        if path is None:  # not created in this process yet (creating it would clear the file), or not rank 0
             continue
-        path = Path(writer.metrics_file_path)
         if path.is_file():
             with path.open(newline="") as f:
                 header = next(csv.reader(f), [])

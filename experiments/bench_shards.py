@@ -9,9 +9,9 @@ subprocess (so its peak RSS, ``VmHWM``, is its own):
 * ``W = 1, 2, 4, ...``: rank 0 of ``W`` with ``ShardedTableDataModule``: the preprocessing fitted on
   the sample (``setup``), then its own shards read, cleaned, split and encoded (``tensors``).
 
-Rank 0 of ``W`` reads ``ceil(shards / W)`` shards. The sample (``--sample-rows``) is drawn from every
-shard on every rank, one shard in memory at a time, so it costs time that does not shrink with
-``W`` but bounded memory. Command::
+Rank 0 of ``W`` keeps ``ceil(shards / W)`` shards. The sample (``--sample-rows``) is drawn from every
+shard on every rank (the shards written here are one row group each, so each is read whole), one
+shard in memory at a time, so it costs time that does not shrink with ``W`` but bounded memory. Command::
 
     python experiments/bench_shards.py --n 1000000 --shards 8 --ranks 1 2 4
 
@@ -120,7 +120,7 @@ def main() -> None:
              f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}): {data['rows']:,} table rows "
              f"({data['customers']:,} customers; {data['whole_mb']} MB of Parquet) in {args.shards} shards. "
              "Each row is one process (peak RSS = its VmHWM, imports included).", "",
-             "| data | rank 0 of | shards read | train / val / test rows held | tensors MB | set-up s "
+             "| data | rank 0 of | own shards | train / val / test rows held | tensors MB | set-up s "
              "(preprocessing) | own rows s | total s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         shards = "1 file" if r["kind"] == "whole" else str(-(-args.shards // r["world"]))

@@ -80,6 +80,41 @@ def test_sampler_in_a_real_two_process_group(tmp_path: Path) -> None:
         assert set(shards[0] + shards[1]) == set(range(n)), name
 
 
+def _shards_worker(rank: int, world: int, port: int, shards: str, out_dir: str) -> None:
+    from clm_torch.data.sharded import ShardedTableDataModule
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        dm = ShardedTableDataModule(shards, target="churn", id_col="customer_id", batch_size=32, sample_rows=400)
+        dm.setup()
+        train, val = dm.train_dataloader(), dm.val_dataloader()
+        rows = [dm.ids("train")[b.numpy()].tolist() for b in train.sampler]
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps({
+            "n_train": len(dm.ids("train")), "batches": len(rows), "rows": rows, "scale": dm.loss_scale,
+            "val_batches": len(list(val.sampler)), "val_rows": sum(len(b) for b in val.sampler)}))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned interpreters
+def test_sharded_ranks_take_equal_steps_and_weigh_every_row_once(tmp_path: Path) -> None:
+    """Uneven shards (2 of 3 on rank 0): both ranks take the same number of steps, each row is used once
+    per epoch (smaller batches on the smaller rank, no padding), and the ranks' loss factors make DDP's
+    average of their gradients the mean over all rows (Σ factor·n_r/W over ranks = the global mean)."""
+    from tests.test_sharded import write_shards
+
+    shards = write_shards(messy_table(900), tmp_path / "shards", 3)
+    mp.spawn(_shards_worker, args=(2, _free_port(), str(shards), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["n_train"] > 1.5 * r1["n_train"]  # uneven on purpose
+    assert r0["batches"] == r1["batches"] and r0["val_batches"] == r1["val_batches"]
+    for r in (r0, r1):
+        flat = [c for b in r["rows"] for c in b]
+        assert len(flat) == len(set(flat)) == r["n_train"]  # every row once, none padded
+    n = r0["n_train"] + r1["n_train"]
+    assert r0["scale"] == pytest.approx(2 * r0["n_train"] / n) and r1["scale"] == pytest.approx(2 * r1["n_train"] / n)
+
+
 # ---------------------------------------------------------------------------- the CLI, end to end
 def _run_cli(tmp: Path, *overrides: str) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).parent / "clm-train"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from clm_torch.data.schema import SchemaError
-from clm_torch.data.sharded import LocalBatchSampler, ShardedTableDataModule, hash_split
+from clm_torch.data.sharded import LocalBatchSampler, ShardedTableDataModule, hash_split, rank_loss_scale
 from tests.conftest import messy_table
 
 
@@ -87,15 +87,24 @@ def test_the_split_follows_the_customer_not_the_sharding(table: pd.DataFrame, tm
 
 
 def test_local_sampler_gives_every_rank_the_same_number_of_batches() -> None:
-    small, big = (LocalBatchSampler(n, 8, shuffle=True, n_rows=50, seed=3) for n in (37, 50))
-    assert len(small) == len(big) == 7 and len(list(small)) == 7
-    rows = torch.cat(list(LocalBatchSampler(37, 8, shuffle=True, n_rows=50, seed=3))).tolist()
-    assert len(rows) == 50 and set(rows) == set(range(37))  # wrapped: 13 rows twice
-    first, second = (torch.cat(list(s)).tolist() for s in [LocalBatchSampler(37, 8, shuffle=True, seed=3)] * 2)
+    """A smaller rank cuts its rows into as many (smaller) batches as the largest rank: every row once
+    per epoch, no padding; the loss factor then weighs every row the same across ranks."""
+    small, big = LocalBatchSampler(37, 7, shuffle=True, seed=3), LocalBatchSampler(50, 7, shuffle=True, seed=3)
+    assert len(small) == len(big) == len(list(small)) == 7
+    rows = torch.cat(list(LocalBatchSampler(37, 7, shuffle=True, seed=3))).tolist()
+    assert sorted(rows) == list(range(37))  # every row exactly once
+    assert {len(b) for b in LocalBatchSampler(37, 7, shuffle=True, seed=3)} == {5, 6}
+    first, second = (torch.cat(list(s)).tolist() for s in [LocalBatchSampler(37, 7, shuffle=True, seed=3)] * 2)
     assert sorted(first) == sorted(second) and first != second  # a new permutation per epoch
-    ev = LocalBatchSampler(37, 8, shuffle=False, n_batches=7)
-    batches = list(ev)
-    assert len(batches) == len(ev) == 7 and torch.cat(batches).tolist() == list(range(37))  # every row once
+    ev = LocalBatchSampler(37, 7, shuffle=False)
+    assert torch.cat(list(ev)).tolist() == list(range(37))
+    tiny = torch.cat(list(LocalBatchSampler(3, 7, shuffle=False))).tolist()
+    assert len(tiny) == 7 and set(tiny) == {0, 1, 2}  # fewer rows than batches: the only case that repeats
+    # the mean over ranks of (factor x the rank's mean loss) is the mean over all rows
+    counts, losses = [37, 50, 13], [torch.rand(n) for n in (37, 50, 13)]
+    mixed = sum(rank_loss_scale(counts, r) * losses[r].mean() for r in range(3)) / 3
+    assert float(mixed) == pytest.approx(float(torch.cat(losses).mean()), rel=1e-6)
+    assert rank_loss_scale([5], 0) == 1.0
 
 
 def test_shard_problems_are_named_errors(table: pd.DataFrame, tmp_path: Path) -> None:
@@ -124,3 +133,52 @@ def test_shard_problems_are_named_errors(table: pd.DataFrame, tmp_path: Path) ->
     table.iloc[700:].assign(extra=1).to_parquet(broken / "part-001.parquet", index=False)
     with pytest.raises(SchemaError, match=r"part-001\.parquet, column 'extra': the shards differ in their columns"):
         _dm(broken)
+
+
+def test_empty_shards_other_column_orders_and_float_ids(table: pd.DataFrame, tmp_path: Path) -> None:
+    """Spark/Dask write empty partitions; writers may order columns differently; an id column that a
+    missing value made float elsewhere (5.0) must land in the same split as the integer 5."""
+    shards = write_shards(table, tmp_path / "s", 3)
+    part = pd.read_parquet(shards / "part-001.parquet")
+    part[part.columns[::-1]].to_parquet(shards / "part-001.parquet", index=False)  # reversed column order
+    table.iloc[:0].to_parquet(shards / "part-009.parquet", index=False)  # an empty shard
+    one = _dm(shards)
+    assert sum(len(one.ids(s)) for s in ("train", "val", "test")) == table["customer_id"].nunique()
+    ids = pd.Series(np.arange(2000))
+    as_int = hash_split(ids, (0.15, 0.15), 0, source="s", column="id")
+    assert (hash_split(ids.astype(float), (0.15, 0.15), 0, source="s", column="id") == as_int).all()
+
+
+def test_the_sample_reads_only_the_row_groups_it_needs(table: pd.DataFrame, tmp_path: Path, monkeypatch) -> None:
+    import pyarrow.parquet as pq
+
+    from clm_torch.data import sharded
+
+    d = tmp_path / "rg"
+    d.mkdir()
+    for k in range(2):
+        pq.write_table(__import__("pyarrow").Table.from_pandas(table.iloc[k::2], preserve_index=False),
+                       d / f"part-{k}.parquet", row_group_size=50)
+    read = []
+    real = pq.ParquetFile.read_row_groups
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", lambda self, groups, *a, **kw: (
+        read.append(len(groups)), real(self, groups, *a, **kw))[1])
+    dm = ShardedTableDataModule(str(d), target="churn", id_col="customer_id", sample_rows=120)
+    dm.setup()
+    assert read == [2, 2]  # 60 rows per shard: 2 of its 15 row groups, not all
+    assert sharded._shard_rows(d / "part-0.parquet") == 750
+
+
+def test_the_models_apply_the_rank_loss_factor(table: pd.DataFrame, tmp_path: Path) -> None:
+    """CLMModule.guard_loss multiplies the training loss by the DataModule's loss_scale (1 elsewhere)."""
+    from types import SimpleNamespace
+
+    from clm_torch import ChurnClassifier
+
+    dm = _dm(write_shards(table, tmp_path / "s", 2))
+    model = ChurnClassifier(**dm.model_kwargs())
+    assert float(model.guard_loss(torch.tensor(2.0), 0)) == 2.0  # no trainer
+    model._trainer = SimpleNamespace(datamodule=SimpleNamespace(loss_scale=0.25))
+    assert float(model.guard_loss(torch.tensor(2.0), 0)) == 0.5
+    model._trainer = SimpleNamespace(datamodule=None)
+    assert float(model.guard_loss(torch.tensor(2.0), 0)) == 2.0

@@ -75,6 +75,31 @@ def _shard_rows(f: Path) -> int:
         raise SchemaError(f"cannot read Parquet shard: {type(e).__name__}: {e}", source=str(f)) from None
 
 
+def _sample_shard(f: Path, k: int, rng: np.random.Generator) -> pd.DataFrame:
+    """``k`` rows of shard ``f`` drawn with ``rng``, reading only as many of its row groups (chosen at
+    random) as hold ``k`` rows: a shard written as one row group is read whole."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(f)
+        groups, rows = [], 0
+        for g in rng.permutation(pf.num_row_groups):
+            groups.append(int(g))
+            rows += pf.metadata.row_group(int(g)).num_rows
+            if rows >= k:
+                break
+        groups = sorted(groups)
+        sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        df = pf.read_row_groups(groups).to_pandas()
+        df.index = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups])  # rows of the shard
+    except Exception as e:  # noqa: BLE001 - an unreadable shard is the user's file problem
+        raise SchemaError(f"cannot read Parquet shard: {type(e).__name__}: {e}", source=str(f)) from None
+    if k < len(df):
+        df = df.iloc[np.sort(rng.choice(len(df), size=k, replace=False))]
+    return df
+
+
 def _read_shard(f: Path) -> pd.DataFrame:
     from clm_torch.data.schema import read_table
 
@@ -90,6 +115,8 @@ def hash_split(ids: pd.Series, fractions: tuple[float, float], seed: int, *, sou
         raise SchemaError("missing customer id: the split of a sharded table hashes the id", source=source,
                           column=column, row=first)
     key = f"{int(seed) % 10**13:013d}clm"  # hash_pandas_object takes a 16-character key
+    if pd.api.types.is_float_dtype(ids) and np.all(np.mod(ids.to_numpy(), 1) == 0):
+        ids = ids.astype(np.int64)  # 5.0 (a column that a missing value made float elsewhere) hashes as 5
     h = pd.util.hash_pandas_object(ids.astype(str), index=False, hash_key=key).to_numpy()
     u = (h >> np.uint64(11)).astype(np.float64) / 2.0**53
     val, test = fractions
@@ -97,41 +124,34 @@ def hash_split(ids: pd.Series, fractions: tuple[float, float], seed: int, *, sou
 
 
 class LocalBatchSampler(Sampler[torch.Tensor]):
-    """Index batches over one rank's own rows (no sharding by rank), ``n_batches`` of them.
+    """``n_batches`` index batches over one rank's own rows (no sharding by rank).
 
-    Training (``shuffle``): a fresh permutation per epoch, wrapped to ``n_rows`` rows (the largest
-    rank's count) and cut into batches of ``batch_size``. Evaluation: the rows in order, cut into
-    ``n_batches`` nearly equal chunks (every row once; rows are repeated only when a rank holds fewer
-    rows than batches).
+    Every rank yields the same number of batches (DDP needs it), each rank's rows cut into that many
+    nearly equal chunks: every row exactly once per epoch, a fresh permutation per epoch when
+    ``shuffle``, in order otherwise. So a rank's batches are as large as its share of the rows (see
+    :func:`rank_loss_scale` for the loss weight that keeps every row's gradient weight equal). Only a
+    rank with fewer rows than batches repeats rows (wrapping) to fill its batches.
     """
 
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool, n_rows: int | None = None, n_batches: int | None = None,
-                 seed: int = 0, drop_last: bool = False) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    def __init__(self, n: int, n_batches: int, *, shuffle: bool, seed: int = 0) -> None:
         if n < 1:
             raise ValueError("a rank holds no rows of this split")
-        self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, int(batch_size), shuffle, seed, drop_last
-        self.n_rows = max(int(n_rows or n), n)
-        if shuffle:
-            self.n_batches = self.n_rows // self.batch_size if drop_last else -(-self.n_rows // self.batch_size)
-        else:
-            self.n_batches = int(n_batches or -(-n // self.batch_size))
-        self.n_batches = max(self.n_batches, 1)
+        if n_batches < 1:
+            raise ValueError(f"n_batches must be >= 1, got {n_batches}")
+        self.n, self.n_batches, self.shuffle, self.seed = int(n), int(n_batches), shuffle, int(seed)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def _batches(self) -> list[torch.Tensor]:
-        if not self.shuffle:
-            chunks = list(torch.tensor_split(torch.arange(self.n), self.n_batches))
-            return [c if len(c) else torch.tensor([j % self.n]) for j, c in enumerate(chunks)]
-        g = torch.Generator().manual_seed(self.seed + 7919 * self.epoch)
-        order = torch.randperm(self.n, generator=g)
-        if self.n_rows > self.n:
-            order = order[torch.arange(self.n_rows) % self.n]
-        return [order[i * self.batch_size: (i + 1) * self.batch_size] for i in range(self.n_batches)]
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + 7919 * self.epoch))
+        else:
+            order = torch.arange(self.n)
+        if self.n < self.n_batches:  # too few rows for one per batch: wrap
+            order = order[torch.arange(self.n_batches) % self.n]
+        return list(torch.tensor_split(order, self.n_batches))
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         yield from self._batches()
@@ -140,6 +160,15 @@ class LocalBatchSampler(Sampler[torch.Tensor]):
 
     def __len__(self) -> int:
         return self.n_batches
+
+
+def rank_loss_scale(counts: Sequence[int], rank: int) -> float:
+    """The factor on rank ``rank``'s mean training loss that makes DDP's average of the ranks'
+    gradients the mean over every row: ``W · n_rank / Σ n``. Rank r's batches hold about
+    ``n_r / n_batches`` rows, so without it a row on a small rank would weigh more than one on a
+    large rank."""
+    total = float(sum(counts))
+    return len(counts) * counts[rank] / total if total > 0 else 1.0
 
 
 class ParquetShardsSource:
@@ -151,7 +180,7 @@ class ParquetShardsSource:
         self.roles, self.drop = {k: list(v) for k, v in roles.items()}, list(drop)
 
     def load(self) -> TableData:
-        frame = pd.concat([_read_shard(f) for f in self.files], ignore_index=True)
+        frame = pd.concat([_read_shard(f) for f in self.files if _shard_rows(f) > 0], ignore_index=True)
         return TableData(frame, name=self.name, target=self.target, id_col=self.id_col, roles=self.roles,
                          drop=self.drop)
 
@@ -198,6 +227,9 @@ class ShardedTableDataModule(TableDataModule):
         self._sample: dict[str, pd.DataFrame] = {}
         self._ids: dict[str, np.ndarray] = {}
         self._clean_schema: TableSchema | None = None
+        self._sizes: dict[Path, int] = {}
+        self._columns: list[str] = []
+        self.loss_scale = 1.0  # this rank's training-loss factor (rank_loss_scale), read by CLMModule.guard_loss
         self.target_mean: float | None = None
 
     # tensors of this rank's shards, read when first used (after the process group exists)
@@ -231,17 +263,16 @@ class ShardedTableDataModule(TableDataModule):
         total = sum(sizes)
         if total == 0:
             raise SchemaError("the shards hold no rows", source=self.name)
+        self._sizes = dict(zip(self.files, sizes))
         parts: list[pd.DataFrame] = []
         for i, (f, n_f) in enumerate(zip(self.files, sizes)):
-            if n_f == 0:
+            if n_f == 0:  # Spark and Dask write empty partitions
                 continue
             k = n_f if self.sample_rows >= total else min(n_f, -(-self.sample_rows * n_f // total))
-            df = _read_shard(f)
+            df = _sample_shard(f, k, np.random.default_rng([self.split_seed, i]))
             self._check_shard(df, str(f), parts[0] if parts else None)
-            if k < len(df):
-                rows = np.sort(np.random.default_rng([self.split_seed, i]).choice(len(df), size=k, replace=False))
-                df = df.iloc[rows]
-            parts.append(df)
+            parts.append(df[list(parts[0].columns)] if parts else df)
+        self._columns = list(parts[0].columns)
         sample = pd.concat(parts, ignore_index=True)
         if not self.require_target and data.target and data.target in sample.columns:
             sample = sample.drop(columns=[data.target])
@@ -281,14 +312,13 @@ class ShardedTableDataModule(TableDataModule):
         if ids.isna().any():
             raise SchemaError(f"missing customer id ({int(ids.isna().sum())} rows): the split of a sharded table "
                               "hashes the id", source=source, column=self.source.id_col,
-                              row=int(np.flatnonzero(ids.isna().to_numpy())[0]))
-        if first is not None and list(df.columns) != list(first.columns):
+                              row=ids.index[ids.isna().to_numpy()][0])
+        if first is not None and set(df.columns) != set(first.columns):  # another order is fine
             extra = [c for c in df.columns if c not in first.columns]
             lost = [c for c in first.columns if c not in df.columns]
-            what = f"not in {self.files[0].name}" if extra else f"missing (it is in {self.files[0].name})"
-            raise SchemaError(f"the shards differ in their columns: this one is {what}" if extra or lost else
-                              f"the shards list their columns in another order than {self.files[0].name}",
-                              source=source, column=(extra or lost or [None])[0])
+            what = "not in the first shard" if extra else "missing (the first shard has it)"
+            raise SchemaError(f"the shards differ in their columns: this one is {what}", source=source,
+                              column=(extra or lost)[0])
 
     def _split(self, clean: pd.DataFrame, schema: TableSchema, source: str) -> dict[str, pd.DataFrame]:
         code = hash_split(clean[schema.id_col], (self.val_size, self.test_size), self.split_seed, source=source,
@@ -304,7 +334,12 @@ class ShardedTableDataModule(TableDataModule):
         pieces: dict[str, list[dict[str, torch.Tensor]]] = {s: [] for s in SPLITS}
         ids: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
         for f in self.my_shards():
+            if self._sizes.get(f, 1) == 0:
+                continue
             raw = _read_shard(f)
+            if set(raw.columns) != set(self._columns):
+                self._check_shard(raw, str(f), pd.DataFrame(columns=self._columns))
+            raw = raw[self._columns]
             if not self.require_target and self.source.target and self.source.target in raw.columns:
                 raw = raw.drop(columns=[self.source.target])
             clean, _ = clean_table(raw, self._clean_schema, source=str(f), **self.clean_kwargs)
@@ -361,10 +396,14 @@ class ShardedTableDataModule(TableDataModule):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             counts = [0] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(counts, n)
-        bs = self.batch_size if shuffle else self.eval_batch_size
-        rank = self.rank_world()[0]
-        sampler = LocalBatchSampler(n, bs, shuffle=shuffle, n_rows=max(counts),
-                                    n_batches=-(-max(counts) // bs), seed=shuffle_seed(shuffle) + 104729 * rank)
+        rank = self.rank_world()[0] if len(counts) > 1 else 0
+        n_batches = max(1, -(-max(counts) // (self.batch_size if shuffle else self.eval_batch_size)))
+        if n < n_batches:
+            log.warning("%s: rank %d holds %d %s rows for %d batches per rank; some rows repeat (rebalance the "
+                        "shards)", self.name, rank, n, split, n_batches)
+        if shuffle:
+            self.loss_scale = rank_loss_scale(counts, rank)
+        sampler = LocalBatchSampler(n, n_batches, shuffle=shuffle, seed=shuffle_seed(shuffle) + 104729 * rank)
         return DataLoader(TensorTable(t), sampler=sampler, batch_size=None, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
 

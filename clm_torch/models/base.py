@@ -85,6 +85,11 @@ class CLMModule(L.LightningModule):
     def guard_loss(self, loss: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
         """Apply ``nan_policy`` to a training loss; returns None to skip the batch."""
         policy = self.hparams.get("nan_policy", "raise")
+        # a DataModule whose ranks hold different numbers of rows (data=parquet_shards) weights each
+        # rank's mean loss so that DDP's average over ranks is the mean over every row
+        scale = getattr(getattr(self._trainer, "datamodule", None), "loss_scale", 1.0) if self._trainer else 1.0
+        if scale != 1.0:
+            loss = loss * scale
         if policy == "off" or torch.isfinite(loss).all():
             return loss
         msg = (f"non-finite training loss ({loss.item()}) at global step {self.global_step} "
