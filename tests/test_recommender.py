@@ -573,3 +573,23 @@ def test_synthetic_purchase_log_source() -> None:
     _trainer(fast_dev_run=True).fit(model, datamodule=dm)
     recs = model.recommend(dm.user_ids[1:6], k=5)
     assert recs.shape == (5, 5)
+
+
+def test_id_kinds_are_made_consistent_or_refused(tmp_path: Path) -> None:
+    """A float id column (a missing value elsewhere) reads as integers; an item table with text ids for
+    an integer log is matched; numbers mixed with text, or an item table that shares no id with the
+    log, are named errors instead of a doubled catalogue or a numpy TypeError."""
+    from clm_torch.data.schema import SchemaError
+    from clm_torch.data.sources.interactions import InteractionsFrameSource
+
+    log = pd.DataFrame({"u": [1.0, 2.0, 2.0, 3.0], "i": [10, 11, 12, 10]})
+    items = pd.DataFrame({"i": ["10", "11", "12", None], "price": [1.0, 2.0, 3.0, 4.0]})
+    data = InteractionsFrameSource(log, user_col="u", item_col="i", items=items).load()
+    assert data.frame["user"].tolist() == [1, 2, 2, 3] and data.frame["user"].dtype == np.int64
+    assert data.items["item"].tolist() == [10, 11, 12]  # text ids matched to the log's integers, None dropped
+    with pytest.raises(SchemaError, match=r"column 'i', row 2: ids mix numbers and text \(e.g. 10 and '12'\)"):
+        InteractionsFrameSource(log.assign(i=pd.Series([10, 11, "12", 10], dtype=object)), user_col="u",
+                                item_col="i").load()
+    with pytest.raises(SchemaError, match=r"none of the item table's 3 ids is an item of the interaction log"):
+        InteractionsFrameSource(log, user_col="u", item_col="i",
+                                items=pd.DataFrame({"i": ["P10", "P11", "P12"], "price": [1.0, 2.0, 3.0]})).load()

@@ -68,6 +68,8 @@ def _standardise(df: pd.DataFrame, user_col: str, item_col: str, time_col: str |
         out = out.loc[keep]
     if len(out) == 0:
         raise SchemaError("no interactions with both a user and an item", source=source)
+    out["user"] = _id_values(out["user"], source, user_col)
+    out["item"] = _id_values(out["item"], source, item_col)
     if "time" in out.columns:
         out["time"] = _times(out["time"], source, time_col)
     if "weight" in out.columns:
@@ -100,8 +102,43 @@ def _times(t: pd.Series, source: str, column: str) -> pd.Series:
     return pd.Series(ns.astype("float64") / 1e9, index=t.index)
 
 
+def _id_values(s: pd.Series, source: str, column: str) -> pd.Series:
+    """Ids as one kind of value: whole-number floats (a column that a missing value made float) as
+    integers, so that 5.0 never becomes a second spelling of 5; numbers mixed with text are refused."""
+    if pd.api.types.is_float_dtype(s):
+        v = s.to_numpy()
+        if np.isfinite(v).all() and (np.mod(v, 1) == 0).all():
+            return s.astype(np.int64)
+        return s
+    if s.dtype == object and pd.api.types.infer_dtype(s, skipna=True).startswith("mixed"):
+        is_text = s.map(lambda x: isinstance(x, str)).to_numpy(dtype=bool)
+        if is_text.any() and not is_text.all():
+            first = int(np.flatnonzero(is_text != is_text[0])[0])
+            raise SchemaError(f"ids mix numbers and text (e.g. {s.iloc[0]!r} and {s.iloc[first]!r}), so one id could "
+                              "count as two; convert the column to one type first", source=source, column=column,
+                              row=s.index[first])
+    return s
+
+
+def _match_item_ids(ids: pd.Series, log_items: pd.Series, source: str, column: str) -> pd.Series:
+    """The item table's ids in the log's kind (numbers or text), and a named error when none of them
+    is in the log (e.g. 'P12' in the table, 12 in the log): the catalogue would silently double."""
+    log_numeric = pd.api.types.is_numeric_dtype(log_items)
+    if log_numeric and not pd.api.types.is_numeric_dtype(ids):
+        as_num = pd.to_numeric(ids, errors="coerce")
+        if as_num.notna().all():
+            ids = _id_values(as_num, source, column)
+    elif not log_numeric and pd.api.types.is_numeric_dtype(ids) and not pd.api.types.is_numeric_dtype(log_items):
+        ids = ids.astype(str)
+    if len(ids) and not ids.isin(pd.unique(log_items)).any():
+        raise SchemaError(f"none of the item table's {len(ids)} ids is an item of the interaction log (e.g. "
+                          f"{ids.iloc[0]!r} in the table, {log_items.iloc[0]!r} in the log)", source=source,
+                          column=column)
+    return ids
+
+
 def _item_table(items: pd.DataFrame, item_col: str, roles: Mapping[str, Sequence[str]] | None,
-                source: str) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+                source: str, log_items: pd.Series | None = None) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """Rename the id column to ``item``; infer roles of the columns not listed in ``roles``."""
     if item_col not in items.columns:
         raise SchemaError(f"item column not found; available columns: {list(items.columns)}", source=source,
@@ -119,7 +156,12 @@ def _item_table(items: pd.DataFrame, item_col: str, roles: Mapping[str, Sequence
         inferred = infer_schema(items[rest], source=source)
         roles.setdefault("numeric", []).extend(inferred.numeric)
         roles.setdefault("categorical", []).extend(inferred.categorical + inferred.binary)
-    out = items.rename(columns={item_col: "item"}).drop_duplicates("item", keep="last").reset_index(drop=True)
+    out = items.rename(columns={item_col: "item"})
+    out = out.loc[out["item"].notna()]
+    out["item"] = _id_values(out["item"], source, item_col)
+    if log_items is not None:
+        out["item"] = _match_item_ids(out["item"], log_items, source, item_col)
+    out = out.drop_duplicates("item", keep="last").reset_index(drop=True)
     return out, {r: roles.get(r, []) for r in ITEM_ROLES}
 
 
@@ -186,7 +228,8 @@ class InteractionsFileSource:
         items, roles = None, {}
         if self.item_features_path:
             items, roles = _item_table(read_table(self.item_features_path, what="item table"),
-                                       self.item_features_id_col, self.item_roles, self.item_features_path)
+                                       self.item_features_id_col, self.item_roles, self.item_features_path,
+                                       log_items=log["item"])
         return InteractionData(log, name=self.path, items=items, item_roles=roles, label_sep=self.label_sep)
 
 
@@ -206,7 +249,8 @@ class InteractionsFrameSource:
         log = _standardise(self.frame, self.user_col, self.item_col, self.time_col, self.weight_col, self.name)
         items, roles = None, {}
         if self.items is not None:
-            items, roles = _item_table(self.items, self.items_id_col, self.item_roles, f"{self.name} [items]")
+            items, roles = _item_table(self.items, self.items_id_col, self.item_roles, f"{self.name} [items]",
+                                       log_items=log["item"])
         return InteractionData(log, name=self.name, items=items, item_roles=roles)
 
 
