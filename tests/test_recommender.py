@@ -593,3 +593,29 @@ def test_id_kinds_are_made_consistent_or_refused(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match=r"none of the item table's 3 ids is an item of the interaction log"):
         InteractionsFrameSource(log, user_col="u", item_col="i",
                                 items=pd.DataFrame({"i": ["P10", "P11", "P12"], "price": [1.0, 2.0, 3.0]})).load()
+
+
+def test_weightless_rows_and_split_settings_are_explained(log_frame: pd.DataFrame, caplog) -> None:
+    """Weight-0 (or missing-weight) rows would count as seen items and held-out targets while weighing
+    nothing in training: they are left out, with a warning. A fraction outside [0, 1) is refused, and
+    an empty split says which setting emptied it."""
+    import logging
+
+    from clm_torch.data.interactions import split_interactions
+    from clm_torch.data.schema import SchemaError
+
+    w = np.ones(len(log_frame))
+    w[:40] = 0.0
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.sources.interactions"):
+        data = InteractionsFrameSource(log_frame.assign(qty=w), time_col="time", weight_col="qty").load()
+    assert len(data.frame) == len(log_frame) - 40 and (data.frame["weight"] > 0).all()
+    assert "40 interactions with a weight of 0 or no weight are left out" in caplog.text
+    with pytest.raises(SchemaError, match="every weight is 0"):
+        InteractionsFrameSource(log_frame.assign(qty=0.0), weight_col="qty").load()
+    users = np.repeat(np.arange(5), 4)
+    for bad in (1.5, -0.2, 1.0):
+        with pytest.raises(ValueError, match="data.test_fraction must be in"):
+            split_interactions(users, None, 5, "random", bad, 0.1, 2, seed=0)
+    tiny = InteractionDataModule(InteractionsFrameSource(log_frame), val_fraction=0.0, batch_size=64)
+    with pytest.raises(SchemaError, match="data.val_fraction=0 holds out nothing"):
+        tiny.setup()

@@ -193,6 +193,9 @@ def split_interactions(users: np.ndarray, times: np.ndarray | None, n_users: int
         raise ValueError(f"data.protocol must be one of {PROTOCOLS}, not {protocol!r}")
     if protocol == "temporal" and times is None:
         raise SchemaError("the temporal protocol needs a time column (set data.time_col)")
+    for name, f in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if not 0.0 <= f < 1.0:
+            raise ValueError(f"data.{name} must be in [0, 1), not {f}")
     rng = np.random.default_rng(seed)
     n = len(users)
     split = np.zeros(n, np.int8)
@@ -313,8 +316,13 @@ class InteractionDataModule(L.LightningDataModule):
             self.tables[name] = _subset(uu, hp, hv, tp, tv)
         for name, tab in self.tables.items():
             if len(tab) == 0:
+                fraction = {"val": self.val_fraction, "test": self.test_fraction}.get(name)
+                hint = "" if fraction is None else (
+                    f"; data.{name}_fraction=0 holds out nothing (validation and test need held-out items)"
+                    if fraction == 0 else f"; data.{name}_fraction={fraction} rounds to no item for these users "
+                    f"(at most {int(np.bincount(self.interactions['user']).max())} items each)")
                 raise SchemaError(f"the {name} split has no users: too few interactions per user "
-                                  f"(min_user_interactions={self.min_user_interactions})", source=data.name)
+                                  f"(min_user_interactions={self.min_user_interactions}){hint}", source=data.name)
         self._ready = True
         log.info("interactions %s: %d users, %d items, %d interactions (train %d, val %d, test %d); "
                  "users evaluated: val %d, test %d", data.name, self.n_users - 1, self.n_items, len(u),

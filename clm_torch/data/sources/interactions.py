@@ -8,6 +8,7 @@ columns) whose roles are given explicitly. Sources know nothing about models or 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,6 +19,8 @@ import pandas as pd
 from clm_torch.data.events import parse_timestamps
 from clm_torch.data.schema import SchemaError, infer_schema, read_table, role_columns, to_numeric_strict
 from clm_torch.data.sources.tables import load_rdataset
+
+log = logging.getLogger(__name__)
 
 ITEM_ROLES = ("numeric", "categorical", "multilabel", "label")
 
@@ -65,6 +68,8 @@ def _standardise(df: pd.DataFrame, user_col: str, item_col: str, time_col: str |
     out = df[list(cols)].rename(columns=cols)
     keep = out["user"].notna().to_numpy() & out["item"].notna().to_numpy()
     if not keep.all():
+        log.warning("%s: %d of %d interactions have no %s and are left out", source, int((~keep).sum()), len(keep),
+                    "user or item")
         out = out.loc[keep]
     if len(out) == 0:
         raise SchemaError("no interactions with both a user and an item", source=source)
@@ -80,7 +85,13 @@ def _standardise(df: pd.DataFrame, user_col: str, item_col: str, time_col: str |
             first = w.index[(w < 0).to_numpy()][0]
             raise SchemaError(f"negative weight {w.loc[first]} ({int((w < 0).sum())} rows); weights are "
                               "non-negative", source=source, column=weight_col, row=first)
-        out["weight"] = w.fillna(0.0).astype("float64")
+        zero = (w.fillna(0.0) == 0).to_numpy()
+        if zero.all():
+            raise SchemaError("every weight is 0 or missing: nothing to learn from", source=source, column=weight_col)
+        if zero.any():  # a weight-0 row would count as seen and as a held-out target but weigh nothing in training
+            log.warning("%s: %d interactions with a weight of 0 or no weight are left out", source, int(zero.sum()))
+            out, w = out.loc[~zero], w.loc[~zero]
+        out["weight"] = w.astype("float64")
     return out.reset_index(drop=True)
 
 
