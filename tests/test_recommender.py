@@ -336,7 +336,11 @@ def test_unknown_users_fall_back_as_documented(dm: InteractionDataModule, traine
     assert list(via_hist[0]) == list(cold[0])  # history given → the history encoder
     assert not set(cold[0]) & set(hist)  # its items are excluded
     assert counts(cold[0]) != top_counts[:5]  # and it is not just popularity
-    assert list(via_hist[1]) == list(trained.recommend([dm.user_ids[1]], k=5)[0])  # known user unaffected
+    assert list(via_hist[1]) == list(trained.recommend([dm.user_ids[1]], k=5)[0])  # known user, no history
+    # a known user with items bought since training: scored with them, and they never come back
+    before = trained.recommend([dm.user_ids[1]], k=5)[0]
+    after = trained.recommend([dm.user_ids[1]], k=5, histories=[[before[0], before[1]]])[0]
+    assert not {before[0], before[1]} & set(after) and list(after) != list(before)
     # histories are taken by position (a Series' index is ignored); bad k and bare strings are refused
     by_pos = trained.recommend(pd.Series(["nobody", dm.user_ids[1]]), k=5,
                                histories=pd.Series([hist, None], index=[5, 6]))

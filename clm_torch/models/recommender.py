@@ -717,7 +717,8 @@ class EmbeddingRecommender(CLMModule):
 
         Known users are scored with every interaction of the training log (the train, validation
         and test parts: the test part is hidden only while evaluating) and, when ``exclude_seen``,
-        never get any of those items back. Unknown users follow the module's fallback:
+        never get any of those items back. ``histories[j]`` for a known user adds the items bought
+        since training (newest last): they join the user's history and are excluded too. Unknown users follow the module's fallback:
         the history encoder on ``histories[j]`` (item ids, oldest → newest) when given, else
         popularity. Slots that cannot be filled (k larger than the unseen catalogue) are None.
         """
@@ -731,9 +732,20 @@ class EmbeddingRecommender(CLMModule):
         pos = self._lookup(self.user_index, user_ids) + 1  # 0 = unknown
         out = torch.full((n, k), -1, dtype=torch.long)
         known = np.flatnonzero(pos > 0)
+        fresh = np.array([j for j in known if histories is not None and histories[j] is not None
+                          and len(histories[j])], dtype=np.int64)
+        known = np.setdiff1d(known, fresh)
         if len(known):
             batch = self._as_batch(torch.as_tensor(pos[known]), everything=True)
             out[known] = self._topk_batches(batch, k, exclude_seen).cpu()
+        if len(fresh):  # known users with items bought since training: their log, then those items
+            logged = self._as_batch(torch.as_tensor(pos[fresh]), everything=True)
+            off, items = logged["hist_offsets"].cpu().numpy(), logged["hist_items"].cpu().numpy()
+            ids = np.asarray(self.preprocessing["item_ids"], dtype=object)
+            lists = [list(ids[items[off[r]: off[r + 1]]]) + list(histories[j]) for r, j in enumerate(fresh)]
+            batch = self._history_batch(lists)
+            batch["user"] = torch.as_tensor(pos[fresh], device=batch["user"].device)
+            out[fresh] = self._topk_batches(batch, k, exclude_seen).cpu()
         unknown = np.flatnonzero(pos == 0)
         if len(unknown):
             hist = [histories[j] if histories is not None else None for j in unknown]
