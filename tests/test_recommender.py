@@ -456,6 +456,15 @@ def test_score_and_full_scores_agree(dm: InteractionDataModule, trained: Embeddi
     assert full.shape == (3, dm.n_items)
     assert trained.uses_neighbors and trained.neighbor_embed.weight.abs().sum() > 0  # the item-item term counts
     assert torch.allclose(full.gather(1, items), part, atol=1e-4)
+    # lists and arrays work like tensors; indices out of range or ids instead of indices are clear errors
+    assert torch.allclose(trained.score(users.tolist(), items.numpy()), part, atol=1e-6)
+    assert torch.allclose(trained.full_scores(users.numpy()), full, atol=1e-6)
+    with pytest.raises(ValueError, match=r"users must be internal indices in \[0, "):
+        trained.full_scores([-1, 2])
+    with pytest.raises(ValueError, match="items must be internal indices"):
+        trained.score(users.tolist(), [["I0001"] * items.shape[1]] * len(users))
+    with pytest.raises(ValueError, match=r"items must be \(users, m\) item indices"):
+        trained.score(users.tolist(), items[0].tolist())
 
 
 def test_ease_term_matches_the_item_space_solution_and_round_trips(tmp_path: Path, dm: InteractionDataModule) -> None:

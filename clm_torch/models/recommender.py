@@ -94,6 +94,19 @@ def _check_histories(histories: Any, n: int | None = None) -> list[Sequence[Any]
     return out
 
 
+def _indices(values: Any, n: int, what: str) -> torch.Tensor:
+    """Internal indices (not external ids) from a list or array, checked against ``[0, n)``."""
+    try:
+        t = torch.as_tensor(np.asarray(values), dtype=torch.long)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} must be internal indices (integers; use recommend() for external ids): {e}") \
+            from None
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n):
+        raise ValueError(f"{what} must be internal indices in [0, {n}) (use recommend() for external ids), got "
+                         f"values from {int(t.min())} to {int(t.max())}")
+    return t
+
+
 def _check_user_ids(user_ids: Any) -> list[Any]:
     """``user_ids`` as a list; a single id (a string or a number) is refused, not split into characters."""
     if isinstance(user_ids, (str, bytes)) or not hasattr(user_ids, "__iter__"):
@@ -418,6 +431,12 @@ class EmbeddingRecommender(CLMModule):
         """Scores (B, m) of ``items`` (B, m) for ``users`` (a batch dict or (B,) user indices): the
         entries of :meth:`full_scores` at ``items``, computed for those items only."""
         batch = self._as_batch(users)
+        if not isinstance(items, torch.Tensor):  # notebook input: check what training never needs checked
+            items = _indices(items, self.n_items, "items")
+            if items.dim() != 2 or len(items) != len(batch["user"]):
+                raise ValueError(f"items must be (users, m) item indices, got shape {tuple(items.shape)} for "
+                                 f"{len(batch['user'])} users")
+            items = items.to(self.item_bias.device)
         u = self.user_vectors(batch)
         cols, inv = torch.unique(items, return_inverse=True)
         out = self._dots_at(u, cols, inv) + self.item_bias[items]
@@ -443,6 +462,8 @@ class EmbeddingRecommender(CLMModule):
         if isinstance(users, dict):
             return users
         self._require_preprocessing()
+        if not isinstance(users, torch.Tensor):
+            users = _indices(users, self.n_users, "users")
         users = users.to(self.item_bias.device)
         src = "all" if everything and getattr(self, "all_indptr", None) is not None and self.all_indptr.numel() \
             else "seen"
