@@ -297,6 +297,8 @@ def _test_predictions(model: L.LightningModule, dm: Any, trainer: L.Trainer) -> 
     """The test split's predictions on rank 0 (None on the other ranks). A DataModule whose ranks
     hold different rows (``rank_local``: ``data=parquet_shards``) gathers every rank's part."""
     dist = torch.distributed
+    if getattr(dm, "rank_local", False):  # read only the test rows where they are not held yet
+        dm.load_local(("test",))
     if getattr(dm, "rank_local", False) and dist.is_available() and dist.is_initialized() \
             and dist.get_world_size() > 1:
         parts: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None

@@ -182,3 +182,17 @@ def test_the_models_apply_the_rank_loss_factor(table: pd.DataFrame, tmp_path: Pa
     assert float(model.guard_loss(torch.tensor(2.0), 0)) == 0.5
     model._trainer = SimpleNamespace(datamodule=None)
     assert float(model.guard_loss(torch.tensor(2.0), 0)) == 2.0
+
+
+def test_a_process_that_only_writes_predictions_encodes_only_the_test_rows(table: pd.DataFrame,
+                                                                          tmp_path: Path) -> None:
+    """The process that launched ddp_spawn writes predictions/test.csv: it keeps the test rows only."""
+    shards = write_shards(table, tmp_path / "s", 3)
+    full = _dm(shards)
+    only = ShardedTableDataModule(str(shards), target="churn", id_col="customer_id", sample_rows=600)
+    only.load_local(("test",))
+    assert set(only.tensors) == {"test"} and (only.ids("test") == full.ids("test")).all()
+    for k, t in only.tensors["test"].items():
+        assert torch.equal(t, full.tensors["test"][k]), k
+    assert len(only.ids("train")) == len(full.ids("train"))  # asking for another split reads them all
+    assert set(only.tensors) == {"train", "val", "test"}

@@ -223,7 +223,7 @@ class ShardedTableDataModule(TableDataModule):
                          clean=clean, frame_transform=frame_transform, **kwargs)
         self.files, self.name, self.sample_rows = files, name, int(sample_rows)
         self._rank_override = None if rank is None else (int(rank), int(world_size or 1))
-        self._local: tuple[int, int] | None = None  # (rank, world) whose shards self._tensors hold
+        self._local: tuple[tuple[int, int], frozenset] | None = None  # ((rank, world), splits) self._tensors holds
         self._sample: dict[str, pd.DataFrame] = {}
         self._ids: dict[str, np.ndarray] = {}
         self._clean_schema: TableSchema | None = None
@@ -235,7 +235,8 @@ class ShardedTableDataModule(TableDataModule):
     # tensors of this rank's shards, read when first used (after the process group exists)
     @property
     def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
-        if self._ready:
+        """This rank's encoded splits, read on first use (every split, unless :meth:`load_local` chose)."""
+        if self._ready and (self._local is None or self._local[0] != self.rank_world()):
             self._ensure_local()
         return self._tensors
 
@@ -326,13 +327,20 @@ class ShardedTableDataModule(TableDataModule):
         return {split: clean.iloc[np.flatnonzero(code == j)] for j, split in enumerate(SPLITS)}
 
     # ------------------------------------------------------------------ this rank's rows
-    def _ensure_local(self) -> None:
+    def load_local(self, splits: Sequence[str] = SPLITS) -> None:
+        """Read, clean and encode this rank's shards, keeping only ``splits`` (``train()`` asks for the
+        test split alone where it only writes predictions, e.g. in the process that launched
+        ``ddp_spawn``). Nothing is read again when those splits are already held."""
+        self.setup()
+        self._ensure_local(tuple(splits))
+
+    def _ensure_local(self, splits: tuple[str, ...] = SPLITS) -> None:
         rank_world = self.rank_world()
-        if self._local == rank_world:
+        if self._local is not None and self._local[0] == rank_world and set(splits) <= self._local[1]:
             return
         target = self.source.target if self.require_target else None
-        pieces: dict[str, list[dict[str, torch.Tensor]]] = {s: [] for s in SPLITS}
-        ids: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+        pieces: dict[str, list[dict[str, torch.Tensor]]] = {s: [] for s in splits}
+        ids: dict[str, list[np.ndarray]] = {s: [] for s in splits}
         for f in self.my_shards():
             if self._sizes.get(f, 1) == 0:
                 continue
@@ -344,7 +352,7 @@ class ShardedTableDataModule(TableDataModule):
                 raw = raw.drop(columns=[self.source.target])
             clean, _ = clean_table(raw, self._clean_schema, source=str(f), **self.clean_kwargs)
             for split, part in self._split(clean, self.schema, str(f)).items():
-                if len(part) == 0:
+                if len(part) == 0 or split not in splits:
                     continue
                 if self.frame_transform is not None:
                     part = self.frame_transform(part, source=f"{f} [{split} split]")
@@ -353,7 +361,8 @@ class ShardedTableDataModule(TableDataModule):
                 ids[split].append(part[self.schema.id_col].to_numpy())
             del raw, clean
         tensors: dict[str, dict[str, torch.Tensor]] = {}
-        for split in SPLITS:
+        self._ids = {}
+        for split in splits:
             if not pieces[split]:
                 raise SchemaError(f"rank {rank_world[0]} of {rank_world[1]} has no rows in the {split} split: its "
                                   f"shards are too small", source=self.name)
@@ -362,7 +371,7 @@ class ShardedTableDataModule(TableDataModule):
             tensors[split]["row"] = torch.arange(len(tensors[split][next(iter(keys))]))
             self._ids[split] = np.concatenate(ids[split])
         self._tensors = tensors
-        self._local = rank_world
+        self._local = (rank_world, frozenset(splits))
         log.info("data %s, rank %d of %d: %d shards, %s rows", self.name, rank_world[0], rank_world[1],
                  len(self.my_shards()), {k: len(v) for k, v in self._ids.items()})
 
@@ -385,7 +394,8 @@ class ShardedTableDataModule(TableDataModule):
     def ids(self, split: str) -> np.ndarray:
         """Customer ids of this rank's rows of ``split``."""
         self.setup()
-        self._ensure_local()
+        held = self._local[1] if self._local is not None and self._local[0] == self.rank_world() else frozenset()
+        self._ensure_local(tuple(held) if split in held else SPLITS)
         return self._ids[split]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
