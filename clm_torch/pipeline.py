@@ -83,12 +83,16 @@ def load_inputs(cfg: DictConfig) -> dict[str, Any]:
         if not d.get("amount_col"):
             raise SchemaError("the pipeline needs a money column (CLV and the spend model are in money): set "
                               "data.amount_col=<column>", source=str(d.path), column="data.amount_col")
+        if not d.get("item_col"):
+            raise SchemaError("the pipeline needs an item column (the recommender learns from the items bought): "
+                              "set data.item_col=<column>", source=str(d.path), column="data.item_col")
         events = load_events(d.path, customer_col=d.customer_col, time_col=d.time_col, amount_col=d.amount_col,
-                             item_col=d.item_col, quantity_col=d.get("quantity_col"))
+                             item_col=d.item_col, quantity_col=d.get("quantity_col"),
+                             future_policy=d.get("future_policy", "error"))
         customers = None
         if d.get("customers_path"):
-            customers = read_table(d.customers_path, what="customer table")
             cid = d.get("customers_id_col") or d.customer_col
+            customers = read_table(d.customers_path, what="customer table", text_columns=[cid])
             if cid not in customers.columns:
                 raise SchemaError("id column not found", source=str(d.customers_path), column=cid)
             customers = customers.rename(columns={cid: "customer_id"})
@@ -98,6 +102,29 @@ def load_inputs(cfg: DictConfig) -> dict[str, Any]:
         return {"events": events, "customers": customers, "truth": None, "items": None, "cutoff": cutoff,
                 "name": str(d.path), "customers_source": str(d.get("customers_path") or "customer table")}
     raise SchemaError(f"data.kind must be synthetic or events, not {d.kind!r}", source="pipeline config")
+
+
+def check_views(inputs: dict[str, Any], train_frame: pd.DataFrame, horizon: float, d: DictConfig) -> None:
+    """What the models need from the views and the log, checked before any of them trains: customers
+    with history at the training cutoff, both churn outcomes, and at least two items."""
+    ev, cutoff = inputs["events"], inputs["cutoff"]
+    train_cut = cutoff - pd.Timedelta(days=horizon)
+    span = (f"the log runs from {ev['timestamp'].min():%Y-%m-%d} to {ev['timestamp'].max():%Y-%m-%d}"
+            if len(ev) else "the log has no events before the cutoff")
+    where = f"the training cutoff {train_cut:%Y-%m-%d} (data.cutoff {cutoff:%Y-%m-%d} minus horizon_days={horizon:g})"
+    if len(train_frame) == 0:
+        raise SchemaError(f"no customer has a purchase before {where}; {span}: move data.cutoff later or lower "
+                          "horizon_days", source=inputs["name"], column="data.cutoff")
+    classes = train_frame["churn"].nunique()
+    if classes < 2:
+        what = "bought again" if int(train_frame["churn"].iloc[0]) == 0 else "made no purchase"
+        raise SchemaError(f"every customer {what} within horizon_days={horizon:g} after {where}, so churn has one "
+                          f"class; {span}: choose a cutoff and horizon inside the log", source=inputs["name"],
+                          column="data.cutoff")
+    items = ev["item_id"].dropna().nunique() if "item_id" in ev.columns else 0
+    if items < 2:
+        raise SchemaError(f"the recommender needs at least 2 distinct items; the log has {items}",
+                          source=inputs["name"], column=str(d.get("item_col") or "item_id"))
 
 
 # ----------------------------------------------------------------------------- step 2-3
@@ -209,6 +236,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"churn_sequence must be one of {SEQUENCE_ENCODERS}, not {seq_kind!r}")
     train_frame, score_frame = build_views(inputs, customers, horizon, int(cfg.n_last),
                                            int(cfg.n_last) if seq_kind != "none" else 0)
+    check_views(inputs, train_frame, horizon, cfg.data)
     # the purchase-sequence columns feed only the churn model's sequence encoder
     seq_cols = [c for c in train_frame.columns if parse_sequence_column(c) is not None]
     paths = {k: out / "data" / f"{k}.parquet" for k in ("train_view", "score_view", "interactions")}

@@ -586,3 +586,20 @@ def test_a_relative_model_scores_a_plain_view_frame(tmp_path):
         np.testing.assert_allclose(getattr(model, predict)(plain), getattr(model, predict)(rel), rtol=1e-6)
         with pytest.raises(SchemaError, match="recency_share"):  # without the absolute columns: a clear error
             getattr(model, predict)(plain.drop(columns=["tenure_days"]))
+
+
+def test_customer_ids_keep_leading_zeros_and_lose_surrounding_spaces(tmp_path):
+    """'000235' stays '000235' (it joins back to the CRM); 'C1 ' and 'C1' are one customer; a customer
+    table that shares no id with a log (another id scheme) is an error, not an outer join."""
+    path = _csv(tmp_path, "cid,ts,amt\n000235,2024-01-01,1\n000235,2024-02-01,2\nC1 ,2024-01-03,3\nC1,2024-02-03,4\n")
+    ev = load_events(path, customer_col="cid", time_col="ts", amount_col="amt", now="2025-01-01")
+    assert sorted(ev["customer_id"].unique()) == ["000235", "C1"]
+    log = pd.DataFrame({"customer_id": [f"C{i:03d}" for i in range(12)] * 2,
+                        "timestamp": ["2024-01-01"] * 12 + ["2024-02-01"] * 12, "amount": 1.0})
+    ev = load_events(log, customer_col="customer_id", time_col="timestamp", amount_col="amount", now="2025-01-01")
+    other = pd.DataFrame({"customer_id": [f"c{i:03d}" for i in range(12)], "plan": "a"})
+    with pytest.raises(SchemaError, match=r"none of the customer table's 12 ids is a customer of the event log"):
+        build_customer_view(ev, "2024-03-01", customers=other)
+    padded = pd.DataFrame({"customer_id": [f"C{i:03d} " for i in range(12)], "plan": "a"})
+    view = build_customer_view(ev, "2024-03-01", customers=padded)
+    assert len(view.features) == 12 and (view.features["plan"] == "a").all()

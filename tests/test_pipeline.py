@@ -135,3 +135,27 @@ def test_an_event_log_without_money_is_refused_before_any_training(tmp_path: Pat
                       config_name="pipeline.yaml")
     with pytest.raises(SchemaError, match=r"events\.csv, column 'data.amount_col': the pipeline needs a money column"):
         load_inputs(cfg)
+
+
+def test_views_the_models_cannot_learn_from_are_refused_before_training() -> None:
+    """A cutoff before the log, one churn outcome, or a single item: a named error from check_views,
+    which run_pipeline calls before the first model trains (it used to fail after training)."""
+    from omegaconf import OmegaConf
+
+    from clm_torch.data.schema import SchemaError
+    from clm_torch.pipeline import check_views
+
+    ev = pd.DataFrame({"customer_id": ["a", "b", "a"], "item_id": ["x", "y", "x"],
+                       "timestamp": pd.to_datetime(["2024-01-05", "2024-01-06", "2024-03-01"])})
+    inputs = {"events": ev, "cutoff": pd.Timestamp("2024-04-01"), "name": "log.csv"}
+    d = OmegaConf.create({"item_col": "sku"})
+    with pytest.raises(SchemaError, match=r"log.csv, column 'data.cutoff': no customer has a purchase before the "
+                                          r"training cutoff 2024-01-02 .* the log runs from 2024-01-05 to 2024-03-01"):
+        check_views(inputs, pd.DataFrame({"churn": []}), 90, d)
+    with pytest.raises(SchemaError, match="every customer made no purchase within horizon_days=90"):
+        check_views(inputs, pd.DataFrame({"churn": [1, 1]}), 90, d)
+    with pytest.raises(SchemaError, match="every customer bought again"):
+        check_views(inputs, pd.DataFrame({"churn": [0, 0]}), 90, d)
+    with pytest.raises(SchemaError, match=r"column 'sku': the recommender needs at least 2 distinct items; the log has 1"):
+        check_views({**inputs, "events": ev.assign(item_id="x")}, pd.DataFrame({"churn": [0, 1]}), 90, d)
+    check_views(inputs, pd.DataFrame({"churn": [0, 1]}), 90, d)  # a learnable view passes

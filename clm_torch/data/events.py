@@ -231,7 +231,7 @@ def load_events(
             raise SchemaError("event log has no rows", source=src)
     else:
         src = source or str(path_or_df)
-        raw = read_table(path_or_df, what="event log")
+        raw = read_table(path_or_df, what="event log", text_columns=[customer_col])  # ids keep leading zeros
 
     wanted = {
         "customer_id": customer_col,
@@ -269,6 +269,11 @@ def load_events(
                 column=customer_col,
                 row=cid.index[first],
             )
+    if not pd.api.types.is_numeric_dtype(cid):  # 'C001 ' and 'C001' are one customer
+        stripped = cid.astype("string").str.strip()
+        if (stripped != cid.astype("string")).any():
+            log.warning("%s: %d customer ids had surrounding spaces, removed", src, int((stripped != cid).sum()))
+            cid = stripped.astype(object) if cid.dtype == object else stripped
     out["customer_id"] = cid
     ts = parse_timestamps(raw[time_col], source=src, column=time_col)
     out["timestamp"] = ts
@@ -751,6 +756,10 @@ def build_customer_view(
                     source=tsrc,
                     column=customer_id_col,
                 )
+            if not pd.api.types.is_numeric_dtype(table.index):  # 'C001 ' and 'C001' are one customer
+                stripped = table.index.astype("string").str.strip()
+                table.index = pd.Index(stripped.astype(object) if table.index.dtype == object else stripped,
+                                       name=table.index.name)
             ids = table.index.to_series()
             if ids.isna().any():
                 raise SchemaError(
@@ -777,6 +786,16 @@ def build_customer_view(
                 )
             ev_index, tab_index = _harmonise_ids(ev_index, table.index)
             table.index = tab_index
+            shared = tab_index.isin(ev_index)
+            if len(tab_index) >= 10 and len(ev_index) >= 10 and not shared.any():  # tiny tables may be all new
+                raise SchemaError(
+                    f"none of the customer table's {len(tab_index):,} ids is a customer of the event log (e.g. "
+                    f"{tab_index[0]!r} in the table, {ev_index[0]!r} in the log); check that the id columns hold the "
+                    "same ids (type, letter case, leading zeros)", source=tsrc, column=customer_id_col)
+            if len(tab_index) and shared.mean() < 0.5:
+                log.warning("%s: only %d of %d customer-table ids are in the event log; the others are customers "
+                            "without purchases (check the id columns if that is unexpected)", tsrc, int(shared.sum()),
+                            len(tab_index))
             population = ev_index[had_before].union(tab_index)
             population = population.rename("customer_id")
             row_of_code = population.get_indexer(ev_index)  # -1: not in the population

@@ -91,12 +91,13 @@ def role_columns(v: Any) -> list:
 # ----------------------------------------------------------------------------- reading
 
 
-def read_table(path: str | os.PathLike, *, what: str = "table") -> pd.DataFrame:
+def read_table(path: str | os.PathLike, *, what: str = "table", text_columns: Sequence[str] = ()) -> pd.DataFrame:
     """Read a CSV or Parquet file, turning every I/O or parse failure into a SchemaError.
 
     Args:
         path: a ``.csv``, ``.csv.gz``, ``.tsv`` or ``.parquet`` file.
         what: a word for the messages (``"table"``, ``"event log"``).
+        text_columns: columns of a CSV read as text, e.g. ids: ``000235`` keeps its zeros.
     """
     p = Path(path)
     src = str(p)
@@ -125,7 +126,8 @@ def read_table(path: str | os.PathLike, *, what: str = "table") -> pd.DataFrame:
         if is_parquet:
             df = pd.read_parquet(p)
         else:
-            df = pd.read_csv(p, sep=sep, encoding=encoding, low_memory=False)
+            dtype = {c: str for c in text_columns} if text_columns else None
+            df = pd.read_csv(p, sep=sep, encoding=encoding, low_memory=False, dtype=dtype)
     except UnicodeDecodeError as e:
         raise SchemaError(
             f"file is not valid UTF-8 (byte {e.start}); re-save it as UTF-8, e.g. "

@@ -147,8 +147,8 @@ def customer_view_from_files(
                          item_col=item_col, quantity_col=quantity_col, future_policy=future_policy)
     customers = None
     if customers_path:
-        customers = read_table(customers_path, what="customer table")
         cid = customers_id_col or customer_col
+        customers = read_table(customers_path, what="customer table", text_columns=[cid])  # ids keep leading zeros
         if cid not in customers.columns:
             raise SchemaError(f"id column not found; columns are {list(customers.columns)}",
                               source=str(customers_path), column=cid)
