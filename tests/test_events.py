@@ -603,3 +603,9 @@ def test_customer_ids_keep_leading_zeros_and_lose_surrounding_spaces(tmp_path):
     padded = pd.DataFrame({"customer_id": [f"C{i:03d} " for i in range(12)], "plan": "a"})
     view = build_customer_view(ev, "2024-03-01", customers=padded)
     assert len(view.features) == 12 and (view.features["plan"] == "a").all()
+
+
+def test_epoch_milliseconds_get_a_hint(tmp_path):
+    path = _csv(tmp_path, "cid,ts,amt\nA,1704067200,1\nA,1704153600000,2\n")
+    e = _raises(path, ["column 'ts'", "row 1", "epoch milliseconds? divide the column by 1000"])
+    assert e.row == 1

@@ -139,6 +139,12 @@ def parse_timestamps(s: pd.Series, *, source: str, column: str) -> pd.Series:
             column=column,
             row=_first_row(missing),
         )
+    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_datetime64_any_dtype(s):
+        big = np.abs(s.to_numpy(dtype="float64")) > 1e11  # epoch seconds past the year 5000
+        if big.any():
+            first = _first_row(pd.Series(big, index=s.index))
+            raise SchemaError(f"{s.loc[first]} is not a time in epoch seconds (it would be after the year 5000); "
+                              "epoch milliseconds? divide the column by 1000", source=source, column=column, row=first)
     try:
         if pd.api.types.is_datetime64_any_dtype(s):
             out = pd.to_datetime(s, utc=True)
