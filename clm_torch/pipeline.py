@@ -275,7 +275,9 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     sf = score_frame
     p_churn = churn.predict_proba(sf)
     gap = vae.information_gap(sf, n_samples=int(cfg.score.gap_samples))
-    nbq = vae.next_best_question(sf, k=1, n_samples=int(cfg.score.question_samples))
+    # only what one can ask a customer: the customer table's columns (not the features of the event log)
+    askable = [c for c in (customers.columns if customers is not None else []) if c in vae.encoder.feature_columns]
+    nbq = vae.next_best_question(sf, k=1, n_samples=int(cfg.score.question_samples), askable=askable)
     latents = vae.encode(sf)
     recs = rec.recommend(sf["customer_id"].tolist(), k=5)
     spend_pred = spend.predict_spend(sf)

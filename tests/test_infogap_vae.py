@@ -324,6 +324,16 @@ def test_api_methods_on_raw_frames(trained) -> None:
     c = model.next_best_question(raw.iloc[:1], target=plan_target, k=1, n_samples=8)
     assert c["question_1"].iloc[0] == model.encoder.cat_columns[0]
 
+    # askable: only what one can ask a customer is proposed (row 0 misses everything)
+    best = nbq.loc[raw.index[0], "question_1"]
+    rest = [f for f in FEATURES if f != best]
+    only = model.next_best_question(raw.iloc[:1], k=2, n_samples=8, askable=rest)
+    assert only["question_1"].iloc[0] in rest and only["question_1"].iloc[0] != best
+    none = model.next_best_question(raw.iloc[:1], k=1, n_samples=8, askable=[])
+    assert none["question_1"].iloc[0] is None and np.isnan(none["gain_1"].iloc[0])
+    with pytest.raises(ValueError, match=r"askable names \['recency_days'\]"):
+        model.next_best_question(raw.iloc[:1], askable=["recency_days"])
+
 
 def test_one_encoding_shared_by_the_api_methods(trained) -> None:
     """encode / impute / information_gap given ``encoded=model.transform(df)`` return exactly what they

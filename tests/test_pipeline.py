@@ -30,6 +30,14 @@ def test_pipeline_writes_every_output(tiny_pipeline_run: Path) -> None:
     assert set(customers["stage"]) <= {"new", "active", "at_risk", "lapsed", "won_back"}
     assert customers["top5_items"].str.split(" ").str.len().eq(5).mean() > 0.95
     assert (customers["clv"] >= 0).all() and customers["action"].notna().all()
+    # questions are about the customer table's fields, never about features computed from the log
+    table = pd.read_parquet(run / "data" / "customers_clean.parquet").columns
+    asked = set(customers["next_best_question"].dropna())
+    assert asked and asked <= set(table) - {"customer_id"}, asked
+    # and nothing already bought is recommended
+    bought = pd.read_parquet(run / "data" / "interactions.parquet").groupby("customer_id")["item_id"].agg(set)
+    assert not any(set(r.split()) & bought.get(c, set()) for c, r in zip(customers["customer_id"],
+                                                                       customers["top5_items"].fillna("")))
     segments = pd.read_csv(run / "segments.csv")
     assert segments["size"].sum() == len(customers)
     assert {"mean_churn_probability", "mean_clv", "top_top_items", "top_gap"} <= set(segments.columns)

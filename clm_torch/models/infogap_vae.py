@@ -1004,6 +1004,7 @@ class InfoGapVAE(CLMModule):
     @torch.no_grad()
     def next_best_question(self, df: pd.DataFrame, target: Any = None, k: int = 3, n_samples: int = 16, *,
                            batch_size: int = 256, seed: int | None = 0, return_gains: bool = False,
+                           askable: Sequence[str] | None = None,
                            source: str = "<dataframe>") -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
         """For each customer, the ``k`` missing features whose answer would tell us the most (EDDI).
 
@@ -1016,12 +1017,21 @@ class InfoGapVAE(CLMModule):
             k: questions per customer.
             n_samples: draws of each candidate answer from the model's predictive.
             return_gains: also return the full gain table (n, features), NaN where observed.
+            askable: the features one can ask a customer about (e.g. the CRM table's columns, not
+                features computed from the event log); None = every feature. The others get no
+                gain (NaN) and are never proposed.
 
         Returns:
             DataFrame indexed like ``df`` with ``question_1 .. question_k`` (feature names, None when
             fewer features are missing) and ``gain_1 .. gain_k`` (expected KL, nats), best first.
         """
         enc = self._require_encoder()
+        if askable is not None:
+            askable = [askable] if isinstance(askable, str) else list(askable)
+            unknown = [c for c in askable if c not in enc.feature_columns]
+            if unknown:
+                raise ValueError(f"askable names {unknown}, which are not features of this model "
+                                 f"({enc.feature_columns})")
         was = self._eval_mode()
         g = self._generator(seed)
         if target is not None and not callable(target) and not hasattr(target, "predict_proba"):
@@ -1036,6 +1046,8 @@ class InfoGapVAE(CLMModule):
         self.train(was)
         cols = enc.feature_columns
         gains = torch.cat(gains_l).numpy() if gains_l else np.zeros((0, len(cols)), np.float32)
+        if askable is not None:
+            gains[:, ~np.isin(np.asarray(cols, dtype=object), askable)] = np.nan
         all_g = pd.DataFrame(gains, index=df.index, columns=cols)
         order = np.argsort(-np.nan_to_num(gains, nan=-np.inf), axis=1, kind="stable")
         res = pd.DataFrame(index=df.index)
