@@ -609,3 +609,20 @@ def test_epoch_milliseconds_get_a_hint(tmp_path):
     path = _csv(tmp_path, "cid,ts,amt\nA,1704067200,1\nA,1704153600000,2\n")
     e = _raises(path, ["column 'ts'", "row 1", "epoch milliseconds? divide the column by 1000"])
     assert e.row == 1
+
+
+def test_a_view_to_score_does_not_warn_about_censored_labels(caplog):
+    """At the cutoff after the last event (the pipeline's scoring view) the labels are unknown, not
+    censored: no warning; a cutoff whose label window runs past the log's end still warns."""
+    import logging
+
+    log = pd.DataFrame({"customer_id": ["a", "b", "a"], "timestamp": ["2024-01-01", "2024-01-05", "2024-02-01"],
+                        "amount": 1.0})
+    ev = load_events(log, customer_col="customer_id", time_col="timestamp", amount_col="amount", now="2025-01-01")
+    with caplog.at_level(logging.INFO, logger="clm_torch.data.events"):
+        build_customer_view(ev, "2024-02-02", horizon_days=30)
+    assert "censored" not in caplog.text and "labels are unknown" in caplog.text and "churn rate unknown" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="clm_torch.data.events"):
+        build_customer_view(ev, "2024-01-20", horizon_days=30)
+    assert "censored" in caplog.text

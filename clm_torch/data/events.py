@@ -908,7 +908,11 @@ def build_customer_view(
         labels = pd.DataFrame({name: out[name] for name in ("future_spend", "future_n_tx")}, index=population,
                               copy=False)
         labels.insert(0, "churn", (labels["future_n_tx"] == 0).astype(np.int64))
-        if len(ts_all) and ts_all.max() < end_ns - _NS_PER_DAY:
+        no_future = len(ts_all) == 0 or ts_all.max() < cut_ns
+        if no_future:  # the usual view to score: nothing is known after the cutoff yet
+            log.info("customer view at %s: no events on or after the cutoff, so its labels are unknown (a view to "
+                     "score, not to train on)", cutoff)
+        elif ts_all.max() < end_ns - _NS_PER_DAY:
             log.warning(
                 "label window [%s, %s) ends after the last event (%s): churn labels near the end are censored",
                 cutoff,
@@ -918,12 +922,12 @@ def build_customer_view(
 
         step("sequences")
         log.info(
-            "customer view at %s: %d customers (%d with history), %d events before the cutoff, churn rate %.3f",
+            "customer view at %s: %d customers (%d with history), %d events before the cutoff, churn rate %s",
             cutoff,
             n,
             int((out["frequency"] > 0).sum()),
             n_before,
-            float(labels["churn"].mean()) if n else float("nan"),
+            "unknown" if no_future else f"{float(labels['churn'].mean()):.3f}" if n else "nan",
         )
         return CustomerView(
             features=features,
