@@ -128,10 +128,18 @@ def check_views(inputs: dict[str, Any], train_frame: pd.DataFrame, horizon: floa
 
 
 # ----------------------------------------------------------------------------- step 2-3
+_LABEL_LIKE = {"churn", "churned", "is_churn", "churn_flag", "exited", "attrition", "attrited", "cancelled",
+               "canceled", "target", "label", "future_spend", "future_n_tx"}
+
+
 def clean_customers(customers: pd.DataFrame | None, source: str) -> pd.DataFrame | None:
     """The customer table cleaned by the table rules; ``source`` (its file) is named in errors."""
     if customers is None:
         return None
+    leaky = [c for c in customers.columns if str(c).strip().lower().replace(" ", "_") in _LABEL_LIKE]
+    if leaky:  # a status exported today is in the future of the training cutoff
+        log.warning("%s: column(s) %s look like a churn label; if they were recorded after the training cutoff they "
+                    "leak the outcome into the churn model: drop them from the table", source, leaky)
     schema = infer_schema(customers, id_col="customer_id", source=source)
     clean, report = clean_table(customers, schema, source=source)
     _say(report.summary())

@@ -167,3 +167,19 @@ def test_views_the_models_cannot_learn_from_are_refused_before_training() -> Non
     with pytest.raises(SchemaError, match=r"column 'sku': the recommender needs at least 2 distinct items; the log has 1"):
         check_views({**inputs, "events": ev.assign(item_id="x")}, pd.DataFrame({"churn": [0, 1]}), 90, d)
     check_views(inputs, pd.DataFrame({"churn": [0, 1]}), 90, d)  # a learnable view passes
+
+
+def test_a_label_like_table_column_is_flagged(caplog) -> None:
+    """A telco export's own 'Churn' status is in the future of the training cutoff: it would leak."""
+    import logging
+
+    from clm_torch.pipeline import clean_customers
+
+    table = pd.DataFrame({"customer_id": ["a", "b", "c"], "plan": ["x", "y", "x"], "Churn": ["Yes", "No", "No"]})
+    with caplog.at_level(logging.WARNING, logger="clm_torch.pipeline"):
+        clean_customers(table, "crm.csv")
+    assert "crm.csv: column(s) ['Churn'] look like a churn label" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clm_torch.pipeline"):
+        clean_customers(table.drop(columns="Churn"), "crm.csv")
+    assert "look like a churn label" not in caplog.text
