@@ -327,3 +327,18 @@ def test_categories_match_across_spellings_of_the_same_value() -> None:
     enc_s = FeatureEncoder.from_schema(infer_schema(as_strings)).fit(as_strings)
     assert torch.equal(enc_s.transform(df)["cat"], enc_s.transform(as_strings)["cat"])
     assert (enc.transform(df.assign(code=40))["cat"][:, enc.cat_columns.index("code")] == 0).all()
+
+
+def test_columns_without_a_pattern_are_flagged(caplog) -> None:
+    """Free text (a different value in nearly every row) and constant columns: a warning naming them."""
+    import logging
+
+    n = 200
+    df = pd.DataFrame({"tenure": np.arange(n, dtype=float), "notes": [f"called on day {i}" for i in range(n)],
+                       "country": "DE", "plan": ["a", "b", "c", "d"] * (n // 4)})
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.schema"):
+        schema = infer_schema(df, source="crm.csv")
+    assert "crm.csv: column 'notes' has a different value in nearly every row (200 of 200)" in caplog.text
+    assert "crm.csv: column 'country' has one value ('DE') in every row" in caplog.text
+    assert "'plan'" not in caplog.text and "'tenure'" not in caplog.text  # numbers and real categories are fine
+    assert "notes" in schema.categorical  # flagged, not silently dropped

@@ -7,6 +7,7 @@ Every problem with user data raises :class:`SchemaError`, whose message names th
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 ROLES = ("id", "numeric", "categorical", "binary", "datetime", "target")
 _MISSING_TOKENS = {"", "na", "n/a", "nan", "none", "null", "?", "-"}
@@ -298,6 +301,13 @@ def infer_schema(
             (schema.categorical if is_int and n_unique <= max_categorical_int else schema.numeric).append(col)
         else:
             schema.categorical.append(col)
+            if len(nonnull) >= 50 and n_unique > 0.9 * len(nonnull):
+                log.warning("%s: column '%s' has a different value in nearly every row (%d of %d): free text, a date "
+                            "or another id? As a category it carries no pattern; drop it (data.drop) or convert it",
+                            source, col, n_unique, len(nonnull))
+        if n_unique == 1 and len(nonnull) >= 50:
+            log.warning("%s: column '%s' has one value (%r) in every row: it carries no information", source, col,
+                        nonnull.iloc[0])
     return schema
 
 
