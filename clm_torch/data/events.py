@@ -42,7 +42,8 @@ import pyarrow as pa  # pandas' default string dtype is Arrow-backed; pyarrow re
 import pyarrow.compute as pc
 import torch
 
-from clm_torch.data.schema import SchemaError, _is_missing_token, read_table, to_numeric_strict
+from clm_torch.data.schema import (SchemaError, _is_missing_token, check_id_kind, ints_if_whole, read_table,
+                                   strip_ids, to_numeric_strict)
 from clm_torch.utils.progress import steps
 
 log = logging.getLogger(__name__)
@@ -264,22 +265,10 @@ def load_events(
             column=customer_col,
             row=_first_row(missing),
         )
-    if cid.dtype == object and pd.api.types.infer_dtype(cid, skipna=True).startswith("mixed"):
-        is_text = cid.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
-        if is_text.any() and not is_text.all():
-            first = int(np.flatnonzero(is_text != is_text[0])[0])
-            raise SchemaError(
-                f"customer ids mix numbers and text (e.g. {cid.iloc[0]!r} and {cid.iloc[first]!r}), so one customer "
-                "could count as two (7 and '7'); convert the column to one type first, e.g. .astype(str)",
-                source=src,
-                column=customer_col,
-                row=cid.index[first],
-            )
-    if not pd.api.types.is_numeric_dtype(cid):  # 'C001 ' and 'C001' are one customer
-        stripped = cid.astype("string").str.strip()
-        if (stripped != cid.astype("string")).any():
-            log.warning("%s: %d customer ids had surrounding spaces, removed", src, int((stripped != cid).sum()))
-            cid = stripped.astype(object) if cid.dtype == object else stripped
+    check_id_kind(cid, source=src, column=customer_col, what="customer ids")
+    cid, n_stripped = strip_ids(cid)
+    if n_stripped:
+        log.warning("%s: %d customer ids had surrounding spaces, removed", src, n_stripped)
     out["customer_id"] = cid
     ts = parse_timestamps(raw[time_col], source=src, column=time_col)
     out["timestamp"] = ts
@@ -389,12 +378,7 @@ class CustomerView:
 def _harmonise_ids(a: pd.Index, b: pd.Index) -> tuple[pd.Index, pd.Index]:
     """Make two id indexes comparable: integer-valued floats become ints; numbers vs strings → strings."""
 
-    def fix_float(x: pd.Index) -> pd.Index:
-        if pd.api.types.is_float_dtype(x) and len(x) and np.all(np.mod(x.to_numpy(), 1) == 0):
-            return x.astype("int64")
-        return x
-
-    a, b = fix_float(a), fix_float(b)
+    a, b = ints_if_whole(a), ints_if_whole(b)
     if pd.api.types.is_numeric_dtype(a) != pd.api.types.is_numeric_dtype(b):
         a, b = a.astype(str), b.astype(str)
     return a, b
@@ -762,10 +746,7 @@ def build_customer_view(
                     source=tsrc,
                     column=customer_id_col,
                 )
-            if not pd.api.types.is_numeric_dtype(table.index):  # 'C001 ' and 'C001' are one customer
-                stripped = table.index.astype("string").str.strip()
-                table.index = pd.Index(stripped.astype(object) if table.index.dtype == object else stripped,
-                                       name=table.index.name)
+            table.index = strip_ids(table.index)[0]  # 'C001 ' and 'C001' are one customer
             ids = table.index.to_series()
             if ids.isna().any():
                 raise SchemaError(

@@ -91,6 +91,41 @@ def role_columns(v: Any) -> list:
     return [v] if isinstance(v, str) else list(v)
 
 
+def ints_if_whole(ids: pd.Series | pd.Index) -> pd.Series | pd.Index:
+    """Ids as int64 when they are whole-number floats (a column that a missing value made float), so
+    that 5.0 is never a second spelling of 5; anything else unchanged."""
+    if pd.api.types.is_float_dtype(ids) and len(ids):
+        v = np.asarray(ids, dtype=np.float64)
+        if np.isfinite(v).all() and (np.mod(v, 1) == 0).all():
+            return ids.astype(np.int64)
+    return ids
+
+
+def strip_ids(ids: pd.Series | pd.Index) -> tuple[pd.Series | pd.Index, int]:
+    """Text ids without surrounding spaces ('C001 ' and 'C001' are one customer), in their own dtype,
+    and how many changed; numbers unchanged."""
+    if pd.api.types.is_numeric_dtype(ids):
+        return ids, 0
+    text = ids.astype("string")
+    stripped = text.str.strip()
+    changed = int((stripped != text).fillna(False).sum())
+    if not changed:
+        return ids, 0
+    out = stripped.astype(object) if ids.dtype == object else stripped
+    return (pd.Index(out, name=ids.name) if isinstance(ids, pd.Index) else out), changed
+
+
+def check_id_kind(ids: pd.Series, *, source: str, column: str, what: str = "ids") -> None:
+    """Refuse ids that mix numbers and text (two exports concatenated): 7 and '7' would be two ids."""
+    if ids.dtype == object and pd.api.types.infer_dtype(ids, skipna=True).startswith("mixed"):
+        is_text = ids.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+        if is_text.any() and not is_text.all():
+            first = int(np.flatnonzero(is_text != is_text[0])[0])
+            raise SchemaError(f"{what} mix numbers and text (e.g. {ids.iloc[0]!r} and {ids.iloc[first]!r}), so one id "
+                              "could count as two (7 and '7'); convert the column to one type first, e.g. .astype(str)",
+                              source=source, column=column, row=ids.index[first])
+
+
 # ----------------------------------------------------------------------------- reading
 
 

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Sampler
 from clm_torch.data.cleaning import clean_table
 from clm_torch.data.datamodules import TableDataModule, TensorTable, _dist_info, shuffle_seed
 from clm_torch.data.encoding import FeatureEncoder
-from clm_torch.data.schema import SchemaError, TableSchema, infer_schema
+from clm_torch.data.schema import SchemaError, TableSchema, infer_schema, ints_if_whole
 from clm_torch.data.sources.tables import TableData
 
 log = logging.getLogger(__name__)
@@ -82,14 +82,9 @@ def _sample_shard(f: Path, k: int, rng: np.random.Generator) -> pd.DataFrame:
 
     try:
         pf = pq.ParquetFile(f)
-        groups, rows = [], 0
-        for g in rng.permutation(pf.num_row_groups):
-            groups.append(int(g))
-            rows += pf.metadata.row_group(int(g)).num_rows
-            if rows >= k:
-                break
-        groups = sorted(groups)
-        sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
+        sizes = np.array([pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+        order = rng.permutation(len(sizes))
+        groups = sorted(order[: int(np.searchsorted(np.cumsum(sizes[order]), k)) + 1].tolist())
         starts = np.concatenate([[0], np.cumsum(sizes)])
         df = pf.read_row_groups(groups).to_pandas()
         df.index = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups])  # rows of the shard
@@ -115,8 +110,7 @@ def hash_split(ids: pd.Series, fractions: tuple[float, float], seed: int, *, sou
         raise SchemaError("missing customer id: the split of a sharded table hashes the id", source=source,
                           column=column, row=first)
     key = f"{int(seed) % 10**13:013d}clm"  # hash_pandas_object takes a 16-character key
-    if pd.api.types.is_float_dtype(ids) and np.all(np.mod(ids.to_numpy(), 1) == 0):
-        ids = ids.astype(np.int64)  # 5.0 (a column that a missing value made float elsewhere) hashes as 5
+    ids = ints_if_whole(ids)  # 5.0 (a column that a missing value made float elsewhere) hashes as 5
     h = pd.util.hash_pandas_object(ids.astype(str), index=False, hash_key=key).to_numpy()
     u = (h >> np.uint64(11)).astype(np.float64) / 2.0**53
     val, test = fractions

@@ -26,6 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clm_torch.data.schema import SchemaError, to_numeric_strict
+from clm_torch.lifecycle.stages import STAGES
+
 log = logging.getLogger(__name__)
 
 
@@ -56,9 +59,6 @@ def suggest_actions(customers: pd.DataFrame, *, churn_threshold: float = 0.5, va
     CLV (customers tied at the quantile are all left out when including them would exceed that
     share). A missing churn probability never makes a customer at risk.
     """
-    from clm_torch.data.schema import SchemaError, to_numeric_strict
-    from clm_torch.lifecycle.stages import STAGES
-
     c = customers
     for name, v, lo, hi in (("churn_threshold", churn_threshold, 0, 1), ("value_quantile", value_quantile, 0, 1),
                             ("low_completeness", low_completeness, 0, 1)):

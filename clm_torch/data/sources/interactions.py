@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from clm_torch.data.events import parse_timestamps
-from clm_torch.data.schema import SchemaError, infer_schema, read_table, role_columns, to_numeric_strict
+from clm_torch.data.schema import (SchemaError, check_id_kind, infer_schema, ints_if_whole, read_table, role_columns,
+                                   to_numeric_strict)
 from clm_torch.data.sources.tables import load_rdataset
 
 log = logging.getLogger(__name__)
@@ -116,19 +117,8 @@ def _times(t: pd.Series, source: str, column: str) -> pd.Series:
 def _id_values(s: pd.Series, source: str, column: str) -> pd.Series:
     """Ids as one kind of value: whole-number floats (a column that a missing value made float) as
     integers, so that 5.0 never becomes a second spelling of 5; numbers mixed with text are refused."""
-    if pd.api.types.is_float_dtype(s):
-        v = s.to_numpy()
-        if np.isfinite(v).all() and (np.mod(v, 1) == 0).all():
-            return s.astype(np.int64)
-        return s
-    if s.dtype == object and pd.api.types.infer_dtype(s, skipna=True).startswith("mixed"):
-        is_text = s.map(lambda x: isinstance(x, str)).to_numpy(dtype=bool)
-        if is_text.any() and not is_text.all():
-            first = int(np.flatnonzero(is_text != is_text[0])[0])
-            raise SchemaError(f"ids mix numbers and text (e.g. {s.iloc[0]!r} and {s.iloc[first]!r}), so one id could "
-                              "count as two; convert the column to one type first", source=source, column=column,
-                              row=s.index[first])
-    return s
+    check_id_kind(s, source=source, column=column)
+    return ints_if_whole(s)
 
 
 def _match_item_ids(ids: pd.Series, log_items: pd.Series, source: str, column: str) -> pd.Series:
