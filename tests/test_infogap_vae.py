@@ -335,6 +335,80 @@ def test_api_methods_on_raw_frames(trained) -> None:
         model.next_best_question(raw.iloc[:1], askable=["recency_days"])
 
 
+def test_scores_of_a_row_do_not_depend_on_the_other_rows(trained) -> None:
+    """Seeded Monte Carlo draws are shared by every row (and every chunk): a customer's imputation, gap
+    scores and next best questions are the same alone, in a reversed frame and in small batches."""
+    model, _, test = trained
+    raw = test.iloc[:30].drop(columns=["churn"]).copy()
+    rng = np.random.default_rng(4)
+    for c in FEATURES:
+        raw[c] = raw[c].astype("float64") if pd.api.types.is_integer_dtype(raw[c]) else raw[c]
+        raw.loc[rng.random(len(raw)) < 0.3, c] = np.nan
+    rev = raw.iloc[::-1]
+    gap = model.information_gap(raw)
+    pd.testing.assert_frame_equal(model.information_gap(rev).loc[raw.index], gap)
+    pd.testing.assert_frame_equal(model.information_gap(raw, batch_size=7), gap)
+    pd.testing.assert_frame_equal(model.information_gap(raw.iloc[[5]]), gap.iloc[[5]])
+    imp, unc = model.impute(raw, return_uncertainty=True)
+    imp_r, unc_r = model.impute(rev, batch_size=4, return_uncertainty=True)
+    pd.testing.assert_frame_equal(imp_r.loc[raw.index], imp)
+    pd.testing.assert_frame_equal(unc_r["std"].loc[raw.index], unc["std"])
+    pd.testing.assert_frame_equal(model.impute(raw.iloc[[5]]), imp.iloc[[5]])
+    nbq = model.next_best_question(raw, k=2, n_samples=8)
+    pd.testing.assert_frame_equal(model.next_best_question(rev, k=2, n_samples=8, batch_size=3).loc[raw.index], nbq)
+    stub = model.next_best_question(raw.iloc[:6], target=_ChurnStub(), k=1, n_samples=8)
+    pd.testing.assert_frame_equal(model.next_best_question(raw.iloc[[3]], target=_ChurnStub(), k=1, n_samples=8),
+                                  stub.iloc[[3]])
+    # another seed gives other draws
+    assert not model.information_gap(raw, seed=1)["gap_score"].equals(gap["gap_score"])
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="n_samples must be a whole number >= 1"):
+            model.information_gap(raw, n_samples=bad)
+        with pytest.raises(ValueError, match="n_samples must be a whole number >= 1"):
+            model.impute(raw, n_samples=bad)
+        with pytest.raises(ValueError, match="n_samples must be a whole number >= 1"):
+            model.next_best_question(raw, n_samples=bad)
+
+
+def test_impute_missing_tokens_and_column_spellings(trained) -> None:
+    """'n/a', '' and friends in a text column are missing cells (imputed, with probabilities, counted
+    in vae_n_missing); imputed categories take the frame's spelling and dtype; an integer column that
+    receives fractions becomes float instead of being truncated."""
+    from clm_torch.models.infogap_features import infogap_frame
+
+    model, _, test = trained
+    raw = test.iloc[:12].drop(columns=["churn"]).copy()
+    nan, tok = raw.copy(), raw.copy()
+    nan.loc[nan.index[:4], ["plan", "region"]] = np.nan
+    tok.loc[tok.index[:4], ["plan", "region"]] = ["n/a", ""]
+    f_nan, u_nan = model.impute(nan, return_uncertainty=True)
+    f_tok, u_tok = model.impute(tok, return_uncertainty=True)
+    pd.testing.assert_frame_equal(f_tok, f_nan)
+    pd.testing.assert_frame_equal(u_tok["probs"]["plan"], u_nan["probs"]["plan"])
+    assert u_tok["probs"]["plan"].iloc[:4].notna().all().all()
+    np.testing.assert_array_equal(infogap_frame(model, tok)["vae_n_missing"], infogap_frame(model, nan)["vae_n_missing"])
+    assert infogap_frame(model, tok)["vae_n_missing"].iloc[0] == 2
+
+    # 'loyal' trained on Yes/No: a boolean column gets booleans, and a frame that writes the levels
+    # otherwise gets its own spelling
+    hide = raw.index[:5]
+    as_bool = raw.assign(loyal=raw["loyal"].map({"Yes": True, "No": False}).astype("boolean"))
+    as_bool.loc[hide, "loyal"] = pd.NA
+    out = model.impute(as_bool)["loyal"]
+    assert out.dtype == "boolean" and out.notna().all()
+    lower = raw.assign(loyal=raw["loyal"].str.lower())
+    lower.loc[hide, "loyal"] = np.nan
+    assert set(model.impute(lower)["loyal"]) <= {"yes", "no"}
+    # the fee is fractional: an integer column of fees becomes float, not truncated
+    for dtype, want in (("Int64", "Float64"), ("int64[pyarrow]", "double[pyarrow]")):
+        ints = raw.assign(fee=raw["fee"].round().astype(dtype))
+        ints.loc[hide, "fee"] = pd.NA
+        filled = model.impute(ints)["fee"]
+        assert str(filled.dtype) == want and filled.notna().all()
+        assert (filled[hide].astype(float) % 1 != 0).any()
+        np.testing.assert_array_equal(filled.drop(hide).astype(float), raw["fee"].round().drop(hide))
+
+
 def test_one_encoding_shared_by_the_api_methods(trained) -> None:
     """encode / impute / information_gap given ``encoded=model.transform(df)`` return exactly what they
     return when they encode the frame themselves, batch by batch (small batches: several chunks)."""

@@ -236,6 +236,15 @@ def _is_missing_token(s: pd.Series) -> pd.Series:
     return s.astype("string").str.strip().str.lower().isin(_MISSING_TOKENS)
 
 
+def missing_cells(s: pd.Series) -> np.ndarray:
+    """(n,) bool: the cells of ``s`` that are missing: NaN and, in a column that is not numeric, the
+    tokens that cleaning reads as missing (``''``, ``'n/a'``, ``'NA'``, ``'?'``, ``'null'``, ``'-'``, ...)."""
+    miss = s.isna().to_numpy(dtype=bool)
+    if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)) and len(s):
+        miss = miss | _is_missing_token(s).fillna(False).to_numpy(dtype=bool)
+    return miss
+
+
 def to_numeric_strict(s: pd.Series, *, source: str, column: str) -> pd.Series:
     """Convert to float64; NaN-like tokens become NaN, anything else that is not a number raises.
 

@@ -10,7 +10,8 @@ the same frame with
   :meth:`InfoGapVAE.information_gap`, and ``vae_n_missing``, how many of the VAE's feature cells
   were missing before imputation (the missingness pattern itself can be informative, e.g. MNAR).
 
-The transform is row-wise and deterministic (seeded sampling), so it is applied to every split by
+The transform is row-wise and deterministic (seeded draws shared by every row, so a row's features do
+not depend on the rest of the frame, its order or the batch size), so it is applied to every split by
 the DataModule before the supervised model's encoder is fitted, and again by the model on raw
 frames at scoring time. The VAE's weights and preprocessing are stored inside the supervised
 model's checkpoint, so the VAE checkpoint file is not needed after training.
@@ -23,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from clm_torch.data.schema import missing_cells
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ def infogap_frame(vae: Any, df: pd.DataFrame, *, impute: bool = True, n_samples:
         out = df.copy(deep=False)
         n_missing = np.zeros(len(df), dtype=np.float64)
         for c in cols:
-            n_missing += df[c].isna().to_numpy()
+            n_missing += missing_cells(df[c])  # NaN, and 'n/a', '' etc. in text columns (as impute fills them)
         if impute and cols:
             filled = vae.impute(df, n_samples=n_samples, seed=0, source=source, encoded=encoded)
             for c in cols:

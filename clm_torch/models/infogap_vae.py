@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from clm_torch.data.encoding import FeatureEncoder
-from clm_torch.data.schema import SchemaError, to_numeric_strict
+from clm_torch.data.schema import SchemaError, missing_cells, to_numeric_strict
 from clm_torch.models.base import CLMModule
 from clm_torch.models.components.vae import (
     NUMERIC_LIKELIHOODS,
@@ -301,8 +301,14 @@ class InfoGapVAE(CLMModule):
         return self.posterior(batch)
 
     def _sample_z(self, mu: torch.Tensor, logvar: torch.Tensor, n: int | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, *, common: bool = False) -> torch.Tensor:
+        """``n`` (or one) reparameterised draws of z for every row. ``common``: the same standard-normal
+        draws for every row (common random numbers), so that a row's draws do not depend on the other
+        rows of the batch, their order or the batch size (inference); otherwise fresh draws per row
+        (training)."""
         shape = mu.shape if n is None else (n, *mu.shape)
+        if common:
+            shape = (*shape[:-2], 1, shape[-1])
         eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
@@ -613,7 +619,7 @@ class InfoGapVAE(CLMModule):
             is the posterior mean.
         """
         mu, logvar = self.posterior(batch)
-        z = mu[None] if use_mean else self._sample_z(mu, logvar, n_samples, generator)
+        z = mu[None] if use_mean else self._sample_z(mu, logvar, n_samples, generator, common=True)
         out = self.decode(z)
         return {"mu": mu, "logvar": logvar, "num_loc": out["num_loc"], "num_log_scale": out["num_log_scale"],
                 "cat_probs": category_probs(out, self.decoder, self.n_cat, self.max_card), "out": out}
@@ -639,7 +645,7 @@ class InfoGapVAE(CLMModule):
         s = int(n_samples or self.hparams.n_samples)
         use_iw = bool(self.hparams.get("importance_impute", False)) if importance is None else bool(importance)
         mu, logvar = self.posterior(batch)
-        z = self._sample_z(mu, logvar, s, generator)  # (S, B, L)
+        z = self._sample_z(mu, logvar, s, generator, common=True)  # (S, B, L)
         out = self.decode(z)
         lik, df = self._lik
         if use_iw and s > 1:
@@ -653,7 +659,8 @@ class InfoGapVAE(CLMModule):
             w = torch.full(z.shape[:2], 1.0 / s, dtype=torch.float64, device=z.device)
         wn = w[..., None]
         num_point = (self._raw_mean(out["num_loc"], out["num_log_scale"]) * wn).sum(0)
-        draws = self._raw_numeric(numeric_sample(out["num_loc"], out["num_log_scale"], lik, df, generator))
+        draws = self._raw_numeric(numeric_sample(out["num_loc"], out["num_log_scale"], lik, df, generator,
+                                                 common=True))
         if s > 1:
             m = (draws * wn).sum(0)
             num_std = torch.sqrt(((draws - m) ** 2 * wn).sum(0).clamp_min(0))
@@ -689,7 +696,7 @@ class InfoGapVAE(CLMModule):
                for k in ("num", "cat")}
         mu_j, lv_j = self.posterior({"num": rep["num"], "num_mask": keep_num.reshape(F_ * B, -1),
                                      "cat": rep["cat"], "cat_mask": keep_cat.reshape(F_ * B, -1)})
-        z = self._sample_z(mu_j, lv_j, n_samples, generator)  # (S, F*B, L)
+        z = self._sample_z(mu_j, lv_j, n_samples, generator, common=True)  # (S, F*B, L)
         out = self.decode(z)
         lik, df = self._lik
         num_rep = rep["num"].float()[None].expand(n_samples, -1, -1)
@@ -757,14 +764,16 @@ class InfoGapVAE(CLMModule):
         """S draws of every cell from the predictive: numerics (S, B, n_num) encoded, categories (S, B, n_cat)."""
         p = self.predictive(batch, S, generator)
         lik, df = self._lik
-        num = numeric_sample(p["num_loc"], p["num_log_scale"], lik, df, generator)
-        probs = p["cat_probs"]
-        flat = probs.reshape(-1, probs.shape[-1])
-        ok = flat.sum(-1) > 0
-        idx = torch.zeros(len(flat), dtype=torch.long, device=flat.device)
-        if ok.any():
-            idx[ok] = torch.multinomial(flat[ok], 1, generator=generator).squeeze(-1)
-        return num, idx.view(probs.shape[:-1]), p["mu"], p["logvar"]
+        num = numeric_sample(p["num_loc"], p["num_log_scale"], lik, df, generator, common=True)
+        probs = p["cat_probs"]  # (S, B, n_cat, K)
+        # inverse CDF with one uniform per (sample, column), shared by the rows (see _sample_z)
+        u = torch.rand((probs.shape[0], 1, probs.shape[2], 1), generator=generator, device=probs.device,
+                       dtype=torch.float64)
+        cdf = probs.double().cumsum(-1)
+        total = cdf[..., -1:]
+        idx = (cdf <= u * total).sum(-1).clamp_max(probs.shape[-1] - 1)  # zero-probability classes never drawn
+        idx = torch.where(total[..., 0] > 0, idx, torch.zeros_like(idx))
+        return num, idx, p["mu"], p["logvar"]
 
     def _with_values(self, batch: Mapping[str, torch.Tensor], rows: torch.Tensor, feats: torch.Tensor,
                      draws_num: torch.Tensor, draws_cat: torch.Tensor) -> Batch:
@@ -880,11 +889,16 @@ class InfoGapVAE(CLMModule):
     def impute(self, df: pd.DataFrame, n_samples: int | None = None, return_uncertainty: bool = False, *,
                batch_size: int = 8192, seed: int | None = 0, source: str = "<dataframe>",
                encoded: Mapping[str, torch.Tensor] | None = None) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, Any]]:
-        """Fill only the missing cells of ``df`` (NaN numerics, NaN categories).
+        """Fill only the missing cells of ``df``: NaN, and in text columns the tokens that cleaning
+        reads as missing (``''``, ``'n/a'``, ``'NA'``, ``'?'``, ...).
 
-        Observed cells — unseen categories included — are returned untouched; columns keep their
-        dtype (integers of an integral training column are rounded; pandas categoricals gain the
-        imputed category if it is new). Numerics are clipped to the training range.
+        Observed cells — unseen categories included — are returned untouched. Columns keep their
+        dtype where the imputed values fit it (integers of an integral training column are rounded;
+        an integer column that receives fractions becomes float: ``int64`` → ``float64``, ``Int64`` →
+        ``Float64``, Arrow ints → Arrow doubles; pandas categoricals gain the imputed category if it is
+        new), and an imputed category is written the way this frame spells it (``'1'`` in a text
+        column, ``True`` in a boolean one) when the frame has it. Numerics are clipped to the training
+        range.
 
         Args:
             n_samples: latent samples averaged per row (default ``hparams.n_samples``).
@@ -895,15 +909,15 @@ class InfoGapVAE(CLMModule):
             encoded: :meth:`transform` of ``df``, when the caller has it already.
         """
         enc = self._require_encoder()
+        _check_n_samples(n_samples, allow_none=True)
         was = self._eval_mode()
-        g = self._generator(seed)
         n = len(df)
         num_vals = np.full((n, enc.n_num), np.nan)
         num_std = np.full((n, enc.n_num), np.nan)
         cat_idx = np.zeros((n, enc.n_cat), dtype=np.int64)
         probs = np.zeros((n, enc.n_cat, self.max_card), dtype=np.float32)
         for start, part, b in self._chunks(df, batch_size, source, encoded):
-            r = self.impute_batch(b, n_samples, g)
+            r = self.impute_batch(b, n_samples, self._generator(seed))  # the same draws for every chunk
             sl = slice(start, start + len(part))
             num_vals[sl] = r["num"].cpu().numpy()
             num_std[sl] = r["num_std"].cpu().numpy()
@@ -924,16 +938,36 @@ class InfoGapVAE(CLMModule):
             std_df[col] = np.where(miss, num_std[:, j], np.nan)
         decoded = enc.decode_categories(cat_idx)
         for j, col in enumerate(enc.cat_columns):
-            miss = df[col].isna().to_numpy()
-            vals = decoded[col]
+            miss = missing_cells(df[col])
             miss_fill = miss & (cat_idx[:, j] > 0)
-            out[col] = _fill(df[col], miss_fill, vals)
+            out[col] = _fill(df[col], miss_fill, self._frame_spelling(col, df[col], cat_idx[:, j], decoded[col]))
             classes = list(enc.vocab[col][1:])
             pj = probs[:, j, 1: 1 + len(classes)].astype(np.float64)
             pj[~miss] = np.nan
             prob_dfs[col] = pd.DataFrame(pj, index=df.index, columns=classes)
         if return_uncertainty:
             return out, {"std": std_df, "probs": prob_dfs}
+        return out
+
+    def _frame_spelling(self, col: str, s: pd.Series, idx: np.ndarray, decoded: np.ndarray) -> np.ndarray:
+        """The categories ``decoded`` (vocabulary indices ``idx``) of column ``col`` as the frame ``s``
+        writes them: the first value of ``s`` with the same vocabulary index, else the training
+        spelling made to fit ``s``'s dtype (True/False in a boolean column, ``'1'`` for 1.0 in a text one)."""
+        enc = self._require_encoder()
+        out = decoded.copy()
+        wanted = np.unique(idx[idx > 0])
+        if not len(wanted):
+            return out
+        known = enc._category_index(col, s)
+        hit = np.flatnonzero(np.isin(known, wanted))
+        first = dict(zip(*(a.tolist() for a in np.unique(known[hit], return_index=True)))) if len(hit) else {}
+        raw = s.to_numpy(dtype=object)
+        for v in wanted.tolist():
+            at = idx == v
+            if v in first:
+                out[at] = raw[hit[first[v]]]
+            else:
+                out[at] = _level_for_dtype(enc.vocab[col][v], s.dtype)
         return out
 
     @torch.no_grad()
@@ -959,8 +993,8 @@ class InfoGapVAE(CLMModule):
         ``encoded``: :meth:`transform` of ``df``, when the caller has it already.
         """
         enc = self._require_encoder()
+        _check_n_samples(n_samples)
         was = self._eval_mode()
-        g = self._generator(seed)
         F_ = enc.n_num + enc.n_cat
         # bound the stacked batch (F copies × S samples) to ~1M rows per forward
         step = max(1, min(int(batch_size), 1_000_000 // max(F_ * n_samples, 1)))
@@ -968,7 +1002,7 @@ class InfoGapVAE(CLMModule):
         ref = float(self.ref_info)
         infos_full = []
         for _, _, b in self._chunks(df, step, source, encoded):
-            r = self.gap_batch(b, n_samples, g)
+            r = self.gap_batch(b, n_samples, self._generator(seed))  # the same draws for every chunk
             parts.append({k: r[k].float().cpu().numpy() for k in ("surprise", "missing_entropy", "info")})
             parts[-1]["n_obs"] = (b["num_mask"].sum(1) + b["cat_mask"].sum(1)).cpu().numpy()
             if not math.isfinite(ref):
@@ -1026,6 +1060,7 @@ class InfoGapVAE(CLMModule):
             fewer features are missing) and ``gain_1 .. gain_k`` (expected KL, nats), best first.
         """
         enc = self._require_encoder()
+        _check_n_samples(n_samples)
         if askable is not None:
             askable = [askable] if isinstance(askable, str) else list(askable)
             unknown = [c for c in askable if c not in enc.feature_columns]
@@ -1033,12 +1068,12 @@ class InfoGapVAE(CLMModule):
                 raise ValueError(f"askable names {unknown}, which are not features of this model "
                                  f"({enc.feature_columns})")
         was = self._eval_mode()
-        g = self._generator(seed)
         if target is not None and not callable(target) and not hasattr(target, "predict_proba"):
             raise TypeError("target must have predict_proba(df) or be a callable on encoded batches")
         use_df = target is not None and hasattr(target, "predict_proba")
         gains_l = []
         for _, part, b in self._chunks(df, batch_size, source):
+            g = self._generator(seed)  # the same draws for every chunk
             if use_df:
                 gains_l.append(self._question_gains_df(b, part, n_samples, target, g).cpu())
             else:
@@ -1120,14 +1155,13 @@ class InfoGapVAE(CLMModule):
         ``gap_score``, ``completeness`` (see :meth:`information_gap`) and the latent mean ``z_0..``."""
         t = datamodule.tensors[split]
         was = self._eval_mode()
-        g = torch.Generator(device=self.device).manual_seed(0)
         F_ = self.n_num + self.n_cat
         step = max(1, 1_000_000 // (F_ * 8))
         rows = []
         ref = float(self.ref_info)
         for i in range(0, len(t["num"]), step):
             b = {k: t[k][i: i + step].to(self.device) for k in _FEATURE_KEYS}
-            r = self.gap_batch(b, 8, g)
+            r = self.gap_batch(b, 8, torch.Generator(device=self.device).manual_seed(0))  # same draws per chunk
             sur = r["surprise"]
             rows.append(torch.cat([
                 (b["num_mask"].sum(1) + b["cat_mask"].sum(1)).double()[:, None],
@@ -1163,6 +1197,39 @@ def _categorical_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (p * (torch.log(p) - torch.log(q))).sum(-1).clamp_min(0.0)
 
 
+def _check_n_samples(n_samples: int | None, allow_none: bool = False) -> None:
+    if n_samples is None and allow_none:
+        return
+    if n_samples is None or isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
+        raise ValueError(f"n_samples must be a whole number >= 1, got {n_samples!r}")
+
+
+_TRUE_KEYS, _FALSE_KEYS = {"1", "1.0", "true", "yes", "y"}, {"0", "0.0", "false", "no", "n"}
+
+
+def _level_for_dtype(value: Any, dtype: Any) -> Any:
+    """A training category ``value`` in the form a column of ``dtype`` holds: a bool in a boolean
+    column, text (whole numbers without '.0') in a text column; otherwise unchanged."""
+    key = str(value).strip().lower()
+    if pd.api.types.is_bool_dtype(dtype):
+        return True if key in _TRUE_KEYS else False if key in _FALSE_KEYS else value
+    if pd.api.types.is_string_dtype(dtype) and not isinstance(dtype, pd.CategoricalDtype):
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            return str(int(value))
+        return value if isinstance(value, str) else str(value)
+    return value
+
+
+def _float_dtype_like(dt: Any) -> Any:
+    """The float dtype for an integer column that receives fractions: numpy → float64, pandas' nullable
+    ints → Float64, Arrow ints → Arrow double."""
+    if isinstance(dt, pd.ArrowDtype):
+        import pyarrow as pa
+
+        return pd.ArrowDtype(pa.float64())
+    return "Float64" if isinstance(dt, pd.api.extensions.ExtensionDtype) else "float64"
+
+
 def _restore(orig: pd.Series, values: np.ndarray) -> pd.Series:
     """``values`` (object array) as a Series with ``orig``'s index and, where possible, its dtype."""
     s = pd.Series(values, index=orig.index, name=orig.name)
@@ -1172,8 +1239,12 @@ def _restore(orig: pd.Series, values: np.ndarray) -> pd.Series:
         cats = list(dt.categories) + new
         return s.astype(pd.CategoricalDtype(cats, ordered=dt.ordered))
     try:
-        if pd.api.types.is_integer_dtype(dt) and s.isna().any():
-            return s.astype("float64")
+        if pd.api.types.is_integer_dtype(dt) and not pd.api.types.is_bool_dtype(dt):
+            num = pd.to_numeric(s, errors="coerce").astype("float64")
+            fractions = bool((np.mod(num.dropna().to_numpy(), 1) != 0).any())
+            if fractions or (num.isna().any() and not isinstance(dt, pd.api.extensions.ExtensionDtype)):
+                return num.astype(_float_dtype_like(dt))  # never truncated to an int
+            return num.astype(dt)
         if pd.api.types.is_string_dtype(dt) and not pd.api.types.is_object_dtype(dt):
             return s.map(lambda v: v if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)).astype(dt)
         return s.astype(dt)
@@ -1210,13 +1281,12 @@ def score_cells(model: InfoGapVAE, tensors: Mapping[str, torch.Tensor], hid_num:
     benchmark does: NRMSE (raw-scale RMSE / ``num_scale``) averaged over numeric columns, accuracy
     averaged over categorical columns (columns without such cells are skipped)."""
     was = model._eval_mode()
-    g = torch.Generator(device=model.device).manual_seed(seed)
     rows = (hid_num.any(1) | hid_cat.any(1)).nonzero(as_tuple=True)[0]
     nums, cats = [], []
     for i in range(0, len(rows), batch_size):
         idx = rows[i: i + batch_size]
         b = {k: tensors[k].index_select(0, idx).to(model.device) for k in _FEATURE_KEYS}
-        r = model.impute_batch(b, n_samples, g)
+        r = model.impute_batch(b, n_samples, torch.Generator(device=model.device).manual_seed(seed))
         nums.append(r["num"].cpu().numpy())
         cats.append(r["cat"].cpu())
     model.train(was)

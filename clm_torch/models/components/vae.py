@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -150,10 +151,19 @@ def numeric_nll(x: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor, lik
 
 
 def numeric_sample(loc: torch.Tensor, log_scale: torch.Tensor, likelihood: str = "gaussian", df: float = 4.0,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    eps = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+                   generator: torch.Generator | None = None, *, common: bool = False) -> torch.Tensor:
+    """One draw from each numeric predictive. ``common``: for (S, B, n) parameters, the same standard
+    draws for every row b (see ``InfoGapVAE._sample_z``). With a ``generator``, the Student-t's
+    chi-square draws are seeded from it too."""
+    shape = (*loc.shape[:-2], 1, loc.shape[-1]) if common and loc.dim() >= 2 else loc.shape
+    eps = torch.randn(shape, generator=generator, device=loc.device, dtype=loc.dtype)
     if likelihood == "student_t":
-        chi2 = 2 * torch._standard_gamma(torch.full_like(loc, df / 2))
+        if generator is None:
+            chi2 = 2 * torch._standard_gamma(torch.full(shape, df / 2, device=loc.device, dtype=loc.dtype))
+        else:  # torch's gamma sampler takes no generator
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+            chi2 = torch.as_tensor(np.random.default_rng(seed).chisquare(df, size=tuple(shape)), device=loc.device,
+                                   dtype=loc.dtype)
         eps = eps * torch.sqrt(df / chi2.clamp_min(1e-6))
     return loc + torch.exp(log_scale) * eps
 
