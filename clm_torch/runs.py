@@ -243,3 +243,40 @@ def _sub_config(config: DictConfig, run_dir: Path, ckpt: Path) -> DictConfig:
         if len(own):
             return own
     return config
+
+
+# ----------------------------------------------------------------------------- Hydra callback
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - Hydra < 1.1
+    _HydraCallback = object
+
+
+class RunDirGuard(_HydraCallback):
+    """Hydra callback (``configs/hydra/default.yaml``): refuse a command whose run directory (or, for a
+    ``-m`` sweep, a job directory of its sweep directory) already holds a finished run *before* Hydra
+    writes its ``.hydra/`` files there, so that a refused ``clm-train`` (or ``clm-evaluate``,
+    ``clm-pipeline``) leaves the earlier run's recorded config as it was. One line on stderr, exit
+    code 2. Resuming (``ckpt_path=...``) is allowed."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check([Path(str(config.hydra.run.dir))], config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(str(config.hydra.sweep.dir))
+        self._check(sorted(p for p in sweep.iterdir() if p.is_dir()) if sweep.is_dir() else [], config)
+
+    @staticmethod
+    def _check(dirs: list[Path], config: DictConfig) -> None:
+        import sys
+
+        from clm_torch.train import RunDirectoryError, check_run_dir, resumes
+
+        try:
+            for d in dirs:
+                check_run_dir(d.resolve(), resuming=resumes(config))
+        except RunDirectoryError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)

@@ -92,6 +92,49 @@ def check_run_dir(output_dir: Path, resuming: bool) -> None:
             f"Choose a new hydra.run.dir, or resume that run with ckpt_path=last")
 
 
+def resumes(cfg: DictConfig) -> bool:
+    """Whether a command continues the run in its directory: ``clm-train ... ckpt_path=...`` that
+    trains (``clm-evaluate``'s ``ckpt_path`` is the model it scores, not a run to continue)."""
+    return (cfg.get("task_name") != "evaluate" and bool(cfg.get("train", True))
+            and cfg.get("ckpt_path") not in (None, "", "null"))
+
+
+# The parts of a DataModule's preprocessing state that decide how rows become model inputs.
+_ENCODING_KEYS = ("encoder", "user_ids", "item_ids", "target_mean")
+
+
+def _same_state(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
+            and a.dtype == b.dtype and bool(torch.equal(a, b) or (a.is_floating_point() and torch.allclose(
+                a, b, rtol=0.0, atol=0.0, equal_nan=True)))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def check_same_preprocessing(ckpt_path: str, fitted: dict[str, Any], resuming: bool) -> None:
+    """Refuse to test (``train=false``) or resume a checkpoint on data whose freshly fitted
+    preprocessing differs from the one stored in the checkpoint (other data, another split): the
+    rows would be encoded differently from what the model was trained on."""
+    from clm_torch.models.base import PREPROCESSING_KEY
+
+    stored = load_checkpoint_safely(ckpt_path).get(PREPROCESSING_KEY) or {}
+    differ = [k for k in _ENCODING_KEYS if k in stored and k in fitted and not _same_state(stored[k], fitted[k])]
+    if not differ:
+        return
+    what = ("resuming would go on training on rows encoded differently; resume with the data and "
+            "data.split_seed of the original run") if resuming else (
+            "testing here would encode the rows differently from the model; score other data with "
+            f"clm-evaluate ckpt_path={ckpt_path} data=... (it uses the checkpoint's preprocessing)")
+    raise CheckpointError(f"{ckpt_path}: its preprocessing ({', '.join(differ)}) was fitted on other data than this "
+                          f"run's training split: {what}")
+
+
 def check_launcher(trainer: L.Trainer, allow_relaunch: bool = True) -> None:
     """Refuse a re-launching DDP strategy (``strategy=ddp``) inside a Hydra multirun (``-m``), or
     wherever the caller says the command line is not this training run (``allow_relaunch=False``:
@@ -232,9 +275,12 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
             raise CheckpointError("train=false evaluates a checkpoint: pass ckpt_path=<path to a .ckpt> "
                                   "(or use clm-evaluate)")
         eval_ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-    check_run_dir(output_dir, resuming=fit and cfg.get("ckpt_path") not in (None, "", "null"))
+    check_run_dir(output_dir, resuming=resumes(cfg))
     csv_rows = _csv_rows_to_keep(cfg, output_dir) if fit else {}
     objects = build(cfg, output_dir)
+    used = eval_ckpt if not fit else resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    if used is not None and Path(used).is_file():
+        check_same_preprocessing(used, objects["model"].preprocessing, resuming=fit)
     check_launcher(objects["trainer"], allow_relaunch)
     dm, model, trainer, loggers = objects["datamodule"], objects["model"], objects["trainer"], objects["loggers"]
     t0 = time.time()
@@ -379,8 +425,9 @@ def run_cli(fn: Any, cfg: DictConfig) -> Any:
         sys.exit(2)
     except hydra.errors.InstantiationException as e:
         # A data source raises its SchemaError inside hydra.utils.instantiate, which wraps it in
-        # "Error in call to target ...": show the source's own message.
-        if not isinstance(e.__cause__, expected):
+        # "Error in call to target ...": show the source's own message. A ValueError or TypeError
+        # there is a bad setting (model.calibration=foo, an unknown model.<key>): one line too.
+        if not isinstance(e.__cause__, (*expected, ValueError, TypeError)):
             raise
         print(f"error: {e.__cause__}", file=sys.stderr, flush=True)
         sys.exit(2)

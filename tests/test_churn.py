@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -206,3 +207,26 @@ def test_churn_with_infogap_vae(tmp_path, make_cfg) -> None:
     collapsed.ref_info.fill_(-0.5)
     frame = infogap_frame(collapsed, df.iloc[:30], n_samples=2)
     assert (frame["vae_completeness"] == 0).all() and frame["vae_gap_score"].notna().all()
+
+
+def test_fit_platt_is_bounded_and_optimal() -> None:
+    """Platt scaling with smoothed targets and a line search: the gradient of its objective vanishes
+    at the fit, rescaled (saturated) logits give the rescaled fit, and separable logits stay finite
+    instead of pushing every probability to exactly 0 or 1."""
+    from clm_torch.models.components.calibration import fit_platt
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, generator=g, dtype=torch.float64) * 3
+    y = (torch.rand(1000, generator=g, dtype=torch.float64) < torch.sigmoid(0.3 * x)).double()
+    a, b = fit_platt(x, y)
+    n_pos = float(y.sum())
+    t = torch.where(y > 0, (n_pos + 1) / (n_pos + 2), 1 / (len(y) - n_pos + 2))
+    p = torch.sigmoid(a * x + b)
+    assert abs(float(((p - t) * x).sum())) < 1e-4 and abs(float((p - t).sum())) < 1e-4
+    assert 0.2 < a < 0.45
+    a2, b2 = fit_platt(x * 1000, y)  # an overconfident model: a full Newton step from (1, 0) blows up
+    assert a2 * 1000 == pytest.approx(a, rel=1e-4) and b2 == pytest.approx(b, abs=1e-4)
+    sep = torch.cat([torch.full((50,), -40.0), torch.full((50,), 40.0)]).double()
+    a3, b3 = fit_platt(sep, (sep > 0).double())
+    q = torch.sigmoid(a3 * sep + b3)
+    assert math.isfinite(a3) and 0.9 < float(q.max()) < 1.0 and 0.0 < float(q.min()) < 0.1

@@ -128,6 +128,25 @@ def test_target_not_binary_and_single_class() -> None:
         validate_target(pd.Series(["No", "No"]), source="s", column="y")
 
 
+def test_target_spellings_match_the_training_labels() -> None:
+    """Scoring labels spelled unlike the training labels are read right, or refused: never all 0."""
+    def y(values, positive, require_both=False):
+        return validate_target(pd.Series(values), source="eval.csv", column="churn", positive=positive,
+                               require_both=require_both)[0].tolist()
+
+    assert y([1.0, 0.0, 1.0], 1) == [1, 0, 1]  # a blank cell made the 0/1 column float
+    assert y(["1.0", "0.0"], "1") == [1, 0]
+    assert y([1, 0, 0], "Yes") == [1, 0, 0]  # trained on Yes/No, labelled 1/0
+    assert y([True, False], "Yes") == [1, 0]
+    assert y(["no", "YES "], "Yes") == [0, 1]
+    assert y(["No", "No"], "Yes") == [0, 0]  # only negatives among the labelled rows
+    assert y(["stayed", "left", "left"], "left") == [0, 1, 1]
+    with pytest.raises(SchemaError, match=r"eval.csv.*column 'churn'.*positive class 'Yes' not among the labels"):
+        y(["stayed", "left"], "Yes")
+    with pytest.raises(SchemaError, match="positive class 'Yes' not among"):
+        y(["stayed", "left"], "Yes", require_both=True)
+
+
 def test_inf_values_rejected() -> None:
     schema = TableSchema(numeric=["x"])
     with pytest.raises(SchemaError, match="column 'x', row 1.*infinite"):
@@ -342,3 +361,16 @@ def test_columns_without_a_pattern_are_flagged(caplog) -> None:
     assert "crm.csv: column 'country' has one value ('DE') in every row" in caplog.text
     assert "'plan'" not in caplog.text and "'tenure'" not in caplog.text  # numbers and real categories are fine
     assert "notes" in schema.categorical  # flagged, not silently dropped
+
+
+def test_csv_source_reads_ids_as_text(tmp_path) -> None:
+    """data=csv keeps an id column's leading zeros: '021' and '21' are two customers, '0000003' stays."""
+    from clm_torch.data.sources.tables import CSVSource
+
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"customer_id": ["0000003", "021", "21"], "age": [30, 40, 50], "churn": [0, 1, 0]}).to_csv(path,
+                                                                                                        index=False)
+    data = CSVSource(path, target="churn", id_col="customer_id").load()
+    assert data.frame["customer_id"].tolist() == ["0000003", "021", "21"]
+    assert pd.api.types.is_numeric_dtype(data.frame["age"])
+    assert pd.api.types.is_numeric_dtype(CSVSource(path, target="churn").load().frame["customer_id"])  # no id_col

@@ -289,6 +289,25 @@ def test_a_data_source_error_raised_inside_hydra_instantiate_is_one_clear_line(m
     assert err.startswith(f"error: {log}, column 'timestamp', row 1: cannot parse timestamp 'notadate'"), err
 
 
+@pytest.mark.parametrize("override, message", [
+    ("model.scheduler=linear", "error: model.scheduler must be one of none, cosine, not 'linear'"),
+    ("model.nan_policy=ignore", "error: model.nan_policy must be one of raise, skip, off, not 'ignore'"),
+    ("model.calibration=foo", "error: model.calibration must be platt, temperature or none, not 'foo'"),
+    ("data.batch_size=0", "error: data.batch_size and data.eval_batch_size must be >= 1, got 0 and None"),
+])
+def test_a_bad_model_or_data_setting_is_one_clear_line(make_cfg, table_csv: Path, capsys, override: str,
+                                                       message: str) -> None:
+    """A value a model or DataModule refuses when hydra builds it: one line, exit 2, nothing trained
+    (a typo such as model.scheduler=linear used to train silently without a schedule)."""
+    from clm_torch.train import run_cli
+
+    cfg = make_cfg(*_csv(table_csv), *FAST, override)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train, cfg)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == message
+
+
 def test_metrics_json_reports_the_best_epoch_and_a_moved_run_keeps_its_best(make_cfg, table_csv: Path) -> None:
     """With the first epoch the best (the run monitors the epoch, smallest first), every val/* value in
     metrics.json is that epoch's, as logged; a copy of the run directory resumed elsewhere keeps
@@ -328,3 +347,52 @@ def test_metrics_json_is_strict_json(tmp_path: Path) -> None:
 
     assert json.loads(path.read_text(), parse_constant=refuse) == {"optimized": None, "val/auroc": 0.75,
                                                                    "n": [1.0, None]}
+
+
+def test_a_refused_command_leaves_the_earlier_runs_recorded_config(tmp_path: Path) -> None:
+    """Hydra writes .hydra/config.yaml before the task runs: the run-directory guard (a Hydra
+    callback) refuses a finished run's directory before that, for clm-train, clm-evaluate and a
+    -m sweep over a sweep directory with a finished job; exit 2 with one line, files untouched."""
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("seed: 0  # the earlier run\n")
+    (run / "metrics.json").write_text("{}\n")
+    sweep = tmp_path / "sweep"
+    (sweep / "0" / "checkpoints").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("earlier sweep\n")
+    commands = [
+        ["clm_torch.train", "experiment=churn_synthetic", "seed=99", f"hydra.run.dir={run}"],
+        ["clm_torch.evaluate", f"ckpt_path={run}", "data=synthetic", f"hydra.run.dir={run}"],
+        ["clm_torch.train", "-m", "experiment=churn_synthetic", "seed=1,2", f"hydra.sweep.dir={sweep}"],
+    ]
+    for module, *args in commands:
+        proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, (module, proc.stderr[-2000:])
+        assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "nothing was overwritten" in proc.stderr
+    assert (run / ".hydra" / "config.yaml").read_text() == "seed: 0  # the earlier run\n"
+    assert sorted(p.name for p in (run / ".hydra").iterdir()) == ["config.yaml"]
+    assert (run / "metrics.json").read_text() == "{}\n"
+    assert (sweep / "multirun.yaml").read_text() == "earlier sweep\n" and not (sweep / "0" / ".hydra").exists()
+
+
+def test_train_false_or_resume_on_other_data_is_refused(make_cfg, table_csv: Path, tmp_path: Path) -> None:
+    """train=false / ckpt_path=last re-fit the preprocessing on this run's data: when it differs from the
+    checkpoint's (another file, another split), the rows would be encoded unlike the model's training
+    rows, so the run is refused with a pointer to clm-evaluate; the same data passes."""
+    from clm_torch.utils.io import CheckpointError
+
+    args = [*_csv(table_csv), *FAST, "trainer.max_epochs=1", "~logger"]
+    train(make_cfg(*args, out="first"))
+    best = tmp_path / "first" / "checkpoints" / "best.ckpt"
+    shifted = tmp_path / "shifted.csv"
+    df = pd.read_csv(table_csv)
+    df["monthly_fee"] = df["monthly_fee"] * 3 + 50
+    df.to_csv(shifted, index=False)
+    metrics, _ = train(make_cfg(*args, "train=false", f"ckpt_path={best}", out="same_data"))
+    assert metrics["best_ckpt"] == str(best)
+    with pytest.raises(CheckpointError, match=r"best.ckpt: its preprocessing \(encoder\) was fitted on other data.*"
+                                              r"clm-evaluate ckpt_path="):
+        train(make_cfg(*[a.replace(str(table_csv), str(shifted)) for a in args], "train=false", f"ckpt_path={best}",
+                       out="other_data"))
+    with pytest.raises(CheckpointError, match="resuming would go on training on rows encoded differently"):
+        train(make_cfg(*args, "data.split_seed=5", "trainer.max_epochs=2", "ckpt_path=last", out="first"))

@@ -201,6 +201,9 @@ class TableDataModule(L.LightningDataModule):
         super().__init__()
         self.source = source
         self.frame_transform = frame_transform
+        if int(batch_size) < 1 or (eval_batch_size is not None and int(eval_batch_size) < 1):
+            raise ValueError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size} and "
+                             f"{eval_batch_size}")
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or 4 * batch_size)
         self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)

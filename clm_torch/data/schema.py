@@ -358,12 +358,30 @@ def infer_schema(
 # ----------------------------------------------------------------------------- validation
 
 
+_TRUE_LABELS = frozenset({"1", "true", "t", "yes", "y", "churn", "churned"})
+_FALSE_LABELS = frozenset({"0", "false", "f", "no", "n"})
+
+
+def _label_key(v: Any) -> str:
+    """A label's comparison key: trimmed lower-case text, whole numbers without '.0' (1, 1.0, '1.0' → '1')."""
+    key = str(v).strip().lower()
+    try:
+        f = float(key)
+    except ValueError:
+        return key
+    return str(int(f)) if np.isfinite(f) and f.is_integer() else key
+
+
 def validate_target(y: pd.Series, *, source: str, column: str, positive: Any = None,
                     require_both: bool = True) -> tuple[np.ndarray, Any]:
     """Check that a target is binary (with both classes present, for training); return it as 0/1 float32.
 
     The positive class is ``positive`` when given, else the one of {1, True, 'yes', 'y', 'true',
-    'churn', 'churned'} present, else the minority class.
+    'churn', 'churned'} present, else the minority class. Labels compare as trimmed lower-case text
+    with whole numbers written without '.0' (a label column that a blank cell made float still
+    matches 0/1). When ``positive`` is not among the labels but both are yes/no-like (1/0,
+    true/false, yes/no), they are read by their truth value: a model trained on Yes/No is scored on
+    1/0 labels; otherwise two labels of which neither is ``positive`` are refused.
     """
     if y.isna().all():
         raise SchemaError("target column is entirely empty", source=source, column=column)
@@ -375,8 +393,10 @@ def validate_target(y: pd.Series, *, source: str, column: str, positive: Any = N
             column=column,
             row=y.index[first],
         )
-    vals = y.astype("string").str.strip().str.lower()
-    classes = sorted(vals.unique().tolist())
+    codes, uniques = pd.factorize(y.astype("string"))  # one key per distinct label, not per row
+    keys = np.array([_label_key(u) for u in uniques], dtype=object)
+    vals = keys[codes]
+    classes = sorted(set(keys.tolist()))
     if len(classes) > 2:
         raise SchemaError(
             f"target must be binary but has {len(classes)} classes: {classes[:10]}", source=source, column=column
@@ -385,22 +405,28 @@ def validate_target(y: pd.Series, *, source: str, column: str, positive: Any = N
         raise SchemaError(
             f"target has only one class ({classes[0]!r}); a classifier needs both", source=source, column=column
         )
+    yes_no = set(classes) <= _TRUE_LABELS | _FALSE_LABELS
     if positive is not None:
-        pos = str(positive).strip().lower()
-        if pos not in classes and require_both:
-            raise SchemaError(f"positive class {positive!r} not among {classes}", source=source, column=column)
+        pos = _label_key(positive)
+        if yes_no and pos in _TRUE_LABELS | _FALSE_LABELS:
+            truth = np.isin(vals, list(_TRUE_LABELS if pos in _TRUE_LABELS else _FALSE_LABELS))
+            return truth.astype(np.float32), positive
+        if pos not in classes and (require_both or len(classes) == 2):
+            raise SchemaError(f"positive class {positive!r} not among the labels {classes}; relabel the column "
+                              f"(e.g. to {positive!r} and another value)", source=source, column=column)
     else:
-        known = [c for c in classes if c in {"1", "1.0", "true", "yes", "y", "churn", "churned"}]
+        known = [c for c in classes if c in _TRUE_LABELS]
         if known:
             pos = known[0]
         else:
-            counts = vals.value_counts()
+            counts = pd.Series(vals).value_counts()
             pos = counts.index[-1]
-    hits = y[vals == pos]
+    is_pos = vals == pos
+    hits = y[is_pos]
     original = hits.iloc[0] if len(hits) else positive
     if isinstance(original, np.generic):
         original = original.item()
-    return (vals == pos).to_numpy(dtype=np.float32), original
+    return is_pos.astype(np.float32), original
 
 
 def validate_frame(

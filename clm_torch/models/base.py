@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import math
 from typing import Any
 
@@ -21,6 +23,10 @@ from torch.optim.lr_scheduler import LambdaLR
 
 PREPROCESSING_KEY = "clm_preprocessing"
 MODEL_CLASS_KEY = "clm_model_class"
+NAN_POLICIES = ("raise", "skip", "off")
+
+
+SCHEDULERS = ("none", "cosine")
 NAN_POLICIES = ("raise", "skip", "off")
 
 
@@ -38,6 +44,16 @@ class CLMModule(L.LightningModule):
         super().__init__()
         self.preprocessing: dict[str, Any] = {}
         self._train_sums: torch.Tensor | None = None
+
+    def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning's, then a check of the options every model shares (a typo such as
+        ``model.scheduler=linear`` would otherwise train silently without a schedule)."""
+        super().save_hyperparameters(*args, frame=kwargs.pop("frame", None) or inspect.currentframe().f_back,
+                                     **kwargs)
+        for name, allowed in (("scheduler", SCHEDULERS), ("nan_policy", NAN_POLICIES)):
+            value = self.hparams.get(name)
+            if value is not None and value not in allowed:
+                raise ValueError(f"model.{name} must be one of {', '.join(allowed)}, not {value!r}")
 
     # ------------------------------------------------------------------ loading
     @classmethod

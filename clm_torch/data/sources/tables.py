@@ -90,7 +90,7 @@ class CSVSource:
         self.drop = list(drop or [])
 
     def load(self) -> TableData:
-        df = read_table(self.path)
+        df = read_table(self.path, text_columns=[self.id_col] if self.id_col else [])  # ids keep leading zeros
         for col, what in ((self.target, "target"), (self.id_col, "id column")):
             if col and col not in df.columns:
                 raise SchemaError(f"{what} not found; columns are {list(df.columns)}", source=self.path, column=col)

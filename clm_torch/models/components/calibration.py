@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
-def fit_platt(logits: torch.Tensor, y: torch.Tensor, *, iters: int = 50, l2: float = 1e-6) -> tuple[float, float]:
+def fit_platt(logits: torch.Tensor, y: torch.Tensor, *, iters: int = 100, l2: float = 1e-6) -> tuple[float, float]:
     """Platt scaling: find (a, b) minimising the log loss of sigmoid(a · logit + b).
 
-    Newton's method on the 2-parameter logistic regression, in float64.
+    As Lin, Lin and Weng (2007), "A note on Platt's probabilistic outputs": Platt's smoothed targets
+    (N+ + 1) / (N+ + 2) and 1 / (N- + 2) instead of 1 and 0, so that separable or saturated logits
+    cannot drive (a, b) to infinity, and Newton's method with a backtracking line search on the
+    log loss, in float64, so that a step never makes the fit worse (a full Newton step from
+    saturated logits can overshoot by orders of magnitude).
 
     Args:
         logits: (n,) uncalibrated logits.
@@ -20,15 +25,36 @@ def fit_platt(logits: torch.Tensor, y: torch.Tensor, *, iters: int = 50, l2: flo
     t = y.detach().double().flatten().cpu()
     if x.numel() < 2 or t.min() == t.max():
         return 1.0, 0.0
+    n_pos = float(t.sum())
+    n_neg = float(t.numel()) - n_pos
+    t = torch.where(t > 0.5, torch.tensor((n_pos + 1) / (n_pos + 2), dtype=torch.float64),
+                    torch.tensor(1 / (n_neg + 2), dtype=torch.float64))
     X = torch.stack([x, torch.ones_like(x)], dim=1)
+    eye = torch.eye(2, dtype=torch.float64)
+
+    def loss(w: torch.Tensor) -> float:
+        z = X @ w  # t·softplus(−z) + (1 − t)·softplus(z), without overflow
+        return float((t * F.softplus(-z) + (1 - t) * F.softplus(z)).sum() + 0.5 * l2 * (w @ w))
+
     w = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    f = loss(w)
     for _ in range(iters):
         p = torch.sigmoid(X @ w)
         g = X.T @ (p - t) + l2 * w
-        h = (X * (p * (1 - p))[:, None]).T @ X + l2 * torch.eye(2, dtype=torch.float64)
+        h = (X * (p * (1 - p))[:, None]).T @ X + (l2 + 1e-12) * eye
         step = torch.linalg.solve(h, g)
-        w = w - step
-        if step.abs().max() < 1e-10:
+        size = 1.0
+        while size >= 1e-10:  # backtracking: halve the step until the loss decreases enough
+            w_new = w - size * step
+            f_new = loss(w_new)
+            if f_new <= f - 1e-4 * size * float(g @ step):
+                break
+            size /= 2
+        else:
+            break  # no step decreases the loss: at the minimum to machine precision
+        converged = (size * step).abs().max() < 1e-10
+        w, f = w_new, f_new
+        if converged:
             break
     if not torch.isfinite(w).all():
         return 1.0, 0.0
