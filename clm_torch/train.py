@@ -62,10 +62,20 @@ def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
     return out
 
 
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """``last`` → ``<output_dir>/checkpoints/last.ckpt`` (resume an interrupted run in place)."""
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, resume: bool = True) -> str | None:
+    """``last`` → ``<output_dir>/checkpoints/last.ckpt`` (resume an interrupted run in place); a run
+    directory → its ``last.ckpt`` to resume, its best (else last) checkpoint to test (``resume=False``)."""
     if ckpt_path in (None, "", "null"):
         return None
+    if ckpt_path != "last" and Path(ckpt_path).is_dir():
+        if not resume:
+            from clm_torch.runs import resolve_checkpoint
+
+            return str(resolve_checkpoint(ckpt_path))
+        p = Path(ckpt_path) / "checkpoints" / "last.ckpt"
+        if not p.exists():
+            raise CheckpointError(f"{ckpt_path}: a run directory without checkpoints/last.ckpt; pass a checkpoint file")
+        return str(p)
     if ckpt_path == "last":
         p = output_dir / "checkpoints" / "last.ckpt"
         if not p.exists():
@@ -117,13 +127,29 @@ def _same_state(a: Any, b: Any) -> bool:
     return a == b
 
 
-def check_same_preprocessing(ckpt_path: str, fitted: dict[str, Any], resuming: bool) -> None:
-    """Refuse to test (``train=false``) or resume a checkpoint on data whose freshly fitted
-    preprocessing differs from the one stored in the checkpoint (other data, another split): the
-    rows would be encoded differently from what the model was trained on."""
-    from clm_torch.models.base import PREPROCESSING_KEY
+def check_checkpoint_fits(ckpt_path: str, model: L.LightningModule, resuming: bool) -> None:
+    """Refuse to test (``train=false``) or resume a checkpoint that does not fit the model this config
+    builds: another model class, other layer shapes (e.g. a changed ``model.hidden``), or data whose
+    freshly fitted preprocessing differs from the checkpoint's (another file, another split: the rows
+    would be encoded differently from what the model was trained on)."""
+    from clm_torch.models.base import MODEL_CLASS_KEY, PREPROCESSING_KEY
 
-    stored = load_checkpoint_safely(ckpt_path).get(PREPROCESSING_KEY) or {}
+    ckpt = load_checkpoint_safely(ckpt_path)
+    saved = ckpt.get(MODEL_CLASS_KEY)
+    if saved is not None and saved != type(model).__qualname__:
+        raise CheckpointError(f"{ckpt_path}: this checkpoint holds a {saved}, but the config builds a "
+                              f"{type(model).__qualname__}; choose the experiment (or model=...) it was trained with")
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in ckpt.get("state_dict", {}).items() if isinstance(v, torch.Tensor)}
+    bad = sorted(k for k in own.keys() | theirs.keys() if own.get(k) != theirs.get(k))
+    if bad:
+        shown = ", ".join(f"{k} ({theirs.get(k, 'absent')} in the checkpoint, {own.get(k, 'absent')} here)"
+                          for k in bad[:3])
+        raise CheckpointError(f"{ckpt_path}: its weights do not fit the model this config builds: {shown}"
+                              f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}; use the model settings of the "
+                              "run that wrote it (its .hydra/config.yaml)")
+    fitted = getattr(model, "preprocessing", None) or {}
+    stored = ckpt.get(PREPROCESSING_KEY) or {}
     differ = [k for k in _ENCODING_KEYS if k in stored and k in fitted and not _same_state(stored[k], fitted[k])]
     if not differ:
         return
@@ -274,13 +300,13 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
         if cfg.get("ckpt_path") in (None, "", "null"):
             raise CheckpointError("train=false evaluates a checkpoint: pass ckpt_path=<path to a .ckpt> "
                                   "(or use clm-evaluate)")
-        eval_ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+        eval_ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, resume=False)
     check_run_dir(output_dir, resuming=resumes(cfg))
     csv_rows = _csv_rows_to_keep(cfg, output_dir) if fit else {}
     objects = build(cfg, output_dir)
     used = eval_ckpt if not fit else resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if used is not None and Path(used).is_file():
-        check_same_preprocessing(used, objects["model"].preprocessing, resuming=fit)
+        check_checkpoint_fits(used, objects["model"], resuming=fit)
     check_launcher(objects["trainer"], allow_relaunch)
     dm, model, trainer, loggers = objects["datamodule"], objects["model"], objects["trainer"], objects["loggers"]
     t0 = time.time()

@@ -374,3 +374,17 @@ def test_csv_source_reads_ids_as_text(tmp_path) -> None:
     assert data.frame["customer_id"].tolist() == ["0000003", "021", "21"]
     assert pd.api.types.is_numeric_dtype(data.frame["age"])
     assert pd.api.types.is_numeric_dtype(CSVSource(path, target="churn").load().frame["customer_id"])  # no id_col
+
+
+def test_log_transform_names_numeric_columns() -> None:
+    """data.encoder.log_transform=[col, ...] naming a column that is not a numeric feature (a typo) is
+    refused, as is an unknown mode; it used to be ignored silently."""
+    from clm_torch.data.encoding import FeatureEncoder
+
+    df = pd.DataFrame({"a": [1.0, 2.0, 30.0], "b": ["x", "y", "x"]})
+    schema = TableSchema(numeric=["a"], categorical=["b"])
+    with pytest.raises(SchemaError, match=r"column 'nosuch'.*log_transform names \['nosuch'\]"):
+        FeatureEncoder.from_schema(schema, log_transform=["nosuch"]).fit(df)
+    with pytest.raises(ValueError, match="must be auto, none or a list"):
+        FeatureEncoder.from_schema(schema, log_transform="sometimes").fit(df)
+    assert FeatureEncoder.from_schema(schema, log_transform=["a"]).fit(df).num_log == [True]

@@ -396,3 +396,40 @@ def test_train_false_or_resume_on_other_data_is_refused(make_cfg, table_csv: Pat
                        out="other_data"))
     with pytest.raises(CheckpointError, match="resuming would go on training on rows encoded differently"):
         train(make_cfg(*args, "data.split_seed=5", "trainer.max_epochs=2", "ckpt_path=last", out="first"))
+    # a run directory stands for its best checkpoint; other layer sizes or another model are refused
+    metrics, _ = train(make_cfg(*args, "train=false", f"ckpt_path={tmp_path / 'first'}", out="run_dir"))
+    assert metrics["best_ckpt"] == str(best)
+    with pytest.raises(CheckpointError, match=r"its weights do not fit the model this config builds: .*32\) in the checkpoint"):
+        train(make_cfg(*args, "model.hidden=[16]", "train=false", f"ckpt_path={best}", out="hidden"))
+    with pytest.raises(CheckpointError, match="holds a ChurnClassifier, but the config builds a InfoGapVAE"):
+        train(make_cfg(*[a for a in args if not a.startswith("model")], "model=infogap_vae", "train=false",
+                       f"ckpt_path={best}", out="vae"))
+
+
+def test_clip_outliers_bounds_come_from_the_training_split_and_travel_with_the_checkpoint(
+        make_cfg, table_csv: Path, tmp_path: Path) -> None:
+    """data.clean.clip_outliers: the bounds are mean ± k·std of the training rows, stored in the
+    encoder, so the run's test predictions equal scoring the raw test rows from best.ckpt (they did
+    not when the whole table was clipped before the split and the bounds were thrown away)."""
+    from clm_torch import ChurnClassifier
+
+    df = pd.read_csv(table_csv)
+    df.loc[df.index[::37], "monthly_fee"] = 5000.0  # outliers in every split
+    path = tmp_path / "outliers.csv"
+    df.to_csv(path, index=False)
+    args = [*_csv(path), *FAST, "trainer.max_epochs=1", "~logger", "data.clean.clip_outliers=1.5"]
+    _, objects = train(make_cfg(*args, out="clip"))
+    dm = objects["datamodule"]
+    fee = dm.frames["train"]["monthly_fee"].astype(float).dropna()
+    j = dm.encoder.num_columns.index("monthly_fee")
+    assert dm.encoder.num_clip_hi[j] == pytest.approx(fee.mean() + 1.5 * fee.std(), rel=1e-9)
+    assert dm.encoder.num_max[j] == pytest.approx(dm.encoder.num_clip_hi[j])  # training rows were clipped too
+    run = tmp_path / "clip"
+    model = ChurnClassifier.load_from_checkpoint(run / "checkpoints" / "best.ckpt")
+    assert model.encoder.num_clip_hi == dm.encoder.num_clip_hi
+    preds = pd.read_csv(run / "predictions" / "test.csv")
+    raw = df.set_index("customer_id").loc[preds["customer_id"]].reset_index()
+    assert (raw["monthly_fee"] == 5000.0).any()
+    enc = model.encoder.transform(raw.iloc[:2].assign(monthly_fee=[5000.0, 1e6]))["num"][:, j]
+    assert enc[0] == enc[1]  # both at the bound
+    np.testing.assert_allclose(model.predict_proba(raw), preds["prediction"], rtol=1e-4, atol=1e-5)

@@ -213,6 +213,11 @@ class TableDataModule(L.LightningDataModule):
         self.encoder_kwargs_target = {"target_type": target_type}
         self.clean_kwargs = dict(clean or {})
         self.encoder_kwargs = dict(encoder or {})
+        # outlier bounds are fitted on the training split and stored with the encoder (scoring clips
+        # exactly as training did), not computed on the whole table before the split
+        if self.clean_kwargs.get("clip_outliers") is not None:
+            self.encoder_kwargs["clip_outliers"] = self.clean_kwargs["clip_outliers"]
+        self._clean_now = {k: v for k, v in self.clean_kwargs.items() if k != "clip_outliers"}
         self.test_frame = test_frame
         self.data: TableData | None = None
         self.schema: TableSchema | None = None
@@ -237,14 +242,14 @@ class TableDataModule(L.LightningDataModule):
         if not schema.features:
             raise SchemaError("no feature columns left after removing id, target and dropped columns",
                               source=data.name)
-        clean, self.report = clean_table(frame, schema, source=data.name, **self.clean_kwargs)
+        clean, self.report = clean_table(frame, schema, source=data.name, **self._clean_now)
         y = None
         if target:
             if self.target_type == "binary":
                 y, _ = validate_target(clean[target], source=data.name, column=target)
         if self.test_frame is not None:
             tr, va = stratified_split(y, len(clean), [1 - self.val_size], self.split_seed)
-            test, _ = clean_table(self.test_frame, schema, source=f"{data.name} [test frame]", **self.clean_kwargs)
+            test, _ = clean_table(self.test_frame, schema, source=f"{data.name} [test frame]", **self._clean_now)
             self.frames = {"train": clean.iloc[tr], "val": clean.iloc[va], "test": test}
         else:
             tr, va, te = stratified_split(y, len(clean), [1 - self.val_size - self.test_size, self.val_size],

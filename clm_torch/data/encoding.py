@@ -22,6 +22,8 @@ categoricals with exactly two known values; models may give them a Bernoulli hea
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +32,8 @@ import pandas as pd
 import torch
 
 from clm_torch.data.schema import SchemaError, TableSchema, distinct_rows, to_numeric_strict, validate_target
+
+log = logging.getLogger(__name__)
 
 UNK = "<unk>"
 
@@ -112,6 +116,9 @@ class FeatureEncoder:
             a model extrapolates flat (as trees do) beyond the training range instead of
             following its last slope or its periodic embeddings (e.g. customer ages at a later
             cutoff than the training one).
+        clip_outliers: clip numerics at transform time to ``mean ± clip_outliers · std`` of the
+            training split (raw scale; ``data.clean.clip_outliers``). The bounds are fitted on the
+            training rows only and stored with the encoder, so scoring clips exactly as training did.
     """
 
     def __init__(
@@ -126,11 +133,15 @@ class FeatureEncoder:
         positive_label: Any = None,
         target_type: str = "binary",
         clip_to_range: bool = False,
+        clip_outliers: float | None = None,
     ) -> None:
         if target_type not in ("binary", "continuous"):
             raise ValueError(f"target_type must be binary or continuous, not {target_type!r}")
         self.target_type = target_type
         self.clip_to_range = bool(clip_to_range)
+        if clip_outliers is not None and not float(clip_outliers) > 0:
+            raise ValueError(f"data.clean.clip_outliers must be > 0 (standard deviations), got {clip_outliers}")
+        self.clip_outliers = None if clip_outliers is None else float(clip_outliers)
         self.num_columns = list(numeric)
         self.cat_columns = list(categorical) + list(binary)
         self.n_binary = len(binary)
@@ -149,6 +160,8 @@ class FeatureEncoder:
         self.num_integer = [False] * len(self.num_columns)
         self.num_min: list[float] = [0.0] * len(self.num_columns)
         self.num_max: list[float] = [0.0] * len(self.num_columns)
+        self.num_clip_lo: list[float] = [-math.inf] * len(self.num_columns)  # clip_outliers bounds (raw scale)
+        self.num_clip_hi: list[float] = [math.inf] * len(self.num_columns)
         self.vocab: dict[str, list[Any]] = {}
         self.keys: dict[str, list[str]] = {}
         self.dtypes: dict[str, str] = {}
@@ -183,12 +196,28 @@ class FeatureEncoder:
     def fit(self, df: pd.DataFrame, *, source: str = "<train split>") -> FeatureEncoder:
         """Fit statistics and vocabularies on (the training split of) ``df``."""
         self._check_columns(df, source=source, require_target=False)
+        if isinstance(self.log_transform, str) and self.log_transform not in ("auto", "none"):
+            raise ValueError(f"data.encoder.log_transform must be auto, none or a list of numeric columns, "
+                             f"not {self.log_transform!r}")
+        if isinstance(self.log_transform, list):
+            unknown = [c for c in self.log_transform if c not in self.num_columns]
+            if unknown:
+                raise SchemaError(f"data.encoder.log_transform names {unknown}, which are not numeric feature "
+                                  f"columns ({self.num_columns})", source=source, column=unknown[0])
         for j, col in enumerate(self.num_columns):
             x = to_numeric_strict(df[col], source=source, column=col).to_numpy(dtype=np.float64)
             obs = x[~np.isnan(x)]
             if obs.size == 0:
                 raise SchemaError("numeric column has no observed values in the training split",
                                   source=source, column=col)
+            if self.clip_outliers is not None and obs.size > 1:
+                mu, sd = float(obs.mean()), float(obs.std(ddof=1))
+                self.num_clip_lo[j], self.num_clip_hi[j] = mu - self.clip_outliers * sd, mu + self.clip_outliers * sd
+                clipped = int(((obs < self.num_clip_lo[j]) | (obs > self.num_clip_hi[j])).sum())
+                if clipped:
+                    log.info("%s: %d values of '%s' clipped to [%.4g, %.4g] (clip_outliers=%g)", source, clipped, col,
+                             self.num_clip_lo[j], self.num_clip_hi[j], self.clip_outliers)
+                obs = np.clip(obs, self.num_clip_lo[j], self.num_clip_hi[j])
             use_log = False
             if self.log_transform == "auto":
                 if obs.min() >= 0 and obs.size > 2:
@@ -281,6 +310,8 @@ class FeatureEncoder:
         for j, col in enumerate(self.num_columns):
             x = to_numeric_strict(df[col], source=source, column=col).to_numpy(dtype=np.float64)
             obs = ~np.isnan(x)
+            if self.clip_outliers is not None:
+                x = np.clip(x, self.num_clip_lo[j], self.num_clip_hi[j])
             if self.clip_to_range:
                 x = np.clip(x, self.num_min[j], self.num_max[j])
             if self.num_log[j]:
@@ -362,6 +393,9 @@ class FeatureEncoder:
             "positive_label": _plain(self.positive_label),
             "target_type": self.target_type,
             "clip_to_range": self.clip_to_range,
+            "clip_outliers": self.clip_outliers,
+            "num_clip_lo": [float(v) for v in self.num_clip_lo],
+            "num_clip_hi": [float(v) for v in self.num_clip_hi],
             "num_mean": self.num_mean.clone(),
             "num_std": self.num_std.clone(),
             "num_log": [bool(v) for v in self.num_log],
@@ -381,8 +415,11 @@ class FeatureEncoder:
             state["num_columns"], cats[: len(cats) - nb], cats[len(cats) - nb:], state["target"], state["id_col"],
             log_transform=state["log_transform"], max_categories=state["max_categories"],
             positive_label=state["positive_label"], target_type=state.get("target_type", "binary"),
-            clip_to_range=state.get("clip_to_range", False),
+            clip_to_range=state.get("clip_to_range", False), clip_outliers=state.get("clip_outliers"),
         )
+        n = len(state["num_columns"])
+        enc.num_clip_lo = list(state.get("num_clip_lo", [-math.inf] * n))
+        enc.num_clip_hi = list(state.get("num_clip_hi", [math.inf] * n))
         enc.num_mean = state["num_mean"].clone().float()
         enc.num_std = state["num_std"].clone().float()
         enc.num_log = list(state["num_log"])
