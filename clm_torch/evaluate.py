@@ -83,6 +83,12 @@ def _table(model: Any, data: Any) -> _Table:
     features = frame.drop(columns=[c for c in {target, trained_target} if c and c in frame.columns])
     trained_id = (getattr(model, "preprocessing", None) or {}).get("schema", {}).get("id_col")
     id_name = next((c for c in (data.id_col, trained_id) if c and c in frame.columns), "row")
+    if id_name in frame.columns:
+        dup = frame[id_name].duplicated(keep="last").to_numpy()
+        if dup.any():  # as training's cleaning does: one row per customer, the last one
+            log.warning("%s: %d rows repeat the id of a later row (e.g. %r); each customer is scored once, from "
+                        "its last row", data.name, int(dup.sum()), frame.loc[dup, id_name].iloc[0])
+            frame, features = frame.loc[~dup], features.loc[~dup]
     ids = frame[id_name].to_numpy() if id_name in frame.columns else np.arange(len(frame))
     return _Table(frame, features, target, id_name, ids)
 

@@ -186,6 +186,15 @@ def test_evaluate_writes_metrics_and_predictions(sweep, tmp_path: Path) -> None:
     assert metrics["eval/auroc"] == pytest.approx(float(binary_auroc(torch.from_numpy(p[lab]), y)), abs=1e-5)
     assert metrics["eval/auroc"] > 0.7  # the planted signal carries over to new customers
     assert metrics["model_class"] == "ChurnClassifier" and metrics["ckpt_path"].endswith("best.ckpt")
+    # repeated ids (an export that appended updated rows): each customer once, from its last row
+    dups = pd.concat([new, new.iloc[:5].assign(tenure=0.0)], ignore_index=True)
+    dups.to_csv(tmp_path / "dups.csv", index=False)
+    m_dup = evaluate(_eval_cfg(tmp_path, job, *_csv_data(tmp_path / "dups.csv"), out="dups"))
+    p_dup = pd.read_csv(tmp_path / "dups" / "predictions" / "dups.csv")
+    assert m_dup["n_rows"] == 300 and len(p_dup) == 300 and p_dup["customer_id"].is_unique
+    last = dups.drop_duplicates("customer_id", keep="last")
+    np.testing.assert_allclose(p_dup["prediction"], model.predict_proba(last.drop(columns=["churn"])), rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_evaluate_without_labels_scores_only_and_never_refits(sweep, tmp_path: Path) -> None:
