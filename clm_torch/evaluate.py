@@ -217,27 +217,32 @@ def evaluate_imputer(model: Any, data: Any, *, hide_rate: float = 0.2, seed: int
 def evaluate_recommender(model: Any, data: Any, *, k: int = 10, batch_users: int = 4096) -> Evaluation:
     """Top-``k`` recommendations for every user of an interaction log (an :class:`InteractionData`),
     scored against the items that user has in the log: Recall/NDCG/HitRate@k averaged over users
-    with at least one target. Users are ranked with their training history excluded, so items
-    they already had in training are not targets; nor are items unknown to the model. Users
-    without any target are listed in the predictions but not measured.
+    with at least one target. Users are ranked as :meth:`recommend` ranks them, with every
+    interaction of the training log excluded (its test part included), so those items are not
+    targets; nor are items unknown to the model. Ids are matched as ``recommend`` matches them
+    (``7``, ``'7'`` and ``7.0`` are one id). Users without any target are listed in the
+    predictions but not measured.
     """
     from clm_torch.metrics import per_user_metrics
 
     frame: pd.DataFrame = data.frame
     if len(frame) == 0:
         raise SchemaError("no interactions to evaluate", source=data.name)
+    model._require_preprocessing()
     prep = model.preprocessing
-    item_index = pd.Index(prep["item_ids"])
+    item_index = model.item_index
     users = pd.unique(frame["user"])
-    item_pos = item_index.get_indexer(frame["item"])
+    item_pos = model._lookup(item_index, frame["item"].tolist())
     known = item_pos >= 0
     user_pos = pd.Index(users).get_indexer(frame["user"])
-    # items a user already had in training are never recommended again (exclude_seen), so they are
-    # not targets either: only new (user, item) pairs count
-    vocab_pos = pd.Index(prep["user_ids"]).get_indexer(frame["user"])  # -1 = unknown user
-    indptr = prep["seen_indptr"].long().numpy()
+    in_vocab = model._lookup(model.user_index, list(users))  # position in the vocabulary without <unk>
+    vocab_pos = np.where(in_vocab >= 0, in_vocab + 1, -1)[user_pos]  # -1 = unknown user
+    # items a user already has in the training log are never recommended again (exclude_seen), so they
+    # are not targets either: only new (user, item) pairs count (older checkpoints: train + val only)
+    src = "all" if prep.get("all_indptr") is not None and prep["all_indptr"].numel() else "seen"
+    indptr = prep[f"{src}_indptr"].long().numpy()
     seen_rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-    seen_keys = seen_rows * len(item_index) + prep["seen_indices"].long().numpy()
+    seen_keys = seen_rows * len(item_index) + prep[f"{src}_indices"].long().numpy()
     already = known & (vocab_pos >= 0) & np.isin(vocab_pos * len(item_index) + item_pos, seen_keys)
     known_new = known & ~already
     held = pd.Series(frame["item"].astype(str).to_numpy()).groupby(user_pos).agg(" ".join)
@@ -246,7 +251,7 @@ def evaluate_recommender(model: Any, data: Any, *, k: int = 10, batch_users: int
     for start, stop in chunks(len(users), batch_users, f"recommending for {len(users):,} users"):
         top_ids = model.recommend(list(users[start:stop]), k=k, exclude_seen=True)
         recs += [" ".join(str(x) for x in row if x is not None) for row in top_ids]
-        top_pos = torch.as_tensor(item_index.get_indexer(pd.Series(np.asarray(top_ids, dtype=object).ravel()))
+        top_pos = torch.as_tensor(model._lookup(item_index, np.asarray(top_ids, dtype=object).ravel().tolist())
                                   .reshape(len(top_ids), k))
         # (users, n_items + 1) bool: the last column pads empty top-k slots and is never a target
         targets = torch.zeros(stop - start, len(item_index) + 1, dtype=torch.bool)
@@ -257,7 +262,7 @@ def evaluate_recommender(model: Any, data: Any, *, k: int = 10, batch_users: int
     metrics: dict[str, Any] = {"n_users": len(users), "n_interactions": len(frame),
                                "n_unknown_items": int((~known).sum()),
                                "n_already_seen": int(already.sum()),
-                               "n_unknown_users": int(len(set(users) - set(prep["user_ids"][1:])))}
+                               "n_unknown_users": int((in_vocab < 0).sum())}
     for name in parts[0]:
         v = torch.cat([p[name] for p in parts])
         metrics["n_evaluated_users"] = int((~torch.isnan(v)).sum())

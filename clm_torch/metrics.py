@@ -48,7 +48,8 @@ def per_user_metrics(topk: torch.Tensor, targets: torch.Tensor, ks: Sequence[int
     """Recall, NDCG and hit rate per user and cut-off from a top-K list.
 
     Args:
-        topk: (B, K) ranked item indices with K ≥ max(ks).
+        topk: (B, K) ranked item indices with K ≥ max(ks), or the whole catalogue ranked (K = n_items)
+            when it has fewer than max(ks) items.
         targets: (B, n_items) bool.
         ks: cut-offs.
 
@@ -63,12 +64,15 @@ def per_user_metrics(topk: torch.Tensor, targets: torch.Tensor, ks: Sequence[int
     out: dict[str, torch.Tensor] = {}
     nan = torch.tensor(float("nan"), device=topk.device)
     for k in ks:
+        kk = k
         if k > topk.shape[1]:
-            raise ValueError(f"cut-off {k} exceeds the top-K list length {topk.shape[1]}")
-        h = hits[:, :k]
+            if topk.shape[1] < targets.shape[1]:
+                raise ValueError(f"cut-off {k} exceeds the top-K list length {topk.shape[1]}")
+            kk = topk.shape[1]  # a catalogue smaller than k: the top-k list is the whole (ranked) catalogue
+        h = hits[:, :kk]
         n_hit = h.sum(1)
         denom = torch.clamp(n_t, max=k)
-        dcg = (h * disc[:k]).sum(1)
+        dcg = (h * disc[:kk]).sum(1)
         ideal = idcg_cum[(denom.long() - 1).clamp(min=0)]
         out[f"recall@{k}"] = torch.where(valid, n_hit / denom.clamp(min=1), nan)
         out[f"ndcg@{k}"] = torch.where(valid, dcg / ideal, nan)

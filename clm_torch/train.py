@@ -109,8 +109,10 @@ def resumes(cfg: DictConfig) -> bool:
             and cfg.get("ckpt_path") not in (None, "", "null"))
 
 
-# The parts of a DataModule's preprocessing state that decide how rows become model inputs.
-_ENCODING_KEYS = ("encoder", "user_ids", "item_ids", "target_mean")
+# The parts of a DataModule's preprocessing state that a checkpoint must share with the data it is
+# tested or resumed on: how rows become model inputs, and (recommender) which pairs were trained on,
+# so that another data.split_seed cannot put training pairs into the test split.
+_ENCODING_KEYS = ("encoder", "user_ids", "item_ids", "target_mean", "protocol", "seen_indptr", "seen_indices")
 
 
 def _same_state(a: Any, b: Any) -> bool:
@@ -155,10 +157,11 @@ def check_checkpoint_fits(ckpt_path: str, model: L.LightningModule, resuming: bo
         return
     what = ("resuming would go on training on rows encoded differently; resume with the data and "
             "data.split_seed of the original run") if resuming else (
-            "testing here would encode the rows differently from the model; score other data with "
-            f"clm-evaluate ckpt_path={ckpt_path} data=... (it uses the checkpoint's preprocessing)")
-    raise CheckpointError(f"{ckpt_path}: its preprocessing ({', '.join(differ)}) was fitted on other data than this "
-                          f"run's training split: {what}")
+            "testing here would feed the model rows encoded differently, or test it on pairs it trained on; "
+            f"score other data with clm-evaluate ckpt_path={ckpt_path} data=... (it uses the checkpoint's "
+            "preprocessing)")
+    raise CheckpointError(f"{ckpt_path}: its preprocessing ({', '.join(differ)}) was fitted on other data (or another "
+                          f"split) than this run's training split: {what}")
 
 
 def check_launcher(trainer: L.Trainer, allow_relaunch: bool = True) -> None:

@@ -386,7 +386,8 @@ def test_impute_missing_tokens_and_column_spellings(trained) -> None:
     pd.testing.assert_frame_equal(f_tok, f_nan)
     pd.testing.assert_frame_equal(u_tok["probs"]["plan"], u_nan["probs"]["plan"])
     assert u_tok["probs"]["plan"].iloc[:4].notna().all().all()
-    np.testing.assert_array_equal(infogap_frame(model, tok)["vae_n_missing"], infogap_frame(model, nan)["vae_n_missing"])
+    np.testing.assert_array_equal(infogap_frame(model, tok)["vae_n_missing"],
+                                  infogap_frame(model, nan)["vae_n_missing"])
     assert infogap_frame(model, tok)["vae_n_missing"].iloc[0] == 2
 
     # 'loyal' trained on Yes/No: a boolean column gets booleans, and a frame that writes the levels

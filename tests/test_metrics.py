@@ -76,3 +76,16 @@ def test_recall_denominator_is_min_k_and_targets() -> None:
 def test_dense_targets_from_ragged_lists() -> None:
     t = dense_targets(torch.tensor([0, 2, 2, 3]), torch.tensor([0, 2, 1]), 3)
     assert t.tolist() == [[True, False, True], [False, False, False], [False, True, False]]
+
+
+def test_cut_offs_beyond_a_small_catalogue_rank_the_whole_catalogue() -> None:
+    """A catalogue of 3 items with cut-offs 5 and 10: the top-5 list is the whole ranked catalogue, so
+    @5 and @10 equal @3 (every target is found; NDCG by its rank); a truncated list is still refused."""
+    got = ranking_metrics(SCORES, TARGETS, ks=(3, 5, 10), exclude=SEEN)
+    # @3: u0 hits ranks 1, 3 → recall 1, ndcg (1 + 1/2) / (1 + L3); u1 rank 2 → (L3)/1; u3 (2 excluded) rank 2
+    ndcg3 = ((1 + 0.5) / (1 + L3) + L3 + L3) / 3
+    for k in (3, 5, 10):
+        assert got[f"recall@{k}"] == pytest.approx(1.0) and got[f"ndcg@{k}"] == pytest.approx(ndcg3, abs=1e-6)
+        assert got[f"hit_rate@{k}"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="cut-off 5 exceeds the top-K list length 2"):
+        per_user_metrics(top_k(SCORES, 2), TARGETS, [5])

@@ -632,3 +632,71 @@ def test_weightless_rows_and_split_settings_are_explained(log_frame: pd.DataFram
     tiny = InteractionDataModule(InteractionsFrameSource(log_frame), val_fraction=0.0, batch_size=64)
     with pytest.raises(SchemaError, match="data.val_fraction=0 holds out nothing"):
         tiny.setup()
+
+
+def test_evaluate_recommender_counts_what_recommend_can_return(trained: EmbeddingRecommender,
+                                                               log_frame: pd.DataFrame) -> None:
+    """clm-evaluate's targets are the pairs recommend() could return: every pair of the training log
+    (its test part included) is excluded by recommend, so it is 'already seen', not a missed target;
+    ids match as recommend matches them (7 and '7' are one user)."""
+    import math
+    from types import SimpleNamespace
+
+    from clm_torch.evaluate import evaluate_recommender
+
+    same = evaluate_recommender(trained, SimpleNamespace(frame=log_frame[["user", "item"]], name="log"), k=10).metrics
+    assert same["n_already_seen"] == len(log_frame) and same["n_evaluated_users"] == 0
+    assert math.isnan(same["eval/recall@10"])
+    users = list(pd.unique(log_frame["user"]))[:50]
+    top = trained.recommend(users, k=1)
+    future = pd.DataFrame({"user": users, "item": [t[0] for t in top]})
+    m = evaluate_recommender(trained, SimpleNamespace(frame=future, name="future"), k=10).metrics
+    assert m["n_evaluated_users"] == 50 and m["n_already_seen"] == 0 and m["eval/hit_rate@10"] == 1.0
+
+    # a model trained on integer ids, evaluated on the same log written with text ids
+    as_int = log_frame.assign(user=log_frame["user"].str[1:].astype(int), item=log_frame["item"].str[1:].astype(int))
+    d = InteractionDataModule(InteractionsFrameSource(as_int, time_col="time"), protocol="random", batch_size=64)
+    d.setup()
+    model = EmbeddingRecommender(**d.model_kwargs(), d=8)
+    model.set_preprocessing(d.preprocessing_state())
+    fut_int = pd.DataFrame({"user": as_int["user"].iloc[:200].to_numpy(),
+                            "item": (as_int["item"].iloc[:200] + 1) % 120})
+    m_int = evaluate_recommender(model, SimpleNamespace(frame=fut_int, name="ints"), k=10).metrics
+    m_str = evaluate_recommender(model, SimpleNamespace(frame=fut_int.astype(str), name="text"), k=10).metrics
+    assert m_str["n_unknown_users"] == 0 and m_str["n_unknown_items"] == 0
+    assert m_str == m_int and m_int["n_evaluated_users"] > 0
+
+
+def test_train_false_on_another_split_is_refused(tmp_path: Path, log_frame: pd.DataFrame) -> None:
+    """Testing a recommender checkpoint on another split of its log would score pairs it trained on:
+    refused; the same split is tested."""
+    from clm_torch.train import train
+    from clm_torch.utils.io import CheckpointError
+
+    path = tmp_path / "log.csv"
+    log_frame.to_csv(path, index=False)
+    base = ["model=recommender", "data=interactions", f"data.path={path}", "data.user_col=user", "data.item_col=item",
+            "data.protocol=random", "model.d=8", "trainer.max_epochs=1", "~logger", "callbacks.model_summary=null"]
+    train(_compose(base, tmp_path / "fit"))
+    ckpt = tmp_path / "fit" / "checkpoints" / "best.ckpt"
+    metrics, _ = train(_compose([*base, "train=false", f"ckpt_path={ckpt}"], tmp_path / "same"))
+    assert np.isfinite(metrics["test/ndcg@10"])
+    with pytest.raises(CheckpointError,
+                       match=r"its preprocessing \(.*seen_indices\) was fitted on other data \(or another split\)"):
+        train(_compose([*base, "train=false", f"ckpt_path={ckpt}", "data.split_seed=1"], tmp_path / "other"))
+
+
+def test_interaction_file_ids_are_text(tmp_path: Path) -> None:
+    """An interaction CSV's ids are read as text: '007' and '7' are two users, leading zeros stay, 'u1 '
+    is 'u1', and an item table's '0050' matches the log's '0050' (no phantom items)."""
+    from clm_torch.data.sources.interactions import InteractionsFileSource
+
+    log = tmp_path / "log.csv"
+    log.write_text("user,item\n007,0050\n7,0050\n7,0051\nu1 ,0051\nu1,0050\n")
+    items = tmp_path / "items.csv"
+    items.write_text("item,price\n0050,1.5\n0051,2.5\n")
+    data = InteractionsFileSource(log, user_col="user", item_col="item", item_features_path=items,
+                                  item_roles={"numeric": ["price"]}).load()
+    assert sorted(pd.unique(data.frame["user"])) == ["007", "7", "u1"]
+    assert sorted(pd.unique(data.frame["item"])) == ["0050", "0051"]
+    assert data.items["item"].tolist() == ["0050", "0051"] and data.items["price"].tolist() == [1.5, 2.5]

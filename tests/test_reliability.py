@@ -390,7 +390,8 @@ def test_train_false_or_resume_on_other_data_is_refused(make_cfg, table_csv: Pat
     df.to_csv(shifted, index=False)
     metrics, _ = train(make_cfg(*args, "train=false", f"ckpt_path={best}", out="same_data"))
     assert metrics["best_ckpt"] == str(best)
-    with pytest.raises(CheckpointError, match=r"best.ckpt: its preprocessing \(encoder\) was fitted on other data.*"
+    with pytest.raises(CheckpointError, match=r"best.ckpt: its preprocessing \(encoder\) was fitted on other data "
+                                              r"\(or another split\).*"
                                               r"clm-evaluate ckpt_path="):
         train(make_cfg(*[a.replace(str(table_csv), str(shifted)) for a in args], "train=false", f"ckpt_path={best}",
                        out="other_data"))
@@ -399,7 +400,8 @@ def test_train_false_or_resume_on_other_data_is_refused(make_cfg, table_csv: Pat
     # a run directory stands for its best checkpoint; other layer sizes or another model are refused
     metrics, _ = train(make_cfg(*args, "train=false", f"ckpt_path={tmp_path / 'first'}", out="run_dir"))
     assert metrics["best_ckpt"] == str(best)
-    with pytest.raises(CheckpointError, match=r"its weights do not fit the model this config builds: .*32\) in the checkpoint"):
+    with pytest.raises(CheckpointError,
+                       match=r"its weights do not fit the model this config builds: .*32\) in the checkpoint"):
         train(make_cfg(*args, "model.hidden=[16]", "train=false", f"ckpt_path={best}", out="hidden"))
     with pytest.raises(CheckpointError, match="holds a ChurnClassifier, but the config builds a InfoGapVAE"):
         train(make_cfg(*[a for a in args if not a.startswith("model")], "model=infogap_vae", "train=false",

@@ -18,7 +18,7 @@ import pandas as pd
 
 from clm_torch.data.events import parse_timestamps
 from clm_torch.data.schema import (SchemaError, check_id_kind, infer_schema, ints_if_whole, read_table, role_columns,
-                                   to_numeric_strict)
+                                   strip_ids, to_numeric_strict)
 from clm_torch.data.sources.tables import load_rdataset
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,9 @@ def _id_values(s: pd.Series, source: str, column: str) -> pd.Series:
     """Ids as one kind of value: whole-number floats (a column that a missing value made float) as
     integers, so that 5.0 never becomes a second spelling of 5; numbers mixed with text are refused."""
     check_id_kind(s, source=source, column=column)
+    s, changed = strip_ids(s)  # 'u1 ' and 'u1' are one id
+    if changed:
+        log.info("%s: %d ids in column '%s' had surrounding spaces, removed", source, changed, column)
     return ints_if_whole(s)
 
 
@@ -224,11 +227,12 @@ class InteractionsFileSource:
         self.label_sep = label_sep
 
     def load(self) -> InteractionData:
-        df = read_table(self.path, what="interaction log")
+        df = read_table(self.path, what="interaction log", text_columns=[self.user_col, self.item_col])  # '007' stays
         log = _standardise(df, self.user_col, self.item_col, self.time_col, self.weight_col, self.path)
         items, roles = None, {}
         if self.item_features_path:
-            items, roles = _item_table(read_table(self.item_features_path, what="item table"),
+            items, roles = _item_table(read_table(self.item_features_path, what="item table",
+                                                  text_columns=[self.item_features_id_col]),
                                        self.item_features_id_col, self.item_roles, self.item_features_path,
                                        log_items=log["item"])
         return InteractionData(log, name=self.path, items=items, item_roles=roles, label_sep=self.label_sep)
