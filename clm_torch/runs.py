@@ -262,7 +262,40 @@ class RunDirGuard(_HydraCallback):
     code 2. Resuming (``ckpt_path=...``) is allowed."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check([Path(str(config.hydra.run.dir))], config)
+        run_dir = Path(str(config.hydra.run.dir))
+        self._check([run_dir], config)
+        self._keep_record(run_dir, config)
+
+    @staticmethod
+    def _keep_record(run_dir: Path, config: DictConfig) -> None:
+        """A resume (``ckpt_path=...`` into a run directory with a ``.hydra/`` record) writes its own
+        Hydra files to ``.hydra/resume_<stamp>/`` instead of over the run's, and warns when it drops
+        settings of the original command (the resumed run then trains with the defaults)."""
+        import datetime
+        import sys
+
+        from omegaconf import open_dict, read_write
+
+        from clm_torch.train import resumes
+
+        sub = config.hydra.get("output_subdir")
+        record = run_dir / str(sub or ".hydra")
+        if not sub or not resumes(config) or not (record / "config.yaml").exists():
+            return
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.output_subdir = f"{sub}/resume_{stamp}"
+        try:
+            original = [str(o) for o in OmegaConf.load(record / "overrides.yaml")]
+        except Exception:  # noqa: BLE001 - no readable record: nothing to compare
+            return
+        keys = {o.split("=", 1)[0].lstrip("+~") for o in config.hydra.overrides.task}
+        dropped = [o for o in original if o.split("=", 1)[0].lstrip("+~") not in keys
+                   and not o.split("=", 1)[0].lstrip("+~").startswith(("hydra.", "ckpt_path", "trainer.max_epochs"))]
+        if dropped:
+            print(f"warning: resuming {run_dir} without settings of its original command: {' '.join(dropped)}; "
+                  "the run continues with the defaults for those (repeat them to keep the run as it was)",
+                  file=sys.stderr, flush=True)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(str(config.hydra.sweep.dir))

@@ -435,3 +435,26 @@ def test_clip_outliers_bounds_come_from_the_training_split_and_travel_with_the_c
     enc = model.encoder.transform(raw.iloc[:2].assign(monthly_fee=[5000.0, 1e6]))["num"][:, j]
     assert enc[0] == enc[1]  # both at the bound
     np.testing.assert_allclose(model.predict_proba(raw), preds["prediction"], rtol=1e-4, atol=1e-5)
+
+
+def test_a_resume_keeps_the_runs_record_and_names_dropped_settings(table_csv: Path, tmp_path: Path) -> None:
+    """Resuming (ckpt_path=last) writes the resume command's Hydra files under .hydra/resume_<stamp>/
+    instead of over the run's own record, and warns about settings of the original command that the
+    resume command leaves out (here it is then refused: the layer sizes differ)."""
+    run = tmp_path / "run"
+    base = [sys.executable, "-m", "clm_torch.train", *_csv(table_csv), *FAST, "~logger", f"hydra.run.dir={run}"]
+    first = subprocess.run([*base, "model.lr=0.003", "trainer.max_epochs=1"], capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    record = {p.name: p.read_bytes() for p in (run / ".hydra").glob("*.yaml")}
+    same = subprocess.run([*base, "model.lr=0.003", "trainer.max_epochs=2", "ckpt_path=last"], capture_output=True,
+                          text=True, timeout=300)
+    assert same.returncode == 0 and "warning: resuming" not in same.stderr, same.stderr[-2000:]
+    short = [a for a in base if a != "model.hidden=[32]"]
+    dropped = subprocess.run([*short, "trainer.max_epochs=3", "ckpt_path=last"], capture_output=True, text=True,
+                             timeout=300)
+    assert dropped.returncode == 2
+    assert "without settings of its original command: model.hidden=[32] model.lr=0.003" in dropped.stderr
+    assert "its weights do not fit the model this config builds" in dropped.stderr
+    assert {p.name: p.read_bytes() for p in (run / ".hydra").glob("*.yaml")} == record
+    assert len(list((run / ".hydra").glob("resume_*/overrides.yaml"))) == 2
