@@ -700,3 +700,18 @@ def test_interaction_file_ids_are_text(tmp_path: Path) -> None:
     assert sorted(pd.unique(data.frame["user"])) == ["007", "7", "u1"]
     assert sorted(pd.unique(data.frame["item"])) == ["0050", "0051"]
     assert data.items["item"].tolist() == ["0050", "0051"] and data.items["price"].tolist() == [1.5, 2.5]
+
+
+def test_item_table_errors_name_the_item_file_and_its_row(tmp_path: Path) -> None:
+    """A bad value in the item-features file is reported against that file and its own data row, not
+    against the interaction log and the item's position in the catalogue."""
+    from clm_torch.data.schema import SchemaError
+    from clm_torch.data.sources.interactions import InteractionsFileSource
+
+    log = tmp_path / "log.csv"
+    log.write_text("user,item\nu1,i1\nu1,i2\nu2,i2\n")
+    items = tmp_path / "items.csv"
+    items.write_text("item,price\ni2,2.5\ni1,cheap\n")
+    with pytest.raises(SchemaError, match=r"items\.csv, column 'price', row 1: .*'cheap'"):
+        InteractionsFileSource(log, user_col="user", item_col="item", item_features_path=items,
+                               item_roles={"numeric": ["price"]}).load()

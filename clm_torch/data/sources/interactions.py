@@ -160,6 +160,8 @@ def _item_table(items: pd.DataFrame, item_col: str, roles: Mapping[str, Sequence
         inferred = infer_schema(items[rest], source=source)
         roles.setdefault("numeric", []).extend(inferred.numeric)
         roles.setdefault("categorical", []).extend(inferred.categorical + inferred.binary)
+    for c in roles.get("numeric", []):  # checked here, where the file and its own rows are known
+        to_numeric_strict(items[c], source=source, column=c)
     out = items.rename(columns={item_col: "item"})
     out = out.loc[out["item"].notna()]
     out["item"] = _id_values(out["item"], source, item_col)
