@@ -715,3 +715,21 @@ def test_item_table_errors_name_the_item_file_and_its_row(tmp_path: Path) -> Non
     with pytest.raises(SchemaError, match=r"items\.csv, column 'price', row 1: .*'cheap'"):
         InteractionsFileSource(log, user_col="user", item_col="item", item_features_path=items,
                                item_roles={"numeric": ["price"]}).load()
+
+
+def test_validation_loss_does_not_depend_on_the_eval_batch_size(log_frame: pd.DataFrame) -> None:
+    """val/loss is the mean over held-out items, weighted by their count per batch: the same for any
+    data.eval_batch_size (it used to weigh each batch's mean by its number of users, which differs
+    when users hold out different numbers of items)."""
+    log = log_frame.sample(frac=0.6, random_state=0)  # users with 5 to 25 interactions
+    losses, model = [], None
+    for eval_batch_size in (7, 512):
+        d = InteractionDataModule(InteractionsFrameSource(log, time_col="time"), protocol="random", batch_size=64,
+                                  split_seed=0, eval_batch_size=eval_batch_size)
+        d.setup()
+        if model is None:
+            torch.manual_seed(0)
+            model = EmbeddingRecommender(**d.model_kwargs(), d=8)
+            model.set_preprocessing(d.preprocessing_state())
+        losses.append(_trainer().validate(model, datamodule=d, verbose=False)[0]["val/loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

@@ -570,7 +570,6 @@ class EmbeddingRecommender(CLMModule):
         metric update, and the full-softmax loss of the held-out items."""
         if stage == "train":
             return self.loss(batch, train=True)
-        B = len(batch["user"])
         scores = self.full_scores(batch)
         seen = dense_targets(batch["hist_offsets"], batch["hist_items"], self.n_items)
         targets = dense_targets(batch["target_offsets"], batch["target_items"], self.n_items)
@@ -578,7 +577,10 @@ class EmbeddingRecommender(CLMModule):
         t_rows = ragged_rows(batch["target_offsets"], len(batch["target_items"]))
         logp = torch.log_softmax(scores.masked_fill(seen, float("-inf")), 1)
         loss = -logp[t_rows, batch["target_items"]].mean()
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=B, sync_dist=True)
+        # weighted by the held-out items, so the epoch's value is their mean whatever the batch size
+        n_targets = len(batch["target_items"])
+        if n_targets:
+            self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=n_targets, sync_dist=True)
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
