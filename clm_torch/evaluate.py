@@ -229,7 +229,6 @@ def evaluate_recommender(model: Any, data: Any, *, k: int = 10, batch_users: int
     if len(frame) == 0:
         raise SchemaError("no interactions to evaluate", source=data.name)
     model._require_preprocessing()
-    prep = model.preprocessing
     item_index = model.item_index
     users = pd.unique(frame["user"])
     item_pos = model._lookup(item_index, frame["item"].tolist())
@@ -238,11 +237,10 @@ def evaluate_recommender(model: Any, data: Any, *, k: int = 10, batch_users: int
     in_vocab = model._lookup(model.user_index, list(users))  # position in the vocabulary without <unk>
     vocab_pos = np.where(in_vocab >= 0, in_vocab + 1, -1)[user_pos]  # -1 = unknown user
     # items a user already has in the training log are never recommended again (exclude_seen), so they
-    # are not targets either: only new (user, item) pairs count (older checkpoints: train + val only)
-    src = "all" if prep.get("all_indptr") is not None and prep["all_indptr"].numel() else "seen"
-    indptr = prep[f"{src}_indptr"].long().numpy()
+    # are not targets either: only new (user, item) pairs count
+    indptr, seen_items, _ = (t.long().cpu().numpy() for t in model.history_csr(everything=True))
     seen_rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-    seen_keys = seen_rows * len(item_index) + prep[f"{src}_indices"].long().numpy()
+    seen_keys = seen_rows * len(item_index) + seen_items
     already = known & (vocab_pos >= 0) & np.isin(vocab_pos * len(item_index) + item_pos, seen_keys)
     known_new = known & ~already
     held = pd.Series(frame["item"].astype(str).to_numpy()).groupby(user_pos).agg(" ".join)
@@ -251,7 +249,7 @@ def evaluate_recommender(model: Any, data: Any, *, k: int = 10, batch_users: int
     for start, stop in chunks(len(users), batch_users, f"recommending for {len(users):,} users"):
         top_ids = model.recommend(list(users[start:stop]), k=k, exclude_seen=True)
         recs += [" ".join(str(x) for x in row if x is not None) for row in top_ids]
-        top_pos = torch.as_tensor(model._lookup(item_index, np.asarray(top_ids, dtype=object).ravel().tolist())
+        top_pos = torch.as_tensor(item_index.get_indexer(pd.Series(np.asarray(top_ids, dtype=object).ravel()))
                                   .reshape(len(top_ids), k))
         # (users, n_items + 1) bool: the last column pads empty top-k slots and is never a target
         targets = torch.zeros(stop - start, len(item_index) + 1, dtype=torch.bool)

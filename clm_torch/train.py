@@ -129,11 +129,11 @@ def _same_state(a: Any, b: Any) -> bool:
     return a == b
 
 
-def check_checkpoint_fits(ckpt_path: str, model: L.LightningModule, resuming: bool) -> None:
+def check_checkpoint_fits(ckpt_path: str, model: L.LightningModule, resuming: bool) -> dict[str, Any]:
     """Refuse to test (``train=false``) or resume a checkpoint that does not fit the model this config
     builds: another model class, other layer shapes (e.g. a changed ``model.hidden``), or data whose
     freshly fitted preprocessing differs from the checkpoint's (another file, another split: the rows
-    would be encoded differently from what the model was trained on)."""
+    would be encoded differently from what the model was trained on). Returns the loaded checkpoint."""
     from clm_torch.models.base import MODEL_CLASS_KEY, PREPROCESSING_KEY
 
     ckpt = load_checkpoint_safely(ckpt_path)
@@ -154,7 +154,7 @@ def check_checkpoint_fits(ckpt_path: str, model: L.LightningModule, resuming: bo
     stored = ckpt.get(PREPROCESSING_KEY) or {}
     differ = [k for k in _ENCODING_KEYS if k in stored and k in fitted and not _same_state(stored[k], fitted[k])]
     if not differ:
-        return
+        return ckpt
     what = ("resuming would go on training on rows encoded differently; resume with the data and "
             "data.split_seed of the original run") if resuming else (
             "testing here would feed the model rows encoded differently, or test it on pairs it trained on; "
@@ -307,9 +307,9 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
     check_run_dir(output_dir, resuming=resumes(cfg))
     csv_rows = _csv_rows_to_keep(cfg, output_dir) if fit else {}
     objects = build(cfg, output_dir)
-    used = eval_ckpt if not fit else resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-    if used is not None and Path(used).is_file():
-        check_checkpoint_fits(used, objects["model"], resuming=fit)
+    resume_ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir) if fit else None
+    used = resume_ckpt or eval_ckpt
+    used_ckpt = check_checkpoint_fits(used, objects["model"], resuming=fit) if used else None
     check_launcher(objects["trainer"], allow_relaunch)
     dm, model, trainer, loggers = objects["datamodule"], objects["model"], objects["trainer"], objects["loggers"]
     t0 = time.time()
@@ -319,12 +319,12 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
         log_hparams(loggers, cfg, model, {f"hp/{k.replace('/', '_')}": float("nan") for k in hp_keys})
         _restore_csv_rows(loggers, csv_rows)
         if fit:
-            trainer.fit(model, datamodule=dm, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+            trainer.fit(model, datamodule=dm, ckpt_path=resume_ckpt)
         metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         best, best_ckpt = None, None
         ckpt_cb = getattr(trainer, "checkpoint_callback", None)
         if eval_ckpt is not None:
-            best, best_ckpt = eval_ckpt, load_checkpoint_safely(eval_ckpt)
+            best, best_ckpt = eval_ckpt, used_ckpt  # loaded (and checked) above
         elif ckpt_cb is not None and getattr(ckpt_cb, "best_model_path", ""):
             best = ckpt_cb.best_model_path
             best_ckpt = load_checkpoint_safely(best)

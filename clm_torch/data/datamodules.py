@@ -135,6 +135,13 @@ class TensorTable(torch.utils.data.Dataset):
         return {k: t.index_select(0, idx) for k, t in self.tensors.items()}
 
 
+def check_batch_sizes(batch_size: int, eval_batch_size: int | None) -> None:
+    """``data.batch_size`` and ``data.eval_batch_size`` (None: 4 × batch_size) must be >= 1."""
+    if int(batch_size) < 1 or (eval_batch_size is not None and int(eval_batch_size) < 1):
+        raise ValueError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size} and "
+                         f"{eval_batch_size}")
+
+
 def batch_loader(tensors: Mapping[str, torch.Tensor], batch_size: int, *, shuffle: bool, seed: int = 0,
                  num_workers: int = 0, pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
     """A DataLoader that yields dicts of whole-batch tensor slices."""
@@ -201,9 +208,7 @@ class TableDataModule(L.LightningDataModule):
         super().__init__()
         self.source = source
         self.frame_transform = frame_transform
-        if int(batch_size) < 1 or (eval_batch_size is not None and int(eval_batch_size) < 1):
-            raise ValueError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size} and "
-                             f"{eval_batch_size}")
+        check_batch_sizes(batch_size, eval_batch_size)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or 4 * batch_size)
         self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
@@ -217,7 +222,6 @@ class TableDataModule(L.LightningDataModule):
         # exactly as training did), not computed on the whole table before the split
         if self.clean_kwargs.get("clip_outliers") is not None:
             self.encoder_kwargs["clip_outliers"] = self.clean_kwargs["clip_outliers"]
-        self._clean_now = {k: v for k, v in self.clean_kwargs.items() if k != "clip_outliers"}
         self.test_frame = test_frame
         self.data: TableData | None = None
         self.schema: TableSchema | None = None
@@ -226,6 +230,11 @@ class TableDataModule(L.LightningDataModule):
         self.frames: dict[str, pd.DataFrame] = {}
         self.tensors: dict[str, dict[str, torch.Tensor]] = {}
         self._ready = False
+
+    @property
+    def _before_split(self) -> dict[str, Any]:
+        """The cleaning done on the whole table (clip_outliers is the encoder's, fitted on the train split)."""
+        return {k: v for k, v in self.clean_kwargs.items() if k != "clip_outliers"}
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str | None = None) -> None:
@@ -242,14 +251,14 @@ class TableDataModule(L.LightningDataModule):
         if not schema.features:
             raise SchemaError("no feature columns left after removing id, target and dropped columns",
                               source=data.name)
-        clean, self.report = clean_table(frame, schema, source=data.name, **self._clean_now)
+        clean, self.report = clean_table(frame, schema, source=data.name, **self._before_split)
         y = None
         if target:
             if self.target_type == "binary":
                 y, _ = validate_target(clean[target], source=data.name, column=target)
         if self.test_frame is not None:
             tr, va = stratified_split(y, len(clean), [1 - self.val_size], self.split_seed)
-            test, _ = clean_table(self.test_frame, schema, source=f"{data.name} [test frame]", **self._clean_now)
+            test, _ = clean_table(self.test_frame, schema, source=f"{data.name} [test frame]", **self._before_split)
             self.frames = {"train": clean.iloc[tr], "val": clean.iloc[va], "test": test}
         else:
             tr, va, te = stratified_split(y, len(clean), [1 - self.val_size - self.test_size, self.val_size],

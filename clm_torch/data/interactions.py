@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from clm_torch.data.datamodules import IndexBatchSampler, TensorTable, shuffle_seed
+from clm_torch.data.datamodules import IndexBatchSampler, TensorTable, check_batch_sizes, shuffle_seed
 from clm_torch.data.encoding import FeatureEncoder
 from clm_torch.data.schema import SchemaError
 from clm_torch.data.sources.interactions import InteractionData
@@ -251,9 +251,7 @@ class InteractionDataModule(L.LightningDataModule):
         self.source, self.protocol = source, protocol
         self.test_fraction, self.val_fraction = float(test_fraction), float(val_fraction)
         self.min_user_interactions, self.split_seed = int(min_user_interactions), int(split_seed)
-        if int(batch_size) < 1 or (eval_batch_size is not None and int(eval_batch_size) < 1):
-            raise ValueError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size} and "
-                             f"{eval_batch_size}")
+        check_batch_sizes(batch_size, eval_batch_size)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or 4 * batch_size)
         self.num_workers, self.pin_memory, self.max_labels = int(num_workers), bool(pin_memory), int(max_labels)

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import inspect
-
 import math
 from typing import Any
 
@@ -24,10 +23,7 @@ from torch.optim.lr_scheduler import LambdaLR
 PREPROCESSING_KEY = "clm_preprocessing"
 MODEL_CLASS_KEY = "clm_model_class"
 NAN_POLICIES = ("raise", "skip", "off")
-
-
 SCHEDULERS = ("none", "cosine")
-NAN_POLICIES = ("raise", "skip", "off")
 
 
 class NonFiniteLossError(FloatingPointError):

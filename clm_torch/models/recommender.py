@@ -454,6 +454,14 @@ class EmbeddingRecommender(CLMModule):
             return (u @ v.T).float()[rows[:, None], inv]
         return (u[rows][:, None, :] * v[inv]).sum(-1).float()
 
+    def history_csr(self, everything: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every known user's history as CSR ``(indptr, items, age buckets)``: the train + validation
+        items, or with ``everything`` every interaction of the training log (what :meth:`recommend`
+        serves from and excludes; checkpoints from before it fall back to train + validation)."""
+        src = "all" if everything and getattr(self, "all_indptr", None) is not None and self.all_indptr.numel() \
+            else "seen"
+        return tuple(getattr(self, f"{src}_{k}") for k in ("indptr", "indices", "age"))
+
     def _as_batch(self, users: torch.Tensor | dict[str, torch.Tensor], *, everything: bool = False
                   ) -> dict[str, torch.Tensor]:
         """A ragged batch of known users with their histories: the train + validation items (what the
@@ -465,9 +473,7 @@ class EmbeddingRecommender(CLMModule):
         if not isinstance(users, torch.Tensor):
             users = _indices(users, self.n_users, "users")
         users = users.to(self.item_bias.device)
-        src = "all" if everything and getattr(self, "all_indptr", None) is not None and self.all_indptr.numel() \
-            else "seen"
-        indptr, items, age = (getattr(self, f"{src}_{k}") for k in ("indptr", "indices", "age"))
+        indptr, items, age = self.history_csr(everything)
         pos, offsets = csr_gather(indptr.cpu(), users.cpu())
         pos, offsets = pos.to(users.device), offsets.to(users.device)
         return {"user": users, "hist_items": items[pos], "hist_age": age[pos], "hist_offsets": offsets}
