@@ -87,6 +87,41 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, resume: bool = Tr
     return str(ckpt_path)
 
 
+class SettingError(ValueError):
+    """A command-line setting that has the wrong type (``trainer.max_epochs=abc``)."""
+
+
+# Trainer settings Lightning takes as whole numbers, and as numbers (a whole number of batches or a
+# fraction of them). Lightning checks some of them only deep inside fit() (an AssertionError).
+_TRAINER_INTS = ("min_epochs", "max_epochs", "min_steps", "max_steps", "num_nodes", "check_val_every_n_epoch",
+                 "log_every_n_steps", "accumulate_grad_batches", "num_sanity_val_steps",
+                 "reload_dataloaders_every_n_epochs")
+_TRAINER_NUMBERS = ("gradient_clip_val", "val_check_interval", "limit_train_batches", "limit_val_batches",
+                    "limit_test_batches", "limit_predict_batches", "overfit_batches")
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Refuse a ``seed`` or trainer setting of the wrong type before anything is built, with the key."""
+    def bad(key: str, value: Any, want: str) -> SettingError:
+        return SettingError(f"{key}={value!r}: expected {want}")
+
+    seed = cfg.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise bad("seed", seed, "a whole number")
+    tcfg = cfg.get("trainer") or {}
+    for key in _TRAINER_INTS:
+        v = tcfg.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise bad(f"trainer.{key}", v, "a whole number")
+    for key in _TRAINER_NUMBERS:
+        v = tcfg.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise bad(f"trainer.{key}", v, "a number")
+    fdr = tcfg.get("fast_dev_run")
+    if fdr is not None and not isinstance(fdr, (bool, int)):
+        raise bad("trainer.fast_dev_run", fdr, "true, false or a number of batches")
+
+
 class RunDirectoryError(RuntimeError):
     """The run directory already holds a finished run that a new run would overwrite."""
 
@@ -293,6 +328,7 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
         (metrics, objects): final ``val/*`` and ``test/*`` metrics, and the built objects
         (datamodule, model, trainer, ...). ``metrics["optimized"]`` is the monitored value.
     """
+    check_settings(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -446,7 +482,7 @@ def run_cli(fn: Any, cfg: DictConfig) -> Any:
         print(f"error: no value for {', '.join(missing)}: set {'them' if len(missing) > 1 else 'it'} on the "
               f"command line, e.g. {missing[0]}=...", file=sys.stderr, flush=True)
         sys.exit(2)
-    expected = (SchemaError, CheckpointError, RunDirectoryError, NonFiniteLossError)
+    expected = (SchemaError, CheckpointError, RunDirectoryError, NonFiniteLossError, SettingError)
     try:
         return fn(cfg)
     except expected as e:

@@ -308,6 +308,26 @@ def test_a_bad_model_or_data_setting_is_one_clear_line(make_cfg, table_csv: Path
     assert capsys.readouterr().err.strip() == message
 
 
+@pytest.mark.parametrize("override, message", [
+    ("trainer.max_epochs=abc", "error: trainer.max_epochs='abc': expected a whole number"),
+    ("trainer.max_epochs=1.5", "error: trainer.max_epochs=1.5: expected a whole number"),
+    ("trainer.gradient_clip_val=big", "error: trainer.gradient_clip_val='big': expected a number"),
+    ("seed=x", "error: seed='x': expected a whole number"),
+])
+def test_a_setting_of_the_wrong_type_is_one_clear_line_before_the_data_is_read(make_cfg, tmp_path: Path, capsys,
+                                                                               override: str, message: str) -> None:
+    """`trainer.max_epochs=abc` used to build everything and then stop inside Lightning's fit loop
+    with a bare AssertionError: now one line naming the setting, exit 2, before the data is read
+    (the data path does not exist, so reading it would be another error)."""
+    from clm_torch.train import run_cli
+
+    cfg = make_cfg("data=csv", f"data.path={tmp_path / 'absent.csv'}", "data.target=churn", override)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train, cfg)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == message
+
+
 def test_metrics_json_reports_the_best_epoch_and_a_moved_run_keeps_its_best(make_cfg, table_csv: Path) -> None:
     """With the first epoch the best (the run monitors the epoch, smallest first), every val/* value in
     metrics.json is that epoch's, as logged; a copy of the run directory resumed elsewhere keeps
