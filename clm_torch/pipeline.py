@@ -54,7 +54,7 @@ from clm_torch.lifecycle.value import (
     spend_capture,
     survival_from_churn_prob,
 )
-from clm_torch.train import CONFIG_DIR, run_cli, train
+from clm_torch.train import CONFIG_DIR, check_run_dir, run_cli, train
 from clm_torch.utils.io import write_csv_safe, write_json
 
 log = logging.getLogger(__name__)
@@ -224,6 +224,7 @@ def _fmt(m: dict[str, Any]) -> str:
 def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     """Run every step and write the run directory; returns the headline metrics."""
     out = Path(cfg.paths.output_dir)
+    check_run_dir(out, resuming=False, can_resume=False)  # before data/ and plots/ of an earlier run are written over
     (out / "data").mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(exist_ok=True)
     root = str(cfg.paths.root_dir)

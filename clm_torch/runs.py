@@ -192,6 +192,23 @@ class Run:
         return f"Run({str(self.path)!r}, models={{{models}}}, metrics={len(self.metrics)} keys)"
 
 
+def latest_run(task: str = "pipeline", start: str | Path = ".") -> Path | None:
+    """The newest finished run (one with a ``metrics.json``) in ``logs/<task>/runs/`` of ``start`` or
+    of its nearest parent folder that has one (a notebook's folder is usually below the project's);
+    None when there is none. Run folders are timestamps, so the newest sorts last.
+
+    Example::
+
+        run = load_run(latest_run("pipeline"))   # the run `make run` wrote last
+    """
+    for folder in (Path(start).resolve(), *Path(start).resolve().parents):
+        runs = folder / "logs" / task / "runs"
+        finished = sorted(p.parent for p in runs.glob("*/metrics.json")) if runs.is_dir() else []
+        if finished:
+            return finished[-1]
+    return None
+
+
 def load_run(run_dir: str | Path, map_location: Any = "cpu") -> Run:
     """Load a run directory's config, trained models (best checkpoint, else last) and metrics.
 
@@ -309,7 +326,8 @@ class RunDirGuard(_HydraCallback):
 
         try:
             for d in dirs:
-                check_run_dir(d.resolve(), resuming=resumes(config))
+                check_run_dir(d.resolve(), resuming=resumes(config),
+                              can_resume=config.get("task_name") not in ("pipeline", "evaluate"))
         except RunDirectoryError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)

@@ -126,15 +126,19 @@ class RunDirectoryError(RuntimeError):
     """The run directory already holds a finished run that a new run would overwrite."""
 
 
-def check_run_dir(output_dir: Path, resuming: bool) -> None:
-    """Refuse to write a new run over a directory that already has checkpoints or metrics."""
+def check_run_dir(output_dir: Path, resuming: bool, can_resume: bool = True) -> None:
+    """Refuse to write a new run over a directory that already has checkpoints or metrics, its own
+    or a sub-run's (a pipeline run holds ``<model>/checkpoints/``, also when it stopped half-way)."""
     if resuming:
         return
     existing = [p.name for p in (output_dir / "checkpoints", output_dir / "metrics.json") if p.exists()]
+    if output_dir.is_dir():
+        existing += sorted(f"{d.name}/checkpoints" for d in output_dir.iterdir()
+                           if d.is_dir() and (d / "checkpoints").is_dir())
     if existing:
         raise RunDirectoryError(
             f"{output_dir}: already holds an earlier run ({', '.join(existing)}); nothing was overwritten. "
-            f"Choose a new hydra.run.dir, or resume that run with ckpt_path=last")
+            "Choose a new hydra.run.dir" + (", or resume that run with ckpt_path=last" if can_resume else ""))
 
 
 def resumes(cfg: DictConfig) -> bool:

@@ -106,6 +106,25 @@ def test_pipeline_churn_model_can_read_the_purchase_sequence(tmp_path: Path) -> 
         run_pipeline(compose_cfg(["churn_sequence=lstm"], tmp_path / "bad", config_name="pipeline.yaml"))
 
 
+def test_a_pipeline_into_an_earlier_pipeline_run_is_refused_before_it_writes(tmp_path: Path) -> None:
+    """A second pipeline into the directory of an earlier one, finished or stopped after its first
+    model, used to write data/*.parquet over the earlier run's before a sub-run refused: now it stops
+    first, naming what is there, and every earlier file is left as it was."""
+    from clm_torch.pipeline import run_pipeline
+    from clm_torch.train import RunDirectoryError
+    from tests.conftest import TINY_PIPELINE, compose_cfg
+
+    out = tmp_path / "run"
+    (out / "vae" / "checkpoints").mkdir(parents=True)
+    (out / "data").mkdir()
+    (out / "data" / "train_view.parquet").write_bytes(b"the earlier run's view")
+    with pytest.raises(RunDirectoryError, match=r"run: already holds an earlier run \(vae/checkpoints\); nothing "
+                                                r"was overwritten. Choose a new hydra.run.dir$"):
+        run_pipeline(compose_cfg(TINY_PIPELINE, out, config_name="pipeline.yaml"))
+    assert (out / "data" / "train_view.parquet").read_bytes() == b"the earlier run's view"
+    assert sorted(p.name for p in out.rglob("*")) == ["checkpoints", "data", "train_view.parquet", "vae"]
+
+
 def test_a_pipeline_subrun_refuses_the_relaunching_ddp_strategy(tmp_path: Path) -> None:
     """strategy=ddp re-runs the command line for every extra rank: inside clm-pipeline that is the
     whole pipeline, so a model's sub-run stops before training with a pointer to ddp_spawn."""

@@ -371,12 +371,15 @@ def test_metrics_json_is_strict_json(tmp_path: Path) -> None:
 
 def test_a_refused_command_leaves_the_earlier_runs_recorded_config(tmp_path: Path) -> None:
     """Hydra writes .hydra/config.yaml before the task runs: the run-directory guard (a Hydra
-    callback) refuses a finished run's directory before that, for clm-train, clm-evaluate and a
-    -m sweep over a sweep directory with a finished job; exit 2 with one line, files untouched."""
+    callback) refuses a finished run's directory before that, for clm-train, clm-evaluate, a -m sweep
+    over a sweep directory with a finished job and clm-pipeline over a pipeline run that stopped after
+    its first model; exit 2 with one line, files untouched."""
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text("seed: 0  # the earlier run\n")
     (run / "metrics.json").write_text("{}\n")
+    pipe = tmp_path / "pipe"  # a pipeline run that stopped after its first model
+    (pipe / "vae" / "checkpoints").mkdir(parents=True)
     sweep = tmp_path / "sweep"
     (sweep / "0" / "checkpoints").mkdir(parents=True)
     (sweep / "multirun.yaml").write_text("earlier sweep\n")
@@ -384,6 +387,7 @@ def test_a_refused_command_leaves_the_earlier_runs_recorded_config(tmp_path: Pat
         ["clm_torch.train", "experiment=churn_synthetic", "seed=99", f"hydra.run.dir={run}"],
         ["clm_torch.evaluate", f"ckpt_path={run}", "data=synthetic", f"hydra.run.dir={run}"],
         ["clm_torch.train", "-m", "experiment=churn_synthetic", "seed=1,2", f"hydra.sweep.dir={sweep}"],
+        ["clm_torch.pipeline", f"hydra.run.dir={pipe}"],
     ]
     for module, *args in commands:
         proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300)
@@ -393,6 +397,7 @@ def test_a_refused_command_leaves_the_earlier_runs_recorded_config(tmp_path: Pat
     assert sorted(p.name for p in (run / ".hydra").iterdir()) == ["config.yaml"]
     assert (run / "metrics.json").read_text() == "{}\n"
     assert (sweep / "multirun.yaml").read_text() == "earlier sweep\n" and not (sweep / "0" / ".hydra").exists()
+    assert sorted(p.name for p in pipe.rglob("*")) == ["checkpoints", "vae"]
 
 
 def test_train_false_or_resume_on_other_data_is_refused(make_cfg, table_csv: Path, tmp_path: Path) -> None:
