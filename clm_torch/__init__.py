@@ -28,14 +28,14 @@ from clm_torch.models.churn import ChurnClassifier
 from clm_torch.models.infogap_vae import InfoGapVAE
 from clm_torch.models.recommender import EmbeddingRecommender
 from clm_torch.models.spend import SpendRegressor
-from clm_torch.runs import Run, load_run
+from clm_torch.runs import Run, latest_run, load_run
 from clm_torch.train import train  # the function; `python -m clm_torch.train` still runs the CLI
 from clm_torch.utils.io import CheckpointError
 
 __version__ = "0.1.0"
 
 __all__ = ["ChurnClassifier", "CheckpointError", "EmbeddingRecommender", "InfoGapVAE", "Run", "SchemaError",
-           "SpendRegressor", "__version__", "compose_config", "load_run", "run_pipeline", "train"]
+           "SpendRegressor", "__version__", "compose_config", "latest_run", "load_run", "run_pipeline", "train"]
 
 
 def __getattr__(name: str):  # lazy: the pipeline and config helpers load on first use

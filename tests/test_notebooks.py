@@ -29,13 +29,36 @@ def test_committed_without_outputs(path: Path) -> None:
             assert "sys.path" not in cell.source, "notebooks import the installed clm_torch only"
 
 
+def _files(folder: Path) -> dict[str, float]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("*")}
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes(path: Path, tiny_pipeline_run: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("CLM_RUN_DIR", str(tiny_pipeline_run))
+    """01 takes its run from CLM_RUN_DIR; the others find the newest finished run in logs/pipeline/runs/
+    of a parent of their folder (as after `make run`) instead of running a pipeline of their own. No
+    notebook writes into the run it reads."""
+    work = tmp_path / "project" / "notebooks"
+    work.mkdir(parents=True)
+    runs = tmp_path / "project" / "logs" / "pipeline" / "runs"
+    runs.mkdir(parents=True)
+    (runs / "2026-01-01_00-00-00-000000").mkdir()  # an older run that stopped before metrics.json
+    (runs / "2026-01-02_00-00-00-000000").symlink_to(tiny_pipeline_run, target_is_directory=True)
+    (runs / "2026-01-03_00-00-00-000000").mkdir()  # a newer one, not finished
+    if path.name.startswith("01"):
+        monkeypatch.setenv("CLM_RUN_DIR", str(tiny_pipeline_run))
+    else:
+        monkeypatch.delenv("CLM_RUN_DIR", raising=False)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("CLM_PROGRESS", "0")
+    before = _files(tiny_pipeline_run)
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(work)}})
     client.execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    first = "".join(o.get("text", "") for o in nb.cells[1].outputs if o.output_type == "stream")
+    assert first.startswith(str(tiny_pipeline_run) if path.name.startswith("01") else str(runs / "2026-01-02"))
+    assert sorted(p.name for p in runs.iterdir()) == ["2026-01-01_00-00-00-000000", "2026-01-02_00-00-00-000000",
+                                                       "2026-01-03_00-00-00-000000"]  # no pipeline of its own
+    assert _files(tiny_pipeline_run) == before
