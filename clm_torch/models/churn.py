@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -271,6 +272,20 @@ class ChurnClassifier(CLMModule):
         if self.infogap is not None:
             self.infogap.eval()  # frozen: never in training mode
         return self
+
+    def on_fit_start(self) -> None:
+        # Lightning warns about modules in eval mode when training starts; the frozen VAE is in eval
+        # mode on purpose. Silence exactly that count for this fit, so any other eval module still warns.
+        self._eval_filter = None
+        if self.infogap is not None:
+            n = sum(1 for _ in self.infogap.modules())
+            warnings.filterwarnings("ignore", message=rf"Found {n} module\(s\) in eval mode at the start of training")
+            self._eval_filter = warnings.filters[0]
+
+    def on_fit_end(self) -> None:
+        if getattr(self, "_eval_filter", None) in warnings.filters:
+            warnings.filters.remove(self._eval_filter)
+            warnings._filters_mutated()
 
     def with_infogap(self, df: pd.DataFrame, source: str = "<dataframe>") -> pd.DataFrame:
         """``df`` with the VAE's features and imputations (unchanged without a VAE)."""
