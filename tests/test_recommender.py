@@ -717,6 +717,27 @@ def test_item_table_errors_name_the_item_file_and_its_row(tmp_path: Path) -> Non
                                item_roles={"numeric": ["price"]}).load()
 
 
+def test_item_table_rows_without_an_id_or_repeated_are_reported(tmp_path: Path, caplog) -> None:
+    """Rows of the item-features file that are dropped (no id; an id repeated, the last row kept) are
+    counted in a warning, with how many repeated ids disagree; they used to vanish silently."""
+    import logging
+
+    from clm_torch.data.sources.interactions import InteractionsFileSource
+
+    log = tmp_path / "log.csv"
+    log.write_text("user,item\nu1,i1\nu1,i2\nu2,i2\nu2,i3\n")
+    items = tmp_path / "items.csv"
+    items.write_text("item,price\ni2,2.5\ni1,1.0\ni2,3.0\n,9.9\ni3,4.0\ni3,4.0\n")
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.sources.interactions"):
+        data = InteractionsFileSource(log, user_col="user", item_col="item", item_features_path=items,
+                                      item_roles={"numeric": ["price"]}).load()
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"{items}: dropped 1 rows without an item id in column 'item'" in messages
+    assert f"{items}: dropped 2 duplicate item rows (kept the last per id); 1 ids had conflicting values" in messages
+    table = data.items.set_index("item")["price"]
+    assert table.to_dict() == {"i1": 1.0, "i2": 3.0, "i3": 4.0}
+
+
 def test_validation_loss_does_not_depend_on_the_eval_batch_size(log_frame: pd.DataFrame) -> None:
     """val/loss is the mean over held-out items, weighted by their count per batch: the same for any
     data.eval_batch_size (it used to weigh each batch's mean by its number of users, which differs

@@ -163,11 +163,20 @@ def _item_table(items: pd.DataFrame, item_col: str, roles: Mapping[str, Sequence
     for c in roles.get("numeric", []):  # checked here, where the file and its own rows are known
         to_numeric_strict(items[c], source=source, column=c)
     out = items.rename(columns={item_col: "item"})
-    out = out.loc[out["item"].notna()]
+    no_id = out["item"].isna()
+    if no_id.any():
+        log.warning("%s: dropped %d rows without an item id in column '%s'", source, int(no_id.sum()), item_col)
+        out = out.loc[~no_id]
     out["item"] = _id_values(out["item"], source, item_col)
     if log_items is not None:
         out["item"] = _match_item_ids(out["item"], log_items, source, item_col)
-    out = out.drop_duplicates("item", keep="last").reset_index(drop=True)
+    dup = out.duplicated("item", keep="last")
+    if dup.any():
+        repeated = out.loc[out["item"].duplicated(keep=False)]
+        conflicting = int((repeated.astype(str).groupby("item").nunique(dropna=False) > 1).any(axis=1).sum())
+        log.warning("%s: dropped %d duplicate item rows (kept the last per id); %d ids had conflicting values",
+                    source, int(dup.sum()), conflicting)
+    out = out.loc[~dup].reset_index(drop=True)
     return out, {r: roles.get(r, []) for r in ITEM_ROLES}
 
 
