@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError
 
 from clm_torch.data.cleaning import clean_table
-from clm_torch.data.events import build_customer_view, load_events, parse_sequence_column
+from clm_torch.data.events import build_customer_view, load_events, parse_cutoff, parse_sequence_column
 from clm_torch.data.schema import SchemaError, infer_schema, read_table
 from clm_torch.data.sources.events import view_to_frame
 from clm_torch.lifecycle import report as rpt
@@ -96,11 +96,13 @@ def load_inputs(cfg: DictConfig) -> dict[str, Any]:
             if cid not in customers.columns:
                 raise SchemaError("id column not found", source=str(d.customers_path), column=cid)
             customers = customers.rename(columns={cid: "customer_id"})
-        cutoff = pd.Timestamp(d.cutoff) if d.get("cutoff") else events["timestamp"].max().normalize() + pd.Timedelta(
-            days=1)
+        cutoff = (parse_cutoff(d.cutoff, setting="data.cutoff") if d.get("cutoff")
+                  else events["timestamp"].max().normalize() + pd.Timedelta(days=1))
         events = events[events["timestamp"] < cutoff].reset_index(drop=True)
+        as_of = parse_cutoff(d.customers_as_of, setting="data.customers_as_of") if d.get("customers_as_of") else cutoff
         return {"events": events, "customers": customers, "truth": None, "items": None, "cutoff": cutoff,
-                "name": str(d.path), "customers_source": str(d.get("customers_path") or "customer table")}
+                "name": str(d.path), "customers_source": str(d.get("customers_path") or "customer table"),
+                "customers_as_of": as_of}
     raise SchemaError(f"data.kind must be synthetic or events, not {d.kind!r}", source="pipeline config")
 
 
@@ -156,7 +158,10 @@ def build_views(inputs: dict[str, Any], customers: pd.DataFrame | None, horizon:
     cutoff = inputs["cutoff"]
     train_cut = cutoff - pd.Timedelta(days=horizon)
     items = inputs.get("items")
-    extra: dict[str, Any] = {"customers_source": inputs.get("customers_source")}
+    # the customer table is current at the scoring cutoff (or data.customers_as_of): in the training
+    # view its customers without an event before train_cut are left out (some joined after it)
+    extra: dict[str, Any] = {"customers_source": inputs.get("customers_source"),
+                             "customers_as_of": inputs.get("customers_as_of", cutoff)}
     if items is not None and {"item_id", "category"} <= set(items.columns):  # purchase shares per category
         extra.update(item_categories=items.set_index("item_id")["category"], category_shares=True)
     tv = build_customer_view(inputs["events"], train_cut, horizon_days=horizon, customers=customers, n_last=n_last,

@@ -113,6 +113,8 @@ def test_future_timestamp_error_and_drop(tmp_path, caplog):
         )
     assert ev["amount"].tolist() == [1.0, 3.0]
     assert "dropping 1 events" in caplog.text
+    with pytest.raises(SchemaError, match=r"column 'ts'.*every event \(3\) is in the future .* would leave none"):
+        load_events(path, customer_col="cid", time_col="ts", future_policy="drop", now="2023-06-01")
     with pytest.raises(ValueError):
         load_events(path, customer_col="cid", time_col="ts", future_policy="ignore")
 
@@ -283,6 +285,40 @@ def test_customer_table_outer_join():
     assert v2.features.loc["D", "frequency"] == 0 and np.isnan(v2.features.loc["D", "recency_days"])
     assert v2.labels.loc["D"].tolist() == [0, 9.0, 1]
     assert v2.features.loc["D", "age"] == 41 and np.isnan(v2.features.loc["A", "age"])
+
+
+def test_a_customer_table_of_a_later_date_does_not_leak_the_future_into_the_view(tmp_path, caplog):
+    """A table exported after the cutoff lists customers who joined later; the view at the cutoff
+    used to take them in as customers without history, and the ones who first bought inside the
+    label window (D here) as non-churners: a leak. With ``customers_as_of`` after the cutoff only
+    the table's customers with an event before the cutoff join (its columns still do); at or before
+    the cutoff, every table customer does, as before. ``data=events`` takes the table as current at
+    the log's last event unless ``data.customers_as_of`` says otherwise."""
+    from clm_torch.data.sources.events import customer_view_from_files
+
+    table = pd.DataFrame({"customer_id": ["A", "D", "E"], "age": [30, 41, 52]})  # E: never bought
+    with caplog.at_level(logging.INFO, logger="clm_torch.data.events"):
+        later = _view(customers=table, customers_as_of="2024-06-01")
+    assert later.features.index.tolist() == ["A", "B", "C"] and later.labels.index.tolist() == ["A", "B", "C"]
+    assert later.features.loc["A", "age"] == 30 and np.isnan(later.features.loc["B", "age"])
+    assert later.labels["churn"].tolist() == _view().labels["churn"].tolist()
+    assert "2 of its 3 customers have no event before the cutoff 2024-04-01 00:00:00; left out" in caplog.text
+    for as_of in (None, CUTOFF, "2024-03-31T23:00:00-02:00"):  # the last is 2024-04-01 01:00 UTC: later
+        ids = _view(customers=table, customers_as_of=as_of).features.index.tolist()
+        assert ids == (["A", "B", "C"] if as_of and as_of.endswith("-02:00") else ["A", "B", "C", "D", "E"]), as_of
+
+    log_csv, table_csv = tmp_path / "log.csv", tmp_path / "customers.csv"
+    pd.DataFrame(LOG, columns=["cid", "ts", "item", "amt"]).to_csv(log_csv, index=False)
+    table.rename(columns={"customer_id": "cid"}).to_csv(table_csv, index=False)
+    kw = dict(customer_col="cid", time_col="ts", amount_col="amt", cutoff=CUTOFF, horizon_days=30,
+              customers_path=table_csv)
+    assert customer_view_from_files(log_csv, **kw).features.index.tolist() == ["A", "B", "C"]
+    snapshot = customer_view_from_files(log_csv, **kw, customers_as_of=CUTOFF)  # a table of the cutoff day
+    assert snapshot.features.index.tolist() == ["A", "B", "C", "D", "E"]
+    with pytest.raises(SchemaError, match=r"data.cutoff='2024-13-45' is not a date"):
+        customer_view_from_files(log_csv, **{**kw, "cutoff": "2024-13-45"})
+    tz_cut = customer_view_from_files(log_csv, **{**kw, "cutoff": "2024-04-01T02:00:00+02:00"})
+    assert tz_cut.cutoff == pd.Timestamp(CUTOFF)
 
 
 def test_customer_table_id_types_are_harmonised():

@@ -38,6 +38,13 @@ def test_pipeline_writes_every_output(tiny_pipeline_run: Path) -> None:
     bought = pd.read_parquet(run / "data" / "interactions.parquet").groupby("customer_id")["item_id"].agg(set)
     assert not any(set(r.split()) & bought.get(c, set()) for c, r in zip(customers["customer_id"],
                                                                        customers["top5_items"].fillna("")))
+    # the training view (at the cutoff - horizon) holds no customer who joined later: every one of
+    # them bought before it (the customer table is of the scoring cutoff; it used to add the later ones)
+    log = pd.read_parquet(run / "data" / "interactions.parquet")
+    train_ids = pd.read_parquet(run / "data" / "train_view.parquet")["customer_id"].astype(str)
+    train_cut = log["timestamp"].max().normalize() + pd.Timedelta(days=1) - pd.Timedelta(days=90)
+    first = log.groupby("customer_id")["timestamp"].min()
+    assert (first.reindex(train_ids) < train_cut + pd.Timedelta(days=1)).all()
     segments = pd.read_csv(run / "segments.csv")
     assert segments["size"].sum() == len(customers)
     assert {"mean_churn_probability", "mean_clv", "top_top_items", "top_gap"} <= set(segments.columns)
@@ -162,6 +169,26 @@ def test_an_event_log_without_money_is_refused_before_any_training(tmp_path: Pat
                       config_name="pipeline.yaml")
     with pytest.raises(SchemaError, match=r"events\.csv, column 'data.amount_col': the pipeline needs a money column"):
         load_inputs(cfg)
+
+
+def test_the_cutoff_settings_of_an_event_log_pipeline(tmp_path: Path) -> None:
+    """data.cutoff with a time zone is converted to UTC (it used to stop with a TypeError from pandas);
+    one that is not a date, or data.customers_as_of that is not, is a named error."""
+    from clm_torch.data.schema import SchemaError
+    from clm_torch.pipeline import load_inputs
+    from tests.conftest import compose_cfg
+
+    log = tmp_path / "events.csv"
+    pd.DataFrame({"customer_id": [1, 2, 2], "timestamp": ["2024-01-01", "2024-01-02", "2024-03-01T01:30:00"],
+                  "amount": [5, 6, 7], "item_id": ["a", "b", "a"]}).to_csv(log, index=False)
+    base = ["data.kind=events", f"data.path={log}"]
+    inputs = load_inputs(compose_cfg([*base, "data.cutoff='2024-03-01T02:00:00+02:00'"], tmp_path / "a",
+                                     config_name="pipeline.yaml"))
+    assert inputs["cutoff"] == pd.Timestamp("2024-03-01") and len(inputs["events"]) == 2
+    assert inputs["customers_as_of"] == inputs["cutoff"]
+    for setting in ("data.cutoff=2024-13-45", "data.customers_as_of=soon"):
+        with pytest.raises(SchemaError, match=rf"{setting.split('=')[0]}='{setting.split('=')[1]}' is not a date"):
+            load_inputs(compose_cfg([*base, setting], tmp_path / "b", config_name="pipeline.yaml"))
 
 
 def test_views_the_models_cannot_learn_from_are_refused_before_training() -> None:

@@ -119,6 +119,20 @@ def _to_utc_naive(ts: Any) -> pd.Timestamp:
     return t
 
 
+def parse_cutoff(value: Any, *, setting: str) -> pd.Timestamp:
+    """A date setting (``data.cutoff``, ``data.customers_as_of``) as a naive UTC timestamp: an ISO
+    date or time, with or without a time zone (converted to UTC). A value that is not a date raises
+    a :class:`SchemaError` naming the setting."""
+    try:
+        t = pd.Timestamp(value)
+    except (ValueError, TypeError) as e:
+        raise SchemaError(f"{setting}={value!r} is not a date; use e.g. 2024-10-01 or 2024-10-01T00:00:00+02:00 "
+                          f"({e})", source="config") from None
+    if t is pd.NaT:
+        raise SchemaError(f"{setting}={value!r} is not a date", source="config")
+    return _to_utc_naive(t)
+
+
 def parse_timestamps(s: pd.Series, *, source: str, column: str) -> pd.Series:
     """Parse a timestamp column to ``datetime64[ns]`` (naive, UTC).
 
@@ -330,6 +344,9 @@ def load_events(
                 column=time_col,
                 row=first,
             )
+        if future.all():
+            raise SchemaError(f"every event ({len(df)}) is in the future of {now_ts}, so future_policy='drop' would "
+                              "leave none; fix the clock/time zone of the timestamps", source=src, column=time_col)
         log.warning("%s: dropping %d events after %s (first at row %s)", src, int(future.sum()), now_ts, first)
         df = df.loc[~future]
     return df.reset_index(drop=True)
@@ -606,6 +623,7 @@ def build_customer_view(
     item_categories: Mapping | pd.Series | None = None,
     category_shares: bool = False,
     customers_source: str | None = None,
+    customers_as_of: Any = None,
 ) -> CustomerView:
     """Features before one global cutoff, labels after it, and last-N purchase sequences.
 
@@ -635,13 +653,20 @@ def build_customer_view(
     customers_source
         Where ``customers`` came from (e.g. its file), named in the errors about it; default
         ``"customer table"``.
+    customers_as_of
+        When the customer table was current (e.g. its export date; None: at the cutoff). For a
+        cutoff before it, the table also lists customers who joined after the cutoff, and those
+        who first bought inside the label window would join the view as customers without history
+        who did not churn (a leak from the future). So its customers without an event before the
+        cutoff are left out (logged); its columns still join the customers with history.
 
     Returns
     -------
     CustomerView
         The population is every customer with at least one event before the cutoff, plus every
-        customer of ``customers``; customers whose first event is on/after the cutoff and who are
-        not in the table are left out (they did not exist at the cutoff).
+        customer of ``customers`` (unless ``customers_as_of`` is after the cutoff); customers whose
+        first event is on/after the cutoff and who are not in the table are left out (they did not
+        exist at the cutoff).
 
         Features (days are fractional, ``(cutoff - t) / 1 day``):
 
@@ -783,7 +808,16 @@ def build_customer_view(
                 log.warning("%s: only %d of %d customer-table ids are in the event log; the others are customers "
                             "without purchases (check the id columns if that is unexpected)", tsrc, int(shared.sum()),
                             len(tab_index))
-            population = ev_index[had_before].union(tab_index)
+            population = ev_index[had_before]
+            if customers_as_of is None or _to_utc_naive(customers_as_of) <= cutoff:
+                population = population.union(tab_index)
+            else:  # a later table: only its customers who existed (had bought) at the cutoff
+                left_out = int((~tab_index.isin(population)).sum())
+                if left_out:
+                    log.info("%s: %d of its %d customers have no event before the cutoff %s; left out of the view "
+                             "(the table is of %s: some joined later)", tsrc, left_out, len(tab_index), cutoff,
+                             _to_utc_naive(customers_as_of))
+                population = population.sort_values()
             population = population.rename("customer_id")
             row_of_code = population.get_indexer(ev_index)  # -1: not in the population
         else:  # the sorted ids of customers with history; their rows follow from the sort, no hashing

@@ -26,6 +26,7 @@ from clm_torch.data.events import (  # noqa: F401 (the time-feature names are re
     apply_time_features,
     build_customer_view,
     load_events,
+    parse_cutoff,
     parse_sequence_column,
     relative_time_features,
     sequence_column,
@@ -141,8 +142,13 @@ def customer_view_from_files(
     customers_id_col: str | None = None,
     n_last: int = 10,
     future_policy: str = "error",
+    customers_as_of: Any = None,
 ) -> CustomerView:
-    """Load and validate an event log (and customer table) and build the view at ``cutoff``."""
+    """Load and validate an event log (and customer table) and build the view at ``cutoff``.
+
+    ``customers_as_of``: when the customer table was current (None: at the log's last event). For
+    an earlier cutoff its customers without an event before the cutoff are left out of the view
+    (see :func:`build_customer_view`): some of them joined after the cutoff."""
     events = load_events(path, customer_col=customer_col, time_col=time_col, amount_col=amount_col,
                          item_col=item_col, quantity_col=quantity_col, future_policy=future_policy)
     customers = None
@@ -157,12 +163,16 @@ def customer_view_from_files(
         if dup.any():  # the cleaning rule: keep the last row of each id
             log.warning("%s: dropped %d duplicate customer rows (kept the last per id)", customers_path, int(dup.sum()))
             customers = customers.loc[~dup]
-    cut = pd.Timestamp(cutoff) if cutoff not in (None, "", "auto") else default_cutoff(events, horizon_days)
+    cut = (parse_cutoff(cutoff, setting="data.cutoff") if cutoff not in (None, "", "auto")
+           else default_cutoff(events, horizon_days))
     if cut <= events["timestamp"].min():
         raise SchemaError(f"cutoff {cut.date()} is before the first event ({events['timestamp'].min().date()})",
                           source=str(path), column=time_col)
+    as_of = (parse_cutoff(customers_as_of, setting="data.customers_as_of") if customers_as_of not in (None, "")
+             else events["timestamp"].max())
     return build_customer_view(events, cut, horizon_days=horizon_days, customers=customers, n_last=n_last,
-                               customers_source=str(customers_path) if customers_path else None)
+                               customers_source=str(customers_path) if customers_path else None,
+                               customers_as_of=as_of)
 
 
 def _check_view_args(target: str, sequence_length: int, time_features: str = "absolute") -> None:
@@ -205,6 +215,7 @@ def events_datamodule(
     future_policy: str = "error",
     sequence_length: int = 0,
     time_features: str = "absolute",
+    customers_as_of: Any = None,
     **kwargs: Any,
 ) -> TableDataModule:
     """The ``data=events`` DataModule: customer view at ``cutoff`` → :class:`TableDataModule`.
@@ -220,7 +231,7 @@ def events_datamodule(
                                     item_col=item_col, quantity_col=quantity_col, cutoff=cutoff,
                                     horizon_days=horizon_days, customers_path=customers_path,
                                     customers_id_col=customers_id_col, n_last=max(n_last, sequence_length),
-                                    future_policy=future_policy)
+                                    future_policy=future_policy, customers_as_of=customers_as_of)
     name = f"{path} @ cutoff {view.cutoff.date()} (+{horizon_days:g} days)"
     return _view_datamodule(view, target, sequence_length, roles, drop, name, time_features, **kwargs)
 
