@@ -329,7 +329,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         "completeness": gap["completeness"].to_numpy(),
         "most_surprising_feature": gap["max_surprise_feature"].to_numpy(),
         "next_best_question": nbq["question_1"].to_numpy(),
-        "top5_items": [" ".join(str(i) for i in r if i is not None) for r in recs],
+        "top5_items": [rpt.TOP_ITEMS_SEP.join(str(i) for i in r if i is not None) for r in recs],
         "recency_days": sf["recency_days"].to_numpy() if "recency_days" in sf else np.nan,
     })
     actions = rpt.suggest_actions(customers_out, **OmegaConf.to_container(cfg.actions, resolve=True))
@@ -337,7 +337,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
 
     # 10. report
     seg_table = segment_summary(
-        customers_out.assign(top_items=customers_out["top5_items"].str.split(" "),
+        customers_out.assign(top_items=[[str(i) for i in r if i is not None] for r in recs],
                              gap=customers_out["most_surprising_feature"]),
         numeric_cols=("churn_probability", "clv", "gap_score", "completeness"),
         category_cols=("stage", "gap", "next_best_question", "action"), list_cols=("top_items",))

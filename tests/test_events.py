@@ -624,6 +624,17 @@ def test_a_relative_model_scores_a_plain_view_frame(tmp_path):
             getattr(model, predict)(plain.drop(columns=["tenure_days"]))
 
 
+def test_item_ids_of_a_file_are_read_as_text(tmp_path):
+    """SKUs such as '00048' used to be read as the number 48 (so '00048', '48' and '0.48E2' were one
+    item, and the recommendations named items the catalogue does not have): item ids are text, as
+    customer ids are, without surrounding spaces; a missing item stays missing."""
+    path = _csv(tmp_path, "cid,ts,sku\nA,2024-01-01,00048\nA,2024-01-02,48\nB,2024-01-03,0.48E2\n"
+                          "B,2024-01-04, 00048 \nB,2024-01-05,\n")
+    ev = load_events(path, customer_col="cid", time_col="ts", item_col="sku", now="2025-01-01")
+    assert ev["item_id"].tolist()[:4] == ["00048", "48", "0.48E2", "00048"] and pd.isna(ev["item_id"].iloc[4])
+    assert build_customer_view(ev, "2024-02-01").features["n_distinct_items"].tolist() == [2, 2]
+
+
 def test_customer_ids_keep_leading_zeros_and_lose_surrounding_spaces(tmp_path):
     """'000235' stays '000235' (it joins back to the CRM); 'C1 ' and 'C1' are one customer; a customer
     table that shares no id with a log (another id scheme) is an error, not an outer join."""
@@ -645,6 +656,19 @@ def test_epoch_milliseconds_get_a_hint(tmp_path):
     path = _csv(tmp_path, "cid,ts,amt\nA,1704067200,1\nA,1704153600000,2\n")
     e = _raises(path, ["column 'ts'", "row 1", "epoch milliseconds? divide the column by 1000"])
     assert e.row == 1
+
+
+def test_compact_dates_are_read_as_dates_and_excel_day_numbers_are_refused(tmp_path):
+    """20240101 (a CSV of compact ISO dates reads it as a whole number) used to become 1970-08-23 as
+    epoch seconds, a year of events squeezed into hours; 45292 (Excel's 2024-01-01) 1970-01-01."""
+    path = _csv(tmp_path, "cid,ts\nA,20240101\nA,20240229\nB,20231231\n")
+    ev = load_events(path, customer_col="cid", time_col="ts", now="2025-01-01")
+    assert ev["timestamp"].tolist() == [pd.Timestamp("2024-01-01"), pd.Timestamp("2024-02-29"),
+                                        pd.Timestamp("2023-12-31")]
+    # not all valid dates (20240230): they stay epoch seconds, 1970, and are refused as before 1980
+    _raises(_csv(tmp_path, "cid,ts\nA,20240101\nA,20240230\n"), ["column 'ts'", "before 1980"], now="2025-01-01")
+    _raises(_csv(tmp_path, "cid,ts\nA,45292\nA,45300\n"), ["column 'ts'", "before 1980", "Excel day numbers"],
+            now="2025-01-01")
 
 
 def test_a_view_to_score_does_not_warn_about_censored_labels(caplog):

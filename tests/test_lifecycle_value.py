@@ -326,7 +326,10 @@ def test_suggested_actions_refuse_bad_inputs_and_ties_do_not_make_everyone_high_
     no_history = suggest_actions(pd.DataFrame({"stage": ["lapsed", "lapsed"], "churn_probability": [0.9, 0.9],
                                                "clv": [0.0, 1.0], "recency_days": [np.nan, 200.4],
                                                "top5_items": [np.nan, np.nan]}))
-    assert no_history["reason"].tolist() == ["lapsed: no purchase before the cutoff", "lapsed: no purchase for 200 days"]
+    assert no_history["reason"].tolist() == ["no purchase yet", "lapsed: no purchase for 200 days"]
+    assert no_history["action"].tolist() == ["first-purchase offer", "win-back campaign"]
+    unknown = suggest_actions(pd.DataFrame({"stage": ["lapsed"], "churn_probability": [0.9], "clv": [0.0]}))
+    assert (unknown.loc[0, "action"], unknown.loc[0, "reason"]) == ("win-back campaign", "lapsed")  # no recency column
     with pytest.raises(SchemaError, match="column 'clv': column not found"):
         suggest_actions(c.drop(columns="clv"))
     with pytest.raises(SchemaError, match="row 3: unknown stage 'Lapsed'"):

@@ -28,7 +28,7 @@ def test_pipeline_writes_every_output(tiny_pipeline_run: Path) -> None:
     assert customers["customer_id"].is_unique and len(customers) > 600  # table customers + event-only ones
     assert customers["churn_probability"].between(0, 1).all()
     assert set(customers["stage"]) <= {"new", "active", "at_risk", "lapsed", "won_back"}
-    assert customers["top5_items"].str.split(" ").str.len().eq(5).mean() > 0.95
+    assert customers["top5_items"].str.split(" | ", regex=False).str.len().eq(5).mean() > 0.95
     assert (customers["clv"] >= 0).all() and customers["action"].notna().all()
     # questions are about the customer table's fields, never about features computed from the log
     table = pd.read_parquet(run / "data" / "customers_clean.parquet").columns
@@ -36,8 +36,8 @@ def test_pipeline_writes_every_output(tiny_pipeline_run: Path) -> None:
     assert asked and asked <= set(table) - {"customer_id"}, asked
     # and nothing already bought is recommended
     bought = pd.read_parquet(run / "data" / "interactions.parquet").groupby("customer_id")["item_id"].agg(set)
-    assert not any(set(r.split()) & bought.get(c, set()) for c, r in zip(customers["customer_id"],
-                                                                       customers["top5_items"].fillna("")))
+    assert not any(set(r.split(" | ")) & bought.get(c, set()) for c, r in zip(customers["customer_id"],
+                                                                            customers["top5_items"].fillna("")))
     # the training view (at the cutoff - horizon) holds no customer who joined later: every one of
     # them bought before it (the customer table is of the scoring cutoff; it used to add the later ones)
     log = pd.read_parquet(run / "data" / "interactions.parquet")
@@ -73,16 +73,25 @@ def test_action_rules() -> None:
         "clv": [500, 900, 10, 10, 10, 10, 950, 10],
         "completeness": [1, 1, 1, 0.2, 1, 1, 1, 1],
         "next_best_question": ["", "", "", "satisfaction", "", "", "", ""],
-        "recency_days": [200, 30, 30, 5, 5, 5, 5, 5],
-        "top5_items": ["I1 I2"] * 8,
+        "recency_days": [200.7, 30, 90.5, 5, 5, 5, 5, 5],
+        "top5_items": ["Blue Shirt 154 | I2"] * 8,
     })
     a = suggest_actions(df, value_quantile=0.75)
     assert a["action"].tolist() == ["win-back campaign", "retention offer", "re-engagement nudge",
                                     "ask next best question", "onboarding", "welcome-back offer", "cross-sell",
                                     "recommend"]
-    assert a.loc[0, "reason"] == "lapsed: no purchase for 200 days"
+    assert a.loc[0, "reason"] == "lapsed: no purchase for 200 days"  # full days
     assert a.loc[1, "reason"].startswith("high value, at risk")
+    assert a.loc[2, "reason"] == "at risk: no purchase for 90 days, churn p=0.60"  # the recency rule shows
     assert a.loc[3, "reason"] == "profile incomplete: ask satisfaction"
+    # an item id with spaces is offered whole (the cell joins ids with " | "), as is a list's first id
+    assert a.loc[6, "reason"] == "high value, loyal: offer Blue Shirt 154"
+    assert a.loc[7, "reason"] == "active: recommend Blue Shirt 154"
+    listed = suggest_actions(df.assign(top5_items=[["Blue Shirt 154", "I2"]] * 8), value_quantile=0.75)
+    assert listed.loc[7, "reason"] == "active: recommend Blue Shirt 154"
+    # a customer of the table who never bought: no recency, a first-purchase offer instead of a win-back
+    never = suggest_actions(df.assign(recency_days=[np.nan] + [5] * 7), value_quantile=0.75)
+    assert (never.loc[0, "action"], never.loc[0, "reason"]) == ("first-purchase offer", "no purchase yet")
 
 
 def test_pipeline_churn_model_can_read_the_purchase_sequence(tmp_path: Path) -> None:

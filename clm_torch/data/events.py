@@ -136,8 +136,10 @@ def parse_cutoff(value: Any, *, setting: str) -> pd.Timestamp:
 def parse_timestamps(s: pd.Series, *, source: str, column: str) -> pd.Series:
     """Parse a timestamp column to ``datetime64[ns]`` (naive, UTC).
 
-    Accepted: datetime dtypes (tz-aware ones are converted to UTC), numbers as epoch seconds, and
-    ISO-8601 strings (``2024-03-01``, ``2024-03-01 10:00``, ``2024-03-01T10:00:00+02:00``).
+    Accepted: datetime dtypes (tz-aware ones are converted to UTC), numbers as epoch seconds, whole
+    numbers that are all valid ``YYYYMMDD`` dates (``20240301``, as a CSV of compact ISO dates reads),
+    and ISO-8601 strings (``2024-03-01``, ``2024-03-01 10:00``, ``2024-03-01T10:00:00+02:00``).
+    Numbers that would all be epoch seconds before 1980 (Excel day numbers, say) are refused.
 
     Raises:
         SchemaError naming the first missing or unparseable value and its row.
@@ -160,8 +162,25 @@ def parse_timestamps(s: pd.Series, *, source: str, column: str) -> pd.Series:
             first = _first_row(pd.Series(big, index=s.index))
             raise SchemaError(f"{s.loc[first]} is not a time in epoch seconds (it would be after the year 5000); "
                               "epoch milliseconds? divide the column by 1000", source=source, column=column, row=first)
+    compact = None
+    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_datetime64_any_dtype(s):
+        x = s.to_numpy(dtype="float64")
+        if len(x) and np.all((x >= 1900_01_01) & (x <= 2100_12_31) & (x == np.floor(x))):
+            compact = pd.to_datetime(pd.Series(x.astype(np.int64), index=s.index).astype(str), format="%Y%m%d",
+                                     errors="coerce", utc=True)
+            if compact.isna().any():  # not all of them are dates: epoch seconds after all
+                compact = None
+            else:
+                log.info("%s: column '%s' holds whole numbers that are all YYYYMMDD dates: read as dates", source,
+                         column)
+        if compact is None and len(x) and np.nanmax(x) < 315_532_800:  # 1980-01-01 in epoch seconds
+            raise SchemaError(f"numbers read as epoch seconds would all be dates before 1980 (e.g. {s.iloc[0]} = "
+                              f"{pd.Timestamp(float(s.iloc[0]), unit='s')}); Excel day numbers or another unit? "
+                              "convert the column to ISO dates ('2024-03-01')", source=source, column=column)
     try:
-        if pd.api.types.is_datetime64_any_dtype(s):
+        if compact is not None:
+            out = compact
+        elif pd.api.types.is_datetime64_any_dtype(s):
             out = pd.to_datetime(s, utc=True)
         elif pd.api.types.is_numeric_dtype(s):
             out = pd.to_datetime(s, unit="s", utc=True, errors="coerce")
@@ -252,7 +271,8 @@ def load_events(
             raise SchemaError("event log has no rows", source=src)
     else:
         src = source or str(path_or_df)
-        raw = read_table(path_or_df, what="event log", text_columns=[customer_col])  # ids keep leading zeros
+        # ids keep their leading zeros ('00048' and '48' are two SKUs)
+        raw = read_table(path_or_df, what="event log", text_columns=[customer_col, *([item_col] if item_col else [])])
 
     wanted = {
         "customer_id": customer_col,
@@ -309,7 +329,10 @@ def load_events(
             log.info("%s: %d events with a negative amount kept as refunds", src, n_neg)
         out["amount"] = amount
     if item_col is not None:
-        out["item_id"] = raw[item_col]
+        items, n_stripped = strip_ids(raw[item_col])
+        if n_stripped:
+            log.warning("%s: %d item ids had surrounding spaces, removed", src, n_stripped)
+        out["item_id"] = items
     if quantity_col is not None:
         qty = to_numeric_strict(raw[quantity_col], source=src, column=quantity_col)
         if qty.isna().any():

@@ -5,9 +5,10 @@ Suggested actions (first matching rule wins; ``high value`` = CLV in the top ``v
 ===========================================  =====================================================
 rule                                          action — reason
 ===========================================  =====================================================
+lapsed, never bought (NaN ``recency_days``)   first-purchase offer — "no purchase yet"
 stage lapsed                                  win-back campaign — "lapsed: no purchase for N days"
 high value and (at_risk or p_churn ≥ τ)       retention offer — "high value, at risk"
-stage at_risk                                 re-engagement nudge — "at risk: churn p=…"
+stage at_risk                                 re-engagement nudge — "at risk: no purchase for N days, churn p=…"
 completeness < ``low_completeness``           ask next best question — "profile incomplete: ask <q>"
 stage new                                     onboarding — "new customer"
 stage won_back                                welcome-back offer — "won back after a long gap"
@@ -50,10 +51,14 @@ def _fmt_prob(p: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(p), "n/a", np.char.mod("%.2f", np.nan_to_num(p)))
 
 
+TOP_ITEMS_SEP = " | "  # joins the recommended item ids of a customers.csv cell (ids may hold spaces)
+
+
 def suggest_actions(customers: pd.DataFrame, *, churn_threshold: float = 0.5, value_quantile: float = 0.8,
                     low_completeness: float = 0.5) -> pd.DataFrame:
     """Columns ``action`` and ``reason`` for a frame with ``stage``, ``churn_probability``, ``clv``,
-    and optionally ``completeness``, ``next_best_question``, ``recency_days``, ``top5_items``.
+    and optionally ``completeness``, ``next_best_question``, ``recency_days``, ``top5_items`` (a
+    list of item ids per customer, or the ids joined by :data:`TOP_ITEMS_SEP`; the first is offered).
 
     ``high value`` is the top ``1 - value_quantile`` share by CLV among customers with a positive
     CLV (customers tied at the quantile are all left out when including them would exceed that
@@ -89,10 +94,12 @@ def suggest_actions(customers: pd.DataFrame, *, churn_threshold: float = 0.5, va
         else np.full(len(c), "")
     rec = num.get("recency_days", np.full(len(c), np.nan))
     rec = np.where(np.isfinite(rec), rec, np.nan)
-    top = (c["top5_items"].astype(object).fillna("").astype(str).str.split(" ").str[0].to_numpy()
-           if "top5_items" in c else np.full(len(c), ""))
+    top = (np.array([str(r[0]) if isinstance(r, (list, tuple, np.ndarray)) and len(r)
+                     else str(r).split(TOP_ITEMS_SEP)[0] if isinstance(r, str) else "" for r in c["top5_items"]],
+                    dtype=object) if "top5_items" in c else np.full(len(c), ""))
     with np.errstate(invalid="ignore"):
         conds = [
+            (stage == "lapsed") & np.isnan(rec) & ("recency_days" in c),
             stage == "lapsed",
             high & ((stage == "at_risk") | (p >= churn_threshold)),
             stage == "at_risk",
@@ -101,16 +108,21 @@ def suggest_actions(customers: pd.DataFrame, *, churn_threshold: float = 0.5, va
             stage == "won_back",
             high,
         ]
-    actions = ["win-back campaign", "retention offer", "re-engagement nudge", "ask next best question",
-               "onboarding", "welcome-back offer", "cross-sell"]
+    actions = ["first-purchase offer", "win-back campaign", "retention offer", "re-engagement nudge",
+               "ask next best question", "onboarding", "welcome-back offer", "cross-sell"]
     action = np.select(conds, actions, default="recommend")
-    days = np.char.mod("%d", np.nan_to_num(np.round(rec), nan=0).astype(np.int64))
-    lapsed = np.where(np.isnan(rec), "lapsed: no purchase before the cutoff",
-                      np.char.add(np.char.add("lapsed: no purchase for ", days), " days"))
+    days = np.char.mod("%d", np.nan_to_num(np.floor(rec), nan=0).astype(np.int64))  # full days
+    silent = np.char.add(np.char.add("no purchase for ", days), " days")
+    lapsed = np.where(np.isnan(rec), "lapsed", np.char.add("lapsed: ", silent))  # NaN: no recency column
+    # at risk by the stage's recency rule or by the churn probability: the reason gives both facts
+    at_risk = np.where(~np.isnan(rec),
+                       np.char.add(np.char.add(np.char.add("at risk: ", silent), ", churn p="), _fmt_prob(p)),
+                       np.char.add("at risk: churn p=", _fmt_prob(p)))
     reasons = np.select(conds, [
+        np.full(len(c), "no purchase yet"),
         lapsed,
         np.char.add("high value, at risk: churn p=", _fmt_prob(p)),
-        np.char.add("at risk: churn p=", _fmt_prob(p)),
+        at_risk,
         np.char.add("profile incomplete: ask ", question.astype(str)),
         np.full(len(c), "new customer"),
         np.full(len(c), "won back after a long gap"),
