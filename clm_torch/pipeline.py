@@ -47,6 +47,7 @@ from clm_torch.lifecycle.segments import choose_k, segment_summary
 from clm_torch.lifecycle.stages import STAGE_INPUTS, assign_stage
 from clm_torch.lifecycle.value import (
     clv_formula,
+    clv_learned,
     cohort_retention,
     per_period_churn_prob,
     run_rate_clv,
@@ -313,7 +314,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     spend_rate = run_rate_clv(sf_all, period_days).to_numpy()  # past spend per period
     clv_formula_v = clv_formula(float(v.margin) * spend_rate[:, None] * np.ones((1, int(v.periods))), surv,
                                 float(v.discount_rate))
-    clv_learned = float(v.margin) * spend_pred * (float(v.periods) * period_days / horizon)
+    clv_learned_v = clv_learned(spend_pred, margin=float(v.margin), horizon_days=horizon, period_days=period_days,
+                                periods=int(v.periods), discount_rate=float(v.discount_rate))
     stages = assign_stage(sf_all, p_churn, **OmegaConf.to_container(cfg.stages, resolve=True))
 
     customers_out = pd.DataFrame({
@@ -321,9 +323,9 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         "segment": segments,
         "stage": stages.to_numpy(),
         "churn_probability": p_churn,
-        "clv": clv_learned if v.clv == "learned" else clv_formula_v,
+        "clv": clv_learned_v if v.clv == "learned" else clv_formula_v,
         "clv_formula": clv_formula_v,
-        "clv_learned": clv_learned,
+        "clv_learned": clv_learned_v,
         "expected_spend_horizon": spend_pred,
         "gap_score": gap["gap_score"].to_numpy(),
         "completeness": gap["completeness"].to_numpy(),

@@ -13,8 +13,9 @@ Protocol (issue 5, "Quality bar", CLV on the synthetic base), per seed:
   data.id_col=customer_id ...``, 30 epochs max, early stopping), then applied to the score view.
 * Predictions, over every customer of the score view (as ``pipeline.truth_check`` does):
 
-  - **learned CLV**: the SpendRegressor's expected spend in the horizon (the pipeline's
-    ``clv_learned`` is this times a constant);
+  - **learned CLV**: the SpendRegressor's expected spend in the horizon as a per-period rate,
+    held over the CLV periods and discounted (``clv_learned``; a constant times the spend, so
+    its ranks are the spend's);
   - **formula CLV**: the pipeline's ``clv_formula`` column: margin × past spend per period ×
     survival ``S(t) = (1 − p)^t`` from the predicted churn probability, discounted
     (``configs/pipeline.yaml`` ``value:`` block);
@@ -100,6 +101,7 @@ def run_seed(seed: int, n_customers: int, variant: str, workdir: Path) -> dict[s
     from clm_torch.config import compose_config
     from clm_torch.lifecycle.value import (
         clv_formula,
+        clv_learned,
         per_period_churn_prob,
         run_rate_clv,
         spearman,
@@ -138,7 +140,8 @@ def run_seed(seed: int, n_customers: int, variant: str, workdir: Path) -> dict[s
     surv = survival_from_churn_prob(per_period_churn_prob(p_churn, horizon / period_days), int(v.periods))
     spend_rate = run_rate_clv(score_frame, period_days).to_numpy()
     preds = {
-        "learned": float(v.margin) * spend_pred * (float(v.periods) * period_days / horizon),
+        "learned": clv_learned(spend_pred, margin=float(v.margin), horizon_days=horizon, period_days=period_days,
+                               periods=int(v.periods), discount_rate=float(v.discount_rate)),
         "formula": clv_formula(float(v.margin) * spend_rate[:, None] * np.ones((1, int(v.periods))), surv,
                                float(v.discount_rate)),
         "run_rate": run_rate_clv(score_frame, horizon).to_numpy(),

@@ -14,6 +14,7 @@ from clm_torch.lifecycle.stages import STAGES, assign_stage
 from clm_torch.lifecycle.value import (
     churn_rate,
     clv_formula,
+    clv_learned,
     cohort_retention,
     per_period_churn_prob,
     rates_from_events,
@@ -53,6 +54,17 @@ def test_clv_with_survival_vectorised():
         clv_formula([1, 2, 3], [0.5, 0.5])
     with pytest.raises(ValueError):
         clv_formula([1, 2], [1.5, 0.5])
+
+
+def test_learned_clv_is_the_spend_rate_held_and_discounted_like_the_formula():
+    """90 in a 90-day horizon is 30 per 30-day period; margin 0.5 makes 15; two periods at 10 %:
+    15/1.1 + 15/1.21. It used to be undiscounted (margin x spend x periods x period / horizon), so
+    `clv_learned` and `clv_formula` in customers.csv were not on one footing."""
+    got = clv_learned([90.0, 0.0], margin=0.5, horizon_days=90, period_days=30, periods=2, discount_rate=0.1)
+    np.testing.assert_allclose(got, [15 / 1.1 + 15 / 1.21, 0.0])
+    np.testing.assert_allclose(clv_learned([90.0], margin=0.5, horizon_days=90, period_days=30, periods=2,
+                                           discount_rate=0.1),
+                               clv_formula([[15.0, 15.0]], None, 0.1))
 
 
 def test_survival_from_churn_prob():

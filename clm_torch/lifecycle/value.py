@@ -66,6 +66,22 @@ def clv_formula(
     return float(value) if np.ndim(value) == 0 else value
 
 
+def clv_learned(spend_horizon: ArrayLike, *, margin: float, horizon_days: float, period_days: float, periods: int,
+                discount_rate: float) -> np.ndarray:
+    """CLV from a model's expected spend over the next ``horizon_days`` (the spend model's
+    prediction): that spend as a rate per period, held for ``periods`` periods and discounted like
+    :func:`clv_formula`, whose survival is left out because the predicted spend already counts the
+    customers who leave. ``CLV = margin * spend * period_days / horizon_days * sum_t 1 / (1 + d)^t``.
+
+    Examples
+    --------
+    >>> float(clv_learned([90.0], margin=0.5, horizon_days=90, period_days=30, periods=2, discount_rate=0.0)[0])
+    30.0
+    """
+    per_period = float(margin) * np.asarray(spend_horizon, dtype="float64") * (float(period_days) / float(horizon_days))
+    return np.asarray(clv_formula(per_period[:, None] * np.ones((1, int(periods))), None, float(discount_rate)))
+
+
 def _check_finite(x: np.ndarray, what: str) -> None:
     """A ValueError naming the first missing or infinite value of ``x`` (CLV inputs are never NaN:
     a NaN would silently become a NaN value for the customer)."""
