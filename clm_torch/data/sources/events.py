@@ -111,7 +111,7 @@ def view_to_frame(view: CustomerView, target: str | None, sequence_length: int =
     frame = frame.drop(columns=[c for c in LABEL_COLUMNS if c in frame.columns])  # table columns named like labels
     # derived features that an optional input did not allow (e.g. diversity without an item column)
     empty = [c for c in (*FEATURE_COLUMNS, *RELATIVE_TIME_COLUMNS) if c in frame.columns and frame[c].isna().all()]
-    constant = [c for c in ("n_distinct_items",) if c in frame.columns and frame[c].nunique() <= 1]
+    constant = [c for c in ("n_distinct_items",) if c in frame.columns and c not in empty and frame[c].nunique() <= 1]
     if empty or constant:
         log.info("customer view: leaving out features without information: %s", empty + constant)
         frame = frame.drop(columns=empty + constant)
