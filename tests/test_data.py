@@ -163,6 +163,30 @@ def test_role_inference_and_overrides() -> None:
     assert "tenure" in s2.categorical and "tenure" not in s2.numeric
 
 
+def test_date_columns_are_named_and_left_out_of_the_features(caplog) -> None:
+    """A signup date read from a CSV (text) used to become a category with a level per date, and one of
+    datetime dtype (Parquet) was left out without a word: both are now the datetime role, not a
+    feature, with a warning that says how to use them; numbers, free text and a role override are
+    not affected."""
+    import logging
+
+    n = 60
+    dates = pd.Timestamp("2020-01-01") + pd.to_timedelta(np.arange(n) * 7, unit="D")
+    df = pd.DataFrame({"id": range(n), "signup": dates.strftime("%Y-%m-%d"), "seen": dates,
+                       "last_login": list(dates.strftime("%Y-%m-%dT%H:%M:%S+02:00")[:-1]) + ["n/a"],
+                       "code": [f"{2000 + i}-{i % 12 + 1:02d}-xx" for i in range(n)], "year": 2000 + np.arange(n),
+                       "y": np.arange(n) % 2})
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.schema"):
+        s = infer_schema(df, target="y", id_col="id")
+    assert s.datetime == ["signup", "seen", "last_login"] and s.categorical == ["code"] and s.numeric == ["year"]
+    assert "column 'signup' holds dates: not a feature" in caplog.text
+    assert "+data.roles.categorical=[signup]" in caplog.text
+    assert infer_schema(df, target="y", id_col="id", overrides={"categorical": ["signup"]}).categorical == ["signup",
+                                                                                                         "code"]
+    enc = FeatureEncoder.from_schema(s).fit(df)
+    assert enc.feature_columns == ["year", "code"]
+
+
 # ----------------------------------------------------------------------------- cleaning
 def test_cleaning_dedupes_normalises_and_leaves_input_untouched() -> None:
     df = pd.DataFrame({

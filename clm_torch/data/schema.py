@@ -293,6 +293,19 @@ def _looks_numeric(s: pd.Series) -> bool:
     return bool(rows[keep][parses].sum() / rows[keep].sum() > 0.98)
 
 
+_DATE_TEXT = r"^\s*\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?\s*$"
+
+
+def _looks_like_dates(s: pd.Series) -> bool:
+    """Text whose distinct non-missing values are all ISO dates or times ('2024-03-01', '2024-03-01
+    10:00', '2024-03-01T10:00:00+02:00') that parse."""
+    values = pd.Series(pd.unique(s.dropna().astype("string")), dtype="string")
+    values = values[~_is_missing_token(values).to_numpy(dtype=bool)]
+    if values.empty or not values.iloc[:100].str.match(_DATE_TEXT).all() or not values.str.match(_DATE_TEXT).all():
+        return False  # (the first 100 first: a text column of another kind is told apart at once)
+    return bool(pd.to_datetime(values, format="ISO8601", errors="coerce", utc=True).notna().all())
+
+
 def infer_schema(
     df: pd.DataFrame,
     *,
@@ -334,8 +347,11 @@ def infer_schema(
         nonnull = s.dropna()
         if len(nonnull) == 0:
             raise SchemaError("column is entirely empty; drop it or give it values", source=source, column=col)
-        if pd.api.types.is_datetime64_any_dtype(s):
-            schema.datetime.append(col)
+        if pd.api.types.is_datetime64_any_dtype(s) or (s.dtype == object or pd.api.types.is_string_dtype(s)) \
+                and _looks_like_dates(s):
+            schema.datetime.append(col)  # as a category each date would be a level of its own
+            log.warning("%s: column '%s' holds dates: not a feature. Derive a number from it (e.g. days since "
+                        "signup), or use it as a category with +data.roles.categorical=[%s]", source, col, col)
             continue
         n_unique = nonnull.nunique()
         if n_unique <= 2:
