@@ -115,6 +115,45 @@ def test_sharded_ranks_take_equal_steps_and_weigh_every_row_once(tmp_path: Path)
     assert r0["scale"] == pytest.approx(2 * r0["n_train"] / n) and r1["scale"] == pytest.approx(2 * r1["n_train"] / n)
 
 
+def _bad_shard_worker(rank: int, world: int, port: int, shards: str, out_dir: str) -> None:
+    from clm_torch.data.schema import SchemaError
+    from clm_torch.data.sharded import ShardedTableDataModule
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        dm = ShardedTableDataModule(shards, target="churn", id_col="customer_id", batch_size=32, sample_rows=100)
+        dm.setup()
+        try:
+            dm.train_dataloader()
+            message = None
+        except SchemaError as e:
+            message = str(e)
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"error": message}))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned interpreters
+def test_a_bad_shard_on_one_rank_stops_every_rank_with_its_message(tmp_path: Path) -> None:
+    """A value the sample did not contain ('seven' in rank 1's shard) used to stop rank 1 with its one
+    line while rank 0 died inside the next collective with gloo's 'Connection closed by peer': now
+    every rank raises the same named error (rank 0 says on which rank)."""
+    from tests.test_sharded import write_shards
+
+    table = messy_table(900)
+    shards = write_shards(table, tmp_path / "shards", 2)
+    part = pd.read_parquet(shards / "part-001.parquet")
+    part["tenure"] = part["tenure"].astype(object)
+    part.loc[part.index[-1], "tenure"] = "seven"
+    part.astype({"tenure": str}).to_parquet(shards / "part-001.parquet", index=False)
+    part0 = pd.read_parquet(shards / "part-000.parquet")
+    part0.astype({"tenure": str}).to_parquet(shards / "part-000.parquet", index=False)  # one kind in both
+    mp.spawn(_bad_shard_worker, args=(2, _free_port(), str(shards), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text())["error"] for r in (0, 1))
+    assert r1 is not None and "part-001.parquet, column 'tenure'" in r1 and "'seven'" in r1, r1
+    assert r0 == f"(on rank 1) {r1}"
+
+
 # ---------------------------------------------------------------------------- the CLI, end to end
 def _run_cli(tmp: Path, *overrides: str) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).parent / "clm-train"

@@ -109,8 +109,12 @@ def test_local_sampler_gives_every_rank_the_same_number_of_batches() -> None:
 
 def test_shard_problems_are_named_errors(table: pd.DataFrame, tmp_path: Path) -> None:
     shards = write_shards(table, tmp_path / "s2", 2)
-    with pytest.raises(SchemaError, match="2 shards for 3 ranks"):
+    with pytest.raises(SchemaError, match="2 shards with rows for 3 ranks: every rank needs"):
         _dm(shards, 0, 3).tensors["train"]
+    table.iloc[:0].to_parquet(shards / "part-009.parquet", index=False)  # an empty shard is not a rank's share
+    with pytest.raises(SchemaError, match=r"2 shards with rows for 3 ranks \(1 more are empty\)"):
+        _dm(shards, 2, 3).tensors["train"]
+    (shards / "part-009.parquet").unlink()
     with pytest.raises(SchemaError, match="no Parquet shards found"):
         ShardedTableDataModule(str(tmp_path / "nothing-*.parquet"), target="churn", id_col="customer_id")
     with pytest.raises(SchemaError, match="data.id_col is required"):
@@ -133,6 +137,31 @@ def test_shard_problems_are_named_errors(table: pd.DataFrame, tmp_path: Path) ->
     table.iloc[700:].assign(extra=1).to_parquet(broken / "part-001.parquet", index=False)
     with pytest.raises(SchemaError, match=r"part-001\.parquet, column 'extra': the shards differ in their columns"):
         _dm(broken)
+
+
+def test_a_column_of_another_type_in_one_shard_is_refused_in_training_and_evaluation(table: pd.DataFrame,
+                                                                                       tmp_path: Path) -> None:
+    """A shard whose column is text where the others hold numbers (or booleans where they hold
+    'Yes'/'No') used to train without a word, the column turned into a category for every shard; the
+    evaluation source read a shard without a column as NaN. Both are named errors now; int and float
+    (a missing value in one shard) are one kind, and so is an all-missing column."""
+    from clm_torch.data.sharded import ParquetShardsSource, shard_files
+
+    shards = write_shards(table, tmp_path / "s", 3)
+    part = pd.read_parquet(shards / "part-002.parquet")
+    part.assign(tenure=part["tenure"].astype(str) + " months").to_parquet(shards / "part-002.parquet", index=False)
+    with pytest.raises(SchemaError, match=r"part-002\.parquet, column 'tenure': text in this shard but number in "
+                                          r"part-000\.parquet"):
+        _dm(shards)
+    source = ParquetShardsSource(shard_files(shards), str(shards), "churn", "customer_id", {}, [])
+    with pytest.raises(SchemaError, match=r"part-002\.parquet, column 'tenure': text in this shard"):
+        source.load()
+    part.drop(columns="region").to_parquet(shards / "part-002.parquet", index=False)
+    with pytest.raises(SchemaError, match=r"part-002\.parquet, column 'region': the shards differ in their columns"):
+        source.load()
+    part.assign(tenure=part["tenure"].astype(float), region=None).to_parquet(shards / "part-002.parquet", index=False)
+    assert len(source.load().frame) == len(table) and _dm(shards).encoder.feature_columns == _dm(
+        write_shards(table, tmp_path / "ok", 3)).encoder.feature_columns
 
 
 def test_empty_shards_other_column_orders_and_float_ids(table: pd.DataFrame, tmp_path: Path) -> None:

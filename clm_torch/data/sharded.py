@@ -75,6 +75,55 @@ def _shard_rows(f: Path) -> int:
         raise SchemaError(f"cannot read Parquet shard: {type(e).__name__}: {e}", source=str(f)) from None
 
 
+def _column_kind(t: Any) -> str:
+    """An Arrow type's family: a shard's column may be int in one file and float in another (a
+    missing value), but not text in one and numbers in another."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    for kind, test in (("null", pa.types.is_null), ("bool", pa.types.is_boolean), ("text", pa.types.is_string),
+                       ("text", pa.types.is_large_string), ("datetime", pa.types.is_temporal)):
+        if test(t):
+            return kind
+    return "number" if (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)) else str(t)
+
+
+def check_shard_columns(files: Sequence[Path], sizes: Sequence[int], required: Mapping[str, str] = {}) -> None:
+    """The non-empty shards hold the same columns (in any order), each of one kind (numbers, text,
+    booleans, times; int and float are one kind): read from the files' metadata, so that a column
+    written as text in one shard cannot make the whole table's column a category (or missing).
+    ``required``: column → what it is (``"target"``), named when a shard lacks it."""
+    import pyarrow.parquet as pq
+
+    first: tuple[Path, dict[str, str]] | None = None
+    for f, n in zip(files, sizes):
+        if n == 0:
+            continue
+        try:
+            kinds = {field.name: _column_kind(field.type) for field in pq.read_schema(f)
+                     if not field.name.startswith("__index_level_")}
+        except Exception as e:  # noqa: BLE001 - an unreadable shard is the user's file problem
+            raise SchemaError(f"cannot read Parquet shard: {type(e).__name__}: {e}", source=str(f)) from None
+        for col, what in required.items():
+            if col not in kinds:
+                raise SchemaError(f"{what} not found; columns are {list(kinds)}", source=str(f), column=col)
+        if first is None:
+            first = (f, kinds)
+            continue
+        ref_file, ref = first
+        extra = [c for c in kinds if c not in ref]
+        lost = [c for c in ref if c not in kinds]
+        if extra or lost:
+            what = f"not in {ref_file.name}" if extra else f"missing ({ref_file.name} has it)"
+            raise SchemaError(f"the shards differ in their columns: this one is {what}", source=str(f),
+                              column=(extra or lost)[0])
+        for col, kind in kinds.items():
+            if "null" not in (kind, ref[col]) and kind != ref[col]:
+                raise SchemaError(f"{kind} in this shard but {ref[col]} in {ref_file.name}: write the column with "
+                                  "one type in every shard", source=str(f), column=col)
+
+
 def _sample_shard(f: Path, k: int, rng: np.random.Generator) -> pd.DataFrame:
     """``k`` rows of shard ``f`` drawn with ``rng``, reading only as many of its row groups (chosen at
     random) as hold ``k`` rows: a shard written as one row group is read whole."""
@@ -174,7 +223,9 @@ class ParquetShardsSource:
         self.roles, self.drop = {k: list(v) for k, v in roles.items()}, list(drop)
 
     def load(self) -> TableData:
-        frame = pd.concat([_read_shard(f) for f in self.files if _shard_rows(f) > 0], ignore_index=True)
+        sizes = [_shard_rows(f) for f in self.files]
+        check_shard_columns(self.files, sizes, {c: w for c, w in ((self.id_col, "id column"),) if c})
+        frame = pd.concat([_read_shard(f) for f, n in zip(self.files, sizes) if n > 0], ignore_index=True)
         return TableData(frame, name=self.name, target=self.target, id_col=self.id_col, roles=self.roles,
                          drop=self.drop)
 
@@ -242,11 +293,15 @@ class ShardedTableDataModule(TableDataModule):
         return self._rank_override or _dist_info()
 
     def my_shards(self) -> list[Path]:
+        """This rank's shards: every ``world``-th of the non-empty ones (empty shards hold no rows)."""
         rank, world = self.rank_world()
-        if len(self.files) < world:
-            raise SchemaError(f"{len(self.files)} shards for {world} ranks: every rank needs at least one shard "
-                              "(split the table into more files)", source=self.name)
-        return self.files[rank::world]
+        files = [f for f in self.files if self._sizes.get(f, 1) > 0]
+        if len(files) < world:
+            empty = len(self.files) - len(files)
+            raise SchemaError(f"{len(files)} shards with rows for {world} ranks"
+                              + (f" ({empty} more are empty)" if empty else "")
+                              + ": every rank needs at least one (split the table into more files)", source=self.name)
+        return files[rank::world]
 
     # ------------------------------------------------------------------ setup: preprocessing from a sample
     def setup(self, stage: str | None = None) -> None:
@@ -259,6 +314,8 @@ class ShardedTableDataModule(TableDataModule):
         if total == 0:
             raise SchemaError("the shards hold no rows", source=self.name)
         self._sizes = dict(zip(self.files, sizes))
+        check_shard_columns(self.files, sizes, {c: w for c, w in ((data.target, "target"), (data.id_col, "id column"))
+                                                if c})
         parts: list[pd.DataFrame] = []
         for i, (f, n_f) in enumerate(zip(self.files, sizes)):
             if n_f == 0:  # Spark and Dask write empty partitions
@@ -394,10 +451,26 @@ class ShardedTableDataModule(TableDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
-        t = self.tensors[split]
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        try:
+            t = self.tensors[split]
+        except SchemaError as e:
+            if not distributed:
+                raise
+            t, error = None, e
+        else:
+            error = None
+        if distributed:  # one rank's bad shard stops every rank with its message, not a broken collective
+            errors: list[str | None] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(errors, None if error is None else str(error))
+            if error is not None:
+                raise error
+            failed = [(r, m) for r, m in enumerate(errors) if m is not None]
+            if failed:
+                raise SchemaError(f"(on rank {failed[0][0]}) {failed[0][1]}")
         n = len(t["row"])
         counts = [n]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if distributed:
             counts = [0] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(counts, n)
         rank = self.rank_world()[0] if len(counts) > 1 else 0
