@@ -87,6 +87,15 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, resume: bool = Tr
     return str(ckpt_path)
 
 
+def check_resume_epochs(ckpt: dict[str, Any], path: str, max_epochs: Any) -> None:
+    """Refuse a resume whose ``trainer.max_epochs`` lies before the checkpoint's epoch (Lightning stops
+    with a MisconfigurationException traceback inside fit)."""
+    epoch = ckpt.get("epoch")
+    if isinstance(epoch, int) and max_epochs not in (None, -1) and epoch > int(max_epochs):
+        raise CheckpointError(f"{path}: the run is at epoch {epoch} (counted from 0), past trainer.max_epochs="
+                              f"{max_epochs}; pass a larger trainer.max_epochs to continue it")
+
+
 class SettingError(ValueError):
     """A command-line setting that has the wrong type (``trainer.max_epochs=abc``)."""
 
@@ -350,6 +359,8 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
     resume_ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir) if fit else None
     used = resume_ckpt or eval_ckpt
     used_ckpt = check_checkpoint_fits(used, objects["model"], resuming=fit) if used else None
+    if resume_ckpt and used_ckpt is not None:
+        check_resume_epochs(used_ckpt, resume_ckpt, cfg.trainer.get("max_epochs"))
     check_launcher(objects["trainer"], allow_relaunch)
     dm, model, trainer, loggers = objects["datamodule"], objects["model"], objects["trainer"], objects["loggers"]
     t0 = time.time()

@@ -259,6 +259,13 @@ def test_resume_with_more_epochs_keeps_the_csv_rows_and_stretches_the_cosine(mak
     assert all(g["lr"] < 1e-9 for g in last["optimizer_states"][0]["param_groups"])  # cos(π) at epoch 4 of 4
     rows = pd.read_csv(run / "csv" / "metrics.csv")
     assert sorted(rows.dropna(subset=["train/loss"])["epoch"].astype(int)) == [0, 1, 2, 3]
+    # a resume with max_epochs before the checkpoint's epoch: a named error before fit (it was Lightning's
+    # MisconfigurationException traceback), the run as it was
+    before = {p: p.read_bytes() for p in (run / "metrics.json", run / "csv" / "metrics.csv")}
+    with pytest.raises(CheckpointError, match=r"last\.ckpt: the run is at epoch 3 \(counted from 0\), past "
+                                              r"trainer\.max_epochs=2; pass a larger trainer\.max_epochs"):
+        train(make_cfg(*args, "trainer.max_epochs=2", "ckpt_path=last"))
+    assert {p: p.read_bytes() for p in before} == before
 
 
 def test_a_setting_left_missing_is_one_clear_line(make_cfg, capsys) -> None:
