@@ -12,7 +12,9 @@ writes into ``<run>/data/``, into its own sub-run ``<run>/<model>/``.
 
 Run directory::
 
-    data/                     train_view.parquet, score_view.parquet, interactions.parquet, customers_clean.parquet
+    data/                     train_view.parquet (labelled), profile_view.parquet (the VAE's: every customer
+                              at the training cutoff, no labels), score_view.parquet, interactions.parquet,
+                              customers_clean.parquet
     vae/ churn/ recommender/ spend/   one train() sub-run each: checkpoints/, tensorboard/, metrics.json
     customers.csv             one row per customer: segment, stage, churn probability, CLV, gap score,
                               next best question, top-5 recommendations, action and reason
@@ -149,6 +151,26 @@ def clean_customers(customers: pd.DataFrame | None, source: str) -> pd.DataFrame
     return clean
 
 
+def _view_kwargs(inputs: dict[str, Any]) -> dict[str, Any]:
+    extra: dict[str, Any] = {"customers_source": inputs.get("customers_source")}
+    items = inputs.get("items")
+    if items is not None and {"item_id", "category"} <= set(items.columns):  # purchase shares per category
+        extra.update(item_categories=items.set_index("item_id")["category"], category_shares=True)
+    return extra
+
+
+def profile_view(inputs: dict[str, Any], customers: pd.DataFrame | None, horizon: float, n_last: int,
+                 columns: Sequence[str]) -> pd.DataFrame:
+    """What the unsupervised VAE learns from: the view at cutoff − horizon with ``columns`` (the
+    training view's features), for every customer of the table too. The labelled training view
+    leaves out the table's customers without a purchase by then (some joined later); the score view
+    holds such customers (those who never bought), so the VAE must know their kind of profile. No
+    labels, so nothing of the label window reaches it."""
+    pv = build_customer_view(inputs["events"], inputs["cutoff"] - pd.Timedelta(days=horizon), horizon_days=horizon,
+                             customers=customers, n_last=n_last, **_view_kwargs(inputs))
+    return view_to_frame(pv, None, 0, min_step_customers=10).reindex(columns=list(columns))
+
+
 def build_views(inputs: dict[str, Any], customers: pd.DataFrame | None, horizon: float, n_last: int,
                 sequence_length: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train view at cutoff − horizon with its labels, score view at the cutoff).
@@ -158,13 +180,9 @@ def build_views(inputs: dict[str, Any], customers: pd.DataFrame | None, horizon:
     """
     cutoff = inputs["cutoff"]
     train_cut = cutoff - pd.Timedelta(days=horizon)
-    items = inputs.get("items")
     # the customer table is current at the scoring cutoff (or data.customers_as_of): in the training
     # view its customers without an event before train_cut are left out (some joined after it)
-    extra: dict[str, Any] = {"customers_source": inputs.get("customers_source"),
-                             "customers_as_of": inputs.get("customers_as_of", cutoff)}
-    if items is not None and {"item_id", "category"} <= set(items.columns):  # purchase shares per category
-        extra.update(item_categories=items.set_index("item_id")["category"], category_shares=True)
+    extra = {**_view_kwargs(inputs), "customers_as_of": inputs.get("customers_as_of", cutoff)}
     tv = build_customer_view(inputs["events"], train_cut, horizon_days=horizon, customers=customers, n_last=n_last,
                              **extra)
     sv = build_customer_view(inputs["events"], cutoff, horizon_days=horizon, customers=customers, n_last=n_last,
@@ -254,8 +272,11 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     check_views(inputs, train_frame, horizon, cfg.data)
     # the purchase-sequence columns feed only the churn model's sequence encoder
     seq_cols = [c for c in train_frame.columns if parse_sequence_column(c) is not None]
-    paths = {k: out / "data" / f"{k}.parquet" for k in ("train_view", "score_view", "interactions")}
+    profile_frame = profile_view(inputs, customers, horizon, int(cfg.n_last),
+                                 [c for c in train_frame.columns if c not in ("churn", "future_spend", *seq_cols)])
+    paths = {k: out / "data" / f"{k}.parquet" for k in ("train_view", "profile_view", "score_view", "interactions")}
     train_frame.to_parquet(paths["train_view"], index=False)
+    profile_frame.to_parquet(paths["profile_view"], index=False)
     score_frame.to_parquet(paths["score_view"], index=False)
     ev[["customer_id", "item_id", "timestamp"]].dropna().to_parquet(paths["interactions"], index=False)
     if customers is not None:
@@ -265,9 +286,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
          f"score at {inputs['cutoff']:%Y-%m-%d} ({len(score_frame):,} customers)")
 
     table = ["data=parquet", "data.id_col=customer_id", "~logger" if not cfg.tensorboard else "logger=tensorboard"]
-    # 4. VAE (unsupervised: the labels are dropped)
-    vae_m, vae = run_model("vae", ["model=infogap_vae", *table, f"data.path={paths['train_view']}",
-                                   f"data.drop=[{','.join(['churn', 'future_spend', *seq_cols])}]"],
+    # 4. VAE (unsupervised: no labels) on every customer known at the training cutoff
+    vae_m, vae = run_model("vae", ["model=infogap_vae", *table, f"data.path={paths['profile_view']}"],
                            cfg.models.get('vae'), out, root, int(cfg.seed))
     # 5. churn with the VAE's features
     churn_m, churn = run_model("churn", ["model=churn", *table, f"data.path={paths['train_view']}",

@@ -45,6 +45,12 @@ def test_pipeline_writes_every_output(tiny_pipeline_run: Path) -> None:
     train_cut = log["timestamp"].max().normalize() + pd.Timedelta(days=1) - pd.Timedelta(days=90)
     first = log.groupby("customer_id")["timestamp"].min()
     assert (first.reindex(train_ids) < train_cut + pd.Timedelta(days=1)).all()
+    # the VAE learns from every customer then, the table's without a purchase too (the score view has
+    # such customers), and from no label
+    profile = pd.read_parquet(run / "data" / "profile_view.parquet")
+    assert set(train_ids) < set(profile["customer_id"].astype(str)) and not {"churn", "future_spend"} & set(profile)
+    assert (profile["frequency"] == 0).sum() > (pd.read_parquet(run / "data" / "train_view.parquet")["frequency"]
+                                                == 0).sum()
     segments = pd.read_csv(run / "segments.csv")
     assert segments["size"].sum() == len(customers)
     assert {"mean_churn_probability", "mean_clv", "top_top_items", "top_gap"} <= set(segments.columns)
