@@ -23,6 +23,32 @@ def _quiet_third_party_warnings() -> None:
 
 _quiet_third_party_warnings()
 
+
+def _rank_log_suffix() -> str:
+    """``""`` in a single process and on global rank 0; ``".rank<r>"`` (``RANK``, as torchrun sets it)
+    or ``".node<n>.rank<local>"`` (Lightning's launcher sets ``NODE_RANK`` and ``LOCAL_RANK``) on the
+    other ranks of a DDP run, so that every rank writes a log file of its own instead of interleaving
+    its lines with rank 0's (``configs/hydra/default.yaml``)."""
+    import os
+
+    if os.environ.get("RANK", "").isdigit():
+        rank = int(os.environ["RANK"])
+        return f".rank{rank}" if rank > 0 else ""
+    local, node = int(os.environ.get("LOCAL_RANK", 0) or 0), int(os.environ.get("NODE_RANK", 0) or 0)
+    if node > 0:
+        return f".node{node}.rank{local}"
+    return f".rank{local}" if local > 0 else ""
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("clm_rank_suffix"):
+        OmegaConf.register_new_resolver("clm_rank_suffix", _rank_log_suffix)
+
+
+_register_resolvers()
+
 from clm_torch.data.schema import SchemaError
 from clm_torch.models.churn import ChurnClassifier
 from clm_torch.models.infogap_vae import InfoGapVAE

@@ -189,6 +189,10 @@ def test_ddp_sim_from_the_cli(tmp_path: Path, strategy: str) -> None:
     if strategy == "ddp":  # ranks are separate interpreters: every event file comes from the launching rank 0
         assert len({f.name.split(".")[-2] for f in events}) == 1, events
     assert (run / ".hydra" / "config.yaml").exists() and (run / "checkpoints" / "best.ckpt").exists()
+    if strategy == "ddp":  # the re-run command logs to a file of its own, not into rank 0's
+        logs = {p.name: p.read_text() for p in run.glob("*.log")}
+        assert sorted(logs) == ["train.log", "train.rank1.log"], sorted(logs)
+        assert all(text.count("cleaning ") == 1 for text in logs.values()), logs
     # train/loss: one value for the epoch, from the running sums of both ranks (summed across them)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
