@@ -34,7 +34,11 @@ def _rank_log_suffix() -> str:
     if os.environ.get("RANK", "").isdigit():
         rank = int(os.environ["RANK"])
         return f".rank{rank}" if rank > 0 else ""
-    local, node = int(os.environ.get("LOCAL_RANK", 0) or 0), int(os.environ.get("NODE_RANK", 0) or 0)
+    def number(name: str) -> int:
+        value = os.environ.get(name, "")
+        return int(value) if value.isdigit() else 0
+
+    local, node = number("LOCAL_RANK"), number("NODE_RANK")
     if node > 0:
         return f".node{node}.rank{local}"
     return f".rank{local}" if local > 0 else ""

@@ -340,7 +340,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from clm_torch.train import check_run_dir
 
     output_dir = Path(cfg.paths.output_dir)
-    check_run_dir(output_dir, resuming=False)  # never over a training run's (or another evaluation's) files
+    check_run_dir(output_dir, resuming=False, can_resume=False)  # never over a training run's (or another evaluation's) files
     output_dir.mkdir(parents=True, exist_ok=True)
     print(f"[clm_torch] evaluation directory: {output_dir}", flush=True)
     if cfg.get("ckpt_path") in (None, "", "???"):

@@ -193,20 +193,17 @@ class Run:
 
 
 def latest_run(task: str = "pipeline", start: str | Path = ".") -> Path | None:
-    """The newest finished run (one with a ``metrics.json``) in ``logs/<task>/runs/`` of ``start`` or
-    of its nearest parent folder that has one (a notebook's folder is usually below the project's);
-    None when there is none. Run folders are timestamps, so the newest sorts last.
+    """The most recently finished run (the newest ``metrics.json``) in ``logs/<task>/runs/`` of
+    ``start`` and of every folder above it (a notebook's folder is usually below the project's, and
+    both may hold runs); None when there is none.
 
     Example::
 
         run = load_run(latest_run("pipeline"))   # the run `make run` wrote last
     """
-    for folder in (Path(start).resolve(), *Path(start).resolve().parents):
-        runs = folder / "logs" / task / "runs"
-        finished = sorted(p.parent for p in runs.glob("*/metrics.json")) if runs.is_dir() else []
-        if finished:
-            return finished[-1]
-    return None
+    finished = [p for folder in (Path(start).resolve(), *Path(start).resolve().parents)
+                for p in (folder / "logs" / task / "runs").glob("*/metrics.json")]
+    return max(finished, key=lambda p: (p.stat().st_mtime, str(p))).parent if finished else None
 
 
 def load_run(run_dir: str | Path, map_location: Any = "cpu") -> Run:

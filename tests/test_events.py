@@ -665,8 +665,9 @@ def test_compact_dates_are_read_as_dates_and_excel_day_numbers_are_refused(tmp_p
     ev = load_events(path, customer_col="cid", time_col="ts", now="2025-01-01")
     assert ev["timestamp"].tolist() == [pd.Timestamp("2024-01-01"), pd.Timestamp("2024-02-29"),
                                         pd.Timestamp("2023-12-31")]
-    # not all valid dates (20240230): they stay epoch seconds, 1970, and are refused as before 1980
-    _raises(_csv(tmp_path, "cid,ts\nA,20240101\nA,20240230\n"), ["column 'ts'", "before 1980"], now="2025-01-01")
+    # one of them not a date (20240230): named, with its row
+    _raises(_csv(tmp_path, "cid,ts\nA,20240101\nA,20240230\n"), ["column 'ts', row 1", "20240230 is not a date"],
+            now="2025-01-01")
     _raises(_csv(tmp_path, "cid,ts\nA,45292\nA,45300\n"), ["column 'ts'", "before 1980", "Excel day numbers"],
             now="2025-01-01")
 

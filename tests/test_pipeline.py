@@ -204,6 +204,13 @@ def test_the_cutoff_settings_of_an_event_log_pipeline(tmp_path: Path) -> None:
     for setting in ("data.cutoff=2024-13-45", "data.customers_as_of=soon"):
         with pytest.raises(SchemaError, match=rf"{setting.split('=')[0]}='{setting.split('=')[1]}' is not a date"):
             load_inputs(compose_cfg([*base, setting], tmp_path / "b", config_name="pipeline.yaml"))
+    # the command line makes 20240601 a number: a whole YYYYMMDD is that date (it used to be 20 ms after
+    # 1970, which switched the leak guard off); another number is refused
+    compact = load_inputs(compose_cfg([*base, "data.customers_as_of=20240601", "data.cutoff=20240301"], tmp_path / "c",
+                                      config_name="pipeline.yaml"))
+    assert (compact["customers_as_of"], compact["cutoff"]) == (pd.Timestamp("2024-06-01"), pd.Timestamp("2024-03-01"))
+    with pytest.raises(SchemaError, match=r"data.cutoff=12345 is a number, not a date"):
+        load_inputs(compose_cfg([*base, "data.cutoff=12345"], tmp_path / "d", config_name="pipeline.yaml"))
 
 
 def test_views_the_models_cannot_learn_from_are_refused_before_training() -> None:

@@ -159,6 +159,23 @@ def test_a_column_of_another_type_in_one_shard_is_refused_in_training_and_evalua
     part.drop(columns="region").to_parquet(shards / "part-002.parquet", index=False)
     with pytest.raises(SchemaError, match=r"part-002\.parquet, column 'region': the shards differ in their columns"):
         source.load()
+    # an all-missing column in the first shard does not hide text in one shard and numbers in another
+    part0 = pd.read_parquet(shards / "part-000.parquet")
+    part0.assign(tenure=None).to_parquet(shards / "part-000.parquet", index=False)
+    part.assign(tenure=part["tenure"].astype(str)).to_parquet(shards / "part-002.parquet", index=False)
+    with pytest.raises(SchemaError, match=r"part-002\.parquet, column 'tenure': text in this shard but number in "
+                                          r"part-001\.parquet"):
+        source.load()
+    part0.to_parquet(shards / "part-000.parquet", index=False)
+    # Arrow's string_view is text like string
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    view = pa.Table.from_pandas(part, preserve_index=False)
+    i = view.schema.get_field_index("customer_id")
+    view = view.set_column(i, pa.field("customer_id", pa.string_view()), view.column(i).cast(pa.string_view()))
+    pq.write_table(view, shards / "part-002.parquet")
+    assert len(source.load().frame) == len(table)
     part.assign(tenure=part["tenure"].astype(float), region=None).to_parquet(shards / "part-002.parquet", index=False)
     assert len(source.load().frame) == len(table) and _dm(shards).encoder.feature_columns == _dm(
         write_shards(table, tmp_path / "ok", 3)).encoder.feature_columns

@@ -25,7 +25,7 @@ from clm_torch.callbacks import OverfitBatches
 from clm_torch.data.datamodules import TableDataModule
 from clm_torch.data.sources import FrameSource
 from clm_torch.evaluate import evaluate, evaluate_model
-from clm_torch.train import train
+from clm_torch.train import RunDirectoryError, train
 from clm_torch.utils.progress import chunks, progress_enabled, track
 from tests.conftest import REPO, compose_cfg, messy_table
 
@@ -231,9 +231,69 @@ def test_evaluate_errors(sweep, tmp_path: Path) -> None:
     assert "tenure" in out.stderr and "missing" in out.stderr
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0  # one clear line
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "metrics.json").write_text("{}")
+    with pytest.raises(RunDirectoryError, match=r"nothing was overwritten\. Choose a new hydra\.run\.dir$"):
+        evaluate(_eval_cfg(tmp_path, sweep.dir / "0", *_csv_data(sweep.csv), out="done"))  # no resume offered
 
 
 # ------------------------------------------------------------------------------------ load_run
+def test_latest_run_is_the_last_finished_here_or_above(tmp_path: Path) -> None:
+    """The notebooks' default run: the most recently finished one in logs/<task>/runs/ of their folder
+    or of any folder above it (a small run made from notebooks/ must not hide a later `make run` at the
+    project root), whatever the run folders are called; None when there is none."""
+    from clm_torch import latest_run
+
+    def finish(run: Path, when: float) -> Path:
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text("{}")
+        os.utime(run / "metrics.json", (when, when))
+        return run
+
+    nb = tmp_path / "project" / "notebooks"
+    nb.mkdir(parents=True)
+    assert latest_run("pipeline", nb) is None
+    small = finish(nb / "logs" / "pipeline" / "runs" / "2026-01-01_00-00-00-000000", 1_000)
+    assert latest_run("pipeline", nb) == small
+    full = finish(tmp_path / "project" / "logs" / "pipeline" / "runs" / "my_final_run", 2_000)
+    (full.parent / "2027-01-01_00-00-00-000000").mkdir()  # a later run that did not finish
+    assert latest_run("pipeline", nb) == full and latest_run("pipeline", nb.parent) == full
+    assert latest_run("train", nb) is None
+
+
+def test_the_eval_mode_warning_is_silenced_only_until_training_starts() -> None:
+    """ChurnClassifier silences Lightning's 'modules in eval mode' warning for its frozen VAE from
+    on_fit_start until on_train_start (Lightning warns between the two): a fit that fails later, which
+    never reaches on_fit_end, leaves no filter behind to hide the warning from another model."""
+    import warnings
+
+    stub = SimpleNamespace(infogap=torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.ReLU()))
+    stub._drop_eval_filter = lambda: ChurnClassifier._drop_eval_filter(stub)
+    before = list(warnings.filters)
+    ChurnClassifier.on_fit_start(stub)
+    assert warnings.filters[0][1].pattern.startswith(r"Found 3 module\(s\) in eval mode")
+    ChurnClassifier.on_train_start(stub)
+    assert warnings.filters == before
+
+
+def test_rank_log_suffix(monkeypatch) -> None:
+    """Each rank of a DDP run logs to its own file; odd environment values never stop a run."""
+    from clm_torch import _rank_log_suffix
+
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert _rank_log_suffix() == ""
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert _rank_log_suffix() == ".rank1"
+    monkeypatch.setenv("NODE_RANK", "2")
+    assert _rank_log_suffix() == ".node2.rank1"
+    monkeypatch.setenv("RANK", "5")
+    assert _rank_log_suffix() == ".rank5"
+    monkeypatch.setenv("RANK", "-1")
+    monkeypatch.setenv("LOCAL_RANK", "abc")
+    monkeypatch.setenv("NODE_RANK", "")
+    assert _rank_log_suffix() == ""
+
 def test_load_run_returns_config_models_and_metrics(sweep) -> None:
     job = sweep.dir / "0"
     run = load_run(job)

@@ -123,6 +123,14 @@ def parse_cutoff(value: Any, *, setting: str) -> pd.Timestamp:
     """A date setting (``data.cutoff``, ``data.customers_as_of``) as a naive UTC timestamp: an ISO
     date or time, with or without a time zone (converted to UTC). A value that is not a date raises
     a :class:`SchemaError` naming the setting."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        # the command line makes data.cutoff=20240601 a number: a whole YYYYMMDD is a date, other
+        # numbers are refused (pd.Timestamp would read them as nanoseconds since 1970)
+        text = str(int(value)) if float(value).is_integer() else ""
+        t = pd.to_datetime(text, format="%Y%m%d", errors="coerce") if len(text) == 8 else pd.NaT
+        if t is pd.NaT:
+            raise SchemaError(f"{setting}={value!r} is a number, not a date; use e.g. 2024-10-01", source="config")
+        return t
     try:
         t = pd.Timestamp(value)
     except (ValueError, TypeError) as e:
@@ -168,8 +176,11 @@ def parse_timestamps(s: pd.Series, *, source: str, column: str) -> pd.Series:
         if len(x) and np.all((x >= 1900_01_01) & (x <= 2100_12_31) & (x == np.floor(x))):
             compact = pd.to_datetime(pd.Series(x.astype(np.int64), index=s.index).astype(str), format="%Y%m%d",
                                      errors="coerce", utc=True)
-            if compact.isna().any():  # not all of them are dates: epoch seconds after all
-                compact = None
+            if compact.isna().any():  # YYYYMMDD-like numbers (as seconds they would be 1970), one not a date
+                first = _first_row(compact.isna())
+                raise SchemaError(f"{s.loc[first]} is not a date, though the column's numbers look like YYYYMMDD "
+                                  "dates (as epoch seconds they would all be in 1970)", source=source, column=column,
+                                  row=first)
             else:
                 log.info("%s: column '%s' holds whole numbers that are all YYYYMMDD dates: read as dates", source,
                          column)

@@ -82,9 +82,12 @@ def _column_kind(t: Any) -> str:
 
     if pa.types.is_dictionary(t):
         t = t.value_type
-    for kind, test in (("null", pa.types.is_null), ("bool", pa.types.is_boolean), ("text", pa.types.is_string),
-                       ("text", pa.types.is_large_string), ("datetime", pa.types.is_temporal)):
-        if test(t):
+    tests = [("null", "is_null"), ("bool", "is_boolean"), ("text", "is_string"), ("text", "is_large_string"),
+             ("text", "is_string_view"), ("bytes", "is_binary"), ("bytes", "is_large_binary"),
+             ("bytes", "is_binary_view"), ("datetime", "is_temporal")]
+    for kind, name in tests:
+        test = getattr(pa.types, name, None)  # the *_view types are newer than some pyarrow versions
+        if test is not None and test(t):
             return kind
     return "number" if (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)) else str(t)
 
@@ -97,6 +100,7 @@ def check_shard_columns(files: Sequence[Path], sizes: Sequence[int], required: M
     import pyarrow.parquet as pq
 
     first: tuple[Path, dict[str, str]] | None = None
+    kind_of: dict[str, tuple[str, Path]] = {}  # column -> its kind, from the first shard where it is not all-null
     for f, n in zip(files, sizes):
         if n == 0:
             continue
@@ -110,7 +114,6 @@ def check_shard_columns(files: Sequence[Path], sizes: Sequence[int], required: M
                 raise SchemaError(f"{what} not found; columns are {list(kinds)}", source=str(f), column=col)
         if first is None:
             first = (f, kinds)
-            continue
         ref_file, ref = first
         extra = [c for c in kinds if c not in ref]
         lost = [c for c in ref if c not in kinds]
@@ -119,8 +122,11 @@ def check_shard_columns(files: Sequence[Path], sizes: Sequence[int], required: M
             raise SchemaError(f"the shards differ in their columns: this one is {what}", source=str(f),
                               column=(extra or lost)[0])
         for col, kind in kinds.items():
-            if "null" not in (kind, ref[col]) and kind != ref[col]:
-                raise SchemaError(f"{kind} in this shard but {ref[col]} in {ref_file.name}: write the column with "
+            if kind == "null":
+                continue
+            seen = kind_of.setdefault(col, (kind, f))
+            if kind != seen[0]:
+                raise SchemaError(f"{kind} in this shard but {seen[0]} in {seen[1].name}: write the column with "
                                   "one type in every shard", source=str(f), column=col)
 
 

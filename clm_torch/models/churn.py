@@ -274,17 +274,26 @@ class ChurnClassifier(CLMModule):
         return self
 
     def on_fit_start(self) -> None:
-        # Lightning warns about modules in eval mode when training starts; the frozen VAE is in eval
-        # mode on purpose. Silence exactly that count for this fit, so any other eval module still warns.
-        self._eval_filter = None
+        # Lightning warns about modules in eval mode when training starts (just before on_train_start);
+        # the frozen VAE is in eval mode on purpose. Exactly that count is silenced until then, so that
+        # any other eval module, and any later fit, still warns.
+        self._drop_eval_filter()
         if self.infogap is not None:
             n = sum(1 for _ in self.infogap.modules())
             warnings.filterwarnings("ignore", message=rf"Found {n} module\(s\) in eval mode at the start of training")
             self._eval_filter = warnings.filters[0]
 
+    def on_train_start(self) -> None:
+        self._drop_eval_filter()
+
     def on_fit_end(self) -> None:
-        if getattr(self, "_eval_filter", None) in warnings.filters:
-            warnings.filters.remove(self._eval_filter)
+        self._drop_eval_filter()
+
+    def _drop_eval_filter(self) -> None:
+        entry = getattr(self, "_eval_filter", None)
+        self._eval_filter = None
+        if entry is not None and entry in warnings.filters:
+            warnings.filters.remove(entry)
             warnings._filters_mutated()
 
     def with_infogap(self, df: pd.DataFrame, source: str = "<dataframe>") -> pd.DataFrame:
