@@ -105,7 +105,7 @@ def load_inputs(cfg: DictConfig) -> dict[str, Any]:
         as_of = parse_cutoff(d.customers_as_of, setting="data.customers_as_of") if d.get("customers_as_of") else cutoff
         return {"events": events, "customers": customers, "truth": None, "items": None, "cutoff": cutoff,
                 "name": str(d.path), "customers_source": str(d.get("customers_path") or "customer table"),
-                "customers_as_of": as_of}
+                "customers_as_of": as_of, "customers_joined_col": d.get("customers_joined_col") or None}
     raise SchemaError(f"data.kind must be synthetic or events, not {d.kind!r}", source="pipeline config")
 
 
@@ -152,7 +152,8 @@ def clean_customers(customers: pd.DataFrame | None, source: str) -> pd.DataFrame
 
 
 def _view_kwargs(inputs: dict[str, Any]) -> dict[str, Any]:
-    extra: dict[str, Any] = {"customers_source": inputs.get("customers_source")}
+    extra: dict[str, Any] = {"customers_source": inputs.get("customers_source"),
+                             "customers_joined_col": inputs.get("customers_joined_col")}
     items = inputs.get("items")
     if items is not None and {"item_id", "category"} <= set(items.columns):  # purchase shares per category
         extra.update(item_categories=items.set_index("item_id")["category"], category_shares=True)

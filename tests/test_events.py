@@ -321,6 +321,35 @@ def test_a_customer_table_of_a_later_date_does_not_leak_the_future_into_the_view
     assert tz_cut.cutoff == pd.Timestamp(CUTOFF)
 
 
+def test_a_join_date_column_says_who_existed_at_the_cutoff(tmp_path):
+    """With the table's join dates, a customer who joined before the cutoff is in the view with or
+    without a purchase (D first bought in the label window: not a churner; E never bought: a churner),
+    one who joined on/after it is not (F), and one without a date follows customers_as_of (G); the
+    date becomes <column>_days, the days from joining to the cutoff."""
+    from clm_torch.data.sources.events import customer_view_from_files
+
+    table = pd.DataFrame({"customer_id": ["A", "D", "E", "F", "G"], "age": [30, 41, 52, 63, 74],
+                          "signup": ["2023-06-01", "2024-03-01", "2024-02-01", "2024-04-01", None]})
+    for as_of, with_g in ((None, True), ("2024-06-01", False)):
+        v = _view(customers=table, customers_as_of=as_of, customers_joined_col="signup")
+        expected = ["A", "B", "C", "D", "E"] + (["G"] if with_g else [])
+        assert v.features.index.tolist() == expected, as_of
+        assert v.labels.loc[["D", "E"], "churn"].tolist() == [0, 1]
+        assert "signup" not in v.features.columns
+        assert v.features.loc[["A", "D", "E"], "signup_days"].tolist() == [305.0, 31.0, 60.0]
+        assert np.isnan(v.features.loc["B", "signup_days"])  # only in the log
+    with pytest.raises(SchemaError, match=r"column 'joined': join-date column not found"):
+        _view(customers=table, customers_joined_col="joined")
+    with pytest.raises(SchemaError, match=r"column 'signup'.*cannot parse timestamp 'soon'"):
+        _view(customers=table.assign(signup=["2023-06-01", "soon", None, None, None]), customers_joined_col="signup")
+    log_csv, table_csv = tmp_path / "log.csv", tmp_path / "customers.csv"
+    pd.DataFrame(LOG, columns=["cid", "ts", "item", "amt"]).to_csv(log_csv, index=False)
+    table.rename(columns={"customer_id": "cid"}).to_csv(table_csv, index=False)
+    v = customer_view_from_files(log_csv, customer_col="cid", time_col="ts", amount_col="amt", cutoff=CUTOFF,
+                                 horizon_days=30, customers_path=table_csv, customers_joined_col="signup")
+    assert v.features.index.tolist() == ["A", "B", "C", "D", "E"]  # G: no date, the table is of the log's end
+
+
 def test_customer_table_id_types_are_harmonised():
     ev = load_events(
         pd.DataFrame({"c": [1, 2], "t": ["2024-01-01", "2024-02-01"]}), customer_col="c", time_col="t", now="2025-01-01"

@@ -200,7 +200,13 @@ def test_the_cutoff_settings_of_an_event_log_pipeline(tmp_path: Path) -> None:
     inputs = load_inputs(compose_cfg([*base, "data.cutoff='2024-03-01T02:00:00+02:00'"], tmp_path / "a",
                                      config_name="pipeline.yaml"))
     assert inputs["cutoff"] == pd.Timestamp("2024-03-01") and len(inputs["events"]) == 2
-    assert inputs["customers_as_of"] == inputs["cutoff"]
+    assert inputs["customers_as_of"] == inputs["cutoff"] and inputs["customers_joined_col"] is None
+    joined = load_inputs(compose_cfg([*base, "data.customers_joined_col=signup"], tmp_path / "j",
+                                     config_name="pipeline.yaml"))
+    assert joined["customers_joined_col"] == "signup"
+    from clm_torch.pipeline import _view_kwargs
+
+    assert _view_kwargs(joined)["customers_joined_col"] == "signup"  # both views and the VAE's profile view
     for setting in ("data.cutoff=2024-13-45", "data.customers_as_of=soon"):
         with pytest.raises(SchemaError, match=rf"{setting.split('=')[0]}='{setting.split('=')[1]}' is not a date"):
             load_inputs(compose_cfg([*base, setting], tmp_path / "b", config_name="pipeline.yaml"))

@@ -141,6 +141,19 @@ def parse_cutoff(value: Any, *, setting: str) -> pd.Timestamp:
     return _to_utc_naive(t)
 
 
+def _join_dates(table: pd.DataFrame, column: str, source: str) -> pd.Series:
+    """The customer table's join dates (naive UTC; NaT where missing), named errors otherwise."""
+    if column not in table.columns:
+        raise SchemaError(f"join-date column not found; available columns: {list(table.columns)}", source=source,
+                          column=column)
+    s = table[column]
+    missing = s.isna() | (_is_missing_token(s) if s.dtype == object or pd.api.types.is_string_dtype(s) else False)
+    out = pd.Series(pd.NaT, index=table.index, dtype="datetime64[ns]")
+    if (~missing).any():
+        out[~missing] = parse_timestamps(s[~missing], source=source, column=column).to_numpy()
+    return out
+
+
 def parse_timestamps(s: pd.Series, *, source: str, column: str) -> pd.Series:
     """Parse a timestamp column to ``datetime64[ns]`` (naive, UTC).
 
@@ -658,6 +671,7 @@ def build_customer_view(
     category_shares: bool = False,
     customers_source: str | None = None,
     customers_as_of: Any = None,
+    customers_joined_col: str | None = None,
 ) -> CustomerView:
     """Features before one global cutoff, labels after it, and last-N purchase sequences.
 
@@ -693,6 +707,12 @@ def build_customer_view(
         who first bought inside the label window would join the view as customers without history
         who did not churn (a leak from the future). So its customers without an event before the
         cutoff are left out (logged); its columns still join the customers with history.
+    customers_joined_col
+        A column of ``customers`` with the date each customer joined (signed up), when the table has
+        one. Then whether a table customer existed at the cutoff is known: those who joined before it
+        are in the view, with or without a purchase (and with their true label), those who joined
+        on or after it are not; ``customers_as_of`` decides only for a missing date. The column is
+        replaced by ``<column>_days``, the days from joining to the cutoff (a feature).
 
     Returns
     -------
@@ -843,7 +863,20 @@ def build_customer_view(
                             "without purchases (check the id columns if that is unexpected)", tsrc, int(shared.sum()),
                             len(tab_index))
             population = ev_index[had_before]
-            if customers_as_of is None or _to_utc_naive(customers_as_of) <= cutoff:
+            table_current = customers_as_of is None or _to_utc_naive(customers_as_of) <= cutoff
+            if customers_joined_col is not None:  # who existed at the cutoff is known from the join date
+                joined = _join_dates(table, customers_joined_col, tsrc)
+                known = joined.notna().to_numpy()
+                existed = tab_index[(known & (joined < cutoff).to_numpy()) | (~known & table_current)]
+                left_out = int((~tab_index.isin(population.union(existed))).sum())
+                if left_out:
+                    log.info("%s: %d of its %d customers joined on or after the cutoff %s (or have no join date "
+                             "and the table is of a later date) and have no event before it; left out of the view",
+                             tsrc, left_out, len(tab_index), cutoff)
+                table[f"{customers_joined_col}_days"] = ((cutoff - joined) / pd.Timedelta(days=1)).to_numpy()
+                table = table.drop(columns=[customers_joined_col])
+                population = population.union(existed)
+            elif table_current:
                 population = population.union(tab_index)
             else:  # a later table: only its customers who existed (had bought) at the cutoff
                 left_out = int((~tab_index.isin(population)).sum())

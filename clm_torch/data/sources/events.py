@@ -143,12 +143,14 @@ def customer_view_from_files(
     n_last: int = 10,
     future_policy: str = "error",
     customers_as_of: Any = None,
+    customers_joined_col: str | None = None,
 ) -> CustomerView:
     """Load and validate an event log (and customer table) and build the view at ``cutoff``.
 
     ``customers_as_of``: when the customer table was current (None: at the log's last event). For
     an earlier cutoff its customers without an event before the cutoff are left out of the view
-    (see :func:`build_customer_view`): some of them joined after the cutoff."""
+    (see :func:`build_customer_view`): some of them joined after the cutoff. ``customers_joined_col``:
+    the table's join-date column, which says who existed at the cutoff (see :func:`build_customer_view`)."""
     events = load_events(path, customer_col=customer_col, time_col=time_col, amount_col=amount_col,
                          item_col=item_col, quantity_col=quantity_col, future_policy=future_policy)
     customers = None
@@ -172,7 +174,7 @@ def customer_view_from_files(
              else events["timestamp"].max())
     return build_customer_view(events, cut, horizon_days=horizon_days, customers=customers, n_last=n_last,
                                customers_source=str(customers_path) if customers_path else None,
-                               customers_as_of=as_of)
+                               customers_as_of=as_of, customers_joined_col=customers_joined_col or None)
 
 
 def _check_view_args(target: str, sequence_length: int, time_features: str = "absolute") -> None:
@@ -216,6 +218,7 @@ def events_datamodule(
     sequence_length: int = 0,
     time_features: str = "absolute",
     customers_as_of: Any = None,
+    customers_joined_col: str | None = None,
     **kwargs: Any,
 ) -> TableDataModule:
     """The ``data=events`` DataModule: customer view at ``cutoff`` → :class:`TableDataModule`.
@@ -231,7 +234,8 @@ def events_datamodule(
                                     item_col=item_col, quantity_col=quantity_col, cutoff=cutoff,
                                     horizon_days=horizon_days, customers_path=customers_path,
                                     customers_id_col=customers_id_col, n_last=max(n_last, sequence_length),
-                                    future_policy=future_policy, customers_as_of=customers_as_of)
+                                    future_policy=future_policy, customers_as_of=customers_as_of,
+                                    customers_joined_col=customers_joined_col)
     name = f"{path} @ cutoff {view.cutoff.date()} (+{horizon_days:g} days)"
     return _view_datamodule(view, target, sequence_length, roles, drop, name, time_features, **kwargs)
 
