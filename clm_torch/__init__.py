@@ -34,6 +34,7 @@ def _rank_log_suffix() -> str:
     if os.environ.get("RANK", "").isdigit():
         rank = int(os.environ["RANK"])
         return f".rank{rank}" if rank > 0 else ""
+
     def number(name: str) -> int:
         value = os.environ.get(name, "")
         return int(value) if value.isdigit() else 0

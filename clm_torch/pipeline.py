@@ -315,7 +315,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     askable = [c for c in (customers.columns if customers is not None else []) if c in vae.encoder.feature_columns]
     nbq = vae.next_best_question(sf, k=1, n_samples=int(cfg.score.question_samples), askable=askable)
     latents = vae.encode(sf)
-    recs = rec.recommend(sf["customer_id"].tolist(), k=5)
+    recs = [[str(i) for i in r if i is not None] for r in rec.recommend(sf["customer_id"].tolist(), k=5)]
     spend_pred = spend.predict_spend(sf)
 
     # 8. segment on the latent profiles
@@ -352,7 +352,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         "completeness": gap["completeness"].to_numpy(),
         "most_surprising_feature": gap["max_surprise_feature"].to_numpy(),
         "next_best_question": nbq["question_1"].to_numpy(),
-        "top5_items": [rpt.TOP_ITEMS_SEP.join(str(i) for i in r if i is not None) for r in recs],
+        "top5_items": [rpt.TOP_ITEMS_SEP.join(r) for r in recs],
         "recency_days": sf["recency_days"].to_numpy() if "recency_days" in sf else np.nan,
     })
     actions = rpt.suggest_actions(customers_out, **OmegaConf.to_container(cfg.actions, resolve=True))
@@ -360,7 +360,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
 
     # 10. report
     seg_table = segment_summary(
-        customers_out.assign(top_items=[[str(i) for i in r if i is not None] for r in recs],
+        customers_out.assign(top_items=recs,
                              gap=customers_out["most_surprising_feature"]),
         numeric_cols=("churn_probability", "clv", "gap_score", "completeness"),
         category_cols=("stage", "gap", "next_best_question", "action"), list_cols=("top_items",))

@@ -194,9 +194,7 @@ def parse_timestamps(s: pd.Series, *, source: str, column: str) -> pd.Series:
                 raise SchemaError(f"{s.loc[first]} is not a date, though the column's numbers look like YYYYMMDD "
                                   "dates (as epoch seconds they would all be in 1970)", source=source, column=column,
                                   row=first)
-            else:
-                log.info("%s: column '%s' holds whole numbers that are all YYYYMMDD dates: read as dates", source,
-                         column)
+            log.info("%s: column '%s' holds whole numbers that are all YYYYMMDD dates: read as dates", source, column)
         if compact is None and len(x) and np.nanmax(x) < 315_532_800:  # 1980-01-01 in epoch seconds
             raise SchemaError(f"numbers read as epoch seconds would all be dates before 1980 (e.g. {s.iloc[0]} = "
                               f"{pd.Timestamp(float(s.iloc[0]), unit='s')}); Excel day numbers or another unit? "
@@ -862,29 +860,25 @@ def build_customer_view(
                 log.warning("%s: only %d of %d customer-table ids are in the event log; the others are customers "
                             "without purchases (check the id columns if that is unexpected)", tsrc, int(shared.sum()),
                             len(tab_index))
-            population = ev_index[had_before]
+            # the table's customers in the view: those who existed at the cutoff, by their join date when
+            # the table has one, else all of them when the table is of the cutoff (not of a later date)
             table_current = customers_as_of is None or _to_utc_naive(customers_as_of) <= cutoff
-            if customers_joined_col is not None:  # who existed at the cutoff is known from the join date
+            exists = np.full(len(tab_index), table_current)
+            if customers_joined_col is not None:
                 joined = _join_dates(table, customers_joined_col, tsrc)
-                known = joined.notna().to_numpy()
-                existed = tab_index[(known & (joined < cutoff).to_numpy()) | (~known & table_current)]
-                left_out = int((~tab_index.isin(population.union(existed))).sum())
-                if left_out:
-                    log.info("%s: %d of its %d customers joined on or after the cutoff %s (or have no join date "
-                             "and the table is of a later date) and have no event before it; left out of the view",
-                             tsrc, left_out, len(tab_index), cutoff)
+                exists = np.where(joined.notna().to_numpy(), (joined < cutoff).to_numpy(), exists)
                 table[f"{customers_joined_col}_days"] = ((cutoff - joined) / pd.Timedelta(days=1)).to_numpy()
                 table = table.drop(columns=[customers_joined_col])
-                population = population.union(existed)
-            elif table_current:
-                population = population.union(tab_index)
-            else:  # a later table: only its customers who existed (had bought) at the cutoff
-                left_out = int((~tab_index.isin(population)).sum())
-                if left_out:
-                    log.info("%s: %d of its %d customers have no event before the cutoff %s; left out of the view "
-                             "(the table is of %s: some joined later)", tsrc, left_out, len(tab_index), cutoff,
-                             _to_utc_naive(customers_as_of))
-                population = population.sort_values()
+            population = ev_index[had_before]
+            left_out = int((~(exists | tab_index.isin(population))).sum())
+            if left_out:
+                later = f"the table is of {_to_utc_naive(customers_as_of)}" if not table_current else ""
+                why = ("they joined on or after it" + (f", or have no join date and {later}" if later else "")
+                       if customers_joined_col is not None else f"{later}: some joined later")
+                log.info("%s: %d of its %d customers have no event before the cutoff %s; left out of the view (%s)",
+                         tsrc, left_out, len(tab_index), cutoff, why)
+            existed = tab_index[exists]
+            population = population.union(existed) if len(existed) else population.sort_values()
             population = population.rename("customer_id")
             row_of_code = population.get_indexer(ev_index)  # -1: not in the population
         else:  # the sorted ids of customers with history; their rows follow from the sort, no hashing

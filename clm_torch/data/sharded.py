@@ -66,13 +66,21 @@ def shard_files(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[P
     return sorted(files, key=lambda f: str(f))
 
 
-def _shard_rows(f: Path) -> int:
+def _shard_meta(f: Path) -> tuple[int, dict[str, str]]:
+    """A shard's number of rows and the kind of each column (:func:`_column_kind`), from its metadata."""
     import pyarrow.parquet as pq
 
     try:
-        return int(pq.ParquetFile(f).metadata.num_rows)
+        pf = pq.ParquetFile(f)
+        kinds = {field.name: _column_kind(field.type) for field in pf.schema_arrow
+                 if not field.name.startswith("__index_level_")}
+        return int(pf.metadata.num_rows), kinds
     except Exception as e:  # noqa: BLE001 - any unreadable shard is the user's file problem
         raise SchemaError(f"cannot read Parquet shard: {type(e).__name__}: {e}", source=str(f)) from None
+
+
+def _shard_rows(f: Path) -> int:
+    return _shard_meta(f)[0]
 
 
 def _column_kind(t: Any) -> str:
@@ -92,23 +100,20 @@ def _column_kind(t: Any) -> str:
     return "number" if (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)) else str(t)
 
 
-def check_shard_columns(files: Sequence[Path], sizes: Sequence[int], required: Mapping[str, str] = {}) -> None:
-    """The non-empty shards hold the same columns (in any order), each of one kind (numbers, text,
-    booleans, times; int and float are one kind): read from the files' metadata, so that a column
-    written as text in one shard cannot make the whole table's column a category (or missing).
-    ``required``: column → what it is (``"target"``), named when a shard lacks it."""
-    import pyarrow.parquet as pq
-
+def check_shard_columns(files: Sequence[Path], required: Mapping[str, str] = {}) -> list[int]:
+    """The number of rows of each shard, once the non-empty shards are checked to hold the same
+    columns (in any order), each of one kind (numbers, text, booleans, times; int and float are one
+    kind): read from the files' metadata, so that a column written as text in one shard cannot make
+    the whole table's column a category (or missing). ``required``: column → what it is
+    (``"target"``), named when a shard lacks it."""
     first: tuple[Path, dict[str, str]] | None = None
     kind_of: dict[str, tuple[str, Path]] = {}  # column -> its kind, from the first shard where it is not all-null
-    for f, n in zip(files, sizes):
+    sizes = []
+    for f in files:
+        n, kinds = _shard_meta(f)
+        sizes.append(n)
         if n == 0:
             continue
-        try:
-            kinds = {field.name: _column_kind(field.type) for field in pq.read_schema(f)
-                     if not field.name.startswith("__index_level_")}
-        except Exception as e:  # noqa: BLE001 - an unreadable shard is the user's file problem
-            raise SchemaError(f"cannot read Parquet shard: {type(e).__name__}: {e}", source=str(f)) from None
         for col, what in required.items():
             if col not in kinds:
                 raise SchemaError(f"{what} not found; columns are {list(kinds)}", source=str(f), column=col)
@@ -128,6 +133,7 @@ def check_shard_columns(files: Sequence[Path], sizes: Sequence[int], required: M
             if kind != seen[0]:
                 raise SchemaError(f"{kind} in this shard but {seen[0]} in {seen[1].name}: write the column with "
                                   "one type in every shard", source=str(f), column=col)
+    return sizes
 
 
 def _sample_shard(f: Path, k: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -229,8 +235,7 @@ class ParquetShardsSource:
         self.roles, self.drop = {k: list(v) for k, v in roles.items()}, list(drop)
 
     def load(self) -> TableData:
-        sizes = [_shard_rows(f) for f in self.files]
-        check_shard_columns(self.files, sizes, {c: w for c, w in ((self.id_col, "id column"),) if c})
+        sizes = check_shard_columns(self.files, {c: w for c, w in ((self.id_col, "id column"),) if c})
         frame = pd.concat([_read_shard(f) for f, n in zip(self.files, sizes) if n > 0], ignore_index=True)
         return TableData(frame, name=self.name, target=self.target, id_col=self.id_col, roles=self.roles,
                          drop=self.drop)
@@ -315,13 +320,12 @@ class ShardedTableDataModule(TableDataModule):
             return
         data = self.source
         target = data.target if self.require_target else None
-        sizes = [_shard_rows(f) for f in self.files]
+        sizes = check_shard_columns(self.files, {c: w for c, w in ((data.target, "target"), (data.id_col, "id column"))
+                                                 if c})
         total = sum(sizes)
         if total == 0:
             raise SchemaError("the shards hold no rows", source=self.name)
         self._sizes = dict(zip(self.files, sizes))
-        check_shard_columns(self.files, sizes, {c: w for c, w in ((data.target, "target"), (data.id_col, "id column"))
-                                                if c})
         parts: list[pd.DataFrame] = []
         for i, (f, n_f) in enumerate(zip(self.files, sizes)):
             if n_f == 0:  # Spark and Dask write empty partitions
@@ -458,27 +462,24 @@ class ShardedTableDataModule(TableDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        t, error = None, None
         try:
             t = self.tensors[split]
         except SchemaError as e:
             if not distributed:
                 raise
-            t, error = None, e
-        else:
-            error = None
-        if distributed:  # one rank's bad shard stops every rank with its message, not a broken collective
-            errors: list[str | None] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(errors, None if error is None else str(error))
+            error = e
+        n = 0 if t is None else len(t["row"])
+        counts = [n]
+        if distributed:  # every rank's row count, or its error: one bad shard stops every rank with its message
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, (n, None if error is None else str(error)))
             if error is not None:
                 raise error
-            failed = [(r, m) for r, m in enumerate(errors) if m is not None]
+            failed = [(r, m) for r, (_, m) in enumerate(gathered) if m is not None]
             if failed:
                 raise SchemaError(f"(on rank {failed[0][0]}) {failed[0][1]}")
-        n = len(t["row"])
-        counts = [n]
-        if distributed:
-            counts = [0] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(counts, n)
+            counts = [c for c, _ in gathered]
         rank = self.rank_world()[0] if len(counts) > 1 else 0
         n_batches = max(1, -(-max(counts) // (self.batch_size if shuffle else self.eval_batch_size)))
         if n < n_batches:

@@ -94,9 +94,13 @@ def suggest_actions(customers: pd.DataFrame, *, churn_threshold: float = 0.5, va
         else np.full(len(c), "")
     rec = num.get("recency_days", np.full(len(c), np.nan))
     rec = np.where(np.isfinite(rec), rec, np.nan)
-    top = (np.array([str(r[0]) if isinstance(r, (list, tuple, np.ndarray)) and len(r)
-                     else str(r).split(TOP_ITEMS_SEP)[0] if isinstance(r, str) else "" for r in c["top5_items"]],
-                    dtype=object) if "top5_items" in c else np.full(len(c), ""))
+    top = np.full(len(c), "", dtype=object)
+    if "top5_items" in c:
+        items = c["top5_items"].astype(object)
+        text = pd.api.types.infer_dtype(items, skipna=True) == "string"  # joined ids, else lists of ids
+        first = (items.str.split(TOP_ITEMS_SEP, n=1, regex=False).str[0].fillna("") if text else
+                 items.map(lambda r: str(r[0]) if isinstance(r, (list, tuple, np.ndarray)) and len(r) else ""))
+        top = first.astype(str).to_numpy(dtype=object)
     with np.errstate(invalid="ignore"):
         conds = [
             (stage == "lapsed") & np.isnan(rec) & ("recency_days" in c),

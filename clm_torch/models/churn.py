@@ -294,7 +294,7 @@ class ChurnClassifier(CLMModule):
         self._eval_filter = None
         if entry is not None and entry in warnings.filters:
             warnings.filters.remove(entry)
-            warnings._filters_mutated()
+            getattr(warnings, "_filters_mutated", lambda: None)()  # drop the cached decisions (CPython)
 
     def with_infogap(self, df: pd.DataFrame, source: str = "<dataframe>") -> pd.DataFrame:
         """``df`` with the VAE's features and imputations (unchanged without a VAE)."""
