@@ -236,6 +236,54 @@ def check_launcher(trainer: L.Trainer, allow_relaunch: bool = True) -> None:
             "multirun (-m); use trainer.strategy=ddp_spawn for sweeps, or one device per sweep job")
 
 
+_DATA_HINTS = {
+    "table": "a customer table (data=csv, parquet, events, synthetic or telco)",
+    "interactions": "a user-item interaction log (data=interactions data.path=<file>, or data=movielens)",
+}
+
+
+def _choice(group: str) -> str | None:
+    """The config group option chosen on the command line (``model=churn`` → ``churn``), if known."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get(group)
+
+
+def check_model_data(cfg: DictConfig, datamodule: Any) -> None:
+    """Refuse a model paired with data it cannot train on, in one line and before the data is loaded:
+    the recommender on a customer table, a table model on interactions, ``model=churn`` without a
+    target column, ``model=spend`` on a binary target."""
+    try:
+        cls = hydra.utils.get_class(str(cfg.model.get("_target_")))
+    except Exception:  # noqa: BLE001 - an unknown class is instantiate's error to report
+        return
+    need, have = getattr(cls, "data_kind", None), getattr(datamodule, "data_kind", None)
+    if need is None or have is None:
+        return
+    model = f"model={_choice('model') or cls.__name__}"
+    data = f"data={_choice('data') or type(datamodule).__name__}"
+    if need != have:
+        raise SettingError(f"{model} trains on {_DATA_HINTS[need]}, but {data} is "
+                           f"{_DATA_HINTS[have].split(' (')[0]}")
+    target_type = getattr(cls, "target_type", None)
+    if need != "table" or target_type is None:
+        return
+    example = ("e.g. data=events data.target=future_spend data.target_type=continuous"
+               if target_type == "continuous" else "e.g. data.target=churn")
+    if not getattr(datamodule, "require_target", True):
+        raise SettingError(f"{model} needs a {target_type} target column, but {data} has none: set "
+                           f"data.target=<column>{' data.target_type=continuous' if target_type == 'continuous' else ''} "
+                           f"({example})")
+    have_type = getattr(datamodule, "target_type", target_type)
+    if have_type != target_type:
+        other = "model=spend predicts a continuous target" if target_type == "binary" else \
+            "model=churn predicts a binary one"
+        raise SettingError(f"{model} needs a {target_type} target, but data.target_type={have_type} ({example}; "
+                           f"{other})")
+
+
 def load_infogap(cfg: DictConfig) -> L.LightningModule | None:
     """The frozen InfoGapVAE named by ``model.infogap_ckpt`` (safe loading), or None."""
     path = cfg.model.get("infogap_ckpt") if "model" in cfg else None
@@ -262,6 +310,7 @@ def build_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Lightni
     """Set up ``datamodule`` and instantiate ``cfg.model`` from its sizes, with its fitted
     preprocessing attached. With ``model.infogap_ckpt`` the frozen VAE's signals and imputations
     are added to every split first, and the VAE is copied into the model."""
+    check_model_data(cfg, datamodule)
     vae = load_infogap(cfg)
     if vae is not None:
         from clm_torch.models.infogap_features import InfoGapTransform

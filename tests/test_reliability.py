@@ -335,6 +335,45 @@ def test_a_setting_of_the_wrong_type_is_one_clear_line_before_the_data_is_read(m
     assert capsys.readouterr().err.strip() == message
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["model=churn", "data.target=null"],
+     "error: model=churn needs a binary target column, but data=csv has none: set data.target=<column> "
+     "(e.g. data.target=churn)"),
+    (["model=spend"],
+     "error: model=spend needs a continuous target, but data.target_type=binary (e.g. data=events "
+     "data.target=future_spend data.target_type=continuous; model=churn predicts a binary one)"),
+    (["model=churn", "data.target_type=continuous"],
+     "error: model=churn needs a binary target, but data.target_type=continuous (e.g. data.target=churn; "
+     "model=spend predicts a continuous target)"),
+    (["model=recommender"],
+     "error: model=recommender trains on a user-item interaction log (data=interactions data.path=<file>, "
+     "or data=movielens), but data=csv is a customer table"),
+    (["model=churn", "data=movielens"],
+     "error: model=churn trains on a customer table (data=csv, parquet, events, synthetic or telco), but "
+     "data=movielens is a user-item interaction log"),
+])
+def test_a_model_paired_with_data_it_cannot_use_is_one_clear_line_before_the_data_is_read(
+        make_cfg, table_csv: Path, capsys, monkeypatch, overrides: list[str], message: str) -> None:
+    """`clm-train model=churn data=csv` without data.target used to stop in a KeyError traceback after
+    reading the table, `model=recommender` on a table and `model=spend` on a binary target in a
+    TypeError about a constructor argument: now one line naming the settings, exit 2, and no source read."""
+    from clm_torch.data.sources.interactions import MovieLensSource
+    from clm_torch.data.sources.tables import CSVSource
+    from clm_torch.train import run_cli
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the data was read before the model and data were checked")
+
+    monkeypatch.setattr(CSVSource, "load", refuse)
+    monkeypatch.setattr(MovieLensSource, "load", refuse)
+    table = ["data=csv", f"data.path={table_csv}", "data.target=churn", "data.id_col=customer_id"]
+    cfg = make_cfg(*([] if "data=movielens" in overrides else table), *overrides)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train, cfg)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == message
+
+
 def test_metrics_json_reports_the_best_epoch_and_a_moved_run_keeps_its_best(make_cfg, table_csv: Path) -> None:
     """With the first epoch the best (the run monitors the epoch, smallest first), every val/* value in
     metrics.json is that epoch's, as logged; a copy of the run directory resumed elsewhere keeps

@@ -188,6 +188,8 @@ class TableDataModule(L.LightningDataModule):
             ``train()`` for ``model.infogap_ckpt``: the InfoGapVAE's signals and imputations).
     """
 
+    data_kind = "table"  # what a model's ``data_kind`` must be to train on it
+
     def __init__(
         self,
         source: Any,

@@ -240,6 +240,8 @@ class InteractionDataModule(L.LightningDataModule):
             validation items become training targets).
     """
 
+    data_kind = "interactions"  # what a model's ``data_kind`` must be to train on it
+
     def __init__(self, source: Any, protocol: str = "random", test_fraction: float = 0.2,
                  val_fraction: float = 0.2, min_user_interactions: int = 5, split_seed: int = 0,
                  batch_size: int = 128, eval_batch_size: int | None = None, num_workers: int = 0,

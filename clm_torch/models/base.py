@@ -4,6 +4,9 @@
   (tensors plus primitives), so ``Model.load_from_checkpoint(path)`` can score raw DataFrames.
 * ``monitor`` / ``monitor_mode`` name the validation metric that checkpointing, early stopping
   and sweeps optimise.
+* ``data_kind`` / ``target_type`` say what data the model trains on (``table`` or ``interactions``;
+  a ``binary`` or ``continuous`` target, or None when it needs none), so that a model paired with
+  data it cannot use is refused in one line before anything is loaded.
 * A non-finite loss either raises (naming the step) or skips the batch, per ``nan_policy``.
 * ``train/loss`` (and any other training term) is summed in tensors during the epoch and logged once at
   its end (:meth:`CLMModule.add_train_terms`), not with a ``self.log`` per step.
@@ -35,6 +38,8 @@ class CLMModule(L.LightningModule):
 
     monitor: str = "val/loss"
     monitor_mode: str = "min"
+    data_kind: str = "table"
+    target_type: str | None = None
 
     def __init__(self) -> None:
         super().__init__()

@@ -126,6 +126,7 @@ class ChurnClassifier(CLMModule):
 
     monitor = "val/auroc"
     monitor_mode = "max"
+    target_type = "binary"
 
     def __init__(
         self,

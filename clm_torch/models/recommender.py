@@ -172,6 +172,7 @@ class EmbeddingRecommender(CLMModule):
 
     monitor = "val/ndcg@10"
     monitor_mode = "max"
+    data_kind = "interactions"
 
     def __init__(
         self,

@@ -58,6 +58,7 @@ class SpendRegressor(CLMModule):
 
     monitor = "val/loss"
     monitor_mode = "min"
+    target_type = "continuous"
 
     def __init__(self, n_num: int, cat_cardinalities: Sequence[int], n_binary: int = 0, d_embed: int = 8,
                  hidden: Sequence[int] = (128, 64), dropout: float = 0.1, lr: float = 1e-3,
