@@ -41,8 +41,8 @@ from omegaconf.errors import ConfigKeyError
 
 from clm_torch.data.cleaning import clean_table
 from clm_torch.data.events import build_customer_view, load_events, parse_cutoff, parse_sequence_column
-from clm_torch.data.schema import SchemaError, infer_schema, read_table
-from clm_torch.data.sources.events import view_to_frame
+from clm_torch.data.schema import SchemaError, infer_schema
+from clm_torch.data.sources.events import read_customer_table, view_to_frame
 from clm_torch.lifecycle import report as rpt
 from clm_torch.models.components.sequence import SEQUENCE_ENCODERS
 from clm_torch.lifecycle.segments import choose_k, segment_summary
@@ -92,13 +92,8 @@ def load_inputs(cfg: DictConfig) -> dict[str, Any]:
         events = load_events(d.path, customer_col=d.customer_col, time_col=d.time_col, amount_col=d.amount_col,
                              item_col=d.item_col, quantity_col=d.get("quantity_col"),
                              future_policy=d.get("future_policy", "error"))
-        customers = None
-        if d.get("customers_path"):
-            cid = d.get("customers_id_col") or d.customer_col
-            customers = read_table(d.customers_path, what="customer table", text_columns=[cid])
-            if cid not in customers.columns:
-                raise SchemaError("id column not found", source=str(d.customers_path), column=cid)
-            customers = customers.rename(columns={cid: "customer_id"})
+        customers = (read_customer_table(d.customers_path, d.get("customers_id_col") or d.customer_col)
+                     if d.get("customers_path") else None)
         cutoff = (parse_cutoff(d.cutoff, setting="data.cutoff") if d.get("cutoff")
                   else events["timestamp"].max().normalize() + pd.Timedelta(days=1))
         events = events[events["timestamp"] < cutoff].reset_index(drop=True)

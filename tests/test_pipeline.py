@@ -219,6 +219,29 @@ def test_the_cutoff_settings_of_an_event_log_pipeline(tmp_path: Path) -> None:
         load_inputs(compose_cfg([*base, "data.cutoff=12345"], tmp_path / "d", config_name="pipeline.yaml"))
 
 
+def test_the_pipeline_reads_a_customer_table_as_data_events_does(tmp_path: Path, caplog) -> None:
+    """One reader for both: ids as text (leading zeros kept), the id column named in the error when it
+    is absent, and duplicate ids kept once (the last row, with a warning). The pipeline used to stop on
+    a duplicate id that data=events drops."""
+    from clm_torch.data.schema import SchemaError
+    from clm_torch.pipeline import load_inputs
+    from tests.conftest import compose_cfg
+
+    log, table = tmp_path / "events.csv", tmp_path / "customers.csv"
+    pd.DataFrame({"customer_id": ["007", "012"], "timestamp": ["2024-01-01", "2024-01-02"], "amount": [5, 6],
+                  "item_id": ["a", "b"]}).to_csv(log, index=False)
+    pd.DataFrame({"cid": ["007", "012", "007"], "age": [30, 40, 31]}).to_csv(table, index=False)
+    base = ["data.kind=events", f"data.path={log}", f"data.customers_path={table}"]
+    with caplog.at_level("WARNING"):
+        inputs = load_inputs(compose_cfg([*base, "data.customers_id_col=cid"], tmp_path / "a",
+                                         config_name="pipeline.yaml"))
+    assert inputs["customers"].to_dict("list") == {"customer_id": ["012", "007"], "age": [40, 31]}
+    assert "dropped 1 duplicate customer rows (kept the last per id)" in caplog.text
+    with pytest.raises(SchemaError, match=r"customers\.csv, column 'customer_id': id column not found; columns are "
+                                          r"\['cid', 'age'\]"):
+        load_inputs(compose_cfg(base, tmp_path / "b", config_name="pipeline.yaml"))
+
+
 def test_views_the_models_cannot_learn_from_are_refused_before_training() -> None:
     """A cutoff before the log, one churn outcome, or a single item: a named error from check_views,
     which run_pipeline calls before the first model trains (it used to fail after training)."""

@@ -128,6 +128,25 @@ def view_to_frame(view: CustomerView, target: str | None, sequence_length: int =
     return frame.reset_index()
 
 
+def read_customer_table(path: str | os.PathLike, id_col: str) -> pd.DataFrame:
+    """A customer table file with its id column (read as text: ids keep leading zeros) renamed to
+    ``customer_id`` and one row per id (the cleaning rule: the last row of each id, with a warning).
+
+    Raises:
+        SchemaError: the file cannot be read, or has no column ``id_col``.
+    """
+    customers = read_table(path, what="customer table", text_columns=[id_col])
+    if id_col not in customers.columns:
+        raise SchemaError(f"id column not found; columns are {list(customers.columns)}", source=str(path),
+                          column=id_col)
+    customers = customers.rename(columns={id_col: "customer_id"})
+    dup = customers.duplicated("customer_id", keep="last")
+    if dup.any():
+        log.warning("%s: dropped %d duplicate customer rows (kept the last per id)", path, int(dup.sum()))
+        customers = customers.loc[~dup]
+    return customers
+
+
 def customer_view_from_files(
     path: str | os.PathLike,
     *,
@@ -153,18 +172,7 @@ def customer_view_from_files(
     the table's join-date column, which says who existed at the cutoff (see :func:`build_customer_view`)."""
     events = load_events(path, customer_col=customer_col, time_col=time_col, amount_col=amount_col,
                          item_col=item_col, quantity_col=quantity_col, future_policy=future_policy)
-    customers = None
-    if customers_path:
-        cid = customers_id_col or customer_col
-        customers = read_table(customers_path, what="customer table", text_columns=[cid])  # ids keep leading zeros
-        if cid not in customers.columns:
-            raise SchemaError(f"id column not found; columns are {list(customers.columns)}",
-                              source=str(customers_path), column=cid)
-        customers = customers.rename(columns={cid: "customer_id"})
-        dup = customers.duplicated("customer_id", keep="last")
-        if dup.any():  # the cleaning rule: keep the last row of each id
-            log.warning("%s: dropped %d duplicate customer rows (kept the last per id)", customers_path, int(dup.sum()))
-            customers = customers.loc[~dup]
+    customers = read_customer_table(customers_path, customers_id_col or customer_col) if customers_path else None
     cut = (parse_cutoff(cutoff, setting="data.cutoff") if cutoff not in (None, "", "auto")
            else default_cutoff(events, horizon_days))
     if cut <= events["timestamp"].min():
