@@ -167,7 +167,27 @@ def stratified_split(y: np.ndarray | None, n: int, fractions: Sequence[float], s
     return [np.sort(np.concatenate(p)) for p in parts]
 
 
-class TableDataModule(L.LightningDataModule):
+class SplitLoaders(L.LightningDataModule):
+    """Lightning's four loaders from one ``_loader(split, shuffle)``: train (shuffled), val, test, and
+    predict (the test split)."""
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class TableDataModule(SplitLoaders):
     """A customer table → cleaned → split (stratified, seeded) → encoded tensors in memory.
 
     Args:
@@ -320,17 +340,6 @@ class TableDataModule(L.LightningDataModule):
                             shuffle=shuffle, seed=shuffle_seed(shuffle), num_workers=self.num_workers,
                             pin_memory=self.pin_memory)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 def table_from_file(path: str, target: str | None = None, id_col: str | None = None,

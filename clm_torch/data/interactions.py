@@ -39,13 +39,13 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from clm_torch.data.datamodules import IndexBatchSampler, TensorTable, check_batch_sizes, shuffle_seed
+from clm_torch.data.datamodules import (IndexBatchSampler, SplitLoaders, TensorTable, check_batch_sizes,
+                                        shuffle_seed)
 from clm_torch.data.encoding import FeatureEncoder
 from clm_torch.data.schema import SchemaError
 from clm_torch.data.sources.interactions import InteractionData
@@ -219,7 +219,7 @@ def split_interactions(users: np.ndarray, times: np.ndarray | None, n_users: int
 
 
 # ----------------------------------------------------------------------------- the DataModule
-class InteractionDataModule(L.LightningDataModule):
+class InteractionDataModule(SplitLoaders):
     """An interaction log → id vocabularies, per-user split, item features, ragged user batches.
 
     Args:
@@ -435,17 +435,6 @@ class InteractionDataModule(L.LightningDataModule):
                              shuffle=shuffle, seed=shuffle_seed(shuffle), num_workers=self.num_workers,
                              pin_memory=self.pin_memory)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
