@@ -276,7 +276,19 @@ def evaluate_model(model: Any, data: Any, *, batch_size: int = 65536, k: int = 1
 
     Raises:
         CheckpointError: the model class has no way to be evaluated on this kind of data.
+        SchemaError: bad rows; for a table of several files (data=parquet_shards) the error names the
+            file and the row within it.
     """
+    try:
+        return _evaluate_model(model, data, batch_size=batch_size, k=k, hide_rate=hide_rate, seed=seed)
+    except SchemaError as e:
+        located = data.locate(e) if callable(getattr(data, "locate", None)) else e
+        if located is e:
+            raise
+        raise located from None
+
+
+def _evaluate_model(model: Any, data: Any, *, batch_size: int, k: int, hide_rate: float, seed: int) -> Evaluation:
     hook = getattr(model, "evaluate_frame", None)
     if callable(hook):
         preds, metrics = hook(data.frame, target=getattr(data, "target", None), id_col=getattr(data, "id_col", None))

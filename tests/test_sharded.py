@@ -181,6 +181,35 @@ def test_a_column_of_another_type_in_one_shard_is_refused_in_training_and_evalua
         write_shards(table, tmp_path / "ok", 3)).encoder.feature_columns
 
 
+def test_clm_evaluate_names_the_shard_and_its_row_of_a_bad_value(table: pd.DataFrame, tmp_path: Path) -> None:
+    """data=parquet_shards is scored as one table; a bad value used to be named by its row in all
+    shards together under the folder's name. The error names the shard file and the row within it,
+    also after duplicate ids in an earlier shard were dropped."""
+    from clm_torch.data.datamodules import TableDataModule
+    from clm_torch.data.sharded import ParquetShardsSource, shard_files
+    from clm_torch.data.sources.tables import FrameSource
+    from clm_torch.evaluate import evaluate_model
+    from clm_torch.models.churn import ChurnClassifier
+
+    dm = TableDataModule(FrameSource(table, target="churn", id_col="customer_id"), batch_size=64)
+    dm.setup("fit")
+    model = ChurnClassifier(**dm.model_kwargs(), k_ensemble=2, hidden=[8], d_embed=4)
+    model.set_preprocessing(dm.preprocessing_state())
+    shards = tmp_path / "s"
+    shards.mkdir()
+    parts = [table.iloc[:500], table.iloc[500:1000], table.iloc[1000:]]
+    parts[0] = pd.concat([parts[0], parts[0].iloc[:3]], ignore_index=True)  # 3 repeated ids: dropped when scored
+    parts = [p.astype({"tenure": "string"}) for p in parts]  # text in every shard (one kind per column)
+    parts[2].iloc[17, parts[2].columns.get_loc("tenure")] = "seven"
+    for k, part in enumerate(parts):
+        part.to_parquet(shards / f"part-{k:03d}.parquet", index=False)
+    data = ParquetShardsSource(shard_files(shards), str(shards), "churn", "customer_id", {}, []).load()
+    assert data.parts == tuple((str(shards / f"part-{k:03d}.parquet"), len(p)) for k, p in enumerate(parts))
+    with pytest.raises(SchemaError, match=r"part-002\.parquet, column 'tenure', row 17: expected a number but found "
+                                          r"'seven'"):
+        evaluate_model(model, data)
+
+
 def test_empty_shards_other_column_orders_and_float_ids(table: pd.DataFrame, tmp_path: Path) -> None:
     """Spark/Dask write empty partitions; writers may order columns differently; an id column that a
     missing value made float elsewhere (5.0) must land in the same split as the integer 5."""

@@ -29,6 +29,7 @@ class SchemaError(ValueError):
         self.source = source
         self.column = column
         self.row = row
+        self.detail = message  # the message without the source, column and row
         parts = []
         if source is not None:
             parts.append(f"{source}")

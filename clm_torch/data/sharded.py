@@ -236,9 +236,10 @@ class ParquetShardsSource:
 
     def load(self) -> TableData:
         sizes = check_shard_columns(self.files, {c: w for c, w in ((self.id_col, "id column"),) if c})
-        frame = pd.concat([_read_shard(f) for f, n in zip(self.files, sizes) if n > 0], ignore_index=True)
+        parts = tuple((str(f), n) for f, n in zip(self.files, sizes) if n > 0)
+        frame = pd.concat([_read_shard(Path(f)) for f, _ in parts], ignore_index=True)
         return TableData(frame, name=self.name, target=self.target, id_col=self.id_col, roles=self.roles,
-                         drop=self.drop)
+                         drop=self.drop, parts=parts)
 
 
 class ShardedTableDataModule(TableDataModule):

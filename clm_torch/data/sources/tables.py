@@ -29,6 +29,8 @@ class TableData:
         roles: role overrides, e.g. ``{"categorical": ["region_code"]}``.
         drop: columns that are neither features nor target nor id.
         truth: optional ground truth aligned on ``id_col`` (synthetic data).
+        parts: for a table read from several files (Parquet shards), each file and its number of
+            rows, in the order of ``frame``'s rows (see :meth:`locate`).
     """
 
     frame: pd.DataFrame
@@ -38,6 +40,19 @@ class TableData:
     roles: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     drop: list[str] = dataclasses.field(default_factory=list)
     truth: pd.DataFrame | None = None
+    parts: tuple[tuple[str, int], ...] = ()
+
+    def locate(self, error: SchemaError) -> SchemaError:
+        """``error`` about a row of ``frame`` (counted over all its files) restated for the file that
+        holds the row and its row there; ``error`` itself when the table is one file."""
+        row = error.row
+        if not self.parts or error.source != self.name or isinstance(row, bool) or not isinstance(row, int):
+            return error
+        for file, n in self.parts:
+            if row < n:
+                return SchemaError(error.detail, source=file, column=error.column, row=row)
+            row -= n
+        return error
 
 
 def load_rdataset(package: str, item: str) -> pd.DataFrame:
