@@ -291,7 +291,10 @@ def test_api_methods_on_raw_frames(trained) -> None:
     assert len(gap) == 40 and gap.index.equals(raw.index)
     sur = gap[[f"surprise_{c}" for c in FEATURES]]
     assert sur.iloc[0].isna().all() and gap.loc[raw.index[0], "n_observed"] == 0
-    assert np.isnan(gap.loc[raw.index[1], "surprise_plan"])  # unseen category counts as missing
+    assert np.isnan(gap.loc[raw.index[1], "surprise_plan"])  # an unseen category: the model cannot read it,
+    # but the customer answered: not a missing cell (it used to count as one, and to be asked for again)
+    assert gap.loc[raw.index[1], "n_observed"] == len(FEATURES) - 1 and gap.loc[raw.index[1], "n_missing"] == 0
+    assert (gap["n_missing"] == raw[FEATURES].isna().sum(1)).all()
     assert np.isfinite(sur.iloc[4:].to_numpy()).all()
     assert gap.loc[raw.index[3], "max_surprise_feature"] in ("total", "tenure", "fee")
     assert gap.loc[raw.index[3], "total_surprise"] > gap["total_surprise"].iloc[4:].median()
@@ -307,11 +310,14 @@ def test_api_methods_on_raw_frames(trained) -> None:
     full_rows = raw.iloc[4:][FEATURES].notna().all(1)
     assert nbq.loc[full_rows[full_rows].index, "question_1"].isna().all()
     assert gains.loc[raw.index[0]].notna().all() and (gains.loc[raw.index[0]] >= 0).all()
+    assert gains.loc[raw.index[1]].isna().all() and nbq.loc[raw.index[1], "question_1"] is None  # "Platinum"
 
     # a target with predict_proba: only the fee moves it, so asking for the fee must win
     t = model.next_best_question(raw.iloc[:1], target=_ChurnStub(), k=2, n_samples=8)
     assert t["question_1"].iloc[0] == "fee" and t["gain_1"].iloc[0] > 0
     assert t["gain_2"].iloc[0] == pytest.approx(0.0, abs=1e-9)
+    answered = model.next_best_question(raw.iloc[1:3], target=_ChurnStub(), k=1, n_samples=8)
+    assert answered["question_1"].tolist() == [None, "fee"]  # the plan "Platinum" is an answer
     # the same with the numbers given as text (a string column, as read from a text file)
     as_text = raw.iloc[:1].astype({c: "str" for c in ("tenure", "fee", "total")})
     t_text = model.next_best_question(as_text, target=_ChurnStub(), k=2, n_samples=8)

@@ -724,7 +724,8 @@ class InfoGapVAE(CLMModule):
     @torch.no_grad()
     def question_gains(self, batch: Mapping[str, torch.Tensor], n_samples: int = 16,
                        target: Callable[[Batch], torch.Tensor] | None = None,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | None = None,
+                       answered: torch.Tensor | None = None) -> torch.Tensor:
         """EDDI expected information gain of acquiring each unobserved feature. (B, F), NaN where observed.
 
         For every unobserved (row, feature) pair, S values are drawn from the model's predictive
@@ -732,15 +733,12 @@ class InfoGapVAE(CLMModule):
         the draws of KL(q(z | x_obs, x_j) ‖ q(z | x_obs)) — or, with ``target`` (a callable from
         an encoded batch to probabilities (B,) or (B, C)), the mean KL between the target's
         prediction with and without x_j (the mutual information of x_j and the prediction).
+        ``answered`` (B, F): cells that hold a value the encoding cannot read (a category unseen in
+        training); they are unobserved for the model but not questions to ask (NaN too).
         """
-        num_mask, cat_mask = batch["num_mask"], batch["cat_mask"]
-        B, F_ = len(num_mask), self.n_num + self.n_cat
-        dev = num_mask.device
-        observed = torch.cat([num_mask, cat_mask], 1)
-        has_head = torch.ones(F_, dtype=torch.bool, device=dev)
-        has_head[self.n_num:] = False
-        has_head[[self.n_num + j for j in self.decoder.soft_cols + self.decoder.bin_cols]] = True
-        cand = ~observed & has_head[None]
+        cand = self._question_candidates(batch, answered)
+        B, F_ = cand.shape
+        dev = cand.device
         gains = torch.full((B, F_), float("nan"), device=dev)
         rows, feats = cand.nonzero(as_tuple=True)
         if len(rows) == 0:
@@ -985,7 +983,9 @@ class InfoGapVAE(CLMModule):
             ``gap_score``: ``total_surprise + missing_entropy`` — the code length (nats) of the
                 complete record when every cell is predicted from the others: what the model
                 still lacks, whether the cell is missing or contradicts the rest.
-            ``n_observed``, ``n_missing``.
+            ``n_observed``, ``n_missing``: the cells the model reads, and the missing ones. A value
+                it cannot read (a category unseen in training) is in neither: it is not missing, but
+                the model predicts it like a missing one (its entropy is in ``missing_entropy``).
             ``completeness``: posterior information about z (Σ_d −½ log σ²_d, nats) relative to a
                 fully observed customer (``ref_info``, measured on the validation split), clipped
                 to [0, 1]: 0 = the prior (nothing known), 1 = as certain as a complete record.
@@ -1001,10 +1001,11 @@ class InfoGapVAE(CLMModule):
         parts: list[dict[str, np.ndarray]] = []
         ref = float(self.ref_info)
         infos_full = []
-        for _, _, b in self._chunks(df, step, source, encoded):
+        for _, part, b in self._chunks(df, step, source, encoded):
             r = self.gap_batch(b, n_samples, self._generator(seed))  # the same draws for every chunk
             parts.append({k: r[k].float().cpu().numpy() for k in ("surprise", "missing_entropy", "info")})
             parts[-1]["n_obs"] = (b["num_mask"].sum(1) + b["cat_mask"].sum(1)).cpu().numpy()
+            parts[-1]["n_unread"] = self._unreadable(part, b).sum(1).numpy()
             if not math.isfinite(ref):
                 infos_full.append(self._full_info(b).cpu())
         self.train(was)
@@ -1030,7 +1031,7 @@ class InfoGapVAE(CLMModule):
         res["gap_score"] = res["total_surprise"] + res["missing_entropy"]
         n_obs = np.concatenate([p["n_obs"] for p in parts])
         res["n_observed"] = n_obs.astype(np.int64)
-        res["n_missing"] = (F_ - n_obs).astype(np.int64)
+        res["n_missing"] = (F_ - n_obs - np.concatenate([p["n_unread"] for p in parts])).astype(np.int64)
         info = np.concatenate([p["info"] for p in parts])
         res["completeness"] = np.clip(info / ref, 0.0, 1.0) if ref > 0 else np.nan
         return res
@@ -1058,6 +1059,8 @@ class InfoGapVAE(CLMModule):
         Returns:
             DataFrame indexed like ``df`` with ``question_1 .. question_k`` (feature names, None when
             fewer features are missing) and ``gain_1 .. gain_k`` (expected KL, nats), best first.
+            A field answered with a value the model cannot read (a category unseen in training) is
+            not missing: it is never proposed.
         """
         enc = self._require_encoder()
         _check_n_samples(n_samples)
@@ -1074,10 +1077,11 @@ class InfoGapVAE(CLMModule):
         gains_l = []
         for _, part, b in self._chunks(df, batch_size, source):
             g = self._generator(seed)  # the same draws for every chunk
+            answered = self._unreadable(part, b)
             if use_df:
-                gains_l.append(self._question_gains_df(b, part, n_samples, target, g).cpu())
+                gains_l.append(self._question_gains_df(b, part, n_samples, target, g, answered).cpu())
             else:
-                gains_l.append(self.question_gains(b, n_samples, target, g).cpu())
+                gains_l.append(self.question_gains(b, n_samples, target, g, answered).cpu())
         self.train(was)
         cols = enc.feature_columns
         gains = torch.cat(gains_l).numpy() if gains_l else np.zeros((0, len(cols)), np.float32)
@@ -1099,18 +1103,35 @@ class InfoGapVAE(CLMModule):
                 res[f"gain_{i + 1}"] = np.nan
         return (res, all_g) if return_gains else res
 
-    def _question_gains_df(self, batch: Batch, part: pd.DataFrame, n_samples: int, target: Any,
-                           generator: torch.Generator | None) -> torch.Tensor:
-        """Like :meth:`question_gains` with a ``predict_proba(df)`` target: the drawn answers are
-        decoded to raw values and written into copies of the raw rows."""
-        enc = self._require_encoder()
+    def _question_candidates(self, batch: Mapping[str, torch.Tensor], answered: torch.Tensor | None) -> torch.Tensor:
+        """(B, F) bool: the cells one can ask about: unobserved, not ``answered``, and with a predictive
+        (numerics, and the categorical/binary columns the decoder models)."""
         num_mask, cat_mask = batch["num_mask"], batch["cat_mask"]
-        B, F_ = len(num_mask), self.n_num + self.n_cat
-        observed = torch.cat([num_mask, cat_mask], 1)
+        F_ = self.n_num + self.n_cat
         has_head = torch.ones(F_, dtype=torch.bool, device=num_mask.device)
         has_head[self.n_num:] = False
         has_head[[self.n_num + j for j in self.decoder.soft_cols + self.decoder.bin_cols]] = True
-        cand = ~observed & has_head[None]
+        cand = ~torch.cat([num_mask, cat_mask], 1) & has_head[None]
+        return cand if answered is None else cand & ~answered.to(cand.device)
+
+    def _unreadable(self, part: pd.DataFrame, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(B, F) bool: cells of the raw rows ``part`` that hold a value the encoding reads as
+        unobserved: a category unseen in training (a plan launched since). The model cannot use
+        them, but they are not missing: never asked for, never counted as missing."""
+        enc = self._require_encoder()
+        held = torch.zeros(len(part), enc.n_num + enc.n_cat, dtype=torch.bool)
+        for j, col in enumerate(enc.cat_columns):
+            held[:, enc.n_num + j] = torch.from_numpy(~missing_cells(part[col]))
+        observed = torch.cat([batch["num_mask"], batch["cat_mask"]], 1).cpu()
+        return held & ~observed
+
+    def _question_gains_df(self, batch: Batch, part: pd.DataFrame, n_samples: int, target: Any,
+                           generator: torch.Generator | None, answered: torch.Tensor | None = None) -> torch.Tensor:
+        """Like :meth:`question_gains` with a ``predict_proba(df)`` target: the drawn answers are
+        decoded to raw values and written into copies of the raw rows."""
+        enc = self._require_encoder()
+        cand = self._question_candidates(batch, answered)
+        B, F_ = cand.shape
         gains = torch.full((B, F_), float("nan"))
         rows, feats = cand.nonzero(as_tuple=True)
         if len(rows) == 0:
