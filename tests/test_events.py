@@ -649,8 +649,19 @@ def test_a_relative_model_scores_a_plain_view_frame(tmp_path):
         model = cls(**dm.model_kwargs())
         model.set_preprocessing(dm.preprocessing_state())
         np.testing.assert_allclose(getattr(model, predict)(plain), getattr(model, predict)(rel), rtol=1e-6)
-        with pytest.raises(SchemaError, match="recency_share"):  # without the absolute columns: a clear error
+        # without an absolute column: the error names that column (it used to name the derived ones)
+        with pytest.raises(SchemaError, match=r"<dataframe>, column 'tenure_days': required columns missing: "
+                                              r"\['tenure_days'\] \(the model's \['recency_share'"):
             getattr(model, predict)(plain.drop(columns=["tenure_days"]))
+        # numbers as text: 'N/A' is missing, as for every other numeric column; other text is named
+        # (both used to stop in a bare numpy ValueError)
+        text = plain.astype({"tenure_days": object})
+        text.loc[text.index[1], "tenure_days"] = "N/A"
+        expect = getattr(model, predict)(plain.assign(tenure_days=plain["tenure_days"].where(plain.index != 1)))
+        np.testing.assert_allclose(getattr(model, predict)(text), expect, rtol=1e-6)
+        text.loc[text.index[1], "tenure_days"] = "seven"
+        with pytest.raises(SchemaError, match=r"column 'tenure_days', row 1: expected a number but found 'seven'"):
+            getattr(model, predict)(text, batch_size=1)
 
 
 def test_item_ids_of_a_file_are_read_as_text(tmp_path):

@@ -1169,7 +1169,7 @@ _RELATIVE_INPUTS = ("recency_days", "tenure_days", "n_purchase_days", "monetary_
                     "max_gap_days")
 
 
-def relative_time_features(features: pd.DataFrame) -> pd.DataFrame:
+def relative_time_features(features: pd.DataFrame, source: str = "<dataframe>") -> pd.DataFrame:
     """Age-free versions of the age-dependent view features (one row per row of ``features``).
 
     =========================== ============================================== ==================
@@ -1188,18 +1188,21 @@ def relative_time_features(features: pd.DataFrame) -> pd.DataFrame:
     =========================== ============================================== ==================
 
     ``tenure_days`` is floored at 1 day (a purchase minutes before the cutoff). Customers without
-    a purchase before the cutoff (customer-table only) get NaN.
+    a purchase before the cutoff (customer-table only) get NaN. The inputs are read as the encoder
+    reads numbers: ``'n/a'`` or ``''`` is missing, other text a :class:`SchemaError` naming
+    ``source``, the column and the row.
     """
-    tenure = features["tenure_days"].to_numpy(dtype=np.float64)
+    x = {c: to_numeric_strict(features[c], source=source, column=c).to_numpy() for c in _RELATIVE_INPUTS}
+    tenure = x["tenure_days"]
     life = np.maximum(tenure, 1.0)
-    rec = features["recency_days"].to_numpy(dtype=np.float64)
+    rec = x["recency_days"]
     with np.errstate(invalid="ignore", divide="ignore"):
-        ipt = features["ipt_mean_days"].to_numpy(dtype=np.float64)
-        gap = np.fmax(features["max_gap_days"].to_numpy(dtype=np.float64), rec)
+        ipt = x["ipt_mean_days"]
+        gap = np.fmax(x["max_gap_days"], rec)
         out = {
             "recency_share": np.clip(rec / life, 0.0, 1.0),
-            "purchase_days_per_30d": features["n_purchase_days"].to_numpy(dtype=np.float64) / life * 30.0,
-            "spend_per_30d": features["monetary_total"].to_numpy(dtype=np.float64) / life * 30.0,
+            "purchase_days_per_30d": x["n_purchase_days"] / life * 30.0,
+            "spend_per_30d": x["monetary_total"] / life * 30.0,
             "recency_over_ipt": np.where(ipt > 0, rec / np.where(ipt > 0, ipt, 1.0), np.nan),
             "max_gap_share": np.clip(gap / life, 0.0, 1.0),
         }
@@ -1222,7 +1225,7 @@ def apply_time_features(features: pd.DataFrame, time_features: str = "absolute",
         raise ValueError(f"data.time_features must be one of {TIME_FEATURES}, not {time_features!r}")
     if time_features == "absolute":
         return features
-    rel = relative_time_features(features)
+    rel = relative_time_features(features, source)
     clash = [c for c in rel.columns if c in features.columns]
     if clash:
         raise SchemaError("customer table column has the name of a relative time feature; rename it",
@@ -1232,14 +1235,22 @@ def apply_time_features(features: pd.DataFrame, time_features: str = "absolute",
     return features.join(rel)
 
 
-def add_time_features(df: pd.DataFrame, needed: Sequence[str]) -> pd.DataFrame:
+def add_time_features(df: pd.DataFrame, needed: Sequence[str], source: str = "<dataframe>") -> pd.DataFrame:
     """``df`` plus the :data:`RELATIVE_TIME_COLUMNS` among ``needed`` that it lacks, derived from its
     absolute columns, so that a model trained with ``data.time_features=relative|both`` scores a
     plain view frame (``predict_proba`` / ``predict_spend`` call this). Unchanged when nothing is
-    missing or the absolute columns are not there either (the encoder then names what is missing).
+    missing.
+
+    Raises:
+        SchemaError: an absolute column they are derived from is missing (named, with ``source``),
+            or holds text that is not a number.
     """
     missing = [c for c in RELATIVE_TIME_COLUMNS if c in needed and c not in df.columns]
-    if not missing or not set(_RELATIVE_INPUTS) <= set(df.columns):
+    if not missing:
         return df
-    rel = relative_time_features(df)
+    absent = [c for c in _RELATIVE_INPUTS if c not in df.columns]
+    if absent:
+        raise SchemaError(f"required columns missing: {absent} (the model's {missing} are derived from "
+                          f"{list(_RELATIVE_INPUTS)})", source=source, column=absent[0])
+    rel = relative_time_features(df, source)
     return df.assign(**{c: rel[c].to_numpy() for c in missing})

@@ -500,11 +500,11 @@ class ChurnClassifier(CLMModule):
         out = np.empty(len(df), dtype=np.float32)
         chunk = max(batch_size, 1)
         if len(df) == 0:  # nothing to score, but the columns are still checked
-            self.encoder.transform(add_time_features(df, self.encoder.feature_columns), source=source,
+            self.encoder.transform(add_time_features(df, self.encoder.feature_columns, source), source=source,
                                    with_target=False)
         with torch.inference_mode(), self.fused_inference():
             for start, _ in chunks(len(df), chunk, f"scoring {len(df):,} customers"):
-                part = add_time_features(df.iloc[start: start + chunk], self.encoder.feature_columns)  # time_features
+                part = add_time_features(df.iloc[start: start + chunk], self.encoder.feature_columns, source)  # time_features
                 part = self.with_infogap(part, source=source)
                 enc = self.encoder.transform(part, source=source, with_target=False)
                 enc = {k: v.to(self.device) for k, v in enc.items() if k != "y"}

@@ -133,10 +133,10 @@ class SpendRegressor(CLMModule):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(df) == 0:  # nothing to score, but the columns are still checked
-            self.encoder.transform(add_time_features(df, self.encoder.feature_columns), source=source,
+            self.encoder.transform(add_time_features(df, self.encoder.feature_columns, source), source=source,
                                    with_target=False)
         for start, stop in chunks(len(df), int(batch_size), f"spend for {len(df):,} customers"):
-            part = add_time_features(df.iloc[start: stop], self.encoder.feature_columns)  # time_features
+            part = add_time_features(df.iloc[start: stop], self.encoder.feature_columns, source)  # time_features
             enc = self.encoder.transform(part, source=source, with_target=False)
             enc = {k: v.to(self.device) for k, v in enc.items()}
             out[start: start + len(part)] = torch.exp(self(enc)).double().cpu().numpy()
