@@ -190,6 +190,10 @@ def test_churn_with_infogap_vae(tmp_path, make_cfg, recwarn) -> None:
     np.testing.assert_allclose(p1, loaded.predict_proba(test), atol=1e-6)  # seeded: deterministic
     with pytest.raises(SchemaError, match="tenure"):
         loaded.predict_proba(test.drop(columns=["tenure"]))
+    # no rows (a filter that kept none): nothing to score; it used to ask for the VAE's own columns
+    assert loaded.predict_proba(test.iloc[:0]).shape == (0,)
+    with pytest.raises(SchemaError, match=r"column 'tenure': required column missing: \['tenure'\]"):
+        loaded.predict_proba(test.iloc[:0].drop(columns=["tenure"]))
     # model.infogap_features=summary: only the gap summaries join the inputs (imputation unchanged)
     vae_ckpt2 = tmp_path / "vae2.ckpt"
     shutil.copy(tmp_path / "vae" / "checkpoints" / "best.ckpt", vae_ckpt2)

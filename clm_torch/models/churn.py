@@ -500,8 +500,8 @@ class ChurnClassifier(CLMModule):
         out = np.empty(len(df), dtype=np.float32)
         chunk = max(batch_size, 1)
         if len(df) == 0:  # nothing to score, but the columns are still checked
-            self.encoder.transform(add_time_features(df, self.encoder.feature_columns, source), source=source,
-                                   with_target=False)
+            self.encoder.transform(self.with_infogap(add_time_features(df, self.encoder.feature_columns, source),
+                                                     source=source), source=source, with_target=False)
         with torch.inference_mode(), self.fused_inference():
             for start, _ in chunks(len(df), chunk, f"scoring {len(df):,} customers"):
                 part = add_time_features(df.iloc[start: start + chunk], self.encoder.feature_columns, source)  # time_features
