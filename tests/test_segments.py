@@ -56,6 +56,12 @@ def test_segment_summary() -> None:
     assert s["size"].tolist() == [2, 1]
     assert s["mean_churn_probability"].tolist() == pytest.approx([0.3, 0.9])
     assert s.loc[0, "top_plan"] == "a" and s.loc[0, "top_recs"].startswith("x")
+    # the same read back from customers.csv, where the items are joined by " | " (ids may hold spaces):
+    # "Blue Shirt" is one item, counted once per customer, without the separator's spaces
+    from clm_torch.lifecycle.report import TOP_ITEMS_SEP
+
+    text = df.assign(recs=[TOP_ITEMS_SEP.join(["Blue Shirt", "y"]), "y", "z"])
+    assert segment_summary(text, list_cols=["recs"])["top_recs"].tolist() == ["y, Blue Shirt", "z"]
 
 
 def test_bad_points_and_labels_are_named_errors() -> None:

@@ -224,8 +224,10 @@ def segment_summary(customers: pd.DataFrame, segment_col: str = "segment", *,
     for c in list_cols:
         if c in customers.columns:
             def _top(s: pd.Series) -> str:
+                # lists, or text joined by " | " as customers.csv writes them (report.TOP_ITEMS_SEP)
                 vals = pd.Series([v for lst in s.dropna() for v in (lst if isinstance(lst, (list, tuple, np.ndarray))
-                                                                      else str(lst).split("|")) if v != ""])
+                                                                      else [p.strip() for p in str(lst).split("|")])
+                                  if v != ""])
                 return ", ".join(map(str, vals.value_counts().index[:top]))
 
             out[f"top_{c}"] = g[c].agg(_top)
