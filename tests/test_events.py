@@ -664,6 +664,18 @@ def test_a_relative_model_scores_a_plain_view_frame(tmp_path):
             getattr(model, predict)(text, batch_size=1)
 
 
+def test_the_dates_of_build_customer_view_are_read_as_the_cli_reads_them():
+    """cutoff=20240401 (a whole number, as a notebook or the command line may pass it) is that day; it
+    used to be 20 ms after 1970, an empty view without a word. None or text that is no date is named."""
+    view = _view()
+    compact = build_customer_view(_log(), 20240401, horizon_days=30, n_last=3)
+    pd.testing.assert_frame_equal(compact.features, view.features)
+    for bad, msg in ((None, "cutoff=None is not a date"), ("soon", "cutoff='soon' is not a date"),
+                     (12345, "cutoff=12345 is a number, not a date")):
+        with pytest.raises(SchemaError, match=rf"<events>: {msg}"):
+            build_customer_view(_log(), bad, horizon_days=30)
+
+
 def test_item_ids_of_a_file_are_read_as_text(tmp_path):
     """SKUs such as '00048' used to be read as the number 48 (so '00048', '48' and '0.48E2' were one
     item, and the recommendations named items the catalogue does not have): item ids are text, as

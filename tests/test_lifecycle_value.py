@@ -65,6 +65,16 @@ def test_learned_clv_is_the_spend_rate_held_and_discounted_like_the_formula():
     np.testing.assert_allclose(clv_learned([90.0], margin=0.5, horizon_days=90, period_days=30, periods=2,
                                            discount_rate=0.1),
                                clv_formula([[15.0, 15.0]], None, 0.1))
+    # one customer's spend as a number: one value (it used to be an IndexError); bad periods are named
+    # (a zero horizon used to be a ZeroDivisionError)
+    np.testing.assert_allclose(clv_learned(90.0, margin=0.5, horizon_days=90, period_days=30, periods=2,
+                                           discount_rate=0.1), [15 / 1.1 + 15 / 1.21])
+    for kw, msg in ((dict(horizon_days=0), "horizon_days must be a number of days > 0, got 0"),
+                    (dict(period_days=float("nan")), "period_days must be a number of days > 0"),
+                    (dict(periods=0), "periods must be a whole number >= 1, got 0")):
+        args = {**dict(margin=0.5, horizon_days=90, period_days=30, periods=2, discount_rate=0.1), **kw}
+        with pytest.raises(ValueError, match=msg):
+            clv_learned([1.0], **args)
 
 
 def test_survival_from_churn_prob():
@@ -319,6 +329,18 @@ def test_value_and_rate_inputs_that_would_give_silent_nan_or_impossible_rates():
         rates_from_events(ev.assign(timestamp=ev["timestamp"].astype(str)), "2024-02-01", "2024-03-01")
     with pytest.raises(SchemaError, match="column 'amount', row 1: missing amount"):
         cohort_retention(ev.assign(amount=[1.0, np.nan, 3.0, 1.0]))
+    # a missing id or time (a raw log, not load_events'): named; they used to shift the cohorts and
+    # count a NaN id as a customer
+    with pytest.raises(SchemaError, match=r"column 'customer_id', row 2: missing customer id \(1 rows\)"):
+        cohort_retention(ev.assign(customer_id=["a", "a", None, "b"]))
+    with pytest.raises(SchemaError, match=r"column 'timestamp', row 0: missing timestamp \(1 rows\)"):
+        rates_from_events(ev.assign(timestamp=ev["timestamp"].where(ev.index != 0)), "2024-02-01", "2024-03-01")
+    # dates as the CLI reads them: 20240201 is that day (pd.Timestamp made it 20 ms after 1970)
+    pd.testing.assert_series_equal(rates_from_events(ev, 20240201, 20240301), base)
+    with pytest.raises(SchemaError, match=r"rates_from_events: period_start=None is not a date"):
+        rates_from_events(ev, None, "2024-03-01")
+    with pytest.raises(SchemaError, match=r"cohort_retention: end='soon' is not a date"):
+        cohort_retention(ev, end="soon")
     with pytest.raises(ValueError, match="lookback_days must be a number of days > 0"):
         rates_from_events(ev, "2024-02-01", "2024-03-01", lookback_days=0)
     with pytest.raises(ValueError, match="horizon_days must be"):

@@ -119,25 +119,26 @@ def _to_utc_naive(ts: Any) -> pd.Timestamp:
     return t
 
 
-def parse_cutoff(value: Any, *, setting: str) -> pd.Timestamp:
-    """A date setting (``data.cutoff``, ``data.customers_as_of``) as a naive UTC timestamp: an ISO
-    date or time, with or without a time zone (converted to UTC). A value that is not a date raises
-    a :class:`SchemaError` naming the setting."""
+def parse_cutoff(value: Any, *, setting: str, source: str = "config") -> pd.Timestamp:
+    """A date setting (``data.cutoff``, ``data.customers_as_of``, or a function's date argument) as a
+    naive UTC timestamp: a Timestamp or datetime, an ISO date or time, with or without a time zone
+    (converted to UTC), or a whole number YYYYMMDD. A value that is not a date (None, other numbers,
+    other text) raises a :class:`SchemaError` naming ``source`` and the setting."""
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
         # the command line makes data.cutoff=20240601 a number: a whole YYYYMMDD is a date, other
         # numbers are refused (pd.Timestamp would read them as nanoseconds since 1970)
         text = str(int(value)) if float(value).is_integer() else ""
         t = pd.to_datetime(text, format="%Y%m%d", errors="coerce") if len(text) == 8 else pd.NaT
         if t is pd.NaT:
-            raise SchemaError(f"{setting}={value!r} is a number, not a date; use e.g. 2024-10-01", source="config")
+            raise SchemaError(f"{setting}={value!r} is a number, not a date; use e.g. 2024-10-01", source=source)
         return t
     try:
         t = pd.Timestamp(value)
     except (ValueError, TypeError) as e:
         raise SchemaError(f"{setting}={value!r} is not a date; use e.g. 2024-10-01 or 2024-10-01T00:00:00+02:00 "
-                          f"({e})", source="config") from None
+                          f"({e})", source=source) from None
     if t is pd.NaT:
-        raise SchemaError(f"{setting}={value!r} is not a date", source="config")
+        raise SchemaError(f"{setting}={value!r} is not a date", source=source)
     return _to_utc_naive(t)
 
 
@@ -377,7 +378,8 @@ def load_events(
         out["quantity"] = qty
 
     df = pd.DataFrame(out)
-    now_ts = _to_utc_naive(pd.Timestamp.now(tz="UTC") if now is None else now)
+    now_ts = (_to_utc_naive(pd.Timestamp.now(tz="UTC")) if now is None
+              else parse_cutoff(now, setting="now", source=src))
     future = df["timestamp"] > now_ts
     if future.any():
         first = _first_row(future)
@@ -769,7 +771,9 @@ def build_customer_view(
         )
     if horizon_days <= 0 or trend_window_days <= 0 or n_last < 1:
         raise ValueError("horizon_days and trend_window_days must be > 0 and n_last >= 1")
-    cutoff = _to_utc_naive(cutoff)
+    cutoff = parse_cutoff(cutoff, setting="cutoff", source=src)  # 20240601 is that day, not 20 ms after 1970
+    if customers_as_of is not None:
+        customers_as_of = parse_cutoff(customers_as_of, setting="customers_as_of", source=src)
     cut_ns = int(np.datetime64(cutoff, "ns").astype("int64"))
     end_ns = cut_ns + int(round(horizon_days * _NS_PER_DAY))
     w_ns = int(round(trend_window_days * _NS_PER_DAY))
@@ -862,7 +866,7 @@ def build_customer_view(
                             len(tab_index))
             # the table's customers in the view: those who existed at the cutoff, by their join date when
             # the table has one, else all of them when the table is of the cutoff (not of a later date)
-            table_current = customers_as_of is None or _to_utc_naive(customers_as_of) <= cutoff
+            table_current = customers_as_of is None or customers_as_of <= cutoff
             exists = np.full(len(tab_index), table_current)
             if customers_joined_col is not None:
                 joined = _join_dates(table, customers_joined_col, tsrc)
@@ -872,7 +876,7 @@ def build_customer_view(
             population = ev_index[had_before]
             left_out = int((~(exists | tab_index.isin(population))).sum())
             if left_out:
-                later = f"the table is of {_to_utc_naive(customers_as_of)}" if not table_current else ""
+                later = f"the table is of {customers_as_of}" if not table_current else ""
                 why = ("they joined on or after it" + (f", or have no join date and {later}" if later else "")
                        if customers_joined_col is not None else f"{later}: some joined later")
                 log.info("%s: %d of its %d customers have no event before the cutoff %s; left out of the view (%s)",

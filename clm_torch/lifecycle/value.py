@@ -78,7 +78,15 @@ def clv_learned(spend_horizon: ArrayLike, *, margin: float, horizon_days: float,
     >>> float(clv_learned([90.0], margin=0.5, horizon_days=90, period_days=30, periods=2, discount_rate=0.0)[0])
     30.0
     """
-    per_period = float(margin) * np.asarray(spend_horizon, dtype="float64") * (float(period_days) / float(horizon_days))
+    for name, v in (("horizon_days", horizon_days), ("period_days", period_days)):
+        if not (np.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a number of days > 0, got {v}")
+    if int(periods) != periods or periods < 1:
+        raise ValueError(f"periods must be a whole number >= 1, got {periods}")
+    spend = np.atleast_1d(np.asarray(spend_horizon, dtype="float64"))
+    if spend.ndim != 1:
+        raise ValueError(f"spend_horizon must be one value per customer (1-D), got shape {spend.shape}")
+    per_period = float(margin) * spend * (float(period_days) / float(horizon_days))
     return np.asarray(clv_formula(per_period[:, None] * np.ones((1, int(periods))), None, float(discount_rate)))
 
 
@@ -198,6 +206,11 @@ def _purchases(events: pd.DataFrame, what: str) -> pd.DataFrame:
                           "parses text and epoch seconds)", source=what, column="timestamp")
     if t.dt.tz is not None:  # one UTC clock, as load_events and build_customer_view use
         events = events.assign(timestamp=t.dt.tz_convert("UTC").dt.tz_localize(None))
+    for col, what_ in (("customer_id", "customer id"), ("timestamp", "timestamp")):
+        miss = events[col].isna().to_numpy()
+        if miss.any():  # a NaN id would be one more customer, a NaT a cohort of its own
+            raise SchemaError(f"missing {what_} ({int(miss.sum())} rows); drop those events or read the log with "
+                              "load_events", source=what, column=col, row=events.index[miss][0])
     if "amount" in events.columns:
         amount = events["amount"]
         if amount.isna().any():
@@ -235,9 +248,10 @@ def rates_from_events(
     pd.Series
         float64 values ``n_start, n_end, n_new, n_reactivated, retention_rate, churn_rate``.
     """
-    from clm_torch.data.events import _to_utc_naive
+    from clm_torch.data.events import parse_cutoff
 
-    start, end = _to_utc_naive(period_start), _to_utc_naive(period_end)
+    start = parse_cutoff(period_start, setting="period_start", source="rates_from_events")
+    end = parse_cutoff(period_end, setting="period_end", source="rates_from_events")
     if not start < end:
         raise ValueError(f"period_start {start} must be before period_end {end}")
     if lookback_days is not None and not (np.isfinite(lookback_days) and lookback_days > 0):
@@ -287,13 +301,14 @@ def cohort_retention(events: pd.DataFrame, freq: str = "M", *, end: Any = None) 
         fully observed by ``end`` are NaN (not observed), not 0. The cohort sizes are in
         ``df.attrs["size"]``.
     """
-    from clm_torch.data.events import _to_utc_naive
+    from clm_torch.data.events import parse_cutoff
 
     ev = _purchases(events, "<events>")
     if len(ev) == 0:
         raise SchemaError("no purchases in the event log", source="<events>")
     t_max = ev["timestamp"].max()
-    end = t_max.normalize() + pd.Timedelta(days=1) if end is None else _to_utc_naive(end)
+    end = t_max.normalize() + pd.Timedelta(days=1) if end is None else parse_cutoff(end, setting="end",
+                                                                                      source="cohort_retention")
     if not end > t_max:
         raise ValueError(f"end {end} must be after the last purchase ({t_max})")
     per = ev["timestamp"].dt.to_period(freq)
