@@ -66,6 +66,14 @@ def test_truncated_and_empty_checkpoints(tmp_path: Path, small_ckpt: Path) -> No
         ChurnClassifier.load_from_checkpoint(empty)
     with pytest.raises(CheckpointError, match="not found"):
         ChurnClassifier.load_from_checkpoint(tmp_path / "nope.ckpt")
+    # a run directory (it used to be called a truncated or corrupt checkpoint): the file to pass instead
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.ckpt").write_bytes(data)
+    with pytest.raises(CheckpointError, match=rf"run: is a directory, not a checkpoint file; pass "
+                                              rf"{run / 'checkpoints' / 'best.ckpt'}, or load a run directory with "
+                                              r"clm_torch\.load_run"):
+        ChurnClassifier.load_from_checkpoint(run)
 
 
 def test_checkpoint_of_another_model_class(tmp_path: Path, small_ckpt: Path) -> None:

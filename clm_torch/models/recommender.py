@@ -77,6 +77,13 @@ def _check_k(k: int, n_items: int) -> int:
     return int(min(k, n_items))
 
 
+def _pad_slots(idx: torch.Tensor, k: int) -> torch.Tensor:
+    """``idx`` (n, ≤ k) with empty slots (-1) up to ``k`` columns: k beyond the catalogue still gives (n, k)."""
+    if idx.shape[1] >= k:
+        return idx
+    return torch.cat([idx, torch.full((len(idx), k - idx.shape[1]), -1, dtype=idx.dtype)], 1)
+
+
 def _check_histories(histories: Any, n: int | None = None) -> list[Sequence[Any] | None]:
     """``histories`` as a list taken by position (a Series' index is ignored), one item-id sequence
     (or None) per user; a bare string is refused (it would be read as a sequence of characters)."""
@@ -753,7 +760,7 @@ class EmbeddingRecommender(CLMModule):
         popularity. Slots that cannot be filled (k larger than the unseen catalogue) are None.
         """
         self._require_preprocessing()
-        k = _check_k(k, self.n_items)
+        k_asked, k = k, _check_k(k, self.n_items)
         user_ids = _check_user_ids(user_ids)
         histories = _check_histories(histories, len(user_ids)) if histories is not None else None
         was = self.training
@@ -784,7 +791,7 @@ class EmbeddingRecommender(CLMModule):
                      sum(h is not None and len(h) > 0 for h in hist) if self.uses_history else 0,
                      sum(not (h is not None and len(h) > 0 and self.uses_history) for h in hist))
         self.train(was)
-        return self._ids(out)
+        return self._ids(_pad_slots(out, k_asked))
 
     @torch.no_grad()
     def recommend_for_history(self, histories: Sequence[Sequence[Any]], k: int = 10,
@@ -795,13 +802,13 @@ class EmbeddingRecommender(CLMModule):
         encoder) get the popularity fallback.
         """
         self._require_preprocessing()
-        k = _check_k(k, self.n_items)
+        k_asked, k = k, _check_k(k, self.n_items)
         histories = _check_histories(histories)
         was = self.training
         self.eval()
         out = self._cold(histories, k, exclude_seen)
         self.train(was)
-        return self._ids(out)
+        return self._ids(_pad_slots(out, k_asked))
 
     def _cold(self, histories: list[Sequence[Any] | None], k: int, exclude_seen: bool) -> torch.Tensor:
         batch = self._history_batch(histories)

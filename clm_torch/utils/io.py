@@ -101,6 +101,12 @@ def load_checkpoint_safely(path: str | os.PathLike, map_location: str | torch.de
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: checkpoint not found")
+    if p.is_dir():
+        inside = next((c for c in (p / "checkpoints" / "best.ckpt", p / "best.ckpt", p / "checkpoints" / "last.ckpt")
+                       if c.is_file()), None)
+        raise CheckpointError(f"{p}: is a directory, not a checkpoint file; pass "
+                              f"{inside if inside is not None else '<run dir>/checkpoints/best.ckpt'}, or load a "
+                              "run directory with clm_torch.load_run")
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p}: checkpoint is empty (0 bytes)")
     try:
