@@ -25,7 +25,9 @@ Run directory::
 
 from __future__ import annotations
 
+import inspect
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,7 +59,7 @@ from clm_torch.lifecycle.value import (
     spend_capture,
     survival_from_churn_prob,
 )
-from clm_torch.train import CONFIG_DIR, check_run_dir, run_cli, train
+from clm_torch.train import CONFIG_DIR, SettingError, check_run_dir, run_cli, train
 from clm_torch.utils.io import write_csv_safe, write_json
 
 log = logging.getLogger(__name__)
@@ -83,12 +85,7 @@ def load_inputs(cfg: DictConfig) -> dict[str, Any]:
         return {"events": events, "customers": customers, "truth": base.truth.set_index("customer_id"),
                 "items": base.items, "cutoff": cutoff, "name": name, "customers_source": f"{name} customer table"}
     if d.kind == "events":
-        if not d.get("amount_col"):
-            raise SchemaError("the pipeline needs a money column (CLV and the spend model are in money): set "
-                              "data.amount_col=<column>", source=str(d.path), column="data.amount_col")
-        if not d.get("item_col"):
-            raise SchemaError("the pipeline needs an item column (the recommender learns from the items bought): "
-                              "set data.item_col=<column>", source=str(d.path), column="data.item_col")
+        _check_event_columns(d)
         events = load_events(d.path, customer_col=d.customer_col, time_col=d.time_col, amount_col=d.amount_col,
                              item_col=d.item_col, quantity_col=d.get("quantity_col"),
                              future_policy=d.get("future_policy", "error"))
@@ -101,7 +98,122 @@ def load_inputs(cfg: DictConfig) -> dict[str, Any]:
         return {"events": events, "customers": customers, "truth": None, "items": None, "cutoff": cutoff,
                 "name": str(d.path), "customers_source": str(d.get("customers_path") or "customer table"),
                 "customers_as_of": as_of, "customers_joined_col": d.get("customers_joined_col") or None}
-    raise SchemaError(f"data.kind must be synthetic or events, not {d.kind!r}", source="pipeline config")
+    raise SettingError(f"data.kind={d.kind!r}: expected synthetic or events")
+
+
+# ----------------------------------------------------------------------------- settings
+_MODELS = ("vae", "churn", "recommender", "spend")
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_event_columns(d: DictConfig) -> None:
+    """The event-log columns the pipeline cannot do without (``data.amount_col``, ``data.item_col``)."""
+    if not d.get("amount_col"):
+        raise SettingError(f"data.amount_col={d.get('amount_col')!r}: expected the event log's money column (CLV and "
+                           "the spend model are in money): set data.amount_col=<column>")
+    if not d.get("item_col"):
+        raise SettingError(f"data.item_col={d.get('item_col')!r}: expected the event log's item column (the "
+                           "recommender learns from the items bought): set data.item_col=<column>")
+
+
+def check_pipeline_settings(cfg: DictConfig) -> None:
+    """Refuse a pipeline setting of the wrong type or out of range (``configs/pipeline.yaml``) before any
+    data is read or written, in one line that names the setting, its value and what is accepted. A bad
+    value used to stop with a traceback where it was first used, some (``segments.*``, ``value.*``,
+    ``stages.*``, ``actions.*``) only after every model had trained.
+
+    Raises:
+        SettingError: e.g. ``horizon_days=0: expected a number of days > 0``.
+        SchemaError: ``data.cutoff`` or ``data.customers_as_of`` that is not a date.
+    """
+    def bad(key: str, value: Any, want: str) -> SettingError:
+        return SettingError(f"{key}={value!r}: expected {want}")
+
+    def one_of(key: str, value: Any, allowed: Sequence[str]) -> None:
+        if value not in allowed:
+            raise bad(key, value, f"{', '.join(allowed[:-1])} or {allowed[-1]}")
+
+    def whole(key: str, value: Any, lo: int, what: str) -> None:
+        if not (_whole(value) and value >= lo):
+            raise bad(key, value, f"a whole number of {what} >= {lo}")
+
+    def number(key: str, value: Any, ok: Any, want: str) -> None:
+        if not (_number(value) and ok(value)):
+            raise bad(key, value, want)
+
+    def known(section: str, keys: Sequence[str]) -> DictConfig:
+        node = cfg.get(section)
+        if not isinstance(node, DictConfig):
+            raise bad(section, node, f"its settings ({', '.join(keys)})")
+        for k in node:
+            if k not in keys:
+                raise SettingError(f"{section}.{k}: not a setting of the pipeline; expected one of {', '.join(keys)}")
+        return node
+
+    seed = cfg.get("seed")
+    if not _whole(seed):
+        raise bad("seed", seed, "a whole number")
+    number("horizon_days", cfg.get("horizon_days"), lambda v: v > 0, "a number of days > 0")
+    whole("n_last", cfg.get("n_last"), 1, "purchases")
+    one_of("churn_sequence", cfg.get("churn_sequence"), SEQUENCE_ENCODERS)
+    if not isinstance(cfg.get("tensorboard"), bool):
+        raise bad("tensorboard", cfg.get("tensorboard"), "true or false")
+
+    d = cfg.data
+    one_of("data.kind", d.get("kind"), ("synthetic", "events"))
+    if d.kind == "synthetic":
+        whole("data.n_customers", d.get("n_customers"), 1, "customers")
+        if not _whole(d.get("seed")):
+            raise bad("data.seed", d.get("seed"), "a whole number")
+        if d.get("generator") is not None and not isinstance(d.generator, DictConfig):
+            raise bad("data.generator", d.generator, "settings of generate_customer_base(), e.g. "
+                      "+data.generator.n_items=100")
+    else:
+        if not isinstance(d.get("path"), str) or not d.path:
+            raise bad("data.path", d.get("path"), "the event log's file (.csv or .parquet)")
+        _check_event_columns(d)
+        one_of("data.future_policy", d.get("future_policy", "error"), ("error", "drop"))
+        for key in ("cutoff", "customers_as_of"):
+            if d.get(key):
+                parse_cutoff(d[key], setting=f"data.{key}")
+
+    models = known("models", _MODELS)
+    for name, extra in models.items():
+        if extra is not None and not isinstance(extra, DictConfig):
+            raise bad(f"models.{name}", extra, f"settings of the {name} sub-run (configs/train.yaml keys), e.g. "
+                      f"models.{name}.trainer.max_epochs=5")
+
+    score = known("score", ("gap_samples", "question_samples"))
+    whole("score.gap_samples", score.get("gap_samples"), 1, "samples")
+    whole("score.question_samples", score.get("question_samples"), 1, "samples")
+
+    seg = known("segments", ("k_min", "k_max", "criterion"))
+    whole("segments.k_min", seg.get("k_min"), 2, "segments")
+    if not (_whole(seg.get("k_max")) and seg.k_max >= seg.k_min):
+        raise bad("segments.k_max", seg.get("k_max"), f"a whole number of segments >= segments.k_min={seg.k_min}")
+    one_of("segments.criterion", seg.get("criterion"), ("silhouette", "bic"))
+
+    v = known("value", ("clv", "margin", "discount_rate", "period_days", "periods"))
+    one_of("value.clv", v.get("clv"), ("learned", "formula"))
+    number("value.margin", v.get("margin"), lambda x: 0 < x <= 1, "a share of spend in (0, 1]")
+    number("value.discount_rate", v.get("discount_rate"), lambda x: x >= 0, "a rate per period >= 0")
+    number("value.period_days", v.get("period_days"), lambda x: x > 0, "a number of days > 0")
+    whole("value.periods", v.get("periods"), 1, "periods")
+
+    for section, fn in (("stages", assign_stage), ("actions", rpt.suggest_actions)):
+        params = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+        for key, value in known(section, params).items():
+            if key.endswith("_days"):
+                number(f"{section}.{key}", value, lambda x: x >= 0, "a number of days >= 0")
+            else:  # a probability, a quantile or a share
+                number(f"{section}.{key}", value, lambda x: 0 <= x <= 1, "a number in [0, 1]")
 
 
 def check_views(inputs: dict[str, Any], train_frame: pd.DataFrame, horizon: float, d: DictConfig) -> None:
@@ -111,16 +223,21 @@ def check_views(inputs: dict[str, Any], train_frame: pd.DataFrame, horizon: floa
     train_cut = cutoff - pd.Timedelta(days=horizon)
     span = (f"the log runs from {ev['timestamp'].min():%Y-%m-%d} to {ev['timestamp'].max():%Y-%m-%d}"
             if len(ev) else "the log has no events before the cutoff")
-    where = f"the training cutoff {train_cut:%Y-%m-%d} (data.cutoff {cutoff:%Y-%m-%d} minus horizon_days={horizon:g})"
+    # the settings that place the training cutoff, named as settings (not as a column of the log)
+    if d.get("kind") == "synthetic":
+        settings = f"the synthetic base's cutoff {cutoff:%Y-%m-%d}, horizon_days={horizon:g}"
+    else:
+        settings = (f"data.cutoff={cutoff:%Y-%m-%d}{'' if d.get('cutoff') else ' (the day after the last event)'}, "
+                    f"horizon_days={horizon:g}")
+    where = f"the training cutoff {train_cut:%Y-%m-%d} (the cutoff minus horizon_days)"
     if len(train_frame) == 0:
-        raise SchemaError(f"no customer has a purchase before {where}; {span}: move data.cutoff later or lower "
-                          "horizon_days", source=inputs["name"], column="data.cutoff")
+        raise SchemaError(f"{settings}: no customer has a purchase before {where}; {span}: move data.cutoff later "
+                          "or lower horizon_days", source=inputs["name"])
     classes = train_frame["churn"].nunique()
     if classes < 2:
         what = "bought again" if int(train_frame["churn"].iloc[0]) == 0 else "made no purchase"
-        raise SchemaError(f"every customer {what} within horizon_days={horizon:g} after {where}, so churn has one "
-                          f"class; {span}: choose a cutoff and horizon inside the log", source=inputs["name"],
-                          column="data.cutoff")
+        raise SchemaError(f"{settings}: every customer {what} within the horizon after {where}, so churn has one "
+                          f"class; {span}: choose a cutoff and horizon inside the log", source=inputs["name"])
     items = ev["item_id"].dropna().nunique() if "item_id" in ev.columns else 0
     if items < 2:
         raise SchemaError(f"the recommender needs at least 2 distinct items; the log has {items}",
@@ -223,9 +340,9 @@ def run_model(name: str, base: Sequence[str], extra: DictConfig | None, out: Pat
         try:
             cfg = OmegaConf.merge(cfg, extra)
         except ConfigKeyError as e:
-            raise SchemaError(f"{e.full_key} is not a setting of the {name} sub-run (configs/train.yaml and its "
-                              "groups); check the spelling", source="pipeline config",
-                              column=f"models.{name}.{e.full_key}") from None
+            raise SettingError(f"models.{name}.{e.full_key}={OmegaConf.select(extra, e.full_key)!r}: "
+                               f"{e.full_key} is not a setting of the {name} sub-run (configs/train.yaml and its "
+                               "groups); check the spelling") from None
     metrics, objects = train(cfg, allow_relaunch=False)  # strategy=ddp would re-run the whole pipeline
     model = objects["model"]
     best = metrics.get("best_ckpt")
@@ -243,10 +360,9 @@ def _fmt(m: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- the pipeline
 def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     """Run every step and write the run directory; returns the headline metrics."""
+    check_pipeline_settings(cfg)  # before any data is read or written (a bad value used to end after training)
     out = Path(cfg.paths.output_dir)
     check_run_dir(out, resuming=False, can_resume=False)  # before data/ and plots/ of an earlier run are written over
-    (out / "data").mkdir(parents=True, exist_ok=True)
-    (out / "plots").mkdir(exist_ok=True)
     root = str(cfg.paths.root_dir)
     t_start = time.time()
     _say(f"run directory: {out}")
@@ -260,9 +376,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     customers = clean_customers(inputs["customers"], inputs["customers_source"])
     # 3. features at the cutoff
     horizon = float(cfg.horizon_days)
-    seq_kind = str(cfg.get("churn_sequence", "none"))
-    if seq_kind not in SEQUENCE_ENCODERS:
-        raise ValueError(f"churn_sequence must be one of {SEQUENCE_ENCODERS}, not {seq_kind!r}")
+    seq_kind = str(cfg.get("churn_sequence", "none"))  # checked by check_pipeline_settings
     train_frame, score_frame = build_views(inputs, customers, horizon, int(cfg.n_last),
                                            int(cfg.n_last) if seq_kind != "none" else 0)
     check_views(inputs, train_frame, horizon, cfg.data)
@@ -270,6 +384,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     seq_cols = [c for c in train_frame.columns if parse_sequence_column(c) is not None]
     profile_frame = profile_view(inputs, customers, horizon, int(cfg.n_last),
                                  [c for c in train_frame.columns if c not in ("churn", "future_spend", *seq_cols)])
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    (out / "plots").mkdir(exist_ok=True)
     paths = {k: out / "data" / f"{k}.parquet" for k in ("train_view", "profile_view", "score_view", "interactions")}
     train_frame.to_parquet(paths["train_view"], index=False)
     profile_frame.to_parquet(paths["profile_view"], index=False)
@@ -339,7 +455,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         "segment": segments,
         "stage": stages.to_numpy(),
         "churn_probability": p_churn,
-        "clv": clv_learned_v if v.clv == "learned" else clv_formula_v,
+        "clv": {"learned": clv_learned_v, "formula": clv_formula_v}[str(v.clv)],
         "clv_formula": clv_formula_v,
         "clv_learned": clv_learned_v,
         "expected_spend_horizon": spend_pred,

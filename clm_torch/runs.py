@@ -273,7 +273,15 @@ class RunDirGuard(_HydraCallback):
     ``-m`` sweep, a job directory of its sweep directory) already holds a finished run *before* Hydra
     writes its ``.hydra/`` files there, so that a refused ``clm-train`` (or ``clm-evaluate``,
     ``clm-pipeline``) leaves the earlier run's recorded config as it was. One line on stderr, exit
-    code 2. Resuming (``ckpt_path=...``) is allowed."""
+    code 2. Resuming (``ckpt_path=...``) is allowed for ``clm-train`` only (see :meth:`_can_resume`)."""
+
+    @staticmethod
+    def _can_resume(config: DictConfig) -> bool:
+        """Whether the program that runs can continue a run: only ``clm-train`` (``configs/train.yaml``).
+        Decided by the program's config (``hydra.job.config_name``), not by ``task_name``, which an
+        experiment sets (``clm-pipeline experiment=pipeline_events`` runs as ``pipeline_events``)."""
+        name = str(OmegaConf.select(config, "hydra.job.config_name", default=None) or "")
+        return name.removesuffix(".yaml") == "train"
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = Path(str(config.hydra.run.dir))
@@ -294,7 +302,8 @@ class RunDirGuard(_HydraCallback):
 
         sub = config.hydra.get("output_subdir")
         record = run_dir / str(sub or ".hydra")
-        if not sub or not resumes(config) or not (record / "config.yaml").exists():
+        if not sub or not RunDirGuard._can_resume(config) or not resumes(config) \
+                or not (record / "config.yaml").exists():
             return
         stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
         with read_write(config.hydra), open_dict(config.hydra):
@@ -321,10 +330,10 @@ class RunDirGuard(_HydraCallback):
 
         from clm_torch.train import RunDirectoryError, check_run_dir, resumes
 
+        can_resume = RunDirGuard._can_resume(config)  # clm-pipeline and clm-evaluate never continue a run
         try:
             for d in dirs:
-                check_run_dir(d.resolve(), resuming=resumes(config),
-                              can_resume=config.get("task_name") not in ("pipeline", "evaluate"))
+                check_run_dir(d.resolve(), resuming=can_resume and resumes(config), can_resume=can_resume)
         except RunDirectoryError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)

@@ -163,26 +163,27 @@ def test_a_pipeline_subrun_refuses_the_relaunching_ddp_strategy(tmp_path: Path) 
     # the same through the per-model settings (+models.churn.trainer.strategy=ddp on the command line)
     from omegaconf import OmegaConf
 
-    from clm_torch.data.schema import SchemaError
+    from clm_torch.train import SettingError
 
     plain = [b for b in base if b != "trainer=ddp_sim"]
     extra = OmegaConf.create({"trainer": {"strategy": "ddp", "devices": 2}})
     with pytest.raises(RunDirectoryError, match="use trainer.strategy=ddp_spawn"):
         run_model("churn", plain, extra, tmp_path / "out2", str(REPO), 0)
-    with pytest.raises(SchemaError, match="'models.churn.trainer.max_epoch': trainer.max_epoch is not a setting"):
+    with pytest.raises(SettingError, match=r"^models\.churn\.trainer\.max_epoch=3: trainer\.max_epoch is not a "
+                                           r"setting of the churn sub-run"):
         run_model("churn", plain, OmegaConf.create({"trainer": {"max_epoch": 3}}), tmp_path / "out3", str(REPO), 0)
 
 
 def test_an_event_log_without_money_is_refused_before_any_training(tmp_path: Path) -> None:
-    from clm_torch.data.schema import SchemaError
     from clm_torch.pipeline import load_inputs
+    from clm_torch.train import SettingError
     from tests.conftest import compose_cfg
 
     log = tmp_path / "events.csv"
     pd.DataFrame({"customer_id": [1, 2], "timestamp": ["2024-01-01", "2024-01-02"]}).to_csv(log, index=False)
     cfg = compose_cfg(["data.kind=events", f"data.path={log}", "data.amount_col=null"], tmp_path / "run",
                       config_name="pipeline.yaml")
-    with pytest.raises(SchemaError, match=r"events\.csv, column 'data.amount_col': the pipeline needs a money column"):
+    with pytest.raises(SettingError, match=r"^data\.amount_col=None: expected the event log's money column"):
         load_inputs(cfg)
 
 
@@ -254,11 +255,14 @@ def test_views_the_models_cannot_learn_from_are_refused_before_training() -> Non
                        "timestamp": pd.to_datetime(["2024-01-05", "2024-01-06", "2024-03-01"])})
     inputs = {"events": ev, "cutoff": pd.Timestamp("2024-04-01"), "name": "log.csv"}
     d = OmegaConf.create({"item_col": "sku"})
-    with pytest.raises(SchemaError, match=r"log.csv, column 'data.cutoff': no customer has a purchase before the "
-                                          r"training cutoff 2024-01-02 .* the log runs from 2024-01-05 to 2024-03-01"):
+    # the cutoff and the horizon are named as settings, not as a column of the log
+    with pytest.raises(SchemaError, match=r"^log.csv: data.cutoff=2024-04-01 \(the day after the last event\), "
+                                          r"horizon_days=90: no customer has a purchase before the training cutoff "
+                                          r"2024-01-02 .* the log runs from 2024-01-05 to 2024-03-01"):
         check_views(inputs, pd.DataFrame({"churn": []}), 90, d)
-    with pytest.raises(SchemaError, match="every customer made no purchase within horizon_days=90"):
-        check_views(inputs, pd.DataFrame({"churn": [1, 1]}), 90, d)
+    with pytest.raises(SchemaError, match=r"^log.csv: data.cutoff=2024-04-01, horizon_days=90: every customer made "
+                                          r"no purchase within the horizon"):
+        check_views(inputs, pd.DataFrame({"churn": [1, 1]}), 90, OmegaConf.create({"cutoff": "2024-04-01"}))
     with pytest.raises(SchemaError, match="every customer bought again"):
         check_views(inputs, pd.DataFrame({"churn": [0, 0]}), 90, d)
     with pytest.raises(SchemaError, match=r"column 'sku': the recommender needs at least 2 distinct items; the log has 1"):
@@ -280,3 +284,142 @@ def test_a_label_like_table_column_is_flagged(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="clm_torch.pipeline"):
         clean_customers(table.drop(columns="Churn"), "crm.csv")
     assert "look like a churn label" not in caplog.text
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["horizon_days=0"], "horizon_days=0: expected a number of days > 0"),
+    (["horizon_days=-5"], "horizon_days=-5: expected a number of days > 0"),
+    (["horizon_days=abc"], "horizon_days='abc': expected a number of days > 0"),
+    (["n_last=0"], "n_last=0: expected a whole number of purchases >= 1"),
+    (["churn_sequence=lstm"], "churn_sequence='lstm': expected none, gru or attention"),
+    (["tensorboard=maybe"], "tensorboard='maybe': expected true or false"),
+    (["seed=abc"], "seed='abc': expected a whole number"),
+    (["data.kind=csv"], "data.kind='csv': expected synthetic or events"),
+    (["data.n_customers=many"], "data.n_customers='many': expected a whole number of customers >= 1"),
+    (["data.kind=events", "data.path=events.csv", "data.future_policy=ignore"],
+     "data.future_policy='ignore': expected error or drop"),
+    (["data.kind=events", "data.path=events.csv", "data.item_col=null"],
+     "data.item_col=None: expected the event log's item column (the recommender learns from the items bought): "
+     "set data.item_col=<column>"),
+    (["data.kind=events", "data.path=events.csv", "data.cutoff=12345"],
+     "config: data.cutoff=12345 is a number, not a date; use e.g. 2024-10-01"),
+    (["+models.churm.trainer.max_epochs=1"],
+     "models.churm: not a setting of the pipeline; expected one of vae, churn, recommender, spend"),
+    (["score.gap_samples=0"], "score.gap_samples=0: expected a whole number of samples >= 1"),
+    (["segments.criterion=aic"], "segments.criterion='aic': expected silhouette or bic"),
+    (["segments.k_min=1"], "segments.k_min=1: expected a whole number of segments >= 2"),
+    (["segments.k_max=1"], "segments.k_max=1: expected a whole number of segments >= segments.k_min=2"),
+    (["value.clv=foo"], "value.clv='foo': expected learned or formula"),
+    (["value.margin=30"], "value.margin=30: expected a share of spend in (0, 1]"),
+    (["value.discount_rate=-0.1"], "value.discount_rate=-0.1: expected a rate per period >= 0"),
+    (["value.period_days=0"], "value.period_days=0: expected a number of days > 0"),
+    (["value.periods=1.5"], "value.periods=1.5: expected a whole number of periods >= 1"),
+    (["stages.at_risk_prob=2"], "stages.at_risk_prob=2: expected a number in [0, 1]"),
+    (["stages.new_days=-1"], "stages.new_days=-1: expected a number of days >= 0"),
+    (["+stages.dormant_days=30"], "stages.dormant_days: not a setting of the pipeline; expected one of new_days, "
+                                  "active_recency_days, lapsed_recency_days, at_risk_prob, winback_gap_days"),
+    (["actions.value_quantile=80"], "actions.value_quantile=80: expected a number in [0, 1]"),
+])
+def test_a_bad_pipeline_setting_is_one_clear_line_before_the_data_is_read(tmp_path: Path, capsys, monkeypatch,
+                                                                          overrides: list[str], message: str) -> None:
+    """Pipeline settings used to be checked where they were first used: horizon_days=0 and n_last=0
+    stopped in a ValueError naming trend_window_days, churn_sequence=lstm in a ValueError traceback,
+    segments.criterion=aic and segments.k_min=1 only after every model had trained, and value.clv=foo
+    was taken as formula. Now one line naming the setting and what it accepts, exit 2, before any
+    data is read or written."""
+    import clm_torch.pipeline as pipeline
+    from clm_torch.train import run_cli
+    from tests.conftest import compose_cfg
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(pipeline, "load_inputs", refuse)
+    monkeypatch.chdir(tmp_path)  # data.path=events.csv: a file that is not there
+    out = tmp_path / "run"
+    cfg = compose_cfg(overrides, out, config_name="pipeline.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(pipeline.run_pipeline, cfg)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert not out.exists()
+
+
+def test_the_pipelines_own_settings_pass_the_check(tmp_path: Path) -> None:
+    """The defaults, the event-log experiment and the tests' tiny pipeline are accepted."""
+    from clm_torch.pipeline import check_pipeline_settings
+    from tests.conftest import TINY_PIPELINE, compose_cfg
+
+    for overrides in ([], TINY_PIPELINE, ["experiment=pipeline_events", "data.path=events.csv",
+                                          "data.cutoff=2024-03-01", "value.clv=formula", "churn_sequence=gru",
+                                          "horizon_days=30.5", "segments.criterion=bic"]):
+        check_pipeline_settings(compose_cfg(overrides, tmp_path / "run", config_name="pipeline.yaml"))
+
+
+def test_a_future_event_names_the_command_line_setting(tmp_path: Path, capsys) -> None:
+    """The error for events after today named load_events' argument (future_policy='drop'); the
+    pipeline's command line spells it data.future_policy=drop: the message names both."""
+    from clm_torch.pipeline import run_pipeline
+    from clm_torch.train import run_cli
+    from tests.conftest import compose_cfg
+
+    log = tmp_path / "events.csv"
+    pd.DataFrame({"customer_id": [1, 2], "timestamp": ["2024-01-01", "2200-01-02"], "amount": [5, 6],
+                  "item_id": ["a", "b"]}).to_csv(log, index=False)
+    cfg = compose_cfg(["data.kind=events", f"data.path={log}"], tmp_path / "run", config_name="pipeline.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(run_pipeline, cfg)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {log}, column 'timestamp', row 1: timestamp 2200-01-02 00:00:00 is in the future")
+    assert err.endswith("(1 such events); fix the clock/time zone or pass future_policy='drop' "
+                        "(data.future_policy=drop on the command line)")
+
+
+def test_a_refused_pipeline_command_never_offers_or_starts_a_resume(tmp_path: Path) -> None:
+    """Whether a command can continue a run is the program's (clm-train's), not the task name's:
+    `clm-pipeline experiment=pipeline_events` (task pipeline_events) over an earlier run used to be
+    told to resume with ckpt_path=last, which the pipeline does not do; and `+ckpt_path=last` on a
+    pipeline command was taken for a resume, which moved Hydra's record of the command into the
+    earlier run's .hydra/resume_<stamp>/ before the pipeline refused. Both are refused by the
+    run-directory guard, with no resume advice, and the earlier run is left as it was."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"  # a finished pipeline run
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("task_name: pipeline  # the earlier run\n")
+    (run / ".hydra" / "overrides.yaml").write_text("[]\n")
+    (run / "vae" / "checkpoints").mkdir(parents=True)
+    (run / "metrics.json").write_text("{}\n")
+    before = {str(p.relative_to(run)): p.read_bytes() if p.is_file() else None for p in run.rglob("*")}
+    for args in (["experiment=pipeline_events", f"data.path={tmp_path / 'events.csv'}"], ["+ckpt_path=last"]):
+        proc = subprocess.run([sys.executable, "-m", "clm_torch.pipeline", *args, f"hydra.run.dir={run}"],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"error: {run.resolve()}: already holds an earlier run (metrics.json, vae/checkpoints); nothing was "
+            "overwritten. Choose a new hydra.run.dir"), (args, proc.stderr[-2000:])
+        assert {str(p.relative_to(run)): p.read_bytes() if p.is_file() else None for p in run.rglob("*")} == before
+
+
+def test_only_clm_train_keeps_a_resumes_record_apart(tmp_path: Path) -> None:
+    """RunDirGuard._keep_record moves a resume's Hydra files to .hydra/resume_<stamp>/; `ckpt_path` on a
+    pipeline command is no resume (the pipeline never continues a run), so its record stays where a
+    new run's goes, whatever the task name."""
+    from clm_torch.runs import RunDirGuard
+    from tests.conftest import compose_cfg
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (run / ".hydra" / "overrides.yaml").write_text("[]\n")
+    for overrides, config_name in ((["+ckpt_path=last"], "pipeline.yaml"),
+                                   (["+ckpt_path=last", "experiment=pipeline_events", "data.path=x.csv"],
+                                    "pipeline.yaml")):
+        cfg = compose_cfg(overrides, run, config_name=config_name)
+        RunDirGuard._keep_record(run, cfg)
+        assert cfg.hydra.output_subdir == ".hydra", overrides
+    cfg = compose_cfg(["ckpt_path=last"], run)  # clm-train does resume
+    RunDirGuard._keep_record(run, cfg)
+    assert str(cfg.hydra.output_subdir).startswith(".hydra/resume_")

@@ -386,7 +386,8 @@ def load_events(
         if future_policy == "error":
             raise SchemaError(
                 f"timestamp {df['timestamp'].loc[first]} is in the future of {now_ts} "
-                f"({int(future.sum())} such events); fix the clock/time zone or pass future_policy='drop'",
+                f"({int(future.sum())} such events); fix the clock/time zone or pass future_policy='drop' "
+                "(data.future_policy=drop on the command line)",
                 source=src,
                 column=time_col,
                 row=first,
