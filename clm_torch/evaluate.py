@@ -367,17 +367,36 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                             hide_rate=float(cfg.get("hide_rate", 0.2)), seed=int(cfg.get("seed", 0)))
     pred_path = output_dir / "predictions" / f"{predictions_name(cfg, data)}.csv"
     write_csv_safe(result.predictions, pred_path)
-    metrics = {**result.metrics, "ckpt_path": str(ckpt), "model_class": type(model).__name__,
-               "data": str(data.name), "predictions": str(pred_path)}
+    name = Path(str(data.name))
+    # paths as absolute ones: metrics.json is read from other directories (notebooks, the pipeline)
+    metrics = {**result.metrics, "ckpt_path": str(Path(ckpt).resolve()), "model_class": type(model).__name__,
+               "data": str(name.resolve()) if name.exists() else str(data.name),
+               "predictions": str(pred_path.resolve())}
     write_json(metrics, output_dir / "metrics.json")
     shown = {k: v for k, v in metrics.items() if k.startswith("eval/") and isinstance(v, float) and math.isfinite(v)}
     if shown:
         print("[clm_torch] metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())), flush=True)
     else:
-        print("[clm_torch] no labels in the data: predictions only", flush=True)
+        print(f"[clm_torch] {_no_metrics_reason(metrics)}", flush=True)
     print(f"[clm_torch] predictions ({len(result.predictions):,} rows): {pred_path}", flush=True)
     print(f"[clm_torch] metrics: {output_dir / 'metrics.json'}", flush=True)
     return metrics
+
+
+def _no_metrics_reason(metrics: dict[str, Any]) -> str:
+    """Why an evaluation has no metrics, from what it counted."""
+    if "n_evaluated_users" in metrics or "n_already_seen" in metrics:
+        n, seen = metrics.get("n_interactions", 0), metrics.get("n_already_seen", 0)
+        if n and seen == n:
+            return (f"all {n:,} interactions are in the model's training log (never recommended again): nothing "
+                    "to measure; evaluate on interactions from after training. Predictions only")
+        return ("no interaction of a known user with a catalogue item the user had not bought: nothing to measure; "
+                "predictions only")
+    if metrics.get("target") is not None:
+        if metrics.get("n_labelled", 0) > 0:
+            return f"the labelled rows of {metrics['target']!r} hold one class only: no metrics, predictions only"
+        return f"no row has a label in {metrics['target']!r}: predictions only"
+    return "no labels in the data: predictions only"
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate.yaml")

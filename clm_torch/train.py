@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,8 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from clm_torch.data.schema import SchemaError
 from clm_torch.models.base import NonFiniteLossError
-from clm_torch.utils.io import (AtomicCheckpointIO, CheckpointError, load_checkpoint_safely, write_csv_safe,
-                                write_json)
+from clm_torch.utils.io import (AtomicCheckpointIO, CheckpointError, SettingError, load_checkpoint_safely,
+                                write_csv_safe, write_json)
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
@@ -96,10 +97,6 @@ def check_resume_epochs(ckpt: dict[str, Any], path: str, max_epochs: Any) -> Non
                               f"{max_epochs}; pass a larger trainer.max_epochs to continue it")
 
 
-class SettingError(ValueError):
-    """A command-line setting that has the wrong type (``trainer.max_epochs=abc``)."""
-
-
 # Trainer settings Lightning takes as whole numbers, and as numbers (a whole number of batches or a
 # fraction of them). Lightning checks some of them only deep inside fit() (an AssertionError).
 _TRAINER_INTS = ("min_epochs", "max_epochs", "min_steps", "max_steps", "num_nodes", "check_val_every_n_epoch",
@@ -109,10 +106,54 @@ _TRAINER_NUMBERS = ("gradient_clip_val", "val_check_interval", "limit_train_batc
                     "limit_test_batches", "limit_predict_batches", "overfit_batches")
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+# model and data settings several models share: (test, what is expected). Checked before the data is
+# read; they used to fail inside the optimizer or a layer (`model.lr=abc`, `model.hidden=64`).
+_MODEL_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{k: (lambda v: _is_number(v) and v > 0, "a number > 0") for k in ("lr", "neighbor_lr")},
+    **{k: (lambda v: _is_number(v) and v >= 0, "a number >= 0")
+       for k in ("weight_decay", "embedding_weight_decay", "neighbor_weight_decay", "beta", "free_bits")},
+    **{k: (lambda v: _is_number(v) and 0 <= v < 1, "a share in [0, 1)")
+       for k in ("dropout", "input_dropout", "user_dropout")},
+    **{k: (lambda v: isinstance(v, (list, tuple)) and all(_is_count(h) for h in v),
+           "a list of layer sizes >= 1, e.g. [64,64]") for k in ("hidden", "encoder_hidden", "decoder_hidden")},
+    **{k: (_is_count, "a whole number >= 1")
+       for k in ("k_ensemble", "d_embed", "latent_dim", "d", "n_samples", "n_negatives", "n_frequencies")},
+    "pos_weight": (lambda v: v == "balanced" or (_is_number(v) and v > 0), "null, balanced or a number > 0"),
+}
+_DATA_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "batch_size": (_is_count, "a whole number >= 1"),
+    "eval_batch_size": (_is_count, "null or a whole number >= 1"),
+    "split_seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    "num_workers": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a whole number >= 0"),
+    **{k: (lambda v: _is_number(v) and 0 < v < 1, "a share in (0, 1)") for k in ("val_size", "test_size")},
+}
+
+
 def check_settings(cfg: DictConfig) -> None:
-    """Refuse a ``seed`` or trainer setting of the wrong type before anything is built, with the key."""
+    """Refuse a ``seed``, trainer, model or data setting of the wrong type (or out of range) before
+    anything is built, with the key."""
     def bad(key: str, value: Any, want: str) -> SettingError:
         return SettingError(f"{key}={value!r}: expected {want}")
+
+    for group, checks in (("model", _MODEL_SETTINGS), ("data", _DATA_SETTINGS)):
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig):
+            continue
+        for key, (ok, want) in checks.items():
+            if key not in node:
+                continue
+            v = node.get(key)
+            v = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+            if v is not None and not ok(v):
+                raise bad(f"{group}.{key}", v, want)
 
     seed = cfg.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -129,6 +170,9 @@ def check_settings(cfg: DictConfig) -> None:
     fdr = tcfg.get("fast_dev_run")
     if fdr is not None and not isinstance(fdr, (bool, int)):
         raise bad("trainer.fast_dev_run", fdr, "true, false or a number of batches")
+    if "train" in cfg and not cfg.get("train", True) and not cfg.get("test", True):
+        raise SettingError("train=false test=false: nothing to do (train=false tests ckpt_path; clm-evaluate "
+                           "scores other data)")
 
 
 class RunDirectoryError(RuntimeError):
@@ -251,37 +295,58 @@ def _choice(group: str) -> str | None:
     return HydraConfig.get().runtime.choices.get(group)
 
 
-def check_model_data(cfg: DictConfig, datamodule: Any) -> None:
+def _configured_data_kind(cfg_data: Any) -> str | None:
+    """``table`` or ``interactions``: the ``data_kind`` of the class ``cfg_data._target_`` names, or of
+    the class its factory function returns; None when unknown."""
+    import typing
+
+    try:
+        obj = hydra.utils.get_object(str(cfg_data.get("_target_")))
+    except Exception:  # noqa: BLE001 - an unknown target is instantiate's error to report
+        return None
+    kind = getattr(obj, "data_kind", None)
+    if kind is None and callable(obj):
+        try:
+            kind = getattr(typing.get_type_hints(obj).get("return"), "data_kind", None)
+        except Exception:  # noqa: BLE001 - an annotation that does not resolve: unknown
+            return None
+    return kind
+
+
+def check_model_data(cfg: DictConfig, datamodule: Any = None) -> None:
     """Refuse a model paired with data it cannot train on, in one line and before the data is loaded:
-    the recommender on a customer table, a table model on interactions, ``model=churn`` without a
-    target column, ``model=spend`` on a binary target."""
+    the recommender on a customer table, a table model on interactions (from the config alone, before
+    the DataModule is built: a model's data settings may not fit the other kind's), ``model=churn``
+    without a target column, ``model=spend`` on a binary target (once ``datamodule`` is built)."""
     try:
         cls = hydra.utils.get_class(str(cfg.model.get("_target_")))
     except Exception:  # noqa: BLE001 - an unknown class is instantiate's error to report
         return
-    need, have = getattr(cls, "data_kind", None), getattr(datamodule, "data_kind", None)
+    need = getattr(cls, "data_kind", None)
+    have = getattr(datamodule, "data_kind", None) if datamodule is not None else \
+        _configured_data_kind(cfg.get("data") or {})
     if need is None or have is None:
         return
     model = f"model={_choice('model') or cls.__name__}"
-    data = f"data={_choice('data') or type(datamodule).__name__}"
+    data = f"data={_choice('data') or (type(datamodule).__name__ if datamodule is not None else 'this data')}"
     if need != have:
         raise SettingError(f"{model} trains on {_DATA_HINTS[need]}, but {data} is "
                            f"{_DATA_HINTS[have].split(' (')[0]}")
     target_type = getattr(cls, "target_type", None)
-    if need != "table" or target_type is None:
+    if need != "table" or target_type is None or datamodule is None:
         return
-    example = ("e.g. data=events data.target=future_spend data.target_type=continuous"
-               if target_type == "continuous" else "e.g. data.target=churn")
+    example = ("data.target=future_spend with data=events or synthetic_events, or a numeric column with "
+               "data.target_type=continuous" if target_type == "continuous" else "e.g. data.target=churn")
     if not getattr(datamodule, "require_target", True):
         raise SettingError(f"{model} needs a {target_type} target column, but {data} has none: set "
-                           f"data.target=<column>{' data.target_type=continuous' if target_type == 'continuous' else ''} "
-                           f"({example})")
+                           f"data.target=<column> ({example})")
     have_type = getattr(datamodule, "target_type", target_type)
     if have_type != target_type:
+        target = cfg.data.get("target") if "target" in cfg.data else None
         other = "model=spend predicts a continuous target" if target_type == "binary" else \
             "model=churn predicts a binary one"
-        raise SettingError(f"{model} needs a {target_type} target, but data.target_type={have_type} ({example}; "
-                           f"{other})")
+        raise SettingError(f"{model} needs a {target_type} target, but {data}'s target"
+                           f"{f' {target}' if target else ''} is {have_type} ({example}; {other})")
 
 
 def load_infogap(cfg: DictConfig) -> L.LightningModule | None:
@@ -291,7 +356,13 @@ def load_infogap(cfg: DictConfig) -> L.LightningModule | None:
         return None
     from clm_torch.models.infogap_vae import InfoGapVAE
 
-    vae = InfoGapVAE.load_from_checkpoint(str(path), map_location="cpu")
+    try:
+        vae = InfoGapVAE.load_from_checkpoint(str(path), map_location="cpu")
+    except CheckpointError as e:  # say which setting named the file (a ChurnClassifier's checkpoint, ...)
+        detail = str(e).removeprefix(f"{path}: ")
+        if " not a InfoGapVAE" in detail:
+            detail = f"{detail.split(';')[0].removeprefix('this checkpoint ')}: pass an InfoGapVAE checkpoint"
+        raise CheckpointError(f"model.infogap_ckpt={path}: {detail}") from None
     vae.requires_grad_(False)
     return vae.eval()
 
@@ -317,7 +388,8 @@ def build_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Lightni
 
         datamodule.frame_transform = InfoGapTransform(vae, impute=bool(cfg.model.get("infogap_impute", True)),
                                                       n_samples=int(cfg.model.get("infogap_samples", 8)),
-                                                      features=str(cfg.model.get("infogap_features", "all")))
+                                                      features=str(cfg.model.get("infogap_features", "all")),
+                                                      origin=f"model.infogap_ckpt={cfg.model.get('infogap_ckpt')}")
     datamodule.setup("fit")
     extra = {"infogap": _plain(dict(vae.hparams))} if vae is not None else {}
     model = hydra.utils.instantiate(cfg.model, **datamodule.model_kwargs(), **extra, _convert_="all")
@@ -329,6 +401,7 @@ def build_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Lightni
 
 def build(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Instantiate datamodule, model, callbacks, loggers and trainer from ``cfg``."""
+    check_model_data(cfg)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="partial")
     model = build_model(cfg, datamodule)
     loggers = instantiate_loggers(cfg.get("logger"))
@@ -451,7 +524,7 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
                 write_csv_safe(preds, output_dir / "predictions" / "test.csv")
         metrics["train_seconds"] = round(time.time() - t0, 3)
         metrics["optimized"] = metrics.get(monitor, float("nan"))
-        metrics["best_ckpt"] = best or ""
+        metrics["best_ckpt"] = str(Path(best).resolve()) if best else ""  # readable from any directory
         if trainer.is_global_zero:
             write_json(metrics, output_dir / "metrics.json")
             _sync_csv_headers(loggers)
@@ -534,8 +607,12 @@ def _sync_csv_headers(loggers: list[Logger]) -> None:
 def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
     shown = {k: v for k, v in metrics.items() if isinstance(v, float) and "/" in k and not math.isnan(v)}
     print("[clm_torch] metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())), flush=True)
-    print(f"[clm_torch] outputs in {output_dir}: checkpoints/, tensorboard/, metrics.json, predictions/", flush=True)
-    print(f"[clm_torch] compare runs: tensorboard --logdir {output_dir.parent}", flush=True)
+    # what this run wrote (no checkpoints/ with train=false, csv/ instead of tensorboard/ with logger=csv, ...)
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in output_dir.iterdir()
+                   if not p.name.startswith(".") and p.suffix != ".log")
+    print(f"[clm_torch] outputs in {output_dir}: {', '.join(names)}", flush=True)
+    if (output_dir / "tensorboard").is_dir():
+        print(f"[clm_torch] compare runs: tensorboard --logdir {output_dir.parent}", flush=True)
 
 
 def run_cli(fn: Any, cfg: DictConfig) -> Any:
@@ -555,10 +632,22 @@ def run_cli(fn: Any, cfg: DictConfig) -> Any:
     except hydra.errors.InstantiationException as e:
         # A data source raises its SchemaError inside hydra.utils.instantiate, which wraps it in
         # "Error in call to target ...": show the source's own message. A ValueError or TypeError
-        # there is a bad setting (model.calibration=foo, an unknown model.<key>): one line too.
-        if not isinstance(e.__cause__, (*expected, ValueError, TypeError)):
+        # there is a bad setting (model.calibration=foo, an unknown model.<key>), and Lightning's
+        # MisconfigurationException a trainer setting this machine cannot run (trainer=gpu without a
+        # GPU): one line too.
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        cause = e.__cause__
+        if not isinstance(cause, (*expected, ValueError, TypeError, MisconfigurationException)):
             raise
-        print(f"error: {e.__cause__}", file=sys.stderr, flush=True)
+        hint = ""
+        if isinstance(cause, MisconfigurationException) and "gpu" in str(cause).lower():
+            import torch
+
+            if not torch.cuda.is_available():
+                hint = (f" (trainer.accelerator={cfg.trainer.get('accelerator')!r}, but torch {torch.__version__} "
+                        "sees no CUDA GPU here: use trainer=cpu, or install a CUDA build of torch, see the README)")
+        print(f"error: {cause}{hint}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 

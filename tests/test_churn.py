@@ -181,6 +181,12 @@ def test_churn_with_infogap_vae(tmp_path, make_cfg, recwarn) -> None:
     ckpt = tmp_path / "churn" / "checkpoints" / "best.ckpt"
     raw = torch.load(ckpt, weights_only=True)
     assert any(k.startswith("infogap.") for k in raw["state_dict"]) and "infogap" in raw["clm_preprocessing"]
+    # a VAE of other data: the error says which setting brought the columns it reads
+    df.drop(columns=["tenure"]).to_csv(tmp_path / "other.csv", index=False)
+    with pytest.raises(SchemaError, match=r"column 'tenure': required column missing: \['tenure'\]: the InfoGapVAE "
+                                          r"of model\.infogap_ckpt=.*vae\.ckpt reads these columns; was it trained"):
+        train(make_cfg("model=churn", "data=csv", f"data.path={tmp_path / 'other.csv'}", "data.target=churn",
+                       "data.id_col=customer_id", *small, f"model.infogap_ckpt={vae_ckpt}", out="other"))
     vae_ckpt.unlink()  # the churn checkpoint carries the VAE
     loaded = ChurnClassifier.load_from_checkpoint(ckpt)
     test = df.drop(columns=["churn"]).iloc[:40].copy()

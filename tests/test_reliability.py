@@ -308,7 +308,10 @@ def test_a_data_source_error_raised_inside_hydra_instantiate_is_one_clear_line(m
     ("model.scheduler=linear", "error: model.scheduler must be one of none, cosine, not 'linear'"),
     ("model.nan_policy=ignore", "error: model.nan_policy must be one of raise, skip, off, not 'ignore'"),
     ("model.calibration=foo", "error: model.calibration must be platt, temperature or none, not 'foo'"),
-    ("data.batch_size=0", "error: data.batch_size and data.eval_batch_size must be >= 1, got 0 and None"),
+    ("data.encoder.log_transform=foo",
+     "error: data.encoder.log_transform must be auto, none or a list of numeric columns, not 'foo'"),
+    ("model.sequence_encoder=gru", "error: model.sequence_encoder needs purchase-sequence columns seq{k}_days in the "
+                                   "data; use data=events with data.sequence_length > 0"),
 ])
 def test_a_bad_model_or_data_setting_is_one_clear_line(make_cfg, table_csv: Path, capsys, override: str,
                                                        message: str) -> None:
@@ -324,6 +327,16 @@ def test_a_bad_model_or_data_setting_is_one_clear_line(make_cfg, table_csv: Path
 
 
 @pytest.mark.parametrize("override, message", [
+    ("model.lr=abc", "error: model.lr='abc': expected a number > 0"),  # used to stop in the optimizer, after
+    ("model.lr=-1", "error: model.lr=-1: expected a number > 0"),      # the data was read and split
+    ("model.hidden=64", "error: model.hidden=64: expected a list of layer sizes >= 1, e.g. [64,64]"),
+    ("model.dropout=1.5", "error: model.dropout=1.5: expected a share in [0, 1)"),
+    ("model.pos_weight=heavy", "error: model.pos_weight='heavy': expected null, balanced or a number > 0"),
+    ("data.split_seed=abc", "error: data.split_seed='abc': expected a whole number"),
+    ("data.val_size=1.5", "error: data.val_size=1.5: expected a share in (0, 1)"),  # trained on 35/50/15
+    ("data.batch_size=0", "error: data.batch_size=0: expected a whole number >= 1"),
+    ("train=false", "error: train=false test=false: nothing to do (train=false tests ckpt_path; clm-evaluate scores "
+                    "other data)"),
     ("trainer.max_epochs=abc", "error: trainer.max_epochs='abc': expected a whole number"),
     ("trainer.max_epochs=1.5", "error: trainer.max_epochs=1.5: expected a whole number"),
     ("trainer.gradient_clip_val=big", "error: trainer.gradient_clip_val='big': expected a number"),
@@ -336,7 +349,8 @@ def test_a_setting_of_the_wrong_type_is_one_clear_line_before_the_data_is_read(m
     (the data path does not exist, so reading it would be another error)."""
     from clm_torch.train import run_cli
 
-    cfg = make_cfg("data=csv", f"data.path={tmp_path / 'absent.csv'}", "data.target=churn", override)
+    extra = ["test=false"] if override == "train=false" else []
+    cfg = make_cfg("data=csv", f"data.path={tmp_path / 'absent.csv'}", "data.target=churn", override, *extra)
     with pytest.raises(SystemExit) as exit_info:
         run_cli(train, cfg)
     assert exit_info.value.code == 2
@@ -348,11 +362,15 @@ def test_a_setting_of_the_wrong_type_is_one_clear_line_before_the_data_is_read(m
      "error: model=churn needs a binary target column, but data=csv has none: set data.target=<column> "
      "(e.g. data.target=churn)"),
     (["model=spend"],
-     "error: model=spend needs a continuous target, but data.target_type=binary (e.g. data=events "
-     "data.target=future_spend data.target_type=continuous; model=churn predicts a binary one)"),
+     "error: model=spend needs a continuous target, but data=csv's target churn is binary (data.target=future_spend "
+     "with data=events or synthetic_events, or a numeric column with data.target_type=continuous; model=churn "
+     "predicts a binary one)"),
     (["model=churn", "data.target_type=continuous"],
-     "error: model=churn needs a binary target, but data.target_type=continuous (e.g. data.target=churn; "
+     "error: model=churn needs a binary target, but data=csv's target churn is continuous (e.g. data.target=churn; "
      "model=spend predicts a continuous target)"),
+    (["model=infogap_vae", "data=movielens"],  # the VAE's data settings do not fit an interaction module
+     "error: model=infogap_vae trains on a customer table (data=csv, parquet, events, synthetic or telco), but "
+     "data=movielens is a user-item interaction log"),
     (["model=recommender"],
      "error: model=recommender trains on a user-item interaction log (data=interactions data.path=<file>, "
      "or data=movielens), but data=csv is a customer table"),
@@ -380,6 +398,39 @@ def test_a_model_paired_with_data_it_cannot_use_is_one_clear_line_before_the_dat
         run_cli(train, cfg)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == message
+
+
+def test_settings_this_machine_or_file_cannot_serve_are_one_clear_line(make_cfg, table_csv: Path, small_ckpt: Path,
+                                                                        capsys) -> None:
+    """trainer=gpu without a GPU (a Hydra InstantiationException traceback before), and a
+    model.infogap_ckpt that is no VAE (Python advice about load_from_checkpoint before)."""
+    from clm_torch.train import run_cli
+
+    def error(*overrides: str) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(train, make_cfg(*_csv(table_csv), *FAST, "trainer.max_epochs=1", *overrides))
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "Traceback" not in err, err
+        return err
+
+    assert error(f"model.infogap_ckpt={small_ckpt}") == (
+        f"error: model.infogap_ckpt={small_ckpt}: holds a ChurnClassifier, not a InfoGapVAE: pass an InfoGapVAE "
+        "checkpoint")
+    if not torch.cuda.is_available():
+        assert error("trainer=gpu").startswith("error: No supported gpu backend found! (trainer.accelerator='gpu', "
+                                               f"but torch {torch.__version__} sees no CUDA GPU here: use trainer=cpu")
+
+
+def test_the_summary_lists_what_the_run_wrote(make_cfg, table_csv: Path, capsys) -> None:
+    """The closing lines name the outputs there are: csv/ (not tensorboard/) with logger=csv, and no
+    TensorBoard advice without a TensorBoard log; logger=none is a choice (logger=null was a Hydra error)."""
+    train(make_cfg(*_csv(table_csv), *FAST, "trainer.max_epochs=1", "logger=csv", out="csv"))
+    out = capsys.readouterr().out
+    assert f"outputs in {Path(make_cfg(out='csv').paths.output_dir)}: checkpoints/, csv/, metrics.json, " \
+           "predictions/" in out and "tensorboard" not in out
+    train(make_cfg(*_csv(table_csv), *FAST, "trainer.max_epochs=1", "logger=none", out="none"))
+    assert ": checkpoints/, metrics.json, predictions/\n" in capsys.readouterr().out
 
 
 def test_metrics_json_reports_the_best_epoch_and_a_moved_run_keeps_its_best(make_cfg, table_csv: Path) -> None:

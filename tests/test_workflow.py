@@ -218,6 +218,30 @@ def test_evaluate_without_labels_scores_only_and_never_refits(sweep, tmp_path: P
     np.testing.assert_allclose(few_p["prediction"], all_p["prediction"].iloc[[0, 5, 17]], rtol=1e-5)
 
 
+def test_evaluate_says_why_there_are_no_metrics_and_records_absolute_paths(sweep, tmp_path: Path, capsys,
+                                                                           monkeypatch) -> None:
+    """Without metrics clm-evaluate says why (it said "no labels in the data" also for labels of one
+    class, right after warning about them, and for a recommender scored on its own training log), and
+    metrics.json holds absolute paths (they were as typed, relative to where the command ran)."""
+    from clm_torch.evaluate import _no_metrics_reason
+
+    monkeypatch.chdir(tmp_path)
+    messy_table(60, seed=3).assign(churn="Yes").to_csv("one.csv", index=False)
+    job = Path(os.path.relpath(sweep.dir / "0", tmp_path))
+    m = evaluate(_eval_cfg(tmp_path, job, *_csv_data(Path("one.csv")), out="one"))
+    out = capsys.readouterr().out
+    assert "[clm_torch] the labelled rows of 'churn' hold one class only: no metrics, predictions only" in out
+    assert "no labels in the data" not in out
+    assert m["data"] == str(tmp_path / "one.csv") and m["predictions"] == str(tmp_path / "one" / "predictions" /
+                                                                               "one.csv")
+    assert m["ckpt_path"] == str((sweep.dir / "0" / "checkpoints" / "best.ckpt").resolve())
+    assert _no_metrics_reason({"n_interactions": 7, "n_already_seen": 7, "n_evaluated_users": 0}).startswith(
+        "all 7 interactions are in the model's training log")
+    assert _no_metrics_reason({"n_interactions": 7, "n_already_seen": 2, "n_evaluated_users": 0}).startswith(
+        "no interaction of a known user")
+    assert _no_metrics_reason({"n_rows": 5}) == "no labels in the data: predictions only"
+
+
 def test_evaluate_errors(sweep, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         evaluate(_eval_cfg(tmp_path, tmp_path / "nope.ckpt", *_csv_data(sweep.csv)))

@@ -142,6 +142,14 @@ def check_batch_sizes(batch_size: int, eval_batch_size: int | None) -> None:
                          f"{eval_batch_size}")
 
 
+def check_split_sizes(val_size: float, test_size: float) -> None:
+    """ValueError unless the validation and test shares are in (0, 1) and leave rows to train on."""
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in (val_size, test_size))
+    if not ok or val_size + test_size >= 1:
+        raise ValueError(f"data.val_size and data.test_size must each be a share in (0, 1), together below 1; got "
+                         f"{val_size!r} and {test_size!r}")
+
+
 def batch_loader(tensors: Mapping[str, torch.Tensor], batch_size: int, *, shuffle: bool, seed: int = 0,
                  num_workers: int = 0, pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
     """A DataLoader that yields dicts of whole-batch tensor slices."""
@@ -231,6 +239,7 @@ class TableDataModule(SplitLoaders):
         self.source = source
         self.frame_transform = frame_transform
         check_batch_sizes(batch_size, eval_batch_size)
+        check_split_sizes(val_size, test_size)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or 4 * batch_size)
         self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
@@ -288,7 +297,8 @@ class TableDataModule(SplitLoaders):
             self.frames = {"train": clean.iloc[tr], "val": clean.iloc[va], "test": clean.iloc[te]}
         for name, f in self.frames.items():
             if len(f) == 0:
-                raise SchemaError(f"the {name} split is empty: the table has too few rows ({len(clean)})",
+                raise SchemaError(f"the {name} split is empty: the table has too few rows ({len(clean)}) for "
+                                  f"data.val_size={self.val_size:g} and data.test_size={self.test_size:g}",
                                   source=data.name)
         if self.frame_transform is not None:  # row-wise extra features (e.g. InfoGapVAE signals), per split
             self.frames = {k: self.frame_transform(f, source=f"{data.name} [{k} split]")

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from clm_torch.data.schema import SchemaError, TableSchema, distinct_rows, to_numeric_strict, validate_target
+from clm_torch.utils.io import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +198,8 @@ class FeatureEncoder:
         """Fit statistics and vocabularies on (the training split of) ``df``."""
         self._check_columns(df, source=source, require_target=False)
         if isinstance(self.log_transform, str) and self.log_transform not in ("auto", "none"):
-            raise ValueError(f"data.encoder.log_transform must be auto, none or a list of numeric columns, "
-                             f"not {self.log_transform!r}")
+            raise SettingError(f"data.encoder.log_transform must be auto, none or a list of numeric columns, "
+                               f"not {self.log_transform!r}")
         if isinstance(self.log_transform, list):
             unknown = [c for c in self.log_transform if c not in self.num_columns]
             if unknown:

@@ -21,6 +21,7 @@ from clm_torch.models.base import CLMModule
 from clm_torch.models.components.calibration import fit_platt, fit_temperature
 from clm_torch.models.components.sequence import SEQUENCE_ENCODERS, PurchaseSequenceEncoder
 from clm_torch.models.components.tabular import EnsembleMLP, FeatureTokenizer, FusedFirstLayer
+from clm_torch.utils.io import SettingError
 from clm_torch.utils.progress import chunks
 
 
@@ -55,8 +56,8 @@ def sequence_layout(encoder: FeatureEncoder) -> dict[str, Any]:
     cat_seq = {key: j for key, j in cat_seq.items() if key is not None and key[1] == "item"}
     steps = [k for k, kind in num_seq if kind == "days"]
     if not steps:
-        raise ValueError("model.sequence_encoder needs purchase-sequence columns seq{k}_days in the data; "
-                         "use data=events with data.sequence_length > 0")
+        raise SettingError("model.sequence_encoder needs purchase-sequence columns seq{k}_days in the data; "
+                           "use data=events with data.sequence_length > 0")
     n_steps = max(steps) + 1
     return {
         "num_tab": [j for j in range(encoder.n_num) if j not in num_seq.values()],

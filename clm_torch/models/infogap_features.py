@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clm_torch.data.schema import missing_cells
+from clm_torch.data.schema import SchemaError, missing_cells
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +91,21 @@ def infogap_frame(vae: Any, df: pd.DataFrame, *, impute: bool = True, n_samples:
 class InfoGapTransform:
     """A picklable ``frame -> frame`` callable for :class:`~clm_torch.data.datamodules.TableDataModule`."""
 
-    def __init__(self, vae: Any, impute: bool = True, n_samples: int = 8, features: str = "all") -> None:
+    def __init__(self, vae: Any, impute: bool = True, n_samples: int = 8, features: str = "all",
+                 origin: str | None = None) -> None:
         self.vae, self.impute, self.n_samples, self.features = vae, bool(impute), int(n_samples), str(features)
         self.added_numeric = infogap_columns(int(vae.hparams.latent_dim), self.features)
+        self.origin = origin  # where the VAE came from (model.infogap_ckpt=...), named when its columns are absent
 
     def __call__(self, df: pd.DataFrame, source: str = "<dataframe>") -> pd.DataFrame:
-        return infogap_frame(self.vae, df, impute=self.impute, n_samples=self.n_samples, features=self.features,
-                             source=source)
+        try:
+            return infogap_frame(self.vae, df, impute=self.impute, n_samples=self.n_samples, features=self.features,
+                                 source=source)
+        except SchemaError as e:
+            if self.origin is None or "required column" not in e.detail:
+                raise
+            raise SchemaError(f"{e.detail}: the InfoGapVAE of {self.origin} reads these columns; was it trained on "
+                              "this data?", source=e.source, column=e.column, row=e.row) from None
 
 
 __all__ = ["FEATURE_SETS", "InfoGapTransform", "SUMMARY_COLUMNS", "infogap_columns", "infogap_frame"]

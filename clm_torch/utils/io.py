@@ -21,6 +21,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupt, unsafe, or of another model class."""
 
 
+class SettingError(ValueError):
+    """A setting (from the command line or a config) of the wrong type or out of range, e.g.
+    ``trainer.max_epochs=abc``; the message names the setting. The CLIs print it as one line."""
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
     path = Path(path)
