@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,7 +58,8 @@ from clm_torch.lifecycle.value import (
     spend_capture,
     survival_from_churn_prob,
 )
-from clm_torch.train import CONFIG_DIR, SettingError, check_run_dir, run_cli, train
+from clm_torch.train import (CONFIG_DIR, SettingError, _is_number, _is_whole, bad_setting, check_run_dir,
+                             check_settings, run_cli, train)
 from clm_torch.utils.io import write_csv_safe, write_json
 
 log = logging.getLogger(__name__)
@@ -105,14 +105,6 @@ def load_inputs(cfg: DictConfig) -> dict[str, Any]:
 _MODELS = ("vae", "churn", "recommender", "spend")
 
 
-def _whole(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _check_event_columns(d: DictConfig) -> None:
     """The event-log columns the pipeline cannot do without (``data.amount_col``, ``data.item_col``)."""
     if not d.get("amount_col"):
@@ -133,19 +125,18 @@ def check_pipeline_settings(cfg: DictConfig) -> None:
         SettingError: e.g. ``horizon_days=0: expected a number of days > 0``.
         SchemaError: ``data.cutoff`` or ``data.customers_as_of`` that is not a date.
     """
-    def bad(key: str, value: Any, want: str) -> SettingError:
-        return SettingError(f"{key}={value!r}: expected {want}")
+    bad = bad_setting
 
     def one_of(key: str, value: Any, allowed: Sequence[str]) -> None:
         if value not in allowed:
             raise bad(key, value, f"{', '.join(allowed[:-1])} or {allowed[-1]}")
 
     def whole(key: str, value: Any, lo: int, what: str) -> None:
-        if not (_whole(value) and value >= lo):
+        if not (_is_whole(value) and value >= lo):
             raise bad(key, value, f"a whole number of {what} >= {lo}")
 
     def number(key: str, value: Any, ok: Any, want: str) -> None:
-        if not (_number(value) and ok(value)):
+        if not (_is_number(value) and ok(value)):
             raise bad(key, value, want)
 
     def known(section: str, keys: Sequence[str]) -> DictConfig:
@@ -158,7 +149,7 @@ def check_pipeline_settings(cfg: DictConfig) -> None:
         return node
 
     seed = cfg.get("seed")
-    if not _whole(seed):
+    if not _is_whole(seed):
         raise bad("seed", seed, "a whole number")
     number("horizon_days", cfg.get("horizon_days"), lambda v: v > 0, "a number of days > 0")
     whole("n_last", cfg.get("n_last"), 1, "purchases")
@@ -170,7 +161,7 @@ def check_pipeline_settings(cfg: DictConfig) -> None:
     one_of("data.kind", d.get("kind"), ("synthetic", "events"))
     if d.kind == "synthetic":
         whole("data.n_customers", d.get("n_customers"), 1, "customers")
-        if not _whole(d.get("seed")):
+        if not _is_whole(d.get("seed")):
             raise bad("data.seed", d.get("seed"), "a whole number")
         if d.get("generator") is not None and not isinstance(d.generator, DictConfig):
             raise bad("data.generator", d.generator, "settings of generate_customer_base(), e.g. "
@@ -189,6 +180,13 @@ def check_pipeline_settings(cfg: DictConfig) -> None:
         if extra is not None and not isinstance(extra, DictConfig):
             raise bad(f"models.{name}", extra, f"settings of the {name} sub-run (configs/train.yaml keys), e.g. "
                       f"models.{name}.trainer.max_epochs=5")
+        if extra:  # a misspelt key or a bad value of the last sub-run used to stop the run after the others trained
+            out = Path(str(cfg.paths.output_dir)) / name
+            sub = _with_extra(name, compose_subrun(list(_SUBRUN_GROUPS[name]), out, str(cfg.paths.root_dir)), extra)
+            try:
+                check_settings(sub)
+            except SettingError as e:
+                raise SettingError(f"models.{name}.{e}") from None
 
     score = known("score", ("gap_samples", "question_samples"))
     whole("score.gap_samples", score.get("gap_samples"), 1, "samples")
@@ -196,7 +194,7 @@ def check_pipeline_settings(cfg: DictConfig) -> None:
 
     seg = known("segments", ("k_min", "k_max", "criterion"))
     whole("segments.k_min", seg.get("k_min"), 2, "segments")
-    if not (_whole(seg.get("k_max")) and seg.k_max >= seg.k_min):
+    if not (_is_whole(seg.get("k_max")) and seg.k_max >= seg.k_min):
         raise bad("segments.k_max", seg.get("k_max"), f"a whole number of segments >= segments.k_min={seg.k_min}")
     one_of("segments.criterion", seg.get("criterion"), ("silhouette", "bic"))
 
@@ -231,8 +229,9 @@ def check_views(inputs: dict[str, Any], train_frame: pd.DataFrame, horizon: floa
                     f"horizon_days={horizon:g}")
     where = f"the training cutoff {train_cut:%Y-%m-%d} (the cutoff minus horizon_days)"
     if len(train_frame) == 0:
-        raise SchemaError(f"{settings}: no customer has a purchase before {where}; {span}: move data.cutoff later "
-                          "or lower horizon_days", source=inputs["name"])
+        move = "lower horizon_days" if d.get("kind") == "synthetic" else "move data.cutoff later or lower horizon_days"
+        raise SchemaError(f"{settings}: no customer has a purchase before {where}; {span}: {move}",
+                          source=inputs["name"])
     classes = train_frame["churn"].nunique()
     if classes < 2:
         what = "bought again" if int(train_frame["churn"].iloc[0]) == 0 else "made no purchase"
@@ -328,6 +327,23 @@ def compose_subrun(overrides: Sequence[str], output_dir: Path, root_dir: str) ->
     return cfg
 
 
+# the config groups of each sub-run (run_pipeline adds the paths and columns)
+_SUBRUN_GROUPS = {"vae": ("model=infogap_vae", "data=parquet"), "churn": ("model=churn", "data=parquet"),
+                  "recommender": ("model=recommender", "data=interactions"), "spend": ("model=spend", "data=parquet")}
+
+
+def _with_extra(name: str, cfg: DictConfig, extra: DictConfig | None) -> DictConfig:
+    """The sub-run config ``cfg`` with ``models.<name>`` merged in; a key it does not have is named."""
+    if not extra:
+        return cfg
+    try:
+        return OmegaConf.merge(cfg, extra)
+    except ConfigKeyError as e:
+        raise SettingError(f"models.{name}.{e.full_key}={OmegaConf.select(extra, e.full_key)!r}: "
+                           f"{e.full_key} is not a setting of the {name} sub-run (configs/train.yaml and its "
+                           "groups); check the spelling") from None
+
+
 def run_model(name: str, base: Sequence[str], extra: DictConfig | None, out: Path, root_dir: str, seed: int
               ) -> tuple[dict, Any]:
     """Train one model with :func:`train` into ``out/name`` and return (metrics, best model).
@@ -335,14 +351,8 @@ def run_model(name: str, base: Sequence[str], extra: DictConfig | None, out: Pat
     ``extra`` is merged into the composed sub-run config (e.g. ``{trainer: {max_epochs: 5}}``).
     """
     t0 = time.time()
-    cfg = compose_subrun([*base, f"task_name={name}", f"seed={seed}"], out / name, root_dir)
-    if extra:
-        try:
-            cfg = OmegaConf.merge(cfg, extra)
-        except ConfigKeyError as e:
-            raise SettingError(f"models.{name}.{e.full_key}={OmegaConf.select(extra, e.full_key)!r}: "
-                               f"{e.full_key} is not a setting of the {name} sub-run (configs/train.yaml and its "
-                               "groups); check the spelling") from None
+    cfg = _with_extra(name, compose_subrun([*base, f"task_name={name}", f"seed={seed}"], out / name, root_dir),
+                      extra)
     metrics, objects = train(cfg, allow_relaunch=False)  # strategy=ddp would re-run the whole pipeline
     model = objects["model"]
     best = metrics.get("best_ckpt")

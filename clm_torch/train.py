@@ -31,8 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from clm_torch.data.schema import SchemaError
-from clm_torch.models.base import NonFiniteLossError
-from clm_torch.utils.io import (AtomicCheckpointIO, CheckpointError, SettingError, load_checkpoint_safely,
+from clm_torch.models.base import NonFiniteLossError, with_article
+from clm_torch.utils.io import (AtomicCheckpointIO, CheckpointClassError, CheckpointError, SettingError, load_checkpoint_safely,
                                 write_csv_safe, write_json)
 
 log = logging.getLogger(__name__)
@@ -107,11 +107,27 @@ _TRAINER_NUMBERS = ("gradient_clip_val", "val_check_interval", "limit_train_batc
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite int or float (not a bool; an int too large for a float is not one either)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # a 400-digit integer
+        return False
+
+
+def _is_whole(v: Any, lo: int | None = None) -> bool:
+    """An int (not a bool), at least ``lo`` when given."""
+    return isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo)
 
 
 def _is_count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+    return _is_whole(v, 1)
+
+
+def bad_setting(key: str, value: Any, want: str) -> SettingError:
+    """``key=value: expected want``, the one form every settings check uses."""
+    return SettingError(f"{key}={value!r}: expected {want}")
 
 
 # model and data settings several models share: (test, what is expected). Checked before the data is
@@ -125,14 +141,15 @@ _MODEL_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{k: (lambda v: isinstance(v, (list, tuple)) and all(_is_count(h) for h in v),
            "a list of layer sizes >= 1, e.g. [64,64]") for k in ("hidden", "encoder_hidden", "decoder_hidden")},
     **{k: (_is_count, "a whole number >= 1")
-       for k in ("k_ensemble", "d_embed", "latent_dim", "d", "n_samples", "n_negatives", "n_frequencies")},
+       for k in ("k_ensemble", "d_embed", "latent_dim", "d", "n_samples", "n_frequencies")},
+    "n_negatives": (lambda v: _is_whole(v, 0), "a whole number >= 0 (0 = in-batch negatives only)"),
     "pos_weight": (lambda v: v == "balanced" or (_is_number(v) and v > 0), "null, balanced or a number > 0"),
 }
 _DATA_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch_size": (_is_count, "a whole number >= 1"),
     "eval_batch_size": (_is_count, "null or a whole number >= 1"),
-    "split_seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
-    "num_workers": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a whole number >= 0"),
+    "split_seed": (_is_whole, "a whole number"),
+    "num_workers": (lambda v: _is_whole(v, 0), "a whole number >= 0"),
     **{k: (lambda v: _is_number(v) and 0 < v < 1, "a share in (0, 1)") for k in ("val_size", "test_size")},
 }
 
@@ -140,9 +157,7 @@ _DATA_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
 def check_settings(cfg: DictConfig) -> None:
     """Refuse a ``seed``, trainer, model or data setting of the wrong type (or out of range) before
     anything is built, with the key."""
-    def bad(key: str, value: Any, want: str) -> SettingError:
-        return SettingError(f"{key}={value!r}: expected {want}")
-
+    bad = bad_setting
     for group, checks in (("model", _MODEL_SETTINGS), ("data", _DATA_SETTINGS)):
         node = cfg.get(group)
         if not isinstance(node, DictConfig):
@@ -154,18 +169,23 @@ def check_settings(cfg: DictConfig) -> None:
             v = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
             if v is not None and not ok(v):
                 raise bad(f"{group}.{key}", v, want)
+    data = cfg.get("data")
+    if isinstance(data, DictConfig) and "val_size" in data and "test_size" in data:
+        if data.val_size + data.test_size >= 1:
+            raise SettingError(f"data.val_size={data.val_size!r} and data.test_size={data.test_size!r}: expected "
+                               "shares that leave rows to train on (together below 1)")
 
     seed = cfg.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+    if seed is not None and not _is_whole(seed):
         raise bad("seed", seed, "a whole number")
     tcfg = cfg.get("trainer") or {}
     for key in _TRAINER_INTS:
         v = tcfg.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+        if v is not None and not _is_whole(v):
             raise bad(f"trainer.{key}", v, "a whole number")
     for key in _TRAINER_NUMBERS:
         v = tcfg.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+        if v is not None and not _is_number(v):
             raise bad(f"trainer.{key}", v, "a number")
     fdr = tcfg.get("fast_dev_run")
     if fdr is not None and not isinstance(fdr, (bool, int)):
@@ -231,8 +251,9 @@ def check_checkpoint_fits(ckpt_path: str, model: L.LightningModule, resuming: bo
     ckpt = load_checkpoint_safely(ckpt_path)
     saved = ckpt.get(MODEL_CLASS_KEY)
     if saved is not None and saved != type(model).__qualname__:
-        raise CheckpointError(f"{ckpt_path}: this checkpoint holds a {saved}, but the config builds a "
-                              f"{type(model).__qualname__}; choose the experiment (or model=...) it was trained with")
+        raise CheckpointError(f"{ckpt_path}: this checkpoint holds {with_article(saved)}, but the config builds "
+                              f"{with_article(type(model).__qualname__)}; choose the experiment (or model=...) it was "
+                              "trained with")
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in ckpt.get("state_dict", {}).items() if isinstance(v, torch.Tensor)}
     bad = sorted(k for k in own.keys() | theirs.keys() if own.get(k) != theirs.get(k))
@@ -333,16 +354,23 @@ def check_model_data(cfg: DictConfig, datamodule: Any = None) -> None:
         raise SettingError(f"{model} trains on {_DATA_HINTS[need]}, but {data} is "
                            f"{_DATA_HINTS[have].split(' (')[0]}")
     target_type = getattr(cls, "target_type", None)
-    if need != "table" or target_type is None or datamodule is None:
+    if need != "table" or target_type is None:
         return
+    d = cfg.get("data") or {}
+    if datamodule is not None:
+        requires, have_type = getattr(datamodule, "require_target", True), getattr(datamodule, "target_type", None)
+    else:  # from the config: what the DataModule will be (data=events reads its log when built)
+        requires = d.get("require_target", d.get("target", "?") is not None)
+        have_type = d.get("target_type") or (None if "target" not in d else
+                                             "binary" if d.target in (None, "churn") else "continuous")
     example = ("data.target=future_spend with data=events or synthetic_events, or a numeric column with "
                "data.target_type=continuous" if target_type == "continuous" else "e.g. data.target=churn")
-    if not getattr(datamodule, "require_target", True):
-        raise SettingError(f"{model} needs a {target_type} target column, but {data} has none: set "
-                           f"data.target=<column> ({example})")
-    have_type = getattr(datamodule, "target_type", target_type)
-    if have_type != target_type:
-        target = cfg.data.get("target") if "target" in cfg.data else None
+    if not requires:
+        fix = ("data.require_target=true" if "require_target" in d and "target" not in d
+               else f"data.target=<column> ({example})")
+        raise SettingError(f"{model} needs a {target_type} target column, but {data} has none: set {fix}")
+    if have_type is not None and have_type != target_type:
+        target = d.get("target") if "target" in d else None
         other = "model=spend predicts a continuous target" if target_type == "binary" else \
             "model=churn predicts a binary one"
         raise SettingError(f"{model} needs a {target_type} target, but {data}'s target"
@@ -358,11 +386,11 @@ def load_infogap(cfg: DictConfig) -> L.LightningModule | None:
 
     try:
         vae = InfoGapVAE.load_from_checkpoint(str(path), map_location="cpu")
-    except CheckpointError as e:  # say which setting named the file (a ChurnClassifier's checkpoint, ...)
-        detail = str(e).removeprefix(f"{path}: ")
-        if " not a InfoGapVAE" in detail:
-            detail = f"{detail.split(';')[0].removeprefix('this checkpoint ')}: pass an InfoGapVAE checkpoint"
-        raise CheckpointError(f"model.infogap_ckpt={path}: {detail}") from None
+    except CheckpointClassError as e:  # say which setting named the file
+        raise CheckpointError(f"model.infogap_ckpt={path}: holds {with_article(e.saved)}, not an InfoGapVAE: pass "
+                              "an InfoGapVAE checkpoint") from None
+    except CheckpointError as e:
+        raise CheckpointError(f"model.infogap_ckpt={path}: {str(e).removeprefix(f'{path}: ')}") from None
     vae.requires_grad_(False)
     return vae.eval()
 
@@ -408,6 +436,12 @@ def build(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     if not loggers:  # nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
+    if cfg.trainer.get("enable_checkpointing", True) is not False and \
+            not any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks):
+        # without a checkpoint callback (callbacks=none) Lightning adds its own under the logger's folder
+        # (tensorboard/checkpoints/epoch=..-step=...ckpt), where clm-evaluate and resume do not look
+        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=str(output_dir / "checkpoints"), save_top_k=0,
+                                                             save_last=True))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                       plugins=[AtomicCheckpointIO()], _convert_="partial")
     return {"datamodule": datamodule, "model": model, "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
@@ -645,8 +679,8 @@ def run_cli(fn: Any, cfg: DictConfig) -> Any:
             import torch
 
             if not torch.cuda.is_available():
-                hint = (f" (trainer.accelerator={cfg.trainer.get('accelerator')!r}, but torch {torch.__version__} "
-                        "sees no CUDA GPU here: use trainer=cpu, or install a CUDA build of torch, see the README)")
+                hint = (f" (torch {torch.__version__} sees no CUDA GPU here: train on the CPU (trainer=cpu or "
+                        "trainer.accelerator=cpu), or install a CUDA build of torch, see the README)")
         print(f"error: {cause}{hint}", file=sys.stderr, flush=True)
         sys.exit(2)
 

@@ -24,7 +24,10 @@ PIPELINE_EXPERIMENTS = [e for e in _options("experiment") if e.startswith("pipel
 
 @pytest.mark.parametrize("experiment", PIPELINE_EXPERIMENTS)
 def test_pipeline_experiment_composes(make_cfg, experiment: str) -> None:
-    cfg = make_cfg(f"experiment={experiment}", config_name="pipeline.yaml")
+    from clm_torch.pipeline import check_pipeline_settings
+
+    cfg = make_cfg(f"experiment={experiment}", "data.path=events.csv", config_name="pipeline.yaml")
+    check_pipeline_settings(cfg)
     assert cfg.data.kind in ("synthetic", "events")
     for key in ("models", "value", "stages", "actions", "segments"):
         OmegaConf.to_container(cfg[key], resolve=True)
@@ -32,13 +35,48 @@ def test_pipeline_experiment_composes(make_cfg, experiment: str) -> None:
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes(make_cfg, experiment: str) -> None:
+    from clm_torch.train import check_model_data, check_settings
+
     cfg = make_cfg(f"experiment={experiment}")
+    check_settings(cfg)  # the settings checks accept every recipe
+    check_model_data(cfg)
     assert cfg.model._target_.startswith("clm_torch.models.")
     assert cfg.monitor.startswith("val/")
     assert cfg.monitor_mode in ("min", "max")
     for key in ("data", "model", "trainer", "callbacks", "logger", "paths"):
         if cfg.get(key) is not None:
             OmegaConf.to_container(cfg[key], resolve=True)  # every interpolation resolves
+
+
+@pytest.mark.parametrize("search", _options("hparams_search"))
+def test_every_value_a_search_can_try_passes_the_settings_checks(make_cfg, search: str) -> None:
+    """The settings checks of clm-train (and the model/data pairing) accept each experiment and every
+    value its Optuna search can sample (both ends of each interval, each choice): a check stricter than
+    the model would refuse trials of a sweep."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep
+
+    from clm_torch.train import check_model_data, check_settings
+
+    base = make_cfg(f"hparams_search={search}")
+    check_settings(base)
+    check_model_data(base)
+    parser = OverridesParser.create()
+    tried = 0
+    for key, spec in base.hydra.sweeper.params.items():
+        sweep = parser.parse_override(f"{key}={spec}").value()
+        if isinstance(sweep, ChoiceSweep):
+            values = list(sweep.list)
+        else:
+            assert isinstance(sweep, IntervalSweep), (key, spec)
+            values = [sweep.start, sweep.end - (1 if isinstance(sweep.end, int) else 1e-9)]
+        for v in values:
+            text = str(v).replace(" ", "") if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else v
+            cfg = make_cfg(f"hparams_search={search}", f"{key}={text}")
+            check_settings(cfg)
+            check_model_data(cfg)
+            tried += 1
+    assert tried >= 6
 
 
 @pytest.mark.parametrize("trainer", _options("trainer"))

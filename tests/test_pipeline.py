@@ -319,6 +319,13 @@ def test_a_label_like_table_column_is_flagged(caplog) -> None:
     (["+stages.dormant_days=30"], "stages.dormant_days: not a setting of the pipeline; expected one of new_days, "
                                   "active_recency_days, lapsed_recency_days, at_risk_prob, winback_gap_days"),
     (["actions.value_quantile=80"], "actions.value_quantile=80: expected a number in [0, 1]"),
+    (["horizon_days=1" + "0" * 400], "horizon_days=1" + "0" * 400 + ": expected a number of days > 0"),
+    # a sub-run's settings, checked before the first model trains (spend, the last, used to fail after the rest)
+    (["+models.spend.model.dropout=1.5"], "models.spend.model.dropout=1.5: expected a share in [0, 1)"),
+    (["+models.churn.model.lr=abc"], "models.churn.model.lr='abc': expected a number > 0"),
+    (["+models.spend.trainer.max_epoch=3"], "models.spend.trainer.max_epoch=3: trainer.max_epoch is not a setting "
+                                            "of the spend sub-run (configs/train.yaml and its groups); check the "
+                                            "spelling"),
 ])
 def test_a_bad_pipeline_setting_is_one_clear_line_before_the_data_is_read(tmp_path: Path, capsys, monkeypatch,
                                                                           overrides: list[str], message: str) -> None:

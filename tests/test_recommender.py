@@ -318,12 +318,15 @@ def test_recommend_never_returns_seen_items(dm: InteractionDataModule, trained: 
     # with exclude_seen=False the model does rank seen items (so the mask above is doing the work)
     raw = trained.recommend(users, k=20, exclude_seen=False)
     assert sum(len(set(raw[j]) & by_user.get(j + 1, set())) for j in range(len(users))) > 0
-    # k beyond the catalogue: still (n, k), the slots past the unseen items None (it was (n, n_items))
+    # k beyond the catalogue: one column per catalogue item (as documented), the slots past the unseen
+    # items None, every unseen item once
     big = trained.recommend(users[:3], k=dm.n_items + 5)
-    assert big.shape == (3, dm.n_items + 5) and all(r[-5:].tolist() == [None] * 5 for r in big)
+    assert big.shape == (3, dm.n_items)
     for j, r in enumerate(big):
-        assert [i for i in r if i is not None] == [i for i in r[: dm.n_items - len(by_user[j + 1])]]
-    assert trained.recommend_for_history([[]], k=dm.n_items + 2).shape == (1, dm.n_items + 2)
+        unseen = dm.n_items - len(by_user[j + 1])
+        assert all(i is None for i in r[unseen:]) and len(set(r[:unseen])) == unseen
+        assert not set(r[:unseen]) & by_user[j + 1]
+    assert trained.recommend_for_history([[]], k=dm.n_items + 2).shape == (1, dm.n_items)
 
 
 def test_unknown_users_fall_back_as_documented(dm: InteractionDataModule, trained: EmbeddingRecommender) -> None:

@@ -81,7 +81,7 @@ def test_checkpoint_of_another_model_class(tmp_path: Path, small_ckpt: Path) -> 
     ckpt["clm_model_class"] = "InfoGapVAE"
     other = tmp_path / "other.ckpt"
     torch.save(ckpt, other)
-    with pytest.raises(CheckpointError, match="holds a InfoGapVAE, not a ChurnClassifier"):
+    with pytest.raises(CheckpointError, match="holds an InfoGapVAE, not a ChurnClassifier"):
         ChurnClassifier.load_from_checkpoint(other)
 
 
@@ -334,6 +334,9 @@ def test_a_bad_model_or_data_setting_is_one_clear_line(make_cfg, table_csv: Path
     ("model.pos_weight=heavy", "error: model.pos_weight='heavy': expected null, balanced or a number > 0"),
     ("data.split_seed=abc", "error: data.split_seed='abc': expected a whole number"),
     ("data.val_size=1.5", "error: data.val_size=1.5: expected a share in (0, 1)"),  # trained on 35/50/15
+    ("data.val_size=0.9", "error: data.val_size=0.9 and data.test_size=0.15: expected shares that leave rows to "
+                          "train on (together below 1)"),
+    ("model.weight_decay=1" + "0" * 400, "error: model.weight_decay=1" + "0" * 400 + ": expected a number >= 0"),
     ("data.batch_size=0", "error: data.batch_size=0: expected a whole number >= 1"),
     ("train=false", "error: train=false test=false: nothing to do (train=false tests ckpt_path; clm-evaluate scores "
                     "other data)"),
@@ -368,6 +371,15 @@ def test_a_setting_of_the_wrong_type_is_one_clear_line_before_the_data_is_read(m
     (["model=churn", "data.target_type=continuous"],
      "error: model=churn needs a binary target, but data=csv's target churn is continuous (e.g. data.target=churn; "
      "model=spend predicts a continuous target)"),
+    (["model=churn", "data=events", "data.path=log.csv", "data.amount_col=amount", "data.target=future_spend"],
+     "error: model=churn needs a binary target, but data=events's target future_spend is continuous (e.g. "
+     "data.target=churn; model=spend predicts a continuous target)"),  # data=events: before its log is read
+    (["model=spend", "data=events", "data.path=log.csv", "data.amount_col=amount"],
+     "error: model=spend needs a continuous target, but data=events's target churn is binary (data.target="
+     "future_spend with data=events or synthetic_events, or a numeric column with data.target_type=continuous; "
+     "model=churn predicts a binary one)"),
+    (["experiment=vae_synthetic", "model=churn"],  # the VAE recipe switched the target off
+     "error: model=churn needs a binary target column, but data=synthetic has none: set data.require_target=true"),
     (["model=infogap_vae", "data=movielens"],  # the VAE's data settings do not fit an interaction module
      "error: model=infogap_vae trains on a customer table (data=csv, parquet, events, synthetic or telco), but "
      "data=movielens is a user-item interaction log"),
@@ -390,10 +402,16 @@ def test_a_model_paired_with_data_it_cannot_use_is_one_clear_line_before_the_dat
     def refuse(*args, **kwargs):
         raise AssertionError("the data was read before the model and data were checked")
 
+    import clm_torch.data.sources.events as event_sources
+    from clm_torch.data.sources.tables import SyntheticSource
+
     monkeypatch.setattr(CSVSource, "load", refuse)
     monkeypatch.setattr(MovieLensSource, "load", refuse)
+    monkeypatch.setattr(SyntheticSource, "load", refuse)
+    monkeypatch.setattr(event_sources, "load_events", refuse)
     table = ["data=csv", f"data.path={table_csv}", "data.target=churn", "data.id_col=customer_id"]
-    cfg = make_cfg(*([] if "data=movielens" in overrides else table), *overrides)
+    own_data = any(o.startswith(("data=", "experiment=")) for o in overrides)
+    cfg = make_cfg(*([] if own_data else table), *overrides)
     with pytest.raises(SystemExit) as exit_info:
         run_cli(train, cfg)
     assert exit_info.value.code == 2
@@ -415,11 +433,12 @@ def test_settings_this_machine_or_file_cannot_serve_are_one_clear_line(make_cfg,
         return err
 
     assert error(f"model.infogap_ckpt={small_ckpt}") == (
-        f"error: model.infogap_ckpt={small_ckpt}: holds a ChurnClassifier, not a InfoGapVAE: pass an InfoGapVAE "
+        f"error: model.infogap_ckpt={small_ckpt}: holds a ChurnClassifier, not an InfoGapVAE: pass an InfoGapVAE "
         "checkpoint")
     if not torch.cuda.is_available():
-        assert error("trainer=gpu").startswith("error: No supported gpu backend found! (trainer.accelerator='gpu', "
-                                               f"but torch {torch.__version__} sees no CUDA GPU here: use trainer=cpu")
+        assert error("trainer=gpu") == (f"error: No supported gpu backend found! (torch {torch.__version__} sees no "
+                                        "CUDA GPU here: train on the CPU (trainer=cpu or trainer.accelerator=cpu), or "
+                                        "install a CUDA build of torch, see the README)")
 
 
 def test_the_summary_lists_what_the_run_wrote(make_cfg, table_csv: Path, capsys) -> None:
@@ -431,6 +450,13 @@ def test_the_summary_lists_what_the_run_wrote(make_cfg, table_csv: Path, capsys)
            "predictions/" in out and "tensorboard" not in out
     train(make_cfg(*_csv(table_csv), *FAST, "trainer.max_epochs=1", "logger=none", out="none"))
     assert ": checkpoints/, metrics.json, predictions/\n" in capsys.readouterr().out
+    # callbacks=none: the checkpoint is still checkpoints/last.ckpt, where clm-evaluate and ckpt_path=last look
+    # (Lightning's own callback wrote tensorboard/checkpoints/epoch=0-step=N.ckpt)
+    run = Path(make_cfg(out="bare").paths.output_dir)
+    train(make_cfg(*_csv(table_csv), *[f for f in FAST if not f.startswith("callbacks.")], "trainer.max_epochs=1",
+                   "callbacks=none", out="bare"))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert not list((run / "tensorboard").rglob("*.ckpt"))
 
 
 def test_metrics_json_reports_the_best_epoch_and_a_moved_run_keeps_its_best(make_cfg, table_csv: Path) -> None:
@@ -533,7 +559,7 @@ def test_train_false_or_resume_on_other_data_is_refused(make_cfg, table_csv: Pat
     with pytest.raises(CheckpointError,
                        match=r"its weights do not fit the model this config builds: .*32\) in the checkpoint"):
         train(make_cfg(*args, "model.hidden=[16]", "train=false", f"ckpt_path={best}", out="hidden"))
-    with pytest.raises(CheckpointError, match="holds a ChurnClassifier, but the config builds a InfoGapVAE"):
+    with pytest.raises(CheckpointError, match="holds a ChurnClassifier, but the config builds an InfoGapVAE"):
         train(make_cfg(*[a for a in args if not a.startswith("model")], "model=infogap_vae", "train=false",
                        f"ckpt_path={best}", out="vae"))
 

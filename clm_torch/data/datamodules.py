@@ -142,10 +142,12 @@ def check_batch_sizes(batch_size: int, eval_batch_size: int | None) -> None:
                          f"{eval_batch_size}")
 
 
-def check_split_sizes(val_size: float, test_size: float) -> None:
-    """ValueError unless the validation and test shares are in (0, 1) and leave rows to train on."""
-    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in (val_size, test_size))
-    if not ok or val_size + test_size >= 1:
+def check_split_sizes(val_size: float, test_size: float | None) -> None:
+    """ValueError unless the validation and test shares are in (0, 1) and leave rows to train on
+    (``test_size`` None: an explicit test frame, only a validation split is carved)."""
+    shares = (val_size,) if test_size is None else (val_size, test_size)
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in shares)
+    if not ok or sum(shares) >= 1:
         raise ValueError(f"data.val_size and data.test_size must each be a share in (0, 1), together below 1; got "
                          f"{val_size!r} and {test_size!r}")
 
@@ -239,7 +241,7 @@ class TableDataModule(SplitLoaders):
         self.source = source
         self.frame_transform = frame_transform
         check_batch_sizes(batch_size, eval_batch_size)
-        check_split_sizes(val_size, test_size)
+        check_split_sizes(val_size, test_size if test_frame is None else None)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or 4 * batch_size)
         self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)

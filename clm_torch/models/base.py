@@ -29,6 +29,11 @@ NAN_POLICIES = ("raise", "skip", "off")
 SCHEDULERS = ("none", "cosine")
 
 
+def with_article(name: str) -> str:
+    """``a ChurnClassifier``, ``an InfoGapVAE``: a model class name in a sentence."""
+    return f"{'an' if name[:1] in 'AEIOU' else 'a'} {name}"
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf."""
 
@@ -65,15 +70,16 @@ class CLMModule(L.LightningModule):
             CheckpointError: the file is missing, truncated/corrupt, would need arbitrary code
                 to unpickle, or belongs to another model class.
         """
-        from clm_torch.utils.io import CheckpointError, load_checkpoint_safely
+        from clm_torch.utils.io import CheckpointClassError, CheckpointError, load_checkpoint_safely
 
         if kwargs.pop("weights_only", True) is not True:
             raise CheckpointError("clm_torch only loads checkpoints with weights_only=True")
         ckpt = load_checkpoint_safely(checkpoint_path)
         saved = ckpt.get(MODEL_CLASS_KEY)
         if saved is not None and saved != cls.__qualname__:
-            raise CheckpointError(f"{checkpoint_path}: this checkpoint holds a {saved}, not a {cls.__qualname__}; "
-                                  f"load it with {saved}.load_from_checkpoint")
+            raise CheckpointClassError(f"{checkpoint_path}: this checkpoint holds {with_article(str(saved))}, not "
+                                       f"{with_article(cls.__qualname__)}; load it with {saved}.load_from_checkpoint",
+                                       saved=str(saved), expected=cls.__qualname__)
         try:
             return super().load_from_checkpoint(checkpoint_path, map_location=map_location or "cpu",
                                                 weights_only=True, **kwargs)

@@ -77,13 +77,6 @@ def _check_k(k: int, n_items: int) -> int:
     return int(min(k, n_items))
 
 
-def _pad_slots(idx: torch.Tensor, k: int) -> torch.Tensor:
-    """``idx`` (n, ≤ k) with empty slots (-1) up to ``k`` columns: k beyond the catalogue still gives (n, k)."""
-    if idx.shape[1] >= k:
-        return idx
-    return torch.cat([idx, torch.full((len(idx), k - idx.shape[1]), -1, dtype=idx.dtype)], 1)
-
-
 def _check_histories(histories: Any, n: int | None = None) -> list[Sequence[Any] | None]:
     """``histories`` as a list taken by position (a Series' index is ignored), one item-id sequence
     (or None) per user; a bare string is refused (it would be read as a sequence of characters)."""
@@ -750,17 +743,18 @@ class EmbeddingRecommender(CLMModule):
     @torch.no_grad()
     def recommend(self, user_ids: Sequence[Any], k: int = 10, exclude_seen: bool = True,
                   histories: Sequence[Sequence[Any] | None] | None = None) -> np.ndarray:
-        """Top-``k`` item ids (n, k) for external ``user_ids``, best first.
+        """Top-``k`` item ids (n, min(k, catalogue size)) for external ``user_ids``, best first.
 
         Known users are scored with every interaction of the training log (the train, validation
         and test parts: the test part is hidden only while evaluating) and, when ``exclude_seen``,
         never get any of those items back. ``histories[j]`` for a known user adds the items bought
         since training (newest last): they join the user's history and are excluded too. Unknown users follow the module's fallback:
         the history encoder on ``histories[j]`` (item ids, oldest → newest) when given, else
-        popularity. Slots that cannot be filled (k larger than the unseen catalogue) are None.
+        popularity. Slots that cannot be filled (fewer unseen items than slots) are None; ``k``
+        beyond the catalogue gives one column per item of the catalogue.
         """
         self._require_preprocessing()
-        k_asked, k = k, _check_k(k, self.n_items)
+        k = _check_k(k, self.n_items)
         user_ids = _check_user_ids(user_ids)
         histories = _check_histories(histories, len(user_ids)) if histories is not None else None
         was = self.training
@@ -791,24 +785,25 @@ class EmbeddingRecommender(CLMModule):
                      sum(h is not None and len(h) > 0 for h in hist) if self.uses_history else 0,
                      sum(not (h is not None and len(h) > 0 and self.uses_history) for h in hist))
         self.train(was)
-        return self._ids(_pad_slots(out, k_asked))
+        return self._ids(out)
 
     @torch.no_grad()
     def recommend_for_history(self, histories: Sequence[Sequence[Any]], k: int = 10,
                               exclude_seen: bool = True) -> np.ndarray:
-        """Top-``k`` item ids (n, k) for new users given their item-id histories (oldest → newest).
+        """Top-``k`` item ids (n, min(k, catalogue size)) for new users given their item-id histories
+        (oldest → newest).
 
         Uses the history encoder; users with an empty history (or a model without a history
         encoder) get the popularity fallback.
         """
         self._require_preprocessing()
-        k_asked, k = k, _check_k(k, self.n_items)
+        k = _check_k(k, self.n_items)
         histories = _check_histories(histories)
         was = self.training
         self.eval()
         out = self._cold(histories, k, exclude_seen)
         self.train(was)
-        return self._ids(_pad_slots(out, k_asked))
+        return self._ids(out)
 
     def _cold(self, histories: list[Sequence[Any] | None], k: int, exclude_seen: bool) -> torch.Tensor:
         batch = self._history_batch(histories)

@@ -21,6 +21,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupt, unsafe, or of another model class."""
 
 
+class CheckpointClassError(CheckpointError):
+    """A checkpoint of another model class (``saved``) than the one loading it (``expected``)."""
+
+    def __init__(self, message: str, *, saved: str, expected: str) -> None:
+        super().__init__(message)
+        self.saved, self.expected = saved, expected
+
+
 class SettingError(ValueError):
     """A setting (from the command line or a config) of the wrong type or out of range, e.g.
     ``trainer.max_epochs=abc``; the message names the setting. The CLIs print it as one line."""
