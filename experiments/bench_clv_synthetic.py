@@ -48,6 +48,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,18 +68,22 @@ def say(msg: str) -> None:
     print(f"[bench_clv_synthetic] {msg}", flush=True)
 
 
-def train_model(kind: str, train_path: Path, seed: int, out: Path, pipe_cfg: Any) -> tuple[Any, dict[str, Any]]:
-    """Train ``spend`` or ``churn`` on the train view with the pipeline's sub-run overrides."""
+def train_model(kind: str, data_path: Path, seed: int, out: Path, pipe_cfg: Any,
+                extra: Sequence[str] = ()) -> tuple[Any, dict[str, Any]]:
+    """Train ``vae`` (on the profile view), ``spend`` or ``churn`` (on the train view) with the
+    pipeline's sub-run overrides (``extra``: the churn model's ``model.infogap_ckpt``)."""
     from omegaconf import OmegaConf
 
     from clm_torch.config import compose_config
 
-    table = ["data=parquet", "data.id_col=customer_id", "~logger", f"data.path={train_path}"]
+    table = ["data=parquet", "data.id_col=customer_id", "~logger", f"data.path={data_path}"]
     if kind == "spend":
         model = ["model=spend", "data.target=future_spend", "data.target_type=continuous", "data.drop=[churn]"]
+    elif kind == "vae":
+        model = ["model=infogap_vae"]
     else:
         model = ["model=churn", "data.target=churn", "data.drop=[future_spend]"]
-    overrides = [*model, *table, f"task_name={kind}", f"seed={seed}"]
+    overrides = [*model, *table, *extra, f"task_name={kind}", f"seed={seed}"]
     cfg = compose_config(overrides, output_dir=out / kind)
     extra = pipe_cfg.models.get(kind)
     if extra:
@@ -86,7 +91,8 @@ def train_model(kind: str, train_path: Path, seed: int, out: Path, pipe_cfg: Any
     m, metrics, seconds = train_and_load(cfg)
     info = {"overrides": overrides + [f"{k}={v}" for k, v in _flat(OmegaConf.to_container(extra) if extra else {})],
             "seconds": round(seconds, 1),
-            "metrics": {k: v for k, v in metrics.items() if "/" in k and isinstance(v, float)}}
+            "metrics": {k: v for k, v in metrics.items() if "/" in k and isinstance(v, float)},
+            "best_ckpt": metrics.get("best_ckpt")}
     return m, info
 
 
@@ -108,7 +114,7 @@ def run_seed(seed: int, n_customers: int, variant: str, workdir: Path) -> dict[s
         spend_capture,
         survival_from_churn_prob,
     )
-    from clm_torch.pipeline import build_views, clean_customers, load_inputs
+    from clm_torch.pipeline import _infogap_override, build_views, clean_customers, load_inputs, profile_view
 
     t0 = time.time()
     out = workdir / f"{variant.replace(' ', '_')}_seed{seed}"
@@ -130,8 +136,15 @@ def run_seed(seed: int, n_customers: int, variant: str, workdir: Path) -> dict[s
     train_path = out / "train_view.parquet"
     train_frame.to_parquet(train_path, index=False)
 
+    # as the pipeline: the VAE on every customer known at the training cutoff, its features in the churn model
+    profile_path = out / "profile_view.parquet"
+    profile_view(inputs, customers, horizon, int(pipe_cfg.n_last),
+                 [c for c in train_frame.columns if c not in ("churn", "future_spend")]).to_parquet(profile_path,
+                                                                                                 index=False)
+    _, vae_info = train_model("vae", profile_path, seed, out, pipe_cfg)
     spend_model, spend_info = train_model("spend", train_path, seed, out, pipe_cfg)
-    churn_model, churn_info = train_model("churn", train_path, seed, out, pipe_cfg)
+    churn_model, churn_info = train_model("churn", train_path, seed, out, pipe_cfg, _infogap_override(vae_info))
+    churn_info["vae_seconds"] = vae_info["seconds"]
     spend_pred = spend_model.predict_spend(score_frame)
     p_churn = churn_model.predict_proba(score_frame).astype("float64")
 
@@ -201,8 +214,8 @@ def write_report(res: dict[str, Any], meta: dict[str, Any]) -> None:
          "`base.truth.future_spend` over (cutoff, cutoff + 90 days]",
          "- models trained as `clm-pipeline` does (`load_inputs`, `clean_customers`, `build_views`, then "
          "`train(cfg)` with the pipeline's sub-run overrides and its `models.*` epochs): learn at cutoff − 90 days, "
-         "score every customer of the view at the cutoff; the VAE step is skipped (the churn model does not take "
-         "VAE features in this tree)",
+         "score every customer of the view at the cutoff; the churn model takes the InfoGapVAE's features "
+         "(`model.infogap_ckpt`, the VAE trained on the profile view), as in the pipeline",
          "- formula CLV: the pipeline's `value:` settings (margin 0.3, 12 periods of 30 days, 2 % discount per "
          "period), survival (1 − p)^t from the predicted 90-day churn probability",
          "- TARGET: beat run-rate on Spearman with the true future spend AND on top-20 % capture "
