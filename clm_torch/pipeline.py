@@ -161,6 +161,8 @@ def check_pipeline_settings(cfg: DictConfig) -> None:
     one_of("data.kind", d.get("kind"), ("synthetic", "events"))
     if d.kind == "synthetic":
         whole("data.n_customers", d.get("n_customers"), 1, "customers")
+        if float(cfg.horizon_days) != int(cfg.horizon_days):  # the generator's label window is whole days
+            raise bad("horizon_days", cfg.horizon_days, "a whole number of days with data.kind=synthetic")
         if not _is_whole(d.get("seed")):
             raise bad("data.seed", d.get("seed"), "a whole number")
         if d.get("generator") is not None and not isinstance(d.generator, DictConfig):

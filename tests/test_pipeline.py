@@ -320,6 +320,7 @@ def test_a_label_like_table_column_is_flagged(caplog) -> None:
                                   "active_recency_days, lapsed_recency_days, at_risk_prob, winback_gap_days"),
     (["actions.value_quantile=80"], "actions.value_quantile=80: expected a number in [0, 1]"),
     (["horizon_days=1" + "0" * 400], "horizon_days=1" + "0" * 400 + ": expected a number of days > 0"),
+    (["horizon_days=30.5"], "horizon_days=30.5: expected a whole number of days with data.kind=synthetic"),
     # a sub-run's settings, checked before the first model trains (spend, the last, used to fail after the rest)
     (["+models.spend.model.dropout=1.5"], "models.spend.model.dropout=1.5: expected a share in [0, 1)"),
     (["+models.churn.model.lr=abc"], "models.churn.model.lr='abc': expected a number > 0"),
