@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -239,6 +240,11 @@ def check_views(inputs: dict[str, Any], train_frame: pd.DataFrame, horizon: floa
         what = "bought again" if int(train_frame["churn"].iloc[0]) == 0 else "made no purchase"
         raise SchemaError(f"{settings}: every customer {what} within the horizon after {where}, so churn has one "
                           f"class; {span}: choose a cutoff and horizon inside the log", source=inputs["name"])
+    spend = train_frame["future_spend"] if "future_spend" in train_frame.columns else None
+    if spend is not None and not bool((spend > 0).any()):  # the spend sub-run would refuse it, after the others
+        raise SchemaError(f"{settings}: no customer spent more than 0 within the horizon after {where}; {span}: CLV "
+                          "and the spend model need amounts above 0 (check the money column)", source=inputs["name"],
+                          column=str(d.get("amount_col") or "amount"))
     items = ev["item_id"].dropna().nunique() if "item_id" in ev.columns else 0
     if items < 2:
         raise SchemaError(f"the recommender needs at least 2 distinct items; the log has {items}",
@@ -366,7 +372,10 @@ def run_model(name: str, base: Sequence[str], extra: DictConfig | None, out: Pat
 
 
 def _fmt(m: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.4f}" for k, v in sorted(m.items()) if k.startswith("test/") and isinstance(v, float))
+    """The test metrics of a sub-run (those without a value, e.g. imputation accuracy without a categorical
+    column, left out as clm-train's summary does)."""
+    return ", ".join(f"{k}={v:.4f}" for k, v in sorted(m.items())
+                     if k.startswith("test/") and isinstance(v, float) and math.isfinite(v))
 
 
 # ----------------------------------------------------------------------------- the pipeline

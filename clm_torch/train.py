@@ -377,6 +377,29 @@ def check_model_data(cfg: DictConfig, datamodule: Any = None) -> None:
                            f"{f' {target}' if target else ''} is {have_type} ({example}; {other})")
 
 
+def check_target_values(cfg: DictConfig, datamodule: Any) -> None:
+    """A model with a ``target_min`` (the spend model: spend >= 0) refuses a training target that is
+    never above it (nothing to learn: all zero, or all refunds) and warns about values below it,
+    which its loss reads as the minimum (net refunds as no spend)."""
+    try:
+        cls = hydra.utils.get_class(str(cfg.model.get("_target_")))
+    except Exception:  # noqa: BLE001 - instantiate reports an unknown class
+        return
+    lo = getattr(cls, "target_min", None)
+    y = (getattr(datamodule, "tensors", None) or {}).get("train", {}).get("y")
+    if lo is None or y is None or len(y) == 0:
+        return
+    data = getattr(datamodule, "data", None)
+    source, column = getattr(data, "name", "data"), getattr(data, "target", None)
+    if not bool((y > lo).any()):
+        raise SchemaError(f"the target is never above {lo:g} in the training split ({len(y)} rows, max "
+                          f"{float(y.max()):g}): {cls.__name__} has nothing to learn", source=source, column=column)
+    below = int((y < lo).sum())
+    if below:
+        log.warning("%s, column %r: %d of %d training values are below %g (min %g); %s reads them as %g (net "
+                    "refunds are no spend)", source, column, below, len(y), lo, float(y.min()), cls.__name__, lo)
+
+
 def load_infogap(cfg: DictConfig) -> L.LightningModule | None:
     """The frozen InfoGapVAE named by ``model.infogap_ckpt`` (safe loading), or None."""
     path = cfg.model.get("infogap_ckpt") if "model" in cfg else None
@@ -419,6 +442,7 @@ def build_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.Lightni
                                                       features=str(cfg.model.get("infogap_features", "all")),
                                                       origin=f"model.infogap_ckpt={cfg.model.get('infogap_ckpt')}")
     datamodule.setup("fit")
+    check_target_values(cfg, datamodule)
     extra = {"infogap": _plain(dict(vae.hparams))} if vae is not None else {}
     model = hydra.utils.instantiate(cfg.model, **datamodule.model_kwargs(), **extra, _convert_="all")
     model.set_preprocessing(datamodule.preprocessing_state())

@@ -141,10 +141,11 @@ def test_target_spellings_match_the_training_labels() -> None:
     assert y(["no", "YES "], "Yes") == [0, 1]
     assert y(["No", "No"], "Yes") == [0, 0]  # only negatives among the labelled rows
     assert y(["stayed", "left", "left"], "left") == [0, 1, 1]
+    assert y(["stayed", "left"], "Yes") == [0, 1]  # churn words read by their truth value, as yes/no
     with pytest.raises(SchemaError, match=r"eval.csv.*column 'churn'.*positive class 'Yes' not among the labels"):
-        y(["stayed", "left"], "Yes")
+        y(["red", "blue"], "Yes")
     with pytest.raises(SchemaError, match="positive class 'Yes' not among"):
-        y(["stayed", "left"], "Yes", require_both=True)
+        y(["red", "blue"], "Yes", require_both=True)
 
 
 def test_inf_values_rejected() -> None:
@@ -205,6 +206,28 @@ def test_cleaning_dedupes_normalises_and_leaves_input_untouched() -> None:
     assert out["plan"].nunique() == 2
     assert np.isnan(out.loc[out.id == "c", "fee"].item())
     assert "dropped 1 duplicate" in rep.summary()
+
+
+def test_churn_words_choose_the_positive_class_and_clip_bounds_are_robust(caplog) -> None:
+    """'left'/'stayed' made the minority ('stayed' here) the churn class; a label pair of unknown
+    words still takes the minority, with a warning naming the setting that chooses. Clip bounds are
+    median ± k robust sd: one value of 1e12 no longer drags the bound past every other value."""
+    import logging
+
+    from clm_torch.data.cleaning import clip_bounds
+    from clm_torch.data.schema import validate_target
+
+    for labels, positive in ((["left", "stayed", "stayed"], "left"), (["stayed", "left", "left"], "left"),
+                             (["active", "gone", "active"], "gone"), (["Yes", "No", "No"], "Yes")):
+        y, pos = validate_target(pd.Series(labels), source="t", column="c")
+        assert pos == positive and y.tolist() == [float(v == positive) for v in labels]
+    df = messy_table(200).assign(churn=lambda d: np.where(d["churn"] == "Yes", "red", "blue"))
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.encoding"):
+        enc = FeatureEncoder.from_schema(infer_schema(df, target="churn", id_col="customer_id")).fit(df)
+    minority = df["churn"].value_counts().index[-1]
+    assert enc.positive_label == minority and "data.encoder.positive_label=<label>" in caplog.text
+    lo, hi = clip_bounds(np.r_[np.arange(1.0, 100.0), 1e12], 3.0)
+    assert 50 - 3 * 1.4826 * 25 <= lo < 0 < 99 < hi < 200
 
 
 def test_outlier_clipping_is_optional() -> None:

@@ -459,6 +459,47 @@ def test_the_summary_lists_what_the_run_wrote(make_cfg, table_csv: Path, capsys)
     assert not list((run / "tensorboard").rglob("*.ckpt"))
 
 
+def test_degenerate_training_data_is_refused_or_warned_about(make_cfg, tmp_path: Path, caplog) -> None:
+    """Found by training on degenerate tables: a validation split of one class (300 rows, 2 churners)
+    reported AUROC 0 and skipped the calibration without a word; a spend target with refunds below 0
+    made the Tweedie loss fall without bound (capture 2e14), one of all zeros trained on nothing; a
+    one-row split stopped the spend model in a TypeError; one huge value squeezed a column to one value."""
+    import logging
+
+    from clm_torch.data.schema import SchemaError
+
+    df = messy_table(300, seed=2)
+    df["churn"] = "No"
+    df.loc[df.index[:2], "churn"] = "Yes"
+    df["spend"] = np.linspace(0.0, 50.0, len(df))
+    path = tmp_path / "t.csv"
+    df.to_csv(path, index=False)
+    base = ["data=csv", f"data.path={path}", "data.id_col=customer_id", "data.batch_size=64",
+            "callbacks.model_summary=null", "trainer.max_epochs=1", "~logger"]
+    with pytest.raises(SchemaError, match=r"t\.csv, column 'churn': the val split \(45 rows\) holds one class of "
+                                          r"'churn' only \(2 positives in 300 rows\)"):
+        train(make_cfg(*base, *FAST, "model=churn", "data.target=churn", "data.drop=[spend]", out="one_class"))
+    spend = [*base, "model=spend", "data.target=spend", "data.target_type=continuous", "data.drop=[churn]",
+             "model.hidden=[8]"]
+    df.assign(spend=0.0).to_csv(path, index=False)
+    with pytest.raises(SchemaError, match=r"column 'spend': the target is never above 0 in the training split"):
+        train(make_cfg(*spend, out="zeros"))
+    df.assign(spend=df["spend"] - 10.0).to_csv(path, index=False)  # a fifth of the customers net refunds
+    with caplog.at_level(logging.WARNING, logger="clm_torch.train"):
+        metrics, _ = train(make_cfg(*spend, out="refunds"))
+    assert "values are below 0" in caplog.text or "training values are below 0" in caplog.text
+    assert 0 <= metrics["test/capture20"] <= 1 and np.isfinite(metrics["test/loss"])
+    df.iloc[:10].to_csv(path, index=False)  # val and test splits of one or two rows
+    metrics, _ = train(make_cfg(*spend, out="tiny"))
+    assert np.isfinite(metrics["test/rmse"])
+    huge = df.assign(tenure=df["tenure"].where(df.index != 5, 1e12) - 100.0)  # negative: no log transform
+    huge.to_csv(path, index=False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.encoding"):
+        train(make_cfg(*spend, out="huge"))
+    assert "column 'tenure': a few extreme values" in caplog.text
+
+
 def test_metrics_json_reports_the_best_epoch_and_a_moved_run_keeps_its_best(make_cfg, table_csv: Path) -> None:
     """With the first epoch the best (the run monitors the epoch, smallest first), every val/* value in
     metrics.json is that epoch's, as logged; a copy of the run directory resumed elsewhere keeps
@@ -566,7 +607,7 @@ def test_train_false_or_resume_on_other_data_is_refused(make_cfg, table_csv: Pat
 
 def test_clip_outliers_bounds_come_from_the_training_split_and_travel_with_the_checkpoint(
         make_cfg, table_csv: Path, tmp_path: Path) -> None:
-    """data.clean.clip_outliers: the bounds are mean ± k·std of the training rows, stored in the
+    """data.clean.clip_outliers: the bounds are median ± k robust sd of the training rows, stored in the
     encoder, so the run's test predictions equal scoring the raw test rows from best.ckpt (they did
     not when the whole table was clipped before the split and the bounds were thrown away)."""
     from clm_torch import ChurnClassifier
@@ -580,7 +621,9 @@ def test_clip_outliers_bounds_come_from_the_training_split_and_travel_with_the_c
     dm = objects["datamodule"]
     fee = dm.frames["train"]["monthly_fee"].astype(float).dropna()
     j = dm.encoder.num_columns.index("monthly_fee")
-    assert dm.encoder.num_clip_hi[j] == pytest.approx(fee.mean() + 1.5 * fee.std(), rel=1e-9)
+    robust_sd = 1.4826 * (fee - fee.median()).abs().median()  # not moved by the outliers (mean ± k·std was)
+    assert dm.encoder.num_clip_hi[j] == pytest.approx(fee.median() + 1.5 * robust_sd, rel=1e-9)
+    assert dm.encoder.num_clip_hi[j] < fee[fee < 5000].max()  # so a bound inside the bulk, unlike mean ± 1.5 std
     assert dm.encoder.num_max[j] == pytest.approx(dm.encoder.num_clip_hi[j])  # training rows were clipped too
     run = tmp_path / "clip"
     model = ChurnClassifier.load_from_checkpoint(run / "checkpoints" / "best.ckpt")

@@ -85,6 +85,20 @@ def _canonical_spellings(s: pd.Series) -> tuple[pd.Series, int]:
     return out, n_changed
 
 
+def clip_bounds(obs: np.ndarray, k: float) -> tuple[float, float]:
+    """``median ± k`` robust standard deviations of the observed values ``obs``: 1.4826 · MAD (the
+    standard deviation for normal data, but not moved by the outliers it is meant to clip), else
+    IQR / 1.349 when more than half the values are equal, else the standard deviation."""
+    med = float(np.median(obs))
+    scale = 1.4826 * float(np.median(np.abs(obs - med)))
+    if scale <= 0:
+        q1, q3 = np.quantile(obs, [0.25, 0.75])
+        scale = float(q3 - q1) / 1.349
+    if scale <= 0:
+        scale = float(obs.std(ddof=1)) if obs.size > 1 else 0.0
+    return med - k * scale, med + k * scale
+
+
 def clean_table(
     df: pd.DataFrame,
     schema: TableSchema,
@@ -100,7 +114,7 @@ def clean_table(
     disagree); turn missing-value tokens (``""``, ``"NA"``, ``"?"`` …) into NaN; normalise
     category spellings (case and surrounding whitespace) to the most frequent variant; coerce
     numeric columns to float (text raises :class:`SchemaError` naming the first bad row);
-    optionally clip numerics to ``mean ± clip_outliers · std``.
+    optionally clip numerics to ``median ± clip_outliers`` robust standard deviations (:func:`clip_bounds`).
 
     Returns:
         (cleaned copy, report). The input is left untouched.
@@ -136,8 +150,7 @@ def clean_table(
         num = to_numeric_strict(out[col], source=source, column=col)
         report.missing_tokens[col] = int(num.isna().sum()) - before_na
         if clip_outliers is not None and num.notna().sum() > 1:
-            mu, sd = num.mean(), num.std()
-            lo, hi = mu - clip_outliers * sd, mu + clip_outliers * sd
+            lo, hi = clip_bounds(num.dropna().to_numpy(dtype=np.float64), clip_outliers)
             report.clipped[col] = int(((num < lo) | (num > hi)).sum())
             num = num.clip(lo, hi)
         out[col] = num

@@ -302,6 +302,20 @@ class TableDataModule(SplitLoaders):
                 raise SchemaError(f"the {name} split is empty: the table has too few rows ({len(clean)}) for "
                                   f"data.val_size={self.val_size:g} and data.test_size={self.test_size:g}",
                                   source=data.name)
+        if y is not None:  # AUROC, early stopping and the calibration need both classes in every split
+            parts = {"train": tr, "val": va} if self.test_frame is not None else {"train": tr, "val": va, "test": te}
+            for name, idx in parts.items():
+                n_pos = int(y[idx].sum())
+                if n_pos in (0, len(idx)):
+                    raise SchemaError(f"the {name} split ({len(idx)} rows) holds one class of {target!r} only "
+                                      f"({int(y.sum())} positives in {len(y)} rows): its metrics and the calibration "
+                                      "need both; give more rows (or more positives) or a larger "
+                                      f"data.{'test' if name == 'test' else 'val'}_size", source=data.name,
+                                      column=target)
+        small = {k: len(f) for k, f in self.frames.items() if k != "train" and len(f) < 50}
+        if small:
+            log.warning("%s: small evaluation splits %s: their metrics are noisy (a handful of rows can move AUROC "
+                        "by 0.1 or more)", data.name, small)
         if self.frame_transform is not None:  # row-wise extra features (e.g. InfoGapVAE signals), per split
             self.frames = {k: self.frame_transform(f, source=f"{data.name} [{k} split]")
                            for k, f in self.frames.items()}

@@ -31,7 +31,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clm_torch.data.schema import SchemaError, TableSchema, distinct_rows, to_numeric_strict, validate_target
+from clm_torch.data.cleaning import clip_bounds
+from clm_torch.data.schema import (SchemaError, TableSchema, distinct_rows, is_yes_no_label, to_numeric_strict,
+                                   validate_target)
 from clm_torch.utils.io import SettingError
 
 log = logging.getLogger(__name__)
@@ -212,8 +214,7 @@ class FeatureEncoder:
                 raise SchemaError("numeric column has no observed values in the training split",
                                   source=source, column=col)
             if self.clip_outliers is not None and obs.size > 1:
-                mu, sd = float(obs.mean()), float(obs.std(ddof=1))
-                self.num_clip_lo[j], self.num_clip_hi[j] = mu - self.clip_outliers * sd, mu + self.clip_outliers * sd
+                self.num_clip_lo[j], self.num_clip_hi[j] = clip_bounds(obs, self.clip_outliers)
                 clipped = int(((obs < self.num_clip_lo[j]) | (obs > self.num_clip_hi[j])).sum())
                 if clipped:
                     log.info("%s: %d values of '%s' clipped to [%.4g, %.4g] (clip_outliers=%g)", source, clipped, col,
@@ -237,6 +238,12 @@ class FeatureEncoder:
             self.num_mean[j] = float(t.mean())
             sd = float(t.std())
             self.num_std[j] = sd if sd > 1e-12 else 1.0
+            bulk = float(np.subtract(*np.quantile(t, [0.95, 0.05]))) if t.size > 2 else 0.0
+            if sd > 1e-12 and 0 < bulk < 1e-3 * sd:  # a few huge values: the rest standardise to almost one value
+                log.warning("%s: column %r: a few extreme values (max %.4g, median %.4g) make its standard deviation "
+                            "%.3g times the spread of the middle 90 %% of its values, which the model then barely "
+                            "tells apart; set data.clean.clip_outliers=5 (median ± 5 robust sd) or fix the values",
+                            source, col, float(obs.max()), float(np.median(obs)), sd / bulk)
             self.dtypes[col] = str(df[col].dtype)
         for col in self.cat_columns:
             s = df[col]
@@ -248,8 +255,13 @@ class FeatureEncoder:
             self.vocab[col] = [UNK, *[_plain(first[k]) for k in keys.index]]
             self.dtypes[col] = str(s.dtype)
         if self.target and self.target in df.columns and self.target_type == "binary":
+            chosen = self.positive_label is not None
             _, pos = validate_target(df[self.target], source=source, column=self.target, positive=self.positive_label)
             self.positive_label = pos
+            if not chosen and not is_yes_no_label(pos):
+                log.warning("%s, column %r: the positive class (churn = 1) is %r, the minority label (neither label "
+                            "reads as yes/no or churned/stayed); set data.encoder.positive_label=<label> to choose",
+                            source, self.target, pos)
         self.fitted = True
         return self
 

@@ -375,8 +375,15 @@ def infer_schema(
 # ----------------------------------------------------------------------------- validation
 
 
-_TRUE_LABELS = frozenset({"1", "true", "t", "yes", "y", "churn", "churned"})
-_FALSE_LABELS = frozenset({"0", "false", "f", "no", "n"})
+# labels read as the positive (churned) and the negative class; with neither, the minority class is positive
+_TRUE_LABELS = frozenset({"1", "true", "t", "yes", "y", "churn", "churned", "left", "lost", "cancelled", "canceled",
+                          "exited", "attrited", "lapsed"})
+_FALSE_LABELS = frozenset({"0", "false", "f", "no", "n", "stayed", "retained", "active", "renewed", "existing"})
+
+
+def is_yes_no_label(v: Any) -> bool:
+    """Whether a target label reads as one side of yes/no (1/0, true/false, churned/stayed, ...)."""
+    return _label_key(v) in _TRUE_LABELS | _FALSE_LABELS
 
 
 def _label_key(v: Any) -> str:
@@ -394,7 +401,8 @@ def validate_target(y: pd.Series, *, source: str, column: str, positive: Any = N
     """Check that a target is binary (with both classes present, for training); return it as 0/1 float32.
 
     The positive class is ``positive`` when given, else the one of {1, True, 'yes', 'y', 'true',
-    'churn', 'churned'} present, else the minority class. Labels compare as trimmed lower-case text
+    'churn', 'churned', 'left', 'lost', 'cancelled', 'exited', ...} present, else the one that is not
+    among {0, 'no', 'stayed', 'retained', 'active', ...}, else the minority class. Labels compare as trimmed lower-case text
     with whole numbers written without '.0' (a label column that a blank cell made float still
     matches 0/1). When ``positive`` is not among the labels but both are yes/no-like (1/0,
     true/false, yes/no), they are read by their truth value: a model trained on Yes/No is scored on
@@ -433,8 +441,11 @@ def validate_target(y: pd.Series, *, source: str, column: str, positive: Any = N
                               f"(e.g. to {positive!r} and another value)", source=source, column=column)
     else:
         known = [c for c in classes if c in _TRUE_LABELS]
+        negative = [c for c in classes if c in _FALSE_LABELS]
         if known:
             pos = known[0]
+        elif len(classes) == 2 and len(negative) == 1:
+            pos = next(c for c in classes if c != negative[0])
         else:
             counts = pd.Series(vals).value_counts()
             pos = counts.index[-1]

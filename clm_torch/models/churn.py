@@ -444,8 +444,8 @@ class ChurnClassifier(CLMModule):
         self._eval_step(batch, "test")
 
     def _eval_epoch_end(self, stage: str) -> None:
-        logits = self.stage_logits[stage].compute().float()
-        y = self.stage_labels[stage].compute().float()
+        logits = self.stage_logits[stage].compute().float().reshape(-1)  # (a split of one row: 0-d)
+        y = self.stage_labels[stage].compute().float().reshape(-1)
         self.stage_logits[stage].reset()
         self.stage_labels[stage].reset()
         if stage == "val" and not self.trainer.sanity_checking:

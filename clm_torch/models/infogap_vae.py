@@ -710,7 +710,9 @@ class InfoGapVAE(CLMModule):
         # uncertainty about the unobserved cells given everything observed
         p = self.predictive(batch, n_samples, generator)
         loc, ls = p["num_loc"], p["num_log_scale"]
-        var_num = numeric_variance(ls, lik, df).mean(0) + loc.var(0, unbiased=False)
+        # (no numeric column: torch's var() of an empty tensor warns about its degrees of freedom)
+        spread = loc.var(0, unbiased=False) if loc.shape[-1] else torch.zeros_like(loc[0])
+        var_num = numeric_variance(ls, lik, df).mean(0) + spread
         h_num = 0.5 * (1 + math.log(2 * math.pi)) + 0.5 * torch.log(var_num) if lik == "gaussian" else \
             numeric_entropy(0.5 * torch.log(var_num), lik, df)
         probs = p["cat_probs"].mean(0)

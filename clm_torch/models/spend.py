@@ -31,7 +31,8 @@ def tweedie_nll(eta: torch.Tensor, y: torch.Tensor, power: float) -> torch.Tenso
 
 
 def spend_metrics(pred: torch.Tensor, y: torch.Tensor, top: float = 0.2) -> dict[str, torch.Tensor]:
-    """RMSE, Spearman rank correlation and top-``top`` spend capture of predictions ``pred`` (n,)."""
+    """RMSE, Spearman rank correlation and top-``top`` spend capture of predictions ``pred`` (n,)
+    (the share of the spend above 0 that the top ``top`` of customers by prediction hold)."""
     pred, y = pred.double(), y.double()
     rmse = torch.sqrt(((pred - y) ** 2).mean())
 
@@ -42,7 +43,8 @@ def spend_metrics(pred: torch.Tensor, y: torch.Tensor, top: float = 0.2) -> dict
     rp, ry = rp - rp.mean(), ry - ry.mean()
     spearman = (rp * ry).sum() / torch.sqrt((rp**2).sum() * (ry**2).sum()).clamp_min(1e-12)
     k = max(1, int(round(top * len(y))))
-    capture = y[pred.argsort(descending=True)[:k]].sum() / y.sum().clamp_min(1e-12)
+    pos = y.clamp_min(0.0)  # the share of the (non-negative) spend the top k hold; net refunds count as 0
+    capture = pos[pred.argsort(descending=True)[:k]].sum() / pos.sum().clamp_min(1e-12)
     return {"rmse": rmse.float(), "spearman": spearman.float(), "capture20": capture.float()}
 
 
@@ -59,6 +61,7 @@ class SpendRegressor(CLMModule):
     monitor = "val/loss"
     monitor_mode = "min"
     target_type = "continuous"
+    target_min = 0.0  # spend: values below are read as 0 (net refunds); a target never above it is refused
 
     def __init__(self, n_num: int, cat_cardinalities: Sequence[int], n_binary: int = 0, d_embed: int = 8,
                  hidden: Sequence[int] = (128, 64), dropout: float = 0.1, lr: float = 1e-3,
@@ -87,7 +90,8 @@ class SpendRegressor(CLMModule):
 
     def model_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         eta = self(batch)
-        return tweedie_nll(eta, batch["y"].float(), self.hparams.power), eta
+        # net refunds (a negative spend in the window) are no spend: the Tweedie loss has no minimum below 0
+        return tweedie_nll(eta, batch["y"].float().clamp_min(0.0), self.hparams.power), eta
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         loss, _ = self.model_step(batch)
@@ -107,7 +111,8 @@ class SpendRegressor(CLMModule):
         self._eval_step(batch, "test")
 
     def _eval_epoch_end(self, stage: str) -> None:
-        pred, y = self.stage_pred[stage].compute(), self.stage_y[stage].compute()
+        # a split of one row: CatMetric gives a 0-d tensor
+        pred, y = self.stage_pred[stage].compute().reshape(-1), self.stage_y[stage].compute().reshape(-1)
         self.stage_pred[stage].reset()
         self.stage_y[stage].reset()
         for k, v in spend_metrics(pred, y).items():
