@@ -257,6 +257,11 @@ def evaluate_recommender(model: Any, data: Any, *, k: int = 10, batch_users: int
         targets[torch.as_tensor(user_pos[sel] - start), torch.as_tensor(item_pos[sel])] = True
         top_pos = torch.where(top_pos < 0, len(item_index), top_pos)
         parts.append(per_user_metrics(top_pos, targets, [k]))
+    if len(users) and (in_vocab < 0).all():
+        log.warning("%s: none of its %d users is a user of the model's training log (e.g. %r; the model's look like "
+                    "%r): every list is the fallback's (history encoder or popularity), not the model's; check that "
+                    "the ids are written as in training", data.name, len(users), users[0],
+                    model.user_index[0] if len(model.user_index) else None)
     metrics: dict[str, Any] = {"n_users": len(users), "n_interactions": len(frame),
                                "n_unknown_items": int((~known).sum()),
                                "n_already_seen": int(already.sum()),

@@ -617,6 +617,41 @@ def test_id_kinds_are_made_consistent_or_refused(tmp_path: Path) -> None:
                                 items=pd.DataFrame({"i": ["P10", "P11", "P12"], "price": [1.0, 2.0, 3.0]})).load()
 
 
+def test_ids_a_float_export_wrote_as_5_0_are_the_ids_5(tmp_path: Path, dm: InteractionDataModule,
+                                                        trained: EmbeddingRecommender, caplog) -> None:
+    """A log written from float id columns ('5.0', after a missing value made them float) was read as
+    the text '5.0': every known user looked unknown and got popular items, seen ones included; and
+    '5.0' never matched the id 5. Settings that were ignored or mis-read are refused by name."""
+    import logging
+
+    from clm_torch.data.interactions import interactions_from_file
+    from clm_torch.data.sources.interactions import InteractionsFileSource
+    from clm_torch.evaluate import evaluate_recommender
+
+    path = tmp_path / "log.csv"
+    pd.DataFrame({"user": ["1.0", "2.0", "2.0"], "item": ["37.0", "37.0", "40.0"]}).to_csv(path, index=False)
+    frame = InteractionsFileSource(str(path), "user", "item").load().frame
+    # read as a file's whole-number ids are: text ('5'), which recommend() matches with 5, '5' or 5.0
+    assert frame["user"].tolist() == ["1", "2", "2"] and frame["item"].tolist() == ["37", "37", "40"]
+    pd.DataFrame({"user": ["007", "2.0"], "item": ["a", "b"]}).to_csv(path, index=False)  # not all whole: text
+    assert InteractionsFileSource(str(path), "user", "item").load().frame["user"].tolist() == ["007", "2.0"]
+    index = pd.Index([5, 7])
+    assert EmbeddingRecommender._lookup(trained, index, ["5.0", 7.0, "7", "8"]).tolist() == [0, 1, 1, -1]
+    assert EmbeddingRecommender._lookup(trained, pd.Index(["5", "7"]), [5.0, "7.0"]).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="data.protocol=temporal holds out each user's last items by time: set "
+                                         "data.time_col"):
+        interactions_from_file(str(path), user_col="user", item_col="item", protocol="temporal")
+    with pytest.raises(ValueError, match="data.n_neighbors must be a whole number >= 0"):
+        interactions_from_file(str(path), user_col="user", item_col="item", n_neighbors=-1)
+    with pytest.raises(ValueError, match="histories must be a list of item-id lists, one per user, not None"):
+        trained.recommend_for_history(None)
+    # a later log whose ids match none of the model's users: said, not passed off as the model's metrics
+    later = dm.data.frame.head(50).assign(user=lambda d: "x" + d["user"].astype(str))
+    with caplog.at_level(logging.WARNING, logger="clm_torch.evaluate"):
+        evaluate_recommender(trained, dm.data.__class__(later, name="later.csv"))
+    assert "later.csv: none of its" in caplog.text and "check that the ids are written as in training" in caplog.text
+
+
 def test_weightless_rows_and_split_settings_are_explained(log_frame: pd.DataFrame, caplog) -> None:
     """Weight-0 (or missing-weight) rows would count as seen items and held-out targets while weighing
     nothing in training: they are left out, with a warning. A fraction outside [0, 1) is refused, and

@@ -260,6 +260,8 @@ class InteractionDataModule(SplitLoaders):
         if train_on not in ("train", "train+val"):
             raise ValueError(f"data.train_on must be 'train' or 'train+val', not {train_on!r}")
         self.train_on = train_on
+        if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 0:
+            raise ValueError(f"data.n_neighbors must be a whole number >= 0 (0 = no item-item term), not {n_neighbors!r}")
         self.n_neighbors = int(n_neighbors)
         self.data: InteractionData | None = None
         self._ready = False
@@ -487,13 +489,13 @@ def interactions_from_file(path: str, user_col: str = "user_id", item_col: str =
                            **kwargs: Any) -> InteractionDataModule:
     """An :class:`InteractionDataModule` over a CSV/Parquet log (the ``data=interactions`` config).
 
-    Without ``time_col`` the protocol falls back to ``random``.
+    ``protocol=temporal`` needs ``time_col``.
     """
     from clm_torch.data.sources.interactions import InteractionsFileSource
 
-    if time_col is None and kwargs.get("protocol") == "temporal":
-        log.warning("data.protocol=temporal needs data.time_col; using the random protocol")
-        kwargs["protocol"] = "random"
+    if time_col is None and kwargs.get("protocol") == "temporal":  # it used to fall back to random with a warning
+        raise ValueError("data.protocol=temporal holds out each user's last items by time: set data.time_col=<the "
+                         "log's time column>, or use data.protocol=random")
     src = InteractionsFileSource(path, user_col, item_col, time_col, weight_col, item_features_path,
                                  item_features_id_col, item_roles, label_sep)
     return InteractionDataModule(src, **kwargs)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,8 +81,8 @@ def _check_k(k: int, n_items: int) -> int:
 def _check_histories(histories: Any, n: int | None = None) -> list[Sequence[Any] | None]:
     """``histories`` as a list taken by position (a Series' index is ignored), one item-id sequence
     (or None) per user; a bare string is refused (it would be read as a sequence of characters)."""
-    if isinstance(histories, (str, bytes)):
-        raise ValueError("histories must be a list of item-id lists, one per user, not a string")
+    if isinstance(histories, (str, bytes)) or not hasattr(histories, "__iter__"):
+        raise ValueError(f"histories must be a list of item-id lists, one per user, not {histories!r}")
     out = list(histories)
     if n is not None and len(out) != n:
         raise ValueError(f"histories has {len(out)} entries for {n} user ids")
@@ -115,9 +116,12 @@ def _check_user_ids(user_ids: Any) -> list[Any]:
 
 
 def _whole(v: Any) -> Any:
-    """A whole-number float (5.0, e.g. an id column that a missing value made float) as an int."""
+    """A whole-number float (5.0, e.g. an id column that a missing value made float), or its text
+    ('5.0', as such a column is written to a file), as an int."""
     if isinstance(v, (float, np.floating)) and np.isfinite(v) and float(v).is_integer():
         return int(v)
+    if isinstance(v, str) and re.fullmatch(r"\s*-?\d+\.0+\s*", v):
+        return int(float(v))
     return v
 
 
@@ -680,8 +684,11 @@ class EmbeddingRecommender(CLMModule):
                     alt.append(v)
             pos[miss] = index.get_indexer(pd.Index(alt, dtype=object))
             still = miss[pos[miss] < 0]
-            if len(still):  # '5.0' vs 5: the whole number's text
+            if len(still):  # '5.0' vs 5: the whole number, and its text
                 pos[still] = index.get_indexer(pd.Index([_whole(ids[j]) for j in still], dtype=object))
+            still = still[pos[still] < 0]
+            if len(still):
+                pos[still] = index.get_indexer(pd.Index([str(_whole(ids[j])) for j in still], dtype=object))
         return pos
 
     def _history_batch(self, histories: Sequence[Sequence[Any]]) -> dict[str, torch.Tensor]:

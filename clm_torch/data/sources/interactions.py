@@ -121,6 +121,12 @@ def _id_values(s: pd.Series, source: str, column: str) -> pd.Series:
     s, changed = strip_ids(s)  # 'u1 ' and 'u1' are one id
     if changed:
         log.info("%s: %d ids in column '%s' had surrounding spaces, removed", source, changed, column)
+    if (s.dtype == object or pd.api.types.is_string_dtype(s)) and len(s):
+        # a file written from a float column (a missing value made the ids float): '5.0' is the id 5
+        text = s.dropna().astype(str)
+        if len(text) and bool(text.str.fullmatch(r"-?\d+\.0+").all()):
+            s = s.where(s.isna(), s.astype(str).str.replace(r"\.0+$", "", regex=True))
+            log.info("%s: the ids of column '%s' are whole numbers written as 5.0; read as 5", source, column)
     return ints_if_whole(s)
 
 
