@@ -645,6 +645,12 @@ def test_ids_a_float_export_wrote_as_5_0_are_the_ids_5(tmp_path: Path, dm: Inter
         interactions_from_file(str(path), user_col="user", item_col="item", n_neighbors=-1)
     with pytest.raises(ValueError, match="histories must be a list of item-id lists, one per user, not None"):
         trained.recommend_for_history(None)
+    from clm_torch.data.schema import SchemaError
+
+    with pytest.raises(SchemaError, match=r"the val split has no users: too few interactions per user "
+                                          r"\(min_user_interactions=10000\); no user has that many \(at most \d+ "
+                                          r"items each\): lower data.min_user_interactions"):
+        InteractionDataModule(InteractionsFrameSource(dm.data.frame.head(300)), min_user_interactions=10_000).setup()
     # a later log whose ids match none of the model's users: said, not passed off as the model's metrics
     later = dm.data.frame.head(50).assign(user=lambda d: "x" + d["user"].astype(str))
     with caplog.at_level(logging.WARNING, logger="clm_torch.evaluate"):

@@ -322,10 +322,13 @@ class InteractionDataModule(SplitLoaders):
         for name, tab in self.tables.items():
             if len(tab) == 0:
                 fraction = {"val": self.val_fraction, "test": self.test_fraction}.get(name)
+                most = int(np.bincount(self.interactions["user"]).max())
                 hint = "" if fraction is None else (
+                    f"; no user has that many (at most {most} items each): lower data.min_user_interactions"
+                    if most < self.min_user_interactions else
                     f"; data.{name}_fraction=0 holds out nothing (validation and test need held-out items)"
                     if fraction == 0 else f"; data.{name}_fraction={fraction} rounds to no item for these users "
-                    f"(at most {int(np.bincount(self.interactions['user']).max())} items each)")
+                    f"(at most {most} items each)")
                 raise SchemaError(f"the {name} split has no users: too few interactions per user "
                                   f"(min_user_interactions={self.min_user_interactions}){hint}", source=data.name)
         self._ready = True
