@@ -645,6 +645,9 @@ def test_ids_a_float_export_wrote_as_5_0_are_the_ids_5(tmp_path: Path, dm: Inter
         interactions_from_file(str(path), user_col="user", item_col="item", n_neighbors=-1)
     with pytest.raises(ValueError, match="histories must be a list of item-id lists, one per user, not None"):
         trained.recommend_for_history(None)
+    with caplog.at_level(logging.WARNING, logger="clm_torch.models.recommender"):  # dropped without a word before
+        trained.recommend_for_history([[dm.item_ids[0], "no-such-item"]], k=3)
+    assert "1 history item ids are not in the model's catalogue and are ignored (e.g. 'no-such-item'" in caplog.text
     from clm_torch.data.schema import SchemaError
 
     with pytest.raises(SchemaError, match=r"the val split has no users: too few interactions per user "

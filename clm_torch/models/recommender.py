@@ -695,6 +695,12 @@ class EmbeddingRecommender(CLMModule):
         """External item-id lists (oldest → newest) → a ragged batch of <unk> users."""
         codes = [self._lookup(self.item_index, h) if h is not None and len(h) else np.zeros(0, np.int64)
                  for h in histories]
+        unknown = [(j, int(np.flatnonzero(c < 0)[0])) for j, c in enumerate(codes) if (c < 0).any()]
+        if unknown:  # a history of unknown ids alone falls back to popularity: say so
+            j, i = unknown[0]
+            log.warning("%d history item ids are not in the model's catalogue and are ignored (e.g. %r in history %d; "
+                        "the catalogue's ids look like %r)", sum(int((c < 0).sum()) for c in codes),
+                        list(histories[j])[i], j, self.item_index[0] if len(self.item_index) else None)
         codes = [c[c >= 0] for c in codes]
         codes = [pd.unique(c[::-1])[::-1] for c in codes]  # keep the last occurrence of repeated items
         lens = np.array([len(c) for c in codes], np.int64)
