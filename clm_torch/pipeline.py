@@ -59,8 +59,8 @@ from clm_torch.lifecycle.value import (
     spend_capture,
     survival_from_churn_prob,
 )
-from clm_torch.train import (CONFIG_DIR, SettingError, _is_number, _is_whole, bad_setting, check_run_dir,
-                             check_settings, run_cli, train)
+from clm_torch.train import (CONFIG_DIR, SettingError, bad_setting, check_run_dir, check_settings, is_number,
+                             is_whole, run_cli, train)
 from clm_torch.utils.io import write_csv_safe, write_json
 
 log = logging.getLogger(__name__)
@@ -133,11 +133,11 @@ def check_pipeline_settings(cfg: DictConfig) -> None:
             raise bad(key, value, f"{', '.join(allowed[:-1])} or {allowed[-1]}")
 
     def whole(key: str, value: Any, lo: int, what: str) -> None:
-        if not (_is_whole(value) and value >= lo):
+        if not (is_whole(value) and value >= lo):
             raise bad(key, value, f"a whole number of {what} >= {lo}")
 
     def number(key: str, value: Any, ok: Any, want: str) -> None:
-        if not (_is_number(value) and ok(value)):
+        if not (is_number(value) and ok(value)):
             raise bad(key, value, want)
 
     def known(section: str, keys: Sequence[str]) -> DictConfig:
@@ -150,7 +150,7 @@ def check_pipeline_settings(cfg: DictConfig) -> None:
         return node
 
     seed = cfg.get("seed")
-    if not _is_whole(seed):
+    if not is_whole(seed):
         raise bad("seed", seed, "a whole number")
     number("horizon_days", cfg.get("horizon_days"), lambda v: v > 0, "a number of days > 0")
     whole("n_last", cfg.get("n_last"), 1, "purchases")
@@ -164,7 +164,7 @@ def check_pipeline_settings(cfg: DictConfig) -> None:
         whole("data.n_customers", d.get("n_customers"), 1, "customers")
         if float(cfg.horizon_days) != int(cfg.horizon_days):  # the generator's label window is whole days
             raise bad("horizon_days", cfg.horizon_days, "a whole number of days with data.kind=synthetic")
-        if not _is_whole(d.get("seed")):
+        if not is_whole(d.get("seed")):
             raise bad("data.seed", d.get("seed"), "a whole number")
         if d.get("generator") is not None and not isinstance(d.generator, DictConfig):
             raise bad("data.generator", d.generator, "settings of generate_customer_base(), e.g. "
@@ -197,7 +197,7 @@ def check_pipeline_settings(cfg: DictConfig) -> None:
 
     seg = known("segments", ("k_min", "k_max", "criterion"))
     whole("segments.k_min", seg.get("k_min"), 2, "segments")
-    if not (_is_whole(seg.get("k_max")) and seg.k_max >= seg.k_min):
+    if not (is_whole(seg.get("k_max")) and seg.k_max >= seg.k_min):
         raise bad("segments.k_max", seg.get("k_max"), f"a whole number of segments >= segments.k_min={seg.k_min}")
     one_of("segments.criterion", seg.get("criterion"), ("silhouette", "bic"))
 

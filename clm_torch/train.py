@@ -106,7 +106,7 @@ _TRAINER_NUMBERS = ("gradient_clip_val", "val_check_interval", "limit_train_batc
                     "limit_test_batches", "limit_predict_batches", "overfit_batches")
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     """A finite int or float (not a bool; an int too large for a float is not one either)."""
     if not isinstance(v, (int, float)) or isinstance(v, bool):
         return False
@@ -116,13 +116,13 @@ def _is_number(v: Any) -> bool:
         return False
 
 
-def _is_whole(v: Any, lo: int | None = None) -> bool:
+def is_whole(v: Any, lo: int | None = None) -> bool:
     """An int (not a bool), at least ``lo`` when given."""
     return isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo)
 
 
-def _is_count(v: Any) -> bool:
-    return _is_whole(v, 1)
+def is_count(v: Any) -> bool:
+    return is_whole(v, 1)
 
 
 def bad_setting(key: str, value: Any, want: str) -> SettingError:
@@ -133,24 +133,24 @@ def bad_setting(key: str, value: Any, want: str) -> SettingError:
 # model and data settings several models share: (test, what is expected). Checked before the data is
 # read; they used to fail inside the optimizer or a layer (`model.lr=abc`, `model.hidden=64`).
 _MODEL_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    **{k: (lambda v: _is_number(v) and v > 0, "a number > 0") for k in ("lr", "neighbor_lr")},
-    **{k: (lambda v: _is_number(v) and v >= 0, "a number >= 0")
+    **{k: (lambda v: is_number(v) and v > 0, "a number > 0") for k in ("lr", "neighbor_lr")},
+    **{k: (lambda v: is_number(v) and v >= 0, "a number >= 0")
        for k in ("weight_decay", "embedding_weight_decay", "neighbor_weight_decay", "beta", "free_bits")},
-    **{k: (lambda v: _is_number(v) and 0 <= v < 1, "a share in [0, 1)")
+    **{k: (lambda v: is_number(v) and 0 <= v < 1, "a share in [0, 1)")
        for k in ("dropout", "input_dropout", "user_dropout")},
-    **{k: (lambda v: isinstance(v, (list, tuple)) and all(_is_count(h) for h in v),
+    **{k: (lambda v: isinstance(v, (list, tuple)) and all(is_count(h) for h in v),
            "a list of layer sizes >= 1, e.g. [64,64]") for k in ("hidden", "encoder_hidden", "decoder_hidden")},
-    **{k: (_is_count, "a whole number >= 1")
+    **{k: (is_count, "a whole number >= 1")
        for k in ("k_ensemble", "d_embed", "latent_dim", "d", "n_samples", "n_frequencies")},
-    "n_negatives": (lambda v: _is_whole(v, 0), "a whole number >= 0 (0 = in-batch negatives only)"),
-    "pos_weight": (lambda v: v == "balanced" or (_is_number(v) and v > 0), "null, balanced or a number > 0"),
+    "n_negatives": (lambda v: is_whole(v, 0), "a whole number >= 0 (0 = in-batch negatives only)"),
+    "pos_weight": (lambda v: v == "balanced" or (is_number(v) and v > 0), "null, balanced or a number > 0"),
 }
 _DATA_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "batch_size": (_is_count, "a whole number >= 1"),
-    "eval_batch_size": (_is_count, "null or a whole number >= 1"),
-    "split_seed": (_is_whole, "a whole number"),
-    "num_workers": (lambda v: _is_whole(v, 0), "a whole number >= 0"),
-    **{k: (lambda v: _is_number(v) and 0 < v < 1, "a share in (0, 1)") for k in ("val_size", "test_size")},
+    "batch_size": (is_count, "a whole number >= 1"),
+    "eval_batch_size": (is_count, "null or a whole number >= 1"),
+    "split_seed": (is_whole, "a whole number"),
+    "num_workers": (lambda v: is_whole(v, 0), "a whole number >= 0"),
+    **{k: (lambda v: is_number(v) and 0 < v < 1, "a share in (0, 1)") for k in ("val_size", "test_size")},
 }
 
 
@@ -176,16 +176,16 @@ def check_settings(cfg: DictConfig) -> None:
                                "shares that leave rows to train on (together below 1)")
 
     seed = cfg.get("seed")
-    if seed is not None and not _is_whole(seed):
+    if seed is not None and not is_whole(seed):
         raise bad("seed", seed, "a whole number")
     tcfg = cfg.get("trainer") or {}
     for key in _TRAINER_INTS:
         v = tcfg.get(key)
-        if v is not None and not _is_whole(v):
+        if v is not None and not is_whole(v):
             raise bad(f"trainer.{key}", v, "a whole number")
     for key in _TRAINER_NUMBERS:
         v = tcfg.get(key)
-        if v is not None and not _is_number(v):
+        if v is not None and not is_number(v):
             raise bad(f"trainer.{key}", v, "a number")
     fdr = tcfg.get("fast_dev_run")
     if fdr is not None and not isinstance(fdr, (bool, int)):
@@ -316,6 +316,14 @@ def _choice(group: str) -> str | None:
     return HydraConfig.get().runtime.choices.get(group)
 
 
+def _model_class(cfg: DictConfig) -> type | None:
+    """The class ``cfg.model._target_`` names, or None (an unknown class is instantiate's error to report)."""
+    try:
+        return hydra.utils.get_class(str(cfg.model.get("_target_")))
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def _configured_data_kind(cfg_data: Any) -> str | None:
     """``table`` or ``interactions``: the ``data_kind`` of the class ``cfg_data._target_`` names, or of
     the class its factory function returns; None when unknown."""
@@ -339,10 +347,7 @@ def check_model_data(cfg: DictConfig, datamodule: Any = None) -> None:
     the recommender on a customer table, a table model on interactions (from the config alone, before
     the DataModule is built: a model's data settings may not fit the other kind's), ``model=churn``
     without a target column, ``model=spend`` on a binary target (once ``datamodule`` is built)."""
-    try:
-        cls = hydra.utils.get_class(str(cfg.model.get("_target_")))
-    except Exception:  # noqa: BLE001 - an unknown class is instantiate's error to report
-        return
+    cls = _model_class(cfg)
     need = getattr(cls, "data_kind", None)
     have = getattr(datamodule, "data_kind", None) if datamodule is not None else \
         _configured_data_kind(cfg.get("data") or {})
@@ -381,10 +386,7 @@ def check_target_values(cfg: DictConfig, datamodule: Any) -> None:
     """A model with a ``target_min`` (the spend model: spend >= 0) refuses a training target that is
     never above it (nothing to learn: all zero, or all refunds) and warns about values below it,
     which its loss reads as the minimum (net refunds as no spend)."""
-    try:
-        cls = hydra.utils.get_class(str(cfg.model.get("_target_")))
-    except Exception:  # noqa: BLE001 - instantiate reports an unknown class
-        return
+    cls = _model_class(cfg)
     lo = getattr(cls, "target_min", None)
     y = (getattr(datamodule, "tensors", None) or {}).get("train", {}).get("y")
     if lo is None or y is None or len(y) == 0:
