@@ -421,3 +421,73 @@ def test_category_lookup_per_distinct_value_matches_the_row_keys() -> None:
     # scoring in chunks reuses the per-value cache; the indices do not change
     chunked = np.concatenate([enc.transform(new.iloc[i: i + 64])["cat"].numpy() for i in range(0, len(new), 64)])
     np.testing.assert_array_equal(chunked, got)
+
+
+# ------------------------------------------------------------------ page size of the data steps
+def _hugepages_on() -> bool:
+    """NumPy's current MADV_HUGEPAGE setting (read by setting it and putting it back)."""
+    from clm_torch.utils import memory
+
+    state = memory._switch(True)
+    memory._switch(state)
+    return state
+
+
+def _no_switch() -> bool:
+    from clm_torch.utils import memory
+
+    return memory._switch is None
+
+
+needs_switch = pytest.mark.skipif(_no_switch(), reason="this NumPy has no MADV_HUGEPAGE switch")
+
+
+@needs_switch
+def test_small_pages_turns_hugepages_off_inside_and_restores_them(monkeypatch) -> None:
+    from clm_torch.utils import memory
+
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
+    before = memory._switch(True)
+    try:
+        with memory.small_pages():
+            assert not _hugepages_on()
+            with memory.small_pages():  # nested: the inner exit keeps them off
+                pass
+            assert not _hugepages_on()
+        assert _hugepages_on()
+        memory._switch(False)  # the previous setting comes back, whatever it was
+        with memory.small_pages():
+            pass
+        assert not _hugepages_on()
+        # the user's explicit choice in the environment is left alone
+        memory._switch(True)
+        monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")
+        with memory.small_pages():
+            assert _hugepages_on()
+    finally:
+        memory._switch(before)
+
+
+@needs_switch
+def test_data_steps_run_with_small_pages(monkeypatch) -> None:
+    """The generator, the event view and the table set-up allocate without huge pages (utils/memory.py)."""
+    from clm_torch.data import datamodules, events, synthetic
+
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
+    seen = {}
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            seen[name] = _hugepages_on()
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(synthetic, "_catalogue", spy("generator", synthetic._catalogue))
+    monkeypatch.setattr(events, "_factorize", spy("view", events._factorize))
+    monkeypatch.setattr(datamodules, "clean_table", spy("setup", datamodules.clean_table))
+    before = _hugepages_on()
+    base = synthetic.generate_customer_base(300, events_per_customer=3, seed=1)
+    events.build_customer_view(base.events, base.cutoff, horizon_days=base.horizon_days)
+    TableDataModule(FrameSource(base.customers, target="churn", id_col="customer_id"), batch_size=64).setup("fit")
+    assert seen == {"generator": False, "view": False, "setup": False}
+    assert _hugepages_on() == before

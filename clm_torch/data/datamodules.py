@@ -22,6 +22,7 @@ from clm_torch.data.cleaning import CleaningReport, clean_table
 from clm_torch.data.encoding import FeatureEncoder
 from clm_torch.data.schema import SchemaError, TableSchema, infer_schema, validate_target
 from clm_torch.data.sources.tables import TableData
+from clm_torch.utils.memory import small_pages
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +271,7 @@ class TableDataModule(SplitLoaders):
         return {k: v for k, v in self.clean_kwargs.items() if k != "clip_outliers"}
 
     # ------------------------------------------------------------------ setup
+    @small_pages()  # cleaning and encoding allocate column-sized temporaries (utils/memory.py)
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return

@@ -44,6 +44,7 @@ import torch
 
 from clm_torch.data.schema import (SchemaError, _is_missing_token, check_id_kind, ints_if_whole, read_table,
                                    strip_ids, to_numeric_strict)
+from clm_torch.utils.memory import small_pages
 from clm_torch.utils.progress import steps
 
 log = logging.getLogger(__name__)
@@ -659,6 +660,7 @@ def _group_starts(codes: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
 
 
+@small_pages()  # its log-sized temporaries: huge pages cost more than they save (utils/memory.py)
 def build_customer_view(
     events: pd.DataFrame,
     cutoff: Any,

@@ -87,6 +87,7 @@ import pandas as pd
 import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
+from clm_torch.utils.memory import small_pages
 from clm_torch.utils.progress import steps
 
 log = logging.getLogger(__name__)
@@ -761,6 +762,7 @@ def _check_args(n_customers: int, n_items: int, n_segments: int, latent_dim: int
         raise ValueError(f"start ({start.date()}) must be before cutoff ({cutoff.date()})")
 
 
+@small_pages()  # its log-sized temporaries: huge pages cost more than they save (utils/memory.py)
 def generate_customer_base(
     n_customers: int = 5000,
     *,
