@@ -15,7 +15,7 @@ from clm_torch.data.interactions import (N_AGE_BUCKETS, InteractionDataModule, _
                                          csr_gather, item_neighbors, split_interactions)
 from clm_torch.data.sources.interactions import InteractionsFrameSource, synthetic_lowrank_log
 from clm_torch.metrics import RankingMetrics, dense_targets
-from clm_torch.models.recommender import EmbeddingRecommender
+from clm_torch.models.recommender import EmbeddingRecommender, id_key
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -393,6 +393,67 @@ def test_recommend_refuses_ids_it_would_misread(dm: InteractionDataModule, train
     assert trained._lookup(pd.Index([5, 6]), [5.0, "6", np.float32(6.0)]).tolist() == [0, 1, 1]
 
 
+def test_id_key_gives_one_key_per_id_however_it_is_spelt() -> None:
+    """5, '5', ' 5 ', '5.0', 5.0 and NumPy's 5 are the int 5; other text is stripped; leading zeros
+    (and '+') keep text an id of its own unless the vocabulary holds numbers."""
+    for v in (5, "5", " 5 ", "5.0", 5.0, np.int64(5), np.float32(5.0), "5.00"):
+        assert id_key(v) == 5 and type(id_key(v)) is int, v
+    assert [id_key(v) for v in ("-3", -3.0, "0", "-0.0", " u1 ", "7.5", 7.5, "1e3", "00", "007", "+44")] == \
+        [-3, -3, 0, 0, "u1", "7.5", 7.5, "1e3", "00", "007", "+44"]
+    assert [id_key(v, numeric=True) for v in ("007", "+5", "007.0", " 7 ", "x")] == [7, 5, 7, 7, "x"]
+    assert id_key(None) is None
+
+
+def test_lookup_matches_ids_by_their_canonical_key(trained: EmbeddingRecommender) -> None:
+    """One key on both sides: ' 5 ', ' u1 ' and 2 (for '2.0') were unknown before; an exact match wins
+    when two entries share a key; '007' vs 7 as before (two ids in a text vocabulary, one in a
+    vocabulary of numbers, where '007' cannot be an id of its own)."""
+    text = pd.Index(["5", "7", "007", "u1", "2.0"], dtype=object)
+    queries = [5, "5.0", np.int64(5), " 5 ", " u1 ", 2, "2", "007", 7, "7", "x", "8", 7.5, None]
+    assert trained._lookup(text, queries).tolist() == [0, 0, 0, 0, 3, 4, 4, 2, 1, 1, -1, -1, -1, -1]
+    assert trained._lookup(pd.Index(["007"], dtype=object), [7, "7", 7.0, "7.0"]).tolist() == [-1, -1, -1, -1]
+    assert trained._lookup(pd.Index(["7"], dtype=object), ["007", "+7"]).tolist() == [-1, -1]
+    assert trained._lookup(pd.Index([5, 7]), ["007", "+5", " 7 ", "7.0", np.int64(7), "x"]).tolist() == \
+        [1, 0, 1, 1, 1, -1]
+    assert trained._lookup(pd.Index([5, "5", "x"], dtype=object), [5, "5", np.int64(5), "5.0", " x "]).tolist() == \
+        [0, 1, 0, 0, 2]  # exact first; else the first entry with the key
+    assert trained._lookup(pd.Index(["5", 5], dtype=object), [5, "5", "5.0", 5.0]).tolist() == [1, 0, 0, 1]
+    user, item = trained.preprocessing["user_ids"][1], trained.preprocessing["item_ids"][0]
+    assert trained.recommend([f" {user} "], k=3).tolist() == trained.recommend([user], k=3).tolist()
+    assert trained.recommend_for_history([[f"{item} "]], k=3).tolist() == \
+        trained.recommend_for_history([[item]], k=3).tolist()
+
+
+def test_id_keys_are_built_once_per_vocabulary_and_not_saved(tmp_path: Path, dm: InteractionDataModule,
+                                                              monkeypatch) -> None:
+    """The key index over a vocabulary is built at its first look-up and kept; it is not in the
+    checkpoint, and a loaded model builds it again from the loaded vocabularies."""
+    import clm_torch.models.recommender as rec
+
+    calls = []
+    monkeypatch.setattr(rec, "id_key", lambda v, numeric=False: calls.append(v) or id_key(v, numeric))
+    model = EmbeddingRecommender(**dm.model_kwargs(), d=8)
+    model.set_preprocessing(dm.preprocessing_state())
+    user = dm.user_ids[1]
+    assert model._lookup(model.user_index, [user]).tolist() == [0] and not calls  # exact: no keys needed
+    assert model._lookup(model.user_index, [f" {user}"]).tolist() == [0]
+    assert len(calls) == len(model.user_index) + 1
+    assert model._lookup(model.user_index, [f"{user} ", "nobody"]).tolist() == [0, -1]
+    assert len(calls) == len(model.user_index) + 3  # the vocabulary's keys were kept
+    trainer = _trainer(fast_dev_run=True)
+    trainer.fit(model, datamodule=dm)
+    path = tmp_path / "rec.ckpt"
+    trainer.save_checkpoint(path)
+    raw = torch.load(path, weights_only=True, map_location="cpu")
+    assert "_id_key_cache" not in str(list(raw)) + str(list(raw["state_dict"])) + str(list(raw["clm_preprocessing"]))
+    loaded = EmbeddingRecommender.load_from_checkpoint(path)
+    assert loaded._id_key_cache == {}
+    assert loaded._lookup(loaded.user_index, [f" {user} "]).tolist() == [0]
+    assert [entry[0] is loaded.user_index for entry in loaded._id_key_cache.values()] == [True]
+    model.set_preprocessing(dm.preprocessing_state())  # new vocabularies: the old keys go
+    assert model._id_key_cache == {}
+
+
 def test_a_log_without_times_gives_every_history_item_the_same_age(log_frame: pd.DataFrame) -> None:
     """Without a time column there is no order to rank history items by: the age buckets were the
     item-id order before (the recency terms learned from it), and cold-start histories by position."""
@@ -578,6 +639,67 @@ def test_interaction_times_and_weights_are_read_strictly(tmp_path: Path) -> None
         with pytest.raises(SchemaError) as err:
             load(times, weights)
         assert str(err.value).startswith(f"{tmp_path / 'log.csv'}, {expected}"), str(err.value)
+
+
+def test_a_time_column_of_dates_and_epoch_numbers_is_named_as_such(tmp_path: Path) -> None:
+    """Dates in some rows and epoch seconds in others (two exports joined): one SchemaError naming the
+    file, the column and an example of each with its row; it used to say that the valid number
+    '1704412800' could not be parsed, and to suggest epoch seconds."""
+    from clm_torch.data.interactions import interactions_from_file
+    from clm_torch.data.schema import SchemaError
+    from clm_torch.data.sources.interactions import InteractionsFileSource
+
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,ts\nu1,i1,2024-01-05\nu1,i2,2024-01-06\nu2,i1,1704412800\nu2,i2,2024-01-07\n")
+    with pytest.raises(SchemaError) as err:
+        interactions_from_file(str(path), user_col="user", item_col="item", time_col="ts").setup()
+    assert str(err.value).startswith(f"{path}, column 'ts', row 2: the column mixes dates and numbers (e.g. the "
+                                     "date '2024-01-05' in row 0 and the number '1704412800' in row 2)"), str(err.value)
+    assert err.value.__context__ is None and err.value.__cause__ is None  # one error, not a chain
+    frame = pd.DataFrame({"u": ["a", "b", "c"], "i": ["x", "y", "x"],
+                          "t": pd.Series([1704412800, "2024-01-05T10:00:00Z", 1704499200], dtype=object)})
+    with pytest.raises(SchemaError, match=r"^<log>, column 't', row 1: the column mixes dates and numbers \(e.g. the "
+                                          r"date '2024-01-05T10:00:00Z' in row 1 and the number 1704412800 in row 0\)"):
+        InteractionsFrameSource(frame, "u", "i", "t", name="<log>").load()
+    path.write_text("user,item,ts\nu1,i1,2024-01-05\nu1,i2,garbage\nu2,i1,n/a\n")  # no number: the parser's error
+    with pytest.raises(SchemaError, match=r"column 'ts', row 2: missing timestamp"):
+        InteractionsFileSource(path, "user", "item", time_col="ts").load()
+
+
+def test_frame_and_file_sources_split_multilabel_cells_alike(tmp_path: Path, log_frame: pd.DataFrame) -> None:
+    """The in-memory source takes label_sep as the file source does (same default '|'): the same log
+    and item table, in a frame or in files, give the same item labels."""
+    import inspect
+
+    from clm_torch.data.schema import SchemaError
+    from clm_torch.data.sources.interactions import InteractionsFileSource
+
+    items = _items_frame().assign(tags=lambda d: np.where(np.arange(len(d)) % 3 == 0, "red;big", "blue; small"))
+    roles = {"categorical": ["category"], "numeric": ["price"], "multilabel": ["tags"]}
+    log_path, items_path = tmp_path / "log.csv", tmp_path / "items.csv"
+    log_frame.to_csv(log_path, index=False)
+    items.to_csv(items_path, index=False)
+    states = []
+    for src in (InteractionsFrameSource(log_frame, items=items, item_roles=roles, label_sep=";"),
+                InteractionsFileSource(log_path, "user", "item", item_features_path=items_path, item_roles=roles,
+                                       label_sep=";")):
+        d = InteractionDataModule(src, protocol="random", split_seed=0)
+        d.setup()
+        states.append(d.preprocessing_state())
+    frame_state, file_state = states
+    assert sorted(frame_state["label_vocab"]) == ["tags=big", "tags=blue", "tags=red", "tags=small"]
+    assert frame_state["label_vocab"] == file_state["label_vocab"] and frame_state["item_ids"] == file_state["item_ids"]
+    for name in ("item_label_indptr", "item_label_indices"):
+        assert torch.equal(frame_state[name], file_state[name]), name
+    defaults = [inspect.signature(cls).parameters["label_sep"].default
+                for cls in (InteractionsFrameSource, InteractionsFileSource)]
+    assert defaults == ["|", "|"]
+    assert InteractionsFrameSource(log_frame, items=items, item_roles=roles).load().label_sep == "|"
+    for bad in ("", None):  # refused by name, not a pandas "empty separator" once the items are encoded
+        with pytest.raises(SchemaError, match=r"^data.label_sep: must be a non-empty string"):
+            InteractionsFrameSource(log_frame, label_sep=bad)
+        with pytest.raises(SchemaError, match=r"^data.label_sep: must be a non-empty string"):
+            InteractionsFileSource(log_path, label_sep=bad)
 
 
 def test_synthetic_purchase_log_source() -> None:

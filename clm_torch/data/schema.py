@@ -127,6 +127,37 @@ def check_id_kind(ids: pd.Series, *, source: str, column: str, what: str = "ids"
                               source=source, column=column, row=ids.index[first])
 
 
+def check_time_kind(times: pd.Series, *, source: str, column: str) -> None:
+    """Refuse a time column that mixes dates and numbers ('2024-01-05' in some rows, epoch seconds
+    such as 1704412800 in others: two exports joined). Neither reading fits every row, so the time
+    parser would blame a valid number as unparseable. Parses the column twice: meant for the error
+    path of a time parser, to name the cause instead."""
+    if pd.api.types.is_numeric_dtype(times) or pd.api.types.is_datetime64_any_dtype(times) or not len(times):
+        return
+    present = ~missing_cells(times)
+    is_bool = times.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)
+    number = present & ~is_bool & pd.to_numeric(times, errors="coerce").notna().to_numpy()
+    date = present & ~number & ~is_bool
+    if not number.any() or not date.any():
+        return
+    try:
+        date[date] = pd.to_datetime(times[date], format="ISO8601", utc=True, errors="coerce").notna().to_numpy()
+    except (TypeError, ValueError):  # cells that are neither text nor dates: the parser's own error says so
+        return
+    if date.any():
+        d, n = int(np.flatnonzero(date)[0]), int(np.flatnonzero(number)[0])
+        raise SchemaError(f"the column mixes dates and numbers (e.g. the date {_shown(times.iloc[d])} in row "
+                          f"{times.index[d]} and the number {_shown(times.iloc[n])} in row {times.index[n]}): two "
+                          "exports joined? Write every time one way: ISO 8601 dates ('2024-03-01') or epoch seconds",
+                          source=source, column=column, row=times.index[max(d, n)])
+
+
+def _shown(v: Any) -> str:
+    """A cell for a message: text quoted (so that '1704412800' reads as text), anything else as printed
+    (1704412800.0, not np.float64(1704412800.0))."""
+    return repr(v) if isinstance(v, str) else str(v)
+
+
 # ----------------------------------------------------------------------------- reading
 
 

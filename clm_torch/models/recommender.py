@@ -33,7 +33,8 @@ Unknown users (fallback, in this order):
 2. otherwise → the most popular items of the training data (train + validation interactions),
    minus the given history when ``exclude_seen``.
 
-Unknown item ids inside histories are ignored.
+Unknown item ids inside histories are ignored. Ids are matched by their :func:`id_key`: 5, '5',
+5.0, '5.0' and ' 5 ' are one id; '007' is an id of its own unless the vocabulary holds numbers.
 """
 
 from __future__ import annotations
@@ -115,13 +116,37 @@ def _check_user_ids(user_ids: Any) -> list[Any]:
     return list(user_ids)
 
 
-def _whole(v: Any) -> Any:
-    """A whole-number float (5.0, e.g. an id column that a missing value made float), or its text
-    ('5.0', as such a column is written to a file), as an int."""
+# text spelling a whole number: an optional sign, digits, an optional '.0…' (a float column written to a file)
+_WHOLE_TEXT = re.compile(r"([+-]?)([0-9]+)(?:\.0+)?")
+
+
+def id_key(v: Any, numeric: bool = False) -> Any:
+    """The canonical key of an external id, so that one id has one key however it is spelt.
+
+    Whole numbers (ints, whole floats such as 5.0 from a column that a missing value made float,
+    NumPy numbers) and text spelling one ('5', ' 5 ', '5.0' as a float column is written to a file,
+    '-3') are the int; other text is its stripped text (the data side strips ids too); anything
+    else is itself.
+
+    Leading zeros (and a '+') are significant in text: '007' is its own id, not 7 nor '7', because
+    a file's ids are read as text so that the zeros survive and '007' and '7' are two users there
+    (``_id_values``). Only against a vocabulary of numbers (``numeric``: the log was read as
+    numbers, so '007' cannot be one of its ids) is such text read as the number it spells ('007'
+    is 7, '+5' is 5), as an item table's text ids are read against a numeric log
+    (``_match_item_ids``). The same ``numeric`` applies to both sides of one look-up.
+    """
+    if isinstance(v, str):
+        text = v.strip()
+        m = _WHOLE_TEXT.fullmatch(text)
+        if m and (numeric or (m.group(1) != "+" and (m.group(2) == "0" or not m.group(2).startswith("0")))):
+            return int(text.split(".", 1)[0])
+        return text
+    if isinstance(v, (bool, np.bool_)):
+        return v
+    if isinstance(v, (int, np.integer)):
+        return int(v)
     if isinstance(v, (float, np.floating)) and np.isfinite(v) and float(v).is_integer():
         return int(v)
-    if isinstance(v, str) and re.fullmatch(r"\s*-?\d+\.0+\s*", v):
-        return int(float(v))
     return v
 
 
@@ -245,6 +270,8 @@ class EmbeddingRecommender(CLMModule):
         self.metrics = nn.ModuleDict({s: RankingMetrics(n_items, ks) for s in ("val", "test")})
         self.user_index: pd.Index | None = None
         self.item_index: pd.Index | None = None
+        # id_key look-up per vocabulary (see _id_keys): derived from the vocabularies, never saved
+        self._id_key_cache: dict[int, tuple[pd.Index, tuple[pd.Index, np.ndarray, bool]]] = {}
 
     # ------------------------------------------------------------------ preprocessing
     def _on_preprocessing(self) -> None:
@@ -260,6 +287,7 @@ class EmbeddingRecommender(CLMModule):
                 self.register_buffer(name, t.to(device), persistent=False)
         self.user_index = pd.Index(p["user_ids"][1:])
         self.item_index = pd.Index(p["item_ids"])
+        self._id_key_cache = {}  # keys of the old vocabularies: rebuilt at the next look-up
 
     def _require_preprocessing(self) -> None:
         if self.user_index is None:
@@ -668,28 +696,38 @@ class EmbeddingRecommender(CLMModule):
 
     # ------------------------------------------------------------------ inference on external ids
     def _lookup(self, index: pd.Index, ids: Sequence[Any]) -> np.ndarray:
-        """Positions of external ids in a vocabulary (-1 = unknown); tolerant of int/str mix-ups."""
+        """Positions of external ids in a vocabulary (-1 = unknown).
+
+        An id that is in the vocabulary as it is wins; any other matches the vocabulary entry with
+        the same :func:`id_key` (5, '5', 5.0 and '5.0' are one id; '007' is 7 only in a vocabulary
+        of numbers), the first in vocabulary order when several entries share the key (5 and '5').
+        """
         ids = list(ids)
         if not ids:
             return np.zeros(0, np.int64)
         pos = index.get_indexer(pd.Index(ids, dtype=object))
         miss = np.flatnonzero(pos < 0)
         if len(miss):
-            alt = []
-            for j in miss:
-                v = _whole(ids[j])
-                try:
-                    alt.append(int(v) if isinstance(v, str) else str(v))
-                except ValueError:
-                    alt.append(v)
-            pos[miss] = index.get_indexer(pd.Index(alt, dtype=object))
-            still = miss[pos[miss] < 0]
-            if len(still):  # '5.0' vs 5: the whole number, and its text
-                pos[still] = index.get_indexer(pd.Index([_whole(ids[j]) for j in still], dtype=object))
-            still = still[pos[still] < 0]
-            if len(still):
-                pos[still] = index.get_indexer(pd.Index([str(_whole(ids[j])) for j in still], dtype=object))
+            keys, first, numeric = self._id_keys(index)
+            found = keys.get_indexer(pd.Index([id_key(ids[j], numeric) for j in miss], dtype=object))
+            pos[miss] = np.where(found >= 0, first[found], -1)
         return pos
+
+    def _id_keys(self, index: pd.Index) -> tuple[pd.Index, np.ndarray, bool]:
+        """The vocabulary's distinct keys, the position of each key's first entry, and whether it
+        holds numbers; built once per vocabulary and kept on the model (not in the checkpoint:
+        ``_on_preprocessing`` drops them, so they are rebuilt from the loaded vocabularies)."""
+        hit = self._id_key_cache.get(id(index))
+        if hit is not None and hit[0] is index:  # the same object, not a new one at a reused address
+            return hit[1]
+        numeric = index.inferred_type in ("integer", "floating", "mixed-integer-float", "decimal")
+        keys = pd.Index([id_key(v, numeric) for v in index], dtype=object)
+        first = ~keys.duplicated(keep="first")
+        if len(self._id_key_cache) >= 4:  # the two vocabularies, plus any other a caller passes
+            self._id_key_cache.pop(next(iter(self._id_key_cache)))
+        built = (keys[first], np.flatnonzero(first), numeric)
+        self._id_key_cache[id(index)] = (index, built)
+        return built
 
     def _history_batch(self, histories: Sequence[Sequence[Any]]) -> dict[str, torch.Tensor]:
         """External item-id lists (oldest → newest) → a ragged batch of <unk> users."""
@@ -872,4 +910,4 @@ def _select(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, tor
             "hist_age": batch["hist_age"][pos], "hist_offsets": offsets.to(dev)}
 
 
-__all__ = ["EmbeddingRecommender"]
+__all__ = ["EmbeddingRecommender", "id_key"]

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from clm_torch.data.events import parse_timestamps
-from clm_torch.data.schema import (SchemaError, check_id_kind, infer_schema, ints_if_whole, read_table, role_columns,
-                                   strip_ids, to_numeric_strict)
+from clm_torch.data.schema import (SchemaError, check_id_kind, check_time_kind, infer_schema, ints_if_whole,
+                                   read_table, role_columns, strip_ids, to_numeric_strict)
 from clm_torch.data.sources.tables import load_rdataset
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,8 @@ def _standardise(df: pd.DataFrame, user_col: str, item_col: str, time_col: str |
 def _times(t: pd.Series, source: str, column: str) -> pd.Series:
     """Interaction times as float64 (larger = later): numbers as they are (any unit), datetimes and
     date strings as epoch seconds (time zones converted to UTC). A missing or unparseable time is a
-    SchemaError naming its row: a temporal split cannot place it."""
+    SchemaError naming its row: a temporal split cannot place it; so is a column that mixes dates and
+    numbers, with an example of each."""
     if pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t):
         out = t.astype("float64")
         bad = ~np.isfinite(out.to_numpy())
@@ -109,7 +110,15 @@ def _times(t: pd.Series, source: str, column: str) -> pd.Series:
                               "time, or leave data.time_col unset", source=source, column=column, row=first)
         return out
     if not (pd.api.types.is_datetime64_dtype(t) and not t.isna().any()):  # naive datetimes need no parsing
-        t = parse_timestamps(t, source=source, column=column)
+        failed = None
+        try:
+            parsed = parse_timestamps(t, source=source, column=column)
+        except SchemaError as e:
+            failed = e
+        if failed is not None:  # dates mixed with epoch numbers: say so, not that a valid number is unparseable
+            check_time_kind(t, source=source, column=column)  # raised here, not inside the except: one error
+            raise failed
+        t = parsed
     ns = t.to_numpy().astype("datetime64[ns]", copy=False).view("int64")
     return pd.Series(ns.astype("float64") / 1e9, index=t.index)
 
@@ -128,6 +137,15 @@ def _id_values(s: pd.Series, source: str, column: str) -> pd.Series:
             s = s.where(s.isna(), s.astype(str).str.replace(r"\.0+$", "", regex=True))
             log.info("%s: the ids of column '%s' are whole numbers written as 5.0; read as 5", source, column)
     return ints_if_whole(s)
+
+
+def _check_label_sep(label_sep: Any) -> str:
+    """``label_sep`` as given, or a named error: an empty or non-text separator would fail deep in
+    pandas' str.split only once the item table is encoded."""
+    if not isinstance(label_sep, str) or not label_sep:
+        raise SchemaError(f"must be a non-empty string that separates the labels of multilabel cells (e.g. '|'), "
+                          f"not {label_sep!r}", source="data.label_sep")
+    return label_sep
 
 
 def _match_item_ids(ids: pd.Series, log_items: pd.Series, source: str, column: str) -> pd.Series:
@@ -241,7 +259,7 @@ class InteractionsFileSource:
         self.item_features_path = str(item_features_path) if item_features_path else None
         self.item_features_id_col = item_features_id_col or item_col
         self.item_roles = {k: role_columns(v) for k, v in (item_roles or {}).items()}
-        self.label_sep = label_sep
+        self.label_sep = _check_label_sep(label_sep)
 
     def load(self) -> InteractionData:
         df = read_table(self.path, what="interaction log", text_columns=[self.user_col, self.item_col])  # '007' stays
@@ -256,16 +274,20 @@ class InteractionsFileSource:
 
 
 class InteractionsFrameSource:
-    """An in-memory interaction log (tests, notebooks, benchmarks); same arguments as the file source."""
+    """An in-memory interaction log (tests, notebooks, benchmarks); same arguments as the file source,
+    with ``items`` (an item table) and ``items_id_col`` for the item-features file and its id column,
+    and ``name`` for the file name in messages. ``label_sep`` separates the labels of multilabel cells
+    ('|' by default, as in the file source)."""
 
     def __init__(self, frame: pd.DataFrame, user_col: str = "user", item_col: str = "item",
                  time_col: str | None = None, weight_col: str | None = None, items: pd.DataFrame | None = None,
                  items_id_col: str | None = None, item_roles: Mapping[str, Sequence[str]] | None = None,
-                 name: str = "<dataframe>") -> None:
+                 name: str = "<dataframe>", label_sep: str = "|") -> None:
         self.frame, self.items, self.name = frame, items, name
         self.user_col, self.item_col, self.time_col, self.weight_col = user_col, item_col, time_col, weight_col
         self.items_id_col = items_id_col or item_col
         self.item_roles = item_roles
+        self.label_sep = _check_label_sep(label_sep)
 
     def load(self) -> InteractionData:
         log = _standardise(self.frame, self.user_col, self.item_col, self.time_col, self.weight_col, self.name)
@@ -273,7 +295,7 @@ class InteractionsFrameSource:
         if self.items is not None:
             items, roles = _item_table(self.items, self.items_id_col, self.item_roles, f"{self.name} [items]",
                                        log_items=log["item"])
-        return InteractionData(log, name=self.name, items=items, item_roles=roles)
+        return InteractionData(log, name=self.name, items=items, item_roles=roles, label_sep=self.label_sep)
 
 
 class SyntheticInteractionsSource:
