@@ -208,6 +208,26 @@ def test_cleaning_dedupes_normalises_and_leaves_input_untouched() -> None:
     assert "dropped 1 duplicate" in rep.summary()
 
 
+def test_ids_differing_only_in_letter_case_are_warned_about_not_merged(caplog) -> None:
+    """'C001' and 'c001' in a customer table are two customers: kept apart (case may matter in an id),
+    with one warning naming the table, the column, the count and one pair."""
+    import logging
+
+    df = pd.DataFrame({"id": ["C001", "c001", "C002", "C003", "c003", "C001"], "fee": [1.0, 2, 3, 4, 5, 6]})
+    schema = TableSchema(id_col="id", numeric=["fee"])
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.cleaning"):
+        out, rep = clean_table(df, schema, source="crm.csv")
+    assert sorted(out["id"]) == ["C001", "C002", "C003", "c001", "c003"] and rep.case_colliding_ids == 2
+    assert caplog.text.count("letter case") == 1
+    assert "crm.csv: column 'id': 2 distinct ids equal another id but for letter case (e.g. 'C003' and 'c003')" \
+        in caplog.text  # the first repeat after the dedupe, which kept the last 'C001'
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.cleaning"):
+        assert clean_table(df, schema, source="crm.csv", dedupe=False)[1].case_colliding_ids == 2
+        clean_table(df.assign(id=df["id"].str.upper()).drop_duplicates("id"), schema, source="crm.csv")
+    assert caplog.text.count("letter case") == 1
+
+
 def test_churn_words_choose_the_positive_class_and_clip_bounds_are_robust(caplog) -> None:
     """'left'/'stayed' made the minority ('stayed' here) the churn class; a label pair of unknown
     words still takes the minority, with a warning naming the setting that chooses. Clip bounds are

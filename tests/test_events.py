@@ -739,3 +739,95 @@ def test_a_view_to_score_does_not_warn_about_censored_labels(caplog):
     with caplog.at_level(logging.INFO, logger="clm_torch.data.events"):
         build_customer_view(ev, "2024-01-20", horizon_days=30)
     assert "censored" in caplog.text
+
+
+# ----------------------------------------------------------------------------- repeated events, id letter case
+
+
+@pytest.mark.parametrize("lags", [8, 1])  # 1: baskets of 3+ lines take the sorting path
+def test_count_repeated_matches_pandas_duplicated(monkeypatch, lags):
+    """The count of exact repeats from the (row, time)-sorted arrays equals DataFrame.duplicated(), also
+    for baskets whose repeats are not next to their originals (x y x y) and without item or amount."""
+    from clm_torch.data import events
+    from clm_torch.data.events import _count_repeated
+
+    monkeypatch.setattr(events, "_REPEAT_LAGS", lags)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        m = int(rng.integers(0, 40))
+        row, ts = rng.integers(0, 4, m), rng.integers(0, 3, m)
+        order = np.lexsort((ts, row))
+        row, ts = row[order], ts[order]
+        item, amount = rng.integers(-1, 3, m).astype(np.int32), rng.integers(0, 3, m).astype(float)
+        for it, am in ((item, amount), (None, amount), (item, None), (None, None)):
+            frame = pd.DataFrame({"r": row, "t": ts, "i": 0 if it is None else it, "a": 0 if am is None else am})
+            assert _count_repeated(row, ts, am, it) == int(frame.duplicated().sum())
+
+
+def test_repeated_events_are_counted_and_reported_once_but_kept(caplog):
+    """A basket exported twice (its lines sort as x y x y) and one repeated single purchase: one
+    warning with the count and the share, naming the log; the rows stay (they may be genuine)."""
+    again = [LOG[1], LOG[2], LOG[6]]  # A's two-line basket of 2024-02-01 and B's purchase of 2023-09-01
+    ev = _log(LOG + again)
+    with caplog.at_level(logging.INFO, logger="clm_torch.data.events"):
+        v = _view(ev, events_source="orders.csv")
+    hits = [r for r in caplog.records if "repeat another event" in r.getMessage()]
+    assert len(hits) == 1 and hits[0].levelno == logging.WARNING
+    # the view reads 10 events of LOG (not C's at cutoff + horizon, nor D's: D has no history), plus the 3 repeats
+    assert hits[0].getMessage().startswith("orders.csv: 3 of the 13 events the view reads (23.08%) repeat another "
+                                           "event exactly (same customer_id, timestamp, item_id, amount)")
+    assert "drop_duplicates(['customer_id', 'timestamp', 'item_id', 'amount'])" in hits[0].getMessage()
+    assert v.features.loc["A", "monetary_total"] == _view().features.loc["A", "monetary_total"] + 25.0  # kept
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="clm_torch.data.events"):
+        _view()
+    assert "repeat another event" not in caplog.text
+
+
+def test_a_few_repeats_in_a_large_log_are_info_and_the_synthetic_log_has_none(caplog):
+    """Below one repeat in a thousand events the note is INFO (genuine same-second repeats happen);
+    the synthetic generator's log holds no exact repeat, so its views say nothing."""
+    from clm_torch.data.synthetic import generate_customer_base
+
+    n = 2000
+    rows = [(f"K{i % 50}", pd.Timestamp("2024-01-01") + pd.Timedelta(minutes=i), "x", 1.0) for i in range(n)]
+    with caplog.at_level(logging.INFO, logger="clm_torch.data.events"):
+        _view(_log(rows + rows[:1]))
+    hits = [r for r in caplog.records if "repeat another event" in r.getMessage()]
+    assert len(hits) == 1 and hits[0].levelno == logging.INFO and "1 of the 2001 events" in hits[0].getMessage()
+    caplog.clear()
+    base = generate_customer_base(300, events_per_customer=10)
+    with caplog.at_level(logging.INFO, logger="clm_torch.data.events"):
+        build_customer_view(base.events, base.cutoff, horizon_days=base.horizon_days)
+    assert "repeat another event" not in caplog.text and "letter case" not in caplog.text
+
+
+def test_case_collisions_on_distinct_ids():
+    from clm_torch.data.cleaning import case_collisions
+
+    assert case_collisions(pd.Index(["C001", "c001", "C002", "x", "X", "C003"], dtype="str")) == (2, ("C001", "c001"))
+    assert case_collisions(pd.Index(["C001", "c001", 7, None], dtype=object)) == (1, ("C001", "c001"))
+    assert case_collisions(pd.Index(["C001", "C002"], dtype="str")) == (0, None)
+    assert case_collisions(pd.Index([1, 2, 3])) == (0, None)
+    assert case_collisions(pd.Series(["a", "a", "A"])) == (1, ("a", "A"))  # repeated rows are not collisions
+
+
+def test_customer_ids_differing_only_in_letter_case_are_warned_about(caplog):
+    """'C001' and 'c001' stay two customers (not merged), with one warning per source naming it and
+    the column, and one for table ids that are in the log only in other case."""
+    rows = [("C001", "2024-01-01", "x", 1.0), ("c001", "2024-01-02", "x", 1.0), ("B", "2024-01-03", "x", 1.0)]
+    table = pd.DataFrame({"cid": ["C001", "b", "X", "x"], "plan": ["p", "q", "r", "s"]})
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.events"):
+        v = _view(_log(rows), events_source="orders.csv", customers=table, customer_id_col="cid",
+                  customers_source="crm.csv")
+    assert v.features.index.tolist() == ["B", "C001", "X", "b", "c001", "x"]
+    text = caplog.text
+    assert "orders.csv: column 'customer_id': 1 distinct ids equal another id but for letter case (e.g. 'C001' and " \
+           "'c001')" in text
+    assert "crm.csv: column 'cid': 1 distinct ids equal another id but for letter case (e.g. 'X' and 'x')" in text
+    assert "crm.csv: column 'cid': 1 ids of the customer table are in the event log (orders.csv) only in other " \
+           "letter case (e.g. 'b' in the table, 'B' in the log)" in text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.events"):
+        _view()
+    assert "letter case" not in caplog.text

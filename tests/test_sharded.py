@@ -271,3 +271,54 @@ def test_a_process_that_only_writes_predictions_encodes_only_the_test_rows(table
         assert torch.equal(t, full.tensors["test"][k]), k
     assert len(only.ids("train")) == len(full.ids("train"))  # asking for another split reads them all
     assert set(only.tensors) == {"train", "val", "test"}
+
+
+def _split_of(frame: pd.DataFrame) -> np.ndarray:
+    """The split code of each row as ShardedTableDataModule draws it (defaults: 0.15/0.15, seed 0)."""
+    return hash_split(frame["customer_id"], (0.15, 0.15), 0, source="s", column="customer_id")
+
+
+def test_a_split_with_one_class_is_refused_and_a_small_split_warned(table: pd.DataFrame, tmp_path: Path,
+                                                                   caplog) -> None:
+    """As data=csv does (TableDataModule): a validation split of one class stops the run with the
+    split and the counts named, before training; a small evaluation split is a warning."""
+    import logging
+
+    one_class = table.assign(churn=np.where(_split_of(table) == 1, "No", table["churn"]))
+    dm = _dm(write_shards(one_class, tmp_path / "one", 3))
+    n_val, n_pos = len(dm.ids("val")), int((one_class["churn"] == "Yes").sum())
+    with pytest.raises(SchemaError, match=rf"one, column 'churn': the val split \({n_val} rows\) holds one class of "
+                                          rf"'churn' only \({n_pos} positives in {len(table)} rows\)"):
+        dm.train_dataloader()  # the first loader checks every split
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.sharded"):
+        small = _dm(write_shards(table.iloc[:200], tmp_path / "small", 2), sample_rows=200)
+        small.train_dataloader()
+        small.val_dataloader()
+    assert caplog.text.count("small evaluation splits") == 1  # once, not per loader
+    assert f"small evaluation splits {{'val': {len(small.ids('val'))}, 'test': {len(small.ids('test'))}}}" \
+        in caplog.text
+
+
+def test_the_one_class_check_sums_the_ranks_counts(table: pd.DataFrame, tmp_path: Path, monkeypatch) -> None:
+    """Under DDP a rank's share of a split may hold one class while the split holds both: the check
+    runs on the counts gathered from every rank, so all ranks agree (here rank 0 of 2, with rank 1's
+    counts faked in the all-gather)."""
+    import torch.distributed as dist
+
+    code = _split_of(table)
+    shards = write_shards(table.assign(churn=np.where(code == 1, "No", table["churn"])), tmp_path / "s", 2)
+    dm = _dm(shards, 0, 2)
+    other: dict[str, tuple[int, int]] = {}
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda box, src=0: None)  # the shuffle seed: rank 0's
+    monkeypatch.setattr(dist, "all_gather_object", lambda out, mine: out.__setitem__(
+        slice(None), [mine, (other["train"][0], None, other)]))
+    other.update(train=(500, 150), val=(60, 20), test=(60, 20))  # rank 1's val split holds both classes
+    dm.train_dataloader()
+    dm._checked.clear()
+    other.update(val=(60, 0))
+    n_val = len(dm.ids("val")) + 60
+    with pytest.raises(SchemaError, match=rf"the val split \({n_val} rows on 2 ranks together\) holds one class"):
+        dm.val_dataloader()

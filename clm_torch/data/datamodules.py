@@ -153,6 +153,32 @@ def check_split_sizes(val_size: float, test_size: float | None) -> None:
                          f"{val_size!r} and {test_size!r}")
 
 
+# Evaluation splits with fewer rows than this get a warning: their metrics are noisy.
+SMALL_SPLIT_ROWS = 50
+
+
+def check_both_classes(split: str, n_rows: int, n_pos: int, *, target: str, source: str,
+                       table: tuple[int, int] | None = None, where: str = "") -> None:
+    """SchemaError when a split of ``n_rows`` rows of a binary target holds ``n_pos`` positives, so one
+    class only: AUROC, early stopping and the calibration need both. ``table``: (positives, rows) of
+    the whole table, named in the message when known; ``where``: how the counts were made (e.g.
+    summed over the ranks)."""
+    if n_pos not in (0, n_rows):
+        return
+    whole = f"{table[0]} positives in {table[1]} rows" if table is not None else f"{n_pos} positives"
+    raise SchemaError(f"the {split} split ({n_rows} rows{where}) holds one class of {target!r} only ({whole}): its "
+                      "metrics and the calibration need both; give more rows (or more positives) or a larger "
+                      f"data.{'test' if split == 'test' else 'val'}_size", source=source, column=target)
+
+
+def warn_small_splits(sizes: Mapping[str, int], source: str, logger: logging.Logger = log) -> None:
+    """One warning naming the evaluation splits of fewer than :data:`SMALL_SPLIT_ROWS` rows."""
+    small = {k: n for k, n in sizes.items() if k != "train" and n < SMALL_SPLIT_ROWS}
+    if small:
+        logger.warning("%s: small evaluation splits %s: their metrics are noisy (a handful of rows can move AUROC "
+                       "by 0.1 or more)", source, small)
+
+
 def batch_loader(tensors: Mapping[str, torch.Tensor], batch_size: int, *, shuffle: bool, seed: int = 0,
                  num_workers: int = 0, pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
     """A DataLoader that yields dicts of whole-batch tensor slices."""
@@ -307,17 +333,9 @@ class TableDataModule(SplitLoaders):
         if y is not None:  # AUROC, early stopping and the calibration need both classes in every split
             parts = {"train": tr, "val": va} if self.test_frame is not None else {"train": tr, "val": va, "test": te}
             for name, idx in parts.items():
-                n_pos = int(y[idx].sum())
-                if n_pos in (0, len(idx)):
-                    raise SchemaError(f"the {name} split ({len(idx)} rows) holds one class of {target!r} only "
-                                      f"({int(y.sum())} positives in {len(y)} rows): its metrics and the calibration "
-                                      "need both; give more rows (or more positives) or a larger "
-                                      f"data.{'test' if name == 'test' else 'val'}_size", source=data.name,
-                                      column=target)
-        small = {k: len(f) for k, f in self.frames.items() if k != "train" and len(f) < 50}
-        if small:
-            log.warning("%s: small evaluation splits %s: their metrics are noisy (a handful of rows can move AUROC "
-                        "by 0.1 or more)", data.name, small)
+                check_both_classes(name, len(idx), int(y[idx].sum()), target=target, source=data.name,
+                                   table=(int(y.sum()), len(y)))
+        warn_small_splits({k: len(f) for k, f in self.frames.items()}, data.name)
         if self.frame_transform is not None:  # row-wise extra features (e.g. InfoGapVAE signals), per split
             self.frames = {k: self.frame_transform(f, source=f"{data.name} [{k} split]")
                            for k, f in self.frames.items()}

@@ -42,6 +42,7 @@ import pyarrow as pa  # pandas' default string dtype is Arrow-backed; pyarrow re
 import pyarrow.compute as pc
 import torch
 
+from clm_torch.data.cleaning import warn_case_collisions
 from clm_torch.data.schema import (SchemaError, _is_missing_token, check_id_kind, ints_if_whole, read_table,
                                    strip_ids, to_numeric_strict)
 from clm_torch.utils.memory import small_pages
@@ -450,6 +451,24 @@ def _harmonise_ids(a: pd.Index, b: pd.Index) -> tuple[pd.Index, pd.Index]:
     return a, b
 
 
+def _warn_case_mismatch(ev_index: pd.Index, table_only: pd.Index, src: str, tsrc: str, column: str) -> None:
+    """Warn when ids of the customer table that are not in the event log are there in other letter
+    case ('c001' in the table, 'C001' in the log): the view would hold two customers, one without
+    purchases and one without table columns. Distinct ids only; nothing is merged."""
+    if not len(table_only) or pd.api.types.is_numeric_dtype(table_only) or pd.api.types.is_numeric_dtype(ev_index):
+        return
+    ev_low = pd.Series(ev_index, copy=False).str.lower()
+    low = pd.Series(table_only, copy=False).str.lower()
+    hit = low.isin(ev_low.dropna()).to_numpy() & low.notna().to_numpy()
+    if hit.any():
+        i = int(np.flatnonzero(hit)[0])
+        j = int(np.flatnonzero((ev_low == low.iloc[i]).to_numpy())[0])
+        log.warning("%s: column '%s': %d ids of the customer table are in the event log (%s) only in other letter case "
+                    "(e.g. %r in the table, %r in the log): they count as two customers, one without purchases and "
+                    "one without the table's columns; make the case uniform before loading", tsrc, column,
+                    int(hit.sum()), src, table_only[i], ev_index[j])
+
+
 def _indices(encoded: pa.DictionaryArray) -> np.ndarray:
     """The indices of a dictionary array as numpy, -1 for null (zero-copy without nulls)."""
     idx = encoded.indices
@@ -675,6 +694,7 @@ def build_customer_view(
     customers_source: str | None = None,
     customers_as_of: Any = None,
     customers_joined_col: str | None = None,
+    events_source: str | None = None,
 ) -> CustomerView:
     """Features before one global cutoff, labels after it, and last-N purchase sequences.
 
@@ -716,6 +736,9 @@ def build_customer_view(
         are in the view, with or without a purchase (and with their true label), those who joined
         on or after it are not; ``customers_as_of`` decides only for a missing date. The column is
         replaced by ``<column>_days``, the days from joining to the cutoff (a feature).
+    events_source
+        Where ``events`` came from (e.g. its file), named in the errors and warnings about it;
+        default ``"<events>"``.
 
     Returns
     -------
@@ -759,8 +782,12 @@ def build_customer_view(
         Events lacking ``customer_id``/``timestamp``, a non-datetime timestamp column, a customer
         table without the id column, with missing or duplicated ids, or with a column named like a
         feature.
+
+    Events that repeat another exactly (same customer, time, item and amount: a bad export or an
+    append done twice) and customer ids that differ only in letter case ('C001' and 'c001') are
+    logged, not dropped or merged: either can be genuine.
     """
-    src = "<events>"
+    src = events_source or "<events>"
     for col in ("customer_id", "timestamp"):
         if col not in events.columns:
             raise SchemaError(
@@ -808,6 +835,9 @@ def build_customer_view(
             ev_codes, ev_uniques = _factorize(events["customer_id"], pool)
             ev_index = pd.Index(ev_uniques)
             id_order = pool.submit(ev_index.argsort) if customers is None else None
+            # 'C001' and 'c001' in the log: a look at the distinct ids, on the second core too
+            case_check = pool.submit(warn_case_collisions, ev_index, source=src, column="customer_id", logger=log,
+                                     distinct=True)
             it_codes, it_uniques = _factorize(events["item_id"]) if has_item else (None, None)  # -1 = missing
         finally:
             pool.shutdown(wait=False)  # a submitted job runs to its end; its result is read below
@@ -855,6 +885,8 @@ def build_customer_view(
                     source=tsrc,
                     column=clash[0],
                 )
+            case_check.result()  # the log's warning first
+            warn_case_collisions(table.index, source=tsrc, column=customer_id_col, logger=log, distinct=True)
             ev_index, tab_index = _harmonise_ids(ev_index, table.index)
             table.index = tab_index
             shared = tab_index.isin(ev_index)
@@ -863,6 +895,7 @@ def build_customer_view(
                     f"none of the customer table's {len(tab_index):,} ids is a customer of the event log (e.g. "
                     f"{tab_index[0]!r} in the table, {ev_index[0]!r} in the log); check that the id columns hold the "
                     "same ids (type, letter case, leading zeros)", source=tsrc, column=customer_id_col)
+            _warn_case_mismatch(ev_index, tab_index[~shared], src, tsrc, customer_id_col)
             if len(tab_index) and shared.mean() < 0.5:
                 log.warning("%s: only %d of %d customer-table ids are in the event log; the others are customers "
                             "without purchases (check the id columns if that is unexpected)", tsrc, int(shared.sum()),
@@ -895,6 +928,7 @@ def build_customer_view(
             row_of_code = np.full(k, -1, dtype=np.int64)
             row_of_code[by_id] = np.arange(len(population))
         n = len(population)
+        case_check.result()
 
         # --- the relevant events (population, ts < cutoff + horizon), sorted by (row, time) ----------
         amount_all = events["amount"].to_numpy(dtype="float64") if has_amount else None
@@ -942,13 +976,15 @@ def build_customer_view(
         # blocks of whole customers keep every temporary small (cache-sized and reused), so the time
         # per event does not grow with the log, and each block's results are one slice of the outputs.
         bought = np.zeros(len(it_uniques) if has_item else 0, dtype=bool)  # items purchased before the cutoff
-        n_before = 0
+        n_before = n_read = n_repeated = 0
         sort_group = _GroupSorter(max([sum(len(p) for p in pieces) for pieces in parts], default=0), row_of_code,
                                   ev_codes, ts_all, amount_all, it_codes if has_item else None)
         for g, pieces in enumerate(parts):
             g0 = g * rows_per_group
             row, ts, amount, it = sort_group(pieces, g0, min(n, g0 + rows_per_group) - g0)
             parts[g] = []
+            n_read += len(row)
+            n_repeated += _count_repeated(row, ts, amount, it)
             bounds = np.unique(np.r_[0, np.searchsorted(row, row[np.arange(_BLOCK_EVENTS, len(row), _BLOCK_EVENTS)]),
                                      len(row)])
             for a, b in zip(bounds[:-1], bounds[1:]):
@@ -965,6 +1001,8 @@ def build_customer_view(
                 for name, values in local.items():
                     (seq[name[4:]] if name.startswith("seq_") else out[name])[g0 + r0:g0 + r1] = values
         del ev_codes, sort_group
+        if n_repeated:
+            _log_repeated(src, n_repeated, n_read, has_amount=has_amount, has_item=has_item)
         if has_item:  # the vocabulary: items purchased before the cutoff, sorted; 0 = <unk> (unseen or missing)
             used = np.flatnonzero(bought)
             known = pd.Index(it_uniques[used])
@@ -1021,6 +1059,91 @@ def build_customer_view(
             item_vocab=vocab,
             customers_source=tsrc,
         )
+
+
+# Exact repeats of events (same customer, time, item and amount) are a WARNING from this share of the
+# events on, an INFO below it: one day appended twice to a two-year log is 0.14 %, while a few
+# genuine repeats (one item scanned as two lines in the same second) in a large log are not worth
+# alarming anyone about; either way the rows are kept.
+REPEATED_EVENTS_WARN_SHARE = 0.001
+# Baskets up to this many lines are searched for repeats by comparing each line with the ones before it
+# (one pass per line); longer ones by a sort.
+_REPEAT_LAGS = 8
+
+
+def _count_repeated(row: np.ndarray, ts: np.ndarray, amount: np.ndarray | None, item: np.ndarray | None) -> int:
+    """How many events repeat an earlier event of the same customer exactly (same time, item code and
+    amount), given events sorted by (row, time): the count of ``DataFrame.duplicated()``.
+
+    Only an event in a run of equal (row, time), a basket, can repeat one, so one comparison of
+    neighbours settles a log without baskets. A repeat need not be next to its original (a basket
+    appended twice sorts as x y x y), so each event is compared with the event 1, 2, ... places
+    before it while that one is in its basket: one pass of whole-array comparisons per line of the
+    longest basket; baskets of more than :data:`_REPEAT_LAGS` lines are sorted by item instead."""
+    if len(ts) < 2:
+        return 0
+    cont = ts[1:] == ts[:-1]  # event i + 1 is in the basket of event i
+    if not cont.any():  # no two neighbours at one time: no basket (a log of whole seconds, without baskets)
+        return 0
+    cont &= row[1:] == row[:-1]
+    if not cont.any():
+        return 0
+    repeat = np.zeros(len(ts), dtype=bool)
+    same = cont  # same[i]: event i + lag is in the basket of event i
+    for lag in range(1, _REPEAT_LAGS + 1):
+        eq = same.copy()
+        if item is not None:
+            eq &= item[lag:] == item[:-lag]
+        if amount is not None:
+            eq &= amount[lag:] == amount[:-lag]
+        repeat[lag:] |= eq
+        same = same[:-1] & cont[lag:]
+        if not same.any():
+            return int(np.count_nonzero(repeat))
+    return _count_repeated_sorted(cont, amount, item)
+
+
+def _count_repeated_sorted(cont: np.ndarray, amount: np.ndarray | None, item: np.ndarray | None) -> int:
+    """:func:`_count_repeated` for logs with long baskets (``cont[i]``: event i + 1 is in the basket of
+    event i): the basket lines are sorted by (basket, item), then the lines of one item by amount."""
+    in_basket = np.zeros(len(cont) + 1, dtype=bool)
+    in_basket[:-1] |= cont
+    in_basket[1:] |= cont
+    sel = np.flatnonzero(in_basket)
+    key = np.cumsum(~np.r_[False, cont][sel], dtype=np.int64)  # the basket's number
+    if item is not None:  # (basket, item code) as one int64 key; -1 (missing item) is code 0
+        key *= int(item.max(initial=0)) + 2
+        key += item[sel] + 1
+    order = np.argsort(key, kind="stable")  # the baskets are in order already: a cheap sort
+    key = key[order]
+    eq = key[1:] == key[:-1]
+    if amount is None or not eq.any():
+        return int(np.count_nonzero(eq))
+    # lines of one basket with one item: equal when their amounts are, in any order
+    pos = np.flatnonzero(eq)
+    same_item = np.zeros(len(key), dtype=bool)
+    same_item[pos] = True
+    same_item[pos + 1] = True
+    k, a = key[same_item], amount[sel[order[same_item]]]
+    by = np.argsort(a, kind="stable")
+    by = by[np.argsort(k[by], kind="stable")]
+    k, a = k[by], a[by]
+    return int(np.count_nonzero((k[1:] == k[:-1]) & (a[1:] == a[:-1])))
+
+
+def _log_repeated(src: str, n_repeated: int, n_read: int, *, has_amount: bool, has_item: bool) -> None:
+    """One message about exact repeats of events (:func:`_count_repeated`), a warning from
+    :data:`REPEATED_EVENTS_WARN_SHARE` of the events on. They are kept: two identical purchases in
+    the same second can be real, and only the data's owner knows."""
+    share = n_repeated / max(n_read, 1)
+    cols = ["customer_id", "timestamp", *(["item_id"] if has_item else []), *(["amount"] if has_amount else [])]
+    log.log(logging.WARNING if share >= REPEATED_EVENTS_WARN_SHARE else logging.INFO,
+            "%s: %d of the %d events the view reads (%.2f%%) repeat another event exactly (same %s): "
+            "each counts as one more purchase line%s. A bad export or an append done twice makes such rows; if they "
+            "are not genuine repeated purchases, drop them before building the view, e.g. "
+            "events.drop_duplicates(%s)", src, n_repeated, n_read, 100 * share, ", ".join(cols),
+            " (in monetary_total, monetary_mean, future_spend and the sequences)" if has_amount else
+            " (in the sequences)", cols)
 
 
 # Events per block of _view_block: a few MB per temporary, so they stay in cache and are reused.

@@ -35,7 +35,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from clm_torch.data.cleaning import clean_table
-from clm_torch.data.datamodules import TableDataModule, TensorTable, _dist_info, shuffle_seed
+from clm_torch.data.datamodules import (TableDataModule, TensorTable, _dist_info, check_both_classes, shuffle_seed,
+                                        warn_small_splits)
 from clm_torch.data.encoding import FeatureEncoder
 from clm_torch.data.schema import SchemaError, TableSchema, infer_schema, ints_if_whole
 from clm_torch.data.sources.tables import TableData
@@ -288,6 +289,7 @@ class ShardedTableDataModule(TableDataModule):
         self._columns: list[str] = []
         self.loss_scale = 1.0  # this rank's training-loss factor (rank_loss_scale), read by CLMModule.guard_loss
         self.target_mean: float | None = None
+        self._checked: set[str] = set()  # splits already checked (_check_splits): warned once, not per loader
 
     # tensors of this rank's shards, read when first used (after the process group exists)
     @property
@@ -460,6 +462,40 @@ class ShardedTableDataModule(TableDataModule):
         self._ensure_local(tuple(held) if split in held else SPLITS)
         return self._ids[split]
 
+    def _split_counts(self) -> dict[str, tuple[int, int | None]]:
+        """Rows and positives (None without a binary target) of each split this rank holds."""
+        binary = self.require_target and self.target_type == "binary"
+        return {s: (len(t["row"]), int((t["y"] > 0.5).sum()) if binary and "y" in t else None)
+                for s, t in self._tensors.items()}
+
+    def _check_splits(self, per_rank: Sequence[Mapping[str, tuple[int, int | None]]]) -> None:
+        """TableDataModule's checks of the splits (both classes of a binary target; a warning when an
+        evaluation split is small), on the counts summed over the ranks (``per_rank``: each rank's
+        :meth:`_split_counts`): a rank whose share holds one class does not stop the run, and every
+        rank reaches the same verdict, so all stop together with one message. Every split held is
+        checked at the first loader, so a bad test split stops the run before training."""
+        totals: dict[str, list[int]] = {}
+        for counts in per_rank:
+            for s, (rows, pos) in counts.items():
+                total = totals.setdefault(s, [0, 0])
+                total[0] += rows
+                total[1] += pos or 0
+        world = len(per_rank)
+        todo = [s for s in SPLITS if s in totals and s not in self._checked]
+        if not todo or world < self.rank_world()[1]:  # one rank's share of a world simulated without DDP: not the split
+            return
+        where = f" on {world} ranks together" if world > 1 else ""
+        if self.require_target and self.target_type == "binary" and self.source.target:
+            table = (sum(totals[s][1] for s in SPLITS), sum(totals[s][0] for s in SPLITS)) \
+                if set(SPLITS) <= set(totals) else None
+            for s in todo:
+                check_both_classes(s, totals[s][0], totals[s][1], target=self.source.target, source=self.name,
+                                   table=table, where=where)
+        if world == 1 or self.rank_world()[0] == 0:
+            warn_small_splits({s: totals[s][0] for s in todo}, self.name + (f" ({world} ranks together)" if world > 1
+                                                                           else ""), logger=log)
+        self._checked.update(todo)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -471,16 +507,18 @@ class ShardedTableDataModule(TableDataModule):
                 raise
             error = e
         n = 0 if t is None else len(t["row"])
-        counts = [n]
-        if distributed:  # every rank's row count, or its error: one bad shard stops every rank with its message
-            gathered: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, (n, None if error is None else str(error)))
+        mine = (n, None if error is None else str(error), None if t is None else self._split_counts())
+        gathered: list[Any] = [mine]
+        if distributed:  # every rank's counts, or its error: one bad shard stops every rank with its message
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, mine)
             if error is not None:
                 raise error
-            failed = [(r, m) for r, (_, m) in enumerate(gathered) if m is not None]
+            failed = [(r, m) for r, (_, m, _) in enumerate(gathered) if m is not None]
             if failed:
                 raise SchemaError(f"(on rank {failed[0][0]}) {failed[0][1]}")
-            counts = [c for c, _ in gathered]
+        counts = [c for c, _, _ in gathered]
+        self._check_splits([c for _, _, c in gathered])  # the same totals, so the same verdict, on every rank
         rank = self.rank_world()[0] if len(counts) > 1 else 0
         n_batches = max(1, -(-max(counts) // (self.batch_size if shuffle else self.eval_batch_size)))
         if n < n_batches:
