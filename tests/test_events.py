@@ -99,6 +99,14 @@ def test_unparseable_timestamp(tmp_path):
     assert (e.column, e.row) == ("ts", 2)
 
 
+def test_timestamps_mixing_dates_and_epoch_numbers_are_named_as_such(tmp_path):
+    # two exports joined: the parser used to blame the valid number 1704412800 and suggest epoch seconds
+    path = _csv(tmp_path, "cid,ts,amt\nA,2024-01-01,1\nA,2024-01-02,1\nB,1704412800,1\n")
+    e = _raises(path, ["column 'ts'", "row 2", "mixes dates and numbers", "'2024-01-01' in row 0",
+                       "'1704412800' in row 2"])
+    assert (e.column, e.row) == ("ts", 2)
+
+
 def test_missing_timestamp(tmp_path):
     path = _csv(tmp_path, "cid,ts,amt\nA,2024-01-01,1\nA,,1\n")
     _raises(path, ["column 'ts'", "row 1", "missing timestamp"])

@@ -43,8 +43,8 @@ import pyarrow.compute as pc
 import torch
 
 from clm_torch.data.cleaning import warn_case_collisions
-from clm_torch.data.schema import (SchemaError, _is_missing_token, check_id_kind, ints_if_whole, read_table,
-                                   strip_ids, to_numeric_strict)
+from clm_torch.data.schema import (SchemaError, _is_missing_token, check_id_kind, check_time_kind, ints_if_whole,
+                                   read_table, strip_ids, to_numeric_strict)
 from clm_torch.utils.memory import small_pages
 from clm_torch.utils.progress import steps
 
@@ -215,6 +215,7 @@ def parse_timestamps(s: pd.Series, *, source: str, column: str) -> pd.Series:
         raise SchemaError(f"cannot parse timestamps: {e}", source=source, column=column) from None
     bad = out.isna()
     if bad.any():
+        check_time_kind(s, source=source, column=column)  # dates mixed with epoch numbers: named as such
         first = _first_row(bad)
         raise SchemaError(
             f"cannot parse timestamp {s.loc[first]!r} (first of {int(bad.sum())}); use ISO 8601 "

@@ -181,7 +181,7 @@ def customer_view_from_files(
     as_of = (parse_cutoff(customers_as_of, setting="data.customers_as_of") if customers_as_of not in (None, "")
              else events["timestamp"].max())
     return build_customer_view(events, cut, horizon_days=horizon_days, customers=customers, n_last=n_last,
-                               customers_source=str(customers_path) if customers_path else None,
+                               events_source=str(path), customers_source=str(customers_path) if customers_path else None,
                                customers_as_of=as_of, customers_joined_col=customers_joined_col or None)
 
 

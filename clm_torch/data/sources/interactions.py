@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from clm_torch.data.events import parse_timestamps
-from clm_torch.data.schema import (SchemaError, check_id_kind, check_time_kind, infer_schema, ints_if_whole,
+from clm_torch.data.schema import (SchemaError, check_id_kind, infer_schema, ints_if_whole,
                                    read_table, role_columns, strip_ids, to_numeric_strict)
 from clm_torch.data.sources.tables import load_rdataset
 
@@ -110,15 +110,7 @@ def _times(t: pd.Series, source: str, column: str) -> pd.Series:
                               "time, or leave data.time_col unset", source=source, column=column, row=first)
         return out
     if not (pd.api.types.is_datetime64_dtype(t) and not t.isna().any()):  # naive datetimes need no parsing
-        failed = None
-        try:
-            parsed = parse_timestamps(t, source=source, column=column)
-        except SchemaError as e:
-            failed = e
-        if failed is not None:  # dates mixed with epoch numbers: say so, not that a valid number is unparseable
-            check_time_kind(t, source=source, column=column)  # raised here, not inside the except: one error
-            raise failed
-        t = parsed
+        t = parse_timestamps(t, source=source, column=column)  # names a column of dates mixed with numbers
     ns = t.to_numpy().astype("datetime64[ns]", copy=False).view("int64")
     return pd.Series(ns.astype("float64") / 1e9, index=t.index)
 
