@@ -39,12 +39,12 @@ import hydra
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from clm_torch.data.schema import SchemaError, validate_target
 from clm_torch.runs import load_model, read_config, resolve_checkpoint
-from clm_torch.utils.io import CheckpointError, write_csv_safe, write_json
+from clm_torch.utils.io import CheckpointError, SettingError, write_csv_safe, write_json
 from clm_torch.utils.progress import chunks
 
 log = logging.getLogger(__name__)
@@ -332,6 +332,43 @@ def load_data(cfg_data: DictConfig) -> Any:
     return source.load()
 
 
+# the customer-view columns computed from the event log's money column (data.amount_col)
+_MONEY_COLUMNS = ("monetary_mean", "monetary_total", "spend_per_30d", "future_spend")
+
+
+def money_columns(model: Any) -> list[str]:
+    """The model's inputs that a customer view computes from purchase amounts (``monetary_*``,
+    ``spend_per_30d``, ``seq{k}_amount``)."""
+    from clm_torch.data.events import parse_sequence_column
+
+    columns = list(getattr(getattr(model, "encoder", None), "feature_columns", None) or [])
+    return [c for c in columns if c in _MONEY_COLUMNS or (parse_sequence_column(c) or (None, None))[1] == "amount"]
+
+
+def check_amount_col(cfg_data: DictConfig, model: Any, trained: DictConfig, ckpt: Path) -> None:
+    """Refuse an event log read without ``data.amount_col`` for a model that learned from amounts.
+
+    Without it the view has no money features, and scoring stopped on "required columns missing"
+    (naming derived columns such as ``tenure_days``), which never named the setting to give.
+
+    Raises:
+        SettingError: names ``data.amount_col``, the training run's money column (from its
+            ``.hydra/config.yaml``, when there) and the model's inputs computed from it.
+    """
+    if "amount_col" not in cfg_data or cfg_data.get("amount_col"):
+        return  # not an event log, or its money column is given
+    needs = money_columns(model)
+    if not needs:
+        return
+    was = OmegaConf.select(trained, "data.amount_col", default=None)
+    shown = ", ".join(needs[:4]) + (f" and {len(needs) - 4} more" if len(needs) > 4 else "")
+    trained_with = f"data.amount_col={was}; " if was else ""
+    raise SettingError(f"data.amount_col={cfg_data.get('amount_col')!r}: expected the event log's money column: the "
+                       f"model {ckpt} was trained with purchase amounts ({trained_with}its inputs {shown} are computed "
+                       f"from them): set data.amount_col={was or '<the money column>'}"
+                       f"{' (or what that column is called in this log)' if was else ''}")
+
+
 def predictions_name(cfg: DictConfig, data: Any) -> str:
     """``cfg.name``, else the data file's stem, else the ``data=`` choice."""
     name = cfg.get("name")
@@ -366,7 +403,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise SchemaError("no data to evaluate on: pass data=<telco|synthetic|csv|...> "
                           "(e.g. data=csv data.path=new.csv data.target=churn)", source="clm-evaluate")
     ckpt = resolve_checkpoint(cfg.ckpt_path)
-    model = load_model(ckpt, read_config(ckpt.parent.parent))
+    trained = read_config(ckpt.parent.parent)
+    model = load_model(ckpt, trained)
+    check_amount_col(cfg.data, model, trained, ckpt)  # before the event log is read
     data = load_data(cfg.data)
     result = evaluate_model(model, data, batch_size=int(cfg.get("batch_size", 65536)), k=int(cfg.get("k", 10)),
                             hide_rate=float(cfg.get("hide_rate", 0.2)), seed=int(cfg.get("seed", 0)))

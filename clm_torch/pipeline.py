@@ -25,6 +25,7 @@ Run directory::
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import math
@@ -42,7 +43,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError
 
 from clm_torch.data.cleaning import clean_table
-from clm_torch.data.events import build_customer_view, load_events, parse_cutoff, parse_sequence_column
+from clm_torch.data.events import (CustomerView, build_customer_view, load_events, parse_cutoff,
+                                   parse_sequence_column)
 from clm_torch.data.schema import SchemaError, infer_schema
 from clm_torch.data.sources.events import read_customer_table, view_to_frame
 from clm_torch.lifecycle import report as rpt
@@ -279,34 +281,96 @@ def _view_kwargs(inputs: dict[str, Any]) -> dict[str, Any]:
     return extra
 
 
+class CustomerViews:
+    """The customer views of one pipeline run's inputs (its events, cleaned customer table, horizon,
+    ``n_last`` and view options), each built once per cutoff and reused.
+
+    The training view (labelled) and the profile view are the same view at cutoff − horizon with
+    one difference: the table's customers without an event before it, which the profile view keeps
+    and the training view leaves out when the table is of a later date (``customers_as_of``). So the
+    view is built with every customer of the table, and :meth:`at` takes those rows out where
+    ``build_customer_view(..., customers_as_of=...)`` would have left them out; the rows it keeps are
+    the same values (each customer's features come from that customer's events only).
+    """
+
+    def __init__(self, inputs: dict[str, Any], customers: pd.DataFrame | None, horizon: float, n_last: int) -> None:
+        self.inputs, self.customers, self.horizon, self.n_last = inputs, customers, float(horizon), int(n_last)
+        self._events, self._items = inputs["events"], inputs.get("items")
+        self._built: dict[pd.Timestamp, CustomerView] = {}
+
+    def serves(self, inputs: dict[str, Any], customers: pd.DataFrame | None, horizon: float, n_last: int) -> bool:
+        """Whether these views are of the same inputs (the same frames, horizon, ``n_last`` and options)."""
+        return (inputs["events"] is self._events and inputs.get("items") is self._items and customers is self.customers
+                and (float(horizon), int(n_last)) == (self.horizon, self.n_last)
+                and all(inputs.get(k) == self.inputs.get(k) for k in ("customers_source", "customers_joined_col")))
+
+    def at(self, cut: pd.Timestamp, customers_as_of: Any = None) -> CustomerView:
+        """``build_customer_view(events, cut, customers_as_of=customers_as_of, ...)``, from the view at
+        ``cut`` built on the first request for it."""
+        view = self._built.get(cut)
+        if view is None:
+            view = self._built[cut] = build_customer_view(self._events, cut, horizon_days=self.horizon,
+                                                          customers=self.customers, n_last=self.n_last,
+                                                          **_view_kwargs(self.inputs))
+        if self.customers is None or customers_as_of is None or (
+                parse_cutoff(customers_as_of, setting="customers_as_of") <= parse_cutoff(cut, setting="cutoff")):
+            return view  # the table is current at the cutoff: every customer of it is in the view
+        return _without_later_customers(view, self.inputs.get("customers_joined_col"), customers_as_of)
+
+
+def _without_later_customers(view: CustomerView, joined_col: str | None, customers_as_of: Any) -> CustomerView:
+    """``view`` (built with the customer table current at its cutoff) less the table's customers that
+    ``build_customer_view`` leaves out when the table is of the later date ``customers_as_of``: those
+    without an event before the cutoff, unless their join date (``joined_col``) says they existed."""
+    f = view.features
+    # an event before the cutoff: a purchase (frequency) or a refund alone (a negative net total)
+    had_event = (f["frequency"].to_numpy() > 0) | (f["monetary_total"].to_numpy() < 0)
+    keep = had_event | (f[f"{joined_col}_days"].notna().to_numpy() if joined_col else False)
+    if keep.all():
+        return view
+    log.info("%s: %d of the customers have no event before the cutoff %s; left out of the view (the table is of "
+             "%s)", view.customers_source, int((~keep).sum()), view.cutoff, customers_as_of)
+    return dataclasses.replace(view, features=f.loc[keep], labels=view.labels.loc[keep],
+                               sequences={k: v[keep] for k, v in view.sequences.items()})
+
+
+def _views_for(views: CustomerViews | None, inputs: dict[str, Any], customers: pd.DataFrame | None, horizon: float,
+               n_last: int) -> CustomerViews:
+    """``views`` when it serves these inputs, else views of their own."""
+    if views is not None and views.serves(inputs, customers, horizon, n_last):
+        return views
+    return CustomerViews(inputs, customers, horizon, n_last)
+
+
 def profile_view(inputs: dict[str, Any], customers: pd.DataFrame | None, horizon: float, n_last: int,
-                 columns: Sequence[str]) -> pd.DataFrame:
+                 columns: Sequence[str], views: CustomerViews | None = None) -> pd.DataFrame:
     """What the unsupervised VAE learns from: the view at cutoff − horizon with ``columns`` (the
     training view's features), for every customer of the table too. The labelled training view
     leaves out the table's customers without a purchase by then (some joined later); the score view
     holds such customers (those who never bought), so the VAE must know their kind of profile. No
-    labels, so nothing of the label window reaches it."""
-    pv = build_customer_view(inputs["events"], inputs["cutoff"] - pd.Timedelta(days=horizon), horizon_days=horizon,
-                             customers=customers, n_last=n_last, **_view_kwargs(inputs))
+    labels, so nothing of the label window reaches it. ``views``: those of :func:`build_views`, whose
+    view at cutoff − horizon this is (built once for both)."""
+    views = _views_for(views, inputs, customers, horizon, n_last)
+    pv = views.at(inputs["cutoff"] - pd.Timedelta(days=horizon))
     return view_to_frame(pv, None, 0, min_step_customers=10).reindex(columns=list(columns))
 
 
 def build_views(inputs: dict[str, Any], customers: pd.DataFrame | None, horizon: float, n_last: int,
-                sequence_length: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                sequence_length: int = 0, views: CustomerViews | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train view at cutoff − horizon with its labels, score view at the cutoff).
 
     With ``sequence_length`` > 0 both also hold the last purchases as ``seq{k}_*`` columns
-    (the steps fewer than 10 customers reach are left out, as in ``data=events``).
+    (the steps fewer than 10 customers reach are left out, as in ``data=events``). ``views``: the
+    run's :class:`CustomerViews`, so that :func:`profile_view` reuses the view at cutoff − horizon.
     """
+    views = _views_for(views, inputs, customers, horizon, n_last)
     cutoff = inputs["cutoff"]
     train_cut = cutoff - pd.Timedelta(days=horizon)
     # the customer table is current at the scoring cutoff (or data.customers_as_of): in the training
     # view its customers without an event before train_cut are left out (some joined after it)
-    extra = {**_view_kwargs(inputs), "customers_as_of": inputs.get("customers_as_of", cutoff)}
-    tv = build_customer_view(inputs["events"], train_cut, horizon_days=horizon, customers=customers, n_last=n_last,
-                             **extra)
-    sv = build_customer_view(inputs["events"], cutoff, horizon_days=horizon, customers=customers, n_last=n_last,
-                             **extra)
+    as_of = inputs.get("customers_as_of", cutoff)
+    tv = views.at(train_cut, customers_as_of=as_of)
+    sv = views.at(cutoff, customers_as_of=as_of)
     train_frame = view_to_frame(tv, None, sequence_length, min_step_customers=10)
     for col in ("churn", "future_spend"):
         train_frame[col] = tv.labels[col].to_numpy()
@@ -398,13 +462,16 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     # 3. features at the cutoff
     horizon = float(cfg.horizon_days)
     seq_kind = str(cfg.get("churn_sequence", "none"))  # checked by check_pipeline_settings
+    views = CustomerViews(inputs, customers, horizon, int(cfg.n_last))  # the view at cutoff - horizon built once
     train_frame, score_frame = build_views(inputs, customers, horizon, int(cfg.n_last),
-                                           int(cfg.n_last) if seq_kind != "none" else 0)
+                                           int(cfg.n_last) if seq_kind != "none" else 0, views=views)
     check_views(inputs, train_frame, horizon, cfg.data)
     # the purchase-sequence columns feed only the churn model's sequence encoder
     seq_cols = [c for c in train_frame.columns if parse_sequence_column(c) is not None]
     profile_frame = profile_view(inputs, customers, horizon, int(cfg.n_last),
-                                 [c for c in train_frame.columns if c not in ("churn", "future_spend", *seq_cols)])
+                                 [c for c in train_frame.columns if c not in ("churn", "future_spend", *seq_cols)],
+                                 views=views)
+    del views  # the views' memory is not needed while the models train
     (out / "data").mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(exist_ok=True)
     paths = {k: out / "data" / f"{k}.parquet" for k in ("train_view", "profile_view", "score_view", "interactions")}

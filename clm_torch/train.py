@@ -32,7 +32,8 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from clm_torch.data.schema import SchemaError
 from clm_torch.models.base import NonFiniteLossError, with_article
-from clm_torch.utils.io import (AtomicCheckpointIO, CheckpointClassError, CheckpointError, SettingError, load_checkpoint_safely,
+from clm_torch.utils.checkpointing import CheckedCheckpointIO, reading_once
+from clm_torch.utils.io import (CheckpointClassError, CheckpointError, SettingError, load_checkpoint_safely,
                                 write_csv_safe, write_json)
 
 log = logging.getLogger(__name__)
@@ -469,7 +470,7 @@ def build(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=str(output_dir / "checkpoints"), save_top_k=0,
                                                              save_last=True))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                      plugins=[AtomicCheckpointIO()], _convert_="partial")
+                                      plugins=[CheckedCheckpointIO()], _convert_="partial")
     return {"datamodule": datamodule, "model": model, "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
 
 
@@ -552,7 +553,8 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
         log_hparams(loggers, cfg, model, {f"hp/{k.replace('/', '_')}": float("nan") for k in hp_keys})
         _restore_csv_rows(loggers, csv_rows)
         if fit:
-            trainer.fit(model, datamodule=dm, ckpt_path=resume_ckpt)
+            with reading_once(trainer, resume_ckpt, used_ckpt):  # fit gets the checkpoint checked above
+                trainer.fit(model, datamodule=dm, ckpt_path=resume_ckpt)
         metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         best, best_ckpt = None, None
         ckpt_cb = getattr(trainer, "checkpoint_callback", None)

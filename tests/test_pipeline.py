@@ -100,20 +100,32 @@ def test_action_rules() -> None:
     assert (never.loc[0, "action"], never.loc[0, "reason"]) == ("first-purchase offer", "no purchase yet")
 
 
-def test_pipeline_churn_model_can_read_the_purchase_sequence(tmp_path: Path) -> None:
+def test_pipeline_churn_model_can_read_the_purchase_sequence(tmp_path: Path, monkeypatch) -> None:
     """``churn_sequence=gru``: the churn sub-run gets the ``seq{k}_*`` columns and a GRU encoder,
-    the VAE and the spend model do not see them, and every customer is still scored."""
+    the VAE and the spend model do not see them, and every customer is still scored. The customer
+    view is built once per cutoff: the training and the profile view at cutoff - horizon are one
+    build (it was built twice)."""
     import torch
 
+    from clm_torch import pipeline
     from clm_torch.pipeline import run_pipeline
     from tests.conftest import compose_cfg
 
+    built: list[pd.Timestamp] = []
+    build = pipeline.build_customer_view
+
+    def counting(events: pd.DataFrame, cutoff: pd.Timestamp, **kw: object) -> object:
+        built.append(pd.Timestamp(cutoff))
+        return build(events, cutoff, **kw)
+
+    monkeypatch.setattr(pipeline, "build_customer_view", counting)
     out = tmp_path / "run"
     cfg = compose_cfg(["data.n_customers=300", "n_last=4", "churn_sequence=gru", "tensorboard=false",
                        *[f"models.{m}.trainer.max_epochs=1" for m in ("vae", "churn", "recommender", "spend")],
                        "segments.k_max=3", "score.gap_samples=2", "score.question_samples=2"],
                       out, config_name="pipeline.yaml")
     run_pipeline(cfg)
+    assert len(built) == 2 and len(set(built)) == 2, built  # the training cutoff and the scoring cutoff, once each
     from clm_torch import InfoGapVAE
     from clm_torch.models.spend import SpendRegressor
 
@@ -126,6 +138,82 @@ def test_pipeline_churn_model_can_read_the_purchase_sequence(tmp_path: Path) -> 
     assert customers["churn_probability"].between(0, 1).all() and customers["churn_probability"].notna().all()
     with pytest.raises(ValueError, match="churn_sequence"):
         run_pipeline(compose_cfg(["churn_sequence=lstm"], tmp_path / "bad", config_name="pipeline.yaml"))
+
+
+def _view_log() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """An event log and a customer table with each kind of customer at the training cutoff 2024-03-02
+    (cutoff 2024-04-01, horizon 30 days): with purchases before it (A), with a refund only before it
+    (B), in the table with a first purchase after it (C, F, H), in the table without events (D, G),
+    only in the log (E); F joined before it, G after it, the others have no join date."""
+    from clm_torch.data.events import load_events
+
+    rows = [("A", "2024-01-05", 10.0, "x"), ("A", "2024-02-10", 20.0, "y"), ("A", "2024-03-10", 5.0, "x"),
+            ("B", "2024-02-01", -5.0, "y"), ("B", "2024-03-15", 7.0, "z"), ("C", "2024-03-10", 3.0, "x"),
+            ("E", "2024-01-20", 4.0, "z"), ("E", "2024-03-20", 6.0, "y"), ("F", "2024-03-25", 8.0, "x"),
+            ("H", "2024-03-05", 9.0, "y")]
+    ev = load_events(pd.DataFrame(rows, columns=["customer_id", "timestamp", "amount", "item_id"]),
+                     customer_col="customer_id", time_col="timestamp", amount_col="amount", item_col="item_id")
+    table = pd.DataFrame({"customer_id": ["A", "B", "C", "D", "F", "G", "H"], "age": [30, 41, 25, 52, 38, 29, 60],
+                          "signup": [None, None, None, None, "2024-01-01", "2024-03-20", None]})
+    return ev, table
+
+
+@pytest.mark.parametrize("table, as_of, joined, trained_on", [
+    (False, None, None, "ABE"), (True, None, None, "ABE"), (True, "2024-06-01", None, "ABE"),
+    (True, "2024-02-01", None, "ABCDEFGH"),  # a table of a date before the training cutoff: all of it
+    (True, None, "signup", "ABEF"), (True, "2024-06-01", "signup", "ABEF")])
+def test_the_views_built_once_are_the_views_built_one_by_one(table: bool, as_of: str | None, joined: str | None,
+                                                             trained_on: str) -> None:
+    """CustomerViews builds the view at the training cutoff once, with every customer of the table,
+    for both the profile view and the training view; the training view it gives (less the table's
+    customers without an event then) is build_customer_view's with customers_as_of, row for row and
+    value for value, whatever the table, its date and its join dates."""
+    from clm_torch.data.events import build_customer_view
+    from clm_torch.pipeline import CustomerViews, _view_kwargs
+
+    ev, customers = _view_log()
+    customers = customers if table else None
+    if customers is not None and joined is None:
+        customers = customers.drop(columns="signup")
+    cutoff = pd.Timestamp("2024-04-01")
+    inputs = {"events": ev, "cutoff": cutoff, "items": None, "customers_source": "crm.csv",
+              "customers_as_of": pd.Timestamp(as_of) if as_of else cutoff, "customers_joined_col": joined}
+    views = CustomerViews(inputs, customers, 30.0, 3)
+    train_cut = cutoff - pd.Timedelta(days=30)
+
+    def alone(cut: pd.Timestamp, table_of: pd.Timestamp | None) -> object:
+        return build_customer_view(ev, cut, horizon_days=30.0, customers=customers, n_last=3,
+                                   customers_as_of=table_of, **_view_kwargs(inputs))
+
+    for got, want in ((views.at(train_cut, inputs["customers_as_of"]), alone(train_cut, inputs["customers_as_of"])),
+                      (views.at(train_cut), alone(train_cut, None)),
+                      (views.at(cutoff, inputs["customers_as_of"]), alone(cutoff, inputs["customers_as_of"]))):
+        pd.testing.assert_frame_equal(got.features, want.features, check_exact=True)
+        pd.testing.assert_frame_equal(got.labels, want.labels, check_exact=True)
+        assert got.sequences.keys() == want.sequences.keys()
+        for k in want.sequences:
+            np.testing.assert_array_equal(got.sequences[k], want.sequences[k])
+        assert got.item_vocab == want.item_vocab and got.cutoff == want.cutoff
+    assert "".join(views.at(train_cut, inputs["customers_as_of"]).features.index) == trained_on
+
+
+def test_the_pipeline_views_are_the_same_with_one_build_per_cutoff(tmp_path: Path) -> None:
+    """build_views and profile_view on the built-in data give the same frames with the run's
+    CustomerViews (two builds) as each on its own (three builds)."""
+    from clm_torch import pipeline
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["data.n_customers=200", "data.seed=2"], tmp_path / "run", config_name="pipeline.yaml")
+    inputs = pipeline.load_inputs(cfg)
+    customers = pipeline.clean_customers(inputs["customers"], inputs["customers_source"])
+    frames = []
+    for views in (None, pipeline.CustomerViews(inputs, customers, 90.0, 4)):
+        train, score = pipeline.build_views(inputs, customers, 90.0, 4, 4, views=views)
+        columns = [c for c in train.columns if c not in ("churn", "future_spend") and not c.startswith("seq")]
+        frames.append((train, score, pipeline.profile_view(inputs, customers, 90.0, 4, columns, views=views)))
+    for alone, shared in zip(*frames):
+        pd.testing.assert_frame_equal(shared, alone, check_exact=True)
+    assert len(frames[1][2]) > len(frames[1][0])  # the profile view also holds the table's customers without history
 
 
 def test_a_pipeline_into_an_earlier_pipeline_run_is_refused_before_it_writes(tmp_path: Path) -> None:

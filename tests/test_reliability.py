@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -274,6 +276,44 @@ def test_resume_with_more_epochs_keeps_the_csv_rows_and_stretches_the_cosine(mak
                                               r"trainer\.max_epochs=2; pass a larger trainer\.max_epochs"):
         train(make_cfg(*args, "trainer.max_epochs=2", "ckpt_path=last"))
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_a_resume_reads_its_checkpoint_once(make_cfg, table_csv: Path, monkeypatch) -> None:
+    """ckpt_path=last: fit gets the checkpoint train() read for its checks (the file was read twice,
+    once for the checks and once in trainer.fit), and the resumed run ends as one that reads it again."""
+    import importlib
+    import shutil
+
+    train_module = importlib.import_module("clm_torch.train")  # the module (clm_torch.train is also the function)
+
+    args = [*_csv(table_csv), *FAST, "~logger", "callbacks.early_stopping=null"]
+    train(make_cfg(*args, "trainer.max_epochs=1"))
+    run = Path(make_cfg(out="run").paths.output_dir)
+    shutil.copytree(run, run.parent / "again")
+    reads: list[Path] = []
+    load = torch.load
+
+    def counting(f: Any, *a: Any, **kw: Any) -> Any:  # a path (clm_torch) or an open file (Lightning)
+        name = f if isinstance(f, (str, os.PathLike)) else getattr(f, "path", None) or getattr(f, "name", None)
+        reads.append(Path(str(name)).resolve())
+        return load(f, *a, **kw)
+
+    monkeypatch.setattr(torch, "load", counting)
+    train(make_cfg(*args, "trainer.max_epochs=2", "ckpt_path=last"))
+    assert reads.count((run / "checkpoints" / "last.ckpt").resolve()) == 1, reads
+    resumed = load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 1 and resumed["global_step"] > 0
+    # the same resume reading the file in fit as well: the same weights and optimizer state at its end
+    monkeypatch.setattr(train_module, "reading_once", lambda *a: contextlib.nullcontext())
+    reads.clear()
+    train(make_cfg(*args, "trainer.max_epochs=2", "ckpt_path=last", out="again"))
+    assert reads.count((run.parent / "again" / "checkpoints" / "last.ckpt").resolve()) == 2
+    twice = load(run.parent / "again" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert twice["global_step"] == resumed["global_step"]
+    for k, v in resumed["state_dict"].items():
+        assert torch.equal(v, twice["state_dict"][k]), k
+    for a, b in zip(resumed["optimizer_states"][0]["state"].values(), twice["optimizer_states"][0]["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_setting_left_missing_is_one_clear_line(make_cfg, capsys) -> None:

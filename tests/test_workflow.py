@@ -261,6 +261,43 @@ def test_evaluate_errors(sweep, tmp_path: Path) -> None:
         evaluate(_eval_cfg(tmp_path, sweep.dir / "0", *_csv_data(sweep.csv), out="done"))  # no resume offered
 
 
+def test_evaluate_on_an_event_log_without_its_money_column_names_data_amount_col(tmp_path: Path, capsys) -> None:
+    """A model trained on an event log with purchase amounts, scored on a log read without
+    data.amount_col: one line naming data.amount_col, the training run's money column and the model's
+    inputs computed from it, before the log is read (it was an error about other derived columns, e.g.
+    tenure_days, that never named the setting). With the setting the log is scored; a model without
+    money inputs needs none."""
+    from clm_torch.data.synthetic import generate_customer_base
+    from clm_torch.train import run_cli
+    from clm_torch.utils.io import SettingError
+
+    base = generate_customer_base(300, seed=1)
+    log = tmp_path / "events.csv"
+    base.events[base.events["timestamp"] < base.cutoff].to_csv(log, index=False)
+    events = ["data=events", f"data.path={log}", "data.cutoff=2024-06-01"]
+    tiny = [*FAST, "trainer.max_epochs=1", "~logger"]
+    train(compose_cfg(["model=churn", *events, "data.amount_col=amount", *tiny], tmp_path / "money"))
+    train(compose_cfg(["model=churn", *events, *tiny], tmp_path / "plain"))
+    ckpt = tmp_path / "money" / "checkpoints" / "best.ckpt"
+    with pytest.raises(SettingError, match=r"^data\.amount_col=None: expected the event log's money column: the model "
+                                           rf"{ckpt} was trained with purchase amounts \(its inputs monetary_mean, "
+                                           r"spend_per_30d are computed from them\): set data\.amount_col=<the money "
+                                           r"column>$"):
+        evaluate(_eval_cfg(tmp_path, tmp_path / "money", *events, out="e1"))
+    # the training run's own record (.hydra/config.yaml, as clm-train writes it) names its money column
+    (tmp_path / "money" / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create({"data": {"amount_col": "amount"}}), tmp_path / "money" / ".hydra" / "config.yaml")
+    with pytest.raises(SystemExit):
+        run_cli(evaluate, _eval_cfg(tmp_path, tmp_path / "money", *events, out="e2"))
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert "(data.amount_col=amount; its inputs monetary_mean, spend_per_30d are computed from them): set " \
+           "data.amount_col=amount (or what that column is called in this log)" in err, err
+    assert "eval/auroc" in evaluate(_eval_cfg(tmp_path, tmp_path / "money", *events, "data.amount_col=amount",
+                                              out="e3"))
+    assert "eval/auroc" in evaluate(_eval_cfg(tmp_path, tmp_path / "plain", *events, out="e4"))
+
+
 # ------------------------------------------------------------------------------------ load_run
 def test_latest_run_is_the_last_finished_here_or_above(tmp_path: Path) -> None:
     """The notebooks' default run: the most recently finished one in logs/<task>/runs/ of their folder

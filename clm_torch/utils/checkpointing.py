@@ -1,15 +1,21 @@
-"""Checkpoint callback that never records a non-finite model as the best one."""
+"""Checkpoint callback that never records a non-finite model as the best one, and the checkpoint IO
+that lets a resume read its checkpoint once."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from clm_torch.utils.io import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
 
@@ -98,3 +104,55 @@ def _moved(state: dict[str, Any], old_dir: str, new_dir: str) -> dict[str, Any]:
             "kth_best_model_path": remap(state.get("kth_best_model_path")),
             "last_model_path": remap(state.get("last_model_path")),
             "best_k_models": {remap(k): v for k, v in (state.get("best_k_models") or {}).items()}}
+
+
+class CheckedCheckpointIO(AtomicCheckpointIO):
+    """:class:`AtomicCheckpointIO` that can be handed the checkpoint ``train()`` has already read (and
+    checked) from a file, and gives it to Lightning when ``trainer.fit(ckpt_path=...)`` asks for that
+    file: a resume (``ckpt_path=last``) read its checkpoint twice, once for the checks and once in fit.
+
+    The hand-over serves one load of that path, while the file is unchanged since it was read (size
+    and modification time) and with Lightning's own device mapping (storages left on the CPU, as
+    :func:`~clm_torch.utils.io.load_checkpoint_safely` maps them); anything else reads the file.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._handed: tuple[str, tuple[int, int], dict[str, Any]] | None = None
+
+    @contextlib.contextmanager
+    def handing_over(self, path: _PATH, checkpoint: dict[str, Any]) -> Iterator[None]:
+        """Serve ``checkpoint`` (read from ``path``) to the next load of ``path`` inside the block."""
+        self._handed = (os.path.realpath(path), _signature(path), checkpoint)
+        try:
+            yield
+        finally:
+            self._handed = None
+
+    def load_checkpoint(self, path: _PATH, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        handed, self._handed = self._handed, None
+        if (handed is not None and not args and "map_location" not in kwargs
+                and handed[0] == os.path.realpath(path) and handed[1] == _signature(path)):
+            return handed[2]
+        return super().load_checkpoint(path, *args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a spawned process (trainer.strategy=ddp_spawn) reads the file itself, as before
+        return {**self.__dict__, "_handed": None}
+
+
+def _signature(path: _PATH) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+@contextlib.contextmanager
+def reading_once(trainer: L.Trainer, path: str | None, checkpoint: dict[str, Any] | None) -> Iterator[None]:
+    """Inside the block, ``trainer`` loads ``path`` as ``checkpoint`` (already read from it) when its
+    checkpoint IO is a :class:`CheckedCheckpointIO`; otherwise, or without a path, it reads the file."""
+    io = getattr(trainer.strategy, "checkpoint_io", None)
+    if path is None or checkpoint is None or not isinstance(io, CheckedCheckpointIO):
+        yield
+        return
+    with io.handing_over(path, checkpoint):
+        yield
