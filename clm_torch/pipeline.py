@@ -273,7 +273,7 @@ def clean_customers(customers: pd.DataFrame | None, source: str) -> pd.DataFrame
 
 
 def _view_kwargs(inputs: dict[str, Any]) -> dict[str, Any]:
-    extra: dict[str, Any] = {"customers_source": inputs.get("customers_source"),
+    extra: dict[str, Any] = {"events_source": inputs.get("name"), "customers_source": inputs.get("customers_source"),
                              "customers_joined_col": inputs.get("customers_joined_col")}
     items = inputs.get("items")
     if items is not None and {"item_id", "category"} <= set(items.columns):  # purchase shares per category

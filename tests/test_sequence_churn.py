@@ -151,6 +151,16 @@ def test_attention_encoder_fast_dev_run(make_cfg, base_log) -> None:
     assert np.isfinite(metrics["test/loss"]) and objects["model"].sequence.kind == "attention"
 
 
+def test_sequence_encoder_without_item_column_trains(make_cfg, base_log) -> None:
+    """A log read without data.item_col has no categorical column at all: the steps' items are all
+    unknown (it stopped in index_select on the empty categorical batch during the sanity check)."""
+    opts = [o for o in _events_cfg(base_log, "data.sequence_length=3", "model.sequence_encoder=gru",
+                                   cutoff="2024-06-01") if o != "data.item_col=item_id"]
+    metrics, objects = train(make_cfg("debug=fdr", *opts))
+    assert objects["datamodule"].tensors["train"]["cat"].shape[1] == 0
+    assert np.isfinite(metrics["test/loss"]) and objects["model"].sequence.kind == "gru"
+
+
 def test_sequence_encoder_needs_sequence_columns(base_log) -> None:
     dm = events_datamodule(str(base_log), amount_col="amount", cutoff="2024-06-01")
     model = ChurnClassifier(**dm.model_kwargs(), sequence_encoder="gru")

@@ -405,8 +405,11 @@ class ChurnClassifier(CLMModule):
         amount_z = torch.where(a_obs, rescale(amount, "amount"), torch.zeros_like(amount))
         steps = torch.stack([rescale(days, "days"), rescale(gap, "days"), amount_z, a_obs.float()], dim=-1)
         steps = steps * valid.unsqueeze(-1)
-        local = torch.where(self.seq_item >= 0, cat.index_select(1, self.seq_item.clamp(min=0)),
-                            torch.zeros_like(cat[:, :1]))
+        if cat.shape[1]:
+            local = torch.where(self.seq_item >= 0, cat.index_select(1, self.seq_item.clamp(min=0)),
+                                torch.zeros_like(cat[:, :1]))
+        else:  # no categorical column at all (a log without data.item_col): every step's item is unknown
+            local = cat.new_zeros(cat.shape[0], len(self.seq_item))
         items = self.seq_item_map[local + self.seq_item_offset]
         return steps, items, valid
 
