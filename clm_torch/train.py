@@ -573,7 +573,8 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
                     metrics[monitor] = _scalar(score)
         if cfg.get("test", True):
             _sync_csv_headers(loggers)
-            trainer.test(model, datamodule=dm, ckpt_path=best if best else None, weights_only=True)
+            with reading_once(trainer, best, best_ckpt):  # test gets the best checkpoint read above
+                trainer.test(model, datamodule=dm, ckpt_path=best if best else None, weights_only=True)
             metrics.update({k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         if best_ckpt is not None:
             # the returned model and its predictions are the best checkpoint's (under ddp_spawn, fit and

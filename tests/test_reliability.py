@@ -299,8 +299,10 @@ def test_a_resume_reads_its_checkpoint_once(make_cfg, table_csv: Path, monkeypat
         return load(f, *a, **kw)
 
     monkeypatch.setattr(torch, "load", counting)
-    train(make_cfg(*args, "trainer.max_epochs=2", "ckpt_path=last"))
+    metrics, _ = train(make_cfg(*args, "trainer.max_epochs=2", "ckpt_path=last"))
     assert reads.count((run / "checkpoints" / "last.ckpt").resolve()) == 1, reads
+    # the best checkpoint, read once for the returned model, is handed to trainer.test as well
+    assert metrics["best_ckpt"] and reads.count(Path(metrics["best_ckpt"]).resolve()) == 1, reads
     resumed = load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["epoch"] == 1 and resumed["global_step"] > 0
     # the same resume reading the file in fit as well: the same weights and optimizer state at its end
