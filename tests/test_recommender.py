@@ -929,3 +929,117 @@ def test_validation_loss_does_not_depend_on_the_eval_batch_size(log_frame: pd.Da
             model.set_preprocessing(d.preprocessing_state())
         losses.append(_trainer().validate(model, datamodule=d, verbose=False)[0]["val/loss"])
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- fast paths of setup
+def test_packed_lexsort_is_numpys_lexsort_on_every_path() -> None:
+    """``_lexsort`` packs the keys into one int64 and sorts it once: its order must be
+    ``np.lexsort``'s on every path (exact packing, monotone truncation of fractional or too wide
+    keys with the tied rows re-sorted, dropped sorted trailing keys, int32/int64/uint16 sorts, the
+    numpy fallback for NaN and > 63-bit keys), ties in position order included."""
+    from clm_torch.data.interactions import _lexsort
+
+    rng = np.random.default_rng(0)
+    n = 400
+
+    def col(kind: str) -> np.ndarray:
+        return {"few": lambda: rng.integers(-3, 4, n),
+                "sorted": lambda: np.sort(rng.integers(0, 60, n)),
+                "wide": lambda: rng.integers(-2**62, 2**62, n),  # truncated, or the fallback
+                "uint64": lambda: rng.integers(0, 1000, n).astype(np.uint64) + np.uint64(2**63),
+                "draws": lambda: rng.random(n),  # fractional: truncated to the levels left
+                "tied_draws": lambda: rng.choice(rng.random(4), n),
+                "seconds": lambda: rng.integers(0, 10**9, n) + 1.6e9,  # whole floats: exact
+                "dates": lambda: rng.integers(0, 30, n) * 86400.0,
+                "signed_zero": lambda: rng.choice([-0.0, 0.0, 1.5, -2.5], n),
+                "bool": lambda: rng.random(n) < 0.5,
+                "int32": lambda: rng.integers(0, 5, n).astype(np.int32),
+                "huge": lambda: rng.choice([-1e300, 1e300, 0.0], n),
+                "nan": lambda: np.where(rng.random(n) < 0.01, np.nan, rng.random(n))}[kind]()
+
+    kinds = ["few", "sorted", "wide", "uint64", "draws", "tied_draws", "seconds", "dates", "signed_zero", "bool",
+             "int32", "huge", "nan"]
+    for _ in range(400):
+        keys = tuple(col(k) for k in rng.choice(kinds, int(rng.integers(1, 4))))
+        np.testing.assert_array_equal(_lexsort(keys), np.lexsort(keys))
+    # the DataModule's sorts: (user, draw), (user, time, tie draw), (pair, time), (user, time, item)
+    users = np.sort(rng.integers(0, 2**21, 5000))
+    for keys in ((rng.random(5000), users), (rng.random(5000), rng.integers(0, 2**26, 5000) * 1.0, users),
+                 (np.sort(rng.integers(0, 9, 5000)) * 1.0, rng.integers(0, 2**40, 5000)),
+                 (rng.integers(0, 300, 5000), rng.integers(0, 2**26, 5000) * 1.0, users)):
+        keys = tuple(k.copy() for k in keys)
+        before = [k.copy() for k in keys]
+        np.testing.assert_array_equal(_lexsort(keys), np.lexsort(keys))
+        assert all(np.array_equal(a, b) for a, b in zip(keys, before))  # the keys are not written to
+
+
+def test_arrow_id_codes_match_the_python_sort() -> None:
+    """Arrow-backed string ids are dictionary-encoded and their distinct values sorted by Arrow (UTF-8
+    bytes): the vocabulary and codes must be those of ``_sorted_codes`` on Python strings, non-ASCII
+    ids, the item table's extra ids and ids of other kinds (the numpy way) included."""
+    from clm_torch.data.interactions import _arrow_strings, _column_codes
+
+    rng = np.random.default_rng(1)
+    chars = ["a", "B", "z", "é", "e\u0301", "ä", "Ä", "日", "😀", "ß", "İ", "ı", "_", "~", "0", "\x00", "\ud7ff",
+             "\ue000", "\uffff", "\U00010000", "\U0010ffff"]
+    ids = ["".join(rng.choice(chars, int(rng.integers(1, 4)))) for _ in range(300)]
+    values = np.array(ids, dtype=object)[rng.integers(0, len(ids), 3000)]
+    extra_values = np.array(ids[:50] + ["zz", "Ñ", "新"], dtype=object)
+    for dtype in ("str", "string[pyarrow]"):
+        column, extra = pd.Series(values, dtype=dtype), pd.Series(extra_values, dtype=dtype)
+        assert _arrow_strings(column) is not None
+        for more in (None, extra):
+            want_u, want_c = _sorted_codes(values if more is None else np.concatenate([values, extra_values]))
+            got_u, got_list, got_c = _column_codes(column, more)
+            assert got_u.tolist() == want_u.tolist() == got_list and all(type(v) is str for v in got_list)
+            np.testing.assert_array_equal(got_c, want_c[: len(values)])
+    numbers = pd.Series(rng.integers(-5, 50, 200))
+    got_u, got_list, got_c = _column_codes(numbers)
+    want_u, want_c = _sorted_codes(numbers.to_numpy())
+    assert got_list == want_u.tolist() and all(type(v) is int for v in got_list)
+    np.testing.assert_array_equal(got_c, want_c)
+
+
+def test_dedupe_cooccurrence_and_age_fast_paths_match_their_references() -> None:
+    """Deduplication without a sort by time (times already in order, or none), the CSR co-occurrence
+    operands of the item neighbours (COO for repeated pairs), the clipped age buckets of long
+    histories and the tables' copy of whole CSRs give what the straightforward computations give."""
+    from clm_torch.data.interactions import _cooccurrence_operands, _dedupe, _subset
+
+    rng = np.random.default_rng(2)
+    n, n_users, n_items = 3000, 50, 40
+    u, i = rng.integers(1, n_users, n), rng.integers(0, n_items, n)
+    w = rng.choice([0.1, 0.2, 0.7, 3.3e-3], n)  # sums depend on their order
+    for t in (None, np.sort(rng.integers(0, 100, n)).astype(float), rng.integers(0, 100, n).astype(float)):
+        for weights in (None, w):
+            key = u * n_items + i
+            o = np.lexsort((t, key)) if t is not None else np.argsort(key, kind="stable")
+            first = np.r_[True, key[o][1:] != key[o][:-1]]
+            sums = np.bincount(np.cumsum(first) - 1, weights=(np.ones(n) if weights is None else weights)[o])
+            got = _dedupe(u, i, t, weights, n_items)
+            for a, b in zip(got, (u[o[first]], i[o[first]], None if t is None else t[o[first]], sums)):
+                assert (a is None and b is None) or (np.array_equal(a, b) and a.dtype == b.dtype)
+    pairs = np.unique(u * n_items + i)
+    for uu, ii in ((pairs // n_items, pairs % n_items), (u, i)):  # distinct (CSR) and repeated pairs (COO)
+        counts = np.bincount(ii, minlength=n_items)
+        rows, xt = _cooccurrence_operands(uu, ii, n_users, n_items, counts)
+        x = np.zeros((n_items, n_users), np.float32)
+        np.add.at(x, (ii, uu), 1.0)
+        for s in range(0, n_items, 7):
+            e = min(n_items, s + 7)
+            np.testing.assert_array_equal(torch.sparse.mm(rows(s, e), xt).to_dense().numpy(), x[s:e] @ x.T)
+    times = np.arange(40_000.0)  # one user: ranks past 2**15 share the last bucket
+    want = np.minimum(np.floor(np.log2(40_000 - times)).astype(np.int64), N_AGE_BUCKETS - 1)
+    np.testing.assert_array_equal(age_buckets_sorted(np.zeros(40_000, np.int64), times), want)
+    np.testing.assert_array_equal(age_buckets_sorted(np.zeros(40_000, np.int64), times, 30),
+                                  np.minimum(np.floor(np.log2(40_000 - times)).astype(np.int64), 29))
+    indptr = torch.tensor([0, 2, 2, 5, 6])
+    vals = {"items": torch.arange(6) * 10, "age": torch.arange(6) % 3, "weight": torch.rand(6)}
+    for users in ([0, 2, 3], [0, 3], [2, 0, 3], [3]):  # every non-empty row in order: a copy; else gathered
+        users = torch.tensor(users)
+        table = _subset(users, indptr, vals, indptr, vals)
+        pos, offsets = csr_gather(indptr, users)
+        for name, keys in (("hist", ("items", "age")), ("target", ("items", "weight"))):
+            got_offsets, got = table.ragged[name]
+            assert torch.equal(got_offsets, offsets) and list(got) == list(keys)
+            assert all(torch.equal(got[k], vals[k].index_select(0, pos)) for k in keys)
