@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -124,8 +125,10 @@ def _id_values(s: pd.Series, source: str, column: str) -> pd.Series:
         log.info("%s: %d ids in column '%s' had surrounding spaces, removed", source, changed, column)
     if (s.dtype == object or pd.api.types.is_string_dtype(s)) and len(s):
         # a file written from a float column (a missing value made the ids float): '5.0' is the id 5
-        text = s.dropna().astype(str)
-        if len(text) and bool(text.str.fullmatch(r"-?\d+\.0+").all()):
+        text = s.dropna()
+        # the first id decides most columns ('C001'): the pass over every id only when it is such a number
+        if len(text) and re.fullmatch(r"-?\d+\.0+", str(text.iloc[0])) \
+                and bool(text.astype(str).str.fullmatch(r"-?\d+\.0+").all()):
             s = s.where(s.isna(), s.astype(str).str.replace(r"\.0+$", "", regex=True))
             log.info("%s: the ids of column '%s' are whole numbers written as 5.0; read as 5", source, column)
     return ints_if_whole(s)
