@@ -286,7 +286,44 @@ class RunDirGuard(_HydraCallback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = Path(str(config.hydra.run.dir))
         self._check([run_dir], config)
+        self._check_settings(config)
         self._keep_record(run_dir, config)
+
+    @staticmethod
+    def _check_settings(config: DictConfig) -> None:
+        """Refuse a bad setting (``model.lr=-1``, ``data.path`` left unset, ``horizon_days=0``) before
+        Hydra creates the run directory, as the command itself would after it (one line, exit 2), so
+        that it leaves no folder of ``.hydra/`` and a log behind. Anything these early checks cannot
+        judge here is left to the command's own checks, which run again inside it."""
+        import sys
+
+        from clm_torch.data.schema import SchemaError
+        from clm_torch.train import check_before_run
+        from clm_torch.utils.io import SettingError
+
+        from omegaconf import open_dict
+
+        program = str(OmegaConf.select(config, "hydra.job.config_name", default=None) or "").removesuffix(".yaml")
+        if program not in ("train", "pipeline"):
+            return
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            # the job's config as the job will see it: without Hydra's node, its output_dir the run directory
+            # to be made; Hydra's config is set for the config-group choices named in messages (the job
+            # sets it again)
+            job = config.copy()
+            with open_dict(job):
+                job.pop("hydra", None)
+                if isinstance(job.get("paths"), DictConfig):
+                    job.paths.output_dir = str(Path(str(config.hydra.run.dir)).resolve())
+            HydraConfig.instance().set_config(config.copy())
+            check_before_run(job, program)
+        except (SettingError, SchemaError) as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        except Exception:  # noqa: BLE001 - e.g. a value that needs the job's runtime to resolve: judged in the job
+            log.debug("settings not checked before the run directory exists", exc_info=True)
 
     @staticmethod
     def _keep_record(run_dir: Path, config: DictConfig) -> None:

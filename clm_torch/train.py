@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -678,13 +678,47 @@ def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
         print(f"[clm_torch] compare runs: tensorboard --logdir {output_dir.parent}", flush=True)
 
 
+def check_no_missing(cfg: DictConfig) -> None:
+    """Refuse settings left ``???`` in the config (e.g. ``data=csv`` without ``data.path``), naming them."""
+    def walk(node: Any, prefix: str) -> Iterator[str]:  # the raw values: nothing is resolved
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            if v == "???":
+                yield f"{prefix}{k}"
+            else:
+                yield from walk(v, f"{prefix}{k}.")
+
+    raw = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
+    missing = sorted(k for k in walk(raw, "") if not k.startswith("hydra."))
+    if missing:
+        raise SettingError(f"no value for {', '.join(missing)}: set {'them' if len(missing) > 1 else 'it'} on the "
+                           f"command line, e.g. {missing[0]}=...")
+
+
+def check_before_run(cfg: DictConfig, program: str) -> None:
+    """The checks of a command's settings that need no data, for the run-directory guard to run
+    before Hydra creates the run directory (so that a refused command leaves no folder behind); the
+    command runs them again itself (a notebook's ``train(cfg)`` has no guard). ``cfg``: the job's
+    config (without the ``hydra`` node); ``program``: its config name, ``train`` or ``pipeline``
+    (``evaluate`` first needs its checkpoint)."""
+    check_no_missing(cfg)
+    name = program
+    if name == "train":
+        check_settings(cfg)
+        check_model_data(cfg)
+    elif name == "pipeline":
+        from clm_torch.pipeline import check_pipeline_settings
+
+        check_pipeline_settings(cfg)
+
+
 def run_cli(fn: Any, cfg: DictConfig) -> Any:
     """Run ``fn(cfg)``; expected data/checkpoint errors, and settings left ``???`` in the config
     (e.g. ``data=csv`` without ``data.path``), exit non-zero with one clear line."""
-    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
-    if missing:
-        print(f"error: no value for {', '.join(missing)}: set {'them' if len(missing) > 1 else 'it'} on the "
-              f"command line, e.g. {missing[0]}=...", file=sys.stderr, flush=True)
+    try:
+        check_no_missing(cfg)
+    except SettingError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     expected = (SchemaError, CheckpointError, RunDirectoryError, NonFiniteLossError, SettingError)
     try:

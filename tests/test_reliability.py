@@ -583,6 +583,25 @@ def test_metrics_json_is_strict_json(tmp_path: Path) -> None:
                                                                    "n": [1.0, None]}
 
 
+def test_a_command_refused_for_a_setting_leaves_no_run_directory(tmp_path: Path) -> None:
+    """A bad setting is refused by the run-directory guard before Hydra makes the run directory (it
+    used to leave a folder of .hydra/ and a log for every refused command): one line, exit 2, no folder."""
+    commands = [
+        (["clm_torch.train", "experiment=churn_synthetic", "model.lr=-1"], "error: model.lr=-1: expected a number > 0"),
+        (["clm_torch.train", "data=csv"], "error: no value for data.path"),
+        (["clm_torch.train", "model=churn", "data=movielens"], "error: model=churn trains on a customer table"),
+        (["clm_torch.pipeline", "horizon_days=0"], "error: horizon_days=0: expected a number of days > 0"),
+    ]
+    for i, (cmd, line) in enumerate(commands):
+        run = tmp_path / f"run{i}"
+        proc = subprocess.run([sys.executable, "-m", *cmd, f"hydra.run.dir={run}"], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "CLM_ROOT": str(tmp_path)})
+        assert proc.returncode == 2, (cmd, proc.stderr[-2000:])
+        assert proc.stderr.strip().splitlines()[-1].startswith(line), (cmd, proc.stderr[-2000:])
+        assert not run.exists(), (cmd, sorted(p.name for p in run.rglob("*")))
+    assert not (tmp_path / "logs").exists()
+
+
 def test_a_refused_command_leaves_the_earlier_runs_recorded_config(tmp_path: Path) -> None:
     """Hydra writes .hydra/config.yaml before the task runs: the run-directory guard (a Hydra
     callback) refuses a finished run's directory before that, for clm-train, clm-evaluate, a -m sweep
