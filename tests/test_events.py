@@ -839,3 +839,21 @@ def test_customer_ids_differing_only_in_letter_case_are_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="clm_torch.data.events"):
         _view()
     assert "letter case" not in caplog.text
+
+
+def test_an_event_log_datamodule_warns_about_id_case_once(tmp_path, caplog):
+    """data=events: the view warns about 'C001' and 'c001'; the cleaning of the view's table (the same
+    ids) does not warn about them a second time."""
+    from clm_torch.data.sources.events import events_datamodule
+
+    rng = np.random.default_rng(0)
+    ids = [f"C{i:03d}" for i in range(60)] + ["c001"]
+    rows = [(c, f"2024-0{m}-1{d}", 10.0) for j, c in enumerate(ids) for m in ((1, 2, 5) if j % 2 else (1, 2))
+            for d in rng.integers(0, 9, 2)]  # half of them buy again after the cutoff
+    path = tmp_path / "orders.csv"
+    pd.DataFrame(rows, columns=["customer_id", "timestamp", "amount"]).to_csv(path, index=False)
+    dm = events_datamodule(str(path), amount_col="amount", cutoff="2024-04-01", horizon_days=60)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    warned = [r.getMessage() for r in caplog.records if "letter case" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(f"{path}: column 'customer_id'"), warned

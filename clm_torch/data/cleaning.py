@@ -150,6 +150,7 @@ def clean_table(
     dedupe: bool = True,
     normalise_spelling: bool = True,
     clip_outliers: float | None = None,
+    check_id_case: bool = True,
 ) -> tuple[pd.DataFrame, CleaningReport]:
     """Clean a customer table.
 
@@ -158,6 +159,8 @@ def clean_table(
     category spellings (case and surrounding whitespace) to the most frequent variant; coerce
     numeric columns to float (text raises :class:`SchemaError` naming the first bad row);
     optionally clip numerics to ``median ± clip_outliers`` robust standard deviations (:func:`clip_bounds`).
+    Ids that differ only in letter case get a warning (``check_id_case=False``: the caller's source
+    has warned about them already, e.g. the customer view of an event log).
 
     Returns:
         (cleaned copy, report). The input is left untouched.
@@ -173,7 +176,7 @@ def clean_table(
             report.conflicting_duplicate_ids = int((n_variants > 1).sum())
             report.duplicates_dropped = int(dup_mask.sum())
             out = out.loc[~dup_mask]
-    if schema.id_col and schema.id_col in out.columns:  # 'C001' and 'c001': after the dedupe the ids are distinct
+    if check_id_case and schema.id_col and schema.id_col in out.columns:  # 'C001', 'c001': distinct after the dedupe
         report.case_colliding_ids = warn_case_collisions(out[schema.id_col], source=source, column=schema.id_col,
                                                          distinct=dedupe)
     for col in [*schema.categorical, *schema.binary]:

@@ -312,7 +312,8 @@ class TableDataModule(SplitLoaders):
         if not schema.features:
             raise SchemaError("no feature columns left after removing id, target and dropped columns",
                               source=data.name)
-        clean, self.report = clean_table(frame, schema, source=data.name, **self._before_split)
+        clean, self.report = clean_table(frame, schema, source=data.name, check_id_case=not data.ids_checked,
+                                         **self._before_split)
         y = None
         if target:
             if self.target_type == "binary":

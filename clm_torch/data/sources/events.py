@@ -204,7 +204,7 @@ def _view_datamodule(view: CustomerView, target: str, sequence_length: int, role
         roles = sequence_roles(frame.columns, roles)
     kwargs.setdefault("target_type", "binary" if target == "churn" else "continuous")
     return TableDataModule(FrameSource(frame, target=target, id_col="customer_id", roles=roles, drop=drop,
-                                       name=name), **kwargs)
+                                       name=name, ids_checked=True), **kwargs)  # the view warned about its ids
 
 
 def events_datamodule(

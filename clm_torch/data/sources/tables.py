@@ -31,6 +31,8 @@ class TableData:
         truth: optional ground truth aligned on ``id_col`` (synthetic data).
         parts: for a table read from several files (Parquet shards), each file and its number of
             rows, in the order of ``frame``'s rows (see :meth:`locate`).
+        ids_checked: the source has already warned about ids that differ only in letter case
+            (a customer view of an event log): cleaning does not warn again.
     """
 
     frame: pd.DataFrame
@@ -41,6 +43,7 @@ class TableData:
     drop: list[str] = dataclasses.field(default_factory=list)
     truth: pd.DataFrame | None = None
     parts: tuple[tuple[str, int], ...] = ()
+    ids_checked: bool = False
 
     def locate(self, error: SchemaError) -> SchemaError:
         """``error`` about a row of ``frame`` (counted over all its files) restated for the file that
@@ -117,14 +120,15 @@ class FrameSource:
 
     def __init__(self, frame: pd.DataFrame, target: str | None = None, id_col: str | None = None,
                  roles: Mapping[str, Sequence[str]] | None = None, drop: Sequence[str] = (),
-                 name: str = "<dataframe>") -> None:
+                 name: str = "<dataframe>", ids_checked: bool = False) -> None:
         self.frame, self.target, self.id_col, self.name = frame, target, id_col, name
+        self.ids_checked = ids_checked
         self.roles = {k: role_columns(v) for k, v in (roles or {}).items()}
         self.drop = list(drop or [])
 
     def load(self) -> TableData:
         return TableData(self.frame, name=self.name, target=self.target, id_col=self.id_col, roles=self.roles,
-                         drop=self.drop)
+                         drop=self.drop, ids_checked=self.ids_checked)
 
 
 class SyntheticSource:
