@@ -32,7 +32,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from clm_torch.data.schema import SchemaError
 from clm_torch.models.base import NonFiniteLossError, with_article
-from clm_torch.utils.checkpointing import CheckedCheckpointIO, reading_once
+from clm_torch.utils.checkpointing import CheckedCheckpointIO, checkpoint_signature, reading_once
 from clm_torch.utils.io import (CheckpointClassError, CheckpointError, SettingError, load_checkpoint_safely,
                                 write_csv_safe, write_json)
 
@@ -541,6 +541,8 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
     objects = build(cfg, output_dir)
     resume_ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir) if fit else None
     used = resume_ckpt or eval_ckpt
+    # the file as read below: a hand-over to fit checks that it has not changed since
+    used_as_read = checkpoint_signature(used) if used and os.path.isfile(used) else None
     used_ckpt = check_checkpoint_fits(used, objects["model"], resuming=fit) if used else None
     if resume_ckpt and used_ckpt is not None:
         check_resume_epochs(used_ckpt, resume_ckpt, cfg.trainer.get("max_epochs"))
@@ -553,7 +555,7 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
         log_hparams(loggers, cfg, model, {f"hp/{k.replace('/', '_')}": float("nan") for k in hp_keys})
         _restore_csv_rows(loggers, csv_rows)
         if fit:
-            with reading_once(trainer, resume_ckpt, used_ckpt):  # fit gets the checkpoint checked above
+            with reading_once(trainer, resume_ckpt, used_ckpt, used_as_read):  # fit gets the checkpoint checked above
                 trainer.fit(model, datamodule=dm, ckpt_path=resume_ckpt)
         metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         best, best_ckpt = None, None

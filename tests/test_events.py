@@ -857,3 +857,14 @@ def test_an_event_log_datamodule_warns_about_id_case_once(tmp_path, caplog):
         dm.setup("fit")
     warned = [r.getMessage() for r in caplog.records if "letter case" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith(f"{path}: column 'customer_id'"), warned
+
+
+def test_object_column_of_int_ids_with_a_customer_table():
+    """Python ints in object columns have no letter case: the case checks pass them by (the table/log
+    comparison used to stop the view in pandas' '.str accessor' AttributeError)."""
+    ev = pd.DataFrame({"customer_id": pd.Series([1, 1, 2, 3], dtype=object),
+                       "timestamp": pd.to_datetime(["2024-01-01", "2024-02-01", "2024-01-05", "2024-03-01"]),
+                       "amount": [1.0, 2.0, 3.0, 4.0]})
+    cust = pd.DataFrame({"customer_id": pd.Series([1, 2, 3, 4], dtype=object), "age": [30, 40, 50, 60]})
+    v = build_customer_view(ev, "2024-02-15", horizon_days=30, customers=cust)
+    assert len(v.features) == 4 and v.features["age"].notna().all()

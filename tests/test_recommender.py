@@ -399,8 +399,10 @@ def test_id_key_gives_one_key_per_id_however_it_is_spelt() -> None:
     for v in (5, "5", " 5 ", "5.0", 5.0, np.int64(5), np.float32(5.0), "5.00"):
         assert id_key(v) == 5 and type(id_key(v)) is int, v
     assert [id_key(v) for v in ("-3", -3.0, "0", "-0.0", " u1 ", "7.5", 7.5, "1e3", "00", "007", "+44")] == \
-        [-3, -3, 0, 0, "u1", "7.5", 7.5, "1e3", "00", "007", "+44"]
-    assert [id_key(v, numeric=True) for v in ("007", "+5", "007.0", " 7 ", "x")] == [7, 5, 7, 7, "x"]
+        [-3, -3, 0, 0, "u1", "7.5", "7.5", "1e3", "00", "007", "+44"]
+    assert [id_key(v, numeric=True) for v in ("007", "+5", "007.0", " 7 ", "x", 7.5, True)] == \
+        [7, 5, 7, 7, "x", 7.5, True]
+    assert [id_key(v) for v in (True, np.bool_(False))] == ["True", "False"]  # as a file's text ids read
     assert id_key(None) is None
 
 
@@ -411,6 +413,9 @@ def test_lookup_matches_ids_by_their_canonical_key(trained: EmbeddingRecommender
     text = pd.Index(["5", "7", "007", "u1", "2.0"], dtype=object)
     queries = [5, "5.0", np.int64(5), " 5 ", " u1 ", 2, "2", "007", 7, "7", "x", "8", 7.5, None]
     assert trained._lookup(text, queries).tolist() == [0, 0, 0, 0, 3, 4, 4, 2, 1, 1, -1, -1, -1, -1]
+    # a non-whole number or a bool against text ids is its text (the look-up before id_key tried str(v))
+    assert trained._lookup(pd.Index(["5.5", "True", "x"], dtype=object), [5.5, True, np.float64(5.5)]).tolist() == \
+        [0, 1, 0]
     assert trained._lookup(pd.Index(["007"], dtype=object), [7, "7", 7.0, "7.0"]).tolist() == [-1, -1, -1, -1]
     assert trained._lookup(pd.Index(["7"], dtype=object), ["007", "+7"]).tolist() == [-1, -1]
     assert trained._lookup(pd.Index([5, 7]), ["007", "+5", " 7 ", "7.0", np.int64(7), "x"]).tolist() == \
@@ -671,8 +676,8 @@ def test_frame_and_file_sources_split_multilabel_cells_alike(tmp_path: Path, log
     and item table, in a frame or in files, give the same item labels."""
     import inspect
 
-    from clm_torch.data.schema import SchemaError
     from clm_torch.data.sources.interactions import InteractionsFileSource
+    from clm_torch.utils.io import SettingError
 
     items = _items_frame().assign(tags=lambda d: np.where(np.arange(len(d)) % 3 == 0, "red;big", "blue; small"))
     roles = {"categorical": ["category"], "numeric": ["price"], "multilabel": ["tags"]}
@@ -695,11 +700,12 @@ def test_frame_and_file_sources_split_multilabel_cells_alike(tmp_path: Path, log
                 for cls in (InteractionsFrameSource, InteractionsFileSource)]
     assert defaults == ["|", "|"]
     assert InteractionsFrameSource(log_frame, items=items, item_roles=roles).load().label_sep == "|"
-    for bad in ("", None):  # refused by name, not a pandas "empty separator" once the items are encoded
-        with pytest.raises(SchemaError, match=r"^data.label_sep: must be a non-empty string"):
+    for bad in ("", 3):  # refused by name, not a pandas "empty separator" once the items are encoded
+        with pytest.raises(SettingError, match=r"^data.label_sep=.*: must be a non-empty string"):
             InteractionsFrameSource(log_frame, label_sep=bad)
-        with pytest.raises(SchemaError, match=r"^data.label_sep: must be a non-empty string"):
+        with pytest.raises(SettingError, match=r"^data.label_sep=.*: must be a non-empty string"):
             InteractionsFileSource(log_path, label_sep=bad)
+    assert InteractionsFileSource(log_path, label_sep=None).label_sep == "|"  # null in a config: the default
 
 
 def test_synthetic_purchase_log_source() -> None:

@@ -278,6 +278,22 @@ def test_resume_with_more_epochs_keeps_the_csv_rows_and_stretches_the_cosine(mak
     assert {p: p.read_bytes() for p in before} == before
 
 
+def test_a_handed_over_checkpoint_is_not_served_once_its_file_changed(tmp_path: Path) -> None:
+    """The checkpoint train() read is handed to Lightning only while the file is as it was when read
+    (the set-up between the read and fit can take minutes): a rewritten file is read again."""
+    from clm_torch.utils.checkpointing import CheckedCheckpointIO, checkpoint_signature
+
+    path = tmp_path / "last.ckpt"
+    torch.save({"w": torch.tensor(1.0)}, path)
+    as_read, read = checkpoint_signature(path), torch.load(path, weights_only=True)
+    io = CheckedCheckpointIO()
+    with io.handing_over(path, read, as_read):
+        assert io.load_checkpoint(path) is read  # unchanged: served without reading
+    torch.save({"w": torch.tensor(2.0), "pad": torch.zeros(3)}, path)  # rewritten after it was read
+    with io.handing_over(path, read, as_read):
+        assert float(io.load_checkpoint(path)["w"]) == 2.0
+
+
 def test_a_resume_reads_its_checkpoint_once(make_cfg, table_csv: Path, monkeypatch) -> None:
     """ckpt_path=last: fit gets the checkpoint train() read for its checks (the file was read twice,
     once for the checks and once in trainer.fit), and the resumed run ends as one that reads it again."""

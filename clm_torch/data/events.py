@@ -458,8 +458,11 @@ def _warn_case_mismatch(ev_index: pd.Index, table_only: pd.Index, src: str, tsrc
     purchases and one without table columns. Distinct ids only; nothing is merged."""
     if not len(table_only) or pd.api.types.is_numeric_dtype(table_only) or pd.api.types.is_numeric_dtype(ev_index):
         return
-    ev_low = pd.Series(ev_index, copy=False).str.lower()
-    low = pd.Series(table_only, copy=False).str.lower()
+    try:  # ids of an object column may be numbers (no letter case): nothing to compare
+        ev_low = pd.Series(ev_index, copy=False).str.lower()
+        low = pd.Series(table_only, copy=False).str.lower()
+    except AttributeError:
+        return
     hit = low.isin(ev_low.dropna()).to_numpy() & low.notna().to_numpy()
     if hit.any():
         i = int(np.flatnonzero(hit)[0])

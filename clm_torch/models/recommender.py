@@ -142,11 +142,13 @@ def id_key(v: Any, numeric: bool = False) -> Any:
             return int(text.split(".", 1)[0])
         return text
     if isinstance(v, (bool, np.bool_)):
-        return v
+        return v if numeric else str(bool(v))  # True is the text 'True' of a file's column
     if isinstance(v, (int, np.integer)):
         return int(v)
     if isinstance(v, (float, np.floating)) and np.isfinite(v) and float(v).is_integer():
         return int(v)
+    if isinstance(v, (float, np.floating)) and not numeric:
+        return str(float(v))  # 5.5 against text ids is the text '5.5'
     return v
 
 

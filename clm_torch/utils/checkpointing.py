@@ -121,9 +121,11 @@ class CheckedCheckpointIO(AtomicCheckpointIO):
         self._handed: tuple[str, tuple[int, int], dict[str, Any]] | None = None
 
     @contextlib.contextmanager
-    def handing_over(self, path: _PATH, checkpoint: dict[str, Any]) -> Iterator[None]:
-        """Serve ``checkpoint`` (read from ``path``) to the next load of ``path`` inside the block."""
-        self._handed = (os.path.realpath(path), _signature(path), checkpoint)
+    def handing_over(self, path: _PATH, checkpoint: dict[str, Any], as_read: tuple[int, int] | None = None
+                     ) -> Iterator[None]:
+        """Serve ``checkpoint`` (read from ``path``) to the next load of ``path`` inside the block, while
+        the file is as it was when read (``as_read``: its :func:`checkpoint_signature` then; default: now)."""
+        self._handed = (os.path.realpath(path), as_read or checkpoint_signature(path), checkpoint)
         try:
             yield
         finally:
@@ -132,7 +134,7 @@ class CheckedCheckpointIO(AtomicCheckpointIO):
     def load_checkpoint(self, path: _PATH, *args: Any, **kwargs: Any) -> dict[str, Any]:
         handed, self._handed = self._handed, None
         if (handed is not None and not args and "map_location" not in kwargs
-                and handed[0] == os.path.realpath(path) and handed[1] == _signature(path)):
+                and handed[0] == os.path.realpath(path) and handed[1] == checkpoint_signature(path)):
             return handed[2]
         return super().load_checkpoint(path, *args, **kwargs)
 
@@ -141,18 +143,20 @@ class CheckedCheckpointIO(AtomicCheckpointIO):
         return {**self.__dict__, "_handed": None}
 
 
-def _signature(path: _PATH) -> tuple[int, int]:
+def checkpoint_signature(path: _PATH) -> tuple[int, int]:
+    """(size, modification time in ns) of a checkpoint file: whether it changed since it was read."""
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns
 
 
 @contextlib.contextmanager
-def reading_once(trainer: L.Trainer, path: str | None, checkpoint: dict[str, Any] | None) -> Iterator[None]:
+def reading_once(trainer: L.Trainer, path: str | None, checkpoint: dict[str, Any] | None,
+                 as_read: tuple[int, int] | None = None) -> Iterator[None]:
     """Inside the block, ``trainer`` loads ``path`` as ``checkpoint`` (already read from it) when its
     checkpoint IO is a :class:`CheckedCheckpointIO`; otherwise, or without a path, it reads the file."""
     io = getattr(trainer.strategy, "checkpoint_io", None)
     if path is None or checkpoint is None or not isinstance(io, CheckedCheckpointIO):
         yield
         return
-    with io.handing_over(path, checkpoint):
+    with io.handing_over(path, checkpoint, as_read):
         yield

@@ -21,6 +21,7 @@ from clm_torch.data.events import parse_timestamps
 from clm_torch.data.schema import (SchemaError, check_id_kind, infer_schema, ints_if_whole,
                                    read_table, role_columns, strip_ids, to_numeric_strict)
 from clm_torch.data.sources.tables import load_rdataset
+from clm_torch.utils.io import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +136,13 @@ def _id_values(s: pd.Series, source: str, column: str) -> pd.Series:
 
 
 def _check_label_sep(label_sep: Any) -> str:
-    """``label_sep`` as given, or a named error: an empty or non-text separator would fail deep in
-    pandas' str.split only once the item table is encoded."""
+    """``label_sep`` as given (None: the default '|'), or a named error: an empty or non-text separator
+    would fail deep in pandas' str.split only once the item table is encoded."""
+    if label_sep is None:
+        return "|"
     if not isinstance(label_sep, str) or not label_sep:
-        raise SchemaError(f"must be a non-empty string that separates the labels of multilabel cells (e.g. '|'), "
-                          f"not {label_sep!r}", source="data.label_sep")
+        raise SettingError(f"data.label_sep={label_sep!r}: must be a non-empty string that separates the labels of "
+                           "multilabel cells (e.g. '|')")
     return label_sep
 
 
