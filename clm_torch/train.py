@@ -717,13 +717,9 @@ def check_before_run(cfg: DictConfig, program: str) -> None:
 def run_cli(fn: Any, cfg: DictConfig) -> Any:
     """Run ``fn(cfg)``; expected data/checkpoint errors, and settings left ``???`` in the config
     (e.g. ``data=csv`` without ``data.path``), exit non-zero with one clear line."""
-    try:
-        check_no_missing(cfg)
-    except SettingError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
     expected = (SchemaError, CheckpointError, RunDirectoryError, NonFiniteLossError, SettingError)
     try:
+        check_no_missing(cfg)
         return fn(cfg)
     except expected as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

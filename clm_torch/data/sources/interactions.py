@@ -117,6 +117,10 @@ def _times(t: pd.Series, source: str, column: str) -> pd.Series:
     return pd.Series(ns.astype("float64") / 1e9, index=t.index)
 
 
+# an id of a float column written to a file: '5.0' (the id 5)
+_FLOAT_WRITTEN_ID = re.compile(r"-?\d+\.0+")
+
+
 def _id_values(s: pd.Series, source: str, column: str) -> pd.Series:
     """Ids as one kind of value: whole-number floats (a column that a missing value made float) as
     integers, so that 5.0 never becomes a second spelling of 5; numbers mixed with text are refused."""
@@ -128,8 +132,8 @@ def _id_values(s: pd.Series, source: str, column: str) -> pd.Series:
         # a file written from a float column (a missing value made the ids float): '5.0' is the id 5
         text = s.dropna()
         # the first id decides most columns ('C001'): the pass over every id only when it is such a number
-        if len(text) and re.fullmatch(r"-?\d+\.0+", str(text.iloc[0])) \
-                and bool(text.astype(str).str.fullmatch(r"-?\d+\.0+").all()):
+        if len(text) and _FLOAT_WRITTEN_ID.fullmatch(str(text.iloc[0])) \
+                and bool(text.astype(str).str.fullmatch(_FLOAT_WRITTEN_ID.pattern).all()):
             s = s.where(s.isna(), s.astype(str).str.replace(r"\.0+$", "", regex=True))
             log.info("%s: the ids of column '%s' are whole numbers written as 5.0; read as 5", source, column)
     return ints_if_whole(s)
