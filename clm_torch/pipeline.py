@@ -310,9 +310,10 @@ class CustomerViews:
         ``cut`` built on the first request for it."""
         view = self._built.get(cut)
         if view is None:
+            # the id warnings read every event whatever the cutoff: given by the first view only
             view = self._built[cut] = build_customer_view(self._events, cut, horizon_days=self.horizon,
                                                           customers=self.customers, n_last=self.n_last,
-                                                          **_view_kwargs(self.inputs))
+                                                          warn_ids=not self._built, **_view_kwargs(self.inputs))
         if self.customers is None or customers_as_of is None or (
                 parse_cutoff(customers_as_of, setting="customers_as_of") <= parse_cutoff(cut, setting="cutoff")):
             return view  # the table is current at the cutoff: every customer of it is in the view
@@ -486,7 +487,9 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
          f"({len(train_frame):,} customers, churn rate {train_frame['churn'].mean():.3f}); "
          f"score at {inputs['cutoff']:%Y-%m-%d} ({len(score_frame):,} customers)")
 
-    table = ["data=parquet", "data.id_col=customer_id", "~logger" if not cfg.tensorboard else "logger=tensorboard"]
+    # the views' ids were checked when they were built (step 3): the sub-runs do not warn again
+    table = ["data=parquet", "data.id_col=customer_id", "data.clean.check_id_case=false",
+             "~logger" if not cfg.tensorboard else "logger=tensorboard"]
     # 4. VAE (unsupervised: no labels) on every customer known at the training cutoff
     vae_m, vae = run_model("vae", ["model=infogap_vae", *table, f"data.path={paths['profile_view']}"],
                            cfg.models.get('vae'), out, root, int(cfg.seed))

@@ -228,6 +228,22 @@ def test_ids_differing_only_in_letter_case_are_warned_about_not_merged(caplog) -
     assert caplog.text.count("letter case") == 1
 
 
+@pytest.mark.parametrize("clean, warned", [(None, 1), ({"check_id_case": True}, 1), ({"check_id_case": False}, 0)])
+def test_data_clean_check_id_case_turns_the_letter_case_warning_off(clean, warned, caplog) -> None:
+    """data.clean.check_id_case (on by default) for a user who knows that case matters in the ids, and
+    for the pipeline's sub-runs, whose views were checked when they were built."""
+    import logging
+
+    rng = np.random.default_rng(0)
+    ids = [f"C{i:03d}" for i in range(80)] + ["c001", "c002"]
+    df = pd.DataFrame({"customer_id": ids, "fee": rng.normal(size=len(ids)), "churn": np.arange(len(ids)) % 2})
+    dm = TableDataModule(FrameSource(df, target="churn", id_col="customer_id"), batch_size=16, clean=clean)
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.cleaning"):
+        dm.setup("fit")
+    assert caplog.text.count("letter case") == warned
+    assert dm.report.case_colliding_ids == 2 * warned and sum(len(f) for f in dm.frames.values()) == len(ids)
+
+
 def test_churn_words_choose_the_positive_class_and_clip_bounds_are_robust(caplog) -> None:
     """'left'/'stayed' made the minority ('stayed' here) the churn class; a label pair of unknown
     words still takes the minority, with a warning naming the setting that chooses. Clip bounds are

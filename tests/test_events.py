@@ -841,6 +841,26 @@ def test_customer_ids_differing_only_in_letter_case_are_warned_about(caplog):
     assert "letter case" not in caplog.text
 
 
+def test_a_second_view_of_the_same_ids_can_leave_the_id_warnings_out(caplog):
+    """warn_ids=False (a second cutoff of the same log and table, as the pipeline builds): the same
+    view, without the letter-case and shared-id warnings that the first view gave."""
+    rows = [("C001", "2024-01-01", "x", 1.0), ("c001", "2024-01-02", "x", 1.0), ("B", "2024-01-03", "x", 1.0)]
+    table = pd.DataFrame({"cid": ["C001", "b", "X", "x", "y1", "y2", "y3"], "plan": list("pqrstuv")})
+    kw = dict(customers=table, customer_id_col="cid", customers_source="crm.csv")
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.events"):
+        warned = _view(_log(rows), **kw)
+    assert caplog.text.count("letter case") == 3 and "customer-table ids are in the event log" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.events"):
+        quiet = _view(_log(rows), warn_ids=False, **kw)
+    assert "letter case" not in caplog.text and "customer-table ids" not in caplog.text
+    pd.testing.assert_frame_equal(quiet.features, warned.features)
+    many = [(f"C{i:02d}", "2024-01-01", "x", 1.0) for i in range(12)]
+    with pytest.raises(SchemaError, match="none of the customer table's"):  # errors stay
+        _view(_log(many), warn_ids=False, customers=pd.DataFrame({"cid": [f"z{i}" for i in range(12)]}),
+              customer_id_col="cid")
+
+
 def test_an_event_log_datamodule_warns_about_id_case_once(tmp_path, caplog):
     """data=events: the view warns about 'C001' and 'c001'; the cleaning of the view's table (the same
     ids) does not warn about them a second time."""
@@ -857,6 +877,11 @@ def test_an_event_log_datamodule_warns_about_id_case_once(tmp_path, caplog):
         dm.setup("fit")
     warned = [r.getMessage() for r in caplog.records if "letter case" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith(f"{path}: column 'customer_id'"), warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # data.clean.check_id_case=false: none at all
+        events_datamodule(str(path), amount_col="amount", cutoff="2024-04-01", horizon_days=60,
+                          clean={"check_id_case": False}).setup("fit")
+    assert "letter case" not in caplog.text
 
 
 def test_object_column_of_int_ids_with_a_customer_table():

@@ -216,6 +216,27 @@ def test_the_pipeline_views_are_the_same_with_one_build_per_cutoff(tmp_path: Pat
     assert len(frames[1][2]) > len(frames[1][0])  # the profile view also holds the table's customers without history
 
 
+def test_the_pipeline_warns_about_id_letter_case_once(tmp_path: Path, caplog) -> None:
+    """Table ids in the log only in other letter case: one warning for the run's views (the views at
+    both cutoffs read the same ids); views of their own (profile_view without the run's) warn again."""
+    import logging
+
+    from clm_torch import pipeline
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["data.n_customers=200", "data.seed=2"], tmp_path / "run", config_name="pipeline.yaml")
+    inputs = pipeline.load_inputs(cfg)
+    table = inputs["customers"].copy()
+    table.loc[:4, "customer_id"] = table.loc[:4, "customer_id"].str.lower()
+    customers = pipeline.clean_customers(table, inputs["customers_source"])
+    for views, n in ((pipeline.CustomerViews(inputs, customers, 90.0, 4), 1), (None, 2)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="clm_torch.data.events"):
+            train, _ = pipeline.build_views(inputs, customers, 90.0, 4, 4, views=views)
+            pipeline.profile_view(inputs, customers, 90.0, 4, [c for c in train.columns if c != "churn"], views=views)
+        assert caplog.text.count("only in other letter case") == n, caplog.text
+
+
 def test_a_pipeline_into_an_earlier_pipeline_run_is_refused_before_it_writes(tmp_path: Path) -> None:
     """A second pipeline into the directory of an earlier one, finished or stopped after its first
     model, used to write data/*.parquet over the earlier run's before a sub-run refused: now it stops

@@ -312,8 +312,9 @@ class TableDataModule(SplitLoaders):
         if not schema.features:
             raise SchemaError("no feature columns left after removing id, target and dropped columns",
                               source=data.name)
-        clean, self.report = clean_table(frame, schema, source=data.name, check_id_case=not data.ids_checked,
-                                         **self._before_split)
+        before = self._before_split  # ids the source has checked (a customer view's) are not checked again
+        before["check_id_case"] = bool(before.get("check_id_case", True)) and not data.ids_checked
+        clean, self.report = clean_table(frame, schema, source=data.name, **before)
         y = None
         if target:
             if self.target_type == "binary":

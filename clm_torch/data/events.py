@@ -699,6 +699,7 @@ def build_customer_view(
     customers_as_of: Any = None,
     customers_joined_col: str | None = None,
     events_source: str | None = None,
+    warn_ids: bool = True,
 ) -> CustomerView:
     """Features before one global cutoff, labels after it, and last-N purchase sequences.
 
@@ -743,6 +744,11 @@ def build_customer_view(
     events_source
         Where ``events`` came from (e.g. its file), named in the errors and warnings about it;
         default ``"<events>"``.
+    warn_ids
+        Warn about the id columns: ids that differ only in letter case (in the log, in the table,
+        or between the two) and a table whose ids are mostly not in the log. ``False`` for a second
+        view of the same events and table (another cutoff), whose warnings would be the same: every
+        event's id is read, whatever the cutoff. Errors (a table sharing no id with the log) stay.
 
     Returns
     -------
@@ -841,7 +847,7 @@ def build_customer_view(
             id_order = pool.submit(ev_index.argsort) if customers is None else None
             # 'C001' and 'c001' in the log: a look at the distinct ids, on the second core too
             case_check = pool.submit(warn_case_collisions, ev_index, source=src, column="customer_id", logger=log,
-                                     distinct=True)
+                                     distinct=True) if warn_ids else None
             it_codes, it_uniques = _factorize(events["item_id"]) if has_item else (None, None)  # -1 = missing
         finally:
             pool.shutdown(wait=False)  # a submitted job runs to its end; its result is read below
@@ -889,8 +895,9 @@ def build_customer_view(
                     source=tsrc,
                     column=clash[0],
                 )
-            case_check.result()  # the log's warning first
-            warn_case_collisions(table.index, source=tsrc, column=customer_id_col, logger=log, distinct=True)
+            if warn_ids:
+                case_check.result()  # the log's warning first
+                warn_case_collisions(table.index, source=tsrc, column=customer_id_col, logger=log, distinct=True)
             ev_index, tab_index = _harmonise_ids(ev_index, table.index)
             table.index = tab_index
             shared = tab_index.isin(ev_index)
@@ -899,8 +906,9 @@ def build_customer_view(
                     f"none of the customer table's {len(tab_index):,} ids is a customer of the event log (e.g. "
                     f"{tab_index[0]!r} in the table, {ev_index[0]!r} in the log); check that the id columns hold the "
                     "same ids (type, letter case, leading zeros)", source=tsrc, column=customer_id_col)
-            _warn_case_mismatch(ev_index, tab_index[~shared], src, tsrc, customer_id_col)
-            if len(tab_index) and shared.mean() < 0.5:
+            if warn_ids:
+                _warn_case_mismatch(ev_index, tab_index[~shared], src, tsrc, customer_id_col)
+            if warn_ids and len(tab_index) and shared.mean() < 0.5:
                 log.warning("%s: only %d of %d customer-table ids are in the event log; the others are customers "
                             "without purchases (check the id columns if that is unexpected)", tsrc, int(shared.sum()),
                             len(tab_index))
@@ -932,7 +940,8 @@ def build_customer_view(
             row_of_code = np.full(k, -1, dtype=np.int64)
             row_of_code[by_id] = np.arange(len(population))
         n = len(population)
-        case_check.result()
+        if case_check is not None:
+            case_check.result()
 
         # --- the relevant events (population, ts < cutoff + horizon), sorted by (row, time) ----------
         amount_all = events["amount"].to_numpy(dtype="float64") if has_amount else None

@@ -163,13 +163,15 @@ def customer_view_from_files(
     future_policy: str = "error",
     customers_as_of: Any = None,
     customers_joined_col: str | None = None,
+    warn_ids: bool = True,
 ) -> CustomerView:
     """Load and validate an event log (and customer table) and build the view at ``cutoff``.
 
     ``customers_as_of``: when the customer table was current (None: at the log's last event). For
     an earlier cutoff its customers without an event before the cutoff are left out of the view
     (see :func:`build_customer_view`): some of them joined after the cutoff. ``customers_joined_col``:
-    the table's join-date column, which says who existed at the cutoff (see :func:`build_customer_view`)."""
+    the table's join-date column, which says who existed at the cutoff (see :func:`build_customer_view`).
+    ``warn_ids``: warn about ids that differ only in letter case (``data.clean.check_id_case``)."""
     events = load_events(path, customer_col=customer_col, time_col=time_col, amount_col=amount_col,
                          item_col=item_col, quantity_col=quantity_col, future_policy=future_policy)
     customers = read_customer_table(customers_path, customers_id_col or customer_col) if customers_path else None
@@ -182,7 +184,8 @@ def customer_view_from_files(
              else events["timestamp"].max())
     return build_customer_view(events, cut, horizon_days=horizon_days, customers=customers, n_last=n_last,
                                events_source=str(path), customers_source=str(customers_path) if customers_path else None,
-                               customers_as_of=as_of, customers_joined_col=customers_joined_col or None)
+                               customers_as_of=as_of, customers_joined_col=customers_joined_col or None,
+                               warn_ids=warn_ids)
 
 
 def _check_view_args(target: str, sequence_length: int, time_features: str = "absolute") -> None:
@@ -193,6 +196,11 @@ def _check_view_args(target: str, sequence_length: int, time_features: str = "ab
     if target not in LABEL_COLUMNS:
         raise SchemaError(f"data.target must be one of {list(LABEL_COLUMNS)} for event logs, not {target!r}",
                           source="data.target")
+
+
+def _check_id_case(kwargs: Mapping[str, Any]) -> bool:
+    """``data.clean.check_id_case`` (default on): the view's id warnings, as a table's cleaning gives them."""
+    return bool((kwargs.get("clean") or {}).get("check_id_case", True))
 
 
 def _view_datamodule(view: CustomerView, target: str, sequence_length: int, roles: Mapping[str, Sequence[str]] | None,
@@ -243,7 +251,7 @@ def events_datamodule(
                                     horizon_days=horizon_days, customers_path=customers_path,
                                     customers_id_col=customers_id_col, n_last=max(n_last, sequence_length),
                                     future_policy=future_policy, customers_as_of=customers_as_of,
-                                    customers_joined_col=customers_joined_col)
+                                    customers_joined_col=customers_joined_col, warn_ids=_check_id_case(kwargs))
     name = f"{path} @ cutoff {view.cutoff.date()} (+{horizon_days:g} days)"
     return _view_datamodule(view, target, sequence_length, roles, drop, name, time_features, **kwargs)
 
@@ -271,7 +279,7 @@ def synthetic_events_datamodule(
     categories = base.items.set_index("item_id")["category"] if category_shares else None
     view = build_customer_view(base.events, base.cutoff, horizon_days=base.horizon_days,
                                n_last=max(n_last, sequence_length), item_categories=categories,
-                               category_shares=bool(category_shares))
+                               category_shares=bool(category_shares), warn_ids=_check_id_case(kwargs))
     name = f"synthetic(n={n_customers}, seed={seed}) events @ cutoff {view.cutoff.date()} (+{base.horizon_days} days)"
     return _view_datamodule(view, target, sequence_length, roles, drop, name, time_features, **kwargs)
 
