@@ -78,6 +78,27 @@ def test_checkpoint_is_weights_only_and_scores_raw_frames(trained_run) -> None:
     np.testing.assert_allclose(p, model.predict_proba(df, batch_size=20), rtol=1e-5, atol=1e-6)
     with pytest.raises(SchemaError, match="column 'tenure'.*missing"):
         model.predict_proba(df.drop(columns=["tenure"]))
+    assert not model.training  # loaded in eval mode, ready to score
+
+
+def test_rows_without_a_readable_value_are_warned_about(trained_run, caplog) -> None:
+    """A row whose every feature is missing (or an unseen category) still gets a probability, from
+    the missingness alone: a warning counts such rows and names one."""
+    import logging
+
+    _, run = trained_run
+    model = ChurnClassifier.load_from_checkpoint(run / "checkpoints" / "best.ckpt")
+    df = messy_table(20, seed=3).drop(columns=["churn"])
+    cols = model.encoder.feature_columns
+    with caplog.at_level(logging.WARNING, logger="clm_torch.models.churn"):
+        model.predict_proba(df, source="new.csv")
+    assert "no feature value" not in caplog.text
+    df.loc[[4, 9], cols] = np.nan
+    with caplog.at_level(logging.WARNING, logger="clm_torch.models.churn"):
+        p = model.predict_proba(df, source="new.csv", batch_size=6)
+    assert np.isfinite(p).all()
+    assert "new.csv: 2 of 20 rows have no feature value the model can read" in caplog.text
+    assert "index 4" in caplog.text
 
 
 

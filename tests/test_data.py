@@ -431,6 +431,41 @@ def test_categories_match_across_spellings_of_the_same_value() -> None:
     assert (enc.transform(df.assign(code=40))["cat"][:, enc.cat_columns.index("code")] == 0).all()
 
 
+def test_a_yes_no_column_matches_its_other_spellings_and_unknown_values_are_warned_about(caplog) -> None:
+    """A column fitted as 'Yes'/'No' reads True/False, 1/0 and 'Y'/'n' as the same two categories (and
+    one fitted as 0/1 reads 'yes'/'no'); a column whose values are mostly categories the encoder never
+    saw gets a warning naming it and the known categories (they are read as missing), and only then."""
+    import logging
+
+    rng = np.random.default_rng(0)
+    yes = rng.random(60) < 0.4
+    df = pd.DataFrame({"opt_in": np.where(yes, "Yes", "No"), "code": np.where(yes, 1, 0),
+                       "plan": rng.choice(["basic", "pro"], 60), "x": np.arange(60.0)})
+    schema = infer_schema(df)
+    assert {"opt_in", "code"} <= set(schema.binary)
+    enc = FeatureEncoder.from_schema(schema).fit(df)
+    want = enc.transform(df)["cat"]
+    j = enc.cat_columns.index("opt_in")
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.encoding"):
+        for values in (yes, yes.astype(int), np.where(yes, "Y", "n"), np.where(yes, "TRUE", "false")):
+            assert torch.equal(enc.transform(df.assign(opt_in=values), source="s.csv")["cat"], want)
+        assert torch.equal(enc.transform(df.assign(code=np.where(yes, " yes", "No")))["cat"], want)
+    assert "s.csv" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.encoding"):
+        got = enc.transform(df.assign(opt_in=np.where(yes, "si", "nein")), source="s.csv")["cat"]
+    assert (got[:, j] == 0).all()
+    assert "s.csv: column 'opt_in': 60 of 60 values are not among the categories the model was trained with (e.g. " \
+           in caplog.text and "it knows 'No', 'Yes'" in caplog.text
+    caplog.clear()
+    few = df["plan"].where(np.arange(60) >= 4, "enterprise")  # a few new values: normal, no warning
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.encoding"):
+        enc.transform(df.assign(plan=few), source="s.csv")
+        wide = FeatureEncoder.from_schema(schema, max_categories=1).fit(df)  # half of 'plan' beyond the cap
+        wide.transform(df, source="s.csv")
+        assert FeatureEncoder.from_state_dict(wide.state_dict()).unk_share == wide.unk_share
+    assert "s.csv" not in caplog.text
+
+
 def test_columns_without_a_pattern_are_flagged(caplog) -> None:
     """Free text (a different value in nearly every row) and constant columns: a warning naming them."""
     import logging

@@ -253,6 +253,7 @@ def test_checkpoint_round_trip_weights_only(tmp_path) -> None:
     assert ckpt["hyper_parameters"]["latent_dim"] == 4
     assert math.isfinite(float(ckpt["state_dict"]["ref_info"]))  # completeness reference travels along
     loaded = InfoGapVAE.load_from_checkpoint(path)
+    assert not loaded.training  # loaded in eval mode
     raw = df.drop(columns=["churn"]).iloc[:50]
     model.eval()
     np.testing.assert_allclose(loaded.encode(raw), model.encode(raw), atol=1e-6)
@@ -339,6 +340,28 @@ def test_api_methods_on_raw_frames(trained) -> None:
     assert none["question_1"].iloc[0] is None and np.isnan(none["gain_1"].iloc[0])
     with pytest.raises(ValueError, match=r"askable names \['recency_days'\]"):
         model.next_best_question(raw.iloc[:1], askable=["recency_days"])
+    for bad_k in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            model.next_best_question(raw.iloc[:1], k=bad_k)
+
+
+def test_completeness_without_a_positive_reference_is_nan_with_a_warning(trained, caplog) -> None:
+    """A collapsed posterior (even a complete record's latent profile is no narrower than the prior):
+    completeness is NaN, and a warning says why and what to change."""
+    import logging
+
+    model, _, full = trained
+    raw = full.drop(columns=["churn"]).iloc[:20]
+    assert model.information_gap(raw)["completeness"].between(0, 1).all()
+    ref = model.ref_info.clone()
+    try:
+        model.ref_info.fill_(-0.35)
+        with caplog.at_level(logging.WARNING, logger="clm_torch.models.infogap_vae"):
+            gap = model.information_gap(raw)
+    finally:
+        model.ref_info.copy_(ref)
+    assert gap["completeness"].isna().all() and gap["gap_score"].notna().all()
+    assert "completeness is NaN" in caplog.text and "model.beta" in caplog.text
 
 
 def test_scores_of_a_row_do_not_depend_on_the_other_rows(trained) -> None:

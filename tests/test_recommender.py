@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import warnings
 from pathlib import Path
 
@@ -329,7 +331,8 @@ def test_recommend_never_returns_seen_items(dm: InteractionDataModule, trained: 
     assert trained.recommend_for_history([[]], k=dm.n_items + 2).shape == (1, dm.n_items)
 
 
-def test_unknown_users_fall_back_as_documented(dm: InteractionDataModule, trained: EmbeddingRecommender) -> None:
+def test_unknown_users_fall_back_as_documented(dm: InteractionDataModule, trained: EmbeddingRecommender,
+                                               caplog) -> None:
     ids = np.asarray(dm.item_ids, dtype=object)
     count = dict(zip(ids, dm.popularity))
     top_counts = sorted(dm.popularity, reverse=True)
@@ -337,10 +340,15 @@ def test_unknown_users_fall_back_as_documented(dm: InteractionDataModule, traine
     def counts(recs: np.ndarray) -> list[int]:  # popularity ties may be broken either way: compare counts
         return sorted((count[i] for i in recs), reverse=True)
 
-    recs = trained.recommend(["nobody"], k=5)
-    assert counts(recs[0]) == top_counts[:5]  # no history → popularity
+    with caplog.at_level(logging.WARNING, logger="clm_torch.models.recommender"):
+        recs = trained.recommend(["nobody", dm.user_ids[1]], k=5)
+    assert counts(recs[0]) == top_counts[:5]  # no history → popularity, with a warning naming the id
+    assert "1 of 2 user ids are not in the training log (e.g. 'nobody'; its ids look like" in caplog.text
     hist = [dm.item_ids[3], dm.item_ids[7], dm.item_ids[11]]
-    via_hist = trained.recommend(["nobody", dm.user_ids[1]], k=5, histories=[hist, None])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clm_torch.models.recommender"):
+        via_hist = trained.recommend(["nobody", dm.user_ids[1]], k=5, histories=[hist, None])
+    assert "not in the training log" not in caplog.text  # a new customer's history: the designed path
     cold = trained.recommend_for_history([hist], k=5)
     assert list(via_hist[0]) == list(cold[0])  # history given → the history encoder
     assert not set(cold[0]) & set(hist)  # its items are excluded

@@ -56,19 +56,30 @@ def _category_keys(s: pd.Series) -> pd.Series:
 
 
 _BOOL_ALIASES = {"true": "1", "false": "0", "1": "true", "0": "false"}
+# the spellings of the two sides of a yes/no column, most usual first
+_YES_KEYS, _NO_KEYS = ("yes", "true", "1", "y", "t"), ("no", "false", "0", "n", "f")
 
 
-def _alias_key(key: str) -> str | None:
-    """Another spelling of a category key (:func:`_category_keys`) for the same value: a boolean as
-    ``true``/``false`` or ``1``/``0`` (whichever the column was fitted with), an integral number
-    written with a decimal point (``10.0`` → ``10``); None if there is none."""
+def _is_yes_no(keys: Sequence[str]) -> bool:
+    """Whether a column's category keys (``<unk>`` left out) are both sides of yes/no in some spelling."""
+    return (len(keys) == 2 and any(k in _YES_KEYS for k in keys) and any(k in _NO_KEYS for k in keys))
+
+
+def _alias_keys(key: str, yes_no: bool = False) -> list[str]:
+    """Other spellings of a category key (:func:`_category_keys`) for the same value: a boolean as
+    ``true``/``false`` or ``1``/``0`` (whichever the column was fitted with), in a yes/no column
+    (``yes_no``) also ``yes``/``no``, ``y``/``n`` and ``t``/``f``; an integral number written with a
+    decimal point (``10.0`` → ``10``)."""
+    if yes_no and (key in _YES_KEYS or key in _NO_KEYS):
+        side = _YES_KEYS if key in _YES_KEYS else _NO_KEYS
+        return [k for k in side if k != key]
     if key in _BOOL_ALIASES:
-        return _BOOL_ALIASES[key]
+        return [_BOOL_ALIASES[key]]
     try:
         x = float(key)
     except ValueError:
-        return None
-    return str(int(x)) if np.isfinite(x) and x == int(x) and str(int(x)) != key else None
+        return []
+    return [str(int(x))] if np.isfinite(x) and x == int(x) and str(int(x)) != key else []
 
 
 def _category_counts(s: pd.Series) -> tuple[pd.Series, dict[str, Any]]:
@@ -168,6 +179,7 @@ class FeatureEncoder:
         self.vocab: dict[str, list[Any]] = {}
         self.keys: dict[str, list[str]] = {}
         self.dtypes: dict[str, str] = {}
+        self.unk_share: dict[str, float] = {}  # per categorical column: its fitted rows read as <unk>
 
     @classmethod
     def from_schema(cls, schema: TableSchema, **kwargs: Any) -> FeatureEncoder:
@@ -248,7 +260,10 @@ class FeatureEncoder:
         for col in self.cat_columns:
             s = df[col]
             keys, first = _category_counts(s)
+            total = float(keys.sum())
             keys = keys.iloc[: self.max_categories]
+            # the share of the fitted rows beyond max_categories (read as <unk>): the usual unseen share
+            self.unk_share[col] = 1.0 - float(keys.sum()) / total if total > 0 else 0.0
             self.keys[col] = [UNK, *[str(k) for k in keys.index]]
             self._index_cache = {}
             # each kept key's spelling at its first row
@@ -276,8 +291,9 @@ class FeatureEncoder:
             raise SchemaError(f"{int((df.columns == dup[0]).sum())} columns share this name; keep one",
                               source=source, column=dup[0])
 
-    def _category_index(self, col: str, s: pd.Series) -> np.ndarray:
-        """Vocabulary indices (n,) int64 of the values of ``s`` (0 = missing or unseen).
+    def _category_index(self, col: str, s: pd.Series, source: str | None = None) -> np.ndarray:
+        """Vocabulary indices (n,) int64 of the values of ``s`` (0 = missing or unseen; with a
+        ``source``, a warning when most values are unseen: :meth:`_warn_unseen`).
 
         The values are factorised first, so the string normalisation of :func:`_category_keys`
         and the vocabulary lookup run once per distinct value, not once per row; the index of a
@@ -299,13 +315,34 @@ class FeatureEncoder:
             keys = _category_keys(pd.Series([values[i] for i in new], dtype=dtype))
             vocab = pd.Index(self.keys[col])
             found = vocab.get_indexer(keys.astype(object).where(keys.notna(), None))
-            if (found < 0).any():  # the same value in another spelling: True vs 1, "10.0" vs 10
-                alias = [_alias_key(k) if f < 0 and isinstance(k, str) else None for k, f in zip(keys, found)]
-                again = vocab.get_indexer(alias)
-                found = np.where((found < 0) & (again >= 0), again, found)
+            if (found < 0).any():  # the same value in another spelling: True vs 1 or 'Yes', "10.0" vs 10
+                yes_no = _is_yes_no(self.keys[col][1:])
+                at = {k: i for i, k in enumerate(self.keys[col])}
+                found = np.array([f if f >= 0 or not isinstance(k, str)
+                                  else next((at[a] for a in _alias_keys(k, yes_no) if a in at), -1)
+                                  for k, f in zip(keys, found)], dtype=np.int64)
             cache.update({tokens[i]: max(int(f), 0) for i, f in zip(new, found)})
         lookup = np.fromiter((cache[t] for t in tokens), dtype=np.int64, count=len(tokens))
+        if source is not None and (lookup == 0).any():
+            self._warn_unseen(col, codes, lookup, values, source)
         return np.append(lookup, 0)[codes]  # code −1 (NaN) → the last slot: 0
+
+    def _warn_unseen(self, col: str, codes: np.ndarray, lookup: np.ndarray, values: list, source: str) -> None:
+        """Warn when most of a column's values are categories the encoder was not fitted with (e.g.
+        True/False where it learnt 'Yes'/'No'): each is read as missing, so the model sees a
+        column that is not there. Rare unseen values (a new region) are normal and not warned about,
+        nor are columns whose fitted data already had that share beyond ``max_categories``."""
+        observed = codes >= 0
+        n_obs = int(observed.sum())
+        unseen = np.flatnonzero(lookup == 0)
+        n_unseen = int(np.isin(codes, unseen).sum())
+        if n_unseen < 5 or n_unseen < 0.5 * n_obs or n_unseen <= 2 * self.unk_share.get(col, 0.0) * n_obs:
+            return
+        known = [v for v in self.vocab[col][1:6]]
+        log.warning("%s: column '%s': %d of %d values are not among the categories the model was trained with (e.g. "
+                    "%r; it knows %s%s): they are read as missing. Write the column as in the training data",
+                    source, col, n_unseen, n_obs, values[int(unseen[0])], ", ".join(repr(v) for v in known),
+                    ", ..." if len(self.vocab[col]) > 6 else "")
 
     def transform(self, df: pd.DataFrame, *, source: str = "<dataframe>", require_target: bool = False,
                   with_target: bool = True) -> dict[str, torch.Tensor]:
@@ -338,7 +375,7 @@ class FeatureEncoder:
             num_mask[:, j] = obs
         cat = np.zeros((n, self.n_cat), dtype=np.int64)
         for j, col in enumerate(self.cat_columns):
-            cat[:, j] = self._category_index(col, df[col])
+            cat[:, j] = self._category_index(col, df[col], source)
         out = {
             "num": torch.from_numpy(num),
             "num_mask": torch.from_numpy(num_mask),
@@ -418,6 +455,7 @@ class FeatureEncoder:
             "vocab": {k: [_plain(x) for x in v] for k, v in self.vocab.items()},
             "keys": {k: list(v) for k, v in self.keys.items()},
             "dtypes": dict(self.dtypes),
+            "unk_share": {k: float(v) for k, v in self.unk_share.items()},
         }
 
     @classmethod
@@ -442,6 +480,7 @@ class FeatureEncoder:
         enc.vocab = {k: list(v) for k, v in state["vocab"].items()}
         enc.keys = {k: list(v) for k, v in state["keys"].items()}
         enc.dtypes = dict(state["dtypes"])
+        enc.unk_share = dict(state.get("unk_share", {}))  # checkpoints before it: 0 (warn at half unseen)
         enc.fitted = True
         return enc
 

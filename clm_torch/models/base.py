@@ -64,7 +64,8 @@ class CLMModule(L.LightningModule):
     # ------------------------------------------------------------------ loading
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Load a checkpoint written by clm_torch, always with ``weights_only=True``.
+        """Load a checkpoint written by clm_torch, always with ``weights_only=True``, in eval mode
+        (dropout off: ready to score; ``.train()`` before fine-tuning it by hand).
 
         Raises:
             CheckpointError: the file is missing, truncated/corrupt, would need arbitrary code
@@ -81,11 +82,12 @@ class CLMModule(L.LightningModule):
                                        f"{with_article(cls.__qualname__)}; load it with {saved}.load_from_checkpoint",
                                        saved=str(saved), expected=cls.__qualname__)
         try:
-            return super().load_from_checkpoint(checkpoint_path, map_location=map_location or "cpu",
-                                                weights_only=True, **kwargs)
+            model = super().load_from_checkpoint(checkpoint_path, map_location=map_location or "cpu",
+                                                 weights_only=True, **kwargs)
         except (RuntimeError, TypeError, KeyError) as e:
             raise CheckpointError(f"{checkpoint_path}: cannot restore a {cls.__qualname__} from it: "
                                   f"{str(e).splitlines()[0]}") from None
+        return model.eval()
 
     # ------------------------------------------------------------------ preprocessing
     def set_preprocessing(self, state: dict[str, Any]) -> None:

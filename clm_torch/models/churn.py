@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -23,6 +24,8 @@ from clm_torch.models.components.sequence import SEQUENCE_ENCODERS, PurchaseSequ
 from clm_torch.models.components.tabular import EnsembleMLP, FeatureTokenizer, FusedFirstLayer
 from clm_torch.utils.io import SettingError
 from clm_torch.utils.progress import chunks
+
+log = logging.getLogger(__name__)
 
 
 def binary_metrics(prob: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -506,17 +509,26 @@ class ChurnClassifier(CLMModule):
         if len(df) == 0:  # nothing to score, but the columns are still checked
             self.encoder.transform(self.with_infogap(add_time_features(df, self.encoder.feature_columns, source),
                                                      source=source), source=source, with_target=False)
+        empty, first_empty = 0, None  # rows without one value the model can read
         with torch.inference_mode(), self.fused_inference():
             for start, _ in chunks(len(df), chunk, f"scoring {len(df):,} customers"):
                 part = add_time_features(df.iloc[start: start + chunk], self.encoder.feature_columns, source)  # time_features
                 part = self.with_infogap(part, source=source)
                 enc = self.encoder.transform(part, source=source, with_target=False)
+                none = ~(enc["num_mask"].any(1) | enc["cat_mask"].any(1))
+                if none.any():
+                    empty += int(none.sum())
+                    first_empty = part.index[int(none.nonzero()[0, 0])] if first_empty is None else first_empty
                 enc = {k: v.to(self.device) for k, v in enc.items() if k != "y"}
                 step = self.forward_rows if self.device.type == "cpu" else chunk
                 for i in range(0, len(part), step):  # small forward batches stay in the CPU's cache
                     b = {k: v[i: i + step] for k, v in enc.items()}
                     out[start + i: start + i + len(b["num"])] = self.predict_batch(b).float().cpu().numpy()
         self.train(was_training)
+        if empty:
+            log.warning("%s: %d of %d rows have no feature value the model can read (every column missing or an "
+                        "unseen category; e.g. the row with index %r): their churn probability rests on that alone",
+                        source, empty, len(df), first_empty)
         return out
 
     def export_predictions(self, datamodule: Any, split: str = "test") -> pd.DataFrame:

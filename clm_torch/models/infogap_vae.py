@@ -1035,7 +1035,7 @@ class InfoGapVAE(CLMModule):
         res["n_observed"] = n_obs.astype(np.int64)
         res["n_missing"] = (F_ - n_obs - np.concatenate([p["n_unread"] for p in parts])).astype(np.int64)
         info = np.concatenate([p["info"] for p in parts])
-        res["completeness"] = np.clip(info / ref, 0.0, 1.0) if ref > 0 else np.nan
+        res["completeness"] = _completeness(info, ref)
         return res
 
     @torch.no_grad()
@@ -1066,6 +1066,8 @@ class InfoGapVAE(CLMModule):
         """
         enc = self._require_encoder()
         _check_n_samples(n_samples)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer (questions per customer), got {k!r}")
         if askable is not None:
             askable = [askable] if isinstance(askable, str) else list(askable)
             unknown = [c for c in askable if c not in enc.feature_columns]
@@ -1196,7 +1198,7 @@ class InfoGapVAE(CLMModule):
         out = pd.DataFrame({id_name: datamodule.ids(split), "n_observed": a[:, 0].astype(np.int64),
                             "total_surprise": a[:, 1], "missing_entropy": a[:, 2]})
         out["gap_score"] = out["total_surprise"] + out["missing_entropy"]
-        out["completeness"] = np.clip(a[:, 3] / ref, 0.0, 1.0) if ref > 0 else np.nan
+        out["completeness"] = _completeness(a[:, 3], ref)
         for d in range(a.shape[1] - 4):
             out[f"z_{d}"] = a[:, 4 + d]
         return out
@@ -1218,6 +1220,18 @@ def _categorical_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     p = p / p.sum(-1, keepdim=True)
     q = q.to(p.device) / q.to(p.device).sum(-1, keepdim=True)
     return (p * (torch.log(p) - torch.log(q))).sum(-1).clamp_min(0.0)
+
+
+def _completeness(info: np.ndarray, ref: float) -> np.ndarray | float:
+    """Posterior information ``info`` relative to a complete record's ``ref``, clipped to [0, 1]; NaN,
+    with a warning, when ``ref`` is not positive: the latent profile of even a complete record is
+    no narrower than the prior (a collapsed posterior), so there is nothing to be complete about."""
+    if ref > 0:
+        return np.clip(info / ref, 0.0, 1.0)
+    log.warning("completeness is NaN: a fully observed customer's latent profile carries no information "
+                "(reference %.3g nats <= 0: the posterior has collapsed onto the prior); train longer, or with a "
+                "lower model.beta or more model.free_bits", ref)
+    return np.nan
 
 
 def _check_n_samples(n_samples: int | None, allow_none: bool = False) -> None:

@@ -803,8 +803,11 @@ class EmbeddingRecommender(CLMModule):
         never get any of those items back. ``histories[j]`` for a known user adds the items bought
         since training (newest last): they join the user's history and are excluded too. Unknown users follow the module's fallback:
         the history encoder on ``histories[j]`` (item ids, oldest → newest) when given, else
-        popularity. Slots that cannot be filled (fewer unseen items than slots) are None; ``k``
-        beyond the catalogue gives one column per item of the catalogue.
+        popularity (with a warning naming one such id). Slots that cannot be filled (fewer unseen
+        items than slots) are None; ``k`` beyond the catalogue gives one column per item of the
+        catalogue. Item ids come back as the training log holds them: text for a CSV log (its ids
+        are read as text, so that leading zeros survive), the column's type for a Parquet or
+        DataFrame log; ``.astype(int)`` joins them to a table of integer ids.
         """
         self._require_preprocessing()
         k = _check_k(k, self.n_items)
@@ -834,9 +837,14 @@ class EmbeddingRecommender(CLMModule):
         if len(unknown):
             hist = [histories[j] if histories is not None else None for j in unknown]
             out[unknown] = self._cold(hist, k, exclude_seen).cpu()
+            popular = [j for j, h in zip(unknown, hist) if not (h is not None and len(h) > 0 and self.uses_history)]
             log.info("recommend: %d unknown user(s): %d via history, %d via popularity", len(unknown),
-                     sum(h is not None and len(h) > 0 for h in hist) if self.uses_history else 0,
-                     sum(not (h is not None and len(h) > 0 and self.uses_history) for h in hist))
+                     len(unknown) - len(popular), len(popular))
+            if popular:  # the same list for each of them: say so, with what the known ids look like
+                log.warning("recommend: %d of %d user ids are not in the training log (e.g. %r; its ids look like %r) "
+                            "and get the most popular items; pass histories=[...] for new customers with purchases, "
+                            "or check the ids' type and spelling", len(popular), n, user_ids[popular[0]],
+                            self.user_index[0] if len(self.user_index) else None)
         self.train(was)
         return self._ids(out)
 
