@@ -88,6 +88,17 @@ def _canonical_spellings(s: pd.Series) -> tuple[pd.Series, int]:
     return out, n_changed
 
 
+def lowered_ids(ids: pd.Index | pd.Series) -> pd.Series | None:
+    """The ids in lower case (NaN for the non-text values of an object column); None when they hold
+    no text at all (numbers, dates): they have no letter case."""
+    if pd.api.types.is_numeric_dtype(ids) or pd.api.types.is_bool_dtype(ids):
+        return None
+    try:
+        return pd.Series(ids, copy=False).str.lower()
+    except AttributeError:
+        return None
+
+
 def case_collisions(ids: pd.Index | pd.Series | np.ndarray, *, distinct: bool = False
                     ) -> tuple[int, tuple[Any, Any] | None]:
     """How many distinct text ids are another id in other letter case ('c001' beside 'C001'), and one
@@ -104,9 +115,8 @@ def case_collisions(ids: pd.Index | pd.Series | np.ndarray, *, distinct: bool = 
     if isinstance(arrow, pa.ChunkedArray) and (pa.types.is_string(arrow.type) or pa.types.is_large_string(arrow.type)):
         if len(pc.unique(pc.utf8_lower(arrow))) == len(arrow):  # no two ids lower to one: the usual answer
             return 0, None
-    try:
-        low = pd.Series(values, copy=False).str.lower()  # non-text values of an object column: NaN
-    except AttributeError:  # no text at all (e.g. dates)
+    low = lowered_ids(values)
+    if low is None:
         return 0, None
     again = low.duplicated().to_numpy() & low.notna().to_numpy()
     if not again.any():

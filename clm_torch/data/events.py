@@ -42,7 +42,7 @@ import pyarrow as pa  # pandas' default string dtype is Arrow-backed; pyarrow re
 import pyarrow.compute as pc
 import torch
 
-from clm_torch.data.cleaning import warn_case_collisions
+from clm_torch.data.cleaning import lowered_ids, warn_case_collisions
 from clm_torch.data.schema import (SchemaError, _is_missing_token, check_id_kind, check_time_kind, ints_if_whole,
                                    read_table, strip_ids, to_numeric_strict)
 from clm_torch.utils.memory import small_pages
@@ -456,12 +456,10 @@ def _warn_case_mismatch(ev_index: pd.Index, table_only: pd.Index, src: str, tsrc
     """Warn when ids of the customer table that are not in the event log are there in other letter
     case ('c001' in the table, 'C001' in the log): the view would hold two customers, one without
     purchases and one without table columns. Distinct ids only; nothing is merged."""
-    if not len(table_only) or pd.api.types.is_numeric_dtype(table_only) or pd.api.types.is_numeric_dtype(ev_index):
+    if not len(table_only):
         return
-    try:  # ids of an object column may be numbers (no letter case): nothing to compare
-        ev_low = pd.Series(ev_index, copy=False).str.lower()
-        low = pd.Series(table_only, copy=False).str.lower()
-    except AttributeError:
+    ev_low, low = lowered_ids(ev_index), lowered_ids(table_only)
+    if ev_low is None or low is None:  # numbers on either side: no letter case to compare
         return
     hit = low.isin(ev_low.dropna()).to_numpy() & low.notna().to_numpy()
     if hit.any():
