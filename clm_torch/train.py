@@ -107,6 +107,12 @@ _TRAINER_NUMBERS = ("gradient_clip_val", "val_check_interval", "limit_train_batc
                     "limit_test_batches", "limit_predict_batches", "overfit_batches")
 
 
+_ABSENT = object()
+# what Lightning's Trainer(precision=...) takes, as text (64, 32, 16 and bf16 are its aliases)
+_PRECISIONS = frozenset({"64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine",
+                         "transformer-engine-float16", "64", "32", "16", "bf16"})
+
+
 def is_number(v: Any) -> bool:
     """A finite int or float (not a bool; an int too large for a float is not one either)."""
     if not isinstance(v, (int, float)) or isinstance(v, bool):
@@ -146,12 +152,48 @@ _MODEL_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n_negatives": (lambda v: is_whole(v, 0), "a whole number >= 0 (0 = in-batch negatives only)"),
     "pos_weight": (lambda v: v == "balanced" or (is_number(v) and v > 0), "null, balanced or a number > 0"),
 }
+
+
+def _one_of(*allowed: Any) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, (str, int)) and not isinstance(v, bool) and v in allowed,
+            "one of " + ", ".join(map(str, allowed)))
+
+
+def _model_choices() -> dict[str, tuple[Callable[[Any], bool], str]]:
+    """The models' named options (each key belongs to one model, or means the same in all), checked
+    before the data is read as the model's constructor checks them after."""
+    from clm_torch.models.base import NAN_POLICIES, SCHEDULERS
+    from clm_torch.models.components.sequence import SEQUENCE_ENCODERS
+    from clm_torch.models.components.vae import NUMERIC_LIKELIHOODS
+    from clm_torch.models.infogap_features import FEATURE_SETS
+    from clm_torch.models.recommender import LOSSES, TARGETS, USER_ENCODERS
+    from clm_torch.utils.privacy import ID_MODES
+
+    return {"scheduler": _one_of(*SCHEDULERS), "nan_policy": _one_of(*NAN_POLICIES),
+            "calibration": _one_of("platt", "temperature", "none"), "sequence_encoder": _one_of(*SEQUENCE_ENCODERS),
+            "infogap_features": _one_of(*FEATURE_SETS), "numeric_likelihood": _one_of(*NUMERIC_LIKELIHOODS),
+            "projector_ids": _one_of(*ID_MODES), "user_encoder": _one_of(*USER_ENCODERS), "loss": _one_of(*LOSSES),
+            "target": _one_of(*TARGETS), "loss_norm": _one_of("interaction", "user"),
+            "dropout_mode": _one_of("random", "recent", "mixed", "auto")}
+
+
 _DATA_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch_size": (is_count, "a whole number >= 1"),
     "eval_batch_size": (is_count, "null or a whole number >= 1"),
     "split_seed": (is_whole, "a whole number"),
     "num_workers": (lambda v: is_whole(v, 0), "a whole number >= 0"),
-    **{k: (lambda v: is_number(v) and 0 < v < 1, "a share in (0, 1)") for k in ("val_size", "test_size")},
+    **{k: (lambda v: is_number(v) and 0 < v < 1, "a share in (0, 1)")
+       for k in ("val_size", "test_size", "val_fraction", "test_fraction")},
+    # customer views of an event log (data=events, synthetic_events) and interaction logs
+    "sequence_length": (lambda v: is_whole(v, 0), "a whole number >= 0 (0 = no purchase sequence)"),
+    "n_last": (is_count, "a whole number >= 1"),
+    "horizon_days": (lambda v: is_number(v) and v > 0, "a number of days > 0"),
+    "time_features": _one_of("absolute", "relative", "both"),
+    "n_neighbors": (lambda v: is_whole(v, 0), "a whole number >= 0 (0 = no item-item term)"),
+    "max_labels": (is_count, "a whole number >= 1"),
+    # nested keys (a dotted path below data)
+    "clean.clip_outliers": (lambda v: is_number(v) and v > 0, "null (off) or a number of robust sd > 0, e.g. 5"),
+    "encoder.max_categories": (is_count, "a whole number >= 1"),
 }
 
 
@@ -159,14 +201,14 @@ def check_settings(cfg: DictConfig) -> None:
     """Refuse a ``seed``, trainer, model or data setting of the wrong type (or out of range) before
     anything is built, with the key."""
     bad = bad_setting
-    for group, checks in (("model", _MODEL_SETTINGS), ("data", _DATA_SETTINGS)):
+    for group, checks in (("model", {**_MODEL_SETTINGS, **_model_choices()}), ("data", _DATA_SETTINGS)):
         node = cfg.get(group)
         if not isinstance(node, DictConfig):
             continue
         for key, (ok, want) in checks.items():
-            if key not in node:
+            v = OmegaConf.select(node, key, default=_ABSENT)
+            if v is _ABSENT:
                 continue
-            v = node.get(key)
             v = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
             if v is not None and not ok(v):
                 raise bad(f"{group}.{key}", v, want)
@@ -188,6 +230,14 @@ def check_settings(cfg: DictConfig) -> None:
         v = tcfg.get(key)
         if v is not None and not is_number(v):
             raise bad(f"trainer.{key}", v, "a number")
+    precision = tcfg.get("precision")
+    if precision is not None and str(precision) not in _PRECISIONS:
+        raise bad("trainer.precision", precision, "32-true (the default), bf16-mixed, 16-mixed (a GPU), "
+                  "64-true, bf16-true or 16-true")
+    accelerator = str(tcfg.get("accelerator") or "")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise SettingError(f"trainer.accelerator={accelerator}: torch {torch.__version__} sees no CUDA GPU here; "
+                           "train on the CPU (trainer=cpu), or install a CUDA build of torch (see the README)")
     fdr = tcfg.get("fast_dev_run")
     if fdr is not None and not isinstance(fdr, (bool, int)):
         raise bad("trainer.fast_dev_run", fdr, "true, false or a number of batches")

@@ -363,9 +363,6 @@ def test_a_data_source_error_raised_inside_hydra_instantiate_is_one_clear_line(m
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.scheduler=linear", "error: model.scheduler must be one of none, cosine, not 'linear'"),
-    ("model.nan_policy=ignore", "error: model.nan_policy must be one of raise, skip, off, not 'ignore'"),
-    ("model.calibration=foo", "error: model.calibration must be platt, temperature or none, not 'foo'"),
     ("data.encoder.log_transform=foo",
      "error: data.encoder.log_transform must be auto, none or a list of numeric columns, not 'foo'"),
     ("model.sequence_encoder=gru", "error: model.sequence_encoder needs purchase-sequence columns seq{k}_days in the "
@@ -402,6 +399,15 @@ def test_a_bad_model_or_data_setting_is_one_clear_line(make_cfg, table_csv: Path
     ("trainer.max_epochs=1.5", "error: trainer.max_epochs=1.5: expected a whole number"),
     ("trainer.gradient_clip_val=big", "error: trainer.gradient_clip_val='big': expected a number"),
     ("seed=x", "error: seed='x': expected a whole number"),
+    # named options: the model's constructor would refuse them only after the data was read
+    ("model.scheduler=linear", "error: model.scheduler='linear': expected one of none, cosine"),
+    ("model.nan_policy=ignore", "error: model.nan_policy='ignore': expected one of raise, skip, off"),
+    ("model.calibration=foo", "error: model.calibration='foo': expected one of platt, temperature, none"),
+    ("trainer.precision=fp8", "error: trainer.precision='fp8': expected 32-true (the default), bf16-mixed, 16-mixed "
+                              "(a GPU), 64-true, bf16-true or 16-true"),
+    ("data.clean.clip_outliers=-3",
+     "error: data.clean.clip_outliers=-3: expected null (off) or a number of robust sd > 0, e.g. 5"),
+    ("data.encoder.max_categories=0", "error: data.encoder.max_categories=0: expected a whole number >= 1"),
 ])
 def test_a_setting_of_the_wrong_type_is_one_clear_line_before_the_data_is_read(make_cfg, tmp_path: Path, capsys,
                                                                                override: str, message: str) -> None:
@@ -416,6 +422,32 @@ def test_a_setting_of_the_wrong_type_is_one_clear_line_before_the_data_is_read(m
         run_cli(train, cfg)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == message
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data=events", "data.path=log.csv", "data.sequence_length=-1"],
+     "data.sequence_length=-1: expected a whole number >= 0 (0 = no purchase sequence)"),
+    (["data=events", "data.path=log.csv", "data.time_features=foo"],
+     "data.time_features='foo': expected one of absolute, relative, both"),
+    (["data=events", "data.path=log.csv", "data.n_last=0"], "data.n_last=0: expected a whole number >= 1"),
+    (["data=events", "data.path=log.csv", "data.horizon_days=0"], "data.horizon_days=0: expected a number of days > 0"),
+    (["model=recommender", "data=interactions", "data.path=log.csv", "data.test_fraction=1.5"],
+     "data.test_fraction=1.5: expected a share in (0, 1)"),
+    (["model=recommender", "data=interactions", "data.path=log.csv", "data.n_neighbors=-1"],
+     "data.n_neighbors=-1: expected a whole number >= 0 (0 = no item-item term)"),
+    (["model=recommender", "data=interactions", "data.path=log.csv", "model.loss=hinge"],
+     "model.loss='hinge': expected one of softmax, sampled_softmax, bpr"),
+])
+def test_the_settings_of_event_and_interaction_logs_are_checked_before_the_log_is_read(
+        make_cfg, overrides: list[str], message: str) -> None:
+    """Log settings that used to be refused only once the log was read (or, for some, in a traceback),
+    after the run directory was made."""
+    from clm_torch.train import check_settings
+    from clm_torch.utils.io import SettingError
+
+    with pytest.raises(SettingError) as err:
+        check_settings(make_cfg(*overrides))
+    assert str(err.value) == message
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -494,9 +526,9 @@ def test_settings_this_machine_or_file_cannot_serve_are_one_clear_line(make_cfg,
         f"error: model.infogap_ckpt={small_ckpt}: holds a ChurnClassifier, not an InfoGapVAE: pass an InfoGapVAE "
         "checkpoint")
     if not torch.cuda.is_available():
-        assert error("trainer=gpu") == (f"error: No supported gpu backend found! (torch {torch.__version__} sees no "
-                                        "CUDA GPU here: train on the CPU (trainer=cpu or trainer.accelerator=cpu), or "
-                                        "install a CUDA build of torch, see the README)")
+        assert error("trainer=gpu") == (f"error: trainer.accelerator=gpu: torch {torch.__version__} sees no CUDA GPU "
+                                        "here; train on the CPU (trainer=cpu), or install a CUDA build of torch (see "
+                                        "the README)")
 
 
 def test_the_summary_lists_what_the_run_wrote(make_cfg, table_csv: Path, capsys) -> None:
@@ -607,6 +639,8 @@ def test_a_command_refused_for_a_setting_leaves_no_run_directory(tmp_path: Path)
         (["clm_torch.train", "data=csv"], "error: no value for data.path"),
         (["clm_torch.train", "model=churn", "data=movielens"], "error: model=churn trains on a customer table"),
         (["clm_torch.pipeline", "horizon_days=0"], "error: horizon_days=0: expected a number of days > 0"),
+        (["clm_torch.train", "experiment=churn_synthetic", "model.calibration=foo"],
+         "error: model.calibration='foo': expected one of platt, temperature, none"),
     ]
     for i, (cmd, line) in enumerate(commands):
         run = tmp_path / f"run{i}"
