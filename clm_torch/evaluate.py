@@ -42,6 +42,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from clm_torch.data.cleaning import check_ids_present
 from clm_torch.data.schema import SchemaError, validate_target
 from clm_torch.runs import load_model, read_config, resolve_checkpoint
 from clm_torch.utils.io import CheckpointError, SettingError, write_csv_safe, write_json
@@ -84,6 +85,7 @@ def _table(model: Any, data: Any) -> _Table:
     trained_id = (getattr(model, "preprocessing", None) or {}).get("schema", {}).get("id_col")
     id_name = next((c for c in (data.id_col, trained_id) if c and c in frame.columns), "row")
     if id_name in frame.columns:
+        check_ids_present(frame[id_name], source=data.name, column=id_name)
         dup = frame[id_name].duplicated(keep="last").to_numpy()
         if dup.any():  # as training's cleaning does: one row per customer, the last one
             log.warning("%s: %d rows repeat the id of a later row (e.g. %r); each customer is scored once, from "

@@ -228,6 +228,22 @@ def test_ids_differing_only_in_letter_case_are_warned_about_not_merged(caplog) -
     assert caplog.text.count("letter case") == 1
 
 
+def test_rows_without_a_customer_id_are_refused_when_training_and_scoring(tmp_path) -> None:
+    """Blank ids used to be one 'duplicate' id: all but the last such row dropped silently, in training
+    (the report said they were duplicates) and in clm-evaluate's scoring."""
+    from clm_torch.evaluate import _table
+    from clm_torch.data.sources import TableData
+
+    df = pd.DataFrame({"customer_id": ["C1", None, "C3", np.nan, "C5"], "fee": [1.0, 2, 3, 4, 5],
+                       "churn": [0, 1, 0, 1, 0]})
+    schema = TableSchema(id_col="customer_id", numeric=["fee"], target="churn")
+    with pytest.raises(SchemaError, match=r"crm.csv, column 'customer_id', row 1: missing customer id \(2 rows\)"):
+        clean_table(df, schema, source="crm.csv")
+    with pytest.raises(SchemaError, match=r"new.csv, column 'customer_id', row 1: missing customer id"):
+        _table(None, TableData(frame=df, target="churn", id_col="customer_id", name="new.csv"))
+    assert len(clean_table(df.dropna(subset=["customer_id"]), schema, source="crm.csv")[0]) == 3
+
+
 @pytest.mark.parametrize("clean, warned", [(None, 1), ({"check_id_case": True}, 1), ({"check_id_case": False}, 0)])
 def test_data_clean_check_id_case_turns_the_letter_case_warning_off(clean, warned, caplog) -> None:
     """data.clean.check_id_case (on by default) for a user who knows that case matters in the ids, and

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from clm_torch.data.schema import TableSchema, _is_missing_token, distinct_rows, to_numeric_strict
+from clm_torch.data.schema import SchemaError, TableSchema, _is_missing_token, distinct_rows, to_numeric_strict
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,15 @@ def _canonical_spellings(s: pd.Series) -> tuple[pd.Series, int]:
     out = obj.copy()
     out[at] = value[codes[at]]
     return out, n_changed
+
+
+def check_ids_present(ids: pd.Series, *, source: str, column: str) -> None:
+    """Refuse rows without a customer id, naming the first: deduplicated by id, they would all be one
+    customer (every blank id equals every other) and all but the last dropped without a trace."""
+    missing = ids.isna().to_numpy()
+    if missing.any():
+        raise SchemaError(f"missing customer id ({int(missing.sum())} rows); every row needs one (fill the ids, or "
+                          "drop those rows)", source=source, column=column, row=int(np.flatnonzero(missing)[0]))
 
 
 def lowered_ids(ids: pd.Index | pd.Series) -> pd.Series | None:
@@ -176,6 +185,8 @@ def clean_table(
         (cleaned copy, report). The input is left untouched.
     """
     report = CleaningReport(source=source, rows_in=len(df))
+    if schema.id_col and schema.id_col in df.columns:
+        check_ids_present(df[schema.id_col], source=source, column=schema.id_col)
     out = df.copy(deep=True)
     if dedupe and schema.id_col and schema.id_col in out.columns:
         dup_mask = out.duplicated(subset=[schema.id_col], keep="last")
