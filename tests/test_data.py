@@ -497,6 +497,44 @@ def test_columns_without_a_pattern_are_flagged(caplog) -> None:
     assert "notes" in schema.categorical  # flagged, not silently dropped
 
 
+def test_columns_no_model_reads_and_number_like_text_are_named(caplog) -> None:
+    """Lists in cells and durations are refused with the column (they failed deep in pandas' hashing,
+    or wrote a checkpoint that could not be loaded); numbers written with separators or mixed with
+    text, read as categories, get a warning saying so; a saved row index is left out of the features;
+    the roles are logged."""
+    import logging
+
+    n = 120
+    rng = np.random.default_rng(0)
+    base = pd.DataFrame({"fee": rng.normal(50, 10, n), "plan": rng.choice(["a", "b", "c"], n)})
+    for col, values, what in [("tags", [["a", "b"]] * n, "a list in each cell"),
+                              ("wait", pd.to_timedelta(np.arange(n), unit="D"), "durations")]:
+        with pytest.raises(SchemaError, match=rf"crm.parquet, column '{col}': the column holds {what}"):
+            infer_schema(base.assign(**{col: values}), source="crm.parquet")
+    income = pd.Series([f"{v:,.0f}" for v in rng.uniform(20_000, 90_000, n)])
+    age = pd.Series(rng.integers(18, 80, n).astype(str)).where(np.arange(n) % 10 > 0, "old")
+    with caplog.at_level(logging.INFO, logger="clm_torch.data.schema"):
+        schema = infer_schema(base.assign(income=income, age=age, **{"Unnamed: 0": np.arange(n)}), source="crm.csv")
+    text = caplog.text
+    assert "crm.csv: column 'income' is read as categories: 120 of 120 values are numbers written with separators " \
+           "or currency/percent signs (e.g. '" in text
+    assert "crm.csv: column 'age' is read as categories: 108 of 120 values are numbers, but 12 are not (e.g. 'old')" \
+        in text
+    assert "crm.csv: column 'Unnamed: 0' is a saved row index" in text and "Unnamed: 0" not in schema.features
+    assert "'plan'" not in text.split("column roles")[0] and "crm.csv: column roles: numeric ['fee']" in text
+    assert {"income", "age"} <= set(schema.categorical)
+
+
+def test_data_drop_of_a_column_the_table_does_not_have_is_refused() -> None:
+    """A misspelt data.drop would leave the column meant to go (often a leaky one) among the features."""
+    df = pd.DataFrame({"customer_id": [f"C{i}" for i in range(40)], "fee": np.arange(40.0),
+                       "churn": np.arange(40) % 2})
+    dm = TableDataModule(FrameSource(df, target="churn", id_col="customer_id", drop=["fe"], name="crm.csv"))
+    with pytest.raises(SchemaError, match=r"crm.csv, column 'fe': data.drop names a column the table does not have "
+                                          r"\('fe'\); available columns: \['customer_id', 'fee', 'churn'\]"):
+        dm.setup("fit")
+
+
 def test_csv_source_reads_ids_as_text(tmp_path) -> None:
     """data=csv keeps an id column's leading zeros: '021' and '21' are two customers, '0000003' stays."""
     from clm_torch.data.sources.tables import CSVSource

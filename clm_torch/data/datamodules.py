@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from clm_torch.data.cleaning import CleaningReport, clean_table
 from clm_torch.data.encoding import FeatureEncoder
-from clm_torch.data.schema import SchemaError, TableSchema, infer_schema, validate_target
+from clm_torch.data.schema import SchemaError, TableSchema, check_drop, infer_schema, validate_target
 from clm_torch.data.sources.tables import TableData
 from clm_torch.utils.memory import small_pages
 
@@ -305,6 +305,7 @@ class TableDataModule(SplitLoaders):
         self.data = data
         target = data.target if self.require_target else None
         frame = data.frame
+        check_drop(data.drop, frame.columns, source=data.name)
         if not self.require_target and data.target and data.target in frame.columns:
             frame = frame.drop(columns=[data.target])
         schema = infer_schema(frame, target=target, id_col=data.id_col, overrides=data.roles, drop=data.drop,

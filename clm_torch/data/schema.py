@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +340,73 @@ def _looks_like_dates(s: pd.Series) -> bool:
     return bool(pd.to_datetime(values, format="ISO8601", errors="coerce", utc=True).notna().all())
 
 
+def check_drop(drop: Iterable[str], columns: Iterable[str], *, source: str) -> None:
+    """Refuse ``data.drop`` names that are not columns of the table: a misspelt name would leave the
+    column meant to go (often a leak of the label) among the features."""
+    have = list(columns)
+    unknown = [c for c in drop if c not in have]
+    if unknown:
+        raise SchemaError(f"data.drop names {'a column' if len(unknown) == 1 else 'columns'} the table does not have "
+                          f"({', '.join(map(repr, unknown))}); available columns: {have}", source=source,
+                          column=unknown[0])
+
+
+def _unsupported(s: pd.Series, nonnull: pd.Series) -> str | None:
+    """What a column holds that no model reads, when it does: durations, or lists/arrays/dicts in cells."""
+    if pd.api.types.is_timedelta64_dtype(s):
+        return "durations (timedelta); convert them to a number (e.g. .dt.days)"
+    if isinstance(s.dtype, pd.ArrowDtype) and not (pa.types.is_primitive(s.dtype.pyarrow_dtype)
+                                                   or pa.types.is_string(s.dtype.pyarrow_dtype)
+                                                   or pa.types.is_large_string(s.dtype.pyarrow_dtype)
+                                                   or pa.types.is_dictionary(s.dtype.pyarrow_dtype)):
+        return f"values of type {s.dtype.pyarrow_dtype}, not one number or text per cell"
+    if s.dtype == object and len(nonnull):
+        first = nonnull.iloc[0]
+        if isinstance(first, (list, tuple, set, dict, np.ndarray)):
+            return f"a {type(first).__name__} in each cell, not one number or text per cell"
+        if isinstance(first, pd.Timedelta):
+            return "durations (timedelta); convert them to a number (e.g. .dt.days)"
+    return None
+
+
+def _is_saved_index(col: Any, s: pd.Series) -> bool:
+    """A column pandas wrote from a frame's index ('Unnamed: 0' holding 0 … n−1, or 1 … n)."""
+    if not (isinstance(col, str) and re.fullmatch(r"Unnamed: \d+", col)) or not pd.api.types.is_integer_dtype(s):
+        return False
+    v = s.to_numpy()
+    return len(v) > 1 and bool((np.diff(v) == 1).all()) and int(v[0]) in (0, 1)
+
+
+_FORMATTED_NUMBER = r"^\s*[-+]?[$€£¥]?\s*\d{1,3}(,\d{3})+(\.\d+)?\s*%?\s*$|^\s*[-+]?[$€£¥]\s*\d+(\.\d+)?\s*$|^\s*[-+]?\d+(\.\d+)?\s*(%|[$€£¥])\s*$"
+
+
+def _number_like_text(s: pd.Series, nonnull: pd.Series) -> str | None:
+    """Why a column read as categories looks like it was meant as numbers, if it does: most of its
+    rows are numbers written with thousands separators or currency/percent signs ('69,400', '$38.49'),
+    or most of them are plain numbers but some are not (a few 'unknown' in an age column)."""
+    if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+        return None
+    _, uniques, rows = distinct_rows(nonnull.astype("string"))
+    values = pd.Series(uniques, dtype="string")
+    keep = ~_is_missing_token(values).to_numpy(dtype=bool)
+    total = rows[keep].sum()
+    if total == 0:
+        return None
+    values, rows = values[keep].reset_index(drop=True), rows[keep]
+    plain = pd.to_numeric(values.str.strip(), errors="coerce").notna().to_numpy(dtype=bool)
+    formatted = values.str.match(_FORMATTED_NUMBER).to_numpy(dtype=bool) & ~plain
+    if rows[formatted].sum() >= 0.5 * total and rows[plain | formatted].sum() >= 0.9 * total:
+        return (f"{int(rows[formatted].sum())} of {int(total)} values are numbers written with separators or "
+                f"currency/percent signs (e.g. {values[formatted].iloc[0]!r}); write them as plain numbers to use the "
+                "column as a number")
+    if rows[plain].sum() >= 0.5 * total and (~plain).any():
+        others = values[~plain]
+        return (f"{int(rows[plain].sum())} of {int(total)} values are numbers, but {int(rows[~plain].sum())} are not "
+                f"(e.g. {others.iloc[0]!r}); if it is a number, make those missing or numeric (with "
+                "+data.roles.numeric=[...] they are an error naming the row)")
+    return None
+
+
 def infer_schema(
     df: pd.DataFrame,
     *,
@@ -373,10 +442,17 @@ def infer_schema(
         if col in (target, id_col) or col in drop:
             continue
         s = df[col]
+        nonnull = s.dropna()
+        what = _unsupported(s, nonnull)
+        if what:
+            raise SchemaError(f"the column holds {what}; or drop it (data.drop=[{col}])", source=source, column=col)
         if col in forced:
             getattr(schema, forced[col]).append(col)
             continue
-        nonnull = s.dropna()
+        if _is_saved_index(col, s):
+            log.warning("%s: column '%s' is a saved row index (0, 1, 2, ... in every row: pandas' to_csv without "
+                        "index=False): left out of the features", source, col)
+            continue
         if len(nonnull) == 0:
             raise SchemaError("column is entirely empty; drop it or give it values", source=source, column=col)
         if pd.api.types.is_datetime64_any_dtype(s) or (s.dtype == object or pd.api.types.is_string_dtype(s)) \
@@ -393,13 +469,19 @@ def infer_schema(
             (schema.categorical if is_int and n_unique <= max_categorical_int else schema.numeric).append(col)
         else:
             schema.categorical.append(col)
-            if len(nonnull) >= 50 and n_unique > 0.9 * len(nonnull):
+            why = _number_like_text(s, nonnull)
+            if why:
+                log.warning("%s: column '%s' is read as categories: %s", source, col, why)
+            elif len(nonnull) >= 50 and n_unique > 0.9 * len(nonnull):
                 log.warning("%s: column '%s' has a different value in nearly every row (%d of %d): free text, a date "
                             "or another id? As a category it carries no pattern; drop it (data.drop) or convert it",
                             source, col, n_unique, len(nonnull))
         if n_unique == 1 and len(nonnull) >= 50:
             log.warning("%s: column '%s' has one value (%r) in every row: it carries no information", source, col,
                         nonnull.iloc[0])
+    log.info("%s: column roles: %s", source, "; ".join(
+        f"{role} {cols}" for role in ("numeric", "categorical", "binary", "datetime")
+        if (cols := getattr(schema, role))))
     return schema
 
 

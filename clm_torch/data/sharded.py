@@ -38,7 +38,7 @@ from clm_torch.data.cleaning import clean_table
 from clm_torch.data.datamodules import (TableDataModule, TensorTable, _dist_info, check_both_classes, shuffle_seed,
                                         warn_small_splits)
 from clm_torch.data.encoding import FeatureEncoder
-from clm_torch.data.schema import SchemaError, TableSchema, infer_schema, ints_if_whole
+from clm_torch.data.schema import SchemaError, TableSchema, check_drop, infer_schema, ints_if_whole
 from clm_torch.data.sources.tables import TableData
 
 log = logging.getLogger(__name__)
@@ -339,6 +339,7 @@ class ShardedTableDataModule(TableDataModule):
             parts.append(df[list(parts[0].columns)] if parts else df)
         self._columns = list(parts[0].columns)
         sample = pd.concat(parts, ignore_index=True)
+        check_drop(data.drop, sample.columns, source=self.name)
         if not self.require_target and data.target and data.target in sample.columns:
             sample = sample.drop(columns=[data.target])
         schema = infer_schema(sample, target=target, id_col=data.id_col, overrides=data.roles, drop=data.drop,
