@@ -99,12 +99,16 @@ def load_model(ckpt_path: str | Path, config: DictConfig | None = None, map_loca
     """Load any clm_torch checkpoint (weights + fitted preprocessing) as its own model class, in eval mode.
 
     Raises:
-        CheckpointError: missing, corrupt, unsafe or unknown checkpoint.
+        CheckpointError: missing, corrupt, unsafe or unknown checkpoint, or one without preprocessing.
     """
     ckpt = load_checkpoint_safely(ckpt_path)
     cls = model_class_for(ckpt, ckpt_path, config)
     del ckpt
     model = cls.load_from_checkpoint(ckpt_path, map_location=map_location)
+    if not model.preprocessing:
+        raise CheckpointError(f"{ckpt_path}: holds no fitted preprocessing (saved outside clm-train, e.g. by a plain "
+                              "Lightning Trainer), so it cannot score raw data; train with clm-train, or call "
+                              "model.set_preprocessing(datamodule.preprocessing_state()) before saving")
     model.eval()
     return model
 

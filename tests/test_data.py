@@ -37,7 +37,12 @@ def test_empty_file(tmp_path: Path) -> None:
 def test_unreadable_file(tmp_path: Path) -> None:
     p = tmp_path / "latin.csv"
     p.write_bytes("name,city\nJosé,Köln\n".encode("latin-1"))
-    with pytest.raises(SchemaError, match=r"latin\.csv.*UTF-8"):
+    with pytest.raises(SchemaError, match=r"latin\.csv, column 'name': file is not valid UTF-8 \(line 2, byte 0xe9 "
+                                          r"at offset 13\)"):
+        read_table(p)
+    p.write_bytes(b"id,city\n" + b"C1,Bonn\n" * 50_000 + "C2,Köln\n".encode("latin-1"))  # past pandas' first chunk
+    with pytest.raises(SchemaError, match=r"column 'city': file is not valid UTF-8 \(line 50002, byte 0xf6 at offset "
+                                          r"400012\)"):
         read_table(p)
     q = tmp_path / "broken.parquet"
     q.write_bytes(b"not a parquet file at all")
@@ -71,6 +76,9 @@ def test_files_that_pandas_would_misread_are_named_errors(tmp_path: Path) -> Non
     assert "separated by ';'" in error("semi.csv", b"id;tenure;plan\n1;2;a\n")
     assert "give it a .tsv name" in error("tabs.csv", b"id\ttenure\n1\t2\n")
     assert "give it a .csv name" in error("commas.tsv", b"id,tenure\n1,2\n")
+    assert "cannot read a .json file: clm_torch reads CSV (.csv, .csv.gz, .tsv) and Parquet (.parquet) files; " \
+           "convert it, e.g. pd.read_json(path).to_parquet('table.parquet')" in error("cust.json", b'{"id": 1}')
+    assert "cannot read a .xlsx file" in error("cust.xlsx", b"id,plan\n1,a\n")
 
 
 def test_what_is_read_as_it_should_be(tmp_path: Path) -> None:

@@ -56,6 +56,22 @@ def test_crafted_pickle_checkpoint_is_refused(tmp_path: Path, monkeypatch) -> No
     assert not marker.exists(), "the crafted checkpoint ran code"
 
 
+def test_a_checkpoint_without_preprocessing_is_one_clear_error_to_score(tmp_path: Path, small_ckpt: Path) -> None:
+    """A checkpoint saved without the fitted preprocessing (a plain Lightning Trainer's) cannot score
+    raw rows: load_model (clm-evaluate, load_run) says so instead of a RuntimeError traceback."""
+    from clm_torch.runs import load_model
+
+    ckpt = torch.load(small_ckpt, weights_only=True)
+    for kind, value in (("empty", {}), ("deleted", None)):
+        bare = tmp_path / f"{kind}.ckpt"
+        torch.save({k: v for k, v in ckpt.items() if k != "clm_preprocessing"}
+                   | ({} if value is None else {"clm_preprocessing": value}), bare)
+        with pytest.raises(CheckpointError, match=rf"{kind}.ckpt: holds no fitted preprocessing \(saved outside "
+                                                  r"clm-train"):
+            load_model(bare)
+    assert load_model(small_ckpt).preprocessing  # the ordinary checkpoint still loads
+
+
 def test_truncated_and_empty_checkpoints(tmp_path: Path, small_ckpt: Path) -> None:
     data = small_ckpt.read_bytes()
     cut = tmp_path / "cut.ckpt"

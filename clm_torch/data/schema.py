@@ -181,6 +181,13 @@ def read_table(path: str | os.PathLike, *, what: str = "table", text_columns: Se
         raise SchemaError(f"{what} file is empty (0 bytes)", source=src)
     suffixes = "".join(p.suffixes).lower()
     is_parquet = suffixes.endswith(".parquet") or suffixes.endswith(".pq")
+    kind = p.suffix.lower() if p.suffix.lower() not in _COMPRESSIONS else Path(p.stem).suffix.lower()
+    if kind in _NOT_TEXT_TABLES:
+        raise SchemaError(f"cannot read a {kind} file: clm_torch reads CSV (.csv, .csv.gz, .tsv) and Parquet "
+                          "(.parquet) files; convert it, e.g. pd.read_json(path).to_parquet('table.parquet')"
+                          if kind in (".json", ".jsonl") else
+                          f"cannot read a {kind} file: clm_torch reads CSV (.csv, .csv.gz, .tsv) and Parquet "
+                          "(.parquet) files; save it as one of those", source=src)
     encoding = "utf-8"
     try:
         with p.open("rb") as f:
@@ -200,11 +207,12 @@ def read_table(path: str | os.PathLike, *, what: str = "table", text_columns: Se
         else:
             dtype = {c: str for c in text_columns} if text_columns else None
             df = pd.read_csv(p, sep=sep, encoding=encoding, low_memory=False, dtype=dtype)
-    except UnicodeDecodeError as e:
+    except UnicodeDecodeError:
+        where, column = _first_bad_utf8(p, sep)
         raise SchemaError(
-            f"file is not valid UTF-8 (byte {e.start}); re-save it as UTF-8, e.g. "
+            f"file is not valid UTF-8 ({where}); re-save it as UTF-8, e.g. "
             f"`iconv -f latin1 -t utf-8 {p.name} > fixed.csv`",
-            source=src,
+            source=src, column=column,
         ) from None
     except pd.errors.EmptyDataError:
         raise SchemaError(f"{what} file has no columns (empty file)", source=src) from None
@@ -217,6 +225,48 @@ def read_table(path: str | os.PathLike, *, what: str = "table", text_columns: Se
     if len(df) == 0:
         raise SchemaError(f"{what} file has a header but no rows", source=src)
     return df
+
+
+# file kinds that are no CSV text, by their (last, uncompressed) suffix: refused by name
+_NOT_TEXT_TABLES = frozenset({".json", ".jsonl", ".xlsx", ".xlsm", ".xls", ".ods", ".feather", ".arrow", ".ipc",
+                              ".pkl", ".pickle", ".h5", ".hdf5", ".orc", ".avro", ".sav", ".dta", ".sas7bdat",
+                              ".db", ".sqlite", ".npy", ".npz"})
+_COMPRESSIONS = frozenset({".gz", ".bz2", ".xz", ".zst", ".zip"})
+
+
+def _first_bad_utf8(p: Path, sep: str) -> tuple[str, str | None]:
+    """Where a file's first byte that is not UTF-8 is ('line 2, byte 0xe9 at offset 222') and the
+    header column it falls in (None when the header itself is the line)."""
+    import bz2
+    import codecs
+    import gzip
+    import lzma
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(p.suffix.lower(), open)
+    if p.suffix.lower() in _COMPRESSIONS and opener is open:
+        return "an invalid byte", None
+    with opener(p, "rb") as f:
+        first = f.readline()
+    header = first.decode("utf-8", errors="replace").rstrip("\r\n").split(sep)
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines, last_line = 0, 1, b""
+    with opener(p, "rb") as f:
+        while chunk := f.read(1 << 22):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                before = chunk[: e.start]
+                line_start = before.rfind(b"\n")
+                line = (last_line + before) if line_start < 0 else before[line_start + 1:]
+                lines += before.count(b"\n")
+                col = line.count(sep.encode())
+                column = header[col] if lines > 1 and col < len(header) else None
+                return f"line {lines}, byte 0x{chunk[e.start]:02x} at offset {offset + e.start}", column
+            lines += chunk.count(b"\n")
+            tail = chunk.rfind(b"\n")
+            last_line = (last_line + chunk) if tail < 0 else chunk[tail + 1:]
+            offset += len(chunk)
+    return "an invalid byte", None
 
 
 def _binary_kind(head: bytes, suffixes: str) -> str | None:

@@ -103,7 +103,7 @@ class CLMModule(L.LightningModule):
         checkpoint[MODEL_CLASS_KEY] = type(self).__qualname__
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if PREPROCESSING_KEY in checkpoint:
+        if checkpoint.get(PREPROCESSING_KEY):  # empty: saved before any was attached (clm_torch.runs.load_model says so)
             self.set_preprocessing(checkpoint[PREPROCESSING_KEY])
 
     # ------------------------------------------------------------------ training helpers
