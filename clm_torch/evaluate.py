@@ -28,6 +28,7 @@ How each model is evaluated:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -95,10 +96,12 @@ def _table(model: Any, data: Any) -> _Table:
     return _Table(frame, features, target, id_name, ids)
 
 
-def _score(fn: Any, features: pd.DataFrame, batch_size: int, what: str) -> np.ndarray:
+def _score(fn: Any, features: pd.DataFrame, batch_size: int, what: str, encoder: Any = None) -> np.ndarray:
     out = np.empty(len(features), dtype=np.float64)
-    for start, stop in chunks(len(features), batch_size, f"{what} {len(features):,} rows"):
-        out[start:stop] = fn(features.iloc[start:stop])
+    once = encoder.one_warning_each() if encoder is not None else contextlib.nullcontext()
+    with once:  # the warnings about the frame once, not once per chunk
+        for start, stop in chunks(len(features), batch_size, f"{what} {len(features):,} rows"):
+            out[start:stop] = fn(features.iloc[start:stop])
     return out
 
 
@@ -112,7 +115,7 @@ def evaluate_binary(model: Any, data: Any, *, batch_size: int = 65536) -> Evalua
 
     t = _table(model, data)
     prob = _score(lambda part: model.predict_proba(part, batch_size=batch_size, source=data.name), t.features,
-                  batch_size, "scoring")
+                  batch_size, "scoring", getattr(model, "encoder", None))
     preds = pd.DataFrame({t.id_name: t.ids})
     metrics: dict[str, Any] = {"n_rows": len(t.frame)}
     if t.target is not None:
@@ -142,7 +145,7 @@ def evaluate_regression(model: Any, data: Any, *, batch_size: int = 65536) -> Ev
     prediction and truth on the rows whose target is known."""
     t = _table(model, data)
     pred = _score(lambda part: model.predict_spend(part, batch_size=batch_size, source=data.name), t.features,
-                  batch_size, "scoring")
+                  batch_size, "scoring", getattr(model, "encoder", None))
     preds = pd.DataFrame({t.id_name: t.ids})
     metrics: dict[str, Any] = {"n_rows": len(t.frame)}
     if t.target is not None:

@@ -265,3 +265,22 @@ def test_fit_platt_is_bounded_and_optimal() -> None:
     a3, b3 = fit_platt(sep, (sep > 0).double())
     q = torch.sigmoid(a3 * sep + b3)
     assert math.isfinite(a3) and 0.9 < float(q.max()) < 1.0 and 0.0 < float(q.min()) < 0.1
+
+
+def test_a_frame_to_score_with_an_empty_column_or_unknown_categories_warns_once(trained_run, caplog) -> None:
+    """Scored in several chunks, a frame whose column is empty in every row, or written in categories
+    the model never saw, gets one warning of each kind (not one per chunk), naming the column."""
+    import logging
+
+    _, run = trained_run
+    model = ChurnClassifier.load_from_checkpoint(run / "checkpoints" / "best.ckpt")
+    df = messy_table(60, seed=3).drop(columns=["churn"])
+    with caplog.at_level(logging.WARNING):
+        model.predict_proba(df, source="new.csv", batch_size=16)
+    assert "new.csv" not in caplog.text
+    df["tenure"] = np.nan
+    df["region"] = "Atlantis"
+    with caplog.at_level(logging.WARNING):
+        model.predict_proba(df, source="new.csv", batch_size=16)
+    assert caplog.text.count("new.csv: column 'tenure' is missing in every one of its 60 rows") == 1
+    assert caplog.text.count("new.csv: column 'region': ") == 1 and "(e.g. 'Atlantis'" in caplog.text

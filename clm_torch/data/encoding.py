@@ -22,9 +22,10 @@ categoricals with exactly two known values; models may give them a Bernoulli hea
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -167,6 +168,7 @@ class FeatureEncoder:
         self.fitted = False
         # (column, dtype) → {(type, raw value): vocabulary index}; a transform-time cache, not state
         self._index_cache: dict[tuple[str, str], dict[tuple[type, Any], int]] = {}
+        self._said: set[tuple[str, str]] | None = None  # inside :meth:`one_warning_each`: the warnings given
         # fitted state
         self.num_mean = torch.zeros(len(self.num_columns))
         self.num_std = torch.ones(len(self.num_columns))
@@ -327,11 +329,38 @@ class FeatureEncoder:
             self._warn_unseen(col, codes, lookup, values, source)
         return np.append(lookup, 0)[codes]  # code −1 (NaN) → the last slot: 0
 
+    @contextlib.contextmanager
+    def one_warning_each(self) -> Iterator[None]:
+        """Within: each warning about a frame (an empty column, a column of unseen categories) once,
+        however many chunks of it are encoded (nested: the outermost block counts)."""
+        outer = self._said
+        self._said = set() if outer is None else outer
+        try:
+            yield
+        finally:
+            self._said = outer
+
+    def check_frame(self, df: pd.DataFrame, *, source: str) -> None:
+        """Warn about a whole frame to score (not a chunk of it): feature columns missing in every row,
+        which the model then reads as unknown for every customer."""
+        if len(df) < 20 or (self._said is not None and (source, "") in self._said):
+            return
+        empty = [c for c in self.feature_columns if c in df.columns and df[c].first_valid_index() is None]
+        if empty:
+            if self._said is not None:
+                self._said.add((source, ""))
+            log.warning("%s: %s missing in every one of its %d rows: the model reads %s as unknown for every "
+                        "customer", source, f"column {empty[0]!r} is" if len(empty) == 1 else f"columns {empty} are",
+                        len(df), "it" if len(empty) == 1 else "them")
+
     def _warn_unseen(self, col: str, codes: np.ndarray, lookup: np.ndarray, values: list, source: str) -> None:
         """Warn when most of a column's values are categories the encoder was not fitted with (e.g.
         True/False where it learnt 'Yes'/'No'): each is read as missing, so the model sees a
         column that is not there. Rare unseen values (a new region) are normal and not warned about,
         nor are columns whose fitted data already had that share beyond ``max_categories``."""
+        if self._said is not None:
+            if (source, col) in self._said:
+                return
         observed = codes >= 0
         n_obs = int(observed.sum())
         unseen = np.flatnonzero(lookup == 0)
@@ -339,6 +368,8 @@ class FeatureEncoder:
         if n_unseen < 5 or n_unseen < 0.5 * n_obs or n_unseen <= 2 * self.unk_share.get(col, 0.0) * n_obs:
             return
         known = [v for v in self.vocab[col][1:6]]
+        if self._said is not None:
+            self._said.add((source, col))
         log.warning("%s: column '%s': %d of %d values are not among the categories the model was trained with (e.g. "
                     "%r; it knows %s%s): they are read as missing. Write the column as in the training data",
                     source, col, n_unseen, n_obs, values[int(unseen[0])], ", ".join(repr(v) for v in known),

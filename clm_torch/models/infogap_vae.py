@@ -830,11 +830,13 @@ class InfoGapVAE(CLMModule):
                              "model.transform(df) of this very frame")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        for start, stop in chunks(len(df), int(batch_size), f"{source}: {len(df):,} rows"):
-            part = df.iloc[start: stop]
-            t = enc.transform(part, source=source) if encoded is None else \
-                {k: encoded[k][start: stop] for k in _FEATURE_KEYS}
-            yield start, part, {k: t[k].to(self.device) for k in _FEATURE_KEYS}
+        enc.check_frame(df, source=source)
+        with enc.one_warning_each():
+            for start, stop in chunks(len(df), int(batch_size), f"{source}: {len(df):,} rows"):
+                part = df.iloc[start: stop]
+                t = enc.transform(part, source=source) if encoded is None else \
+                    {k: encoded[k][start: stop] for k in _FEATURE_KEYS}
+                yield start, part, {k: t[k].to(self.device) for k in _FEATURE_KEYS}
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
         return None if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
