@@ -153,7 +153,11 @@ def _join_dates(table: pd.DataFrame, column: str, source: str) -> pd.Series:
     missing = s.isna() | (_is_missing_token(s) if s.dtype == object or pd.api.types.is_string_dtype(s) else False)
     out = pd.Series(pd.NaT, index=table.index, dtype="datetime64[ns]")
     if (~missing).any():
-        out[~missing] = parse_timestamps(s[~missing], source=source, column=column).to_numpy()
+        try:
+            out[~missing] = parse_timestamps(s[~missing], source=source, column=column).to_numpy()
+        except SchemaError as e:  # the table is indexed by id here: name the customer, not a "row"
+            raise SchemaError(f"customer {e.row!r}: {e.detail}" if e.row is not None else e.detail,
+                              source=source, column=column) from None
     return out
 
 
