@@ -107,6 +107,26 @@ def test_timestamps_mixing_dates_and_epoch_numbers_are_named_as_such(tmp_path):
     assert (e.column, e.row) == ("ts", 2)
 
 
+def test_timestamps_with_and_without_a_utc_offset_are_warned_about(caplog):
+    """'…+02:00' beside naive times: the naive ones are read as UTC (2 hours off if they were local
+    times), so a warning names one of each; times all with, or all without, an offset (or plain dates,
+    whose '-03' is no offset) are read silently."""
+    from clm_torch.data.events import parse_timestamps
+
+    mixed = pd.Series(["2024-01-01T10:00:00+02:00", "2024-01-02 10:00", "2024-01-03"])
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.events"):
+        out = parse_timestamps(mixed, source="log.csv", column="ts")
+    assert out.tolist() == [pd.Timestamp("2024-01-01 08:00"), pd.Timestamp("2024-01-02 10:00"),
+                            pd.Timestamp("2024-01-03")]
+    assert "log.csv: column 'ts': some timestamps carry a UTC offset (e.g. '2024-01-01T10:00:00+02:00') and some do " \
+           "not (e.g. '2024-01-02 10:00')" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.events"):
+        for same in (["2024-01-01T10:00Z", "2024-01-02T10:00:00.5+0530"], ["2024-01-01", "2024-01-03 10:00"]):
+            parse_timestamps(pd.Series(same), source="log.csv", column="ts")
+    assert "UTC offset" not in caplog.text
+
+
 def test_missing_timestamp(tmp_path):
     path = _csv(tmp_path, "cid,ts,amt\nA,2024-01-01,1\nA,,1\n")
     _raises(path, ["column 'ts'", "row 1", "missing timestamp"])

@@ -161,6 +161,23 @@ def _join_dates(table: pd.DataFrame, column: str, source: str) -> pd.Series:
     return out
 
 
+# a time of day followed by a UTC offset ('10:00:00+02:00', '10:00Z'); a date's '-03' is not one
+_OFFSET = r"\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)\s*$"
+
+
+def _warn_mixed_offsets(s: pd.Series, *, source: str, column: str, sample: int = 20_000) -> None:
+    """Warn when some ISO timestamps carry a UTC offset ('…+02:00', '…Z') and others do not: those
+    without are read as UTC, which moves them by the offset if they were local times. Looks at up to
+    ``sample`` evenly spaced values (a pass over every string would cost seconds on a large log)."""
+    step = max(1, len(s) // sample)
+    text = s.iloc[::step].astype("string")
+    has = text.str.contains(_OFFSET, regex=True).fillna(False).to_numpy(dtype=bool)
+    if has.any() and not has.all():
+        log.warning("%s: column '%s': some timestamps carry a UTC offset (e.g. %r) and some do not (e.g. %r): those "
+                    "without are read as UTC; if they are local times, give every value its offset", source, column,
+                    text.iloc[int(np.flatnonzero(has)[0])], text.iloc[int(np.flatnonzero(~has)[0])])
+
+
 def parse_timestamps(s: pd.Series, *, source: str, column: str) -> pd.Series:
     """Parse a timestamp column to ``datetime64[ns]`` (naive, UTC).
 
@@ -215,6 +232,7 @@ def parse_timestamps(s: pd.Series, *, source: str, column: str) -> pd.Series:
             out = pd.to_datetime(s, unit="s", utc=True, errors="coerce")
         else:
             out = pd.to_datetime(s, format="ISO8601", utc=True, errors="coerce")
+            _warn_mixed_offsets(s, source=source, column=column)
     except (ValueError, TypeError, OverflowError) as e:  # e.g. an out-of-range epoch value
         raise SchemaError(f"cannot parse timestamps: {e}", source=source, column=column) from None
     bad = out.isna()
