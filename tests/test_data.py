@@ -533,6 +533,14 @@ def test_columns_no_model_reads_and_number_like_text_are_named(caplog) -> None:
     assert {"income", "age"} <= set(schema.categorical)
 
 
+def test_roles_naming_the_target_or_the_id_are_refused() -> None:
+    """+data.roles.numeric=[churn] used to be ignored without a word (the target is never a feature)."""
+    df = pd.DataFrame({"customer_id": ["a", "b", "c"], "fee": [1.0, 2, 3], "churn": [0, 1, 0]})
+    for role, col, what in (("numeric", "churn", "the target"), ("categorical", "customer_id", "the id column")):
+        with pytest.raises(SchemaError, match=rf"crm.csv, column '{col}': data.roles.{role} names {what}"):
+            infer_schema(df, target="churn", id_col="customer_id", overrides={role: [col]}, source="crm.csv")
+
+
 def test_data_drop_of_a_column_the_table_does_not_have_is_refused() -> None:
     """A misspelt data.drop would leave the column meant to go (often a leaky one) among the features."""
     df = pd.DataFrame({"customer_id": [f"C{i}" for i in range(40)], "fee": np.arange(40.0),

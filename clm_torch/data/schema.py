@@ -483,6 +483,10 @@ def infer_schema(
                 source=source,
             )
     forced = {c: role for role, cols in overrides.items() for c in cols}
+    for col, what in ((target, "the target"), (id_col, "the id column")):
+        if col is not None and col in forced:
+            raise SchemaError(f"data.roles.{forced[col]} names {what}, which is never a feature; leave it out of the "
+                              "roles", source=source, column=col)
     drop = set(drop)
     for col in [*forced, *(c for c in (target, id_col) if c)]:
         if col not in df.columns:
