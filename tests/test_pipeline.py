@@ -58,6 +58,24 @@ def test_pipeline_writes_every_output(tiny_pipeline_run: Path) -> None:
     assert "segment ARI" in summary and "churn AUROC vs true no-purchase in horizon" in summary
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["customers scored"] == len(customers)
+    # the built-in table is current at the cutoff, later than the training view: the AUROC within groups
+    assert "## A table of a later date than the training cutoff" in summary
+    assert any(k.startswith("churn test AUROC, ") for k in metrics)
+
+
+def test_membership_aurocs_by_hand() -> None:
+    """The churn test AUROC within the table's customers and within the log-only ones; ids compare as
+    text (a CSV reads 7 as a number, the table holds '7'); a group with one class is left out."""
+    from clm_torch.pipeline import membership_aurocs
+
+    preds = pd.DataFrame({"customer_id": list(range(12)) + ["x"] * 10,
+                          "label": [0, 1] * 6 + [1] * 10, "prediction": [0.1, 0.9] * 6 + [0.5] * 10})
+    table = pd.Series([str(i) for i in range(12)])
+    assert membership_aurocs(preds, table) == {"churn test AUROC, customers of the table": 1.0}
+    preds.loc[12:, "label"] = [0, 1] * 5
+    preds.loc[12:, "prediction"] = [0.6, 0.4] * 5
+    assert membership_aurocs(preds, table) == {"churn test AUROC, customers of the table": 1.0,
+                                               "churn test AUROC, log-only customers": 0.0}
 
 
 def test_adjusted_rand_by_hand() -> None:
