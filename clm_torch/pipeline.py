@@ -532,9 +532,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     period_days = float(v.period_days)
     p_period = per_period_churn_prob(p_churn, horizon / period_days)
     surv = survival_from_churn_prob(p_period, int(v.periods))
-    # the view frames leave out features that are NaN for every customer (e.g. last_gap_days when each
-    # customer bought once); the stage rules and the run rate read them as NaN
-    sf_all = sf.assign(**{c: np.nan for c in (*STAGE_INPUTS, "monetary_total") if c not in sf.columns})
+    sf_all = stage_frame(sf, views.at(inputs["cutoff"], customers_as_of=inputs.get("customers_as_of",
+                                                                                   inputs["cutoff"])).features)
     spend_rate = run_rate_clv(sf_all, period_days).to_numpy()  # past spend per period
     clv_formula_v = clv_formula(float(v.margin) * spend_rate[:, None] * np.ones((1, int(v.periods))), surv,
                                 float(v.discount_rate))
@@ -672,6 +671,19 @@ def truth_check(customers: pd.DataFrame, truth: pd.DataFrame, run_rate: np.ndarr
     out["run-rate baseline Spearman vs true future spend"] = spearman(run_rate[ok], fs)
     out["run-rate baseline top-20% spend capture"] = spend_capture(run_rate[ok], fs)
     return out
+
+
+def stage_frame(frame: pd.DataFrame, view_features: pd.DataFrame) -> pd.DataFrame:
+    """The score ``frame`` (the models' columns) with the stage rules' and the run rate's inputs taken
+    from the score view's own ``view_features`` where the frame lacks them: the model frames keep only
+    the columns the training view has too, so ``last_gap_days`` is left out when nobody had bought
+    twice before cutoff − horizon, though customers have a last gap at the cutoff (``won_back``
+    needs it). NaN for a feature the view lacks too."""
+    if len(view_features) != len(frame) or not np.array_equal(view_features.index.astype(str),
+                                                             frame["customer_id"].astype(str)):
+        raise RuntimeError("the score view and its model frame list different customers")  # a bug, not bad input
+    return frame.assign(**{c: (view_features[c].to_numpy() if c in view_features.columns else np.nan)
+                           for c in (*STAGE_INPUTS, "monetary_total") if c not in frame.columns})
 
 
 MEMBERSHIP_NOTE = (

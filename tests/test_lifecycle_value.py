@@ -355,6 +355,7 @@ def test_suggested_actions_refuse_bad_inputs_and_ties_do_not_make_everyone_high_
     got = suggest_actions(c)
     assert (got.loc[clv == 0, "action"] == "recommend").all()
     assert got.loc[clv > 0, "action"].value_counts().to_dict() == {"cross-sell": 15}  # the top 20 % minus ties
+    assert "cross-sell" not in set(suggest_actions(c, value_quantile=1.0)["action"])  # the top 0 %: nobody
     at_risk = suggest_actions(c.assign(clv=0.0, stage="at_risk", churn_probability=np.r_[np.full(99, 0.7), np.nan]))
     assert set(at_risk["reason"]) == {"at risk: churn p=0.70", "at risk: churn p=n/a"}
     no_history = suggest_actions(pd.DataFrame({"stage": ["lapsed", "lapsed"], "churn_probability": [0.9, 0.9],

@@ -63,6 +63,30 @@ def test_pipeline_writes_every_output(tiny_pipeline_run: Path) -> None:
     assert any(k.startswith("churn test AUROC, ") for k in metrics)
 
 
+def test_stages_read_the_score_views_own_features() -> None:
+    """Nobody bought twice before cutoff − horizon, so the model frames have no last_gap_days; A bought
+    again 354 days after its first purchase and 12 days before the cutoff: won back, as the score
+    view says (the stage rules used to read NaN and call A active)."""
+    from clm_torch.lifecycle.stages import assign_stage
+    from clm_torch.pipeline import CustomerViews, build_views, stage_frame
+
+    ev = pd.DataFrame({"customer_id": ["A", "A", "B", "C", "C"],
+                       "timestamp": pd.to_datetime(["2023-06-01", "2024-05-20", "2023-07-01", "2024-02-01",
+                                                    "2024-05-25"]),
+                       "amount": [10.0, 20, 30, 40, 50], "item_id": ["i1", "i2", "i1", "i3", "i2"]})
+    cutoff = pd.Timestamp("2024-06-01")
+    inputs = {"events": ev, "customers": None, "truth": None, "items": None, "cutoff": cutoff, "name": "ev",
+              "customers_source": None}
+    views = CustomerViews(inputs, None, 90.0, 10)
+    _, sf = build_views(inputs, None, 90.0, 10, views=views)
+    assert "last_gap_days" not in sf.columns
+    full = stage_frame(sf, views.at(cutoff).features)
+    assert dict(zip(sf["customer_id"], assign_stage(full, np.full(len(sf), 0.1)))) == \
+        {"A": "won_back", "B": "lapsed", "C": "active"}
+    with pytest.raises(RuntimeError, match="list different customers"):
+        stage_frame(sf.iloc[:2], views.at(cutoff).features)
+
+
 def test_membership_aurocs_by_hand() -> None:
     """The churn test AUROC within the table's customers and within the log-only ones; ids compare as
     text (a CSV reads 7 as a number, the table holds '7'); a group with one class is left out."""

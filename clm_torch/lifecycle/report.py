@@ -37,7 +37,7 @@ def _high_value(clv: np.ndarray, value_quantile: float) -> np.ndarray:
     """CLV in the top ``1 - value_quantile`` share and positive. When ties at the quantile would put
     more than that share in the group (e.g. most customers at CLV 0), the tied customers are left out."""
     ok = np.isfinite(clv)
-    if not ok.any():
+    if not ok.any() or value_quantile >= 1.0:  # the top 0 % is nobody
         return np.zeros(len(clv), bool)
     thr = np.quantile(clv[ok], value_quantile)
     with np.errstate(invalid="ignore"):
