@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -285,6 +286,11 @@ def test_resume_with_more_epochs_keeps_the_csv_rows_and_stretches_the_cosine(mak
     assert all(g["lr"] < 1e-9 for g in last["optimizer_states"][0]["param_groups"])  # cos(π) at epoch 4 of 4
     rows = pd.read_csv(run / "csv" / "metrics.csv")
     assert sorted(rows.dropna(subset=["train/loss"])["epoch"].astype(int)) == [0, 1, 2, 3]
+    # each epoch's rate on the 4-epoch cosine, the first resumed one included (it used to train at the
+    # 0 its 2-epoch schedule had ended on): 0.01 · ½(1 + cos(π e / 4))
+    lr = rows.dropna(subset=["lr-AdamW/pg1"]).drop_duplicates("step")["lr-AdamW/pg1"].to_numpy()
+    np.testing.assert_allclose(lr, [0.01, 0.005, 0.005 * (1 + math.cos(math.pi / 2)), 0.005 * (1 + math.cos(
+        3 * math.pi / 4))], atol=1e-9)
     # a resume with max_epochs before the checkpoint's epoch: a named error before fit (it was Lightning's
     # MisconfigurationException traceback), the run as it was
     before = {p: p.read_bytes() for p in (run / "metrics.json", run / "csv" / "metrics.csv")}

@@ -140,6 +140,23 @@ class CLMModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._train_sums = None
 
+    def on_train_start(self) -> None:
+        # after a resume has restored the optimizer and scheduler, before the first epoch (and before
+        # the LearningRateMonitor logs its rate at that epoch's start)
+        self._sync_cosine_rates()
+
+    def _sync_cosine_rates(self) -> None:
+        """Set each group's learning rate to what :meth:`cosine_schedule` gives for this epoch under the
+        trainer's current ``max_epochs``. A resumed run with a larger ``max_epochs`` restores the rate
+        its last epoch ended on (0 at the end of a finished schedule) and would train its first extra
+        epoch at it; a run that was not resumed already has this rate (a no-op)."""
+        trainer = self._trainer
+        for config in (trainer.lr_scheduler_configs if trainer is not None else []):
+            sched = config.scheduler
+            if getattr(sched, "clm_cosine", False):
+                for group, base, factor in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                    group["lr"] = base * factor(sched.last_epoch)
+
     def on_train_epoch_end(self) -> None:
         """Log the epoch's means of the training terms, weighted by rows and summed over all ranks
         (NaN when every batch was non-finite)."""
@@ -180,7 +197,9 @@ class CLMModule(L.LightningModule):
             horizon = max(1, int(epochs or self.trainer.max_epochs))
             return 0.5 * (1.0 + math.cos(math.pi * epoch / horizon))
 
-        return LambdaLR(opt, factor)
+        sched = LambdaLR(opt, factor)
+        sched.clm_cosine = True  # its rates follow max_epochs, also on resume (_sync_cosine_rates)
+        return sched
 
     # ------------------------------------------------------------------ outputs
     def export_predictions(self, datamodule: Any, split: str = "test") -> pd.DataFrame:

@@ -289,6 +289,7 @@ class ChurnClassifier(CLMModule):
             self._eval_filter = warnings.filters[0]
 
     def on_train_start(self) -> None:
+        super().on_train_start()
         self._drop_eval_filter()
 
     def on_fit_end(self) -> None:
