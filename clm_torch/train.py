@@ -596,6 +596,7 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
     used_ckpt = check_checkpoint_fits(used, objects["model"], resuming=fit) if used else None
     if resume_ckpt and used_ckpt is not None:
         check_resume_epochs(used_ckpt, resume_ckpt, cfg.trainer.get("max_epochs"))
+        csv_rows = {path: _rows_up_to(rows, used_ckpt.get("global_step")) for path, rows in csv_rows.items()}
     check_launcher(objects["trainer"], allow_relaunch)
     dm, model, trainer, loggers = objects["datamodule"], objects["model"], objects["trainer"], objects["loggers"]
     t0 = time.time()
@@ -676,6 +677,34 @@ def _csv_rows_to_keep(cfg: DictConfig, output_dir: Path) -> dict[Path, bytes]:
     if cfg.get("ckpt_path") in (None, "", "null"):
         return {}
     return {p.resolve(): p.read_bytes() for p in output_dir.rglob("metrics.csv") if p.is_file()}
+
+
+def _rows_up_to(data: bytes, global_step: Any) -> bytes:
+    """The rows of a ``metrics.csv`` logged up to the checkpoint a run resumes from: a run stopped
+    after it had logged an epoch but before that epoch's checkpoint was written logs the epoch again,
+    so its first rows are dropped (steps past ``global_step``, and the step's rows without an epoch:
+    the learning rates logged at the start of the next epoch)."""
+    if not isinstance(global_step, int):
+        return data
+    lines = data.decode("utf-8").splitlines(keepends=True)
+    if not lines:
+        return data
+    header = next(csv.reader([lines[0]]))
+    if "step" not in header:
+        return data
+    at_step, at_epoch = header.index("step"), header.index("epoch") if "epoch" in header else None
+    kept = [lines[0]]
+    for line in lines[1:]:
+        row = next(csv.reader([line]), [])
+        try:
+            step = int(float(row[at_step]))
+        except (ValueError, IndexError):
+            kept.append(line)
+            continue
+        has_epoch = at_epoch is not None and at_epoch < len(row) and row[at_epoch] != ""
+        if step < global_step or (step == global_step and has_epoch):
+            kept.append(line)
+    return "".join(kept).encode("utf-8")
 
 
 def _restore_csv_rows(loggers: list[Logger], rows: dict[Path, bytes]) -> None:

@@ -300,6 +300,34 @@ def test_resume_with_more_epochs_keeps_the_csv_rows_and_stretches_the_cosine(mak
     assert {p: p.read_bytes() for p in before} == before
 
 
+def test_a_resume_from_a_checkpoint_older_than_the_log_logs_each_epoch_once(make_cfg, table_csv: Path) -> None:
+    """A run stopped after it had logged an epoch but before it wrote that epoch's checkpoint trains
+    the epoch again on resume: metrics.csv keeps the rows up to the checkpoint, so the epoch's rows
+    are there once (they were there twice, with different values), the learning rates too."""
+    import shutil
+
+    args = [*_csv(table_csv), *FAST, "callbacks.early_stopping=null", "logger=csv"]
+    train(make_cfg(*args, "trainer.max_epochs=1"))
+    run = Path(make_cfg(out="run").paths.output_dir)
+    epoch0 = run.parent / "epoch0.ckpt"
+    shutil.copy(run / "checkpoints" / "last.ckpt", epoch0)
+    train(make_cfg(*args, "trainer.max_epochs=2", "ckpt_path=last"))
+    shutil.copy(epoch0, run / "checkpoints" / "last.ckpt")  # as if killed before epoch 1's checkpoint
+    train(make_cfg(*args, "trainer.max_epochs=2", "ckpt_path=last"))
+    rows = pd.read_csv(run / "csv" / "metrics.csv")
+    assert rows.dropna(subset=["val/auroc"])["epoch"].astype(int).tolist() == [0, 1]
+    assert rows.dropna(subset=["lr-AdamW/pg1"])["step"].is_unique
+
+
+def test_rows_up_to_a_checkpoint_by_hand() -> None:
+    from clm_torch.train import _rows_up_to
+
+    data = (b"epoch,lr,step,val/auroc\n,0.01,0,\n0,,19,0.8\n0,,20,0.81\n,0.01,20,\n1,,39,0.83\n"
+            b"not,a,number,row\n")
+    assert _rows_up_to(data, 20) == b"epoch,lr,step,val/auroc\n,0.01,0,\n0,,19,0.8\n0,,20,0.81\nnot,a,number,row\n"
+    assert _rows_up_to(data, None) == data and _rows_up_to(b"", 3) == b""
+
+
 def test_a_handed_over_checkpoint_is_not_served_once_its_file_changed(tmp_path: Path) -> None:
     """The checkpoint train() read is handed to Lightning only while the file is as it was when read
     (the set-up between the read and fit can take minutes): a rewritten file is read again."""
