@@ -59,6 +59,10 @@ def test_run_directory_has_everything(trained_run) -> None:
     preds = pd.read_csv(run / "predictions" / "test.csv")
     assert list(preds.columns) == ["customer_id", "label", "prediction"]
     assert preds["prediction"].between(0, 1).all() and len(preds) == 120
+    from clm_torch.callbacks import expected_calibration_error  # in metrics.json too, not only TensorBoard
+
+    assert saved["test/ece"] == pytest.approx(expected_calibration_error(preds["prediction"].to_numpy(),
+                                                                         preds["label"].to_numpy()), abs=1e-4)
 
 
 def test_checkpoint_is_weights_only_and_scores_raw_frames(trained_run) -> None:

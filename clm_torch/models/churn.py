@@ -457,7 +457,12 @@ class ChurnClassifier(CLMModule):
         self.stage_labels[stage].reset()
         if stage == "val" and not self.trainer.sanity_checking:
             self.fit_calibration(logits, y)
-        metrics = binary_metrics(self.calibrated_prob(logits), y)
+        prob = self.calibrated_prob(logits)
+        metrics = binary_metrics(prob, y)
+        if stage == "test":  # in metrics.json and every logger, as clm-evaluate's eval/ece
+            from clm_torch.callbacks import expected_calibration_error
+
+            metrics["ece"] = torch.tensor(expected_calibration_error(prob.detach().cpu().numpy(), y.cpu().numpy()))
         for k, v in metrics.items():
             self.log(f"{stage}/{k}", v, prog_bar=k == "auroc")
 
