@@ -323,7 +323,7 @@ class RunDirGuard(_HydraCallback):
                     job.paths.output_dir = str(Path(str(config.hydra.run.dir)).resolve())
             HydraConfig.instance().set_config(config.copy())
             check_before_run(job, program)
-        except (SettingError, SchemaError) as e:
+        except (SettingError, SchemaError, CheckpointError) as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
         except Exception:  # noqa: BLE001 - e.g. a value that needs the job's runtime to resolve: judged in the job

@@ -787,6 +787,9 @@ def check_before_run(cfg: DictConfig, program: str) -> None:
     if name == "train":
         check_settings(cfg)
         check_model_data(cfg)
+        if cfg.get("train", True) and cfg.get("ckpt_path") not in (None, "", "null"):
+            # the checkpoint to resume exists (ckpt_path=last into a new run directory is the usual slip)
+            resolve_ckpt_path(cfg.get("ckpt_path"), Path(cfg.paths.output_dir))
     elif name == "pipeline":
         from clm_torch.pipeline import check_pipeline_settings
 

@@ -691,6 +691,7 @@ def test_a_command_refused_for_a_setting_leaves_no_run_directory(tmp_path: Path)
         (["clm_torch.pipeline", "horizon_days=0"], "error: horizon_days=0: expected a number of days > 0"),
         (["clm_torch.train", "experiment=churn_synthetic", "model.calibration=foo"],
          "error: model.calibration='foo': expected one of platt, temperature, none"),
+        (["clm_torch.train", "experiment=churn_synthetic", "ckpt_path=last"], "error: "),  # no run to resume there
     ]
     for i, (cmd, line) in enumerate(commands):
         run = tmp_path / f"run{i}"
@@ -698,6 +699,9 @@ def test_a_command_refused_for_a_setting_leaves_no_run_directory(tmp_path: Path)
                               timeout=300, env={**os.environ, "CLM_ROOT": str(tmp_path)})
         assert proc.returncode == 2, (cmd, proc.stderr[-2000:])
         assert proc.stderr.strip().splitlines()[-1].startswith(line), (cmd, proc.stderr[-2000:])
+        if "ckpt_path=last" in cmd:
+            assert proc.stderr.strip().endswith("checkpoints/last.ckpt: ckpt_path=last but this run directory has no "
+                                                "last.ckpt; pass hydra.run.dir=<the interrupted run's directory>")
         assert not run.exists(), (cmd, sorted(p.name for p in run.rglob("*")))
     assert not (tmp_path / "logs").exists()
 
