@@ -796,6 +796,17 @@ def check_before_run(cfg: DictConfig, program: str) -> None:
         check_pipeline_settings(cfg)
 
 
+def _refused(line: str) -> None:
+    """Print a command's one-line error, write it to the run's log files too (the console's handler
+    already has it on screen), and exit with code 2."""
+    print(line, file=sys.stderr, flush=True)
+    record = logging.LogRecord("clm_torch", logging.ERROR, __file__, 0, line, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    sys.exit(2)
+
+
 def run_cli(fn: Any, cfg: DictConfig) -> Any:
     """Run ``fn(cfg)``; expected data/checkpoint errors, and settings left ``???`` in the config
     (e.g. ``data=csv`` without ``data.path``), exit non-zero with one clear line."""
@@ -804,8 +815,7 @@ def run_cli(fn: Any, cfg: DictConfig) -> Any:
         check_no_missing(cfg)
         return fn(cfg)
     except expected as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        _refused(f"error: {e}")
     except hydra.errors.InstantiationException as e:
         # A data source raises its SchemaError inside hydra.utils.instantiate, which wraps it in
         # "Error in call to target ...": show the source's own message. A ValueError or TypeError
@@ -824,8 +834,7 @@ def run_cli(fn: Any, cfg: DictConfig) -> Any:
             if not torch.cuda.is_available():
                 hint = (f" (torch {torch.__version__} sees no CUDA GPU here: train on the CPU (trainer=cpu or "
                         "trainer.accelerator=cpu), or install a CUDA build of torch, see the README)")
-        print(f"error: {cause}{hint}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        _refused(f"error: {cause}{hint}")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train.yaml")

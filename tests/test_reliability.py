@@ -405,11 +405,20 @@ def test_a_data_source_error_raised_inside_hydra_instantiate_is_one_clear_line(m
     log = tmp_path / "events.csv"
     log.write_text("customer_id,timestamp,amount\n1,2024-01-01,5\n1,notadate,3\n2,2024-02-01,4\n")
     cfg = make_cfg("model=churn", "data=events", f"data.path={log}", "data.amount_col=amount", *FAST)
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(train, cfg)
+    import logging
+
+    run_log = logging.FileHandler(tmp_path / "run.log")  # as Hydra's job logging writes <task>.log
+    logging.getLogger().addHandler(run_log)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(train, cfg)
+    finally:
+        logging.getLogger().removeHandler(run_log)
+        run_log.close()
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {log}, column 'timestamp', row 1: cannot parse timestamp 'notadate'"), err
+    assert err in (tmp_path / "run.log").read_text()  # the run's log says why it stopped, too
 
 
 @pytest.mark.parametrize("override, message", [
