@@ -473,6 +473,9 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     profile_frame = profile_view(inputs, customers, horizon, int(cfg.n_last),
                                  [c for c in train_frame.columns if c not in ("churn", "future_spend", *seq_cols)],
                                  views=views)
+    # the stage rules' and run rate's inputs of the score view (step 9), kept before the views are dropped
+    score_feats = views.at(inputs["cutoff"], customers_as_of=inputs.get("customers_as_of", inputs["cutoff"])).features
+    score_feats = score_feats[[c for c in (*STAGE_INPUTS, "monetary_total") if c in score_feats.columns]]
     del views  # the views' memory is not needed while the models train
     (out / "data").mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(exist_ok=True)
@@ -532,8 +535,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     period_days = float(v.period_days)
     p_period = per_period_churn_prob(p_churn, horizon / period_days)
     surv = survival_from_churn_prob(p_period, int(v.periods))
-    sf_all = stage_frame(sf, views.at(inputs["cutoff"], customers_as_of=inputs.get("customers_as_of",
-                                                                                   inputs["cutoff"])).features)
+    sf_all = stage_frame(sf, score_feats)
     spend_rate = run_rate_clv(sf_all, period_days).to_numpy()  # past spend per period
     clv_formula_v = clv_formula(float(v.margin) * spend_rate[:, None] * np.ones((1, int(v.periods))), surv,
                                 float(v.discount_rate))

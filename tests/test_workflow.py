@@ -328,8 +328,12 @@ def test_the_eval_mode_warning_is_silenced_only_until_training_starts() -> None:
     never reaches on_fit_end, leaves no filter behind to hide the warning from another model."""
     import warnings
 
-    stub = SimpleNamespace(infogap=torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.ReLU()))
-    stub._drop_eval_filter = lambda: ChurnClassifier._drop_eval_filter(stub)
+    import lightning as L
+
+    # a ChurnClassifier with only a stand-in frozen VAE (no trainer: the base class's hook is a no-op)
+    stub = ChurnClassifier.__new__(ChurnClassifier)
+    L.LightningModule.__init__(stub)
+    stub.infogap = torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.ReLU())
     before = list(warnings.filters)
     ChurnClassifier.on_fit_start(stub)
     assert warnings.filters[0][1].pattern.startswith(r"Found 3 module\(s\) in eval mode")
