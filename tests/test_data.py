@@ -481,6 +481,10 @@ def test_a_yes_no_column_matches_its_other_spellings_and_unknown_values_are_warn
     assert "s.csv: column 'opt_in': 60 of 60 values are not among the categories the model was trained with (e.g. " \
            in caplog.text and "it knows 'No', 'Yes'" in caplog.text
     caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.encoding"):  # a new tier for a fifth
+        enc.transform(df.assign(plan=df["plan"].where(np.arange(60) >= 12, "enterprise")), source="s.csv")
+    assert "s.csv: column 'plan': 12 of 60 values are not among the categories" in caplog.text
+    caplog.clear()
     few = df["plan"].where(np.arange(60) >= 4, "enterprise")  # a few new values: normal, no warning
     with caplog.at_level(logging.WARNING, logger="clm_torch.data.encoding"):
         enc.transform(df.assign(plan=few), source="s.csv")

@@ -112,6 +112,9 @@ def _plain(v: Any) -> Any:
     return v
 
 
+UNSEEN_WARN_SHARE = 0.1  # the share of a column's values unseen at fit time from which scoring warns
+
+
 class FeatureEncoder:
     """Fit/transform a mixed-type table into the tensors models consume.
 
@@ -295,7 +298,7 @@ class FeatureEncoder:
 
     def _category_index(self, col: str, s: pd.Series, source: str | None = None) -> np.ndarray:
         """Vocabulary indices (n,) int64 of the values of ``s`` (0 = missing or unseen; with a
-        ``source``, a warning when most values are unseen: :meth:`_warn_unseen`).
+        ``source``, a warning when a tenth or more of the values are unseen: :meth:`_warn_unseen`).
 
         The values are factorised first, so the string normalisation of :func:`_category_keys`
         and the vocabulary lookup run once per distinct value, not once per row; the index of a
@@ -354,10 +357,11 @@ class FeatureEncoder:
                         len(df), "it" if len(empty) == 1 else "them")
 
     def _warn_unseen(self, col: str, codes: np.ndarray, lookup: np.ndarray, values: list, source: str) -> None:
-        """Warn when most of a column's values are categories the encoder was not fitted with (e.g.
-        True/False where it learnt 'Yes'/'No'): each is read as missing, so the model sees a
-        column that is not there. Rare unseen values (a new region) are normal and not warned about,
-        nor are columns whose fitted data already had that share beyond ``max_categories``."""
+        """Warn when a tenth or more of a column's values (5 at least) are categories the encoder was not
+        fitted with (True/False where it learnt 'Yes'/'No', a new 'Platinum' tier for a fifth of the
+        customers): each is read as missing, so the model sees less of the column than it was trained
+        on. Rarer unseen values (a new region here and there) are normal and not warned about, nor are
+        columns whose fitted data already had that share beyond ``max_categories``."""
         if self._said is not None:
             if (source, col) in self._said:
                 return
@@ -365,7 +369,7 @@ class FeatureEncoder:
         n_obs = int(observed.sum())
         unseen = np.flatnonzero(lookup == 0)
         n_unseen = int(np.isin(codes, unseen).sum())
-        if n_unseen < 5 or n_unseen < 0.5 * n_obs or n_unseen <= 2 * self.unk_share.get(col, 0.0) * n_obs:
+        if n_unseen < 5 or n_unseen < UNSEEN_WARN_SHARE * n_obs or n_unseen <= 2 * self.unk_share.get(col, 0.0) * n_obs:
             return
         known = [v for v in self.vocab[col][1:6]]
         if self._said is not None:
