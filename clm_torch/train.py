@@ -796,14 +796,36 @@ def check_before_run(cfg: DictConfig, program: str) -> None:
         check_pipeline_settings(cfg)
 
 
+def _drop_resume_record() -> None:
+    """A refused resume leaves no ``.hydra/resume_<stamp>/`` behind: Hydra wrote it for this command
+    before the job ran (see ``RunDirGuard._keep_record``), and nothing ran. Only that folder, and only
+    while it holds Hydra's own files; the refusal itself stays in the run's log file."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        sub, run_dir = hc.output_subdir, hc.runtime.output_dir
+    except Exception:  # noqa: BLE001 - not a Hydra job (train() called from Python)
+        return
+    if not sub or not Path(str(sub)).name.startswith("resume_") or not run_dir:
+        return
+    record = Path(str(run_dir)) / str(sub)
+    files = list(record.iterdir()) if record.is_dir() else []
+    if files and all(f.is_file() and f.name in ("config.yaml", "hydra.yaml", "overrides.yaml") for f in files):
+        for f in files:
+            f.unlink()
+        record.rmdir()
+
+
 def _refused(line: str) -> None:
     """Print a command's one-line error, write it to the run's log files too (the console's handler
-    already has it on screen), and exit with code 2."""
+    already has it on screen), and exit with code 2. A refused resume's Hydra record is removed."""
     print(line, file=sys.stderr, flush=True)
     record = logging.LogRecord("clm_torch", logging.ERROR, __file__, 0, line, None, None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
+    _drop_resume_record()
     sys.exit(2)
 
 
