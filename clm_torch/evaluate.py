@@ -390,6 +390,28 @@ def predictions_name(cfg: DictConfig, data: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name or "predictions")).strip("_.") or "predictions"
 
 
+def check_evaluate_settings(cfg: DictConfig) -> None:
+    """Refuse a ``batch_size``, ``k``, ``hide_rate`` or ``seed`` of the wrong type or out of range (with
+    the key), a missing checkpoint and a missing ``data=``, before the run directory is made
+    (``hide_rate=1.5`` hid every cell, ``batch_size=0`` was ignored, ``k=0`` failed deep in the
+    recommender)."""
+    from clm_torch.train import bad_setting, is_count, is_number, is_whole
+
+    checks = {"batch_size": (is_count, "a whole number >= 1"), "k": (is_count, "a whole number >= 1"),
+              "hide_rate": (lambda v: is_number(v) and 0 < v < 1, "a share in (0, 1)"),
+              "seed": (is_whole, "a whole number")}
+    for key, (ok, want) in checks.items():
+        v = cfg.get(key)
+        if v is not None and not ok(v):
+            raise bad_setting(key, v, want)
+    if cfg.get("ckpt_path") in (None, "", "???"):
+        raise CheckpointError("no checkpoint: pass ckpt_path=<run dir or .ckpt file>")
+    resolve_checkpoint(cfg.ckpt_path)  # there is one to load
+    if cfg.get("data") is None:
+        raise SchemaError("no data to evaluate on: pass data=<telco|synthetic|csv|...> "
+                          "(e.g. data=csv data.path=new.csv data.target=churn)", source="clm-evaluate")
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Load ``cfg.ckpt_path``, score ``cfg.data``, write metrics.json and predictions/<name>.csv.
 
@@ -398,15 +420,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """
     from clm_torch.train import check_run_dir
 
+    check_evaluate_settings(cfg)
     output_dir = Path(cfg.paths.output_dir)
     check_run_dir(output_dir, resuming=False, can_resume=False)  # never over a training run's (or another evaluation's) files
     output_dir.mkdir(parents=True, exist_ok=True)
     print(f"[clm_torch] evaluation directory: {output_dir}", flush=True)
-    if cfg.get("ckpt_path") in (None, "", "???"):
-        raise CheckpointError("no checkpoint: pass ckpt_path=<run dir or .ckpt file>")
-    if cfg.get("data") is None:
-        raise SchemaError("no data to evaluate on: pass data=<telco|synthetic|csv|...> "
-                          "(e.g. data=csv data.path=new.csv data.target=churn)", source="clm-evaluate")
     ckpt = resolve_checkpoint(cfg.ckpt_path)
     trained = read_config(ckpt.parent.parent)
     model = load_model(ckpt, trained)

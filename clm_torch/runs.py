@@ -308,7 +308,7 @@ class RunDirGuard(_HydraCallback):
         from omegaconf import open_dict
 
         program = str(OmegaConf.select(config, "hydra.job.config_name", default=None) or "").removesuffix(".yaml")
-        if program not in ("train", "pipeline"):
+        if program not in ("train", "pipeline", "evaluate"):
             return
         try:
             from hydra.core.hydra_config import HydraConfig

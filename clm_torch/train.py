@@ -781,7 +781,7 @@ def check_before_run(cfg: DictConfig, program: str) -> None:
     before Hydra creates the run directory (so that a refused command leaves no folder behind); the
     command runs them again itself (a notebook's ``train(cfg)`` has no guard). ``cfg``: the job's
     config (without the ``hydra`` node); ``program``: its config name, ``train`` or ``pipeline``
-    (``evaluate`` first needs its checkpoint)."""
+    (``evaluate``: its own settings; its data and checkpoint are judged when read)."""
     check_no_missing(cfg)
     name = program
     if name == "train":
@@ -794,6 +794,10 @@ def check_before_run(cfg: DictConfig, program: str) -> None:
         from clm_torch.pipeline import check_pipeline_settings
 
         check_pipeline_settings(cfg)
+    elif name == "evaluate":
+        from clm_torch.evaluate import check_evaluate_settings
+
+        check_evaluate_settings(cfg)
 
 
 def _drop_resume_record() -> None:

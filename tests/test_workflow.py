@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics.functional.classification import binary_auroc
 
 from clm_torch import CheckpointError, ChurnClassifier, SchemaError, load_run
+from clm_torch.utils.io import SettingError
 from clm_torch.callbacks import OverfitBatches
 from clm_torch.data.datamodules import TableDataModule
 from clm_torch.data.sources import FrameSource
@@ -259,6 +261,26 @@ def test_evaluate_errors(sweep, tmp_path: Path) -> None:
     (tmp_path / "done" / "metrics.json").write_text("{}")
     with pytest.raises(RunDirectoryError, match=r"nothing was overwritten\. Choose a new hydra\.run\.dir$"):
         evaluate(_eval_cfg(tmp_path, sweep.dir / "0", *_csv_data(sweep.csv), out="done"))  # no resume offered
+
+
+def test_evaluate_settings_are_refused_before_the_run_directory_is_made(sweep, tmp_path: Path) -> None:
+    """clm-evaluate's own settings out of range were used as given (hide_rate=1.5 hid every cell,
+    batch_size=0 was ignored) or failed deep inside (k=0); a missing data= made a folder first."""
+    from clm_torch.evaluate import check_evaluate_settings
+
+    for bad, want in (("hide_rate=1.5", "hide_rate=1.5: expected a share in (0, 1)"),
+                      ("batch_size=0", "batch_size=0: expected a whole number >= 1"),
+                      ("k=0", "k=0: expected a whole number >= 1"), ("seed=x", "seed='x': expected a whole number")):
+        with pytest.raises(SettingError, match=re.escape(want)):
+            check_evaluate_settings(_eval_cfg(tmp_path, sweep.dir / "0", *_csv_data(sweep.csv), bad))
+    check_evaluate_settings(_eval_cfg(tmp_path, sweep.dir / "0", *_csv_data(sweep.csv)))  # the defaults pass
+    run = tmp_path / "cli"
+    out = _cli([f"ckpt_path={sweep.dir / '0'}", *_csv_data(sweep.csv), "hide_rate=2", f"hydra.run.dir={run}"],
+               sweep.root, module="clm_torch.evaluate")
+    assert out.returncode == 2 and out.stderr.strip() == "error: hide_rate=2: expected a share in (0, 1)"
+    out = _cli([f"ckpt_path={sweep.dir / '0'}", f"hydra.run.dir={run}"], sweep.root, module="clm_torch.evaluate")
+    assert out.returncode == 2 and "no data to evaluate on" in out.stderr
+    assert not run.exists()
 
 
 def test_evaluate_on_an_event_log_without_its_money_column_names_data_amount_col(tmp_path: Path, capsys) -> None:
