@@ -165,7 +165,7 @@ def evaluate_regression(model: Any, data: Any, *, batch_size: int = 65536) -> Ev
 
 
 def evaluate_imputer(model: Any, data: Any, *, hide_rate: float = 0.2, seed: int = 0,
-                     batch_size: int = 8192) -> Evaluation:
+                     batch_size: int = 65536) -> Evaluation:
     """An imputation model (``impute`` + ``information_gap``; the InfoGapVAE) on new rows.
 
     Predictions: the information gap per customer (``gap_score``, ``completeness``,
@@ -173,16 +173,18 @@ def evaluate_imputer(model: Any, data: Any, *, hide_rate: float = 0.2, seed: int
     Metrics: hide ``hide_rate`` of the observed feature cells at random (seeded), impute them
     from the rest and score only those cells: NRMSE (RMSE / the column's std in these rows),
     averaged over numeric columns, and accuracy averaged over categorical columns.
+    ``batch_size`` caps the rows of each chunk (the gap and imputation, which sample, use smaller
+    chunks by default: 1024 and 8192 rows).
     """
     t = _table(model, data)
     enc = model.encoder
     features = t.features
-    gap = model.information_gap(features, source=data.name)
+    gap = model.information_gap(features, batch_size=min(batch_size, 1024), source=data.name)
     keep = ["gap_score", "completeness", "surprise_total", "surprise_max_feature", "missing_entropy",
             "n_observed", "n_missing"]
     preds = pd.concat([pd.DataFrame({t.id_name: t.ids}, index=features.index),
                        gap[[c for c in keep if c in gap.columns]]], axis=1)
-    z = model.encode(features, source=data.name)
+    z = model.encode(features, batch_size=batch_size, source=data.name)
     for d in range(z.shape[1]):
         preds[f"z_{d}"] = z[:, d]
     rng = np.random.default_rng(seed)
@@ -200,7 +202,7 @@ def evaluate_imputer(model: Any, data: Any, *, hide_rate: float = 0.2, seed: int
                                "mean_gap_score": float(gap["gap_score"].mean()),
                                "mean_completeness": float(gap["completeness"].mean())}
     if hidden:
-        imputed = model.impute(masked, batch_size=batch_size, seed=seed, source=data.name)
+        imputed = model.impute(masked, batch_size=min(batch_size, 8192), seed=seed, source=data.name)
         nrmse, acc = [], []
         for col, h in hidden.items():
             if col in enc.num_columns:
@@ -312,7 +314,7 @@ def _evaluate_model(model: Any, data: Any, *, batch_size: int, k: int, hide_rate
         if hasattr(model, "predict_spend"):
             return evaluate_regression(model, data, batch_size=batch_size)
         if hasattr(model, "impute") and hasattr(model, "information_gap"):
-            return evaluate_imputer(model, data, hide_rate=hide_rate, seed=seed)
+            return evaluate_imputer(model, data, hide_rate=hide_rate, seed=seed, batch_size=batch_size)
     kind = "an interaction log" if is_interactions else "a customer table"
     raise CheckpointError(f"clm-evaluate cannot evaluate a {type(model).__name__} on {kind} ({data.name}); "
                           f"pick data that matches the model, or give the model an evaluate_frame() method")
