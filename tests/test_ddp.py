@@ -311,3 +311,39 @@ def test_vae_under_ddp_spawn_logs_global_validation_metrics(tmp_path: Path) -> N
     assert metrics["val/active_units"] == float((var > 0.01).sum())
     # the main process holds rank 0's weights and buffers: the reference of all validation rows
     assert float(model.ref_info) == pytest.approx(tot["info_sum"] / tot["info_n"], rel=1e-5)
+
+
+@pytest.mark.slow  # two spawned interpreters
+def test_the_vae_projector_under_ddp_shows_every_test_row(tmp_path: Path) -> None:
+    """Under DDP each rank encodes its part of the test split; the TensorBoard projector showed rank
+    0's part only. It now holds every test row once, in row order, with each row's own latent mean."""
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from clm_torch.data.datamodules import TableDataModule
+    from clm_torch.data.sources.tables import FrameSource
+
+    L.seed_everything(0)
+    dm = TableDataModule(FrameSource(messy_table(600), target="churn", id_col="customer_id"), batch_size=64,
+                         eval_batch_size=32, require_target=False)
+    dm.setup("fit")
+    model = InfoGapVAE(**dm.model_kwargs(), latent_dim=3, d_embed=8, encoder_hidden=[32], decoder_hidden=[32],
+                       projector_ids="raw")
+    model.set_preprocessing(dm.preprocessing_state())
+    trainer = L.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, max_epochs=1,
+                        logger=TensorBoardLogger(tmp_path, name="tb"), enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                        num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=dm)
+    trainer.test(model, datamodule=dm)
+
+    tensors = list(tmp_path.rglob("latent_mean/tensors.tsv"))
+    assert len(tensors) == 1, tensors
+    mu = np.loadtxt(tensors[0], delimiter="\t", ndmin=2)
+    meta = pd.read_csv(tensors[0].with_name("metadata.tsv"), sep="\t", dtype=str)
+    test = dm.frames["test"]
+    assert len(mu) == len(test) and len(meta) == len(test)  # both ranks' rows (each rank holds about half)
+    assert meta["customer_id (raw)"].tolist() == test["customer_id"].astype(str).tolist()
+    model.eval()
+    want = np.asarray(model.encode(test))  # the weights the main process holds after spawn: rank 0's
+    np.testing.assert_allclose(mu, want, atol=1e-4)

@@ -502,13 +502,37 @@ class InfoGapVAE(CLMModule):
         if stage == "val" and not self.trainer.sanity_checking and float(sums["info"][1]) > 0:
             self.ref_info.fill_(float(sums["info"][0] / sums["info"][1]))
         if stage == "test":
-            self._add_embedding(torch.cat(acc["mu"]), torch.cat(acc["rows"]) if acc["rows"] else None)
+            mu = torch.cat(acc["mu"]) if acc["mu"] else torch.zeros(0, int(self.hparams.latent_dim))
+            self._add_embedding(*self._gather_test_latents(mu, torch.cat(acc["rows"]) if acc["rows"] else None))
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+
+    def _gather_test_latents(self, mu: torch.Tensor, rows: torch.Tensor | None) -> tuple[torch.Tensor,
+                                                                                         torch.Tensor | None]:
+        """Every rank's test latents and their test-split rows, in row order, for the projector (under
+        DDP each rank holds its part of the split; the projector showed rank 0's only). Called on every
+        rank (a collective), only when a TensorBoard logger will write them. A DataModule whose ranks
+        hold different frames (``rank_local``: ``data=parquet_shards``) numbers its rows per rank: the
+        projector keeps rank 0's part there."""
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        trainer, dist = self._trainer, torch.distributed
+        if trainer is None or trainer.world_size <= 1 or not (dist.is_available() and dist.is_initialized()) \
+                or not any(isinstance(lg, TensorBoardLogger) for lg in (self.loggers or [])) \
+                or getattr(getattr(trainer, "datamodule", None), "rank_local", False):
+            return mu, rows
+        parts: list[Any] = [None] * trainer.world_size
+        dist.all_gather_object(parts, (mu.cpu(), None if rows is None else rows.cpu()))
+        mu = torch.cat([m for m, _ in parts])
+        if any(r is None for _, r in parts):
+            return mu, None
+        rows = torch.cat([r for _, r in parts])
+        rows, first = np.unique(rows.numpy(), return_index=True)  # row order; a row twice (padding) once
+        return mu[torch.from_numpy(first)], torch.from_numpy(rows)
 
     def _add_embedding(self, mu: torch.Tensor, rows: torch.Tensor | None) -> None:
         """TensorBoard projector of the test latents, with churn / true segment as metadata, and the
