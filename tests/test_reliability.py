@@ -690,6 +690,20 @@ def test_metrics_json_is_strict_json(tmp_path: Path) -> None:
                                                                    "n": [1.0, None]}
 
 
+def _run_two_at_a_time(argvs: list[list[str]], env: dict[str, str]) -> list[subprocess.CompletedProcess]:
+    """Run independent commands two at a time (one per core of the CI machine), results in order."""
+    def start(argv: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    running, done = [start(a) for a in argvs[:2]], []
+    for i, proc in enumerate(running):
+        out, err = proc.communicate(timeout=300)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+        if i + 2 < len(argvs):
+            running.append(start(argvs[i + 2]))
+    return done
+
+
 def test_a_command_refused_for_a_setting_leaves_no_run_directory(tmp_path: Path) -> None:
     """A bad setting is refused by the run-directory guard before Hydra makes the run directory (it
     used to leave a folder of .hydra/ and a log for every refused command): one line, exit 2, no folder."""
@@ -702,10 +716,11 @@ def test_a_command_refused_for_a_setting_leaves_no_run_directory(tmp_path: Path)
          "error: model.calibration='foo': expected one of platt, temperature, none"),
         (["clm_torch.train", "experiment=churn_synthetic", "ckpt_path=last"], "error: "),  # no run to resume there
     ]
-    for i, (cmd, line) in enumerate(commands):
+    # the commands are independent (a run directory each): two at a time, one per core
+    done = _run_two_at_a_time([[sys.executable, "-m", *cmd, f"hydra.run.dir={tmp_path / f'run{i}'}"]
+                               for i, (cmd, _) in enumerate(commands)], {**os.environ, "CLM_ROOT": str(tmp_path)})
+    for i, ((cmd, line), proc) in enumerate(zip(commands, done)):
         run = tmp_path / f"run{i}"
-        proc = subprocess.run([sys.executable, "-m", *cmd, f"hydra.run.dir={run}"], capture_output=True, text=True,
-                              timeout=300, env={**os.environ, "CLM_ROOT": str(tmp_path)})
         assert proc.returncode == 2, (cmd, proc.stderr[-2000:])
         assert proc.stderr.strip().splitlines()[-1].startswith(line), (cmd, proc.stderr[-2000:])
         if "ckpt_path=last" in cmd:
