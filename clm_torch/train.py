@@ -780,8 +780,9 @@ def check_before_run(cfg: DictConfig, program: str) -> None:
     """The checks of a command's settings that need no data, for the run-directory guard to run
     before Hydra creates the run directory (so that a refused command leaves no folder behind); the
     command runs them again itself (a notebook's ``train(cfg)`` has no guard). ``cfg``: the job's
-    config (without the ``hydra`` node); ``program``: its config name, ``train`` or ``pipeline``
-    (``evaluate``: its own settings; its data and checkpoint are judged when read)."""
+    config (without the ``hydra`` node); ``program``: its config name, ``train``, ``pipeline`` or
+    ``evaluate`` (its own settings, that its checkpoint exists and that ``data=`` is given; the data
+    and the checkpoint's contents are judged when read)."""
     check_no_missing(cfg)
     name = program
     if name == "train":

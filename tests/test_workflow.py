@@ -22,12 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics.functional.classification import binary_auroc
 
 from clm_torch import CheckpointError, ChurnClassifier, SchemaError, load_run
-from clm_torch.utils.io import SettingError
 from clm_torch.callbacks import OverfitBatches
 from clm_torch.data.datamodules import TableDataModule
 from clm_torch.data.sources import FrameSource
 from clm_torch.evaluate import evaluate, evaluate_model
 from clm_torch.train import RunDirectoryError, train
+from clm_torch.utils.io import SettingError
 from clm_torch.utils.progress import chunks, progress_enabled, track
 from tests.conftest import REPO, compose_cfg, messy_table
 
