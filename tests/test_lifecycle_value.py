@@ -363,6 +363,12 @@ def test_suggested_actions_refuse_bad_inputs_and_ties_do_not_make_everyone_high_
                                                "top5_items": [np.nan, np.nan]}))
     assert no_history["reason"].tolist() == ["no purchase yet", "lapsed: no purchase for 200 days"]
     assert no_history["action"].tolist() == ["first-purchase offer", "win-back campaign"]
+    long_ago = suggest_actions(pd.DataFrame({"stage": ["lapsed"], "churn_probability": [0.9], "clv": [0.0],
+                                             "recency_days": [1e19]}))  # past int64: was "-9223372036854775808 days"
+    assert long_ago.loc[0, "reason"] == "lapsed: no purchase for 10000000000000000000 days"
+    # high value: the top 20 % of all customers (CLV 0 included), positive only: 2, 3, 4 of 12
+    assert suggest_actions(c.iloc[:12].assign(clv=[0.0] * 8 + [1.0, 2.0, 3.0, 4.0]))["action"].tolist() == (
+        ["recommend"] * 9 + ["cross-sell"] * 3)
     unknown = suggest_actions(pd.DataFrame({"stage": ["lapsed"], "churn_probability": [0.9], "clv": [0.0]}))
     assert (unknown.loc[0, "action"], unknown.loc[0, "reason"]) == ("win-back campaign", "lapsed")  # no recency column
     with pytest.raises(SchemaError, match="column 'clv': column not found"):
@@ -373,3 +379,42 @@ def test_suggested_actions_refuse_bad_inputs_and_ties_do_not_make_everyone_high_
         suggest_actions(c.assign(churn_probability=70.0))
     with pytest.raises(ValueError, match="value_quantile must be in"):
         suggest_actions(c, value_quantile=80)
+
+
+def test_lifecycle_inputs_that_were_paired_or_binned_wrongly_in_silence():
+    """A one-column churn-probability frame is matched by customer like a Series (it was taken in
+    row order); two Series with different indexes are refused by the ranking metrics (they were
+    paired by position); a multiple period ('2M') is refused (it was binned by month); a fractional
+    number of periods, a tenure floor of 0 or a text setting are named errors."""
+    f = pd.DataFrame({"recency_days": [10, 10], "tenure_days": [500, 500], "frequency": [5, 5],
+                      "last_gap_days": [10, 10]}, index=["a", "b"])
+    p = pd.DataFrame({"p": [0.9, 0.1]}, index=["b", "a"])
+    assert assign_stage(f, p).tolist() == ["active", "at_risk"]
+    with pytest.raises(ValueError, match="churn_prob is a DataFrame with 2 columns"):
+        assign_stage(f, p.assign(q=0.5))
+    a, b = pd.Series([1.0, 2.0, 3.0], index=[2, 1, 0]), pd.Series([1.0, 2.0, 3.0])
+    for fn in (spearman, spend_capture):
+        with pytest.raises(ValueError, match="different indexes"):
+            fn(a, b)
+    assert spearman(a, b.reindex(a.index)) == pytest.approx(-1.0)
+    ev = _events([("a", "2024-01-05", 1), ("b", "2024-02-05", 1), ("a", "2024-03-02", 1), ("c", "2024-04-20", 1)])
+    with pytest.raises(ValueError, match=r"freq='2M': expected a single pandas period"):
+        cohort_retention(ev, freq="2M")
+    with pytest.raises(ValueError, match="n_periods must be a whole number >= 1, got 2.5"):
+        survival_from_churn_prob(0.1, 2.5)
+    feats = pd.DataFrame({"monetary_total": [10.0, 70.0], "tenure_days": [0.0, 3.0]})
+    for floor in (0, -3, float("nan")):
+        with pytest.raises(ValueError, match="min_tenure_days must be a number of days > 0"):
+            run_rate_clv(feats, 90, min_tenure_days=floor)
+    with pytest.raises(SchemaError, match="column 'monetary_total', row 1: contains infinite values"):
+        run_rate_clv(feats.assign(monetary_total=[1.0, np.inf]), 90)
+    with pytest.raises(ValueError, match=r"spend_horizon has 1 missing or infinite values \(first at index 1"):
+        clv_learned([1.0, np.nan], margin=0.3, horizon_days=90, period_days=30, periods=2, discount_rate=0.0)
+    for kw in ({"discount_rate": "0.1"}, {"periods": float("nan")}, {"horizon_days": None}):
+        args = {"margin": 0.3, "horizon_days": 90, "period_days": 30, "periods": 2, "discount_rate": 0.0, **kw}
+        with pytest.raises(ValueError, match=f"{next(iter(kw))} must be a"):
+            clv_learned([1.0], **args)
+    with pytest.raises(ValueError, match=r"survival shape \(3, 2\) does not match margins shape \(2, 2\)"):
+        clv_formula(np.ones((2, 2)), np.full((3, 2), 0.5))
+    with pytest.raises(SchemaError, match="column 'amount': expected money amounts"):
+        rates_from_events(ev.assign(amount=ev["amount"].astype(str)), "2024-02-01", "2024-03-01")

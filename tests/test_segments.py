@@ -95,3 +95,37 @@ def test_bad_points_and_labels_are_named_errors() -> None:
         segment_summary(df)
     with pytest.raises(SchemaError, match="column 'cluster': segment column not found"):
         segment_summary(df, "cluster")
+
+
+def test_segments_do_not_change_when_the_data_is_shifted() -> None:
+    """k-means, the silhouette and the choice of k are the same on data far from the origin: the
+    float32 ``cdist`` shortcut used to put distances of points near (5000, 3000) off by whole units
+    (inertia 500 where scikit-learn gives 379; BIC chose k = 4 for two blobs)."""
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal([5000, 3000], 1, (100, 2)), rng.normal([5004, 3000], 1, (100, 2))])
+    centred = x - x.mean(0)
+    far, near = kmeans(x, 2), kmeans(centred, 2)
+    assert far.inertia == pytest.approx(near.inertia, rel=1e-4)
+    assert far.inertia == pytest.approx(KMeans(2, n_init=4, random_state=0).fit(x).inertia_, rel=1e-3)
+    np.testing.assert_allclose(far.centers.numpy() - x.mean(0), near.centers.numpy(), atol=1e-2)
+    assert (far.assign(x) == far.labels.numpy()).all()
+    assert silhouette(x, far.labels) == pytest.approx(silhouette(centred, far.labels), abs=1e-4)
+    for criterion in ("bic", "silhouette"):
+        assert choose_k(x, range(2, 5), criterion=criterion).k == choose_k(centred, range(2, 5), criterion=criterion).k == 2
+
+
+def test_segment_summary_reads_one_column_name_and_skips_empty_answers() -> None:
+    c = pd.DataFrame({"segment": [0, 0, 0, 1], "stage": ["a", "b", "b", "a"], "question": ["", "", "income", ""],
+                      "clv": [1.0, 2.0, 3.0, 4.0]})
+    out = segment_summary(c, numeric_cols="clv", category_cols=["stage", "question"])
+    assert out["mean_clv"].tolist() == [2.0, 4.0]  # "clv" used to be read letter by letter
+    assert out["top_stage"].tolist() == ["b, a", "a"]
+    assert out["top_question"].tolist() == ["income", ""]  # "" was a value: ", income"
+    with pytest.raises(Exception, match="column 'stage': expected numbers to average"):
+        segment_summary(c, numeric_cols=["stage"])
+    with pytest.raises(ValueError, match="k_range is empty"):
+        choose_k(np.random.default_rng(0).normal(size=(20, 2)), [])
+    with pytest.raises(ValueError, match="n_init must be a whole number >= 1"):
+        kmeans(np.random.default_rng(0).normal(size=(20, 2)), 2, n_init=0)

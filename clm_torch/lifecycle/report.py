@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def _high_value(clv: np.ndarray, value_quantile: float) -> np.ndarray:
-    """CLV in the top ``1 - value_quantile`` share and positive. When ties at the quantile would put
+    """CLV in the top ``1 - value_quantile`` share of all customers (NaN left out) and positive. When ties at the quantile would put
     more than that share in the group (e.g. most customers at CLV 0), the tied customers are left out."""
     ok = np.isfinite(clv)
     if not ok.any() or value_quantile >= 1.0:  # the top 0 % is nobody
@@ -60,9 +60,10 @@ def suggest_actions(customers: pd.DataFrame, *, churn_threshold: float = 0.5, va
     and optionally ``completeness``, ``next_best_question``, ``recency_days``, ``top5_items`` (a
     list of item ids per customer, or the ids joined by :data:`TOP_ITEMS_SEP`; the first is offered).
 
-    ``high value`` is the top ``1 - value_quantile`` share by CLV among customers with a positive
-    CLV (customers tied at the quantile are all left out when including them would exceed that
-    share). A missing churn probability never makes a customer at risk.
+    ``high value`` is a positive CLV at or above the ``value_quantile`` quantile of every
+    customer's CLV (NaN left out): the top ``1 - value_quantile`` share of all customers, less those
+    at CLV 0 or below; customers tied at the quantile are all left out when including them would
+    exceed that share. A missing churn probability never makes a customer at risk.
     """
     c = customers
     for name, v, lo, hi in (("churn_threshold", churn_threshold, 0, 1), ("value_quantile", value_quantile, 0, 1),
@@ -115,7 +116,7 @@ def suggest_actions(customers: pd.DataFrame, *, churn_threshold: float = 0.5, va
     actions = ["first-purchase offer", "win-back campaign", "retention offer", "re-engagement nudge",
                "ask next best question", "onboarding", "welcome-back offer", "cross-sell"]
     action = np.select(conds, actions, default="recommend")
-    days = np.char.mod("%d", np.nan_to_num(np.floor(rec), nan=0).astype(np.int64))  # full days
+    days = np.char.mod("%.0f", np.nan_to_num(np.floor(rec), nan=0))  # full days (float: no int64 overflow)
     silent = np.char.add(np.char.add("no purchase for ", days), " days")
     lapsed = np.where(np.isnan(rec), "lapsed", np.char.add("lapsed: ", silent))  # NaN: no recency column
     # at risk by the stage's recency rule or by the churn probability: the reason gives both facts
@@ -190,7 +191,10 @@ def plot_clv_by_segment(customers: pd.DataFrame, path: Path) -> Path:
     plt = _plt()
     segs = sorted(customers["segment"].unique())
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.boxplot([customers.loc[customers["segment"] == s, "clv"].to_numpy() for s in segs], showfliers=False)
+    clv = pd.to_numeric(customers["clv"], errors="coerce")
+    # a NaN CLV is left out of its segment's box (matplotlib would drop the whole box)
+    ax.boxplot([clv[(customers["segment"] == s).to_numpy() & clv.notna().to_numpy()].to_numpy() for s in segs],
+               showfliers=False)
     ax.set_xticks(range(1, len(segs) + 1), [str(s) for s in segs])
     ax.set(title="CLV by segment", xlabel="segment", ylabel="CLV")
     fig.tight_layout()

@@ -27,9 +27,13 @@ class KMeansResult:
 
     def assign(self, x: torch.Tensor | np.ndarray, chunk: int = 262144) -> np.ndarray:
         """Nearest-center labels (n,) for new points (n, d)."""
-        x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-        return torch.cat([torch.cdist(x[i:i + chunk], self.centers).argmin(1)
-                          for i in range(0, len(x), chunk)]).numpy()
+        x = _points(x)
+        if x.shape[1] != self.centers.shape[1]:
+            raise ValueError(f"x has {x.shape[1]} dimensions, the centers {self.centers.shape[1]}")
+        shift = self.centers.mean(0)  # distances near the origin (see _centred)
+        c = self.centers - shift
+        return torch.cat([torch.cdist(x[i:i + chunk] - shift, c).argmin(1)
+                          for i in range(0, len(x), chunk)] or [torch.zeros(0, dtype=torch.long)]).numpy()
 
 
 def _points(x: torch.Tensor | np.ndarray, what: str = "x") -> torch.Tensor:
@@ -46,6 +50,15 @@ def _points(x: torch.Tensor | np.ndarray, what: str = "x") -> torch.Tensor:
         raise ValueError(f"{what} has {int(bad.sum())} missing, infinite or huge (> 1e15) values (first: row {i}, "
                          f"column {j}: {float(arr[i, j]):.6g}); impute or drop them, and standardise, before segmenting")
     return torch.as_tensor(arr, dtype=torch.float32)
+
+
+def _centred(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x - mean, mean)``. Every distance below is taken between centred points: ``torch.cdist``
+    computes ``|a|^2 + |b|^2 - 2ab`` in float32, whose rounding error grows with ``|a|^2``, so points
+    far from the origin (raw features around 5,000) got distances off by whole units and k-means,
+    the silhouette and the BIC changed when the data was shifted by a constant."""
+    mean = x.mean(0) if len(x) else torch.zeros(x.shape[1])
+    return x - mean, mean
 
 
 class TooFewDistinctPoints(ValueError):
@@ -83,9 +96,11 @@ def kmeans(x: torch.Tensor | np.ndarray, k: int, *, n_init: int = 4, max_iter: i
         x: (n, d) points.
         k: number of clusters (≤ n).
     """
-    x = _points(x)
-    if k < 1 or k > len(x):
-        raise ValueError(f"k must be in [1, {len(x)}], got {k}")
+    x, shift = _centred(_points(x))
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 or k > len(x):
+        raise ValueError(f"k must be a whole number in [1, {len(x)}], got {k!r}")
+    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
+        raise ValueError(f"n_init must be a whole number >= 1 (restarts), got {n_init!r}")
     g = torch.Generator().manual_seed(seed)
     best: KMeansResult | None = None
     for _ in range(n_init):
@@ -110,11 +125,10 @@ def kmeans(x: torch.Tensor | np.ndarray, k: int, *, n_init: int = 4, max_iter: i
             if prev - inertia <= tol * max(prev, 1.0):
                 break
             prev = inertia
-        dist = torch.cdist(x, c)
-        labels = dist.argmin(1)
-        inertia = float((dist.gather(1, labels[:, None]) ** 2).sum())
+        labels = torch.cdist(x, c).argmin(1)
+        inertia = float(((x - c[labels]).double() ** 2).sum())  # exact, not from the cdist shortcut
         if best is None or inertia < best.inertia:
-            best = KMeansResult(c, labels, inertia)
+            best = KMeansResult(c + shift, labels, inertia)
     assert best is not None
     return best
 
@@ -122,7 +136,9 @@ def kmeans(x: torch.Tensor | np.ndarray, k: int, *, n_init: int = 4, max_iter: i
 def silhouette(x: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, *, sample_size: int = 4000,
                seed: int = 0) -> float:
     """Mean silhouette coefficient (on a random sample of at most ``sample_size`` points)."""
-    x = _points(x)
+    x = _centred(_points(x))[0]
+    if len(x) == 0:
+        raise ValueError("no points: the silhouette needs at least 2")
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).ravel()
     if len(labels) != len(x):
         raise ValueError(f"labels has {len(labels)} values for {len(x)} points")
@@ -178,6 +194,8 @@ def choose_k(x: torch.Tensor | np.ndarray, k_range: Sequence[int] = range(2, 11)
         raise ValueError(f"criterion must be silhouette or bic, not {criterion!r}")
     x = _points(x)
     ks = [int(k) for k in k_range]
+    if not ks:
+        raise ValueError("k_range is empty: give the numbers of clusters to try, e.g. range(2, 9)")
     if any(k < 2 for k in ks):
         raise ValueError(f"k_range must hold numbers of clusters >= 2 (the criteria compare partitions), got {ks}")
     rows, fits = [], {}
@@ -205,6 +223,9 @@ def segment_summary(customers: pd.DataFrame, segment_col: str = "segment", *,
     of ``category_cols`` and the most frequent entries of list-valued ``list_cols`` (e.g. top
     recommended items, next best questions). Columns of ``numeric_cols`` etc. that ``customers``
     lacks are left out (the defaults name the pipeline's columns); every customer needs a segment."""
+    # a single column name given as text is that column, not its letters
+    numeric_cols, category_cols, list_cols = ([cols] if isinstance(cols, str) else list(cols)
+                                              for cols in (numeric_cols, category_cols, list_cols))
     if segment_col not in customers.columns:
         raise SchemaError(f"segment column not found; columns are {list(customers.columns)}", source="<customers>",
                           column=segment_col)
@@ -217,10 +238,14 @@ def segment_summary(customers: pd.DataFrame, segment_col: str = "segment", *,
     out["share"] = out["size"] / out["size"].sum()
     for c in numeric_cols:
         if c in customers.columns:
+            if not pd.api.types.is_numeric_dtype(customers[c]):
+                raise SchemaError(f"expected numbers to average, found {customers[c].dtype} values; convert the "
+                                  "column or pass it in category_cols", source="<customers>", column=c)
             out[f"mean_{c}"] = g[c].mean()
     for c in category_cols:
         if c in customers.columns:
-            out[f"top_{c}"] = g[c].agg(lambda s: ", ".join(map(str, s.value_counts().index[:top])))
+            # an empty text is no value (as in list_cols), e.g. no next best question
+            out[f"top_{c}"] = g[c].agg(lambda s: ", ".join(map(str, s[s.astype(str) != ""].value_counts().index[:top])))
     for c in list_cols:
         if c in customers.columns:
             def _top(s: pd.Series) -> str:

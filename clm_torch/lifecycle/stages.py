@@ -56,8 +56,8 @@ def assign_stage(
         ``CustomerView.features``: needs ``recency_days``, ``tenure_days``, ``frequency``,
         ``last_gap_days``; one row per customer.
     churn_prob
-        Optional ``(n,)`` churn probabilities: a Series aligned on ``features.index``, or an
-        array in the row order of ``features``.
+        Optional ``(n,)`` churn probabilities: a Series (or one-column DataFrame) aligned on
+        ``features.index``, or an array in the row order of ``features``.
     new_days, active_recency_days, lapsed_recency_days, winback_gap_days
         Thresholds in days.
     at_risk_prob
@@ -111,6 +111,11 @@ def _churn_prob(churn_prob: Any, index: pd.Index) -> np.ndarray:
     n = len(index)
     if churn_prob is None:
         return np.full(n, np.nan)
+    if isinstance(churn_prob, pd.DataFrame):  # one column: matched by its index like a Series
+        if churn_prob.shape[1] != 1:
+            raise ValueError(f"churn_prob is a DataFrame with {churn_prob.shape[1]} columns "
+                             f"({list(churn_prob.columns)[:5]}); pass the one column of churn probabilities")
+        churn_prob = churn_prob.iloc[:, 0]
     if isinstance(churn_prob, pd.Series):
         if churn_prob.index.has_duplicates:
             raise ValueError("churn_prob (a Series) is matched to the customers by its index, which has duplicates")

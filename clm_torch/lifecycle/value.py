@@ -52,12 +52,14 @@ def clv_formula(
     m = np.asarray(margins, dtype="float64")
     if m.ndim not in (1, 2) or m.shape[-1] == 0:
         raise ValueError(f"margins must have shape (T,) or (n, T) with T >= 1, got {m.shape}")
-    if not (np.isfinite(discount_rate) and discount_rate > -1):
+    if not (np.isfinite(_number("discount_rate", discount_rate)) and discount_rate > -1):
         raise ValueError(f"discount_rate must be a number > -1, got {discount_rate}")
     _check_finite(m, "margins")
     s = np.ones_like(m) if survival is None else np.asarray(survival, dtype="float64")
-    if s.ndim not in (1, 2) or s.shape[-1] != m.shape[-1]:
-        raise ValueError(f"survival shape {s.shape} does not match margins shape {m.shape}")
+    if s.ndim not in (1, 2) or s.shape[-1] != m.shape[-1] or (
+            s.ndim == 2 and m.ndim == 2 and s.shape[0] != m.shape[0]):
+        raise ValueError(f"survival shape {s.shape} does not match margins shape {m.shape} (one row per customer "
+                         "in both, or a shared (T,) curve)")
     _check_finite(s, "survival")
     if np.any((s < 0) | (s > 1)):
         raise ValueError("survival probabilities must lie in [0, 1]")
@@ -79,15 +81,36 @@ def clv_learned(spend_horizon: ArrayLike, *, margin: float, horizon_days: float,
     30.0
     """
     for name, v in (("horizon_days", horizon_days), ("period_days", period_days)):
-        if not (np.isfinite(v) and v > 0):
+        if not (np.isfinite(_number(name, v)) and v > 0):
             raise ValueError(f"{name} must be a number of days > 0, got {v}")
-    if int(periods) != periods or periods < 1:
-        raise ValueError(f"periods must be a whole number >= 1, got {periods}")
-    spend = np.atleast_1d(np.asarray(spend_horizon, dtype="float64"))
+    periods = _whole("periods", periods)
+    if not np.isfinite(_number("margin", margin)):
+        raise ValueError(f"margin must be a finite number, got {margin}")
+    _number("discount_rate", discount_rate)  # float("0.1") below would read text
+    try:
+        spend = np.atleast_1d(np.asarray(spend_horizon, dtype="float64"))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"spend_horizon must be numbers: {e}") from None
     if spend.ndim != 1:
         raise ValueError(f"spend_horizon must be one value per customer (1-D), got shape {spend.shape}")
+    _check_finite(spend, "spend_horizon")
     per_period = float(margin) * spend * (float(period_days) / float(horizon_days))
     return np.asarray(clv_formula(per_period[:, None] * np.ones((1, int(periods))), None, float(discount_rate)))
+
+
+def _number(name: str, v: Any) -> float:
+    """``v`` as a float, or a ValueError naming the argument (text, None or an array is not a number)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, got {v!r}")
+    return float(v)
+
+
+def _whole(name: str, v: Any, lo: int = 1) -> int:
+    """``v`` as an int when it is a whole number >= ``lo``, else a ValueError naming the argument."""
+    f = _number(name, v)
+    if not (np.isfinite(f) and f == int(f) and f >= lo):
+        raise ValueError(f"{name} must be a whole number >= {lo}, got {v!r}")
+    return int(f)
 
 
 def _check_finite(x: np.ndarray, what: str) -> None:
@@ -126,8 +149,7 @@ def survival_from_churn_prob(p_churn: ArrayLike, n_periods: int) -> np.ndarray:
     _check_finite(p, "p_churn")
     if np.any((p < 0) | (p > 1)):
         raise ValueError("churn probabilities must lie in [0, 1]")
-    if n_periods < 1:
-        raise ValueError(f"n_periods must be >= 1, got {n_periods}")
+    n_periods = _whole("n_periods", n_periods)
     t = np.arange(1, n_periods + 1, dtype="float64")
     return (1.0 - p[..., None]) ** t
 
@@ -150,7 +172,7 @@ def per_period_churn_prob(p_horizon: ArrayLike, periods_in_horizon: float) -> np
     _check_finite(p, "p_horizon")
     if np.any((p < 0) | (p > 1)):
         raise ValueError("churn probabilities must lie in [0, 1]")
-    if not (np.isfinite(periods_in_horizon) and periods_in_horizon > 0):
+    if not (np.isfinite(_number("periods_in_horizon", periods_in_horizon)) and periods_in_horizon > 0):
         raise ValueError(f"periods_in_horizon must be > 0, got {periods_in_horizon}")
     out = 1.0 - (1.0 - p) ** (1.0 / periods_in_horizon)
     return float(out) if out.ndim == 0 else out
@@ -213,6 +235,9 @@ def _purchases(events: pd.DataFrame, what: str) -> pd.DataFrame:
                               "load_events", source=what, column=col, row=events.index[miss][0])
     if "amount" in events.columns:
         amount = events["amount"]
+        if not pd.api.types.is_numeric_dtype(amount) or pd.api.types.is_bool_dtype(amount):
+            raise SchemaError(f"expected money amounts (numbers) but found {amount.dtype} values; read the log with "
+                              "load_events (which parses text amounts)", source=what, column="amount")
         if amount.isna().any():
             raise SchemaError(f"missing amount ({int(amount.isna().sum())} rows): a purchase or a refund? Fill or "
                               "drop those events", source=what, column="amount",
@@ -254,7 +279,7 @@ def rates_from_events(
     end = parse_cutoff(period_end, setting="period_end", source="rates_from_events")
     if not start < end:
         raise ValueError(f"period_start {start} must be before period_end {end}")
-    if lookback_days is not None and not (np.isfinite(lookback_days) and lookback_days > 0):
+    if lookback_days is not None and not (np.isfinite(_number("lookback_days", lookback_days)) and lookback_days > 0):
         raise ValueError(f"lookback_days must be a number of days > 0, got {lookback_days}")
     lookback = (end - start) if lookback_days is None else pd.Timedelta(days=lookback_days)
     ev = _purchases(events, "<events>")
@@ -311,7 +336,13 @@ def cohort_retention(events: pd.DataFrame, freq: str = "M", *, end: Any = None) 
                                                                                       source="cohort_retention")
     if not end > t_max:
         raise ValueError(f"end {end} must be after the last purchase ({t_max})")
-    per = ev["timestamp"].dt.to_period(freq)
+    try:
+        per = ev["timestamp"].dt.to_period(freq)
+    except (TypeError, ValueError, AttributeError):
+        per = None
+    if per is None or per.dt.freq.n != 1:  # "2M" would be binned by month but numbered as if by two
+        raise ValueError(f"freq={freq!r}: expected a single pandas period, such as 'D', 'W', 'M', 'Q' or 'Y' "
+                         "(multiples such as '2M' are not supported)")
     ordinal = per.array.asi8  # period ordinals, int64
     codes, _ = pd.factorize(ev["customer_id"])
     first = pd.Series(ordinal).groupby(codes).min().to_numpy()  # (n_customers,) cohort ordinal
@@ -358,12 +389,26 @@ def run_rate_clv(features: pd.DataFrame, horizon_days: float, *, min_tenure_days
     for col in ("monetary_total", "tenure_days"):
         if col not in features.columns:
             raise SchemaError("column not found; pass CustomerView.features", source="<features>", column=col)
-    if not (np.isfinite(horizon_days) and horizon_days >= 0):
+    if not (np.isfinite(_number("horizon_days", horizon_days)) and horizon_days >= 0):
         raise ValueError(f"horizon_days must be a number of days >= 0, got {horizon_days}")
-    total = features["monetary_total"].astype("float64").fillna(0.0).clip(lower=0.0)
-    weeks = features["tenure_days"].astype("float64").clip(lower=min_tenure_days) / 7.0
-    pred = (total / weeks * (horizon_days / 7.0)).where(features["tenure_days"].notna(), 0.0)
+    if not (np.isfinite(_number("min_tenure_days", min_tenure_days)) and min_tenure_days > 0):
+        raise ValueError(f"min_tenure_days must be a number of days > 0 (the floor of the tenure), got {min_tenure_days}")
+    from clm_torch.data.schema import to_numeric_strict
+
+    total, tenure = (to_numeric_strict(features[c], source="<features>", column=c).astype("float64")  # inf: refused
+                     for c in ("monetary_total", "tenure_days"))
+    weeks = tenure.clip(lower=min_tenure_days) / 7.0
+    pred = (total.fillna(0.0).clip(lower=0.0) / weeks * (horizon_days / 7.0)).where(tenure.notna(), 0.0)
     return pred.rename("run_rate_clv")
+
+
+def _same_index(a: Any, b: Any, name_a: str, name_b: str) -> None:
+    """The values are paired by position: two pandas objects must list the same customers in the same
+    order, or a shuffled one would be paired with the wrong customers in silence."""
+    if isinstance(a, (pd.Series, pd.DataFrame)) and isinstance(b, (pd.Series, pd.DataFrame)) and not a.index.equals(
+            b.index):
+        raise ValueError(f"{name_a} and {name_b} are pandas objects with different indexes: values are paired by "
+                         f"position, so align them first ({name_b}.reindex({name_a}.index)) or pass arrays")
 
 
 def spend_capture(pred: ArrayLike, truth: ArrayLike, top: float = 0.2) -> float:
@@ -379,6 +424,7 @@ def spend_capture(pred: ArrayLike, truth: ArrayLike, top: float = 0.2) -> float:
     top
         Fraction in (0, 1].
     """
+    _same_index(pred, truth, "pred", "truth")
     p = np.asarray(pred, dtype="float64").ravel()
     y = np.asarray(truth, dtype="float64").ravel()
     if p.shape != y.shape:
@@ -398,6 +444,7 @@ def spearman(a: ArrayLike, b: ArrayLike) -> float:
 
     Pairs with a NaN in either input are dropped.
     """
+    _same_index(a, b, "a", "b")
     x = pd.Series(np.asarray(a, dtype="float64").ravel())
     y = pd.Series(np.asarray(b, dtype="float64").ravel())
     if len(x) != len(y):
