@@ -575,7 +575,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     rpt.plot_clv_by_segment(customers_out, out / "plots" / "clv_by_segment.png")
     rpt.plot_cohorts(cohorts, out / "plots" / "cohort_retention.png")
     rpt.plot_top_gaps(gap, out / "plots" / "top_gaps.png")
-    churn_preds = pd.read_csv(out / "churn" / "predictions" / "test.csv")
+    churn_preds = read_predictions(out / "churn" / "predictions" / "test.csv")
     rpt.plot_churn(churn_preds["prediction"].to_numpy(), churn_preds["label"].to_numpy(),
                    out / "plots" / "churn_calibration_gain.png")
 
@@ -697,10 +697,17 @@ MEMBERSHIP_NOTE = (
     "honest measure.")
 
 
+def read_predictions(path: Path) -> pd.DataFrame:
+    """A sub-run's ``predictions/<split>.csv`` with its ids as text: '000009' stays itself, to be found
+    among the customer table's ids (:func:`membership_aurocs`); read as a number it became 9."""
+    return pd.read_csv(path, dtype={"customer_id": str})
+
+
 def membership_aurocs(preds: pd.DataFrame, table_ids: pd.Series) -> dict[str, float]:
     """The churn test AUROC within the customers of the table and within the log-only customers (each
     when it holds both classes), from a churn sub-run's ``predictions/test.csv`` frame (``customer_id``,
-    ``label``, ``prediction``). Ids compare as text (the CSV may read numeric ids as numbers)."""
+    ``label``, ``prediction``). Ids compare as text: read the CSV with ``dtype={"customer_id": str}``,
+    or '000009' becomes 9 and is no longer found among the table's ids."""
     import torch
     from torchmetrics.functional.classification import binary_auroc
 

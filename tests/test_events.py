@@ -698,7 +698,13 @@ def test_the_dates_of_build_customer_view_are_read_as_the_cli_reads_them():
     view = _view()
     compact = build_customer_view(_log(), 20240401, horizon_days=30, n_last=3)
     pd.testing.assert_frame_equal(compact.features, view.features)
+    pd.testing.assert_frame_equal(build_customer_view(_log(), " 20240401", horizon_days=30, n_last=3).features,
+                                  view.features)
+    # text dates other than ISO were read month first or day first, whichever parsed ('01/10/2024' the
+    # tenth of January, '13/12/2026' the thirteenth of December), and 'today' as the wall clock
     for bad, msg in ((None, "cutoff=None is not a date"), ("soon", "cutoff='soon' is not a date"),
+                     ("04/01/2024", "cutoff='04/01/2024' is not a date in ISO form"),
+                     ("today", "cutoff='today' is not a date in ISO form"),
                      (12345, "cutoff=12345 is a number, not a date")):
         with pytest.raises(SchemaError, match=rf"<events>: {msg}"):
             build_customer_view(_log(), bad, horizon_days=30)

@@ -56,6 +56,50 @@ def test_bad_target_and_cutoff(event_files) -> None:
         events_datamodule(str(ev), cutoff="1999-01-01")
 
 
+def test_what_used_to_be_read_wrongly_in_silence(event_files, tmp_path: Path) -> None:
+    """A separator at the end of every line made pandas take the ids as the index, so each column held
+    its left neighbour's values; a cutoff past the log's end labelled every customer a churner; a
+    future_spend target without the money column was NaN for everyone; a 0 among epoch seconds was a
+    1970 purchase; rows without an id were dropped as 'duplicates'."""
+    from clm_torch.data.events import build_customer_view, load_events
+    from clm_torch.data.sources.events import read_customer_table, view_to_frame
+
+    trailing = tmp_path / "crm.csv"
+    trailing.write_text("cid,age,band\n18,46,low,\n46,30,high,\n")
+    table = read_customer_table(trailing, "cid")
+    assert table.to_dict("list") == {"customer_id": ["18", "46"], "age": [46, 30], "band": ["low", "high"]}
+    trailing.write_text("cid,age,band\n18,46,low,\n46,30,high,x\n")
+    with pytest.raises(SchemaError, match="line 3 has 4 fields but the header names 3 columns"):
+        read_customer_table(trailing, "cid")
+    trailing.write_text("cid,age\n1,30\n,31\n3,32\n,33\n 3,34\n")
+    assert read_customer_table(trailing, "cid")["age"].tolist() == [30, 31, 33, 34]  # ' 3' repeats 3; no id: kept
+
+    log = load_events(pd.DataFrame({"cid": ["a", "b"], "ts": ["2024-01-01", "2024-02-01"], "amount": [5.0, 7.0]}),
+                      customer_col="cid", time_col="ts", amount_col="amount")
+    future = build_customer_view(log, "2024-03-01", horizon_days=30)
+    assert future.labels.isna().all().all()  # was churn = 1, future_spend = 0 for everyone
+    with pytest.raises(SchemaError, match="the labels at the cutoff 2024-03-01 00:00:00 are unknown"):
+        view_to_frame(future, "churn")
+    with pytest.raises(ValueError, match="horizon_days must be a number of days in"):
+        build_customer_view(log, "2024-03-01", horizon_days=float("nan"))
+    with pytest.raises(SchemaError, match="column 'amount': expected money amounts"):
+        build_customer_view(log.assign(amount=["5", "$6"]), "2024-03-01")
+    ev, _ = event_files
+    with pytest.raises(SchemaError, match="target=future_spend .* set data.amount_col"):
+        events_datamodule(str(ev), cutoff="2024-06-01", target="future_spend")
+    with pytest.raises(SchemaError, match=r"column 'ts', row 0: 0 read as epoch seconds is 1970-01-01"):
+        load_events(pd.DataFrame({"cid": [1, 1], "ts": [0, 1704067200]}), customer_col="cid", time_col="ts")
+    with pytest.raises(SchemaError, match="column 'ts': the log has 2 columns of this name"):
+        load_events(pd.DataFrame([[1, "2024-03-01", "2024-03-01"]], columns=["cid", "ts", "ts"]), customer_col="cid",
+                    time_col="ts")
+    for amounts, msg in (([5.0, 1e308], "row 1: 1 amounts beyond 1e15"), ([True, False], "found booleans")):
+        with pytest.raises(SchemaError, match=f"column 'amount', {msg}" if "row" in msg else msg):
+            load_events(pd.DataFrame({"cid": ["a", "b"], "ts": ["2024-01-01", "2024-02-01"], "amount": amounts}),
+                        customer_col="cid", time_col="ts", amount_col="amount")
+    with pytest.raises(SchemaError, match="a YYYYMMDD date among epoch seconds"):
+        load_events(pd.DataFrame({"cid": [1, 1], "ts": [20240301, 1704067200]}), customer_col="cid", time_col="ts")
+
+
 @pytest.mark.parametrize("column, time_features, what", [
     ("recency_days", "absolute", "the name of an event feature"),
     ("recency_share", "relative", "the name of a relative time feature"),

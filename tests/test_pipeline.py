@@ -102,6 +102,19 @@ def test_membership_aurocs_by_hand() -> None:
                                                "churn test AUROC, log-only customers": 0.0}
 
 
+def test_membership_groups_keep_leading_zeros(tmp_path) -> None:
+    """Ids with leading zeros are found in the table: the predictions file was read with '000009' as
+    the number 9, so every test customer counted as log-only."""
+    from clm_torch.pipeline import membership_aurocs, read_predictions
+
+    ids = [f"{i:06d}" for i in range(20)]
+    pd.DataFrame({"customer_id": ids, "label": [0, 1] * 10, "prediction": [0.2, 0.8] * 10}).to_csv(
+        tmp_path / "test.csv", index=False)
+    preds = read_predictions(tmp_path / "test.csv")
+    assert preds["customer_id"].tolist() == ids
+    assert membership_aurocs(preds, pd.Series(ids)) == {"churn test AUROC, customers of the table": 1.0}
+
+
 def test_adjusted_rand_by_hand() -> None:
     assert adjusted_rand(np.array([0, 0, 1, 1]), np.array([1, 1, 0, 0])) == pytest.approx(1.0)
     # contingency [[2,0],[1,1]]: sum_ij C(n,2)=1, a: C(2,2)+C(2,2)=2, b: C(3,2)+C(1,2)=3, C(4,2)=6

@@ -123,9 +123,10 @@ def _to_utc_naive(ts: Any) -> pd.Timestamp:
 
 def parse_cutoff(value: Any, *, setting: str, source: str = "config") -> pd.Timestamp:
     """A date setting (``data.cutoff``, ``data.customers_as_of``, or a function's date argument) as a
-    naive UTC timestamp: a Timestamp or datetime, an ISO date or time, with or without a time zone
-    (converted to UTC), or a whole number YYYYMMDD. A value that is not a date (None, other numbers,
-    other text) raises a :class:`SchemaError` naming ``source`` and the setting."""
+    naive UTC timestamp: a Timestamp or datetime, an ISO date or time (``YYYY-MM-DD...``), with or
+    without a time zone (converted to UTC), or a whole number (or text) YYYYMMDD. A value that is not
+    a date (None, other numbers, other text, including day- or month-first dates such as
+    ``01/10/2024``) raises a :class:`SchemaError` naming ``source`` and the setting."""
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
         # the command line makes data.cutoff=20240601 a number: a whole YYYYMMDD is a date, other
         # numbers are refused (pd.Timestamp would read them as nanoseconds since 1970)
@@ -134,6 +135,16 @@ def parse_cutoff(value: Any, *, setting: str, source: str = "config") -> pd.Time
         if t is pd.NaT:
             raise SchemaError(f"{setting}={value!r} is a number, not a date; use e.g. 2024-10-01", source=source)
         return t
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"\d{8}", text):  # YYYYMMDD as text, as the number above
+            return parse_cutoff(int(text), setting=setting, source=source)
+        if not re.match(r"\d{4}-\d{2}-\d{2}(?:$|[T ]\d)", text):
+            # pd.Timestamp reads '01/10/2024' as 10 January but '13/12/2026' day first, and 'today' as now
+            raise SchemaError(f"{setting}={value!r} is not a date in ISO form; use YYYY-MM-DD, e.g. 2024-10-01 or "
+                              "2024-10-01T00:00:00+02:00 (other orders are ambiguous: is 01/10/2024 the first of "
+                              "October or the tenth of January?)", source=source)
+        value = text
     try:
         t = pd.Timestamp(value)
     except (ValueError, TypeError) as e:
@@ -184,7 +195,8 @@ def parse_timestamps(s: pd.Series, *, source: str, column: str) -> pd.Series:
     Accepted: datetime dtypes (tz-aware ones are converted to UTC), numbers as epoch seconds, whole
     numbers that are all valid ``YYYYMMDD`` dates (``20240301``, as a CSV of compact ISO dates reads),
     and ISO-8601 strings (``2024-03-01``, ``2024-03-01 10:00``, ``2024-03-01T10:00:00+02:00``).
-    Numbers that would all be epoch seconds before 1980 (Excel day numbers, say) are refused.
+    Numbers that would be epoch seconds before 1980 are refused: all of them (Excel day numbers, say),
+    or some among later ones (a 0 placeholder, or YYYYMMDD dates mixed with epoch seconds).
 
     Raises:
         SchemaError naming the first missing or unparseable value and its row.
@@ -219,10 +231,20 @@ def parse_timestamps(s: pd.Series, *, source: str, column: str) -> pd.Series:
                                   "dates (as epoch seconds they would all be in 1970)", source=source, column=column,
                                   row=first)
             log.info("%s: column '%s' holds whole numbers that are all YYYYMMDD dates: read as dates", source, column)
-        if compact is None and len(x) and np.nanmax(x) < 315_532_800:  # 1980-01-01 in epoch seconds
+        early = x < 315_532_800  # 1980-01-01 in epoch seconds
+        if compact is None and len(x) and early.all():
             raise SchemaError(f"numbers read as epoch seconds would all be dates before 1980 (e.g. {s.iloc[0]} = "
                               f"{pd.Timestamp(float(s.iloc[0]), unit='s')}); Excel day numbers or another unit? "
                               "convert the column to ISO dates ('2024-03-01')", source=source, column=column)
+        if compact is None and early.any():  # a few 1970 times among recent ones: read as real purchases
+            first = _first_row(pd.Series(early, index=s.index))
+            v = s.loc[first]
+            kind = ("a YYYYMMDD date among epoch seconds: one kind of time per column"
+                    if 1900_01_01 <= v <= 2100_12_31 and v == int(v) else
+                    "a placeholder for a missing time? fix or drop such rows")
+            raise SchemaError(f"{v} read as epoch seconds is {pd.Timestamp(float(v), unit='s')}, before 1980, while "
+                              f"the column's latest time is {pd.Timestamp(float(np.nanmax(x)), unit='s')} "
+                              f"({int(early.sum())} such values); {kind}", source=source, column=column, row=first)
     try:
         if compact is not None:
             out = compact
@@ -239,9 +261,11 @@ def parse_timestamps(s: pd.Series, *, source: str, column: str) -> pd.Series:
     if bad.any():
         check_time_kind(s, source=source, column=column)  # dates mixed with epoch numbers: named as such
         first = _first_row(bad)
+        digits = isinstance(s.loc[first], str) and s.loc[first].strip().isdigit()
         raise SchemaError(
             f"cannot parse timestamp {s.loc[first]!r} (first of {int(bad.sum())}); use ISO 8601 "
-            "('2024-03-01' or '2024-03-01T10:00:00') or epoch seconds",
+            "('2024-03-01' or '2024-03-01T10:00:00') or epoch seconds"
+            + (" as numbers, not text (e.g. pd.to_numeric(df[column]))" if digits else ""),
             source=source,
             column=column,
             row=first,
@@ -334,6 +358,9 @@ def load_events(
             raise SchemaError(
                 f"column not found in event log; available columns: {list(raw.columns)}", source=src, column=col
             )
+        if col is not None and int((raw.columns == col).sum()) > 1:  # raw[col] would be a frame of them
+            raise SchemaError(f"the log has {int((raw.columns == col).sum())} columns of this name; rename or drop all "
+                              "but one", source=src, column=col)
 
     out: dict[str, pd.Series] = {}
     cid = raw[customer_col]
@@ -356,7 +383,14 @@ def load_events(
     out["timestamp"] = ts
 
     if amount_col is not None:
+        if pd.api.types.is_bool_dtype(raw[amount_col]):
+            raise SchemaError("expected money amounts but found booleans (True/False)", source=src, column=amount_col)
         amount = to_numeric_strict(raw[amount_col], source=src, column=amount_col)
+        huge = (amount.abs() > 1e15).to_numpy()  # sums of such amounts overflow the float32 sequences
+        if huge.any():
+            raise SchemaError(f"{int(huge.sum())} amounts beyond 1e15 (e.g. {amount[huge].iloc[0]:g}): not money; "
+                              "fix or drop those events", source=src, column=amount_col,
+                              row=_first_row(pd.Series(huge, index=amount.index)))
         if amount.isna().any():
             raise SchemaError(
                 f"missing amount ({int(amount.isna().sum())} rows); fill or drop those events",
@@ -440,7 +474,8 @@ class CustomerView:
         ``category_shares``) followed by the customer-table columns.
     labels : pd.DataFrame
         Same index; ``churn`` (int64, 1 = no purchase in ``[cutoff, cutoff + horizon)``),
-        ``future_spend`` (float64, net amount in the window), ``future_n_tx`` (int64).
+        ``future_spend`` (float64, net amount in the window), ``future_n_tx`` (int64). All NaN
+        (float64) when the log has no event on or after the cutoff: the outcome is not known yet.
     sequences : dict[str, np.ndarray]
         Last ``n_last`` purchase rows before the cutoff, oldest first, left-aligned and zero-padded
         on the right, rows in the order of ``features.index``: ``item_idx`` (n, n_last) int64
@@ -454,6 +489,8 @@ class CustomerView:
         in purchases before the cutoff, sorted).
     customers_source : str
         Where the customer table came from (its file), for the errors about its columns.
+    events_source : str
+        Where the event log came from (its file), for the errors about the log.
     """
 
     features: pd.DataFrame
@@ -463,6 +500,7 @@ class CustomerView:
     horizon_days: float
     item_vocab: list = dataclasses.field(default_factory=lambda: ["<unk>"])
     customers_source: str = "customer table"
+    events_source: str = "event log"
 
 
 def _harmonise_ids(a: pd.Index, b: pd.Index) -> tuple[pd.Index, pd.Index]:
@@ -829,8 +867,16 @@ def build_customer_view(
         raise SchemaError(
             "timestamp is not a datetime column; read the log with load_events", source=src, column="timestamp"
         )
-    if horizon_days <= 0 or trend_window_days <= 0 or n_last < 1:
-        raise ValueError("horizon_days and trend_window_days must be > 0 and n_last >= 1")
+    for name, v in (("horizon_days", horizon_days), ("trend_window_days", trend_window_days)):
+        ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        if not (ok and np.isfinite(v) and 0 < v <= 36_500):  # past 100 years: no datetime holds the window
+            raise ValueError(f"{name} must be a number of days in (0, 36500], got {v!r}")
+    if isinstance(n_last, bool) or not isinstance(n_last, (int, np.integer)) or n_last < 1:
+        raise ValueError(f"n_last must be a whole number >= 1 (purchases per sequence), got {n_last!r}")
+    if "amount" in events.columns and not (pd.api.types.is_numeric_dtype(events["amount"])
+                                           and not pd.api.types.is_bool_dtype(events["amount"])):
+        raise SchemaError(f"expected money amounts (numbers) but found {events['amount'].dtype} values; read the log "
+                          "with load_events (which parses text amounts)", source=src, column="amount")
     cutoff = parse_cutoff(cutoff, setting="cutoff", source=src)  # 20240601 is that day, not 20 ms after 1970
     if customers_as_of is not None:
         customers_as_of = parse_cutoff(customers_as_of, setting="customers_as_of", source=src)
@@ -1066,6 +1112,8 @@ def build_customer_view(
         if no_future:  # the usual view to score: nothing is known after the cutoff yet
             log.info("customer view at %s: no events on or after the cutoff, so its labels are unknown (a view to "
                      "score, not to train on)", cutoff)
+            # NaN, not "no purchase": every customer read as a churner with no spend
+            labels = pd.DataFrame(np.nan, index=population, columns=list(labels.columns))
         elif ts_all.max() < end_ns - _NS_PER_DAY:
             log.warning(
                 "label window [%s, %s) ends after the last event (%s): churn labels near the end are censored",
@@ -1091,6 +1139,7 @@ def build_customer_view(
             horizon_days=float(horizon_days),
             item_vocab=vocab,
             customers_source=tsrc,
+            events_source=src,
         )
 
 

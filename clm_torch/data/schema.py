@@ -222,9 +222,32 @@ def read_table(path: str | os.PathLike, *, what: str = "table", text_columns: Se
         raise SchemaError(f"cannot read {what} file: {type(e).__name__}: {e}", source=src) from None
     if not is_parquet:
         _check_header(p, sep, encoding, list(df.columns))
+        if not df.index.equals(pd.RangeIndex(len(df))):  # rows with more fields than the header: pandas made
+            df = _without_trailing_field(p, sep, encoding, df, dtype, what)  # the first column(s) the index
     if len(df) == 0:
         raise SchemaError(f"{what} file has a header but no rows", source=src)
     return df
+
+
+def _without_trailing_field(p: Path, sep: str, encoding: str, df: pd.DataFrame, dtype: Any, what: str
+                            ) -> pd.DataFrame:
+    """The CSV read again with no index column, when its rows hold more fields than its header. pandas
+    then takes the first column(s) as the index, so every column moved one place: the ids went to
+    the index and each column held its left neighbour's values. Empty extra fields (a separator at
+    the end of each line, as some exports write) are dropped; a value in one is refused by line."""
+    n_extra = df.index.nlevels
+    n_cols = len(df.columns)
+    raw = pd.read_csv(p, sep=sep, encoding=encoding, header=None, skiprows=1, dtype=str, keep_default_na=False,
+                      names=range(n_cols + n_extra), low_memory=False)
+    extra = raw.iloc[:, n_cols:].ne("").any(axis=1).to_numpy()
+    if extra.any():
+        line = int(np.flatnonzero(extra)[0]) + 2  # 1-based, after the header line
+        raise SchemaError(f"line {line} has {n_cols + n_extra} fields but the header names {n_cols} columns: a value "
+                          "without a column name; name the column in the header or remove the extra field",
+                          source=str(p))
+    log.warning("%s: every line ends with an extra separator (one more field than the header names); the empty "
+                "field is ignored", p)
+    return pd.read_csv(p, sep=sep, encoding=encoding, low_memory=False, dtype=dtype, index_col=False)
 
 
 # file kinds that are no CSV text, by their (last, uncompressed) suffix: refused by name

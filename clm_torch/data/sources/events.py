@@ -123,7 +123,12 @@ def view_to_frame(view: CustomerView, target: str | None, sequence_length: int =
                               source=view.customers_source, column=clash[0])
         frame = frame.join(seq)
     if target:
-        frame[target] = view.labels[target].to_numpy()
+        y = view.labels[target]
+        if len(y) and y.isna().all():
+            raise SchemaError(f"the labels at the cutoff {view.cutoff} are unknown: the log has no event on or after "
+                              "it; train at an earlier cutoff (data.cutoff), at least the horizon before the last event",
+                              source=view.events_source)
+        frame[target] = y.to_numpy()
     frame.index.name = "customer_id"
     return frame.reset_index()
 
@@ -140,7 +145,10 @@ def read_customer_table(path: str | os.PathLike, id_col: str) -> pd.DataFrame:
         raise SchemaError(f"id column not found; columns are {list(customers.columns)}", source=str(path),
                           column=id_col)
     customers = customers.rename(columns={id_col: "customer_id"})
-    dup = customers.duplicated("customer_id", keep="last")
+    # ids compare without surrounding spaces (as the view reads them); rows without an id are no
+    # duplicates of each other (the view names them as missing)
+    key = customers["customer_id"].astype("string").str.strip()
+    dup = key.notna().to_numpy() & key.duplicated(keep="last").to_numpy()
     if dup.any():
         log.warning("%s: dropped %d duplicate customer rows (kept the last per id)", path, int(dup.sum()))
         customers = customers.loc[~dup]
@@ -246,6 +254,9 @@ def events_datamodule(
     ``time_features``: ``absolute`` | ``relative`` | ``both`` (:func:`apply_time_features`).
     """
     _check_view_args(target, sequence_length, time_features)
+    if target == "future_spend" and not amount_col:  # the label would be NaN for every customer
+        raise SchemaError("data.target=future_spend is money spent in the horizon: it needs the log's money column; "
+                          "set data.amount_col=<column>", source=str(path))
     view = customer_view_from_files(path, customer_col=customer_col, time_col=time_col, amount_col=amount_col,
                                     item_col=item_col, quantity_col=quantity_col, cutoff=cutoff,
                                     horizon_days=horizon_days, customers_path=customers_path,
