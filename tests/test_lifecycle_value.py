@@ -418,3 +418,19 @@ def test_lifecycle_inputs_that_were_paired_or_binned_wrongly_in_silence():
         clv_formula(np.ones((2, 2)), np.full((3, 2), 0.5))
     with pytest.raises(SchemaError, match="column 'amount': expected money amounts"):
         rates_from_events(ev.assign(amount=ev["amount"].astype(str)), "2024-02-01", "2024-03-01")
+
+
+def test_report_plots_name_mismatched_inputs_and_draw_one_dimensional_profiles(tmp_path):
+    from clm_torch.lifecycle.report import plot_churn, plot_clv_by_segment, plot_latent_map
+
+    with pytest.raises(ValueError, match="prob and y must hold one value per customer: got 3 and 4"):
+        plot_churn(np.full(3, 0.5), np.ones(4), tmp_path / "c.png")
+    assert plot_latent_map(np.linspace(0, 1, 30)[:, None], np.arange(30) % 3, tmp_path / "l.png").exists()
+    with pytest.raises(ValueError, match=r"got latents \(5,\) and 5 segments"):
+        plot_latent_map(np.ones(5), np.zeros(5), tmp_path / "l.png")
+    # a NaN CLV is left out of its box (matplotlib drew no box for the segment)
+    from clm_torch.lifecycle.report import _clv_boxes
+
+    frame = pd.DataFrame({"segment": [0, 0, 0, 1, 1], "clv": [1.0, 2.0, np.nan, 3.0, 4.0]})
+    assert [b.tolist() for b in _clv_boxes(frame, [0, 1])] == [[1.0, 2.0], [3.0, 4.0]]
+    assert plot_clv_by_segment(frame, tmp_path / "v.png").exists()

@@ -750,8 +750,9 @@ def test_a_refused_command_leaves_the_earlier_runs_recorded_config(tmp_path: Pat
         ["clm_torch.train", "-m", "experiment=churn_synthetic", "seed=1,2", f"hydra.sweep.dir={sweep}"],
         ["clm_torch.pipeline", f"hydra.run.dir={pipe}"],
     ]
-    for module, *args in commands:
-        proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300)
+    # independent directories: two at a time, one per core
+    for (module, *_), proc in zip(commands, _run_two_at_a_time([[sys.executable, "-m", *c] for c in commands],
+                                                               dict(os.environ))):
         assert proc.returncode == 2, (module, proc.stderr[-2000:])
         assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "nothing was overwritten" in proc.stderr
     assert (run / ".hydra" / "config.yaml").read_text() == "seed: 0  # the earlier run\n"

@@ -148,8 +148,14 @@ def _plt():
 
 def plot_latent_map(latents: np.ndarray, segments: np.ndarray, path: Path) -> Path:
     """2-D PCA of the latent profiles coloured by segment."""
+    latents = np.asarray(latents, dtype=float)
+    if latents.ndim != 2 or len(latents) != len(segments):
+        raise ValueError(f"latents must be (customers, dimensions) with one segment each: got latents "
+                         f"{latents.shape} and {len(segments)} segments")
     plt = _plt()
     x = latents - latents.mean(0)
+    if x.shape[1] == 1:  # a one-dimensional profile: PC 2 is 0
+        x = np.c_[x, np.zeros(len(x))]
     _, _, vt = np.linalg.svd(x[: min(len(x), 20000)], full_matrices=False)
     xy = x @ vt[:2].T
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -164,6 +170,9 @@ def plot_latent_map(latents: np.ndarray, segments: np.ndarray, path: Path) -> Pa
 
 def plot_churn(prob: np.ndarray, y: np.ndarray, path: Path, bins: int = 10) -> Path:
     """Calibration curve and cumulative gain chart of churn predictions against outcomes."""
+    prob, y = np.asarray(prob, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    if len(prob) != len(y) or len(y) == 0:
+        raise ValueError(f"prob and y must hold one value per customer: got {len(prob)} and {len(y)}")
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.5))
     edges = np.quantile(prob, np.linspace(0, 1, bins + 1))
@@ -187,14 +196,17 @@ def plot_churn(prob: np.ndarray, y: np.ndarray, path: Path, bins: int = 10) -> P
     return path
 
 
+def _clv_boxes(customers: pd.DataFrame, segs: list) -> list[np.ndarray]:
+    """The CLVs of each segment in ``segs``, NaN left out: matplotlib drew no box for a segment with one."""
+    clv = pd.to_numeric(customers["clv"], errors="coerce")
+    return [clv[(customers["segment"] == s).to_numpy() & clv.notna().to_numpy()].to_numpy() for s in segs]
+
+
 def plot_clv_by_segment(customers: pd.DataFrame, path: Path) -> Path:
     plt = _plt()
     segs = sorted(customers["segment"].unique())
     fig, ax = plt.subplots(figsize=(6, 4))
-    clv = pd.to_numeric(customers["clv"], errors="coerce")
-    # a NaN CLV is left out of its segment's box (matplotlib would drop the whole box)
-    ax.boxplot([clv[(customers["segment"] == s).to_numpy() & clv.notna().to_numpy()].to_numpy() for s in segs],
-               showfliers=False)
+    ax.boxplot(_clv_boxes(customers, segs), showfliers=False)
     ax.set_xticks(range(1, len(segs) + 1), [str(s) for s in segs])
     ax.set(title="CLV by segment", xlabel="segment", ylabel="CLV")
     fig.tight_layout()
