@@ -125,3 +125,21 @@ def test_train_churn_on_events_from_the_cli_config(make_cfg, event_files) -> Non
     assert metrics["test/auroc"] > 0.75  # recency/frequency carry most of the churn signal
     preds = pd.read_csv(Path(cfg.paths.output_dir) / "predictions" / "test.csv")
     assert list(preds.columns) == ["customer_id", "label", "prediction"]
+
+
+def test_ids_written_as_decimals_beside_plain_ones_are_warned_about(tmp_path: Path, caplog) -> None:
+    """'1.0' (an export through a number column) and '1' are two customers, as text ids; they were
+    counted apart without a word."""
+    import logging
+
+    from clm_torch.data.cleaning import decimal_collisions
+    from clm_torch.data.events import build_customer_view, load_events
+
+    log = tmp_path / "e.csv"
+    log.write_text("cid,ts\n1.0,2024-01-01\n1,2024-02-01\n2,2024-02-03\n3.0,2024-02-04\n")
+    with caplog.at_level(logging.WARNING):
+        view = build_customer_view(load_events(log, customer_col="cid", time_col="ts"), "2024-03-01")
+    assert len(view.features) == 4  # kept apart: only the data's owner knows
+    assert "1 ids are a whole number written as a decimal beside the same number written plainly (e.g. '1' and " \
+           "'1.0')" in caplog.text
+    assert decimal_collisions(pd.Index(["C1.0", "C1", "7.5", "7"])) == (0, None)

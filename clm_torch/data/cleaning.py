@@ -135,16 +135,51 @@ def case_collisions(ids: pd.Index | pd.Series | np.ndarray, *, distinct: bool = 
     return int(again.sum()), (values[j], values[i])
 
 
+def decimal_collisions(ids: pd.Index | pd.Series | np.ndarray) -> tuple[int, tuple[Any, Any] | None]:
+    """How many distinct text ids are a whole number written as a decimal ('17.0') beside the same
+    number written plainly ('17'), and one such pair; (0, None) for numbers. An export through a
+    float column (a pandas column of ids with a gap) writes '17.0', and ids compare as text. Only ids
+    ending in '.0' are looked at (Arrow finds none in milliseconds, the usual answer)."""
+    values = pd.Index(ids)
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values) or len(values) < 2:
+        return 0, None
+    arrow = getattr(values.array, "_pa_array", None)
+    if not (isinstance(arrow, pa.ChunkedArray) and (pa.types.is_string(arrow.type)
+                                                    or pa.types.is_large_string(arrow.type))):
+        try:
+            arrow = pa.chunked_array([pa.array(values.to_numpy(dtype=object), type=pa.string(), from_pandas=True)])
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # not all text
+            return 0, None
+    decimal = pc.fill_null(pc.ends_with(arrow, ".0"), False)
+    if not pc.any(decimal).as_py():
+        return 0, None
+    decimal = decimal.to_numpy(zero_copy_only=False)
+    text = pd.Series(arrow.to_numpy(zero_copy_only=False), dtype=object)
+    cand = text[decimal].reset_index(drop=True)
+    plain = cand.str.extract(r"^\s*([+-]?\d+)\.0+\s*$", expand=False)
+    hit = plain.notna().to_numpy() & plain.isin(pd.Index(text[~decimal])).to_numpy()
+    if not hit.any():
+        return 0, None
+    i = int(np.flatnonzero(hit)[0])
+    return int(hit.sum()), (plain.iloc[i], cand.iloc[i])
+
+
 def warn_case_collisions(ids: pd.Index | pd.Series | np.ndarray, *, source: str, column: str,
                          logger: logging.Logger = log, distinct: bool = False) -> int:
-    """Log one warning when distinct ids differ only in letter case (:func:`case_collisions`); they
-    are kept apart (not merged): case may be meaningful in an id, only the data's owner knows."""
+    """Log one warning when distinct ids differ only in letter case (:func:`case_collisions`), and one
+    when whole numbers appear both plainly and as decimals ('17' and '17.0', :func:`decimal_collisions`);
+    they are kept apart (not merged): only the data's owner knows whether they are one customer."""
     n, pair = case_collisions(ids, distinct=distinct)
     if n:
         logger.warning("%s: column '%s': %d distinct ids equal another id but for letter case (e.g. %r and %r): "
                        "they count as different customers; if they are one, make the case uniform before loading "
                        "(e.g. .str.upper())", source, column, n, *pair)
-    return n
+    n_dec, pair = decimal_collisions(ids)
+    if n_dec:
+        logger.warning("%s: column '%s': %d ids are a whole number written as a decimal beside the same number "
+                       "written plainly (e.g. %r and %r): they count as different customers; an export through a "
+                       "number column writes '17.0' for 17: write the ids as text", source, column, n_dec, *pair)
+    return n + n_dec
 
 
 def clip_bounds(obs: np.ndarray, k: float) -> tuple[float, float]:
