@@ -237,13 +237,13 @@ def test_churn_with_infogap_vae(tmp_path, make_cfg, recwarn) -> None:
     assert np.isfinite(p2).all()
     with pytest.raises(ValueError, match="infogap_features"):
         infogap_columns(4, "latent")
-    # a VAE whose complete records leave the posterior as wide as the prior (ref_info <= 0, e.g. one epoch
-    # of training) has no completeness: 0 for every row, not an all-NaN input column the encoder refuses
+    # a VAE whose posterior no feature moves (feature_info 0, a collapsed posterior, e.g. one epoch of
+    # training) has no completeness: 0 for every row, not an all-NaN input column the encoder refuses
     from clm_torch import InfoGapVAE
     from clm_torch.models.infogap_features import infogap_frame
 
     collapsed = InfoGapVAE.load_from_checkpoint(tmp_path / "vae" / "checkpoints" / "best.ckpt")
-    collapsed.ref_info.fill_(-0.5)
+    collapsed.feature_info.fill_(0.0)
     frame = infogap_frame(collapsed, df.iloc[:30], n_samples=2)
     assert (frame["vae_completeness"] == 0).all() and frame["vae_gap_score"].notna().all()
 

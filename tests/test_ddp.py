@@ -269,10 +269,9 @@ class ProbeVAE(InfoGapVAE):  # module level: ddp_spawn pickles the model by its 
     def _eval_epoch_end(self, stage: str) -> None:
         if stage == "val" and not self.trainer.sanity_checking:
             s, a = self.scores[stage], self._acc[stage]
-            info = torch.cat(a["info"])
             rec = {k: getattr(s, k).tolist() for k in ("sq_err", "n_num", "correct", "n_cat")}
             rec.update(mu_sum=a["mu_sum"].tolist(), mu_sq=a["mu_sq"].tolist(), n=a["n"],
-                       info_sum=float(info.double().sum()), info_n=len(info))
+                       fi_sum=torch.as_tensor(a["fi_sum"]).tolist(), fi_n=a["fi_n"])
             Path(self.probe_dir, f"rank{self.global_rank}.json").write_text(json.dumps(rec))
         super()._eval_epoch_end(stage)
 
@@ -281,7 +280,7 @@ class ProbeVAE(InfoGapVAE):  # module level: ddp_spawn pickles the model by its 
 def test_vae_under_ddp_spawn_logs_global_validation_metrics(tmp_path: Path) -> None:
     """Two ranks, one epoch, with a mixture prior that is not yet in use (its parameters get no
     gradient before the warm-up ends, which DDP refuses unless they join the loss): the imputation
-    scores, the active units and the completeness reference are computed over both ranks' rows."""
+    scores, the active units and the completeness weights are computed over both ranks' rows."""
     import lightning as L
 
     from clm_torch.data.datamodules import TableDataModule
@@ -309,8 +308,9 @@ def test_vae_under_ddp_spawn_logs_global_validation_metrics(tmp_path: Path) -> N
     assert metrics["val/impute_acc"] == pytest.approx((tot["correct"][c] / tot["n_cat"][c]).mean(), rel=1e-6)
     var = tot["mu_sq"] / tot["n"] - (tot["mu_sum"] / tot["n"]) ** 2
     assert metrics["val/active_units"] == float((var > 0.01).sum())
-    # the main process holds rank 0's weights and buffers: the reference of all validation rows
-    assert float(model.ref_info) == pytest.approx(tot["info_sum"] / tot["info_n"], rel=1e-5)
+    # the main process holds rank 0's weights and buffers: the completeness weights of both ranks' rows
+    assert min(x["fi_n"] for x in r) > 0
+    np.testing.assert_allclose(model.feature_info.numpy(), tot["fi_sum"] / tot["fi_n"], rtol=1e-5)
 
 
 @pytest.mark.slow  # two spawned interpreters

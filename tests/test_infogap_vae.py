@@ -251,7 +251,7 @@ def test_checkpoint_round_trip_weights_only(tmp_path) -> None:
     assert [ln.split("\t")[1] for ln in lines[1:]] == hash_ids(dm.frames["test"]["customer_id"])
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["hyper_parameters"]["latent_dim"] == 4
-    assert math.isfinite(float(ckpt["state_dict"]["ref_info"]))  # completeness reference travels along
+    assert torch.isfinite(ckpt["state_dict"]["feature_info"]).all()  # the completeness weights travel along
     loaded = InfoGapVAE.load_from_checkpoint(path)
     assert not loaded.training  # loaded in eval mode
     raw = df.drop(columns=["churn"]).iloc[:50]
@@ -346,22 +346,51 @@ def test_api_methods_on_raw_frames(trained) -> None:
 
 
 def test_completeness_without_a_positive_reference_is_nan_with_a_warning(trained, caplog) -> None:
-    """A collapsed posterior (even a complete record's latent profile is no narrower than the prior):
-    completeness is NaN, and a warning says why and what to change."""
+    """A collapsed posterior (no feature changes a record's latent profile): completeness is NaN, and
+    a warning says why and what to change."""
     import logging
 
     model, _, full = trained
     raw = full.drop(columns=["churn"]).iloc[:20]
     assert model.information_gap(raw)["completeness"].between(0, 1).all()
-    ref = model.ref_info.clone()
+    ref = model.feature_info.clone()
     try:
-        model.ref_info.fill_(-0.35)
+        model.feature_info.fill_(0.0)
         with caplog.at_level(logging.WARNING, logger="clm_torch.models.infogap_vae"):
             gap = model.information_gap(raw)
     finally:
-        model.ref_info.copy_(ref)
+        model.feature_info.copy_(ref)
     assert gap["completeness"].isna().all() and gap["gap_score"].notna().all()
     assert "completeness is NaN" in caplog.text and "model.beta" in caplog.text
+
+
+def test_completeness_falls_as_cells_are_hidden(trained) -> None:
+    """Completeness is the weighted share of the features a record holds: hiding a cell never raises
+    it, a complete record scores 1 and an empty one 0. It was the posterior's width relative to a
+    complete record's, and the encoder narrows the posterior as often as it widens it when cells go:
+    records with most cells missing scored near 1, above complete ones."""
+    model, _, full = trained
+    raw = full.drop(columns=["churn"])
+    complete = raw[raw[FEATURES].notna().all(1)].iloc[:40]
+    w = model.feature_info.numpy()
+    assert len(complete) >= 20 and np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0
+    base = model.information_gap(complete)["completeness"]
+    assert np.allclose(base, 1.0)
+    rng = np.random.default_rng(0)
+    before = base.to_numpy()
+    hidden = complete.copy()
+    for _ in range(len(FEATURES)):  # hide one more cell per row each round
+        for i in range(len(hidden)):
+            left = [c for c in FEATURES if pd.notna(hidden.iloc[i][c])]
+            hidden.iloc[i, hidden.columns.get_loc(rng.choice(left))] = np.nan
+        now = model.information_gap(hidden)["completeness"].to_numpy()
+        assert (now <= before + 1e-9).all() and now.mean() < before.mean()
+        before = now
+    assert np.allclose(before, 0.0)
+    one = complete.copy()
+    one[FEATURES[1:]] = np.nan  # one field known: its weight's share, not 1
+    expected = w[list(model.encoder.feature_columns).index(FEATURES[0])] / w.sum()
+    np.testing.assert_allclose(model.information_gap(one)["completeness"], expected, rtol=1e-5)
 
 
 def test_scores_of_a_row_do_not_depend_on_the_other_rows(trained) -> None:

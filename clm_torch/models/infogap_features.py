@@ -69,10 +69,11 @@ def infogap_frame(vae: Any, df: pd.DataFrame, *, impute: bool = True, n_samples:
         extra["vae_gap_score"] = gap["gap_score"].to_numpy(dtype=np.float64)
         completeness = gap["completeness"].to_numpy(dtype=np.float64)
         if len(completeness) and np.isnan(completeness).all():
-            # ref_info <= 0: even a complete record leaves the posterior as wide as the prior (a collapsed
-            # or barely trained VAE), so there is nothing to be complete about; 0 = "nothing known"
-            log.warning("%s: the InfoGapVAE's completeness is undefined (ref_info %.4g <= 0: a collapsed or barely "
-                        "trained VAE); vae_completeness is 0 for every row", source, float(vae.ref_info))
+            # no feature moves the posterior (a collapsed or barely trained VAE), so there is nothing to
+            # be complete about; 0 = "nothing known"
+            log.warning("%s: the InfoGapVAE's completeness is undefined (feature information %.4g nats in all: a "
+                        "collapsed or barely trained VAE); vae_completeness is 0 for every row", source,
+                        float(vae.feature_info.clamp_min(0).sum()))
             completeness = np.zeros(len(completeness))
         extra["vae_completeness"] = completeness
         extra["vae_n_missing"] = n_missing

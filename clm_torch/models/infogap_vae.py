@@ -72,6 +72,12 @@ from clm_torch.utils.progress import chunks
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
 _FEATURE_KEYS = ("num", "num_mask", "cat", "cat_mask")
+_FEATURE_INFO_ROWS = 4096  # validation rows per epoch that measure the completeness weights
+
+
+def _new_acc() -> dict[str, Any]:
+    """An evaluation epoch's accumulators (see ``InfoGapVAE._eval_step``)."""
+    return {"mu": [], "mu_sum": 0, "mu_sq": 0, "n": 0, "fi_sum": 0, "fi_n": 0, "rows": []}
 
 
 def _observed_only(batch: Mapping[str, torch.Tensor], num_mask: torch.Tensor, cat_mask: torch.Tensor) -> Batch:
@@ -192,8 +198,9 @@ class InfoGapVAE(CLMModule):
         # the buffer is the saved truth; this Python copy keeps the training step free of host syncs
         self._prior_on = False
         self.register_load_state_dict_post_hook(InfoGapVAE._sync_prior_flag)
-        # completeness reference: mean posterior information (nats) of a fully observed customer
-        self.register_buffer("ref_info", torch.tensor(float("nan")))
+        # completeness weights: what each feature tells about z (nats; see _feature_info_sums)
+        self.register_buffer("feature_info", torch.full((self.n_num + self.n_cat,), float("nan")))
+        self.register_load_state_dict_pre_hook(InfoGapVAE._upgrade_state)
         self.scores = torch.nn.ModuleDict({s: ImputationScore(self.n_num, self.n_cat) for s in ("val", "test")})
         self._acc: dict[str, Any] = {}
         self.encoder: FeatureEncoder | None = None
@@ -233,6 +240,14 @@ class InfoGapVAE(CLMModule):
     def mixture_prior(self) -> bool:
         """True once the learned mixture prior is initialised and in use."""
         return self._prior_on
+
+    @staticmethod
+    def _upgrade_state(module: torch.nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+        """A checkpoint from before ``feature_info`` (its ``ref_info`` measured the posterior's width,
+        which does not grow with the cells observed) loads with the weights unknown: completeness is
+        then measured on the frame being scored."""
+        state_dict.pop(prefix + "ref_info", None)
+        state_dict.setdefault(prefix + "feature_info", torch.full_like(module.feature_info, float("nan")))
 
     @staticmethod
     def _sync_prior_flag(module: torch.nn.Module, incompatible_keys: Any) -> None:
@@ -450,12 +465,15 @@ class InfoGapVAE(CLMModule):
         out = self.decode(t["mu"])
         cat_pred = category_probs(out, self.decoder, self.n_cat, self.max_card).argmax(-1)
         self.scores[stage].update(out["num_loc"], batch["num"], t["hide_num"], cat_pred, batch["cat"], t["hide_cat"])
-        acc = self._acc.setdefault(stage, {"mu": [], "mu_sum": 0, "mu_sq": 0, "n": 0, "info": [], "rows": []})
+        acc = self._acc.setdefault(stage, _new_acc())
         mu = self.posterior(batch)[0]  # everything observed: for active units and the projector
         acc["mu_sum"] = acc["mu_sum"] + mu.sum(0).double()
         acc["mu_sq"] = acc["mu_sq"] + (mu.double() ** 2).sum(0)
         acc["n"] += len(mu)
-        acc["info"].append(self._full_info(batch).cpu())
+        if stage == "val" and acc["fi_n"] < _FEATURE_INFO_ROWS:  # the completeness weights, on a sample
+            rows = {k: v[: _FEATURE_INFO_ROWS - acc["fi_n"]] for k, v in batch.items() if k in _FEATURE_KEYS}
+            acc["fi_sum"] = acc["fi_sum"] + self._feature_info_sums(rows).cpu()
+            acc["fi_n"] += len(rows["num"])
         if stage == "test":
             acc["mu"].append(mu.cpu())
             if "row" in batch:
@@ -473,19 +491,20 @@ class InfoGapVAE(CLMModule):
         score, d = self.scores[stage], int(self.hparams.latent_dim)
         dev = score.sq_err.device
         zeros = torch.zeros(d, dtype=torch.float64, device=dev)
-        info = torch.cat(acc["info"]).double() if acc["info"] else torch.zeros(0, dtype=torch.float64)
         parts = {"sq_err": score.sq_err, "n_num": score.n_num, "correct": score.correct, "n_cat": score.n_cat,
                  "mu_sum": torch.as_tensor(acc["mu_sum"], dtype=torch.float64, device=dev) + zeros,
                  "mu_sq": torch.as_tensor(acc["mu_sq"], dtype=torch.float64, device=dev) + zeros,
                  "n": torch.tensor([acc["n"]], dtype=torch.float64, device=dev),
-                 "info": torch.stack([info.sum(), torch.tensor(float(len(info)), dtype=torch.float64)]).to(dev)}
+                 "fi_sum": (torch.as_tensor(acc["fi_sum"], dtype=torch.float64)
+                            + torch.zeros(self.n_num + self.n_cat, dtype=torch.float64)).to(dev),
+                 "fi_n": torch.tensor([float(acc["fi_n"])], dtype=torch.float64, device=dev)}
         flat = torch.cat([v.reshape(-1) for v in parts.values()])
         if self._trainer is not None and self._trainer.world_size > 1:
             flat = self._trainer.strategy.reduce(flat, reduce_op="sum")
         return dict(zip(parts, torch.split(flat, [v.numel() for v in parts.values()])))
 
     def _eval_epoch_end(self, stage: str) -> None:
-        acc = self._acc.pop(stage, None) or {"mu": [], "mu_sum": 0, "mu_sq": 0, "n": 0, "info": [], "rows": []}
+        acc = self._acc.pop(stage, None) or _new_acc()
         sums = self._eval_sums(stage, acc)
         score = self.scores[stage]
         for key in ("sq_err", "n_num", "correct", "n_cat"):
@@ -499,8 +518,8 @@ class InfoGapVAE(CLMModule):
             return
         var = sums["mu_sq"] / n - (sums["mu_sum"] / n) ** 2
         self.log(f"{stage}/active_units", float((var > 0.01).sum()), sync_dist=True)
-        if stage == "val" and not self.trainer.sanity_checking and float(sums["info"][1]) > 0:
-            self.ref_info.fill_(float(sums["info"][0] / sums["info"][1]))
+        if stage == "val" and not self.trainer.sanity_checking and float(sums["fi_n"][0]) > 0:
+            self.feature_info.copy_((sums["fi_sum"] / sums["fi_n"][0]).to(self.feature_info))
         if stage == "test":
             mu = torch.cat(acc["mu"]) if acc["mu"] else torch.zeros(0, int(self.hparams.latent_dim))
             self._add_embedding(*self._gather_test_latents(mu, torch.cat(acc["rows"]) if acc["rows"] else None))
@@ -586,28 +605,46 @@ class InfoGapVAE(CLMModule):
 
     # ------------------------------------------------------------------ encoded-batch inference
     @torch.no_grad()
-    def _full_info(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Posterior information (nats, Σ_d −½ logvar_d) of each row once completed by its own
-        point imputation and fully observed: the completeness reference. (B,)"""
+    def _completed(self, batch: Mapping[str, torch.Tensor]) -> Batch:
+        """The rows completed by their own point imputation (at the posterior mean), fully observed."""
         mu, _ = self.posterior(batch)
         out = self.decode(mu)
         num = torch.where(batch["num_mask"], batch["num"].float(), out["num_loc"])
         cat = torch.where(batch["cat_mask"], batch["cat"],
                           category_probs(out, self.decoder, self.n_cat, self.max_card).argmax(-1))
-        full = {"num": num, "num_mask": torch.ones_like(batch["num_mask"]), "cat": cat, "cat_mask": cat > 0}
-        _, lv = self.posterior(full)
-        return -0.5 * lv.sum(1)
+        return {"num": num, "num_mask": torch.ones_like(batch["num_mask"]), "cat": cat, "cat_mask": cat > 0}
+
+    @torch.no_grad()
+    def _feature_info_sums(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(F,) float64: summed over the rows, what each feature tells about the profile: the KL
+        divergence (nats) of the complete record's posterior from the posterior without that feature,
+        ``KL(q(z | x) ‖ q(z | x∖j))``, the record completed by its own point imputation. One forward
+        pass over F stacked copies, copy j without feature j."""
+        full = self._completed(batch)
+        mu0, lv0 = self.posterior(full)
+        B, F_ = len(mu0), self.n_num + self.n_cat
+        if B == 0:
+            return torch.zeros(F_, dtype=torch.float64)
+        eye = torch.eye(F_, dtype=torch.bool, device=mu0.device)
+        keep_num = full["num_mask"][None] & ~eye[:, None, : self.n_num]  # (F, B, n_num)
+        keep_cat = full["cat_mask"][None] & ~eye[:, None, self.n_num:]
+        rep = {k: full[k][None].expand(F_, *full[k].shape).reshape(F_ * B, *full[k].shape[1:]) for k in ("num", "cat")}
+        mu_j, lv_j = self.posterior({"num": rep["num"], "num_mask": keep_num.reshape(F_ * B, -1),
+                                     "cat": rep["cat"], "cat_mask": keep_cat.reshape(F_ * B, -1)})
+        kl = gaussian_kl(mu0.repeat(F_, 1), lv0.repeat(F_, 1), mu_j, lv_j).sum(-1)  # (F*B,)
+        return kl.view(F_, B).double().sum(1)
 
     @torch.no_grad()
     def _set_reference(self, tensors: Mapping[str, torch.Tensor], batch_size: int = 8192) -> None:
-        """Set the completeness reference ``ref_info`` from encoded rows (mean of :meth:`_full_info`)."""
+        """Set the completeness weights ``feature_info`` from encoded rows (the first
+        ``_FEATURE_INFO_ROWS``; mean of :meth:`_feature_info_sums`)."""
         was = self._eval_mode()
-        n = len(tensors["num"])
-        infos = [self._full_info({k: tensors[k][i: i + batch_size].to(self.device) for k in _FEATURE_KEYS}).cpu()
-                 for i in range(0, n, batch_size)]
+        n = min(len(tensors["num"]), _FEATURE_INFO_ROWS)
+        if n:
+            sums = sum(self._feature_info_sums({k: tensors[k][i: min(i + batch_size, n)].to(self.device)
+                                                for k in _FEATURE_KEYS}).cpu() for i in range(0, n, batch_size))
+            self.feature_info.copy_((sums / n).to(self.feature_info))
         self.train(was)
-        if infos:
-            self.ref_info.fill_(float(torch.cat(infos).mean()))
 
     def _raw_numeric(self, x: torch.Tensor) -> torch.Tensor:
         """Encoded numerics (..., n_num) → raw scale (float64)."""
@@ -1014,9 +1051,13 @@ class InfoGapVAE(CLMModule):
             ``n_observed``, ``n_missing``: the cells the model reads, and the missing ones. A value
                 it cannot read (a category unseen in training) is in neither: it is not missing, but
                 the model predicts it like a missing one (its entropy is in ``missing_entropy``).
-            ``completeness``: posterior information about z (Σ_d −½ log σ²_d, nats) relative to a
-                fully observed customer (``ref_info``, measured on the validation split), clipped
-                to [0, 1]: 0 = the prior (nothing known), 1 = as certain as a complete record.
+            ``completeness``: the share of what a complete record tells about the profile z that
+                this record holds: ``Σ_{j observed} w_j / Σ_j w_j`` with ``w_j`` (``feature_info``,
+                measured on the validation split) the mean KL divergence of a complete record's
+                posterior from its posterior without feature j. 0 = nothing observed, 1 = every
+                feature; each further cell raises it by that feature's weight. (It was the
+                posterior's width relative to a complete record's, which the encoder does not
+                narrow as cells are added: records with most cells missing scored near 1.)
 
         ``encoded``: :meth:`transform` of ``df``, when the caller has it already.
         """
@@ -1027,18 +1068,21 @@ class InfoGapVAE(CLMModule):
         # bound the stacked batch (F copies × S samples) to ~1M rows per forward
         step = max(1, min(int(batch_size), 1_000_000 // max(F_ * n_samples, 1)))
         parts: list[dict[str, np.ndarray]] = []
-        ref = float(self.ref_info)
-        infos_full = []
+        weights = self.feature_info.double().cpu()
+        own = torch.zeros(F_, dtype=torch.float64) if not torch.isfinite(weights).all() else None
+        n_own = 0
         for _, part, b in self._chunks(df, step, source, encoded):
             r = self.gap_batch(b, n_samples, self._generator(seed))  # the same draws for every chunk
-            parts.append({k: r[k].float().cpu().numpy() for k in ("surprise", "missing_entropy", "info")})
-            parts[-1]["n_obs"] = (b["num_mask"].sum(1) + b["cat_mask"].sum(1)).cpu().numpy()
+            parts.append({k: r[k].float().cpu().numpy() for k in ("surprise", "missing_entropy")})
+            parts[-1]["observed"] = torch.cat([b["num_mask"], b["cat_mask"]], 1).cpu().numpy()
             parts[-1]["n_unread"] = self._unreadable(part, b).sum(1).numpy()
-            if not math.isfinite(ref):
-                infos_full.append(self._full_info(b).cpu())
+            if own is not None and n_own < _FEATURE_INFO_ROWS:
+                rows = {k: v[: _FEATURE_INFO_ROWS - n_own] for k, v in b.items() if k in _FEATURE_KEYS}
+                own += self._feature_info_sums(rows).cpu()
+                n_own += len(rows["num"])
         self.train(was)
-        if not math.isfinite(ref):  # no validation run yet: this frame is its own reference
-            ref = float(torch.cat(infos_full).mean()) if infos_full else float("nan")
+        if own is not None:  # no validation run yet: this frame's rows measure the weights
+            weights = own / n_own if n_own else weights
         cols = enc.feature_columns
         if not parts:
             return pd.DataFrame(columns=[f"surprise_{c}" for c in cols] + [
@@ -1057,11 +1101,11 @@ class InfoGapVAE(CLMModule):
                                                 index=df.index, dtype=object)
         res["missing_entropy"] = np.concatenate([p["missing_entropy"] for p in parts])
         res["gap_score"] = res["total_surprise"] + res["missing_entropy"]
-        n_obs = np.concatenate([p["n_obs"] for p in parts])
+        observed = np.concatenate([p["observed"] for p in parts])
+        n_obs = observed.sum(1)
         res["n_observed"] = n_obs.astype(np.int64)
         res["n_missing"] = (F_ - n_obs - np.concatenate([p["n_unread"] for p in parts])).astype(np.int64)
-        info = np.concatenate([p["info"] for p in parts])
-        res["completeness"] = _completeness(info, ref)
+        res["completeness"] = _completeness(observed, weights.numpy())
         return res
 
     @torch.no_grad()
@@ -1208,25 +1252,30 @@ class InfoGapVAE(CLMModule):
         was = self._eval_mode()
         F_ = self.n_num + self.n_cat
         step = max(1, 1_000_000 // (F_ * 8))
-        rows = []
-        ref = float(self.ref_info)
+        rows, observed = [], []
+        weights = self.feature_info.double().cpu()
+        if not torch.isfinite(weights).all():  # no validation run: this split's rows measure the weights
+            n = min(len(t["num"]), _FEATURE_INFO_ROWS)
+            weights = self._feature_info_sums({k: t[k][:n].to(self.device) for k in _FEATURE_KEYS}).cpu() / max(n, 1)
         for i in range(0, len(t["num"]), step):
             b = {k: t[k][i: i + step].to(self.device) for k in _FEATURE_KEYS}
             r = self.gap_batch(b, 8, torch.Generator(device=self.device).manual_seed(0))  # same draws per chunk
             sur = r["surprise"]
+            observed.append(torch.cat([b["num_mask"], b["cat_mask"]], 1).cpu())
             rows.append(torch.cat([
-                (b["num_mask"].sum(1) + b["cat_mask"].sum(1)).double()[:, None],
-                torch.nan_to_num(sur, nan=0.0).sum(1, keepdim=True).double(),
-                r["missing_entropy"][:, None].double(), r["info"][:, None].double(), r["mu"].double()], 1).cpu())
+                observed[-1].sum(1).double()[:, None],
+                torch.nan_to_num(sur, nan=0.0).sum(1, keepdim=True).double().cpu(),
+                r["missing_entropy"][:, None].double().cpu(), r["mu"].double().cpu()], 1))
         self.train(was)
         a = torch.cat(rows).numpy()
         id_name = datamodule.schema.id_col or "row"
         out = pd.DataFrame({id_name: datamodule.ids(split), "n_observed": a[:, 0].astype(np.int64),
                             "total_surprise": a[:, 1], "missing_entropy": a[:, 2]})
         out["gap_score"] = out["total_surprise"] + out["missing_entropy"]
-        out["completeness"] = _completeness(a[:, 3], ref)
-        for d in range(a.shape[1] - 4):
-            out[f"z_{d}"] = a[:, 4 + d]
+        out["completeness"] = _completeness(torch.cat(observed).numpy() if observed else np.zeros((0, F_), bool),
+                                            weights.numpy())
+        for d in range(a.shape[1] - 3):
+            out[f"z_{d}"] = a[:, 3 + d]
         return out
 
 
@@ -1248,16 +1297,21 @@ def _categorical_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (p * (torch.log(p) - torch.log(q))).sum(-1).clamp_min(0.0)
 
 
-def _completeness(info: np.ndarray, ref: float) -> np.ndarray | float:
-    """Posterior information ``info`` relative to a complete record's ``ref``, clipped to [0, 1]; NaN,
-    with a warning, when ``ref`` is not positive: the latent profile of even a complete record is
-    no narrower than the prior (a collapsed posterior), so there is nothing to be complete about."""
-    if ref > 0:
-        return np.clip(info / ref, 0.0, 1.0)
-    log.warning("completeness is NaN: a fully observed customer's latent profile carries no information "
-                "(reference %.3g nats <= 0: the posterior has collapsed onto the prior); train longer, or with a "
-                "lower model.beta or more model.free_bits", ref)
-    return np.nan
+_MIN_FEATURE_INFO = 1e-6  # nats: below this in all, no feature moves the posterior (a collapsed one)
+
+
+def _completeness(observed: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(B,) the weighted share of the features observed, ``observed (B, F) @ w / Σ w`` in [0, 1]; NaN,
+    with a warning, when the weights are unknown or sum to about 0: no feature changes the latent
+    profile (a collapsed posterior), so there is nothing to be complete about."""
+    w = np.clip(np.asarray(weights, dtype=np.float64), 0.0, None)
+    total = float(w.sum()) if np.isfinite(w).all() else float("nan")
+    if total > _MIN_FEATURE_INFO:
+        return np.clip(observed.astype(np.float64) @ (w / total), 0.0, 1.0)
+    log.warning("completeness is NaN: no feature changes the latent profile (feature information %.3g nats in all: "
+                "the posterior has collapsed onto the prior); train longer, or with a lower model.beta or more "
+                "model.free_bits", total)
+    return np.full(len(observed), np.nan)
 
 
 def _check_n_samples(n_samples: int | None, allow_none: bool = False) -> None:
