@@ -128,3 +128,27 @@ def test_the_settings_that_messages_and_readme_name_are_in_every_table_config(ma
     if data in ("synthetic", "telco"):  # built without reading data: the keys land in the DataModule
         dm = hydra.utils.instantiate(cfg.data)
         assert dm.encoder_kwargs["positive_label"] == "Yes" and dm.clean_kwargs["check_id_case"] is False
+
+
+@pytest.mark.parametrize("config_name", ["train.yaml", "pipeline.yaml", "evaluate.yaml"])
+def test_a_local_override_file_reaches_the_top_level(tmp_path, config_name: str) -> None:
+    """configs/local/default.yaml (git-ignored, the README's place for a machine's paths) is applied at
+    the top level, after the experiment and before the command line; it used to land under a key
+    `local:` that nothing reads, without a word."""
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from clm_torch.train import CONFIG_DIR
+
+    conf = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, conf, ignore=shutil.ignore_patterns("local"))
+    (conf / "local").mkdir()
+    (conf / "local" / "default.yaml").write_text("paths:\n  log_dir: /data/clm_logs\nseed: 7\n")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name)
+        assert cfg.paths.log_dir == "/data/clm_logs" and cfg.seed == 7 and "local" not in cfg
+        assert compose(config_name, overrides=["seed=3"]).seed == 3  # the command line wins
+    GlobalHydra.instance().clear()

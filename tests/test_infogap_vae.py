@@ -391,6 +391,15 @@ def test_completeness_falls_as_cells_are_hidden(trained) -> None:
     one[FEATURES[1:]] = np.nan  # one field known: its weight's share, not 1
     expected = w[list(model.encoder.feature_columns).index(FEATURES[0])] / w.sum()
     np.testing.assert_allclose(model.information_gap(one)["completeness"], expected, rtol=1e-5)
+    # a checkpoint from before the weights (it held ref_info) loads; the frame scored measures them
+    import copy
+
+    old = copy.deepcopy(model)
+    state = {k: v for k, v in model.state_dict().items() if k != "feature_info"}
+    old.load_state_dict({**state, "ref_info": torch.tensor(1.5)})
+    assert torch.isnan(old.feature_info).all()
+    comp = old.information_gap(hidden.iloc[:5].combine_first(complete.iloc[5:]))["completeness"]
+    assert (comp.iloc[:5] == 0).all() and np.allclose(comp.iloc[5:], 1.0)
 
 
 def test_scores_of_a_row_do_not_depend_on_the_other_rows(trained) -> None:
