@@ -491,6 +491,9 @@ def test_a_yes_no_column_matches_its_other_spellings_and_unknown_values_are_warn
         wide = FeatureEncoder.from_schema(schema, max_categories=1).fit(df)  # half of 'plan' beyond the cap
         wide.transform(df, source="s.csv")
         assert FeatureEncoder.from_state_dict(wide.state_dict()).unk_share == wide.unk_share
+        # the documented missing-value spellings are missing, not categories the model lacks
+        tokens = enc.transform(df.assign(plan=df["plan"].where(np.arange(60) >= 20, "n/a")), source="s.csv")["cat"]
+        assert (tokens[:20, enc.cat_columns.index("plan")] == 0).all()
     assert "s.csv" not in caplog.text
 
 

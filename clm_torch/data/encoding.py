@@ -33,8 +33,8 @@ import pandas as pd
 import torch
 
 from clm_torch.data.cleaning import clip_bounds
-from clm_torch.data.schema import (SchemaError, TableSchema, distinct_rows, is_yes_no_label, to_numeric_strict,
-                                   validate_target)
+from clm_torch.data.schema import (_MISSING_TOKENS, SchemaError, TableSchema, distinct_rows, is_yes_no_label,
+                                   to_numeric_strict, validate_target)
 from clm_torch.utils.io import SettingError
 
 log = logging.getLogger(__name__)
@@ -365,9 +365,11 @@ class FeatureEncoder:
         if self._said is not None:
             if (source, col) in self._said:
                 return
-        observed = codes >= 0
-        n_obs = int(observed.sum())
-        unseen = np.flatnonzero(lookup == 0)
+        # 'n/a', '?', '' ... are missing, as documented, not categories the model lacks
+        token = np.fromiter((isinstance(v, str) and v.strip().lower() in _MISSING_TOKENS for v in values), dtype=bool,
+                            count=len(values))
+        n_obs = int((codes >= 0).sum()) - int(np.isin(codes, np.flatnonzero(token)).sum())
+        unseen = np.flatnonzero((lookup == 0) & ~token)
         n_unseen = int(np.isin(codes, unseen).sum())
         if n_unseen < 5 or n_unseen < UNSEEN_WARN_SHARE * n_obs or n_unseen <= 2 * self.unk_share.get(col, 0.0) * n_obs:
             return
