@@ -169,7 +169,8 @@ def evaluate_imputer(model: Any, data: Any, *, hide_rate: float = 0.2, seed: int
     """An imputation model (``impute`` + ``information_gap``; the InfoGapVAE) on new rows.
 
     Predictions: the information gap per customer (``gap_score``, ``completeness``,
-    ``surprise_total``, ``surprise_max_feature``, counts) and the latent mean ``z_*``.
+    ``total_surprise``, ``max_surprise_feature``, ``missing_entropy``, ``n_observed``,
+    ``n_missing``) and the latent mean ``z_*``.
     Metrics: hide ``hide_rate`` of the observed feature cells at random (seeded), impute them
     from the rest and score only those cells: NRMSE (RMSE / the column's std in these rows),
     averaged over numeric columns, and accuracy averaged over categorical columns.
@@ -180,10 +181,9 @@ def evaluate_imputer(model: Any, data: Any, *, hide_rate: float = 0.2, seed: int
     enc = model.encoder
     features = t.features
     gap = model.information_gap(features, batch_size=min(batch_size, 1024), source=data.name)
-    keep = ["gap_score", "completeness", "surprise_total", "surprise_max_feature", "missing_entropy",
-            "n_observed", "n_missing"]
-    preds = pd.concat([pd.DataFrame({t.id_name: t.ids}, index=features.index),
-                       gap[[c for c in keep if c in gap.columns]]], axis=1)
+    keep = ["gap_score", "completeness", "total_surprise", "max_surprise_feature", "missing_entropy",
+            "n_observed", "n_missing"]  # information_gap's names (a misspelt one was dropped in silence)
+    preds = pd.concat([pd.DataFrame({t.id_name: t.ids}, index=features.index), gap[keep]], axis=1)
     z = model.encode(features, batch_size=batch_size, source=data.name)
     for d in range(z.shape[1]):
         preds[f"z_{d}"] = z[:, d]

@@ -5,7 +5,11 @@ Conventions (all functions):
 * ``scores`` (B, n_items): higher = better. Items a user has already seen must be excluded from
   the ranking, either by passing ``exclude`` (B, n_items) bool or by setting them to ``-inf``.
 * ``targets`` (B, n_items) bool: the user's held-out items.
-* Users without any target are ignored in the averages (they are not evaluated).
+* Users without any target are ignored in the averages (they are not evaluated); with none at all
+  the averages are NaN. An excluded item (or one scored ``-inf``) is not a target either: it cannot
+  be recommended.
+* A top-K list holds only items that can be recommended: when a user has fewer unseen items than K,
+  the remaining slots are empty (no hit, no coverage).
 
 Definitions for one user with target set T and top-K list L (ranks r = 1..K):
 
@@ -28,8 +32,9 @@ METRIC_NAMES = ("recall", "ndcg", "hit_rate")
 
 
 def mask_scores(scores: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
-    """``scores`` (B, n_items) with excluded items set to ``-inf`` (float32)."""
-    scores = scores.float()
+    """``scores`` (B, n_items) with excluded items set to ``-inf`` (float32, or float64 when given:
+    casting it would turn close scores into ties)."""
+    scores = scores if scores.dtype == torch.float64 else scores.float()
     if exclude is not None:
         scores = scores.masked_fill(exclude, float("-inf"))
     return scores
@@ -130,19 +135,22 @@ class RankingMetrics(Metric):
         self.add_state("covered", torch.zeros(len(self.ks), self.n_items), dist_reduce_fx="sum")
 
     def update(self, scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor | None = None) -> None:
-        topk = top_k(scores, max(self.ks), exclude)
+        masked = mask_scores(scores, exclude)
+        best = torch.topk(masked, min(max(self.ks), masked.shape[1]), dim=1)
+        listed = best.values > float("-inf")  # (B, K): a slot past the user's unseen items is empty
+        for j, k in enumerate(self.ks):  # coverage: every ranked user's list, as coverage() counts it
+            self.covered[j].index_fill_(0, best.indices[:, :k][listed[:, :k]], 1.0)
+        targets = targets & (masked > float("-inf"))  # an excluded item cannot be recommended
         valid = targets.any(1)
         if not valid.any():
             return
-        topk, targets = topk[valid], targets[valid]
-        per = per_user_metrics(topk, targets, self.ks)
+        per = per_user_metrics(best.indices[valid], targets[valid], self.ks)
         self.sums += torch.stack([per[n].double().sum() for n in self.names])
         self.n_users += float(valid.sum())
-        for j, k in enumerate(self.ks):
-            self.covered[j].index_fill_(0, topk[:, :k].reshape(-1), 1.0)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        n = self.n_users.clamp(min=1)
+        """Per-user averages (NaN when no user had a target) and catalogue coverage."""
+        n = self.n_users if float(self.n_users) > 0 else torch.full_like(self.n_users, float("nan"))
         out = {name: (self.sums[j] / n).float() for j, name in enumerate(self.names)}
         for j, k in enumerate(self.ks):
             out[f"coverage@{k}"] = (self.covered[j] > 0).float().mean()

@@ -402,6 +402,19 @@ def test_completeness_falls_as_cells_are_hidden(trained) -> None:
     assert (comp.iloc[:5] == 0).all() and np.allclose(comp.iloc[5:], 1.0)
 
 
+def test_clm_evaluate_keeps_the_documented_gap_columns(trained) -> None:
+    """clm-evaluate's predictions of a VAE hold the gap columns its docstring names; two of them were
+    asked for under other names than information_gap's and dropped in silence."""
+    from clm_torch.data.sources.tables import FrameSource
+    from clm_torch.evaluate import evaluate_model
+
+    model, _, full = trained
+    data = FrameSource(full.iloc[:60], target="churn", id_col="customer_id").load()
+    ev = evaluate_model(model, data)
+    assert {"gap_score", "completeness", "total_surprise", "max_surprise_feature", "missing_entropy", "n_observed",
+            "n_missing", "z_0"} <= set(ev.predictions.columns)
+
+
 def test_scores_of_a_row_do_not_depend_on_the_other_rows(trained) -> None:
     """Seeded Monte Carlo draws are shared by every row (and every chunk): a customer's imputation, gap
     scores and next best questions are the same alone, in a reversed frame and in small batches."""

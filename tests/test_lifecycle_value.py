@@ -434,3 +434,17 @@ def test_report_plots_name_mismatched_inputs_and_draw_one_dimensional_profiles(t
     frame = pd.DataFrame({"segment": [0, 0, 0, 1, 1], "clv": [1.0, 2.0, np.nan, 3.0, 4.0]})
     assert [b.tolist() for b in _clv_boxes(frame, [0, 1])] == [[1.0, 2.0], [3.0, 4.0]]
     assert plot_clv_by_segment(frame, tmp_path / "v.png").exists()
+
+
+def test_one_top_20_percent_capture_for_the_spend_model_and_the_lifecycle_layer():
+    """The spend model's capture20 took round(0.2 n) customers, spend_capture ceil(0.2 n): the same
+    predictions gave 0.0 and 0.5. A net refund divided the share by a total net of refunds (2.0)."""
+    import torch
+
+    from clm_torch.models.spend import spend_metrics
+
+    p = np.linspace(1, 0, 452)
+    y = np.zeros(452)
+    y[[90, 200]] = 1.0
+    assert float(spend_metrics(torch.tensor(p), torch.tensor(y))["capture20"]) == spend_capture(p, y) == 0.5
+    assert spend_capture(np.array([5.0, 4, 3, 2, 1]), np.array([10.0, -8, 1, 1, 1]), 0.2) == pytest.approx(10 / 13)

@@ -89,3 +89,25 @@ def test_cut_offs_beyond_a_small_catalogue_rank_the_whole_catalogue() -> None:
         assert got[f"hit_rate@{k}"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="cut-off 5 exceeds the top-K list length 2"):
         per_user_metrics(top_k(SCORES, 2), TARGETS, [5])
+
+
+def test_slots_past_the_unseen_items_and_excluded_targets_count_for_nothing() -> None:
+    """A user with fewer unseen items than K: the empty slots (excluded items) were counted in the
+    catalogue coverage; an excluded item that is also a target counted as a hit; float64 scores were
+    cast to float32 (close scores tied); and no evaluated user gave 0 instead of NaN."""
+    s = torch.tensor([[5.0, 4, 3, 2, 1]])
+    ex = torch.tensor([[1, 1, 1, 0, 0]]).bool()
+    m = ranking_metrics(s, torch.tensor([[0, 0, 0, 0, 1]]).bool(), (3,), ex)
+    assert m["coverage@3"] == pytest.approx(2 / 5) and m["recall@3"] == 1.0
+    inf = float("-inf")
+    assert ranking_metrics(torch.tensor([[inf, 2.0, inf, 1.0]]), torch.tensor([[0, 1, 0, 0]]).bool(),
+                           (3,))["coverage@3"] == pytest.approx(0.5)
+    seen_target = ranking_metrics(torch.tensor([[5.0, 4, 3], [1.0, 2, 3]]), torch.tensor([[1, 0, 0], [0, 0, 1]]).bool(),
+                                  (1,), torch.tensor([[1, 0, 0], [0, 0, 0]]).bool())
+    assert seen_target["recall@1"] == 1.0  # only the second user is evaluated (was 1.0 for both: a hit)
+    close = torch.tensor([[1.0, 1.0 + 1e-9]], dtype=torch.float64)
+    assert ranking_metrics(close, torch.tensor([[False, True]]), (1,))["recall@1"] == 1.0
+    none = RankingMetrics(4, (1,))
+    none.update(torch.randn(2, 4), torch.zeros(2, 4, dtype=torch.bool))
+    out = none.compute()
+    assert math.isnan(out["recall@1"]) and math.isnan(out["ndcg@1"]) and out["coverage@1"] == pytest.approx(0.5)

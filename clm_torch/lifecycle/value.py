@@ -415,7 +415,9 @@ def spend_capture(pred: ArrayLike, truth: ArrayLike, top: float = 0.2) -> float:
     """Share of the true total spend captured by the top ``top`` fraction ranked by ``pred``.
 
     The top group has ``ceil(top * n)`` customers; ties in ``pred`` keep the input order and NaN
-    predictions rank last. Returns NaN when the true total is not positive.
+    predictions rank last. A customer's net refunds (negative spend) count as 0, so the share stays
+    in [0, 1] (dividing by a total net of refunds gave shares above 1). Returns NaN when the true
+    total is not positive. The spend model's ``capture20`` metric is this function.
 
     Parameters
     ----------
@@ -431,6 +433,7 @@ def spend_capture(pred: ArrayLike, truth: ArrayLike, top: float = 0.2) -> float:
         raise ValueError(f"pred and truth have different lengths: {p.shape} vs {y.shape}")
     if not 0 < top <= 1:
         raise ValueError(f"top must be in (0, 1], got {top}")
+    y = np.clip(y, 0.0, None)  # NaN stays NaN (left out of the sums)
     total = np.nansum(y)
     if len(y) == 0 or total <= 0:
         return float("nan")

@@ -19,6 +19,7 @@ from torchmetrics import CatMetric
 from clm_torch.data.encoding import FeatureEncoder
 from clm_torch.data.events import add_time_features
 from clm_torch.data.schema import SchemaError
+from clm_torch.lifecycle.value import spend_capture
 from clm_torch.models.base import CLMModule
 from clm_torch.models.components.tabular import MLP, FeatureTokenizer
 from clm_torch.utils.progress import chunks
@@ -32,7 +33,8 @@ def tweedie_nll(eta: torch.Tensor, y: torch.Tensor, power: float) -> torch.Tenso
 
 def spend_metrics(pred: torch.Tensor, y: torch.Tensor, top: float = 0.2) -> dict[str, torch.Tensor]:
     """RMSE, Spearman rank correlation and top-``top`` spend capture of predictions ``pred`` (n,)
-    (the share of the spend above 0 that the top ``top`` of customers by prediction hold)."""
+    (the share of the spend above 0 that the top ``top`` of customers by prediction hold:
+    :func:`~clm_torch.lifecycle.value.spend_capture`)."""
     pred, y = pred.double(), y.double()
     rmse = torch.sqrt(((pred - y) ** 2).mean())
 
@@ -42,9 +44,8 @@ def spend_metrics(pred: torch.Tensor, y: torch.Tensor, top: float = 0.2) -> dict
     rp, ry = _rank(pred), _rank(y)
     rp, ry = rp - rp.mean(), ry - ry.mean()
     spearman = (rp * ry).sum() / torch.sqrt((rp**2).sum() * (ry**2).sum()).clamp_min(1e-12)
-    k = max(1, int(round(top * len(y))))
-    pos = y.clamp_min(0.0)  # the share of the (non-negative) spend the top k hold; net refunds count as 0
-    capture = pos[pred.argsort(descending=True)[:k]].sum() / pos.sum().clamp_min(1e-12)
+    # the same top group as the lifecycle layer's (ceil(top * n) customers, ties in input order)
+    capture = torch.tensor(spend_capture(pred.cpu().numpy(), y.cpu().numpy(), top), dtype=torch.float64)
     return {"rmse": rmse.float(), "spearman": spearman.float(), "capture20": capture.float()}
 
 
