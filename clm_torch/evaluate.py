@@ -45,6 +45,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from clm_torch.data.cleaning import check_ids_present
 from clm_torch.data.schema import SchemaError, validate_target
+from clm_torch.lifecycle.report import TOP_ITEMS_SEP
 from clm_torch.runs import load_model, read_config, resolve_checkpoint
 from clm_torch.utils.io import CheckpointError, SettingError, write_csv_safe, write_json
 from clm_torch.utils.progress import chunks
@@ -250,12 +251,14 @@ def evaluate_recommender(model: Any, data: Any, *, k: int = 10, batch_users: int
     seen_keys = seen_rows * len(item_index) + seen_items
     already = known & (vocab_pos >= 0) & np.isin(vocab_pos * len(item_index) + item_pos, seen_keys)
     known_new = known & ~already
-    held = pd.Series(frame["item"].astype(str).to_numpy()).groupby(user_pos).agg(" ".join)
+    # the targets scored: new items the model knows (the log's other items are counted in the metrics' n_*)
+    held = (pd.Series(frame["item"].astype(str).to_numpy()[known_new]).groupby(user_pos[known_new])
+            .agg(TOP_ITEMS_SEP.join))
     k = int(min(k, len(item_index)))
     recs, parts = [], []
     for start, stop in chunks(len(users), batch_users, f"recommending for {len(users):,} users"):
         top_ids = model.recommend(list(users[start:stop]), k=k, exclude_seen=True)
-        recs += [" ".join(str(x) for x in row if x is not None) for row in top_ids]
+        recs += [TOP_ITEMS_SEP.join(str(x) for x in row if x is not None) for row in top_ids]
         top_pos = torch.as_tensor(item_index.get_indexer(pd.Series(np.asarray(top_ids, dtype=object).ravel()))
                                   .reshape(len(top_ids), k))
         # (users, n_items + 1) bool: the last column pads empty top-k slots and is never a target

@@ -510,7 +510,7 @@ def test_checkpoint_round_trip_weights_only(tmp_path: Path, dm: InteractionDataM
             trained.recommend_for_history([[dm.item_ids[0]]], k=5)).all()
     out = loaded.export_predictions(dm, "test")
     assert list(out.columns) == ["user_id", "recommended", "held_out"]
-    assert len(out) == len(dm.tables["test"]) and len(out["recommended"].iloc[0].split()) == 10
+    assert len(out) == len(dm.tables["test"]) and len(out["recommended"].iloc[0].split(" | ")) == 10
     # a DataModule built from another log indexes other vocabularies: refused, not silently mislabelled
     renamed = log_frame.assign(item=log_frame["item"].replace({dm.item_ids[0]: "I9999"}))
     other = InteractionDataModule(InteractionsFrameSource(renamed, time_col="time", items=_items_frame(),
@@ -1057,3 +1057,44 @@ def test_dedupe_cooccurrence_and_age_fast_paths_match_their_references() -> None
             got_offsets, got = table.ragged[name]
             assert torch.equal(got_offsets, offsets) and list(got) == list(keys)
             assert all(torch.equal(got[k], vals[k].index_select(0, pos)) for k in keys)
+
+
+def test_interaction_files_that_were_read_wrongly_in_silence(tmp_path: Path) -> None:
+    """'5' beside '5.0' (two exports joined) were two items, though recommend() reads them as one; a
+    time in milliseconds among epoch seconds was the newest interaction, held out by the temporal
+    split; one column named for two roles was a KeyError; ids with spaces could not be told apart in
+    the predictions' lists."""
+    from clm_torch.data.interactions import interactions_from_file
+    from clm_torch.data.schema import SchemaError
+
+    rows = [(f"u{u}", f"{(u + j) % 30}" + (".0" if u % 2 else ""), j) for u in range(40) for j in range(8)]
+    pd.DataFrame(rows, columns=["user_id", "item_id", "t"]).to_csv(tmp_path / "ids.csv", index=False)
+    d = interactions_from_file(str(tmp_path / "ids.csv"))
+    d.setup()
+    assert d.n_items == 30 and "0.0" not in d.item_ids
+    with pytest.raises(SchemaError, match="data.user_col and data.item_col name the same column"):
+        interactions_from_file(str(tmp_path / "ids.csv"), item_col="user_id").setup()
+    t = [1_700_000_000 + 86400 * j for j in range(10)]
+    df = pd.DataFrame([(f"u{u}", f"i{j}", t[j]) for u in range(20) for j in range(10)], columns=["user_id", "item_id", "ts"])
+    df.loc[df["item_id"] == "i0", "ts"] *= 1000
+    df.to_csv(tmp_path / "times.csv", index=False)
+    with pytest.raises(SchemaError, match=r"column 'ts', row 0: 1700000000000 is not a time in epoch seconds"):
+        interactions_from_file(str(tmp_path / "times.csv"), time_col="ts", protocol="temporal").setup()
+
+
+def test_clm_evaluate_lists_the_targets_it_scored(trained: EmbeddingRecommender) -> None:
+    """The predictions' held_out listed every item of a user in the new log, the ones already in the
+    training log and unknown ones too, so the file did not give back the reported metrics."""
+    from clm_torch.data.sources.interactions import InteractionsFrameSource
+    from clm_torch.evaluate import evaluate_recommender
+
+    indptr, items, _ = trained.history_csr(everything=True)
+    pos = 1  # the vocabulary's first user (0 = <unk>)
+    seen = [trained.item_index[int(i)] for i in items[int(indptr[pos]): int(indptr[pos + 1])]]
+    new = [i for i in trained.item_index if i not in set(seen)][:2]
+    user = trained.user_index[pos - 1]
+    log = pd.DataFrame({"user": [user] * 4, "item": [seen[0], new[0], new[1], "never-sold"]})
+    ev = evaluate_recommender(trained, InteractionsFrameSource(log).load(), k=5)
+    assert ev.predictions["held_out"].tolist() == [" | ".join(str(i) for i in new)]
+    assert ev.metrics["n_already_seen"] == 1 and ev.metrics["n_unknown_items"] == 1
+    assert len(ev.predictions["recommended"].iloc[0].split(" | ")) == 5

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clm_torch.data.interactions import N_AGE_BUCKETS, csr_gather
+from clm_torch.lifecycle.report import TOP_ITEMS_SEP
 from clm_torch.metrics import RankingMetrics, dense_targets
 from clm_torch.models.base import CLMModule
 from clm_torch.models.components.recsys import HistoryEncoder, ItemTower, ragged_rows
@@ -882,7 +883,8 @@ class EmbeddingRecommender(CLMModule):
     @torch.no_grad()
     def export_predictions(self, datamodule: Any, split: str = "test", k: int = 10) -> pd.DataFrame:
         """Per evaluated user: ``user_id``, the top-``k`` ``recommended`` item ids and the ``held_out``
-        items (space-separated), ranked with the split's history masked."""
+        items, each list joined by ``" | "`` (:data:`~clm_torch.lifecycle.report.TOP_ITEMS_SEP`, as in the
+        pipeline's customers.csv: ids may hold spaces), ranked with the split's history masked."""
         self._require_preprocessing()
         k = _check_k(k, self.n_items)
         if split not in ("train", "val", "test"):
@@ -902,10 +904,10 @@ class EmbeddingRecommender(CLMModule):
             batch = table[torch.arange(s, min(len(table), s + 1024))]
             batch = {key: v.to(self.item_bias.device) for key, v in batch.items()}
             top = self._topk_batches(batch, min(k, self.n_items), exclude_seen=True).cpu().numpy()
-            recs += [" ".join(str(x) for x in ids[r[r >= 0]]) for r in top]
+            recs += [TOP_ITEMS_SEP.join(str(x) for x in ids[r[r >= 0]]) for r in top]
             off = batch["target_offsets"].cpu().numpy()
             items = batch["target_items"].cpu().numpy()
-            held += [" ".join(str(x) for x in ids[items[off[j]: off[j + 1]]]) for j in range(len(off) - 1)]
+            held += [TOP_ITEMS_SEP.join(str(x) for x in ids[items[off[j]: off[j + 1]]]) for j in range(len(off) - 1)]
         self.train(was)
         return pd.DataFrame({"user_id": datamodule.user_ids_of(split), "recommended": recs, "held_out": held})
 

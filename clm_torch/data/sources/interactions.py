@@ -61,6 +61,14 @@ class InteractionData:
 def _standardise(df: pd.DataFrame, user_col: str, item_col: str, time_col: str | None, weight_col: str | None,
                  source: str) -> pd.DataFrame:
     """Rename to ``user/item/time/weight``, check types, drop rows without user or item."""
+    roles: dict[str, str] = {}
+    for setting, col in (("data.user_col", user_col), ("data.item_col", item_col), ("data.time_col", time_col),
+                         ("data.weight_col", weight_col)):
+        if col and col in roles:  # the dict below would keep one role of the column, and a KeyError follow
+            raise SchemaError(f"{roles[col]} and {setting} name the same column; each needs its own", source=source,
+                              column=col)
+        if col:
+            roles[col] = setting
     cols = {user_col: "user", item_col: "item"}
     for col, what in ((time_col, "time"), (weight_col, "weight")):
         if col:
@@ -110,6 +118,17 @@ def _times(t: pd.Series, source: str, column: str) -> pd.Series:
             first = t.index[bad][0]
             raise SchemaError(f"missing or infinite time ({int(bad.sum())} rows); give every interaction a "
                               "time, or leave data.time_col unset", source=source, column=column, row=first)
+        x = out.to_numpy()
+        if len(x) and 315_532_800 <= float(np.median(x)) < 1e11:  # epoch seconds (1980 ... year 5000)
+            # a time in milliseconds or a 0 placeholder among them would be the newest or the oldest
+            # interaction, and the temporal split would hold out the wrong items
+            odd = (x >= 1e11) | (x < 315_532_800)
+            if odd.any():
+                first = t.index[odd][0]
+                raise SchemaError(f"{t.loc[first]} is not a time in epoch seconds like the column's others (median "
+                                  f"{pd.Timestamp(float(np.median(x)), unit='s')}; {int(odd.sum())} such values): "
+                                  "epoch milliseconds, or a placeholder for a missing time? Convert or drop those rows",
+                                  source=source, column=column, row=first)
         return out
     if not (pd.api.types.is_datetime64_dtype(t) and not t.isna().any()):  # naive datetimes need no parsing
         t = parse_timestamps(t, source=source, column=column)  # names a column of dates mixed with numbers
@@ -119,6 +138,7 @@ def _times(t: pd.Series, source: str, column: str) -> pd.Series:
 
 # an id of a float column written to a file: '5.0' (the id 5)
 _FLOAT_WRITTEN_ID = re.compile(r"-?\d+\.0+")
+_WHOLE_ID = re.compile(r"-?\d+(?:\.0+)?")  # 5 or 5.0
 
 
 def _id_values(s: pd.Series, source: str, column: str) -> pd.Series:
@@ -132,10 +152,15 @@ def _id_values(s: pd.Series, source: str, column: str) -> pd.Series:
         # a file written from a float column (a missing value made the ids float): '5.0' is the id 5
         text = s.dropna()
         # the first id decides most columns ('C001'): the pass over every id only when it is such a number
-        if len(text) and _FLOAT_WRITTEN_ID.fullmatch(str(text.iloc[0])) \
-                and bool(text.astype(str).str.fullmatch(_FLOAT_WRITTEN_ID.pattern).all()):
-            s = s.where(s.isna(), s.astype(str).str.replace(r"\.0+$", "", regex=True))
-            log.info("%s: the ids of column '%s' are whole numbers written as 5.0; read as 5", source, column)
+        if len(text) and _WHOLE_ID.fullmatch(str(text.iloc[0])):
+            as_text = text.astype(str)
+            written = as_text.str.fullmatch(_FLOAT_WRITTEN_ID.pattern)
+            if bool(written.any()) and bool(as_text.str.fullmatch(_WHOLE_ID.pattern).all()) \
+                    and not bool(as_text.str.match(r"-?0\d").any()):  # '007': text ids, kept as written
+                # also when only some are ('5' beside '5.0', two exports joined): one id, as scoring reads it
+                s = s.where(s.isna(), s.astype(str).str.replace(r"\.0+$", "", regex=True))
+                log.info("%s: %d ids of column '%s' are whole numbers written as 5.0; read as 5", source,
+                         int(written.sum()), column)
     return ints_if_whole(s)
 
 
