@@ -33,8 +33,8 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 from clm_torch.data.schema import SchemaError
 from clm_torch.models.base import NonFiniteLossError, with_article
 from clm_torch.utils.checkpointing import CheckedCheckpointIO, checkpoint_signature, reading_once
-from clm_torch.utils.io import (CheckpointClassError, CheckpointError, SettingError, load_checkpoint_safely,
-                                write_csv_safe, write_json)
+from clm_torch.utils.io import (CheckpointClassError, CheckpointError, SettingError, is_number, is_whole,
+                                load_checkpoint_safely, write_csv_safe, write_json)
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
@@ -111,21 +111,6 @@ _ABSENT = object()
 # what Lightning's Trainer(precision=...) takes, as text (64, 32, 16 and bf16 are its aliases)
 _PRECISIONS = frozenset({"64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine",
                          "transformer-engine-float16", "64", "32", "16", "bf16"})
-
-
-def is_number(v: Any) -> bool:
-    """A finite int or float (not a bool; an int too large for a float is not one either)."""
-    if not isinstance(v, (int, float)) or isinstance(v, bool):
-        return False
-    try:
-        return math.isfinite(v)
-    except OverflowError:  # a 400-digit integer
-        return False
-
-
-def is_whole(v: Any, lo: int | None = None) -> bool:
-    """An int (not a bool), at least ``lo`` when given."""
-    return isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo)
 
 
 def is_count(v: Any) -> bool:

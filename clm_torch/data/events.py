@@ -45,6 +45,7 @@ import torch
 from clm_torch.data.cleaning import lowered_ids, warn_case_collisions
 from clm_torch.data.schema import (SchemaError, _is_missing_token, check_id_kind, check_time_kind, ints_if_whole,
                                    read_table, strip_ids, to_numeric_strict)
+from clm_torch.utils.io import is_number, is_whole
 from clm_torch.utils.memory import small_pages
 from clm_torch.utils.progress import steps
 
@@ -868,10 +869,9 @@ def build_customer_view(
             "timestamp is not a datetime column; read the log with load_events", source=src, column="timestamp"
         )
     for name, v in (("horizon_days", horizon_days), ("trend_window_days", trend_window_days)):
-        ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-        if not (ok and np.isfinite(v) and 0 < v <= 36_500):  # past 100 years: no datetime holds the window
+        if not (is_number(v) and 0 < v <= 36_500):  # past 100 years: no datetime holds the window
             raise ValueError(f"{name} must be a number of days in (0, 36500], got {v!r}")
-    if isinstance(n_last, bool) or not isinstance(n_last, (int, np.integer)) or n_last < 1:
+    if not is_whole(n_last, 1):
         raise ValueError(f"n_last must be a whole number >= 1 (purchases per sequence), got {n_last!r}")
     if "amount" in events.columns and not (pd.api.types.is_numeric_dtype(events["amount"])
                                            and not pd.api.types.is_bool_dtype(events["amount"])):

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from clm_torch.data.schema import SchemaError
+from clm_torch.utils.io import is_whole
 
 
 @dataclasses.dataclass
@@ -97,9 +98,9 @@ def kmeans(x: torch.Tensor | np.ndarray, k: int, *, n_init: int = 4, max_iter: i
         k: number of clusters (≤ n).
     """
     x, shift = _centred(_points(x))
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 or k > len(x):
+    if not (is_whole(k, 1) and k <= len(x)):
         raise ValueError(f"k must be a whole number in [1, {len(x)}], got {k!r}")
-    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
+    if not is_whole(n_init, 1):
         raise ValueError(f"n_init must be a whole number >= 1 (restarts), got {n_init!r}")
     g = torch.Generator().manual_seed(seed)
     best: KMeansResult | None = None

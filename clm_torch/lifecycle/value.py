@@ -14,6 +14,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from clm_torch.data.schema import SchemaError
+from clm_torch.utils.io import is_number
 
 log = logging.getLogger(__name__)
 
@@ -99,18 +100,18 @@ def clv_learned(spend_horizon: ArrayLike, *, margin: float, horizon_days: float,
 
 
 def _number(name: str, v: Any) -> float:
-    """``v`` as a float, or a ValueError naming the argument (text, None or an array is not a number)."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+    """``v`` as a float, or a ValueError naming the argument (text, None or an array is not a number;
+    NaN passes here, for the caller's range check to name)."""
+    if not (is_number(v) or (isinstance(v, (float, np.floating)) and np.isnan(v))):
         raise ValueError(f"{name} must be a number, got {v!r}")
     return float(v)
 
 
 def _whole(name: str, v: Any, lo: int = 1) -> int:
-    """``v`` as an int when it is a whole number >= ``lo``, else a ValueError naming the argument."""
-    f = _number(name, v)
-    if not (np.isfinite(f) and f == int(f) and f >= lo):
+    """``v`` as an int when it is a whole number >= ``lo`` (2.0 too), else a ValueError naming the argument."""
+    if not (is_number(v) and float(v).is_integer() and v >= lo):
         raise ValueError(f"{name} must be a whole number >= {lo}, got {v!r}")
-    return int(f)
+    return int(v)
 
 
 def _check_finite(x: np.ndarray, what: str) -> None:

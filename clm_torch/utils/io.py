@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from lightning.fabric.utilities.types import _PATH
@@ -32,6 +33,22 @@ class CheckpointClassError(CheckpointError):
 class SettingError(ValueError):
     """A setting (from the command line or a config) of the wrong type or out of range, e.g.
     ``trainer.max_epochs=abc``; the message names the setting. The CLIs print it as one line."""
+
+
+def is_number(v: Any) -> bool:
+    """A finite int or float, NumPy scalars included (not a bool; an int too large for a float is not
+    one either)."""
+    if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, (bool, np.bool_)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # a 400-digit integer
+        return False
+
+
+def is_whole(v: Any, lo: int | None = None) -> bool:
+    """An int (not a bool; a NumPy integer too), at least ``lo`` when given."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and (lo is None or v >= lo)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
