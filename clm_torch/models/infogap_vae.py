@@ -635,16 +635,22 @@ class InfoGapVAE(CLMModule):
         return kl.view(F_, B).double().sum(1)
 
     @torch.no_grad()
-    def _set_reference(self, tensors: Mapping[str, torch.Tensor], batch_size: int = 8192) -> None:
-        """Set the completeness weights ``feature_info`` from encoded rows (the first
-        ``_FEATURE_INFO_ROWS``; mean of :meth:`_feature_info_sums`)."""
+    def _measure_feature_info(self, tensors: Mapping[str, torch.Tensor], batch_size: int = 8192) -> torch.Tensor:
+        """(F,) float64: the completeness weights of encoded rows, the mean of :meth:`_feature_info_sums`
+        over the first ``_FEATURE_INFO_ROWS`` (NaN without rows)."""
         was = self._eval_mode()
         n = min(len(tensors["num"]), _FEATURE_INFO_ROWS)
-        if n:
-            sums = sum(self._feature_info_sums({k: tensors[k][i: min(i + batch_size, n)].to(self.device)
-                                                for k in _FEATURE_KEYS}).cpu() for i in range(0, n, batch_size))
-            self.feature_info.copy_((sums / n).to(self.feature_info))
+        sums = torch.zeros(self.n_num + self.n_cat, dtype=torch.float64)
+        for i in range(0, n, batch_size):
+            sums += self._feature_info_sums({k: tensors[k][i: min(i + batch_size, n)].to(self.device)
+                                             for k in _FEATURE_KEYS}).cpu()
         self.train(was)
+        return sums / n if n else torch.full_like(sums, float("nan"))
+
+    def _set_reference(self, tensors: Mapping[str, torch.Tensor], batch_size: int = 8192) -> None:
+        """Set the completeness weights ``feature_info`` from encoded rows (:meth:`_measure_feature_info`)."""
+        if len(tensors["num"]):
+            self.feature_info.copy_(self._measure_feature_info(tensors, batch_size).to(self.feature_info))
 
     def _raw_numeric(self, x: torch.Tensor) -> torch.Tensor:
         """Encoded numerics (..., n_num) → raw scale (float64)."""
@@ -744,8 +750,8 @@ class InfoGapVAE(CLMModule):
 
         Returns:
             ``surprise`` (B, F), ``missing_entropy`` (B,) = Σ over unobserved cells of the entropy
-            of their predictive (categoricals exact, numerics a Gaussian upper bound), ``info``
-            (B,) posterior information Σ_d −½ logvar_d, ``mu``, ``logvar`` (B, L).
+            of their predictive (categoricals exact, numerics a Gaussian upper bound), ``mu``,
+            ``logvar`` (B, L).
         """
         num_mask, cat_mask = batch["num_mask"], batch["cat_mask"]
         B, F_ = len(num_mask), self.n_num + self.n_cat
@@ -781,8 +787,7 @@ class InfoGapVAE(CLMModule):
         has_head = torch.zeros(self.n_cat, dtype=torch.bool, device=dev)
         has_head[self.decoder.soft_cols + self.decoder.bin_cols] = True
         miss_h = (h_num * ~num_mask).sum(1) + (h_cat * (~cat_mask & has_head)).sum(1)
-        return {"surprise": surprise, "missing_entropy": miss_h, "info": -0.5 * p["logvar"].sum(1),
-                "mu": p["mu"], "logvar": p["logvar"]}
+        return {"surprise": surprise, "missing_entropy": miss_h, "mu": p["mu"], "logvar": p["logvar"]}
 
     @torch.no_grad()
     def question_gains(self, batch: Mapping[str, torch.Tensor], n_samples: int = 16,
@@ -1255,8 +1260,7 @@ class InfoGapVAE(CLMModule):
         rows, observed = [], []
         weights = self.feature_info.double().cpu()
         if not torch.isfinite(weights).all():  # no validation run: this split's rows measure the weights
-            n = min(len(t["num"]), _FEATURE_INFO_ROWS)
-            weights = self._feature_info_sums({k: t[k][:n].to(self.device) for k in _FEATURE_KEYS}).cpu() / max(n, 1)
+            weights = self._measure_feature_info(t)
         for i in range(0, len(t["num"]), step):
             b = {k: t[k][i: i + step].to(self.device) for k in _FEATURE_KEYS}
             r = self.gap_batch(b, 8, torch.Generator(device=self.device).manual_seed(0))  # same draws per chunk
