@@ -143,3 +143,10 @@ def test_ids_written_as_decimals_beside_plain_ones_are_warned_about(tmp_path: Pa
     assert "1 ids are a whole number written as a decimal beside the same number written plainly (e.g. '1' and " \
            "'1.0')" in caplog.text
     assert decimal_collisions(pd.Index(["C1.0", "C1", "7.5", "7"])) == (0, None)
+    # the cleaning report's count of ids differing in letter case counts only those
+    from clm_torch.data.cleaning import clean_table
+    from clm_torch.data.schema import infer_schema
+
+    table = pd.DataFrame({"cid": ["1", "1.0", "a", "A", "b", "c"], "x": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
+    _, report = clean_table(table, infer_schema(table, id_col="cid"))
+    assert report.case_colliding_ids == 1

@@ -164,11 +164,12 @@ def decimal_collisions(ids: pd.Index | pd.Series | np.ndarray) -> tuple[int, tup
     return int(hit.sum()), (plain.iloc[i], cand.iloc[i])
 
 
-def warn_case_collisions(ids: pd.Index | pd.Series | np.ndarray, *, source: str, column: str,
+def warn_id_collisions(ids: pd.Index | pd.Series | np.ndarray, *, source: str, column: str,
                          logger: logging.Logger = log, distinct: bool = False) -> int:
     """Log one warning when distinct ids differ only in letter case (:func:`case_collisions`), and one
     when whole numbers appear both plainly and as decimals ('17' and '17.0', :func:`decimal_collisions`);
-    they are kept apart (not merged): only the data's owner knows whether they are one customer."""
+    they are kept apart (not merged): only the data's owner knows whether they are one customer.
+    Returns the number of ids that differ only in case (the cleaning report's ``case_colliding_ids``)."""
     n, pair = case_collisions(ids, distinct=distinct)
     if n:
         logger.warning("%s: column '%s': %d distinct ids equal another id but for letter case (e.g. %r and %r): "
@@ -179,7 +180,7 @@ def warn_case_collisions(ids: pd.Index | pd.Series | np.ndarray, *, source: str,
         logger.warning("%s: column '%s': %d ids are a whole number written as a decimal beside the same number "
                        "written plainly (e.g. %r and %r): they count as different customers; an export through a "
                        "number column writes '17.0' for 17: write the ids as text", source, column, n_dec, *pair)
-    return n + n_dec
+    return n
 
 
 def clip_bounds(obs: np.ndarray, k: float) -> tuple[float, float]:
@@ -233,7 +234,7 @@ def clean_table(
             report.duplicates_dropped = int(dup_mask.sum())
             out = out.loc[~dup_mask]
     if check_id_case and schema.id_col and schema.id_col in out.columns:  # 'C001', 'c001': distinct after the dedupe
-        report.case_colliding_ids = warn_case_collisions(out[schema.id_col], source=source, column=schema.id_col,
+        report.case_colliding_ids = warn_id_collisions(out[schema.id_col], source=source, column=schema.id_col,
                                                          distinct=dedupe)
     for col in [*schema.categorical, *schema.binary]:
         if col not in out.columns:

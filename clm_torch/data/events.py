@@ -42,7 +42,7 @@ import pyarrow as pa  # pandas' default string dtype is Arrow-backed; pyarrow re
 import pyarrow.compute as pc
 import torch
 
-from clm_torch.data.cleaning import lowered_ids, warn_case_collisions
+from clm_torch.data.cleaning import lowered_ids, warn_id_collisions
 from clm_torch.data.schema import (SchemaError, _is_missing_token, check_id_kind, check_time_kind, ints_if_whole,
                                    read_table, strip_ids, to_numeric_strict)
 from clm_torch.utils.io import is_number, is_whole
@@ -912,7 +912,7 @@ def build_customer_view(
             ev_index = pd.Index(ev_uniques)
             id_order = pool.submit(ev_index.argsort) if customers is None else None
             # 'C001' and 'c001' in the log: a look at the distinct ids, on the second core too
-            case_check = pool.submit(warn_case_collisions, ev_index, source=src, column="customer_id", logger=log,
+            case_check = pool.submit(warn_id_collisions, ev_index, source=src, column="customer_id", logger=log,
                                      distinct=True) if warn_ids else None
             it_codes, it_uniques = _factorize(events["item_id"]) if has_item else (None, None)  # -1 = missing
         finally:
@@ -963,7 +963,7 @@ def build_customer_view(
                 )
             if warn_ids:
                 case_check.result()  # the log's warning first
-                warn_case_collisions(table.index, source=tsrc, column=customer_id_col, logger=log, distinct=True)
+                warn_id_collisions(table.index, source=tsrc, column=customer_id_col, logger=log, distinct=True)
             ev_index, tab_index = _harmonise_ids(ev_index, table.index)
             table.index = tab_index
             shared = tab_index.isin(ev_index)
