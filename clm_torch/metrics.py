@@ -150,7 +150,7 @@ class RankingMetrics(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         """Per-user averages (NaN when no user had a target) and catalogue coverage."""
-        n = self.n_users if float(self.n_users) > 0 else torch.full_like(self.n_users, float("nan"))
+        n = torch.where(self.n_users > 0, self.n_users, torch.full_like(self.n_users, float("nan")))  # no host sync
         out = {name: (self.sums[j] / n).float() for j, name in enumerate(self.names)}
         for j, k in enumerate(self.ks):
             out[f"coverage@{k}"] = (self.covered[j] > 0).float().mean()

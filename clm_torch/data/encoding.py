@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from clm_torch.data.cleaning import clip_bounds
-from clm_torch.data.schema import (_MISSING_TOKENS, SchemaError, TableSchema, distinct_rows, is_yes_no_label,
+from clm_torch.data.schema import (SchemaError, TableSchema, _is_missing_token, distinct_rows, is_yes_no_label,
                                    to_numeric_strict, validate_target)
 from clm_torch.utils.io import SettingError
 
@@ -366,8 +366,7 @@ class FeatureEncoder:
             if (source, col) in self._said:
                 return
         # 'n/a', '?', '' ... are missing, as documented, not categories the model lacks
-        token = np.fromiter((isinstance(v, str) and v.strip().lower() in _MISSING_TOKENS for v in values), dtype=bool,
-                            count=len(values))
+        token = _is_missing_token(pd.Series(values, dtype=object)).to_numpy(dtype=bool, na_value=False)
         n_obs = int((codes >= 0).sum()) - int(np.isin(codes, np.flatnonzero(token)).sum())
         unseen = np.flatnonzero((lookup == 0) & ~token)
         n_unseen = int(np.isin(codes, unseen).sum())
