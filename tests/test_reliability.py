@@ -122,6 +122,34 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path: Path, small_ckpt: 
 
 
 
+def test_atomic_writes_get_the_mode_of_a_plain_write(tmp_path: Path, monkeypatch) -> None:
+    """Checkpoints, metrics.json and predictions are written through a temporary file, which
+    mkstemp creates 0o600: renamed into place as it was, a run was readable by its owner alone, so a
+    teammate could not load its checkpoint in a notebook. They now get 0o666 less the umask, as
+    open() gives; a checkpoint that cannot be read is called that, not truncated or corrupt."""
+    from clm_torch.utils.io import write_json
+
+    old = os.umask(0o022)
+    try:
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, tmp_path / "c.ckpt")
+        write_json({"a": 1}, tmp_path / "m.json")
+        write_csv_safe(pd.DataFrame({"a": [1]}), tmp_path / "p.csv")
+        os.umask(0o077)
+        write_json({"a": 1}, tmp_path / "private.json")
+    finally:
+        os.umask(old)
+    for name in ("c.ckpt", "m.json", "p.csv"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+    assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600  # a strict umask is kept
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(torch, "load", denied)
+    with pytest.raises(CheckpointError, match="c.ckpt: cannot read the checkpoint: permission denied"):
+        ChurnClassifier.load_from_checkpoint(tmp_path / "c.ckpt")
+
+
 def test_last_checkpoint_is_the_latest_epoch_and_outputs_the_best(make_cfg, table_csv: Path) -> None:
     """last.ckpt is rewritten every epoch, also when the epoch is not the best (Lightning 2.6 alone
     writes it only with a new best), and the returned model is the best checkpoint's. "Best" here

@@ -51,12 +51,23 @@ def is_whole(v: Any, lo: int | None = None) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and (lo is None or v >= lo)
 
 
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process umask. ``tempfile.mkstemp``
+    creates its file 0o600, so a file written through it and renamed into place would be readable by
+    its owner alone (a checkpoint that a teammate cannot load, a metrics.json a dashboard cannot read)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
+    """Write to a temporary file in the same directory, fsync, then rename over ``path`` (with the
+    permissions a plain write would give it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _new_file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -79,6 +90,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
+            os.chmod(tmp, _new_file_mode())
             torch.save(checkpoint, tmp)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -141,6 +153,9 @@ def load_checkpoint_safely(path: str | os.PathLike, map_location: str | torch.de
         raise CheckpointError(f"{p}: checkpoint is empty (0 bytes)")
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except PermissionError:
+        raise CheckpointError(f"{p}: cannot read the checkpoint: permission denied (ask its owner to make it "
+                              "readable, e.g. chmod a+r, or copy it)") from None
     except __import__("pickle").UnpicklingError as e:
         raise CheckpointError(
             f"{p}: refused to load: the file is not a plain-weights checkpoint (it would need arbitrary "
