@@ -288,3 +288,42 @@ def test_a_frame_to_score_with_an_empty_column_or_unknown_categories_warns_once(
         model.predict_proba(df, source="new.csv", batch_size=16)
     assert caplog.text.count("new.csv: column 'tenure' is missing in every one of its 60 rows") == 1
     assert caplog.text.count("new.csv: column 'region': ") == 1 and "(e.g. 'Atlantis'" in caplog.text
+
+
+def test_a_churn_model_with_a_vae_warns_once_per_frame(caplog) -> None:
+    """With model.infogap_ckpt the frozen VAE reads the frame too (its encoding, latent means, gap
+    scores and imputation, for every chunk): an empty column or one of unseen categories is still
+    named once per frame, as the README says, not once per chunk and VAE call (13 warnings for 4
+    chunks before)."""
+    import logging
+
+    from clm_torch import InfoGapVAE
+    from clm_torch.data.encoding import FeatureEncoder
+    from clm_torch.data.schema import infer_schema
+    from clm_torch.models.infogap_features import infogap_frame
+
+    torch.manual_seed(0)
+    df = messy_table(100, seed=0).drop(columns=["churn"])
+    schema = infer_schema(df, id_col="customer_id")
+    enc = FeatureEncoder.from_schema(schema).fit(df)
+    vae = InfoGapVAE(**enc.dims(), latent_dim=2, encoder_hidden=[8], decoder_hidden=[8], n_samples=2)
+    vae.set_preprocessing({"encoder": enc.state_dict(), "schema": schema.to_dict(), "cleaning": {}})
+    vae.feature_info.fill_(1.0)
+    framed = infogap_frame(vae, df, n_samples=2)
+    schema2 = infer_schema(framed, id_col="customer_id")
+    enc2 = FeatureEncoder.from_schema(schema2).fit(framed)
+    model = ChurnClassifier(**enc2.dims(), k_ensemble=2, hidden=[8], d_embed=4, infogap=dict(vae.hparams),
+                            infogap_samples=2)
+    model.set_preprocessing({"encoder": enc2.state_dict()})
+    model.attach_infogap(vae)
+    model.eval()
+    with caplog.at_level(logging.WARNING):
+        model.predict_proba(df.assign(tenure=np.nan, region="Atlantis"), source="new.csv", batch_size=25)
+    assert caplog.text.count("new.csv: column 'tenure' is missing in every one of its 100 rows") == 1
+    assert caplog.text.count("is missing in every one of its") == 1
+    assert caplog.text.count("new.csv: column 'region': ") == 1 and "(e.g. 'Atlantis'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # the VAE on its own: one warning per frame and method
+        vae.impute(df.assign(tenure=np.nan), batch_size=25, source="v.csv")
+    assert caplog.text.count("v.csv: column 'tenure' is missing in every one of its 100 rows") == 1
+    assert "its 25 rows" not in caplog.text

@@ -333,25 +333,32 @@ class FeatureEncoder:
         return np.append(lookup, 0)[codes]  # code −1 (NaN) → the last slot: 0
 
     @contextlib.contextmanager
-    def one_warning_each(self) -> Iterator[None]:
+    def one_warning_each(self, *others: FeatureEncoder) -> Iterator[None]:
         """Within: each warning about a frame (an empty column, a column of unseen categories) once,
-        however many chunks of it are encoded (nested: the outermost block counts)."""
-        outer = self._said
-        self._said = set() if outer is None else outer
+        however many chunks of it are encoded (nested: the outermost block counts). ``others``: more
+        encoders that read the same frame (a churn model's frozen InfoGapVAE's) and share the record,
+        so a column is named once whichever of them reads it."""
+        encoders = [self, *(o for o in others if o is not None and o is not self)]
+        before = [e._said for e in encoders]
+        said = self._said if self._said is not None else set()
+        for e in encoders:
+            e._said = said
         try:
             yield
         finally:
-            self._said = outer
+            for e, prev in zip(encoders, before):
+                e._said = prev
 
     def check_frame(self, df: pd.DataFrame, *, source: str) -> None:
         """Warn about a whole frame to score (not a chunk of it): feature columns missing in every row,
-        which the model then reads as unknown for every customer."""
+        which the model then reads as unknown for every customer. Inside :meth:`one_warning_each` the
+        first call checks the frame and later ones (its chunks) are skipped."""
         if len(df) < 20 or (self._said is not None and (source, "") in self._said):
             return
+        if self._said is not None:
+            self._said.add((source, ""))
         empty = [c for c in self.feature_columns if c in df.columns and df[c].first_valid_index() is None]
         if empty:
-            if self._said is not None:
-                self._said.add((source, ""))
             log.warning("%s: %s missing in every one of its %d rows: the model reads %s as unknown for every "
                         "customer", source, f"column {empty[0]!r} is" if len(empty) == 1 else f"columns {empty} are",
                         len(df), "it" if len(empty) == 1 else "them")

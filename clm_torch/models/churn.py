@@ -516,8 +516,9 @@ class ChurnClassifier(CLMModule):
             self.encoder.transform(self.with_infogap(add_time_features(df, self.encoder.feature_columns, source),
                                                      source=source), source=source, with_target=False)
         empty, first_empty = 0, None  # rows without one value the model can read
-        self.encoder.check_frame(df, source=source)
-        with torch.inference_mode(), self.fused_inference(), self.encoder.one_warning_each():
+        vae_encoder = self.infogap.encoder if self.infogap is not None else None
+        with torch.inference_mode(), self.fused_inference(), self.encoder.one_warning_each(vae_encoder):
+            self.encoder.check_frame(df, source=source)  # the whole frame (the VAE's reads of its chunks share it)
             for start, _ in chunks(len(df), chunk, f"scoring {len(df):,} customers"):
                 part = add_time_features(df.iloc[start: start + chunk], self.encoder.feature_columns, source)  # time_features
                 part = self.with_infogap(part, source=source)

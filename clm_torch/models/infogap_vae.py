@@ -896,8 +896,8 @@ class InfoGapVAE(CLMModule):
                              "model.transform(df) of this very frame")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        enc.check_frame(df, source=source)
         with enc.one_warning_each():
+            enc.check_frame(df, source=source)
             for start, stop in chunks(len(df), int(batch_size), f"{source}: {len(df):,} rows"):
                 part = df.iloc[start: stop]
                 t = enc.transform(part, source=source) if encoded is None else \

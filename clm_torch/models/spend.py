@@ -141,8 +141,8 @@ class SpendRegressor(CLMModule):
         if len(df) == 0:  # nothing to score, but the columns are still checked
             self.encoder.transform(add_time_features(df, self.encoder.feature_columns, source), source=source,
                                    with_target=False)
-        self.encoder.check_frame(df, source=source)
         with self.encoder.one_warning_each():
+            self.encoder.check_frame(df, source=source)
             for start, stop in chunks(len(df), int(batch_size), f"spend for {len(df):,} customers"):
                 part = add_time_features(df.iloc[start: stop], self.encoder.feature_columns, source)  # time_features
                 enc = self.encoder.transform(part, source=source, with_target=False)
