@@ -401,6 +401,19 @@ def test_recommend_refuses_ids_it_would_misread(dm: InteractionDataModule, train
     assert trained._lookup(pd.Index([5, 6]), [5.0, "6", np.float32(6.0)]).tolist() == [0, 1, 1]
 
 
+def test_recommend_refuses_a_frame_or_a_column_array_of_ids(dm: InteractionDataModule) -> None:
+    """``recommend(df[['customer_id']])`` iterated the frame's column names: one row of popular items
+    for the id 'customer_id' instead of one row per customer; the (n, 1) array of
+    ``df[['customer_id']].to_numpy()`` failed inside pandas (unhashable type: 'numpy.ndarray')."""
+    model = EmbeddingRecommender(**dm.model_kwargs(), d=8)
+    model.set_preprocessing(dm.preprocessing_state())
+    users = list(dm.user_ids[:3])
+    with pytest.raises(ValueError, match=r"not a DataFrame \(columns \['customer_id'\]\); pass the id column"):
+        model.recommend(pd.DataFrame({"customer_id": users}), k=3)
+    with pytest.raises(ValueError, match=r"one-dimensional, got an array of shape \(3, 1\)"):
+        model.recommend(np.array(users, dtype=object)[:, None], k=3)
+    assert model.recommend(pd.Series(users, index=[7, 8, 9]), k=3).shape == (3, 3)  # a column is fine
+
 def test_id_key_gives_one_key_per_id_however_it_is_spelt() -> None:
     """5, '5', ' 5 ', '5.0', 5.0 and NumPy's 5 are the int 5; other text is stripped; leading zeros
     (and '+') keep text an id of its own unless the vocabulary holds numbers."""

@@ -114,6 +114,12 @@ def _check_user_ids(user_ids: Any) -> list[Any]:
     """``user_ids`` as a list; a single id (a string or a number) is refused, not split into characters."""
     if isinstance(user_ids, (str, bytes)) or not hasattr(user_ids, "__iter__"):
         raise ValueError(f"user_ids must be a list of ids, not the single id {user_ids!r}; pass [{user_ids!r}]")
+    if isinstance(user_ids, pd.DataFrame):  # iterating it gives its column names, not its rows
+        raise ValueError(f"user_ids must be one column of ids, not a DataFrame (columns {list(user_ids.columns)}); "
+                         "pass the id column, e.g. df['customer_id']")
+    if getattr(user_ids, "ndim", 1) != 1:  # a (n, 1) array from df[['customer_id']].to_numpy()
+        raise ValueError(f"user_ids must be one-dimensional, got an array of shape {tuple(user_ids.shape)}; pass "
+                         "one column of ids, e.g. arr.ravel()")
     return list(user_ids)
 
 
