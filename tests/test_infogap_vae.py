@@ -739,3 +739,24 @@ def test_projector_id_modes(tmp_path, mode: str) -> None:
         assert "customer_id" not in lines[0] and "C0" not in "".join(lines)
     with pytest.raises(ValueError, match="projector_ids"):
         InfoGapVAE(**dm.model_kwargs(), **SMALL, projector_ids="plain")
+
+
+def test_an_empty_frame_without_a_column_is_the_missing_column_error() -> None:
+    """A frame with no rows still needs the model's columns, as predict_proba and predict_spend check:
+    impute raised a bare KeyError from pandas, and encode, information_gap and next_best_question
+    returned empty results for a frame they could never have scored."""
+    from clm_torch import SchemaError
+
+    torch.manual_seed(0)
+    df = make_table(60)
+    schema = infer_schema(df, id_col="customer_id")
+    enc = FeatureEncoder.from_schema(schema).fit(df)
+    model = InfoGapVAE(**enc.dims(), latent_dim=2, encoder_hidden=[8], decoder_hidden=[8], n_samples=2)
+    model.set_preprocessing({"encoder": enc.state_dict(), "schema": schema.to_dict(), "cleaning": {}})
+    col = enc.num_columns[0]
+    empty = df.iloc[:0].drop(columns=[col])
+    for method in (model.impute, model.encode, model.information_gap, model.next_best_question):
+        with pytest.raises(SchemaError, match=rf"new\.csv, column '{col}': required column missing"):
+            method(empty, source="new.csv")
+    assert model.impute(df.iloc[:0]).shape == (0, df.shape[1])  # no rows, every column: nothing to do
+    assert model.encode(df.iloc[:0]).shape == (0, 2)

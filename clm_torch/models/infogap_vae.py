@@ -896,6 +896,8 @@ class InfoGapVAE(CLMModule):
                              "model.transform(df) of this very frame")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if len(df) == 0:  # no rows to encode, but the columns are still checked (as predict_proba does)
+            enc.transform(df, source=source)
         with enc.one_warning_each():
             enc.check_frame(df, source=source)
             for start, stop in chunks(len(df), int(batch_size), f"{source}: {len(df):,} rows"):
