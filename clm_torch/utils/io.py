@@ -55,8 +55,12 @@ def _new_file_mode() -> int:
     """The mode ``open()`` gives a new file: 0o666 less the process umask. ``tempfile.mkstemp``
     creates its file 0o600, so a file written through it and renamed into place would be readable by
     its owner alone (a checkpoint that a teammate cannot load, a metrics.json a dashboard cannot read)."""
-    mask = os.umask(0)
-    os.umask(mask)
+    try:  # Linux: read it without setting it (os.umask sets it for every thread while it is asked)
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
     return 0o666 & ~mask
 
 
