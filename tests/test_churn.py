@@ -327,3 +327,29 @@ def test_a_churn_model_with_a_vae_warns_once_per_frame(caplog) -> None:
         vae.impute(df.assign(tenure=np.nan), batch_size=25, source="v.csv")
     assert caplog.text.count("v.csv: column 'tenure' is missing in every one of its 100 rows") == 1
     assert "its 25 rows" not in caplog.text
+
+
+@pytest.mark.parametrize("calibration", ["temperature", "none"])
+def test_pos_weight_is_undone_before_a_calibration_without_bias(calibration: str) -> None:
+    """A loss that weighs positives by w learns logits shifted by log w (odds × w). Platt's bias
+    absorbs that; temperature scaling and ``none`` have no bias, so the shift must be undone for
+    the probabilities to stay calibrated (the model promises a calibrated churn probability)."""
+    from clm_torch.callbacks import expected_calibration_error
+
+    model = ChurnClassifier(n_num=1, cat_cardinalities=[], k_ensemble=1, pos_rate=0.1, pos_weight="balanced",
+                            calibration=calibration)
+    w = float(model.pos_weight)
+    assert w == pytest.approx(9.0)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20000, generator=g) * 1.5 - 2.8  # the true log-odds: about 10 % churn
+    y = (torch.rand(20000, generator=g) < torch.sigmoid(z)).float()
+    logits = z + math.log(w)  # what a pos_weight-trained model outputs
+    model.fit_calibration(logits, y)
+    p = model.calibrated_prob(logits)
+    assert float(p.mean()) == pytest.approx(float(y.mean()), abs=0.01)
+    assert expected_calibration_error(p.numpy(), y.numpy()) < 0.02
+    np.testing.assert_allclose(p.numpy(), torch.sigmoid(z).numpy(), atol=0.02)
+    # before any validation epoch (a fresh model) the shift is undone as well
+    fresh = ChurnClassifier(n_num=1, cat_cardinalities=[], k_ensemble=1, pos_rate=0.1, pos_weight="balanced",
+                            calibration=calibration)
+    np.testing.assert_allclose(fresh.calibrated_prob(logits).numpy(), torch.sigmoid(z).numpy(), atol=1e-5)

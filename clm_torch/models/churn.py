@@ -93,6 +93,9 @@ class ChurnClassifier(CLMModule):
         k_ensemble: number of MLP members trained together (1 = a single MLP).
         dropout, lr, weight_decay: regularisation and optimiser.
         pos_weight: ``"balanced"`` (neg/pos), a float, or None: weight of positives in the loss.
+            Weighing positives by w multiplies the learned odds by w; the calibration undoes it
+            (Platt's bias absorbs it; temperature scaling and ``"none"`` subtract log w from the
+            ensemble logit), so the probabilities are not inflated towards churn.
         calibration: ``"platt"``, ``"temperature"`` or ``"none"``.
         n_frequencies, sigma, plr_lite: numeric embedding settings.
         additive_members: number of additive members (0 = none); they are averaged with the MLP
@@ -187,7 +190,8 @@ class ChurnClassifier(CLMModule):
         else:
             pw = float(pos_weight) if pos_weight is not None else 1.0
         self.register_buffer("pos_weight", torch.tensor(pw))
-        self.register_buffer("calib", torch.tensor([1.0, 0.0]))  # logit → a · logit + b
+        # logit → a · logit + b; until a validation epoch fits it, only the pos_weight shift is undone
+        self.register_buffer("calib", torch.tensor([1.0, 0.0 - float(np.log(pw))]))
         self.stage_logits = torch.nn.ModuleDict({s: CatMetric() for s in ("val", "test")})
         self.stage_labels = torch.nn.ModuleDict({s: CatMetric() for s in ("val", "test")})
         self.encoder: FeatureEncoder | None = None
@@ -473,14 +477,19 @@ class ChurnClassifier(CLMModule):
         self._eval_epoch_end("test")
 
     def fit_calibration(self, logits: torch.Tensor, y: torch.Tensor) -> None:
-        """Fit the calibration on validation logits (batch,) and labels (batch,)."""
+        """Fit the calibration on validation logits (batch,) and labels (batch,).
+
+        A ``pos_weight`` w ≠ 1 shifts the learned logits by log w; Platt's bias absorbs that, while
+        temperature scaling is fitted to, and ``none`` returns, the logits less log w."""
         method = self.hparams.calibration
+        shift = float(torch.log(self.pos_weight.detach().double().cpu()))
         if method == "platt":
             a, b = fit_platt(logits, y)
         elif method == "temperature":
-            a, b = 1.0 / fit_temperature(logits, y), 0.0
+            a = 1.0 / fit_temperature(logits - shift, y)
+            b = 0.0 - a * shift
         else:
-            a, b = 1.0, 0.0
+            a, b = 1.0, 0.0 - shift
         self.calib.copy_(torch.tensor([a, b], device=self.calib.device))
 
     # ------------------------------------------------------------------ inference on raw data
