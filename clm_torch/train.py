@@ -182,10 +182,40 @@ _DATA_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+# which way the metrics the models log improve (the name after "val/", less any "@k"): a monitor
+# with the other mode would keep the worst epoch as best.ckpt and stop when the metric got better
+_LOWER_IS_BETTER = frozenset({"loss", "log_loss", "brier", "ece", "nll", "nll_num", "nll_cat", "kl", "rmse", "mae",
+                              "impute_nrmse"})
+_HIGHER_IS_BETTER = frozenset({"auroc", "ap", "spearman", "capture20", "impute_acc", "recall", "ndcg", "hit_rate",
+                               "coverage"})
+
+
+def check_monitor_modes(cfg: DictConfig) -> None:
+    """Refuse a monitored metric whose direction is known and contradicts its mode (``monitor`` /
+    ``monitor_mode``, and the checkpoint's and early stopping's own when set apart), e.g.
+    ``model_monitor=val/log_loss`` left with churn's ``max``."""
+    for key, mode_key in (("monitor", "monitor_mode"),
+                          ("callbacks.model_checkpoint.monitor", "callbacks.model_checkpoint.mode"),
+                          ("callbacks.early_stopping.monitor", "callbacks.early_stopping.mode")):
+        try:
+            metric, mode = OmegaConf.select(cfg, key, default=None), OmegaConf.select(cfg, mode_key, default=None)
+        except Exception:  # noqa: BLE001 - an unresolved setting is reported where it is used
+            continue
+        if not isinstance(metric, str) or mode not in ("min", "max"):
+            continue
+        name = metric.rsplit("/", 1)[-1].split("@", 1)[0]
+        want = "min" if name in _LOWER_IS_BETTER else "max" if name in _HIGHER_IS_BETTER else mode
+        if want != mode:
+            raise SettingError(f"{key}={metric} with {mode_key}={mode}: a {'lower' if want == 'min' else 'higher'} "
+                               f"{metric} is better, so the worst epoch would be kept as the best checkpoint; "
+                               f"add {mode_key}={want}")
+
+
 def check_settings(cfg: DictConfig) -> None:
     """Refuse a ``seed``, trainer, model or data setting of the wrong type (or out of range) before
     anything is built, with the key."""
     bad = bad_setting
+    check_monitor_modes(cfg)
     for group, checks in (("model", {**_MODEL_SETTINGS, **_model_choices()}), ("data", _DATA_SETTINGS)):
         node = cfg.get(group)
         if not isinstance(node, DictConfig):

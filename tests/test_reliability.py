@@ -495,6 +495,16 @@ def test_a_bad_model_or_data_setting_is_one_clear_line(make_cfg, table_csv: Path
     ("data.clean.clip_outliers=-3",
      "error: data.clean.clip_outliers=-3: expected null (off) or a number of robust sd > 0, e.g. 5"),
     ("data.encoder.max_categories=0", "error: data.encoder.max_categories=0: expected a whole number >= 1"),
+    # a monitor left with the other model's mode kept the worst epoch as best.ckpt (churn: epoch 0 of 9)
+    ("model_monitor=val/log_loss", "error: monitor=val/log_loss with monitor_mode=max: a lower val/log_loss is "
+                                   "better, so the worst epoch would be kept as the best checkpoint; add "
+                                   "monitor_mode=min"),
+    ("monitor_mode=min", "error: monitor=val/auroc with monitor_mode=min: a higher val/auroc is better, so the worst "
+                         "epoch would be kept as the best checkpoint; add monitor_mode=max"),
+    ("callbacks.early_stopping.monitor=val/brier", "error: callbacks.early_stopping.monitor=val/brier with "
+                                                   "callbacks.early_stopping.mode=max: a lower val/brier is better, "
+                                                   "so the worst epoch would be kept as the best checkpoint; add "
+                                                   "callbacks.early_stopping.mode=min"),
 ])
 def test_a_setting_of_the_wrong_type_is_one_clear_line_before_the_data_is_read(make_cfg, tmp_path: Path, capsys,
                                                                                override: str, message: str) -> None:
