@@ -260,6 +260,28 @@ def test_impute_std_is_the_predictive_std_for_every_seed(n_samples: int) -> None
     assert np.isfinite(unc["std"]["fee"]).all() and (unc["std"]["fee"] > 0).all()
 
 
+def test_negative_value_in_a_log1p_column_is_not_read_as_zero_in_silence(caplog) -> None:
+    """A log1p column (counts, money) is encoded as log1p(max(x, 0)): a corrupt -1000 visits is read as 0,
+    and the VAE gave it the surprise of 0 (the same to the last digit), with no word about it. The
+    encoder now says so, once per frame and column."""
+    import logging
+
+    df = make_table(200)
+    schema = infer_schema(df, id_col="customer_id", target="churn", overrides={"numeric": ["tenure", "fee", "total"]})
+    enc = FeatureEncoder.from_schema(schema, log_transform=["fee"]).fit(df)
+    bad = df.iloc[:30].copy()
+    bad.loc[bad.index[:3], "fee"] = [-1000.0, -5.0, 0.0]
+    bad.loc[bad.index[3], "tenure"] = -7.0  # not a log1p column: encoded as it is, no warning
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.encoding"):
+        with enc.one_warning_each():
+            t = enc.transform(bad.iloc[:15], source="scoring.csv")
+            enc.transform(bad.iloc[15:], source="scoring.csv")
+    assert float(t["num"][0, 1]) == float(t["num"][2, 1])  # still read as 0 (the model cannot do better) ...
+    msgs = [r.getMessage() for r in caplog.records if "below 0" in r.getMessage()]
+    assert len(msgs) == 1 and "'fee'" in msgs[0] and "2 values" in msgs[0] and "-1000" in msgs[0], msgs  # ... said
+    assert not any("'tenure'" in r.getMessage() for r in caplog.records)
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 

@@ -334,10 +334,10 @@ class FeatureEncoder:
 
     @contextlib.contextmanager
     def one_warning_each(self, *others: FeatureEncoder) -> Iterator[None]:
-        """Within: each warning about a frame (an empty column, a column of unseen categories) once,
-        however many chunks of it are encoded (nested: the outermost block counts). ``others``: more
-        encoders that read the same frame (a churn model's frozen InfoGapVAE's) and share the record,
-        so a column is named once whichever of them reads it."""
+        """Within: each warning about a frame (an empty column, a column of unseen categories,
+        values below 0 in a log1p column) once, however many chunks of it are encoded (nested: the
+        outermost block counts). ``others``: more encoders that read the same frame (a churn model's
+        frozen InfoGapVAE's) and share the record, so a column is named once whichever of them reads it."""
         encoders = [self, *(o for o in others if o is not None and o is not self)]
         before = [e._said for e in encoders]
         said = self._said if self._said is not None else set()
@@ -362,6 +362,17 @@ class FeatureEncoder:
             log.warning("%s: %s missing in every one of its %d rows: the model reads %s as unknown for every "
                         "customer", source, f"column {empty[0]!r} is" if len(empty) == 1 else f"columns {empty} are",
                         len(df), "it" if len(empty) == 1 else "them")
+
+    def _warn_negative(self, col: str, n: int, lowest: float, source: str) -> None:
+        """Warn that values below 0 of a log1p column (fitted on values >= 0: counts, money) are read as 0:
+        the model cannot tell a corrupt -1000 from a 0 (the InfoGapVAE scores its surprise as that of 0)."""
+        if self._said is not None:
+            if (source, col + ":negative") in self._said:
+                return
+            self._said.add((source, col + ":negative"))
+        log.warning("%s: column '%s': %d value%s below 0 (lowest %.4g) in a column the model reads on a log1p scale "
+                    "(it was fitted on values >= 0): %s read as 0. Fix or blank %s", source, col, n,
+                    "s" if n > 1 else "", lowest, "they are" if n > 1 else "it is", "them" if n > 1 else "it")
 
     def _warn_unseen(self, col: str, codes: np.ndarray, lookup: np.ndarray, values: list, source: str) -> None:
         """Warn when a tenth or more of a column's values (5 at least) are categories the encoder was not
@@ -408,6 +419,9 @@ class FeatureEncoder:
             if self.clip_to_range:
                 x = np.clip(x, self.num_min[j], self.num_max[j])
             if self.num_log[j]:
+                below = obs & (x < 0)
+                if below.any():
+                    self._warn_negative(col, int(below.sum()), float(x[below].min()), source)
                 x = np.log1p(np.clip(x, 0, None))
             z = (x - float(self.num_mean[j])) / float(self.num_std[j])
             num[:, j] = np.where(obs, z, 0.0)

@@ -1076,7 +1076,9 @@ class InfoGapVAE(CLMModule):
         Columns:
             ``surprise_<col>``: NLL (nats) of each observed value given all the other observed
                 features, i.e. with that feature hidden (numerics in standardised units); NaN
-                where the cell is missing. High = contradictory or implausible.
+                where the cell is missing. High = contradictory or implausible. (A value below 0 in a
+                column read on a log1p scale — counts, money — is read as 0, with a warning: its
+                surprise is that of 0.)
             ``total_surprise`` / ``max_surprise`` / ``max_surprise_feature``: over observed cells.
             ``missing_entropy``: Σ over missing cells of the entropy of their predictive.
             ``gap_score``: ``total_surprise + missing_entropy`` — the code length (nats) of the
