@@ -1,4 +1,5 @@
-"""Every notebook runs top to bottom against a tiny pipeline run, and is committed without outputs."""
+"""Every notebook runs top to bottom against a tiny pipeline run (the synthetic base, and an event log alone
+with numeric-looking ids), and is committed without outputs."""
 
 from __future__ import annotations
 
@@ -66,39 +67,40 @@ def test_notebook_executes(path: Path, tiny_pipeline_run: Path, tmp_path: Path, 
     assert _files(tiny_pipeline_run) == before
 
 
-def _with_numeric_looking_ids(run: Path, dest: Path) -> Path:
-    """``run`` as a pipeline on one's own log would hold it: customer ids such as '000123' (text, zeros kept)
-    instead of the synthetic 'C000123'. The models read no customer ids, so the sub-runs are shared."""
-    dest.mkdir()
-    for p in run.iterdir():
-        if p.name not in ("data", "customers.csv"):
-            (dest / p.name).symlink_to(p, target_is_directory=p.is_dir())
-    (dest / "data").mkdir()
-    strip = lambda ids: ids.astype(str).str.replace("C", "", regex=False)  # noqa: E731
-    for p in (run / "data").iterdir():
-        df = pd.read_parquet(p)
-        if "customer_id" in df.columns:
-            df["customer_id"] = strip(df["customer_id"])
-        df.to_parquet(dest / "data" / p.name, index=False)
-    customers = pd.read_csv(run / "customers.csv", dtype={"customer_id": str})
-    customers.assign(customer_id=strip(customers["customer_id"])).to_csv(dest / "customers.csv", index=False)
-    return dest
+@pytest.fixture(scope="module")
+def log_only_run(tmp_path_factory) -> Path:
+    """A tiny `clm-pipeline experiment=pipeline_events` run on an event log alone (no customer table), whose
+    customer ids look numeric ('000123': text, zeros kept), as a run on one's own log can be."""
+    from clm_torch.data.synthetic import generate_customer_base
+    from clm_torch.pipeline import run_pipeline
+    from tests.conftest import compose_cfg
+
+    folder = tmp_path_factory.mktemp("own_log")
+    base = generate_customer_base(n_customers=600, seed=0)
+    events = base.events.assign(customer_id=base.events["customer_id"].astype(str).str.replace("C", "", regex=False))
+    events.to_csv(folder / "events.csv", index=False)
+    cfg = compose_cfg(["experiment=pipeline_events", f"data.path={folder / 'events.csv'}",
+                       f"data.cutoff={pd.Timestamp(base.cutoff):%Y-%m-%d}", *(f"models.{m}.trainer.max_epochs=2"
+                       for m in ("vae", "churn", "recommender", "spend")),
+                       "segments.k_max=4", "score.gap_samples=2", "score.question_samples=4"],
+                      folder / "run", config_name="pipeline.yaml")
+    run_pipeline(cfg)
+    return folder / "run"
 
 
-@pytest.mark.parametrize("name", ["02_information_gap", "04_lifecycle"])
-def test_notebooks_read_the_report_ids_as_text(name: str, tiny_pipeline_run: Path, tmp_path: Path,
-                                               monkeypatch) -> None:
-    """customers.csv read with its ids as numbers lost their leading zeros: the latent map of 02 found none of
-    the customers ('000123' is not 123) and 04's action table showed 123."""
-    run = _with_numeric_looking_ids(tiny_pipeline_run, tmp_path / "run")
-    monkeypatch.setenv("CLM_RUN_DIR", str(run))
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_executes_on_a_run_of_ones_own_log(path: Path, log_only_run: Path, tmp_path: Path,
+                                                    monkeypatch) -> None:
+    """The notebooks read any pipeline run (CLM_RUN_DIR), not only the synthetic base's: 01 used to show the
+    synthetic table's `plan` column (KeyError on a log without that table), and 02 and 04 read customers.csv
+    with its ids as numbers, so '000123' became 123: 02's latent map found none of its customers
+    (KeyError) and 04's action table showed 123."""
+    monkeypatch.setenv("CLM_RUN_DIR", str(log_only_run))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("CLM_PROGRESS", "0")
-    work = tmp_path / "notebooks"
-    work.mkdir()
-    nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute()
-    shown = "".join(o.get("data", {}).get("text/plain", "") for c in nb.cells if c.cell_type == "code"
-                    for o in c.outputs)
-    if name == "04_lifecycle":
-        assert re.search(r"\s0\d{5}\s", shown), "the action table shows the ids as the run holds them"
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    if path.name.startswith("04"):
+        shown = "".join(o.get("data", {}).get("text/plain", "") for o in nb.cells[8].outputs)
+        assert re.search(r"\s0\d{5}\s", shown), f"the action table shows the ids as the run holds them:\n{shown}"
