@@ -608,9 +608,12 @@ def report(res: dict[str, Any], meta: dict[str, Any]) -> str:
            f"blurred to the same R² ({lat['probe_r2']:.3f}) gives {lat['ref_ari_noisy_z']:.3f} with k-means and "
            f"{lat['ref_ari_gmm_noisy_z']:.3f} with a Gaussian mixture, the true z itself {lat['ref_ari_true_z']:.3f}. "
            + ("Even a latent as informative as this one but otherwise perfect stays below 0.7 with k-means: the aim "
-              "needs a more informative latent. " if lat["ref_ari_noisy_z"] < TARGETS["ari"] else "")
+              "needs a more informative latent. "
+              if lat["ref_ari_noisy_z"] < TARGETS["ari"] and lat["ari_k_true"] < TARGETS["ari"] else "")
            + (f"The {lat['ref_ari_noisy_z'] - lat['ari_k_true']:.3f} below that reference is the latent's geometry "
-              "(a nonlinear, anisotropic map of z). " if lat["ari_k_true"] < lat["ref_ari_noisy_z"] else "")
+              "(a nonlinear, anisotropic map of z). " if lat["ari_k_true"] < lat["ref_ari_noisy_z"] else
+              f"The latent is {lat['ari_k_true'] - lat['ref_ari_noisy_z']:.3f} above that reference: its geometry "
+              "separates the segments better than an equally informative z blurred by isotropic noise. ")
            + (f"The Gaussian mixture on the latent ({lat['ari_gmm']:.3f}) falls below k-means: it depends on how the "
               "trained VAE spreads z over its 16 dims (0.61–0.74 on the validation runs' VAEs), so it is no reliable "
               "segmenter of this latent."
