@@ -271,6 +271,24 @@ def test_fit_platt_is_bounded_and_optimal() -> None:
     assert math.isfinite(a3) and 0.9 < float(q.max()) < 1.0 and 0.0 < float(q.min()) < 0.1
 
 
+def test_fit_platt_never_reverses_the_ranking() -> None:
+    """Validation logits that rank churners lower (a model without signal, early in training) made
+    Platt's slope negative: the calibrated probabilities reversed the ranking, so val/auroc (computed
+    on them) reported 1 - AUROC and the checkpoint could favour noise. The slope is kept >= 0."""
+    from clm_torch.models.components.calibration import fit_platt
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, generator=g, dtype=torch.float64)
+    y = (torch.rand(2000, generator=g, dtype=torch.float64) < torch.sigmoid(-1.5 * x - 1.0)).double()
+    a, b = fit_platt(x, y)
+    assert a == 0.0
+    n_pos = float(y.sum())
+    rate = ((n_pos + 1) / (n_pos + 2) * n_pos + (len(y) - n_pos) / (len(y) - n_pos + 2)) / len(y)
+    assert b == pytest.approx(math.log(rate / (1 - rate)), abs=1e-9)  # every probability: the (smoothed) base rate
+    a2, _ = fit_platt(-x, y)  # the same logits the right way round keep their fit
+    assert a2 == pytest.approx(1.5, abs=0.2)
+
+
 def test_a_frame_to_score_with_an_empty_column_or_unknown_categories_warns_once(trained_run, caplog) -> None:
     """Scored in several chunks, a frame whose column is empty in every row, or written in categories
     the model never saw, gets one warning of each kind (not one per chunk), naming the column."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,7 +20,8 @@ def fit_platt(logits: torch.Tensor, y: torch.Tensor, *, iters: int = 100, l2: fl
         logits: (n,) uncalibrated logits.
         y: (n,) 0/1 labels.
     Returns:
-        (a, b); (1, 0) when there is nothing to fit (one class only).
+        (a, b) with a >= 0: a calibration keeps the model's ranking, so logits anti-correlated with
+        the labels give (0, the base rate's logit); (1, 0) when there is nothing to fit (one class only).
     """
     x = logits.detach().double().flatten().cpu()
     t = y.detach().double().flatten().cpu()
@@ -58,6 +60,10 @@ def fit_platt(logits: torch.Tensor, y: torch.Tensor, *, iters: int = 100, l2: fl
             break
     if not torch.isfinite(w).all():
         return 1.0, 0.0
+    if w[0] < 0:  # logits that rank churners lower (a model with no signal yet): a calibration must not
+        # reverse the model's ranking, so the best a >= 0 is a = 0, every probability the base rate
+        m = float(t.mean())
+        return 0.0, float(np.log(m / (1 - m)))
     return float(w[0]), float(w[1])
 
 
