@@ -919,3 +919,53 @@ def test_object_column_of_int_ids_with_a_customer_table():
     cust = pd.DataFrame({"customer_id": pd.Series([1, 2, 3, 4], dtype=object), "age": [30, 40, 50, 60]})
     v = build_customer_view(ev, "2024-02-15", horizon_days=30, customers=cust)
     assert len(v.features) == 4 and v.features["age"].notna().all()
+
+
+def test_window_edges_baskets_and_refunds_in_the_label_window_by_hand():
+    """The edges of the windows and what counts as a transaction, on a second hand-built log
+    (cutoff 2024-04-01, trend window w = 30 days: recent [03-02, 04-01), previous [02-01, 03-02)):
+    a purchase exactly at cutoff - w is recent and one exactly at cutoff - 2w is previous; two
+    transactions on one calendar day are two transactions but one purchase day; a basket of two
+    rows in the label window is one future transaction; a refund alone in the label window is no
+    purchase (the customer churned) but counts in the future spend; a customer whose first event is
+    exactly at the cutoff did not exist before it; a tenure under a day is floored at one day in the
+    relative features."""
+    from clm_torch.data.sources.events import relative_time_features
+
+    rows = [
+        ("P", "2024-02-01 00:00", "a", 10.0),  # exactly cutoff - 2w: previous window
+        ("P", "2024-02-15 09:00", "b", 5.0),  # one basket of two rows ...
+        ("P", "2024-02-15 09:00", "c", 5.0),
+        ("P", "2024-02-15 18:00", "b", 7.0),  # ... and a second transaction the same day
+        ("P", "2024-03-02 00:00", "a", 20.0),  # exactly cutoff - w: recent window
+        ("Q", "2024-03-15", "a", 8.0),
+        ("Q", "2024-04-05 10:00", "a", 4.0),  # one basket of two rows in the label window
+        ("Q", "2024-04-05 10:00", "b", 6.0),
+        ("R", "2024-03-01", "a", 10.0),
+        ("R", "2024-04-10", "a", -5.0),  # only a refund in the label window
+        ("N", "2024-04-01 00:00", "a", 12.0),  # first event exactly at the cutoff
+        ("M", "2024-03-31 23:00", "b", 3.0),  # one purchase an hour before the cutoff
+    ]
+    v = build_customer_view(_log(rows), CUTOFF, horizon_days=30, trend_window_days=30)
+    f, lab = v.features, v.labels
+    assert f.index.tolist() == ["M", "P", "Q", "R"]  # N is not a customer at the cutoff
+    p = f.loc["P"]
+    assert (p["frequency"], p["n_purchase_days"], p["n_distinct_items"]) == (4, 3, 3)
+    assert p["basket_diversity"] == pytest.approx(3 / 4)
+    assert p["trend_log_ratio"] == pytest.approx(math.log((1 + 1) / (3 + 1)))  # recent 1, previous 3
+    assert lab.loc["Q"].tolist() == [0, 10.0, 1]
+    assert lab.loc["R"].tolist() == [1, -5.0, 0]  # churn, net spend, no transaction
+    assert lab.loc["P"].tolist() == [1, 0.0, 0]
+    m = f.loc["M"]
+    assert m["tenure_days"] == pytest.approx(1 / 24)
+    r = relative_time_features(f).loc["M"]
+    assert r["recency_share"] == pytest.approx(1 / 24)  # an hour of a one-day (floored) life
+    assert (r["purchase_days_per_30d"], r["spend_per_30d"]) == pytest.approx((30.0, 90.0))
+
+
+def test_a_log_ending_exactly_at_the_cutoff_has_labels():
+    """The label window starts at the cutoff, so a log whose last event is at the cutoff knows
+    something after it: its labels are values (censored, warned about), not the NaN of a view to score."""
+    rows = [("A", "2024-03-01", "x", 5.0), ("B", "2024-03-05", "x", 7.0), ("B", "2024-04-01", "y", 3.0)]
+    lab = build_customer_view(_log(rows), CUTOFF, horizon_days=30).labels
+    assert lab["churn"].tolist() == [1, 0] and lab["future_spend"].tolist() == [0.0, 3.0]
