@@ -448,3 +448,72 @@ def test_one_top_20_percent_capture_for_the_spend_model_and_the_lifecycle_layer(
     y[[90, 200]] = 1.0
     assert float(spend_metrics(torch.tensor(p), torch.tensor(y))["capture20"]) == spend_capture(p, y) == 0.5
     assert spend_capture(np.array([5.0, 4, 3, 2, 1]), np.array([10.0, -8, 1, 1, 1]), 0.2) == pytest.approx(10 / 13)
+
+
+def test_reactivated_customers_zero_amount_purchases_and_a_lookback_shorter_than_the_period():
+    """Period [01-01, 03-01) with a 20-day lookback: the start window is [12-12, 01-01), the end window
+    [02-10, 03-01). x first bought inside the period (01-05), before the end window, and again in it:
+    new, and a first-time buyer (not reactivated: nothing before the start window). y bought long
+    before the start window: reactivated. z is retained by a purchase of amount 0 (a free item is a
+    purchase; only negative amounts are refunds, as in the customer view)."""
+    ev = _events([
+        ("x", "2024-01-05", 10), ("x", "2024-02-20", 10),
+        ("y", "2023-11-01", 10), ("y", "2024-02-25", 10),
+        ("z", "2023-12-20", 10), ("z", "2024-02-15", 0),
+    ])
+    r = rates_from_events(ev, "2024-01-01", "2024-03-01", lookback_days=20)
+    assert (r["n_start"], r["n_end"], r["n_new"], r["n_reactivated"]) == (1, 3, 2, 1)
+    assert (r["retention_rate"], r["churn_rate"]) == (1.0, 0.0)
+    # the zero-amount purchase is activity in the cohort table too: z's February cell
+    got = cohort_retention(ev, freq="M", end="2024-03-01")
+    assert got.loc[pd.Period("2023-12", "M")].tolist()[:3] == [1.0, 0.0, 1.0]  # Dec, Jan, Feb
+
+
+def test_spearman_drops_pairs_with_a_missing_value_and_averages_tied_ranks():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 5, 40).astype(float)  # many ties
+    b = a + rng.integers(0, 3, 40)
+    a[[3, 17]] = np.nan
+    b[[5, 17, 30]] = np.nan
+    ok = ~np.isnan(a) & ~np.isnan(b)
+    assert spearman(a, b) == pytest.approx(scipy_stats.spearmanr(a[ok], b[ok]).statistic, abs=1e-12)
+    assert spearman([1, 2, 3, np.nan, 5], [1, 2, 3, 4, np.nan]) == pytest.approx(1.0)
+
+
+def test_assign_stage_thresholds_are_strict_where_documented():
+    """Each threshold at exactly its value: ``recency > lapsed`` (180 is still at risk), ``tenure <
+    new_days`` (60 days is no longer new), ``last_gap > winback_gap`` (a gap of exactly 180 is not a
+    win-back) and ``recency <= active_recency`` for a win-back (a purchase 60 days ago still is)."""
+    cols = ["recency_days", "tenure_days", "frequency", "last_gap_days"]
+    f = pd.DataFrame.from_dict({
+        "lapsed_edge": [180, 400, 5, 50],
+        "new_edge": [10, 60, 3, 20],
+        "winback_gap_edge": [10, 500, 3, 180],
+        "winback_recency_edge": [60, 500, 3, 200],
+    }, orient="index", columns=cols)
+    assert assign_stage(f).to_dict() == {"lapsed_edge": "at_risk", "new_edge": "active",
+                                         "winback_gap_edge": "active", "winback_recency_edge": "won_back"}
+    # a churn probability of exactly 1 is a probability (at risk), not an error; won_back stays
+    assert assign_stage(f, np.ones(len(f))).tolist() == ["at_risk", "at_risk", "at_risk", "won_back"]
+
+
+def test_suggested_actions_at_the_edges_of_their_rules():
+    """churn p exactly at the threshold makes a high-value customer's retention offer (p >= τ);
+    completeness exactly at low_completeness is not incomplete (<); customers tied at the value
+    quantile are all left out when they would make more than the top share (here half of them at the
+    top CLV, for a top 20 %); a CLV of 0 or below is never high value, even at the top."""
+    from clm_torch.lifecycle.report import suggest_actions
+
+    base = {"stage": "active", "churn_probability": 0.1, "top5_items": "i1"}
+    c = pd.DataFrame({**base, "clv": np.r_[np.zeros(8), 5.0, 9.0]})
+    c.loc[9, "churn_probability"] = 0.5
+    c.loc[8, "completeness"], c.loc[8, "next_best_question"] = 0.5, "income"
+    got = suggest_actions(c)["action"].tolist()
+    assert got == ["recommend"] * 8 + ["cross-sell", "retention offer"]  # the top 2 of 10 (quantile 1.0)
+    c.loc[8, "completeness"] = 0.49
+    assert suggest_actions(c)["action"].tolist()[8] == "ask next best question"
+    tied = pd.DataFrame({**base, "clv": np.r_[np.zeros(5), np.full(5, 10.0)]})
+    assert set(suggest_actions(tied)["action"]) == {"recommend"}  # 5 of 10 tied at the top: nobody
+    negative = pd.DataFrame({**base, "clv": [-5.0, -4.0, -3.0, -2.0, -1.0]})
+    assert set(suggest_actions(negative)["action"]) == {"recommend"}
