@@ -123,9 +123,50 @@ def test_segment_summary_reads_one_column_name_and_skips_empty_answers() -> None
     assert out["mean_clv"].tolist() == [2.0, 4.0]  # "clv" used to be read letter by letter
     assert out["top_stage"].tolist() == ["b, a", "a"]
     assert out["top_question"].tolist() == ["income", ""]  # "" was a value: ", income"
-    with pytest.raises(Exception, match="column 'stage': expected numbers to average"):
+    from clm_torch.data.schema import SchemaError
+
+    with pytest.raises(SchemaError, match="column 'stage': expected numbers to average"):
         segment_summary(c, numeric_cols=["stage"])
     with pytest.raises(ValueError, match="k_range is empty"):
         choose_k(np.random.default_rng(0).normal(size=(20, 2)), [])
     with pytest.raises(ValueError, match="n_init must be a whole number >= 1"):
         kmeans(np.random.default_rng(0).normal(size=(20, 2)), 2, n_init=0)
+
+
+def test_kmeans_bic_and_segment_summary_by_hand() -> None:
+    """The BIC of a fit, with the log-likelihood summed point by point with scipy: the log mixing
+    weight of the point's cluster plus a normal log-density around its center with the shared
+    variance inertia / ((n - k) d); k d + k parameters (centers, k - 1 weights, one variance).
+    And the summary's shares and means on skewed values (where a median would differ)."""
+    norm = pytest.importorskip("scipy.stats").norm
+    from clm_torch.lifecycle.segments import KMeansResult, kmeans_bic
+
+    x = np.array([[0.0, 1.0], [2.0, 0.0], [1.0, 2.0], [10.0, 10.0], [12.0, 11.0]])
+    labels = np.array([0, 0, 0, 1, 1])
+    centers = np.stack([x[labels == j].mean(0) for j in (0, 1)])
+    inertia = float(((x - centers[labels]) ** 2).sum())
+    res = KMeansResult(torch.as_tensor(centers, dtype=torch.float32), torch.as_tensor(labels), inertia)
+    n, d, k = 5, 2, 2
+    var = inertia / ((n - k) * d)
+    loglik = sum(np.log((labels == labels[i]).sum() / n) + norm.logpdf(x[i], centers[labels[i]], np.sqrt(var)).sum()
+                 for i in range(n))
+    assert kmeans_bic(x, res) == pytest.approx(-2 * loglik + (k * d + k) * np.log(n), rel=1e-6)
+
+    df = pd.DataFrame({"segment": [1, 0, 0, 0], "clv": [5.0, 0.1, 0.2, 0.9]})
+    s = segment_summary(df, numeric_cols=["clv"])
+    assert s["segment"].tolist() == [0, 1]
+    assert s["share"].tolist() == pytest.approx([0.75, 0.25])
+    assert s["mean_clv"].tolist() == pytest.approx([0.4, 5.0])
+
+
+def test_silhouette_with_a_singleton_and_unused_cluster_numbers_and_top_values() -> None:
+    """A singleton cluster scores 0 (as scikit-learn's); cluster numbers need not be consecutive (an
+    unused number is no cluster at distance 0); the summary lists the ``top`` most common values."""
+    sk = pytest.importorskip("sklearn.metrics")
+    x = np.array([[0.0], [1.0], [5.0], [7.0], [20.0]])
+    labels = np.array([0, 0, 1, 1, 2])
+    assert silhouette(x, labels) == pytest.approx(sk.silhouette_score(x, labels), rel=1e-6)
+    assert silhouette(x[:4], np.array([0, 0, 2, 2])) == pytest.approx(silhouette(x[:4], labels[:4]), rel=1e-6)
+    df = pd.DataFrame({"segment": [0] * 6, "plan": ["a", "a", "a", "b", "b", "c"]})
+    assert segment_summary(df, category_cols=["plan"])["top_plan"].tolist() == ["a, b, c"]
+    assert segment_summary(df, category_cols=["plan"], top=2)["top_plan"].tolist() == ["a, b"]
