@@ -111,3 +111,12 @@ def test_slots_past_the_unseen_items_and_excluded_targets_count_for_nothing() ->
     none.update(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]), torch.zeros(2, 4, dtype=torch.bool))
     out = none.compute()
     assert math.isnan(out["recall@1"]) and math.isnan(out["ndcg@1"]) and out["coverage@1"] == pytest.approx(0.5)
+
+
+def test_catalogue_coverage_of_top_k_lists() -> None:
+    from clm_torch.metrics import coverage
+
+    topk = torch.tensor([[0, 1, 3], [1, 2, 3]])
+    assert float(coverage(topk, 5, 1)) == pytest.approx(2 / 5)  # {0, 1}
+    assert float(coverage(topk, 5, 2)) == pytest.approx(3 / 5)  # {0, 1, 2}
+    assert float(coverage(topk, 5, 3)) == pytest.approx(4 / 5)  # {0, 1, 2, 3}
