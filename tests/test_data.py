@@ -583,3 +583,44 @@ def test_log_transform_names_numeric_columns() -> None:
     with pytest.raises(ValueError, match="must be auto, none or a list"):
         FeatureEncoder.from_schema(schema, log_transform="sometimes").fit(df)
     assert FeatureEncoder.from_schema(schema, log_transform=["a"]).fit(df).num_log == [True]
+
+
+def test_encoder_fit_rules_by_hand() -> None:
+    """The fitted rules, each near its edge: "auto" logs a non-negative column whose skew is above 2
+    (zeros included: zero-inflated spend is the usual case) and not one whose skew is below 2; a
+    column constant in training gets sd 1, so another value at scoring is its difference, not a
+    blow-up; max_categories keeps the most frequent categories."""
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    n = 20000
+    cols = {
+        "zero_inflated": np.where(rng.random(n) < 0.4, 0.0, rng.lognormal(3, 1, n)),  # skew ~ 5, 40 % zeros
+        "skew_2_5": rng.gamma(0.64, 1.0, n),  # skew 2 / sqrt(0.64) = 2.5
+        "skew_1_4": rng.gamma(2.0, 1.0, n),  # skew 1.41
+        "constant": np.full(n, 5.0),
+    }
+    skew = {c: stats.skew(v) for c, v in cols.items() if c != "constant"}
+    assert skew["zero_inflated"] > 3 and 2.2 < skew["skew_2_5"] < 2.8 and 1.2 < skew["skew_1_4"] < 1.7
+    df = pd.DataFrame({**cols, "plan": ["a"] * 5 + ["b"] * 3 + ["c"] * (n - 8)})
+    enc = FeatureEncoder(numeric=list(cols), categorical=["plan"], max_categories=2).fit(df)
+    assert enc.num_log == [True, True, False, False]
+    assert float(enc.num_std[3]) == 1.0
+    j = enc.num_columns.index("constant")
+    new = df.head(2).assign(constant=[5.0, 7.0])
+    assert enc.transform(new)["num"][:, j].tolist() == [0.0, 2.0]
+    assert enc.vocab["plan"] == ["<unk>", "c", "a"]  # "b" (the rarest) is beyond the cap
+
+
+def test_clip_bounds_by_hand() -> None:
+    """median ± k · 1.4826 MAD (scipy's normal-consistent MAD); with more than half the values equal
+    (MAD 0) the IQR / 1.349; with the IQR 0 too, the sample standard deviation."""
+    stats = pytest.importorskip("scipy.stats")
+    from clm_torch.data.cleaning import clip_bounds
+
+    x = np.random.default_rng(1).normal(10, 2, 501)
+    mad = stats.median_abs_deviation(x, scale="normal")
+    assert clip_bounds(x, 3.0) == pytest.approx((np.median(x) - 3 * mad, np.median(x) + 3 * mad), rel=1e-4)
+    tied = np.array([1.0, 5, 5, 5, 5, 5, 5, 8, 9, 10])  # MAD 0; quartiles 5 and 7.25 (linear interpolation)
+    assert clip_bounds(tied, 2.0) == pytest.approx((5 - 2 * 2.25 / 1.349, 5 + 2 * 2.25 / 1.349))
+    spike = np.r_[np.zeros(50), 1000.0]
+    assert clip_bounds(spike, 1.0) == pytest.approx((-np.std(spike, ddof=1), np.std(spike, ddof=1)))
