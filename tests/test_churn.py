@@ -371,3 +371,58 @@ def test_pos_weight_is_undone_before_a_calibration_without_bias(calibration: str
     fresh = ChurnClassifier(n_num=1, cat_cardinalities=[], k_ensemble=1, pos_rate=0.1, pos_weight="balanced",
                             calibration=calibration)
     np.testing.assert_allclose(fresh.calibrated_prob(logits).numpy(), torch.sigmoid(z).numpy(), atol=1e-5)
+
+
+def test_ensemble_calibration_metrics_and_class_weight_by_hand() -> None:
+    """The pieces between the members' logits and the reported numbers, checked with numpy, scipy and
+    scikit-learn: members averaged in probability space (not in logit space); the calibrated
+    probability sigmoid(a · logit + b); temperature scaling stores a = 1/T with T the log-loss
+    minimiser (found here by scipy); binary_metrics equal scikit-learn's; "balanced" weighs the
+    positives by neg/pos in the training loss."""
+    special = pytest.importorskip("scipy.special")
+    optimize = pytest.importorskip("scipy.optimize")
+    skm = pytest.importorskip("sklearn.metrics")
+    from clm_torch.models.churn import binary_metrics
+
+    model = ChurnClassifier(2, [3], k_ensemble=2, calibration="temperature", pos_rate=0.2, pos_weight="balanced")
+    assert float(model.pos_weight) == pytest.approx(4.0)  # 0.8 / 0.2
+    members = torch.tensor([[0.0, 4.0, -3.0], [-2.0, 2.0, 5.0]])
+    want = special.logit(special.expit(members.numpy().astype(np.float64)).mean(0))
+    np.testing.assert_allclose(model.ensemble_logit(members).numpy(), want, rtol=1e-5)
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(400, generator=g, dtype=torch.float64) * 4  # overconfident: the true slope is 0.5
+    y = (torch.rand(400, generator=g, dtype=torch.float64) < torch.sigmoid(0.5 * logits)).double()
+    x, t = logits.numpy(), y.numpy()
+
+    shift = np.log(4.0)  # pos_weight 4 shifts the learned logits by log 4; the temperature is fitted without it
+
+    def log_loss_at(temp: float) -> float:
+        p = special.expit((x - shift) / temp)
+        return float(-(t * np.log(p) + (1 - t) * np.log1p(-p)).mean())
+
+    best_t = optimize.minimize_scalar(log_loss_at, bounds=(0.05, 20.0), method="bounded",
+                                      options={"xatol": 1e-9}).x
+    model.fit_calibration(logits.float(), y.float())
+    a, b = model.calib.tolist()
+    assert a == pytest.approx(1 / best_t, rel=1e-3) and b == pytest.approx(-a * shift, rel=1e-5) and 0.3 < a < 0.8
+    model.calib.copy_(torch.tensor([0.5, -1.0]))
+    np.testing.assert_allclose(model.calibrated_prob(torch.tensor([0.0, 2.0, -4.0])).numpy(),
+                               special.expit(0.5 * np.array([0.0, 2.0, -4.0]) - 1.0), rtol=1e-6)
+
+    # the training loss weighs the positives by pos_weight: -mean(w y log p + (1 - y) log(1 - p)) over members and rows
+    batch = {"num": torch.randn(6, 2, generator=g), "num_mask": torch.ones(6, 2, dtype=torch.bool),
+             "cat": torch.tensor([[0], [1], [2], [1], [0], [2]]), "y": torch.tensor([1.0, 0, 0, 1, 0, 0])}
+    model.eval()
+    with torch.no_grad():
+        loss, member_logits = model.model_step(batch)
+    z, yb = member_logits.double().numpy(), batch["y"].double().numpy()[None]
+    want_loss = -(4.0 * yb * np.log(special.expit(z)) + (1 - yb) * np.log(special.expit(-z))).mean()
+    assert float(loss) == pytest.approx(want_loss, rel=1e-5)
+
+    prob = special.expit(x / 3).astype(np.float32)
+    got = {k: float(v) for k, v in binary_metrics(torch.from_numpy(prob), y.float()).items()}
+    assert got["auroc"] == pytest.approx(skm.roc_auc_score(t, prob), abs=1e-6)
+    assert got["ap"] == pytest.approx(skm.average_precision_score(t, prob), abs=1e-6)
+    assert got["log_loss"] == pytest.approx(skm.log_loss(t, prob), rel=1e-5)
+    assert got["brier"] == pytest.approx(skm.brier_score_loss(t, prob), rel=1e-5)
