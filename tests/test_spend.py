@@ -47,6 +47,11 @@ def test_learns_zero_inflated_spend() -> None:
                         enable_model_summary=False)
     trainer.fit(model, dm)
     res = trainer.test(model, dm, verbose=False)[0]
+    # the logged test metrics are those of the spend predictions (not of their logs), as exported
+    exported = model.export_predictions(dm, "test")
+    np.testing.assert_allclose(exported["prediction"], model.predict_spend(dm.frames["test"]), rtol=1e-5)
+    assert res["test/rmse"] == pytest.approx(
+        float(np.sqrt(((exported["prediction"] - exported["label"]) ** 2).mean())), rel=1e-4)
     test_rows = dm.frames["test"].index.to_numpy()
     oracle = pd.Series(mu[test_rows]).corr(pd.Series(y[test_rows]), method="spearman")
     assert res["test/spearman"] > 0.8 * oracle  # close to the noise ceiling of this data
@@ -62,3 +67,31 @@ def test_learns_zero_inflated_spend() -> None:
     assert model.predict_spend(df.iloc[:0]).shape == (0,)
     with pytest.raises(SchemaError, match=r"required column.*missing"):
         model.predict_spend(pd.DataFrame())
+
+
+def test_spend_metrics_loss_and_starting_scale_by_hand() -> None:
+    """spend_metrics' Spearman equals scipy's (ties averaged); the Tweedie loss is a mean over the
+    customers (not a sum, whose size would follow the batch); the model starts at the log of the
+    mean training spend; a net refund (negative spend) is read as no spend by the loss."""
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    pred = rng.gamma(1.0, 10.0, 60)
+    y = np.where(rng.random(60) < 0.4, 0.0, np.round(pred + rng.normal(0, 8, 60)).clip(0))  # tied zeros
+    m = spend_metrics(torch.tensor(pred), torch.tensor(y))
+    assert float(m["spearman"]) == pytest.approx(stats.spearmanr(pred, y).statistic, abs=1e-6)
+    eta, yy = torch.tensor([0.0, np.log(2.0)]), torch.tensor([2.0, 0.0])
+    # p = 1.5: -y mu^-0.5 / -0.5 + mu^0.5 / 0.5 -> (4 + 2) and (0 + 2 sqrt 2), averaged
+    assert float(tweedie_nll(eta, yy, 1.5)) == pytest.approx((6.0 + 2 * np.sqrt(2.0)) / 2)
+
+    df = pd.DataFrame({"x": rng.normal(size=200), "spend": rng.gamma(2.0, 15.0, 200)})
+    dm = TableDataModule(FrameSource(df, target="spend"), target_type="continuous", batch_size=64)
+    dm.setup()
+    model = SpendRegressor(**dm.model_kwargs())
+    model.set_preprocessing(dm.preprocessing_state())
+    assert float(model.log_scale) == pytest.approx(np.log(dm.frames["train"]["spend"].mean()), rel=1e-5)
+    batch = {k: v[:8] for k, v in dm.tensors["train"].items()}
+    model.eval()
+    with torch.no_grad():
+        refund, _ = model.model_step({**batch, "y": torch.full((8,), -5.0)})
+        nothing, _ = model.model_step({**batch, "y": torch.zeros(8)})
+    assert float(refund) == float(nothing)
