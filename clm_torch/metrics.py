@@ -41,8 +41,10 @@ def mask_scores(scores: torch.Tensor, exclude: torch.Tensor | None) -> torch.Ten
 
 
 def top_k(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
-    """Indices (B, k) of the k best items per row, excluded items never first."""
-    return torch.topk(mask_scores(scores, exclude), min(k, scores.shape[1]), dim=1).indices
+    """Indices (B, k) of the k best items per row; a slot past a row's items that can be recommended
+    (excluded or scored ``-inf``) is empty: -1 (no hit in :func:`per_user_metrics`, no coverage)."""
+    best = torch.topk(mask_scores(scores, exclude), min(k, scores.shape[1]), dim=1)
+    return best.indices.masked_fill(best.values == float("-inf"), -1)
 
 
 def _discounts(k: int, device: torch.device) -> torch.Tensor:
@@ -54,14 +56,14 @@ def per_user_metrics(topk: torch.Tensor, targets: torch.Tensor, ks: Sequence[int
 
     Args:
         topk: (B, K) ranked item indices with K ≥ max(ks), or the whole catalogue ranked (K = n_items)
-            when it has fewer than max(ks) items.
+            when it has fewer than max(ks) items; -1 marks an empty slot.
         targets: (B, n_items) bool.
         ks: cut-offs.
 
     Returns:
         ``{"recall@k": (B,), "ndcg@k": (B,), "hit_rate@k": (B,)}``; users without targets get NaN.
     """
-    hits = targets.gather(1, topk).float()  # (B, K)
+    hits = targets.gather(1, topk.clamp_min(0)).float() * (topk >= 0)  # (B, K); -1: an empty slot
     n_t = targets.sum(1).float()
     valid = n_t > 0
     disc = _discounts(topk.shape[1], topk.device)
@@ -86,9 +88,11 @@ def per_user_metrics(topk: torch.Tensor, targets: torch.Tensor, ks: Sequence[int
 
 
 def coverage(topk: torch.Tensor, n_items: int, k: int) -> torch.Tensor:
-    """Share of the catalogue that appears in at least one user's top-k list (scalar)."""
+    """Share of the catalogue that appears in at least one user's top-k list (scalar); empty slots (-1,
+    see :func:`top_k`) count nothing."""
     seen = torch.zeros(n_items, dtype=torch.bool, device=topk.device)
-    seen[topk[:, :k].reshape(-1)] = True
+    listed = topk[:, :k].reshape(-1)
+    seen[listed[listed >= 0]] = True
     return seen.float().mean()
 
 

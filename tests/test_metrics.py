@@ -120,3 +120,22 @@ def test_catalogue_coverage_of_top_k_lists() -> None:
     assert float(coverage(topk, 5, 1)) == pytest.approx(2 / 5)  # {0, 1}
     assert float(coverage(topk, 5, 2)) == pytest.approx(3 / 5)  # {0, 1, 2}
     assert float(coverage(topk, 5, 3)) == pytest.approx(4 / 5)  # {0, 1, 2, 3}
+
+
+def test_top_k_leaves_the_slots_past_the_recommendable_items_empty() -> None:
+    """A user with fewer unseen items than k: top_k filled the list with excluded items, so
+    coverage(top_k(...)) counted them (0.6 where ranking_metrics gives 0.4) and per_user_metrics
+    could count an excluded item as a hit. The empty slots are -1 and count nothing."""
+    from clm_torch.metrics import coverage
+
+    scores = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    seen = torch.tensor([[True, True, True, False, False]])
+    listed = top_k(scores, 3, seen)
+    assert listed.tolist() == [[3, 4, -1]]
+    targets = torch.tensor([[False, False, True, True, False]])
+    want = ranking_metrics(scores, targets, (3,), exclude=seen)
+    assert float(coverage(listed, 5, 3)) == pytest.approx(want["coverage@3"]) == pytest.approx(0.4)
+    per = per_user_metrics(listed, targets, (3,))
+    assert float(per["hit_rate@3"][0]) == 1.0 and float(per["recall@3"][0]) == pytest.approx(0.5)
+    only_seen = torch.tensor([[True, False, False, False, False]])  # the hit must be an item in the list
+    assert float(per_user_metrics(listed, only_seen, (3,))["hit_rate@3"][0]) == 0.0
