@@ -484,9 +484,36 @@ def test_clm_evaluate_keeps_the_documented_gap_columns(trained) -> None:
             "n_missing", "z_0"} <= set(ev.predictions.columns)
 
 
+def test_monte_carlo_draws_are_independent_between_rows() -> None:
+    """Inference draws were common random numbers: every row got the same z draws, so their Monte
+    Carlo error was the same for every customer (one column's imputation std 0.65x for all, another's
+    1.33x; the share of customers whose best question was one column went from 36 % to 0.8 % with the
+    seed). Keyed draws: a row's draws follow from its content and the seed (batch-invariant), and
+    differ between rows, so their error averages out over customers."""
+    from clm_torch.models.components.keyed import SLOTS, row_slots
+
+    m = InfoGapVAE(n_num=3, cat_cardinalities=[4], latent_dim=2, d_embed=4, encoder_hidden=[8], decoder_hidden=[8])
+    g = torch.Generator().manual_seed(0)
+    B = 3000
+    batch = {"num": torch.randn(B, 3, generator=g), "num_mask": torch.rand(B, 3, generator=g) > 0.3,
+             "cat": torch.randint(1, 4, (B, 1), generator=g), "cat_mask": torch.rand(B, 1, generator=g) > 0.3}
+    slots = row_slots(batch)
+    assert len(slots.unique()) > 0.45 * SLOTS  # 3,000 rows in 4,096 slots: ~2,130 distinct expected
+    mu, lv = torch.zeros(B, 2), torch.zeros(B, 2)
+    z = m._sample_z(mu, lv, 4, torch.Generator().manual_seed(1), slots=slots)  # (4, B, 2)
+    assert float(z.mean(1).abs().max()) < 0.1  # common draws: |mean over rows| = |one draw|, ~0.8
+    assert 0.9 < float(z.std(1).mean()) < 1.1
+    part = {k: v[100:140] for k, v in batch.items()}  # the same rows alone: the same draws
+    z_part = m._sample_z(mu[100:140], lv[100:140], 4, torch.Generator().manual_seed(1), slots=row_slots(part))
+    assert torch.equal(z_part, z[:, 100:140])
+    unobserved = dict(batch, num=torch.where(batch["num_mask"], batch["num"], torch.full_like(batch["num"], 9.0)))
+    assert torch.equal(row_slots(unobserved), slots)  # a placeholder in an unobserved cell is not the row's content
+
+
 def test_scores_of_a_row_do_not_depend_on_the_other_rows(trained) -> None:
-    """Seeded Monte Carlo draws are shared by every row (and every chunk): a customer's imputation, gap
-    scores and next best questions are the same alone, in a reversed frame and in small batches."""
+    """Seeded Monte Carlo draws are keyed by row (its slot in a pool drawn from the seed, the same for
+    every chunk): a customer's imputation, gap scores and next best questions are the same alone, in a
+    reversed frame and in small batches."""
     model, _, test = trained
     raw = test.iloc[:30].drop(columns=["churn"]).copy()
     rng = np.random.default_rng(4)
@@ -615,8 +642,9 @@ def test_short_training_beats_mean_mode_on_held_out_cells(trained) -> None:
         else:
             acc_vae.append(np.mean(imp.loc[h, c].to_numpy() == truth.to_numpy()))
             acc_mode.append(np.mean(train_stats[c].mode().iloc[0] == truth.to_numpy()))
-    # the structure is strong: the VAE must beat mean/mode clearly, not by luck
-    assert np.mean(nrmse_vae) < 0.6 * np.mean(nrmse_mean), (nrmse_vae, nrmse_mean)
+    # the structure is strong: the VAE must beat mean/mode clearly, not by luck (fit seeds 0-3 give
+    # 0.57-0.60 of the mean's NRMSE, 0.937; 0.6 held for seed 0 alone)
+    assert np.mean(nrmse_vae) < 0.65 * np.mean(nrmse_mean), (nrmse_vae, nrmse_mean)
     assert np.mean(acc_vae) > np.mean(acc_mode) + 0.1, (acc_vae, acc_mode)
 
 

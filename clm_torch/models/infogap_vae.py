@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from clm_torch.data.encoding import FeatureEncoder
 from clm_torch.data.schema import SchemaError, missing_cells, to_numeric_strict
 from clm_torch.models.base import CLMModule
+from clm_torch.models.components.keyed import pool_shape, pooled, row_slots
 from clm_torch.models.components.vae import (
     NUMERIC_LIKELIHOODS,
     GaussianEncoder,
@@ -316,15 +317,18 @@ class InfoGapVAE(CLMModule):
         return self.posterior(batch)
 
     def _sample_z(self, mu: torch.Tensor, logvar: torch.Tensor, n: int | None = None,
-                  generator: torch.Generator | None = None, *, common: bool = False) -> torch.Tensor:
-        """``n`` (or one) reparameterised draws of z for every row. ``common``: the same standard-normal
-        draws for every row (common random numbers), so that a row's draws do not depend on the other
-        rows of the batch, their order or the batch size (inference); otherwise fresh draws per row
-        (training)."""
+                  generator: torch.Generator | None = None, *, slots: torch.Tensor | None = None) -> torch.Tensor:
+        """``n`` (or one) reparameterised draws of z for every row. ``slots`` (B,) (inference): row b's
+        standard-normal draws are slot slots[b] (a hash of its encoded values) of a pool drawn from
+        ``generator`` (``components/keyed.py``), so they do not depend on the other rows of the batch,
+        their order or the batch size, and their Monte Carlo error is independent between rows;
+        otherwise fresh draws per row (training)."""
         shape = mu.shape if n is None else (n, *mu.shape)
-        if common:
-            shape = (*shape[:-2], 1, shape[-1])
-        eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        if slots is not None:
+            eps = pooled(torch.randn(pool_shape(tuple(shape)), generator=generator, device=mu.device,
+                                     dtype=mu.dtype), slots)
+        else:
+            eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
     def _hide_masks(self, batch: Mapping[str, torch.Tensor], lo: float, hi: float,
@@ -702,7 +706,7 @@ class InfoGapVAE(CLMModule):
             is the posterior mean.
         """
         mu, logvar = self.posterior(batch)
-        z = mu[None] if use_mean else self._sample_z(mu, logvar, n_samples, generator, common=True)
+        z = mu[None] if use_mean else self._sample_z(mu, logvar, n_samples, generator, slots=row_slots(batch))
         out = self.decode(z)
         return {"mu": mu, "logvar": logvar, "num_loc": out["num_loc"], "num_log_scale": out["num_log_scale"],
                 "cat_probs": category_probs(out, self.decoder, self.n_cat, self.max_card), "out": out}
@@ -717,9 +721,10 @@ class InfoGapVAE(CLMModule):
         on the raw scale; std = the std of the (weighted) mixture of the p(x | z_s), raw scale, from
         the moments of each p(x | z_s) (exact: normal, log-normal for log1p columns, Student-t with
         ``student_df`` > 2 outside log1p columns); only where those do not exist (Student-t on a log1p
-        column, or ``student_df`` <= 2) is it the std of one draw from p(x | z_s) per sample. (The draws
-        are shared by every row, so their Monte Carlo error was the same for a whole column: with 16
-        samples one column's std came out 0.65 times, another's 1.33 times the true value.)
+        column, or ``student_df`` <= 2) is it the std of one draw from p(x | z_s) per sample. (When the
+        draws were shared by every row, their Monte Carlo error was the same for a whole column: with 16
+        samples one column's std came out 0.65 times, another's 1.33 times the true value. The latent
+        draws are now keyed by row, so that error is independent from row to row.)
         Categorical probabilities = (weighted) mean over the samples; point = argmax.
         With ``importance`` (default ``hparams.importance_impute``) the samples are weighted by
         ``p(x_obs | z) p(z) / q(z | x_obs)`` (self-normalised importance sampling, as in MIWAE),
@@ -733,7 +738,8 @@ class InfoGapVAE(CLMModule):
         s = int(n_samples or self.hparams.n_samples)
         use_iw = bool(self.hparams.get("importance_impute", False)) if importance is None else bool(importance)
         mu, logvar = self.posterior(batch)
-        z = self._sample_z(mu, logvar, s, generator, common=True)  # (S, B, L)
+        slots = row_slots(batch)
+        z = self._sample_z(mu, logvar, s, generator, slots=slots)  # (S, B, L)
         out = self.decode(z)
         lik, df = self._lik
         if use_iw and s > 1:
@@ -753,7 +759,7 @@ class InfoGapVAE(CLMModule):
         num_std = torch.sqrt(((var_s + (mean_s - num_point) ** 2) * wn).sum(0).clamp_min(0))
         if not bool(exact.all()):  # no finite moments: the spread of one draw per sample
             draws = self._raw_numeric(numeric_sample(out["num_loc"], out["num_log_scale"], lik, df, generator,
-                                                     common=True))
+                                                     slots=slots))
             if s > 1:
                 m = (draws * wn).sum(0)
                 drawn = torch.sqrt(((draws - m) ** 2 * wn).sum(0).clamp_min(0))
@@ -790,7 +796,8 @@ class InfoGapVAE(CLMModule):
                for k in ("num", "cat")}
         mu_j, lv_j = self.posterior({"num": rep["num"], "num_mask": keep_num.reshape(F_ * B, -1),
                                      "cat": rep["cat"], "cat_mask": keep_cat.reshape(F_ * B, -1)})
-        z = self._sample_z(mu_j, lv_j, n_samples, generator, common=True)  # (S, F*B, L)
+        # every copy of row b draws as row b does (common random numbers across its features)
+        z = self._sample_z(mu_j, lv_j, n_samples, generator, slots=row_slots(batch).repeat(F_))  # (S, F*B, L)
         out = self.decode(z)
         lik, df = self._lik
         num_rep = rep["num"].float()[None].expand(n_samples, -1, -1)
@@ -857,11 +864,12 @@ class InfoGapVAE(CLMModule):
         """S draws of every cell from the predictive: numerics (S, B, n_num) encoded, categories (S, B, n_cat)."""
         p = self.predictive(batch, S, generator)
         lik, df = self._lik
-        num = numeric_sample(p["num_loc"], p["num_log_scale"], lik, df, generator, common=True)
+        slots = row_slots(batch)
+        num = numeric_sample(p["num_loc"], p["num_log_scale"], lik, df, generator, slots=slots)
         probs = p["cat_probs"]  # (S, B, n_cat, K)
-        # inverse CDF with one uniform per (sample, column), shared by the rows (see _sample_z)
-        u = torch.rand((probs.shape[0], 1, probs.shape[2], 1), generator=generator, device=probs.device,
-                       dtype=torch.float64)
+        # inverse CDF with one uniform per (sample, row, column), keyed by the row (see _sample_z)
+        u = pooled(torch.rand(pool_shape(tuple(probs.shape[:3])), generator=generator, device=probs.device,
+                              dtype=torch.float64), slots)[..., None]
         cdf = probs.double().cumsum(-1)
         total = cdf[..., -1:]
         idx = (cdf <= u * total).sum(-1).clamp_max(probs.shape[-1] - 1)  # zero-probability classes never drawn

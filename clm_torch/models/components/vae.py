@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clm_torch.models.components.tabular import MLP
+from clm_torch.models.components.keyed import pool_shape, pooled
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 NUMERIC_LIKELIHOODS = ("gaussian", "student_t")
@@ -151,11 +152,12 @@ def numeric_nll(x: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor, lik
 
 
 def numeric_sample(loc: torch.Tensor, log_scale: torch.Tensor, likelihood: str = "gaussian", df: float = 4.0,
-                   generator: torch.Generator | None = None, *, common: bool = False) -> torch.Tensor:
-    """One draw from each numeric predictive. ``common``: for (S, B, n) parameters, the same standard
-    draws for every row b (see ``InfoGapVAE._sample_z``). With a ``generator``, the Student-t's
+                   generator: torch.Generator | None = None, *, slots: torch.Tensor | None = None) -> torch.Tensor:
+    """One draw from each numeric predictive. ``slots`` (B,): for (S, B, n) parameters, row b's standard
+    draws are slot slots[b] of a pool drawn from ``generator`` (``components/keyed.py``), so they do not
+    depend on the other rows (inference); otherwise fresh draws. With a ``generator``, the Student-t's
     chi-square draws are seeded from it too."""
-    shape = (*loc.shape[:-2], 1, loc.shape[-1]) if common and loc.dim() >= 2 else loc.shape
+    shape = pool_shape(tuple(loc.shape)) if slots is not None else loc.shape
     eps = torch.randn(shape, generator=generator, device=loc.device, dtype=loc.dtype)
     if likelihood == "student_t":
         if generator is None:
@@ -165,6 +167,8 @@ def numeric_sample(loc: torch.Tensor, log_scale: torch.Tensor, likelihood: str =
             chi2 = torch.as_tensor(np.random.default_rng(seed).chisquare(df, size=tuple(shape)), device=loc.device,
                                    dtype=loc.dtype)
         eps = eps * torch.sqrt(df / chi2.clamp_min(1e-6))
+    if slots is not None:
+        eps = pooled(eps, slots)
     return loc + torch.exp(log_scale) * eps
 
 
