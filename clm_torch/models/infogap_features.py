@@ -10,8 +10,8 @@ the same frame with
   :meth:`InfoGapVAE.information_gap`, and ``vae_n_missing``, how many of the VAE's feature cells
   were missing before imputation (the missingness pattern itself can be informative, e.g. MNAR).
 
-The transform is row-wise and deterministic (seeded draws shared by every row, so a row's features do
-not depend on the rest of the frame, its order or the batch size), so it is applied to every split by
+The transform is row-wise and deterministic (seeded draws keyed by the row's own values, so a row's
+features do not depend on the rest of the frame, its order or the batch size), so it is applied to every split by
 the DataModule before the supervised model's encoder is fitted, and again by the model on raw
 frames at scoring time. The VAE's weights and preprocessing are stored inside the supervised
 model's checkpoint, so the VAE checkpoint file is not needed after training.
