@@ -621,8 +621,14 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
         log_hparams(loggers, cfg, model, {f"hp/{k.replace('/', '_')}": float("nan") for k in hp_keys})
         _restore_csv_rows(loggers, csv_rows)
         if fit:
-            with reading_once(trainer, resume_ckpt, used_ckpt, used_as_read):  # fit gets the checkpoint checked above
-                trainer.fit(model, datamodule=dm, ckpt_path=resume_ckpt)
+            try:  # fit gets the checkpoint checked above
+                with reading_once(trainer, resume_ckpt, used_ckpt, used_as_read):
+                    trainer.fit(model, datamodule=dm, ckpt_path=resume_ckpt)
+            except Exception as e:  # noqa: BLE001 - only "a monitored metric is never logged" becomes a setting error
+                unlogged = _unlogged_monitor(e, trainer, cfg)
+                if unlogged is None:
+                    raise
+                raise unlogged from None
         metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         best, best_ckpt = None, None
         ckpt_cb = getattr(trainer, "checkpoint_callback", None)
@@ -670,6 +676,30 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
                 lg.finalize("success")
             except Exception:  # noqa: BLE001 - closing must never mask the real error
                 pass
+
+
+def _unlogged_monitor(error: BaseException, trainer: L.Trainer, cfg: DictConfig) -> SettingError | None:
+    """Lightning's error for a ``monitor`` (or ``callbacks.<name>.monitor``) the model never logs, as one line
+    naming the setting and the metrics the model does log; None for any other error. EarlyStopping
+    (a RuntimeError) and ModelCheckpoint (a MisconfigurationException) raise it at the end of the first
+    validation, with a traceback (``monitor=val/auc`` for ``val/auroc``)."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    msg = str(error)
+    if "not available" not in msg and "could not find the monitored key" not in msg:
+        return None
+    logged = sorted(k for k in trainer.callback_metrics if k.startswith("val/"))
+    for cb in trainer.callbacks:
+        name = getattr(cb, "monitor", None)
+        if not isinstance(cb, (EarlyStopping, ModelCheckpoint)) or not name or name in trainer.callback_metrics \
+                or (f"`{name}`" not in msg and f"'{name}'" not in msg):
+            continue
+        key = "monitor" if name == cfg.get("monitor") else next(
+            (f"callbacks.{k}.monitor" for k, c in (cfg.get("callbacks") or {}).items()
+             if isinstance(c, DictConfig) and c.get("monitor") == name), "monitor")
+        return SettingError(f"{key}={name}: the model logs no such metric; its validation metrics are "
+                            f"{', '.join(logged) or 'none'}")
+    return None
 
 
 def _test_predictions(model: L.LightningModule, dm: Any, trainer: L.Trainer) -> pd.DataFrame | None:

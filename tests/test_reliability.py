@@ -468,6 +468,25 @@ def test_a_bad_model_or_data_setting_is_one_clear_line(make_cfg, table_csv: Path
     assert capsys.readouterr().err.strip() == message
 
 
+@pytest.mark.parametrize("overrides, key", [
+    (["monitor=val/auc"], "monitor"),  # EarlyStopping's RuntimeError
+    (["monitor=val/auc", "callbacks.early_stopping=null"], "monitor"),  # ModelCheckpoint's MisconfigurationException
+    (["callbacks.early_stopping.monitor=val/auc"], "callbacks.early_stopping.monitor"),
+])
+def test_a_monitor_the_model_never_logs_is_one_clear_line(make_cfg, table_csv: Path, capsys, overrides: list[str],
+                                                          key: str) -> None:
+    """`monitor=val/auc` (the churn model logs val/auroc) used to stop at the end of the first epoch with
+    Lightning's traceback; now one line naming the setting and the metrics the model logs, exit 2."""
+    from clm_torch.train import run_cli
+
+    cfg = make_cfg(*_csv(table_csv), *FAST, "trainer.max_epochs=1", "~logger", *overrides)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train, cfg)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"error: {key}=val/auc: the model logs no such metric; its validation "
+                                                "metrics are val/ap, val/auroc, val/brier, val/log_loss, val/loss")
+
+
 @pytest.mark.parametrize("override, message", [
     ("model.lr=abc", "error: model.lr='abc': expected a number > 0"),  # used to stop in the optimizer, after
     ("model.lr=-1", "error: model.lr=-1: expected a number > 0"),      # the data was read and split
