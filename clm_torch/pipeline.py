@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError
 
 from clm_torch.data.cleaning import clean_table
@@ -406,10 +406,44 @@ _SUBRUN_GROUPS = {"vae": ("model=infogap_vae", "data=parquet"), "churn": ("model
                   "recommender": ("model=recommender", "data=interactions"), "spend": ("model=spend", "data=parquet")}
 
 
+def _open_maps(node: DictConfig) -> None:
+    """Let the empty maps of a sub-run config take new keys, as ``+key=...`` does on the command line:
+    ``data.roles: {}`` is filled with ``+models.churn.data.roles.categorical=[region]`` (refused as a
+    misspelt key when the merge held every node to the keys it has)."""
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            if len(child) == 0:
+                OmegaConf.set_struct(child, False)
+            else:
+                _open_maps(child)
+
+
+def _groups_given_one_value(name: str, cfg: DictConfig, extra: DictConfig, prefix: str = "") -> None:
+    """Refuse a value that would replace a group of settings of the sub-run (``+models.churn.logger=csv``:
+    the merge made ``logger`` the text ``csv`` and the sub-run stopped with a traceback after the models
+    before it had trained); ``null`` (turn it off) is a value such a group takes."""
+    for key in extra:
+        have = cfg._get_node(key) if key in cfg else None
+        value = extra._get_node(key)
+        if not isinstance(have, DictConfig) or have._is_none() or value._is_none():
+            continue
+        if isinstance(value, DictConfig):
+            if not value._is_none() and not value._is_missing():
+                _groups_given_one_value(name, have, value, f"{prefix}{key}.")
+            continue
+        shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value._value()
+        raise SettingError(f"models.{name}.{prefix}{key}={shown!r}: {prefix}{key} is a group of settings of the {name} "
+                           "sub-run, not one value (a config-group choice such as logger=csv cannot be made per "
+                           f"model): set its keys, e.g. models.{name}.{prefix}{key}.<key>=..., or null to turn it off")
+
+
 def _with_extra(name: str, cfg: DictConfig, extra: DictConfig | None) -> DictConfig:
     """The sub-run config ``cfg`` with ``models.<name>`` merged in; a key it does not have is named."""
     if not extra:
         return cfg
+    _groups_given_one_value(name, cfg, extra)
+    _open_maps(cfg)
     try:
         return OmegaConf.merge(cfg, extra)
     except ConfigKeyError as e:

@@ -491,6 +491,13 @@ def test_a_label_like_table_column_is_flagged(caplog) -> None:
     (["+models.spend.trainer.max_epoch=3"], "models.spend.trainer.max_epoch=3: trainer.max_epoch is not a setting "
                                             "of the spend sub-run (configs/train.yaml and its groups); check the "
                                             "spelling"),
+    # a config-group choice per model used to become the text 'csv' and stop the sub-run with a traceback
+    (["+models.churn.logger=csv"], "models.churn.logger='csv': logger is a group of settings of the churn sub-run, "
+                                   "not one value (a config-group choice such as logger=csv cannot be made per model): "
+                                   "set its keys, e.g. models.churn.logger.<key>=..., or null to turn it off"),
+    (["+models.churn.data.rolez.categorical=[region]"],
+     "models.churn.data.rolez={'categorical': ['region']}: data.rolez is not a setting of the churn sub-run "
+     "(configs/train.yaml and its groups); check the spelling"),
 ])
 def test_a_bad_pipeline_setting_is_one_clear_line_before_the_data_is_read(tmp_path: Path, capsys, monkeypatch,
                                                                           overrides: list[str], message: str) -> None:
@@ -526,6 +533,24 @@ def test_the_pipelines_own_settings_pass_the_check(tmp_path: Path) -> None:
                                           "data.cutoff=2024-03-01", "value.clv=formula", "churn_sequence=gru",
                                           "horizon_days=30.5", "segments.criterion=bic"]):
         check_pipeline_settings(compose_cfg(overrides, tmp_path / "run", config_name="pipeline.yaml"))
+
+
+def test_a_sub_runs_empty_maps_take_new_keys(tmp_path: Path) -> None:
+    """`+models.churn.data.roles.categorical=[...]` fills the churn sub-run's `data.roles: {}`, as
+    `+data.roles.categorical=[...]` does for clm-train; it was refused as a misspelt key."""
+    from clm_torch.pipeline import _with_extra, check_pipeline_settings, compose_subrun
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["+models.churn.data.roles.categorical=[region]", "+models.churn.callbacks.early_stopping=null",
+                       "+models.recommender.data.item_roles.categorical=[category]"], tmp_path / "run",
+                      config_name="pipeline.yaml")
+    check_pipeline_settings(cfg)
+    churn = _with_extra("churn", compose_subrun(["model=churn", "data=parquet"], tmp_path / "churn", str(tmp_path)),
+                        cfg.models.churn)
+    assert churn.data.roles.categorical == ["region"] and churn.callbacks.early_stopping is None
+    rec = _with_extra("recommender", compose_subrun(["model=recommender", "data=interactions"], tmp_path / "rec",
+                                                    str(tmp_path)), cfg.models.recommender)
+    assert rec.data.item_roles.categorical == ["category"]
 
 
 def test_a_future_event_names_the_command_line_setting(tmp_path: Path, capsys) -> None:
