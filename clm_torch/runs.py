@@ -343,7 +343,7 @@ class RunDirGuard(_HydraCallback):
 
         sub = config.hydra.get("output_subdir")
         record = run_dir / str(sub or ".hydra")
-        if not sub or not RunDirGuard._can_resume(config) or not resumes(config) \
+        if not sub or not RunDirGuard._can_resume(config) or not resumes(config, run_dir) \
                 or not (record / "config.yaml").exists():
             return
         stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
@@ -374,7 +374,7 @@ class RunDirGuard(_HydraCallback):
         can_resume = RunDirGuard._can_resume(config)  # clm-pipeline and clm-evaluate never continue a run
         try:
             for d in dirs:
-                check_run_dir(d.resolve(), resuming=can_resume and resumes(config), can_resume=can_resume)
+                check_run_dir(d.resolve(), resuming=can_resume and resumes(config, d), can_resume=can_resume)
         except RunDirectoryError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)

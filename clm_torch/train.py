@@ -280,11 +280,19 @@ def check_run_dir(output_dir: Path, resuming: bool, can_resume: bool = True) -> 
             "Choose a new hydra.run.dir" + (", or resume that run with ckpt_path=last" if can_resume else ""))
 
 
-def resumes(cfg: DictConfig) -> bool:
+def resumes(cfg: DictConfig, output_dir: Path | None = None) -> bool:
     """Whether a command continues the run in its directory: ``clm-train ... ckpt_path=...`` that
-    trains (``clm-evaluate``'s ``ckpt_path`` is the model it scores, not a run to continue)."""
-    return (cfg.get("task_name") != "evaluate" and bool(cfg.get("train", True))
-            and cfg.get("ckpt_path") not in (None, "", "null"))
+    trains (``clm-evaluate``'s ``ckpt_path`` is the model it scores, not a run to continue). With
+    ``output_dir``, only a checkpoint of that directory continues the run there (``last``, the directory
+    itself or a file below it): another run's checkpoint starts a new run, which must not overwrite a
+    run the directory already holds."""
+    ckpt = cfg.get("ckpt_path")
+    if cfg.get("task_name") == "evaluate" or not bool(cfg.get("train", True)) or ckpt in (None, "", "null"):
+        return False
+    if output_dir is None or str(ckpt) == "last":
+        return True
+    path, out = Path(str(ckpt)).resolve(), Path(output_dir).resolve()
+    return path == out or out in path.parents
 
 
 # The parts of a DataModule's preprocessing state that a checkpoint must share with the data it is
@@ -601,7 +609,7 @@ def train(cfg: DictConfig, *, allow_relaunch: bool = True) -> tuple[dict[str, fl
             raise CheckpointError("train=false evaluates a checkpoint: pass ckpt_path=<path to a .ckpt> "
                                   "(or use clm-evaluate)")
         eval_ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, resume=False)
-    check_run_dir(output_dir, resuming=resumes(cfg))
+    check_run_dir(output_dir, resuming=resumes(cfg, output_dir))
     csv_rows = _csv_rows_to_keep(cfg, output_dir) if fit else {}
     objects = build(cfg, output_dir)
     resume_ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir) if fit else None

@@ -252,6 +252,26 @@ def test_failed_run_never_overwrites_an_earlier_run(make_cfg, table_csv: Path) -
     assert (run / "checkpoints" / "best.ckpt").read_bytes() == before
 
 
+def test_another_runs_checkpoint_never_overwrites_a_finished_run(make_cfg, table_csv: Path) -> None:
+    """`hydra.run.dir=<run A> ckpt_path=<run B's last.ckpt>` counted as a resume and wrote B's continuation
+    over A's checkpoints and metrics.json; only a checkpoint of the directory itself resumes in place."""
+    args = [*_csv(table_csv), *FAST, "~logger"]
+    cfg = make_cfg(*args, "trainer.max_epochs=1", out="a")
+    train(cfg)
+    other = make_cfg(*args, "trainer.max_epochs=1", "seed=3", out="b")
+    train(other)
+    run = Path(cfg.paths.output_dir)
+    before = {p.name: p.read_bytes() for p in (run / "checkpoints" / "best.ckpt", run / "metrics.json")}
+    with pytest.raises(RunDirectoryError, match="already holds an earlier run"):
+        train(make_cfg(*args, "trainer.max_epochs=2",
+                       f"ckpt_path={Path(other.paths.output_dir) / 'checkpoints' / 'last.ckpt'}", out="a"))
+    assert {p.name: p.read_bytes() for p in (run / "checkpoints" / "best.ckpt", run / "metrics.json")} == before
+    # its own checkpoint, named by path or by its directory, still continues it there
+    metrics, _ = train(make_cfg(*args, "trainer.max_epochs=2", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                                out="a"))
+    assert metrics["best_ckpt"] == str(run.resolve() / "checkpoints" / "best.ckpt")
+
+
 def test_inference_with_different_dtypes(small_ckpt: Path) -> None:
     model = ChurnClassifier.load_from_checkpoint(small_ckpt)
     df = messy_table(20, seed=5).drop(columns="churn")
