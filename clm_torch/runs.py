@@ -230,6 +230,13 @@ def load_run(run_dir: str | Path, map_location: Any = "cpu") -> Run:
         raise CheckpointError(f"{path}: this is a sweep (multirun) directory; load one of its jobs, e.g. "
                               f"load_run('{path / (jobs[0] if jobs else '0')}'), or compare them with "
                               f"tensorboard --logdir {path}")
+    runs = sorted(d.name for d in path.iterdir() if (d / ".hydra").is_dir() and find_checkpoint(d) is not None)
+    if not (path / ".hydra").is_dir() and find_checkpoint(path) is None and runs:
+        # logs/<task>/runs/: each sub-folder is a run of its own, not a model of this one
+        task = path.parent.name if path.name == "runs" else "<task_name>"
+        raise CheckpointError(f"{path}: a folder of runs ({len(runs)}), not one run; load one of them, e.g. "
+                              f"load_run('{path / runs[-1]}'), or the newest finished one with "
+                              f"load_run(latest_run('{task}'))")
     config = read_config(path)
     found: dict[str, Path] = {}
     top = find_checkpoint(path)

@@ -418,6 +418,21 @@ def test_load_run_handles_sub_runs_last_checkpoints_and_errors(sweep, tmp_path: 
         load_run(tmp_path / "broken")
 
 
+def test_load_run_refuses_a_folder_of_runs(tmp_path: Path) -> None:
+    """`load_run("logs/<task>/runs")` loaded every run below it as a model of one run (named by its
+    timestamp); it names one of the runs and latest_run instead, before any checkpoint is read."""
+    runs = tmp_path / "logs" / "churn_telco" / "runs"
+    for stamp in ("2026-01-01_10-00-00-000000", "2026-01-02_10-00-00-000000"):
+        (runs / stamp / ".hydra").mkdir(parents=True)
+        (runs / stamp / ".hydra" / "config.yaml").write_text("seed: 1\n")
+        (runs / stamp / "checkpoints").mkdir()
+        (runs / stamp / "checkpoints" / "best.ckpt").write_bytes(b"never read")
+    with pytest.raises(CheckpointError, match=r"a folder of runs \(2\), not one run; load one of them, e.g. "
+                                              r"load_run\('.*2026-01-02_10-00-00-000000'\), or the newest finished "
+                                              r"one with load_run\(latest_run\('churn_telco'\)\)"):
+        load_run(runs)
+
+
 # ------------------------------------------------------------------------------------ progress
 def test_progress_helpers(monkeypatch) -> None:
     assert list(chunks(10, 4)) == [(0, 4), (4, 8), (8, 10)]
