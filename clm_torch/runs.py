@@ -297,11 +297,11 @@ class RunDirGuard(_HydraCallback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = Path(str(config.hydra.run.dir))
         self._check([run_dir], config)
-        self._check_settings(config)
+        self._check_settings(config, run_dir)
         self._keep_record(run_dir, config)
 
     @staticmethod
-    def _check_settings(config: DictConfig) -> None:
+    def _check_settings(config: DictConfig, run_dir: Path) -> None:
         """Refuse a bad setting (``model.lr=-1``, ``data.path`` left unset, ``horizon_days=0``) before
         Hydra creates the run directory, as the command itself would after it (one line, exit 2), so
         that it leaves no folder of ``.hydra/`` and a log behind. Anything these early checks cannot
@@ -327,7 +327,7 @@ class RunDirGuard(_HydraCallback):
             with open_dict(job):
                 job.pop("hydra", None)
                 if isinstance(job.get("paths"), DictConfig):
-                    job.paths.output_dir = str(Path(str(config.hydra.run.dir)).resolve())
+                    job.paths.output_dir = str(run_dir.resolve())
             HydraConfig.instance().set_config(config.copy())
             check_before_run(job, program)
         except (SettingError, SchemaError, CheckpointError) as e:
@@ -371,6 +371,35 @@ class RunDirGuard(_HydraCallback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(str(config.hydra.sweep.dir))
         self._check(sorted(p for p in sweep.iterdir() if p.is_dir()) if sweep.is_dir() else [], config)
+        first = self._first_job(config)
+        if first is not None:  # refused as that job would refuse itself, before the sweep directory is made
+            from hydra.core.hydra_config import HydraConfig
+
+            before = HydraConfig.instance().cfg  # each job sets its own; nothing else sees the first job's
+            self._check_settings(first, sweep / "0")
+            HydraConfig.instance().cfg = before
+
+    @staticmethod
+    def _first_job(config: DictConfig) -> DictConfig | None:
+        """The config of a grid sweep's first job (Hydra's basic sweeper runs the first value of every
+        swept setting first), composed as the sweeper will compose it; None for another sweeper
+        (Optuna's picks its trials as it goes: each is checked inside its own folder) or when it does
+        not compose here (the sweep then reports that itself)."""
+        try:
+            from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+            from hydra.core.global_hydra import GlobalHydra
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            sweeper = config.hydra.get("sweeper") or {}
+            if str(sweeper.get("_target_", "")).rsplit(".", 1)[-1] != BasicSweeper.__name__:
+                return None
+            params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+            task = [*params, *OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
+            first = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(task), None)[0][0]
+            return GlobalHydra.instance().hydra.config_loader.load_sweep_config(config, first)
+        except Exception:  # noqa: BLE001 - judged by the jobs themselves
+            log.debug("the sweep's first job not composed before the sweep directory exists", exc_info=True)
+            return None
 
     @staticmethod
     def _check(dirs: list[Path], config: DictConfig) -> None:

@@ -807,6 +807,25 @@ def test_a_command_refused_for_a_setting_leaves_no_run_directory(tmp_path: Path)
     assert not (tmp_path / "logs").exists()
 
 
+def test_a_grid_sweep_whose_first_job_is_refused_leaves_no_sweep_directory(tmp_path: Path) -> None:
+    """`-m` sweeps skipped the early check: a setting every job shares (or the first job's swept value)
+    was refused inside job 0's folder, after Hydra had made the sweep directory; a misspelt models.<m>.*
+    key of a pipeline sweep likewise. The first job is now checked before anything is written; a later
+    job's bad value is still refused inside its own folder, after the jobs before it ran."""
+    commands = [
+        (["clm_torch.train", "-m", "experiment=churn_synthetic", "model.lr=-1", "seed=1,2"],
+         "error: model.lr=-1: expected a number > 0"),
+        (["clm_torch.pipeline", "-m", "+models.churn.model.k_ensembel=4,8"],
+         "error: models.churn.model.k_ensembel=4: model.k_ensembel is not a setting of the churn sub-run"),
+    ]
+    done = _run_two_at_a_time([[sys.executable, "-m", *cmd] for cmd, _ in commands],
+                              {**os.environ, "CLM_ROOT": str(tmp_path)})
+    for (cmd, line), proc in zip(commands, done):
+        assert proc.returncode == 2, (cmd, proc.stderr[-2000:])
+        assert proc.stderr.strip().splitlines()[-1].startswith(line), (cmd, proc.stderr[-2000:])
+    assert not (tmp_path / "logs").exists(), sorted(str(p) for p in (tmp_path / "logs").rglob("*"))
+
+
 def test_a_refused_command_leaves_the_earlier_runs_recorded_config(tmp_path: Path) -> None:
     """Hydra writes .hydra/config.yaml before the task runs: the run-directory guard (a Hydra
     callback) refuses a finished run's directory before that, for clm-train, clm-evaluate, a -m sweep
