@@ -17,8 +17,9 @@ def compose_config(overrides: Sequence[str] = (), *, config_name: str = "train.y
                    output_dir: str | Path | None = None) -> DictConfig:
     """``configs/<config_name>`` composed with command-line style ``overrides``.
 
-    With ``output_dir`` the run writes there (like ``hydra.run.dir=...``); otherwise into a new
-    ``logs/<task_name>/runs/<timestamp>/`` below the current directory.
+    With ``output_dir`` the run writes there; otherwise where the command line would put it
+    (``hydra.run.dir``: a new ``logs/<task_name>/runs/<timestamp>/`` below the current directory, or
+    below ``paths.log_dir`` when an override or ``configs/local/default.yaml`` sets it).
 
     Example::
 
@@ -29,10 +30,13 @@ def compose_config(overrides: Sequence[str] = (), *, config_name: str = "train.y
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
     if output_dir is None:
-        import datetime
+        try:  # hydra.run.dir=..., paths.log_dir=... and configs/local were ignored here
+            output_dir = Path(str(cfg.hydra.run.dir))
+        except Exception:  # noqa: BLE001 - a run dir that needs a running Hydra job to resolve
+            import datetime
 
-        stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-        output_dir = Path.cwd() / "logs" / str(cfg.task_name) / "runs" / stamp
+            stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+            output_dir = Path.cwd() / "logs" / str(cfg.task_name) / "runs" / stamp
     output_dir = Path(output_dir).resolve()
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)

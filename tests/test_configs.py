@@ -152,3 +152,18 @@ def test_a_local_override_file_reaches_the_top_level(tmp_path, config_name: str)
         assert cfg.paths.log_dir == "/data/clm_logs" and cfg.seed == 7 and "local" not in cfg
         assert compose(config_name, overrides=["seed=3"]).seed == 3  # the command line wins
     GlobalHydra.instance().clear()
+
+
+def test_compose_config_puts_the_run_where_the_command_line_would(tmp_path, monkeypatch) -> None:
+    """compose_config (notebooks: "the same overrides as the command line") wrote every run to
+    ./logs/<task>/runs/<stamp>, whatever paths.log_dir (an override or configs/local) or hydra.run.dir said."""
+    from clm_torch.config import compose_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CLM_ROOT", raising=False)
+    cfg = compose_config([f"paths.log_dir={tmp_path / 'elsewhere'}", "experiment=churn_telco"])
+    out = Path(cfg.paths.output_dir)
+    assert out.parent == tmp_path / "elsewhere" / "churn_telco" / "runs" and cfg.hydra.runtime.output_dir == str(out)
+    assert compose_config([f"hydra.run.dir={tmp_path / 'my_run'}"]).paths.output_dir == str(tmp_path / "my_run")
+    assert Path(compose_config([]).paths.output_dir).parent == tmp_path / "logs" / "train" / "runs"  # the default
+    assert Path(compose_config([], output_dir="given").paths.output_dir) == tmp_path / "given"
