@@ -196,17 +196,37 @@ class Run:
         return f"Run({str(self.path)!r}, models={{{models}}}, metrics={len(self.metrics)} keys)"
 
 
+def _configured_log_dir() -> Path | None:
+    """``paths.log_dir`` where ``configs/local/default.yaml`` or ``CLM_ROOT`` puts the logs at an absolute
+    place (where clm-train, clm-pipeline and compose_config then write); None otherwise, or when the
+    configs cannot be composed here (inside a running Hydra app)."""
+    try:
+        from hydra import compose, initialize_config_dir
+
+        from clm_torch.config import CONFIG_DIR
+
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            log_dir = Path(str(compose("train.yaml").paths.log_dir))
+    except Exception:  # noqa: BLE001 - the folders above start are searched all the same
+        return None
+    return log_dir if log_dir.is_absolute() else None
+
+
 def latest_run(task: str = "pipeline", start: str | Path = ".") -> Path | None:
     """The most recently finished run (the newest ``metrics.json``) in ``logs/<task>/runs/`` of
     ``start`` and of every folder above it (a notebook's folder is usually below the project's, and
-    both may hold runs); None when there is none.
+    both may hold runs), and in ``<paths.log_dir>/<task>/runs/`` when ``configs/local/default.yaml``
+    or ``CLM_ROOT`` sends the logs elsewhere; None when there is none.
 
     Example::
 
         run = load_run(latest_run("pipeline"))   # the run `make run` wrote last
     """
-    finished = [p for folder in (Path(start).resolve(), *Path(start).resolve().parents)
-                for p in (folder / "logs" / task / "runs").glob("*/metrics.json")]
+    log_dirs = [folder / "logs" for folder in (Path(start).resolve(), *Path(start).resolve().parents)]
+    configured = _configured_log_dir()
+    if configured is not None and configured not in log_dirs:
+        log_dirs.append(configured)
+    finished = [p for log_dir in log_dirs for p in (log_dir / task / "runs").glob("*/metrics.json")]
     return max(finished, key=lambda p: (p.stat().st_mtime, str(p))).parent if finished else None
 
 

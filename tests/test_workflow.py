@@ -344,6 +344,23 @@ def test_latest_run_is_the_last_finished_here_or_above(tmp_path: Path) -> None:
     assert latest_run("train", nb) is None
 
 
+def test_latest_run_also_looks_where_the_configured_log_dir_is(tmp_path: Path, monkeypatch) -> None:
+    """With the logs sent elsewhere (CLM_ROOT, or paths.log_dir in configs/local/default.yaml), runs of
+    the CLI and of compose_config go there: latest_run finds them (the notebooks reuse one run)."""
+    from clm_torch import compose_config, latest_run
+
+    monkeypatch.setenv("CLM_ROOT", str(tmp_path / "elsewhere"))
+    nb = tmp_path / "project" / "notebooks"
+    nb.mkdir(parents=True)
+    monkeypatch.chdir(nb)
+    assert latest_run("pipeline") is None
+    run = Path(compose_config([], config_name="pipeline.yaml").paths.output_dir)
+    assert run.parent == tmp_path / "elsewhere" / "logs" / "pipeline" / "runs"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    assert latest_run("pipeline") == run and latest_run("pipeline", nb) == run
+
+
 def test_the_eval_mode_warning_is_silenced_only_until_training_starts() -> None:
     """ChurnClassifier silences Lightning's 'modules in eval mode' warning for its frozen VAE from
     on_fit_start until on_train_start (Lightning warns between the two): a fit that fails later, which
