@@ -426,3 +426,32 @@ def test_ensemble_calibration_metrics_and_class_weight_by_hand() -> None:
     assert got["ap"] == pytest.approx(skm.average_precision_score(t, prob), abs=1e-6)
     assert got["log_loss"] == pytest.approx(skm.log_loss(t, prob), rel=1e-5)
     assert got["brier"] == pytest.approx(skm.brier_score_loss(t, prob), rel=1e-5)
+
+
+def test_trainer_validate_measures_the_calibration_it_does_not_refit_it() -> None:
+    """The calibration is fitted at the end of each validation epoch of fit(). trainer.validate(model,
+    other_data) ran the same hook and refitted it on that data: a model checked on a new month's
+    customers came back with another calibration, in silence."""
+    import lightning as L
+
+    g = torch.Generator().manual_seed(0)
+
+    def batches(flip: bool) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for _ in range(4):
+            num = torch.randn(64, 2, generator=g)
+            y = (torch.rand(64, generator=g) < torch.sigmoid(2 * num[:, 0])).float()
+            out.append({"num": num, "num_mask": torch.ones(64, 2, dtype=torch.bool),
+                        "cat": torch.randint(0, 3, (64, 1), generator=g), "y": 1 - y if flip else y})
+        return out
+
+    torch.manual_seed(0)
+    model = ChurnClassifier(2, [3], k_ensemble=1, hidden=[8], d_embed=4, pos_rate=0.5)
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu")
+    trainer.fit(model, torch.utils.data.DataLoader(batches(False), batch_size=None),
+                torch.utils.data.DataLoader(batches(False), batch_size=None))
+    fitted = model.calib.clone()
+    assert not torch.equal(fitted, torch.tensor([1.0, 0.0]))  # fit() did fit it
+    trainer.validate(model, torch.utils.data.DataLoader(batches(True), batch_size=None), verbose=False)
+    assert torch.equal(model.calib, fitted)

@@ -459,7 +459,8 @@ class ChurnClassifier(CLMModule):
         y = self.stage_labels[stage].compute().float().reshape(-1)
         self.stage_logits[stage].reset()
         self.stage_labels[stage].reset()
-        if stage == "val" and not self.trainer.sanity_checking:
+        # only while fitting: trainer.validate(model, other_data) must measure the model, not refit it
+        if stage == "val" and not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
             self.fit_calibration(logits, y)
         prob = self.calibrated_prob(logits)
         metrics = binary_metrics(prob, y)
