@@ -372,7 +372,8 @@ class TableDataModule(SplitLoaders):
         state = {"encoder": self.encoder.state_dict(), "schema": self.schema.to_dict(),
                  "cleaning": {k: v for k, v in self.clean_kwargs.items()}}
         if self.target_type == "continuous" and "y" in self.tensors["train"]:
-            state["target_mean"] = float(self.tensors["train"]["y"].double().mean())
+            # the spend model's starting scale: its loss reads a net refund (y < 0) as 0, so the mean does too
+            state["target_mean"] = float(self.tensors["train"]["y"].double().clamp_min(0).mean())
         return state
 
     def ids(self, split: str) -> np.ndarray:

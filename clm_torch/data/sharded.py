@@ -363,7 +363,7 @@ class ShardedTableDataModule(TableDataModule):
         self._sample = frames
         if target:
             y = self.encoder.transform(frames["train"], source=f"{self.name} [sample]", require_target=True)["y"]
-            self.target_mean = float(y.double().mean())
+            self.target_mean = float(y.double().clamp_min(0).mean())  # a net refund counts 0, as in the spend loss
         self._ready = True
         log.info("data %s: %d shards, %d rows; preprocessing fitted on a sample of %d rows",
                  self.name, len(self.files), total, len(sample))
