@@ -857,3 +857,13 @@ def test_an_empty_frame_without_a_column_is_the_missing_column_error() -> None:
             method(empty, source="new.csv")
     assert model.impute(df.iloc[:0]).shape == (0, df.shape[1])  # no rows, every column: nothing to do
     assert model.encode(df.iloc[:0]).shape == (0, 2)
+
+
+def test_segments_of_a_mixture_model_whose_prior_was_never_initialised_says_so() -> None:
+    """A model set up with prior_components >= 2 whose training ended before the KL warm-up did (the
+    mixture is initialised there) was told it "has the standard normal prior"."""
+    m = InfoGapVAE(n_num=2, cat_cardinalities=[], latent_dim=2, prior_components=3, kl_warmup_epochs=10)
+    with pytest.raises(ValueError, match="prior_components=3, but its training stopped before the mixture prior"):
+        m.segments(pd.DataFrame({"a": [1.0], "b": [2.0]}))
+    with pytest.raises(ValueError, match="this one has the standard normal prior"):
+        InfoGapVAE(n_num=2, cat_cardinalities=[], latent_dim=2).segments(pd.DataFrame({"a": [1.0], "b": [2.0]}))

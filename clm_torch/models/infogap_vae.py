@@ -979,6 +979,10 @@ class InfoGapVAE(CLMModule):
         ``df`` (same index) with ``segment`` (argmax) and ``p_segment_<k>`` = q(k | x), the
         component posterior under q(z | x)."""
         if not self.mixture_prior:
+            if self.n_components > 0:  # a mixture asked for, but training stopped before it was initialised
+                raise ValueError(f"segments(): this model was set up with prior_components={self.n_components}, but "
+                                 "its training stopped before the mixture prior was initialised (at the end of the "
+                                 "KL warm-up, model.kl_warmup_epochs): train it for more epochs")
             raise ValueError("segments() needs a model trained with model.prior_components >= 2 "
                              "(this one has the standard normal prior)")
         was = self._eval_mode()
