@@ -182,6 +182,16 @@ _DATA_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+_ACCELERATORS = ("cpu", "gpu", "cuda", "auto", "mps")
+_CALLBACK_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "monitor_mode": (lambda v: v in ("min", "max"), "min or max"),
+    "callbacks.early_stopping.patience": (lambda v: is_whole(v, 0), "a whole number of validation epochs >= 0"),
+    "callbacks.early_stopping.min_delta": (lambda v: is_number(v) and v >= 0, "a number >= 0"),
+    "callbacks.early_stopping.mode": (lambda v: v in ("min", "max"), "min or max"),
+    "callbacks.model_checkpoint.mode": (lambda v: v in ("min", "max"), "min or max"),
+}
+
+
 # which way the metrics the models log improve (the name after "val/", less any "@k"): a monitor
 # with the other mode would keep the worst epoch as best.ckpt and stop when the metric got better
 _LOWER_IS_BETTER = frozenset({"loss", "log_loss", "brier", "ece", "nll", "nll_num", "nll_cat", "kl", "rmse", "mae",
@@ -249,7 +259,16 @@ def check_settings(cfg: DictConfig) -> None:
     if precision is not None and str(precision) not in _PRECISIONS:
         raise bad("trainer.precision", precision, "32-true (the default), bf16-mixed, 16-mixed (a GPU), "
                   "64-true, bf16-true or 16-true")
+    for key, (ok, want) in _CALLBACK_SETTINGS.items():
+        try:
+            v = OmegaConf.select(cfg, key, default=None)
+        except Exception:  # noqa: BLE001 - an unresolved setting is reported where it is used
+            continue
+        if v is not None and not ok(v):
+            raise bad(key, v, want)
     accelerator = str(tcfg.get("accelerator") or "")
+    if accelerator and accelerator not in _ACCELERATORS:
+        raise bad("trainer.accelerator", accelerator, "cpu, gpu (cuda) or auto (trainer=cpu, trainer=gpu)")
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise SettingError(f"trainer.accelerator={accelerator}: torch {torch.__version__} sees no CUDA GPU here; "
                            "train on the CPU (trainer=cpu), or install a CUDA build of torch (see the README)")

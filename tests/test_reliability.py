@@ -544,6 +544,14 @@ def test_a_monitor_the_model_never_logs_is_one_clear_line(make_cfg, table_csv: P
                                                    "callbacks.early_stopping.mode=max: a lower val/brier is better, "
                                                    "so the worst epoch would be kept as the best checkpoint; add "
                                                    "callbacks.early_stopping.mode=min"),
+    # callback settings reached Lightning's comparison (patience 'abc') or its mode check after set-up
+    ("callbacks.early_stopping.patience=abc",
+     "error: callbacks.early_stopping.patience='abc': expected a whole number of validation epochs >= 0"),
+    ("callbacks.early_stopping.min_delta=-1", "error: callbacks.early_stopping.min_delta=-1: expected a number >= 0"),
+    ("monitor_mode=maximum", "error: monitor_mode='maximum': expected min or max"),
+    # an unknown accelerator: Hydra's "Error in call to target" about torch_xla
+    ("trainer.accelerator=tpu", "error: trainer.accelerator='tpu': expected cpu, gpu (cuda) or auto (trainer=cpu, "
+                                "trainer=gpu)"),
 ])
 def test_a_setting_of_the_wrong_type_is_one_clear_line_before_the_data_is_read(make_cfg, tmp_path: Path, capsys,
                                                                                override: str, message: str) -> None:
