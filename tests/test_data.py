@@ -624,3 +624,18 @@ def test_clip_bounds_by_hand() -> None:
     assert clip_bounds(tied, 2.0) == pytest.approx((5 - 2 * 2.25 / 1.349, 5 + 2 * 2.25 / 1.349))
     spike = np.r_[np.zeros(50), 1000.0]
     assert clip_bounds(spike, 1.0) == pytest.approx((-np.std(spike, ddof=1), np.std(spike, ddof=1)))
+
+
+def test_a_frame_without_the_purchase_sequence_columns_names_the_setting() -> None:
+    """A model trained with data.sequence_length > 0 scoring a plain view frame listed the missing
+    seq{k}_ columns but not how to build them."""
+    from clm_torch.data.schema import SchemaError, infer_schema, validate_frame
+
+    train = pd.DataFrame({"customer_id": ["a", "b", "c"], "recency_days": [1.0, 2.0, 3.0],
+                          **{f"seq{k}_days": [1.0, 2.0, 3.0] for k in range(3)}})
+    schema = infer_schema(train, id_col="customer_id")
+    with pytest.raises(SchemaError, match=r"last 3 purchases as seq\{k\}_ columns: .*sequence_length=3\)"):
+        validate_frame(train[["customer_id", "recency_days"]], schema, source="view.csv", require_target=False)
+    with pytest.raises(SchemaError) as e:  # other columns: no such hint
+        validate_frame(train.drop(columns=["recency_days"]), schema, source="view.csv", require_target=False)
+    assert "purchases" not in str(e.value)

@@ -43,8 +43,8 @@ import pyarrow.compute as pc
 import torch
 
 from clm_torch.data.cleaning import lowered_ids, warn_id_collisions
-from clm_torch.data.schema import (SchemaError, _is_missing_token, check_id_kind, check_time_kind, ints_if_whole,
-                                   read_table, strip_ids, to_numeric_strict)
+from clm_torch.data.schema import (SEQUENCE_COLUMN, SchemaError, _is_missing_token, check_id_kind, check_time_kind,
+                                   ints_if_whole, read_table, strip_ids, to_numeric_strict)
 from clm_torch.utils.io import is_number, is_whole
 from clm_torch.utils.memory import small_pages
 from clm_torch.utils.progress import steps
@@ -73,7 +73,6 @@ LABEL_COLUMNS = ("churn", "future_spend", "future_n_tx")
 
 # wide columns of the last purchases (k = 0 is the most recent): see sources.events.sequence_frame
 SEQUENCE_KINDS = ("days", "amount", "item")
-_SEQUENCE_COLUMN = re.compile(r"^seq(\d+)_(days|amount|item)$")
 
 
 def sequence_column(k: int, kind: str) -> str:
@@ -86,7 +85,7 @@ def sequence_column(k: int, kind: str) -> str:
 
 def parse_sequence_column(name: str) -> tuple[int, str] | None:
     """``(k, kind)`` of a sequence column name (``"seq3_amount"`` → ``(3, "amount")``), else None."""
-    m = _SEQUENCE_COLUMN.match(str(name))
+    m = SEQUENCE_COLUMN.match(str(name))
     return (int(m.group(1)), m.group(2)) if m else None
 
 

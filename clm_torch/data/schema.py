@@ -20,6 +20,9 @@ import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
+# the wide purchase-sequence columns of a customer view (data/events.py): seq{k}_days|amount|item
+SEQUENCE_COLUMN = re.compile(r"^seq(\d+)_(days|amount|item)$")
+
 ROLES = ("id", "numeric", "categorical", "binary", "datetime", "target")
 _MISSING_TOKENS = {"", "na", "n/a", "nan", "none", "null", "?", "-"}
 
@@ -667,8 +670,12 @@ def validate_frame(
         needed.append(schema.target)
     missing = [c for c in needed if c not in df.columns]
     if missing:
+        steps = sorted({m.group(1) for c in missing if (m := SEQUENCE_COLUMN.match(str(c)))}, key=int)
+        hint = ("" if not steps else f" (the model reads the last {int(steps[-1]) + 1} purchases as seq{{k}}_ "
+                f"columns: build the frame as it was trained, view_to_frame(view, None, sequence_length="
+                f"{int(steps[-1]) + 1}), or data.sequence_length={int(steps[-1]) + 1} from the command line)")
         raise SchemaError(
-            f"required column{'s' if len(missing) > 1 else ''} missing: {missing}",
+            f"required column{'s' if len(missing) > 1 else ''} missing: {missing}{hint}",
             source=source,
             column=missing[0],
         )
