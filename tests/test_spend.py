@@ -101,3 +101,23 @@ def test_spend_metrics_loss_and_starting_scale_by_hand() -> None:
     dm2.setup()
     want = dm2.frames["train"]["spend"].clip(lower=0).mean()
     assert dm2.preprocessing_state()["target_mean"] == pytest.approx(want, rel=1e-6)
+
+
+def test_predict_spend_names_rows_it_cannot_read(caplog) -> None:
+    """predict_proba warned about rows with no value the model can read (every column missing or an
+    unseen category); predict_spend scored them in silence."""
+    import logging
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"x": rng.normal(size=60), "c": rng.choice(["a", "b"], 60), "spend": rng.gamma(2.0, 15.0, 60)})
+    dm = TableDataModule(FrameSource(df, target="spend"), target_type="continuous", batch_size=16)
+    dm.setup()
+    model = SpendRegressor(**dm.model_kwargs())
+    model.set_preprocessing(dm.preprocessing_state())
+    frame = df.drop(columns=["spend"]).copy()
+    frame.loc[[3, 41], "x"] = np.nan
+    frame.loc[[3, 41], "c"] = "zzz"  # unseen
+    with caplog.at_level(logging.WARNING):
+        model.predict_spend(frame, batch_size=7, source="new.csv")
+    assert caplog.text.count("new.csv: 2 of 60 rows have no feature value the model can read") == 1
+    assert "index 3" in caplog.text and "expected spend rests on that alone" in caplog.text

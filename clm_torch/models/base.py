@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from typing import Any
 
@@ -22,6 +23,8 @@ import lightning as L
 import pandas as pd
 import torch
 from torch.optim.lr_scheduler import LambdaLR
+
+log = logging.getLogger(__name__)
 
 PREPROCESSING_KEY = "clm_preprocessing"
 MODEL_CLASS_KEY = "clm_model_class"
@@ -32,6 +35,26 @@ SCHEDULERS = ("none", "cosine")
 def with_article(name: str) -> str:
     """``a ChurnClassifier``, ``an InfoGapVAE``: a model class name in a sentence."""
     return f"{'an' if name[:1] in 'AEIOU' else 'a'} {name}"
+
+
+class UnreadableRows:
+    """Counts the rows of a frame being scored that hold no feature value the model can read (every
+    column missing, or an unseen category), chunk by chunk, and warns once for the frame."""
+
+    def __init__(self) -> None:
+        self.n, self.first = 0, None
+
+    def add(self, enc: dict[str, torch.Tensor], index: pd.Index) -> None:
+        none = ~(enc["num_mask"].any(1) | enc["cat_mask"].any(1))
+        if none.any():
+            self.n += int(none.sum())
+            self.first = index[int(none.nonzero()[0, 0])] if self.first is None else self.first
+
+    def warn(self, source: str, total: int, what: str) -> None:
+        if self.n:
+            log.warning("%s: %d of %d rows have no feature value the model can read (every column missing or an "
+                        "unseen category; e.g. the row with index %r): their %s rests on that alone",
+                        source, self.n, total, self.first, what)
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -18,7 +18,7 @@ from torchmetrics.functional.classification import binary_auroc, binary_average_
 from clm_torch.data.encoding import FeatureEncoder
 from clm_torch.data.events import add_time_features, parse_sequence_column
 from clm_torch.data.schema import SchemaError
-from clm_torch.models.base import CLMModule
+from clm_torch.models.base import CLMModule, UnreadableRows
 from clm_torch.models.components.calibration import fit_platt, fit_temperature
 from clm_torch.models.components.sequence import SEQUENCE_ENCODERS, PurchaseSequenceEncoder
 from clm_torch.models.components.tabular import EnsembleMLP, FeatureTokenizer, FusedFirstLayer
@@ -525,7 +525,7 @@ class ChurnClassifier(CLMModule):
         if len(df) == 0:  # nothing to score, but the columns are still checked
             self.encoder.transform(self.with_infogap(add_time_features(df, self.encoder.feature_columns, source),
                                                      source=source), source=source, with_target=False)
-        empty, first_empty = 0, None  # rows without one value the model can read
+        unreadable = UnreadableRows()
         vae_encoder = self.infogap.encoder if self.infogap is not None else None
         with torch.inference_mode(), self.fused_inference(), self.encoder.one_warning_each(vae_encoder):
             self.encoder.check_frame(df, source=source)  # the whole frame (the VAE's reads of its chunks share it)
@@ -533,20 +533,14 @@ class ChurnClassifier(CLMModule):
                 part = add_time_features(df.iloc[start: start + chunk], self.encoder.feature_columns, source)  # time_features
                 part = self.with_infogap(part, source=source)
                 enc = self.encoder.transform(part, source=source, with_target=False)
-                none = ~(enc["num_mask"].any(1) | enc["cat_mask"].any(1))
-                if none.any():
-                    empty += int(none.sum())
-                    first_empty = part.index[int(none.nonzero()[0, 0])] if first_empty is None else first_empty
+                unreadable.add(enc, part.index)
                 enc = {k: v.to(self.device) for k, v in enc.items() if k != "y"}
                 step = self.forward_rows if self.device.type == "cpu" else chunk
                 for i in range(0, len(part), step):  # small forward batches stay in the CPU's cache
                     b = {k: v[i: i + step] for k, v in enc.items()}
                     out[start + i: start + i + len(b["num"])] = self.predict_batch(b).float().cpu().numpy()
         self.train(was_training)
-        if empty:
-            log.warning("%s: %d of %d rows have no feature value the model can read (every column missing or an "
-                        "unseen category; e.g. the row with index %r): their churn probability rests on that alone",
-                        source, empty, len(df), first_empty)
+        unreadable.warn(source, len(df), "churn probability")
         return out
 
     def export_predictions(self, datamodule: Any, split: str = "test") -> pd.DataFrame:

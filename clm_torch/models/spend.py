@@ -20,7 +20,7 @@ from clm_torch.data.encoding import FeatureEncoder
 from clm_torch.data.events import add_time_features
 from clm_torch.data.schema import SchemaError
 from clm_torch.lifecycle.value import spend_capture
-from clm_torch.models.base import CLMModule
+from clm_torch.models.base import CLMModule, UnreadableRows
 from clm_torch.models.components.tabular import MLP, FeatureTokenizer
 from clm_torch.utils.progress import chunks
 
@@ -141,14 +141,17 @@ class SpendRegressor(CLMModule):
         if len(df) == 0:  # nothing to score, but the columns are still checked
             self.encoder.transform(add_time_features(df, self.encoder.feature_columns, source), source=source,
                                    with_target=False)
+        unreadable = UnreadableRows()
         with self.encoder.one_warning_each():
             self.encoder.check_frame(df, source=source)
             for start, stop in chunks(len(df), int(batch_size), f"spend for {len(df):,} customers"):
                 part = add_time_features(df.iloc[start: stop], self.encoder.feature_columns, source)  # time_features
                 enc = self.encoder.transform(part, source=source, with_target=False)
+                unreadable.add(enc, part.index)
                 enc = {k: v.to(self.device) for k, v in enc.items()}
                 out[start: start + len(part)] = torch.exp(self(enc)).double().cpu().numpy()
         self.train(was_training)
+        unreadable.warn(source, len(df), "expected spend")
         return out
 
     def export_predictions(self, datamodule: Any, split: str = "test") -> pd.DataFrame:
