@@ -639,3 +639,19 @@ def test_a_frame_without_the_purchase_sequence_columns_names_the_setting() -> No
     with pytest.raises(SchemaError) as e:  # other columns: no such hint
         validate_frame(train.drop(columns=["recency_days"]), schema, source="view.csv", require_target=False)
     assert "purchases" not in str(e.value)
+
+
+def test_repeated_customer_ids_kept_by_dedupe_false_stay_in_one_split() -> None:
+    """With data.clean.dedupe=false a customer's rows are all in one split (a row-level split put a
+    customer's rows in both train and test); without repeated ids the split is the row split."""
+    t = messy_table(400)
+    twice = pd.concat([t, t.iloc[:150]], ignore_index=True)
+    dm = TableDataModule(FrameSource(twice, target="churn", id_col="customer_id"), clean={"dedupe": False})
+    dm.setup()
+    ids = {k: set(dm.ids(k)) for k in ("train", "val", "test")}
+    assert not (ids["train"] & ids["val"]) and not (ids["train"] & ids["test"]) and not (ids["val"] & ids["test"])
+    assert sum(len(dm.frames[k]) for k in ids) == len(twice)
+    once = TableDataModule(FrameSource(t, target="churn", id_col="customer_id"), clean={"dedupe": False})
+    once.setup()
+    _, _, te = stratified_split((t["churn"] == "Yes").to_numpy().astype(int), len(t), [0.7, 0.15], 0)
+    assert list(once.ids("test")) == list(t["customer_id"].iloc[te])

@@ -204,6 +204,24 @@ def stratified_split(y: np.ndarray | None, n: int, fractions: Sequence[float], s
     return [np.sort(np.concatenate(p)) for p in parts]
 
 
+def split_by_customer(y: np.ndarray | None, n: int, ids: pd.Series | None, fractions: Sequence[float],
+                      seed: int) -> list[np.ndarray]:
+    """:func:`stratified_split` of the rows, keeping every row of a customer in one part: where an id
+    repeats (``data.clean.dedupe=false``) the customers are split (stratified on the label of each
+    customer's first row) and each takes all its rows, so no customer is in two splits. Without a
+    repeated id (or without ids) it is :func:`stratified_split` itself, row for row."""
+    if ids is None or not ids.duplicated().any():
+        return stratified_split(y, n, fractions, seed)
+    codes, uniques = pd.factorize(ids, sort=False)  # customer of each row, numbered by first appearance
+    first = np.unique(codes, return_index=True)[1]
+    parts = stratified_split(None if y is None else y[first], len(uniques), fractions, seed)
+    part_of = np.empty(len(uniques), dtype=np.int64)
+    for j, p in enumerate(parts):
+        part_of[p] = j
+    row_part = part_of[codes]
+    return [np.flatnonzero(row_part == j) for j in range(len(parts))]
+
+
 class SplitLoaders(L.LightningDataModule):
     """Lightning's four loaders from one ``_loader(split, shuffle)``: train (shuffled), val, test, and
     predict (the test split)."""
@@ -320,13 +338,14 @@ class TableDataModule(SplitLoaders):
         if target:
             if self.target_type == "binary":
                 y, _ = validate_target(clean[target], source=data.name, column=target)
+        ids = clean[schema.id_col] if schema.id_col else None  # a customer's rows stay in one split
         if self.test_frame is not None:
-            tr, va = stratified_split(y, len(clean), [1 - self.val_size], self.split_seed)
+            tr, va = split_by_customer(y, len(clean), ids, [1 - self.val_size], self.split_seed)
             test, _ = clean_table(self.test_frame, schema, source=f"{data.name} [test frame]", **self._before_split)
             self.frames = {"train": clean.iloc[tr], "val": clean.iloc[va], "test": test}
         else:
-            tr, va, te = stratified_split(y, len(clean), [1 - self.val_size - self.test_size, self.val_size],
-                                          self.split_seed)
+            tr, va, te = split_by_customer(y, len(clean), ids,
+                                           [1 - self.val_size - self.test_size, self.val_size], self.split_seed)
             self.frames = {"train": clean.iloc[tr], "val": clean.iloc[va], "test": clean.iloc[te]}
         for name, f in self.frames.items():
             if len(f) == 0:
