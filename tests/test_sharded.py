@@ -322,3 +322,14 @@ def test_the_one_class_check_sums_the_ranks_counts(table: pd.DataFrame, tmp_path
     n_val = len(dm.ids("val")) + 60
     with pytest.raises(SchemaError, match=rf"the val split \({n_val} rows on 2 ranks together\) holds one class"):
         dm.val_dataloader()
+
+
+def test_a_loader_reads_a_split_that_load_local_left_out(table: pd.DataFrame, tmp_path: Path) -> None:
+    """After load_local(("test",)) (the ddp_spawn launcher's predictions) a training loader reads the
+    rest of the rank's rows instead of failing with KeyError: 'train'."""
+    shards = write_shards(table, tmp_path / "s3", 3)
+    dm = ShardedTableDataModule(str(shards), target="churn", id_col="customer_id", batch_size=64, sample_rows=600)
+    dm.load_local(("test",))
+    rows = torch.cat([b["row"] for b in dm.train_dataloader()])
+    assert sorted(rows.tolist()) == list(range(len(dm.ids("train"))))
+    assert len(dm.ids("test")) + len(dm.ids("val")) + len(rows) == len(table)

@@ -502,6 +502,8 @@ class ShardedTableDataModule(TableDataModule):
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         t, error = None, None
         try:
+            if self._local is not None and self._local[0] == self.rank_world() and split not in self._local[1]:
+                self._ensure_local(SPLITS)  # load_local chose other splits (e.g. the test split alone)
             t = self.tensors[split]
         except SchemaError as e:
             if not distributed:
