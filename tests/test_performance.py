@@ -45,7 +45,8 @@ def test_eval_sharding_sees_every_row_once_with_equal_batch_counts(monkeypatch, 
         assert set(rows.tolist()) == set(range(n))
 
 
-@pytest.mark.parametrize("n,batch,world,drop_last", [(1000, 64, 2, False), (1001, 64, 2, True), (7, 2, 3, False)])
+@pytest.mark.parametrize("n,batch,world,drop_last", [(1000, 64, 2, False), (1001, 64, 2, True), (7, 2, 3, False),
+                                                     (1, 4, 3, False), (2, 1, 5, False)])  # fewer rows than ranks
 def test_train_sharding_covers_the_epoch_with_equal_batch_counts(monkeypatch, n, batch, world, drop_last) -> None:
     sampler = IndexBatchSampler(n, batch, shuffle=True, seed=5, drop_last=drop_last)
     per_rank = _simulate(monkeypatch, sampler, world)

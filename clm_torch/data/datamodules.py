@@ -100,7 +100,7 @@ class IndexBatchSampler(Sampler[torch.Tensor]):
             return chunks[rank * b: (rank + 1) * b]
         if world > 1:  # training: pad so every rank has the same number of rows
             per = -(-self.n // world)
-            order = torch.cat([order, order[: per * world - self.n]])
+            order = torch.cat([order, order[torch.arange(per * world - self.n) % max(self.n, 1)]])  # n < W: wrap again
             order = order[rank::world]
         m = len(order)
         stop = m - m % self.batch_size if self.drop_last else m
