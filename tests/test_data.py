@@ -655,3 +655,15 @@ def test_repeated_customer_ids_kept_by_dedupe_false_stay_in_one_split() -> None:
     once.setup()
     _, _, te = stratified_split((t["churn"] == "Yes").to_numpy().astype(int), len(t), [0.7, 0.15], 0)
     assert list(once.ids("test")) == list(t["customer_id"].iloc[te])
+
+
+def test_parquet_written_with_the_id_as_index_keeps_the_id_column(tmp_path: Path) -> None:
+    """``df.set_index("customer_id").to_parquet()``: pandas restores the id as the index on reading;
+    it is a column again (it was "id column not found"), and rows are numbered from 0."""
+    t = messy_table(100)
+    t.set_index("customer_id").to_parquet(tmp_path / "by_id.parquet")
+    dm = table_from_file(str(tmp_path / "by_id.parquet"), target="churn", id_col="customer_id")
+    dm.setup()
+    assert sorted(np.concatenate([dm.ids(k) for k in ("train", "val", "test")])) == sorted(t["customer_id"])
+    t.set_index(t.index + 1000).to_parquet(tmp_path / "offset.parquet")
+    assert read_table(tmp_path / "offset.parquet").index.equals(pd.RangeIndex(100))

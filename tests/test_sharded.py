@@ -333,3 +333,14 @@ def test_a_loader_reads_a_split_that_load_local_left_out(table: pd.DataFrame, tm
     rows = torch.cat([b["row"] for b in dm.train_dataloader()])
     assert sorted(rows.tolist()) == list(range(len(dm.ids("train"))))
     assert len(dm.ids("test")) + len(dm.ids("val")) + len(rows) == len(table)
+
+
+def test_shards_written_with_the_id_as_index_keep_the_id_column(table: pd.DataFrame, tmp_path: Path) -> None:
+    """Shards written by ``set_index("customer_id").to_parquet()`` hold the id as pandas' index: it is
+    read as the id column (every shard was refused with "id column not found")."""
+    d = tmp_path / "indexed"
+    d.mkdir()
+    for k, part in enumerate((table.iloc[:700], table.iloc[700:])):
+        part.set_index("customer_id").to_parquet(d / f"part-{k}.parquet")
+    ids = np.concatenate([_dm(d, r, 2).ids(s) for r in range(2) for s in ("train", "val", "test")])
+    assert sorted(ids) == sorted(table["customer_id"])

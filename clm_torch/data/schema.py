@@ -206,7 +206,7 @@ def read_table(path: str | os.PathLike, *, what: str = "table", text_columns: Se
     sep = "\t" if ".tsv" in suffixes else ","
     try:
         if is_parquet:
-            df = pd.read_parquet(p)
+            df = index_as_columns(pd.read_parquet(p))
         else:
             dtype = {c: str for c in text_columns} if text_columns else None
             df = pd.read_csv(p, sep=sep, encoding=encoding, low_memory=False, dtype=dtype)
@@ -229,6 +229,18 @@ def read_table(path: str | os.PathLike, *, what: str = "table", text_columns: Se
             df = _without_trailing_field(p, sep, encoding, df, dtype, what)  # the first column(s) the index
     if len(df) == 0:
         raise SchemaError(f"{what} file has a header but no rows", source=src)
+    return df
+
+
+def index_as_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """A frame read from Parquet with its rows numbered from 0: a named index that pandas wrote
+    (``df.set_index("customer_id").to_parquet(...)``) and restores on reading is a column again (the
+    id column would be "not found"); an unnamed one is dropped, so that rows are counted from 0."""
+    named = [n for n in df.index.names if n is not None and n not in df.columns]
+    if named:
+        df = df.reset_index(level=named)
+    if not df.index.equals(pd.RangeIndex(len(df))):
+        df = df.reset_index(drop=True)
     return df
 
 

@@ -38,7 +38,8 @@ from clm_torch.data.cleaning import clean_table
 from clm_torch.data.datamodules import (TableDataModule, TensorTable, _dist_info, check_both_classes, shuffle_seed,
                                         warn_small_splits)
 from clm_torch.data.encoding import FeatureEncoder
-from clm_torch.data.schema import SchemaError, TableSchema, check_drop, infer_schema, ints_if_whole
+from clm_torch.data.schema import (SchemaError, TableSchema, check_drop, index_as_columns, infer_schema,
+                                   ints_if_whole)
 from clm_torch.data.sources.tables import TableData
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ def _sample_shard(f: Path, k: int, rng: np.random.Generator) -> pd.DataFrame:
         order = rng.permutation(len(sizes))
         groups = sorted(order[: int(np.searchsorted(np.cumsum(sizes[order]), k)) + 1].tolist())
         starts = np.concatenate([[0], np.cumsum(sizes)])
-        df = pf.read_row_groups(groups).to_pandas()
+        df = index_as_columns(pf.read_row_groups(groups).to_pandas())
         df.index = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups])  # rows of the shard
     except Exception as e:  # noqa: BLE001 - an unreadable shard is the user's file problem
         raise SchemaError(f"cannot read Parquet shard: {type(e).__name__}: {e}", source=str(f)) from None
