@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -867,3 +868,12 @@ def test_segments_of_a_mixture_model_whose_prior_was_never_initialised_says_so()
         m.segments(pd.DataFrame({"a": [1.0], "b": [2.0]}))
     with pytest.raises(ValueError, match="this one has the standard normal prior"):
         InfoGapVAE(n_num=2, cat_cardinalities=[], latent_dim=2).segments(pd.DataFrame({"a": [1.0], "b": [2.0]}))
+
+
+def test_hash_ids_of_missing_ids_are_empty() -> None:
+    """pd.NA was hashed as the text '<NA>'; the docstring promises '' for a missing id, as for None and NaN."""
+    from clm_torch.utils.privacy import hash_ids
+
+    got = hash_ids(pd.Series(["00123", None, pd.NA], dtype=object), salt="s")
+    assert got[1:] == ["", ""] and got[0] == hashlib.sha256(b"s00123").hexdigest()[:12]
+    assert hash_ids(pd.array(["a", None], dtype="string"), salt="s")[1] == ""

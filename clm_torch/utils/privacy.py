@@ -19,15 +19,19 @@ import hashlib
 import os
 from collections.abc import Iterable
 
+import pandas as pd
+
 ID_MODES = ("hashed", "raw", "none")
 
 
 def hash_ids(ids: Iterable[object], salt: str | None = None, digits: int = 12) -> list[str]:
-    """Salted SHA-256 labels of ``ids`` (``str(id)`` is hashed; ``None``/NaN give ``""``)."""
+    """Salted SHA-256 labels of ``ids`` (``str(id)`` is hashed, so the ids must be of the type the run
+    read them as: text, as the package's loaders read ids, ``'00123'`` and not 123; ``None``, NaN and
+    ``pd.NA`` give ``""``)."""
     key = (os.environ.get("CLM_ID_SALT", "") if salt is None else salt).encode()
     out = []
     for v in ids:
-        if v is None or (isinstance(v, float) and v != v):
+        if v is None or v is pd.NA or (isinstance(v, float) and v != v):
             out.append("")
             continue
         out.append(hashlib.sha256(key + str(v).encode()).hexdigest()[:digits])
