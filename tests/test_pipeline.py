@@ -155,6 +155,21 @@ def test_action_rules() -> None:
     assert (never.loc[0, "action"], never.loc[0, "reason"]) == ("first-purchase offer", "no purchase yet")
 
 
+def test_retention_reason_gives_the_recency_that_made_the_customer_at_risk() -> None:
+    """A high-value customer at risk by the stage's recency rule (no purchase for 100 days) with a low
+    churn probability: the reason said only "high value, at risk: churn p=0.10", a low probability that
+    does not explain the offer; it now gives both facts, as the re-engagement reason does."""
+    df = pd.DataFrame({"stage": ["at_risk", "active", "active", "active", "active"],
+                       "churn_probability": [0.1, 0.1, 0.1, 0.1, 0.1],
+                       "clv": [900.0, 10, 10, 10, 10],
+                       "recency_days": [100.4, 5, 5, 5, 5]})
+    a = suggest_actions(df)
+    assert a.loc[0, "action"] == "retention offer"
+    assert a.loc[0, "reason"] == "high value, at risk: no purchase for 100 days, churn p=0.10"
+    # without a recency column the reason is the churn probability alone
+    assert suggest_actions(df.drop(columns="recency_days")).loc[0, "reason"] == "high value, at risk: churn p=0.10"
+
+
 def test_pipeline_churn_model_can_read_the_purchase_sequence(tmp_path: Path, monkeypatch) -> None:
     """``churn_sequence=gru``: the churn sub-run gets the ``seq{k}_*`` columns and a GRU encoder,
     the VAE and the spend model do not see them, and every customer is still scored. The customer

@@ -7,7 +7,7 @@ rule                                          action — reason
 ===========================================  =====================================================
 lapsed, never bought (NaN ``recency_days``)   first-purchase offer — "no purchase yet"
 stage lapsed                                  win-back campaign — "lapsed: no purchase for N days"
-high value and (at_risk or p_churn ≥ τ)       retention offer — "high value, at risk"
+high value and (at_risk or p_churn ≥ τ)       retention offer — "high value, at risk: no purchase for N days, churn p=…"
 stage at_risk                                 re-engagement nudge — "at risk: no purchase for N days, churn p=…"
 completeness < ``low_completeness``           ask next best question — "profile incomplete: ask <q>"
 stage new                                     onboarding — "new customer"
@@ -126,7 +126,7 @@ def suggest_actions(customers: pd.DataFrame, *, churn_threshold: float = 0.5, va
     reasons = np.select(conds, [
         np.full(len(c), "no purchase yet"),
         lapsed,
-        np.char.add("high value, at risk: churn p=", _fmt_prob(p)),
+        np.char.add("high value, ", at_risk),  # at risk by recency or by p: both facts, as for at_risk
         at_risk,
         np.char.add("profile incomplete: ask ", question.astype(str)),
         np.full(len(c), "new customer"),
