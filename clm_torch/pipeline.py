@@ -479,6 +479,20 @@ def _fmt(m: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- the pipeline
+def json_headline(headline: dict[str, Any]) -> dict[str, Any]:
+    """The headline as metrics.json holds it: NumPy numbers as Python ones, counts kept whole (8 segments,
+    not 8.0), booleans as booleans."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (bool, np.bool_)):
+            return bool(v)
+        if isinstance(v, (int, np.integer)):
+            return int(v)
+        if isinstance(v, (float, np.floating)):
+            return float(v)
+        return v
+    return {k: plain(v) for k, v in headline.items()}
+
+
 def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     """Run every step and write the run directory; returns the headline metrics."""
     check_pipeline_settings(cfg)  # before any data is read or written (a bad value used to end after training)
@@ -653,8 +667,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
                  "recommender/, spend/) with checkpoints/ and tensorboard/.",
     }
     rpt.write_summary(out / "summary.md", headline, sections)
-    write_json({k: (float(v) if isinstance(v, (int, float, np.floating)) else v) for k, v in headline.items()},
-               out / "metrics.json")
+    write_json(json_headline(headline), out / "metrics.json")
     _say(f"10/10 report: {out / 'summary.md'}, customers.csv ({len(customers_out):,} rows), segments.csv, plots/")
     _say(f"done in {time.time() - t_start:.0f}s; compare sub-runs: tensorboard --logdir {out}")
     return headline

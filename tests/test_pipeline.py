@@ -635,3 +635,17 @@ def test_only_clm_train_keeps_a_resumes_record_apart(tmp_path: Path) -> None:
     cfg = compose_cfg(["ckpt_path=last"], run)  # clm-train does resume
     RunDirGuard._keep_record(run, cfg)
     assert str(cfg.hydra.output_subdir).startswith(".hydra/resume_")
+
+
+def test_metrics_json_keeps_counts_whole() -> None:
+    """metrics.json gave "customers scored": 8421.0 and "segments (k)": 8.0, so load_run(...).metrics
+    returned 8.0 where summary.md shows 8."""
+    import json
+
+    from clm_torch.pipeline import json_headline
+
+    got = json_headline({"customers scored": np.int64(8421), "segments (k)": 8, "auroc": np.float32(0.5),
+                         "clv": "formula", "refit": np.bool_(True)})
+    assert json.loads(json.dumps(got)) == {"customers scored": 8421, "segments (k)": 8, "auroc": 0.5,
+                                           "clv": "formula", "refit": True}
+    assert type(got["customers scored"]) is int and type(got["auroc"]) is float and got["refit"] is True

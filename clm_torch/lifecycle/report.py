@@ -1,6 +1,7 @@
 """The action table, the report's plots and ``summary.md``.
 
-Suggested actions (first matching rule wins; ``high value`` = CLV in the top ``value_quantile``):
+Suggested actions (first matching rule wins; ``high value`` = positive CLV in the top ``1 - value_quantile``
+share of customers):
 
 ===========================================  =====================================================
 rule                                          action — reason
