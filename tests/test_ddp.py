@@ -330,12 +330,29 @@ def test_the_vae_projector_under_ddp_shows_every_test_row(tmp_path: Path) -> Non
     model = InfoGapVAE(**dm.model_kwargs(), latent_dim=3, d_embed=8, encoder_hidden=[32], decoder_hidden=[32],
                        projector_ids="raw")
     model.set_preprocessing(dm.preprocessing_state())
-    trainer = L.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, max_epochs=1,
-                        logger=TensorBoardLogger(tmp_path, name="tb"), enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-                        num_sanity_val_steps=0, default_root_dir=tmp_path)
-    trainer.fit(model, datamodule=dm)
-    trainer.test(model, datamodule=dm)
+    def fit_and_test(root: Path) -> None:
+        trainer = L.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, max_epochs=1,
+                            logger=TensorBoardLogger(root, name="tb"), enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                            num_sanity_val_steps=0, default_root_dir=root)
+        trainer.fit(model, datamodule=dm)
+        trainer.test(model, datamodule=dm)
+
+    try:
+        fit_and_test(tmp_path / "run")
+    except torch.multiprocessing.ProcessExitedException as e:
+        # a spawned rank aborted in torch's C++ teardown ("terminate called without an active
+        # exception", 1 run in ~20 on 2 cores): not this package's error; the whole run once more, afresh
+        if e.signal_name != "SIGABRT":
+            raise
+        L.seed_everything(0)
+        model = InfoGapVAE(**dm.model_kwargs(), latent_dim=3, d_embed=8, encoder_hidden=[32], decoder_hidden=[32],
+                           projector_ids="raw")
+        model.set_preprocessing(dm.preprocessing_state())
+        tmp_path = tmp_path / "again"
+        fit_and_test(tmp_path)
+    else:
+        tmp_path = tmp_path / "run"
 
     tensors = list(tmp_path.rglob("latent_mean/tensors.tsv"))
     assert len(tensors) == 1, tensors
