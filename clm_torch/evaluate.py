@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from clm_torch.data.cleaning import check_ids_present
-from clm_torch.data.schema import SchemaError, validate_target
+from clm_torch.data.schema import SchemaError, level_keys, validate_target
 from clm_torch.lifecycle.report import TOP_ITEMS_SEP
 from clm_torch.runs import load_model, read_config, resolve_checkpoint
 from clm_torch.utils.io import CheckpointError, SettingError, write_csv_safe, write_json
@@ -214,7 +214,7 @@ def evaluate_imputer(model: Any, data: Any, *, hide_rate: float = 0.2, seed: int
                     nrmse.append(float(np.sqrt(np.mean((guess[h] - truth[h]) ** 2)) / sd))
             else:
                 def norm(s: pd.Series) -> np.ndarray:
-                    return s.astype("string").str.strip().str.lower().to_numpy(dtype=object)
+                    return level_keys(s).to_numpy(dtype=object)  # as the encoder matches levels
 
                 acc.append(float(np.mean(norm(imputed[col])[h] == norm(features[col])[h])))
         metrics["eval/imputation_nrmse"] = float(np.mean(nrmse)) if nrmse else float("nan")

@@ -455,6 +455,36 @@ def test_categories_match_across_spellings_of_the_same_value() -> None:
     assert (enc.transform(df.assign(code=40))["cat"][:, enc.cat_columns.index("code")] == 0).all()
 
 
+def test_a_level_is_matched_by_its_case_folded_spelling_as_cleaning_matches_it() -> None:
+    """Cleaning merges spellings by ``str.casefold`` ('Straße' is 'STRASSE'), but the encoder keyed its
+    vocabulary by ``str.lower`` ('straße' is not 'strasse'): a street fitted as 'STRASSE' was an
+    unseen category (index 0) when scored as 'Straße'. Every level match now uses one key
+    (``schema.level_keys``); an encoder fitted before (keys lower-cased) still matches both."""
+    rng = np.random.default_rng(0)
+    street = rng.choice(["STRASSE", "Weg", "Platz"], 60)
+    train = pd.DataFrame({"street": street, "x": np.arange(60.0)})
+    train.loc[[1, 2], "street"] = "Straße"  # a minority spelling: cleaning makes it 'STRASSE'
+    schema = infer_schema(train, overrides={"categorical": ["street"]})
+    clean, report = clean_table(train, schema, source="t.csv")
+    assert report.spelling_fixes["street"] == 2 and set(clean["street"]) == {"STRASSE", "Weg", "Platz"}
+    for fitted_on in (clean, train):  # the cleaner's output, or the raw table: one level either way
+        enc = FeatureEncoder.from_schema(schema).fit(fitted_on)
+        assert len(enc.keys["street"]) == 1 + 3
+        j = enc.cat_columns.index("street")
+        scored = enc.transform(pd.DataFrame({"street": ["Straße", " strasse", "STRASSE", "Weg"], "x": 0.0}))["cat"][:, j]
+        assert scored[0] == scored[1] == scored[2] != 0 and scored[3] not in (0, scored[0])
+    state = enc.state_dict()  # as saved before the keys were case-folded
+    state["keys"]["street"] = [k.replace("strasse", "straße") for k in state["keys"]["street"]]
+    old = FeatureEncoder.from_state_dict(state)
+    assert torch.equal(old.transform(pd.DataFrame({"street": ["Straße", "STRASSE"], "x": 0.0}))["cat"][:, j],
+                       torch.stack([scored[0], scored[0]]))
+    # one key everywhere: missing tokens and labels match as levels do
+    from clm_torch.data.schema import _is_missing_token, _label_key, level_key, level_keys
+    assert level_keys(pd.Series([" Straße ", "NULL", None], dtype=object)).tolist() == ["strasse", "null", pd.NA]
+    assert level_key(" Straße ") == _label_key("STRASSE") == "strasse"
+    assert _is_missing_token(pd.Series([" N/A ", "Straße"])).tolist() == [True, False]
+
+
 def test_a_yes_no_column_matches_its_other_spellings_and_unknown_values_are_warned_about(caplog) -> None:
     """A column fitted as 'Yes'/'No' reads True/False, 1/0 and 'Y'/'n' as the same two categories (and
     one fitted as 0/1 reads 'yes'/'no'); a column whose values are mostly categories the encoder never

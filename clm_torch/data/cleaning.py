@@ -14,7 +14,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from clm_torch.data.schema import SchemaError, TableSchema, _is_missing_token, distinct_rows, to_numeric_strict
+from clm_torch.data.schema import (SchemaError, TableSchema, _is_missing_token, distinct_rows, level_keys,
+                                   to_numeric_strict)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def _canonical_spellings(s: pd.Series) -> tuple[pd.Series, int]:
     rows = rows[is_str]
     raw = pd.Series(np.asarray(uniques, dtype=object)[is_str], dtype=object).astype(str)
     stripped = raw.str.strip()
-    key = stripped.str.casefold()
+    key = level_keys(raw).astype(object)  # the encoder matches levels by the same key
     # the rows of each (key, spelling) pair, most first; ties in order of first appearance (the
     # distinct values come in that order), as value_counts orders them
     counts = pd.DataFrame({"key": key, "val": stripped, "n": rows}).groupby(["key", "val"], sort=False)["n"].sum()
@@ -99,7 +100,11 @@ def check_ids_present(ids: pd.Series, *, source: str, column: str) -> None:
 
 def lowered_ids(ids: pd.Index | pd.Series) -> pd.Series | None:
     """The ids in lower case (NaN for the non-text values of an object column); None when they hold
-    no text at all (numbers, dates): they have no letter case."""
+    no text at all (numbers, dates): they have no letter case.
+
+    Only to find ids that differ in letter case alone (:func:`case_collisions`, events' id checks),
+    which are reported and kept apart, never merged: ids are not category levels, so this is
+    ``str.lower`` (Arrow's ``utf8_lower`` counts the same collisions), not :func:`level_keys`."""
     if pd.api.types.is_numeric_dtype(ids) or pd.api.types.is_bool_dtype(ids):
         return None
     try:

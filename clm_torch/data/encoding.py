@@ -34,7 +34,7 @@ import torch
 
 from clm_torch.data.cleaning import clip_bounds
 from clm_torch.data.schema import (SchemaError, TableSchema, _is_missing_token, distinct_rows, is_yes_no_label,
-                                   to_numeric_strict, validate_target)
+                                   level_keys, to_numeric_strict, validate_target)
 from clm_torch.utils.io import SettingError
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ UNK = "<unk>"
 
 
 def _category_keys(s: pd.Series) -> pd.Series:
-    """Normalised string keys so that 1, 1.0, '1' and ' Yes ' vs 'yes' map to the same category."""
+    """Normalised string keys so that 1, 1.0, '1', ' Yes ' vs 'yes' and 'Straße' vs 'STRASSE' map to the
+    same category (:func:`~clm_torch.data.schema.level_keys`, as cleaning matches spellings)."""
     if pd.api.types.is_bool_dtype(s):
         s = s.astype("Int64")
     if pd.api.types.is_float_dtype(s):
@@ -52,8 +53,8 @@ def _category_keys(s: pd.Series) -> pd.Series:
         keys = pd.Series(np.where(integral, np.nan_to_num(vals).astype(np.int64).astype(str), vals.astype(str)),
                          index=s.index, dtype=object)
         keys[np.isnan(vals)] = np.nan
-        return keys.astype("string").str.lower()
-    return s.astype("string").str.strip().str.lower()
+        return level_keys(keys)
+    return level_keys(s)
 
 
 _BOOL_ALIASES = {"true": "1", "false": "0", "1": "true", "0": "false"}
@@ -171,6 +172,7 @@ class FeatureEncoder:
         self.fitted = False
         # (column, dtype) → {(type, raw value): vocabulary index}; a transform-time cache, not state
         self._index_cache: dict[tuple[str, str], dict[tuple[type, Any], int]] = {}
+        self._key_cache: dict[str, tuple[pd.Index, np.ndarray]] = {}  # column → :meth:`_key_index`
         self._said: set[tuple[str, str]] | None = None  # inside :meth:`one_warning_each`: the warnings given
         # fitted state
         self.num_mean = torch.zeros(len(self.num_columns))
@@ -270,7 +272,7 @@ class FeatureEncoder:
             # the share of the fitted rows beyond max_categories (read as <unk>): the usual unseen share
             self.unk_share[col] = 1.0 - float(keys.sum()) / total if total > 0 else 0.0
             self.keys[col] = [UNK, *[str(k) for k in keys.index]]
-            self._index_cache = {}
+            self._index_cache, self._key_cache = {}, {}
             # each kept key's spelling at its first row
             self.vocab[col] = [UNK, *[_plain(first[k]) for k in keys.index]]
             self.dtypes[col] = str(s.dtype)
@@ -318,8 +320,9 @@ class FeatureEncoder:
                 cache.clear()
             dtype = s.dtype.categories.dtype if isinstance(s.dtype, pd.CategoricalDtype) else s.dtype
             keys = _category_keys(pd.Series([values[i] for i in new], dtype=dtype))
-            vocab = pd.Index(self.keys[col])
+            vocab, position = self._key_index(col)
             found = vocab.get_indexer(keys.astype(object).where(keys.notna(), None))
+            found = np.where(found >= 0, position[found], -1)
             if (found < 0).any():  # the same value in another spelling: True vs 1 or 'Yes', "10.0" vs 10
                 yes_no = _is_yes_no(self.keys[col][1:])
                 at = {k: i for i, k in enumerate(self.keys[col])}
@@ -331,6 +334,19 @@ class FeatureEncoder:
         if source is not None and (lookup == 0).any():
             self._warn_unseen(col, codes, lookup, values, source)
         return np.append(lookup, 0)[codes]  # code −1 (NaN) → the last slot: 0
+
+    def _key_index(self, col: str) -> tuple[pd.Index, np.ndarray]:
+        """The fitted keys of ``col`` as matched at scoring time (:func:`_category_keys`: case-folded)
+        and each one's vocabulary index. Encoders fitted before keys were case-folded (lower-cased:
+        'straße') match too; two old keys that fold alike ('straße', 'strasse') go to the first."""
+        got = self._key_cache.get(col)
+        if got is None:
+            folded = level_keys(pd.Series(self.keys[col], dtype=object)).to_numpy(dtype=object)
+            codes, uniques = pd.factorize(folded)
+            position = np.full(len(uniques), -1, dtype=np.int64)
+            position[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)  # the first index of each key
+            got = self._key_cache[col] = (pd.Index(uniques, dtype=object), position)
+        return got
 
     @contextlib.contextmanager
     def one_warning_each(self, *others: FeatureEncoder) -> Iterator[None]:

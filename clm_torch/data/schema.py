@@ -354,8 +354,31 @@ def distinct_rows(values: Any) -> tuple[np.ndarray, Any, np.ndarray]:
     return codes, uniques, np.bincount(codes[codes >= 0], minlength=len(uniques))
 
 
+def level_keys(s: pd.Series) -> pd.Series:
+    """The matching key of each value of ``s`` (a "string" Series, NA kept): the text trimmed and
+    case-folded (``str.casefold``: 'Straße', 'STRASSE' and ' strasse ' are all 'strasse', which
+    ``str.lower`` keeps apart). Every place that matches category levels, yes/no labels or missing
+    tokens uses it (cleaning's spellings, the encoder's vocabulary at fit and at scoring time, the
+    InfoGapVAE's levels, the evaluation), so training and scoring cannot disagree. Customer ids are
+    not levels: they keep their case (``cleaning.lowered_ids`` only reports case collisions).
+
+    Arrow lowers every value (fast); only the values still outside ASCII after that are case-folded
+    in Python (casefold of lowered text is casefold of the text; ASCII text is its own casefold)."""
+    low = s.astype("string").str.strip().str.lower()
+    other = ~low.str.isascii().fillna(True).to_numpy(dtype=bool)
+    if other.any():
+        low = low.copy()
+        low[other] = low[other].str.casefold()
+    return low
+
+
+def level_key(v: Any) -> str:
+    """:func:`level_keys` of one value: ``str(v)`` trimmed and case-folded."""
+    return str(v).strip().casefold()
+
+
 def _is_missing_token(s: pd.Series) -> pd.Series:
-    return s.astype("string").str.strip().str.lower().isin(_MISSING_TOKENS)
+    return level_keys(s).isin(_MISSING_TOKENS)
 
 
 def missing_cells(s: pd.Series) -> np.ndarray:
@@ -592,8 +615,8 @@ def is_yes_no_label(v: Any) -> bool:
 
 
 def _label_key(v: Any) -> str:
-    """A label's comparison key: trimmed lower-case text, whole numbers without '.0' (1, 1.0, '1.0' → '1')."""
-    key = str(v).strip().lower()
+    """A label's comparison key: trimmed case-folded text (:func:`level_key`), whole numbers without '.0' (1, 1.0, '1.0' → '1')."""
+    key = level_key(v)
     try:
         f = float(key)
     except ValueError:

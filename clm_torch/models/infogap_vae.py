@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from clm_torch.data.encoding import FeatureEncoder
-from clm_torch.data.schema import SchemaError, missing_cells, to_numeric_strict
+from clm_torch.data.schema import SchemaError, level_key, missing_cells, to_numeric_strict
 from clm_torch.models.base import CLMModule
 from clm_torch.models.components.keyed import pool_shape, pooled, row_slots
 from clm_torch.models.components.vae import (
@@ -1374,7 +1374,7 @@ _TRUE_KEYS, _FALSE_KEYS = {"1", "1.0", "true", "yes", "y"}, {"0", "0.0", "false"
 def _level_for_dtype(value: Any, dtype: Any) -> Any:
     """A training category ``value`` in the form a column of ``dtype`` holds: a bool in a boolean
     column, text (whole numbers without '.0') in a text column; otherwise unchanged."""
-    key = str(value).strip().lower()
+    key = level_key(value)
     if pd.api.types.is_bool_dtype(dtype):
         return True if key in _TRUE_KEYS else False if key in _FALSE_KEYS else value
     if pd.api.types.is_string_dtype(dtype) and not isinstance(dtype, pd.CategoricalDtype):
