@@ -308,6 +308,38 @@ def test_a_frame_to_score_with_an_empty_column_or_unknown_categories_warns_once(
     assert caplog.text.count("new.csv: column 'region': ") == 1 and "(e.g. 'Atlantis'" in caplog.text
 
 
+def test_predict_proba_counts_unseen_categories_over_all_chunks(caplog) -> None:
+    """predict_proba in chunks of 10 named a column of unseen categories with the counts of the first
+    chunk that crossed the threshold ('10 of 10 values'), and never when each chunk held fewer than 5;
+    it now says the call's totals once, with the first unseen values."""
+    import logging
+
+    from clm_torch.data.encoding import FeatureEncoder
+    from clm_torch.data.schema import infer_schema
+
+    df = messy_table(100, seed=0).drop(columns=["churn"])
+    schema = infer_schema(df, id_col="customer_id")
+    enc = FeatureEncoder.from_schema(schema).fit(df)
+    torch.manual_seed(0)
+    model = ChurnClassifier(**enc.dims(), k_ensemble=1, hidden=[8], d_embed=4)
+    model.set_preprocessing({"encoder": enc.state_dict()})
+    model.eval()
+    region = df["region"].copy()
+    region.iloc[:12] = "Atlantis"
+    region.iloc[50:53] = "Mu"
+    n_obs = int(region.notna().sum())
+    with caplog.at_level(logging.WARNING):
+        model.predict_proba(df.assign(region=region), source="new.csv", batch_size=10)
+    said = [r.getMessage() for r in caplog.records if "'region'" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"new.csv: column 'region': 15 of {n_obs} values"), said
+    assert "(e.g. 'Atlantis', 'Mu';" in said[0]
+    caplog.clear()
+    spread = df["region"].where(np.arange(100) % 5 != 0, "Atlantis")  # 2 in every chunk of 10
+    with caplog.at_level(logging.WARNING):
+        model.predict_proba(df.assign(region=spread), source="new.csv", batch_size=10)
+    assert caplog.text.count("new.csv: column 'region': 20 of ") == 1
+
+
 def test_a_churn_model_with_a_vae_warns_once_per_frame(caplog) -> None:
     """With model.infogap_ckpt the frozen VAE reads the frame too (its encoding, latent means, gap
     scores and imputation, for every chunk): an empty column or one of unseen categories is still

@@ -277,6 +277,30 @@ def test_the_vae_reads_a_level_in_any_case_folded_spelling() -> None:
     pd.testing.assert_frame_equal(model.information_gap(scored, seed=0), model.information_gap(df.loc[rows], seed=0))
 
 
+def test_unseen_categories_are_counted_over_every_chunk(caplog) -> None:
+    """Scored in chunks, a column's unseen categories were judged and counted chunk by chunk: a new
+    level in 2 of every 10 rows (under 5 per chunk of 10) was never named, and 12 in the first chunk
+    were named as '10 of 10 values'. The counts now add up over the call: one warning with the
+    totals and the first few unseen values."""
+    import logging
+
+    df = make_table(200)
+    model = build_model(df).eval()
+    region = df["region"].copy()
+    region.iloc[::5] = "Atlantis"  # 40 of 200, 2 in every chunk of 10
+    region.iloc[1::50] = "Mu"  # and 4 more
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.encoding"):
+        model.encode(df.assign(region=region), batch_size=10, source="s.csv")
+    said = [r.getMessage() for r in caplog.records if "'region'" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("s.csv: column 'region': 44 of 200 values are not among"), said
+    assert "(e.g. 'Atlantis', 'Mu';" in said[0]
+    caplog.clear()
+    few = df["region"].where(np.arange(200) >= 12, "Atlantis")  # 12 of 200: 6 %, under the share warned about
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.encoding"):
+        model.impute(df.assign(region=few), batch_size=10, source="s.csv")
+    assert "'region'" not in caplog.text
+
+
 def test_negative_value_in_a_log1p_column_is_not_read_as_zero_in_silence(caplog) -> None:
     """A log1p column (counts, money) is encoded as log1p(max(x, 0)): a corrupt -1000 visits is read as 0,
     and the VAE gave it the surprise of 0 (the same to the last digit), with no word about it. The

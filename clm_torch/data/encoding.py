@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ from clm_torch.data.cleaning import clip_bounds
 from clm_torch.data.schema import (SchemaError, TableSchema, _is_missing_token, distinct_rows, is_yes_no_label,
                                    level_keys, to_numeric_strict, validate_target)
 from clm_torch.utils.io import SettingError
+from clm_torch.utils.tally import MAX_EXAMPLES, WarningTally
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ class FeatureEncoder:
         # (column, dtype) → {(type, raw value): vocabulary index}; a transform-time cache, not state
         self._index_cache: dict[tuple[str, str], dict[tuple[type, Any], int]] = {}
         self._key_cache: dict[str, tuple[pd.Index, np.ndarray]] = {}  # column → :meth:`_key_index`
-        self._said: set[tuple[str, str]] | None = None  # inside :meth:`one_warning_each`: the warnings given
+        self._tally: WarningTally | None = None  # inside :meth:`one_warning_each`: the problems counted
         # fitted state
         self.num_mean = torch.zeros(len(self.num_columns))
         self.num_std = torch.ones(len(self.num_columns))
@@ -331,7 +332,7 @@ class FeatureEncoder:
                                   for k, f in zip(keys, found)], dtype=np.int64)
             cache.update({tokens[i]: max(int(f), 0) for i, f in zip(new, found)})
         lookup = np.fromiter((cache[t] for t in tokens), dtype=np.int64, count=len(tokens))
-        if source is not None and (lookup == 0).any():
+        if source is not None and ((lookup == 0).any() or self._tally is not None):
             self._warn_unseen(col, codes, lookup, values, source)
         return np.append(lookup, 0)[codes]  # code −1 (NaN) → the last slot: 0
 
@@ -349,70 +350,98 @@ class FeatureEncoder:
         return got
 
     @contextlib.contextmanager
-    def one_warning_each(self, *others: FeatureEncoder) -> Iterator[None]:
-        """Within: each warning about a frame (an empty column, a column of unseen categories,
-        values below 0 in a log1p column) once, however many chunks of it are encoded (nested: the
-        outermost block counts). ``others``: more encoders that read the same frame (a churn model's
-        frozen InfoGapVAE's) and share the record, so a column is named once whichever of them reads it."""
+    def one_warning_each(self, *others: FeatureEncoder) -> Iterator[WarningTally]:
+        """Within: each problem of the data read (an empty column, a column of unseen categories,
+        values below 0 in a log1p column) is counted over every frame and chunk encoded and said once,
+        with its totals, when the block ends (nested: the outermost block counts). ``others``: more
+        encoders that read the same rows (a churn model's frozen InfoGapVAE's) and share the tally,
+        so a column is named once, with its rows counted once, whichever of them reads it. Yields
+        the tally, for other warnings about the same data (the InfoGapVAE's completeness)."""
         encoders = [self, *(o for o in others if o is not None and o is not self)]
-        before = [e._said for e in encoders]
-        said = self._said if self._said is not None else set()
+        before = [e._tally for e in encoders]
+        outermost = self._tally is None
+        tally = self._tally if self._tally is not None else WarningTally()
         for e in encoders:
-            e._said = said
+            e._tally = tally
         try:
-            yield
+            yield tally
         finally:
             for e, prev in zip(encoders, before):
-                e._said = prev
+                e._tally = prev
+        if outermost:
+            tally.flush()
+
+    def note(self, key: tuple[str, ...], source: str, say: Callable[..., None], **counts: Any) -> None:
+        """Count a problem in the open tally (:meth:`one_warning_each`); outside one, say it now."""
+        if self._tally is not None:
+            self._tally.add(key, source, say, owner=id(self), **counts)
+            return
+        once = WarningTally()
+        once.add(key, source, say, **counts)
+        once.flush()
 
     def check_frame(self, df: pd.DataFrame, *, source: str) -> None:
         """Warn about a whole frame to score (not a chunk of it): feature columns missing in every row,
         which the model then reads as unknown for every customer. Inside :meth:`one_warning_each` the
         first call checks the frame and later ones (its chunks) are skipped."""
-        if len(df) < 20 or (self._said is not None and (source, "") in self._said):
+        if len(df) < 20 or (self._tally is not None and (source, "frame") in self._tally.seen):
             return
-        if self._said is not None:
-            self._said.add((source, ""))
+        if self._tally is not None:
+            self._tally.seen.add((source, "frame"))
         empty = [c for c in self.feature_columns if c in df.columns and df[c].first_valid_index() is None]
         if empty:
-            log.warning("%s: %s missing in every one of its %d rows: the model reads %s as unknown for every "
-                        "customer", source, f"column {empty[0]!r} is" if len(empty) == 1 else f"columns {empty} are",
-                        len(df), "it" if len(empty) == 1 else "them")
+            def say(src: str, rows: float) -> None:
+                log.warning("%s: %s missing in every one of its %d rows: the model reads %s as unknown for every "
+                            "customer", src, f"column {empty[0]!r} is" if len(empty) == 1 else f"columns {empty} are",
+                            rows, "it" if len(empty) == 1 else "them")
+
+            self.note(("empty", *empty), source, say, rows=len(df))
 
     def _warn_negative(self, col: str, n: int, lowest: float, source: str) -> None:
         """Warn that values below 0 of a log1p column (fitted on values >= 0: counts, money) are read as 0:
         the model cannot tell a corrupt -1000 from a 0 (the InfoGapVAE scores its surprise as that of 0)."""
-        if self._said is not None:
-            if (source, col + ":negative") in self._said:
-                return
-            self._said.add((source, col + ":negative"))
-        log.warning("%s: column '%s': %d value%s below 0 (lowest %.4g) in a column the model reads on a log1p scale "
-                    "(it was fitted on values >= 0): %s read as 0. Fix or blank %s", source, col, n,
-                    "s" if n > 1 else "", lowest, "they are" if n > 1 else "it is", "them" if n > 1 else "it")
+        def say(src: str, n: float, lowest: float) -> None:
+            n = int(n)
+            log.warning("%s: column '%s': %d value%s below 0 (lowest %.4g) in a column the model reads on a log1p "
+                        "scale (it was fitted on values >= 0): %s read as 0. Fix or blank %s", src, col, n,
+                        "s" if n > 1 else "", lowest, "they are" if n > 1 else "it is", "them" if n > 1 else "it")
+
+        self.note(("negative", col), source, say, n=n, lowest=lowest)
 
     def _warn_unseen(self, col: str, codes: np.ndarray, lookup: np.ndarray, values: list, source: str) -> None:
         """Warn when a tenth or more of a column's values (5 at least) are categories the encoder was not
         fitted with (True/False where it learnt 'Yes'/'No', a new 'Platinum' tier for a fifth of the
         customers): each is read as missing, so the model sees less of the column than it was trained
         on. Rarer unseen values (a new region here and there) are normal and not warned about, nor are
-        columns whose fitted data already had that share beyond ``max_categories``."""
-        if self._said is not None:
-            if (source, col) in self._said:
-                return
-        # 'n/a', '?', '' ... are missing, as documented, not categories the model lacks
-        token = _is_missing_token(pd.Series(values, dtype=object)).to_numpy(dtype=bool, na_value=False)
-        n_obs = int((codes >= 0).sum()) - int(np.isin(codes, np.flatnonzero(token)).sum())
-        unseen = np.flatnonzero((lookup == 0) & ~token)
-        n_unseen = int(np.isin(codes, unseen).sum())
-        if n_unseen < 5 or n_unseen < UNSEEN_WARN_SHARE * n_obs or n_unseen <= 2 * self.unk_share.get(col, 0.0) * n_obs:
-            return
+        columns whose fitted data already had that share beyond ``max_categories``. Inside
+        :meth:`one_warning_each` the counts of every chunk are added up and the column is judged, and
+        named, once, by its totals (with the first few unseen values)."""
+        n_obs, n_unseen, examples = int(np.count_nonzero(codes >= 0)), 0, []
+        zero = np.flatnonzero(lookup == 0)
+        if len(zero):  # the values read as unknown (usually few), checked alone: the chunk's rows counted once
+            # 'n/a', '?', '' ... are missing, as documented, not categories the model lacks
+            token = _is_missing_token(pd.Series([values[int(i)] for i in zero], dtype=object)).to_numpy(
+                dtype=bool, na_value=False)
+            rows = np.bincount(codes[codes >= 0], minlength=len(values))  # the rows of each distinct value
+            n_obs -= int(rows[zero[token]].sum())
+            unseen = zero[~token]
+            n_unseen = int(rows[unseen].sum())
+            examples = [values[int(i)] for i in unseen[:MAX_EXAMPLES]]
+        if self._tally is None and (n_unseen < 5 or n_unseen < UNSEEN_WARN_SHARE * n_obs):
+            return  # below the threshold on its own (the usual answer): skip the wording
         known = [v for v in self.vocab[col][1:6]]
-        if self._said is not None:
-            self._said.add((source, col))
-        log.warning("%s: column '%s': %d of %d values are not among the categories the model was trained with (e.g. "
-                    "%r; it knows %s%s): they are read as missing. Write the column as in the training data",
-                    source, col, n_unseen, n_obs, values[int(unseen[0])], ", ".join(repr(v) for v in known),
-                    ", ..." if len(self.vocab[col]) > 6 else "")
+        more = ", ..." if len(self.vocab[col]) > 6 else ""
+        unk = self.unk_share.get(col, 0.0)
+
+        def say(src: str, n_unseen: float, n_obs: float, examples: list) -> None:
+            if n_unseen < 5 or n_unseen < UNSEEN_WARN_SHARE * n_obs or n_unseen <= 2 * unk * n_obs:
+                return
+            log.warning("%s: column '%s': %d of %d values are not among the categories the model was trained with "
+                        "(e.g. %s; it knows %s%s): they are read as missing. Write the column as in the training data",
+                        src, col, n_unseen, n_obs, ", ".join(repr(v) for v in examples),
+                        ", ".join(repr(v) for v in known), more)
+
+        self.note(("unseen", col), source, say, n_unseen=n_unseen, n_obs=n_obs, examples=examples)
 
     def transform(self, df: pd.DataFrame, *, source: str = "<dataframe>", require_target: bool = False,
                   with_target: bool = True) -> dict[str, torch.Tensor]:
