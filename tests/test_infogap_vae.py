@@ -277,6 +277,39 @@ def test_the_vae_reads_a_level_in_any_case_folded_spelling() -> None:
     pd.testing.assert_frame_equal(model.information_gap(scored, seed=0), model.information_gap(df.loc[rows], seed=0))
 
 
+def test_infogap_transform_warns_once_per_fit_with_totals(caplog) -> None:
+    """The InfoGapTransform reads each split of a fit, and the VAE reads each frame three times (its
+    latent means, gap scores and imputation): a column of unseen categories and a collapsed VAE's
+    undefined completeness were said 9 times for train/val/test (the completeness twice per split,
+    in two wordings), an empty column 3 times per frame. Each is now said once per fit or call, with
+    its totals."""
+    import logging
+
+    from clm_torch.data.datamodules import TableDataModule
+    from clm_torch.data.sources import FrameSource
+    from clm_torch.models.infogap_features import InfoGapTransform
+
+    df = make_table(300)
+    vae = build_model(df).eval()
+    vae.feature_info.fill_(0.0)  # collapsed: no completeness
+    transform = InfoGapTransform(vae, n_samples=2)
+    dm = TableDataModule(FrameSource(df.assign(region="Atlantis"), target="churn", id_col="customer_id",
+                                     name="t.csv"), batch_size=64, frame_transform=transform)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert sum(len(f) for f in dm.frames.values()) == 300 and set(dm.frames) == {"train", "val", "test"}
+    said = [r.getMessage() for r in caplog.records if r.name.startswith(("clm_torch.models", "clm_torch.data.encoding"))]
+    assert len(said) == 2, said
+    assert said[0].startswith("t.csv [train/val/test splits]: column 'region': 300 of 300 values are not among")
+    assert said[1].startswith("t.csv [train/val/test splits]: the InfoGapVAE's completeness is undefined")
+    assert said[1].endswith("(300 rows in total)")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # one frame: its empty column once, not once per VAE read
+        transform(df.assign(fee=np.nan), source="s.csv")
+    assert caplog.text.count("s.csv: column 'fee' is missing in every one of its 300 rows") == 1
+    assert caplog.text.count("completeness is undefined") == 1 and "completeness is NaN" not in caplog.text
+
+
 def test_unseen_categories_are_counted_over_every_chunk(caplog) -> None:
     """Scored in chunks, a column's unseen categories were judged and counted chunk by chunk: a new
     level in 2 of every 10 rows (under 5 per chunk of 10) was never named, and 12 in the first chunk

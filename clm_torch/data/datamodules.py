@@ -7,6 +7,7 @@ so trainers run with ``use_distributed_sampler=False``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -359,8 +360,10 @@ class TableDataModule(SplitLoaders):
                                    table=(int(y.sum()), len(y)))
         warn_small_splits({k: len(f) for k, f in self.frames.items()}, data.name)
         if self.frame_transform is not None:  # row-wise extra features (e.g. InfoGapVAE signals), per split
-            self.frames = {k: self.frame_transform(f, source=f"{data.name} [{k} split]")
-                           for k, f in self.frames.items()}
+            # a transform with a one_warning_each() (InfoGapTransform) says each problem once for all splits
+            with getattr(self.frame_transform, "one_warning_each", contextlib.nullcontext)():
+                self.frames = {k: self.frame_transform(f, source=f"{data.name} [{k} split]")
+                               for k, f in self.frames.items()}
             added = [c for c in self.frames["train"].columns if c not in clean.columns]
             schema = dataclasses.replace(schema, numeric=[*schema.numeric, *added])
         self.schema = schema

@@ -1153,7 +1153,7 @@ class InfoGapVAE(CLMModule):
         n_obs = observed.sum(1)
         res["n_observed"] = n_obs.astype(np.int64)
         res["n_missing"] = (F_ - n_obs - np.concatenate([p["n_unread"] for p in parts])).astype(np.int64)
-        res["completeness"] = _completeness(observed, weights.numpy())
+        res["completeness"] = _completeness(observed, weights.numpy(), enc=enc, source=source)
         return res
 
     @torch.no_grad()
@@ -1347,17 +1347,27 @@ def _categorical_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 _MIN_FEATURE_INFO = 1e-6  # nats: below this in all, no feature moves the posterior (a collapsed one)
 
 
-def _completeness(observed: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _completeness(observed: np.ndarray, weights: np.ndarray, *, enc: FeatureEncoder | None = None,
+                  source: str = "<dataframe>") -> np.ndarray:
     """(B,) the weighted share of the features observed, ``observed (B, F) @ w / Σ w`` in [0, 1]; NaN,
     with a warning, when the weights are unknown or sum to about 0: no feature changes the latent
-    profile (a collapsed posterior), so there is nothing to be complete about."""
+    profile (a collapsed posterior), so there is nothing to be complete about. With ``enc`` the warning
+    is counted in its open tally (:meth:`FeatureEncoder.one_warning_each`: once for all the frames of a
+    call), else said now."""
     w = np.clip(np.asarray(weights, dtype=np.float64), 0.0, None)
     total = float(w.sum()) if np.isfinite(w).all() else float("nan")
     if total > _MIN_FEATURE_INFO:
         return np.clip(observed.astype(np.float64) @ (w / total), 0.0, 1.0)
-    log.warning("completeness is NaN: no feature changes the latent profile (feature information %.3g nats in all: "
-                "the posterior has collapsed onto the prior); train longer, or with a lower model.beta or more "
-                "model.free_bits", total)
+
+    def say(src: str, rows: float = 0) -> None:
+        log.warning("%s: completeness is NaN (%d rows): no feature changes the latent profile (feature information "
+                    "%.3g nats in all: the posterior has collapsed onto the prior); train longer, or with a lower "
+                    "model.beta or more model.free_bits", src, rows, total)
+
+    if enc is None:
+        say(source, len(observed))
+    else:
+        enc.note(("completeness",), source, say, rows=len(observed))
     return np.full(len(observed), np.nan)
 
 
