@@ -200,6 +200,18 @@ _HIGHER_IS_BETTER = frozenset({"auroc", "ap", "spearman", "capture20", "impute_a
                                "coverage"})
 
 
+def _select(cfg: Any, key: str, *, skip_unresolved: bool = True) -> Any:
+    """``cfg``'s value at the dotted ``key`` (an explicit null is None), or ``_ABSENT`` where it has
+    none; with ``skip_unresolved`` a value whose interpolation fails is ``_ABSENT`` too (it is reported
+    where it is used), else that error is raised."""
+    try:
+        return OmegaConf.select(cfg, key, default=_ABSENT)
+    except Exception:  # noqa: BLE001 - any resolution failure of the value
+        if skip_unresolved:
+            return _ABSENT
+        raise
+
+
 def check_monitor_modes(cfg: DictConfig) -> None:
     """Refuse a monitored metric whose direction is known and contradicts its mode (``monitor`` /
     ``monitor_mode``, and the checkpoint's and early stopping's own when set apart), e.g.
@@ -207,10 +219,7 @@ def check_monitor_modes(cfg: DictConfig) -> None:
     for key, mode_key in (("monitor", "monitor_mode"),
                           ("callbacks.model_checkpoint.monitor", "callbacks.model_checkpoint.mode"),
                           ("callbacks.early_stopping.monitor", "callbacks.early_stopping.mode")):
-        try:
-            metric, mode = OmegaConf.select(cfg, key, default=None), OmegaConf.select(cfg, mode_key, default=None)
-        except Exception:  # noqa: BLE001 - an unresolved setting is reported where it is used
-            continue
+        metric, mode = _select(cfg, key), _select(cfg, mode_key)
         if not isinstance(metric, str) or mode not in ("min", "max"):
             continue
         name = metric.rsplit("/", 1)[-1].split("@", 1)[0]
@@ -231,7 +240,7 @@ def check_settings(cfg: DictConfig) -> None:
         if not isinstance(node, DictConfig):
             continue
         for key, (ok, want) in checks.items():
-            v = OmegaConf.select(node, key, default=_ABSENT)
+            v = _select(node, key, skip_unresolved=False)
             if v is _ABSENT:
                 continue
             v = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
@@ -260,11 +269,8 @@ def check_settings(cfg: DictConfig) -> None:
         raise bad("trainer.precision", precision, "32-true (the default), bf16-mixed, 16-mixed (a GPU), "
                   "64-true, bf16-true or 16-true")
     for key, (ok, want) in _CALLBACK_SETTINGS.items():
-        try:
-            v = OmegaConf.select(cfg, key, default=None)
-        except Exception:  # noqa: BLE001 - an unresolved setting is reported where it is used
-            continue
-        if v is not None and not ok(v):
+        v = _select(cfg, key)
+        if v is not _ABSENT and v is not None and not ok(v):
             raise bad(key, v, want)
     accelerator = str(tcfg.get("accelerator") or "")
     if accelerator and accelerator not in _ACCELERATORS:

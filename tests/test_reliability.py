@@ -568,6 +568,25 @@ def test_a_setting_of_the_wrong_type_is_one_clear_line_before_the_data_is_read(m
     assert capsys.readouterr().err.strip() == message
 
 
+def test_settings_are_looked_up_one_way() -> None:
+    """The settings checks share one lookup (train._select): a key that is absent, or whose
+    interpolation fails, is skipped by the monitor and callback checks (reported where it is used),
+    an explicit null is None, and the model/data checks see the resolution error."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    from clm_torch.train import _ABSENT, _select, check_monitor_modes
+
+    cfg = OmegaConf.create({"monitor": "${oops}", "monitor_mode": "max", "callbacks": {"early_stopping": None},
+                            "model": {"lr": 0.1, "k": None}})
+    assert _select(cfg, "model.lr") == 0.1 and _select(cfg, "model.k") is None
+    assert _select(cfg, "model.nope") is _ABSENT and _select(cfg, "callbacks.early_stopping.mode") is _ABSENT
+    assert _select(cfg, "monitor") is _ABSENT
+    with pytest.raises(InterpolationResolutionError):
+        _select(cfg, "monitor", skip_unresolved=False)
+    check_monitor_modes(cfg)  # the unresolved monitor is left to the run to report
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["data=events", "data.path=log.csv", "data.sequence_length=-1"],
      "data.sequence_length=-1: expected a whole number >= 0 (0 = no purchase sequence)"),
