@@ -147,6 +147,14 @@ def _plt():
     return plt
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (PNG, 110 dpi), close it; ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def plot_latent_map(latents: np.ndarray, segments: np.ndarray, path: Path) -> Path:
     """2-D PCA of the latent profiles coloured by segment."""
     latents = np.asarray(latents, dtype=float)
@@ -163,10 +171,7 @@ def plot_latent_map(latents: np.ndarray, segments: np.ndarray, path: Path) -> Pa
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=segments, s=4, cmap="tab10", alpha=0.6)
     ax.legend(*sc.legend_elements(), title="segment", loc="best", fontsize=8)
     ax.set(title="Customer profiles (InfoGapVAE latent mean, PCA)", xlabel="PC 1", ylabel="PC 2")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_churn(prob: np.ndarray, y: np.ndarray, path: Path, bins: int = 10) -> Path:
@@ -191,10 +196,7 @@ def plot_churn(prob: np.ndarray, y: np.ndarray, path: Path, bins: int = 10) -> P
     b.plot([0, 1], [0, 1], "k--", lw=1, label="random")
     b.set(title="Cumulative gain", xlabel="share of customers contacted", ylabel="share of churners reached")
     b.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _clv_boxes(customers: pd.DataFrame, segs: list) -> list[np.ndarray]:
@@ -210,10 +212,7 @@ def plot_clv_by_segment(customers: pd.DataFrame, path: Path) -> Path:
     ax.boxplot(_clv_boxes(customers, segs), showfliers=False)
     ax.set_xticks(range(1, len(segs) + 1), [str(s) for s in segs])
     ax.set(title="CLV by segment", xlabel="segment", ylabel="CLV")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_cohorts(cohorts: pd.DataFrame, path: Path, max_cohorts: int = 8) -> Path:
@@ -224,10 +223,7 @@ def plot_cohorts(cohorts: pd.DataFrame, path: Path, max_cohorts: int = 8) -> Pat
         ax.plot(row.index.astype(int), row.to_numpy(dtype=float), marker=".", label=str(name))
     ax.set(title="Cohort retention by acquisition month", xlabel="months since acquisition", ylabel="share active")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_top_gaps(gap: pd.DataFrame, path: Path, top: int = 12) -> Path:
@@ -238,10 +234,7 @@ def plot_top_gaps(gap: pd.DataFrame, path: Path, top: int = 12) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.barh(mean.index[::-1], mean.to_numpy()[::-1])
     ax.set(title="Top information gaps: mean surprise of observed values (nats)", xlabel="mean surprise")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_summary(path: Path, headline: Mapping[str, Any], sections: Mapping[str, str]) -> Path:
