@@ -604,6 +604,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         "completeness": gap["completeness"].to_numpy(),
         "most_surprising_feature": gap["max_surprise_feature"].to_numpy(),
         "next_best_question": nbq["question_1"].to_numpy(),
+        "next_best_question_gain": nbq["gain_1"].to_numpy(),
         "top5_items": [rpt.TOP_ITEMS_SEP.join(r) for r in recs],
         "recency_days": sf["recency_days"].to_numpy() if "recency_days" in sf else np.nan,
     })

@@ -499,21 +499,67 @@ def test_assign_stage_thresholds_are_strict_where_documented():
 
 
 def test_suggested_actions_at_the_edges_of_their_rules():
-    """churn p exactly at the threshold makes a high-value customer's retention offer (p >= τ);
-    completeness exactly at low_completeness is not incomplete (<); customers tied at the value
-    quantile are all left out when they would make more than the top share (here half of them at the
-    top CLV, for a top 20 %); a CLV of 0 or below is never high value, even at the top."""
+    """churn p exactly at the threshold makes a high-value customer's retention offer (p >= τ); a
+    question's gain exactly at the gain quantile is asked (>=), a gain of 0 never is; customers tied at
+    the value quantile are all left out when they would make more than the top share (here half of
+    them at the top CLV, for a top 20 %); a CLV of 0 or below is never high value, even at the top."""
     from clm_torch.lifecycle.report import suggest_actions
 
     base = {"stage": "active", "churn_probability": 0.1, "top5_items": "i1"}
     c = pd.DataFrame({**base, "clv": np.r_[np.zeros(8), 5.0, 9.0]})
     c.loc[9, "churn_probability"] = 0.5
-    c.loc[8, "completeness"], c.loc[8, "next_best_question"] = 0.5, "income"
     got = suggest_actions(c)["action"].tolist()
     assert got == ["recommend"] * 8 + ["cross-sell", "retention offer"]  # the top 2 of 10 (quantile 1.0)
-    c.loc[8, "completeness"] = 0.49
-    assert suggest_actions(c)["action"].tolist()[8] == "ask next best question"
+    # five customers with a question: gains 0.1 .. 0.5, of which 0.5 gets its retention offer first; the
+    # 0.6 quantile of the other four is 0.28, so 0.3 and 0.4 (the cross-sell's customer) are asked
+    q = c.assign(next_best_question=[None] * 5 + ["income"] * 5,
+                 next_best_question_gain=[np.nan] * 5 + [0.1, 0.2, 0.3, 0.4, 0.5])
+    assert suggest_actions(q, question_gain_quantile=0.6)["action"].tolist() == (
+        ["recommend"] * 7 + ["ask next best question"] * 2 + ["retention offer"])
+    assert suggest_actions(q.assign(next_best_question_gain=[np.nan] * 5 + [0.0] * 5), question_gain_quantile=0.0
+                           )["action"].tolist()[5:8] == ["recommend"] * 3  # nothing to learn: not asked
+    # exactly at the quantile: the median of 0.1, 0.2, 0.3 is 0.2, asked with 0.3; the top 0 % is nobody
+    edge = q.iloc[:8].assign(next_best_question_gain=[np.nan] * 5 + [0.1, 0.2, 0.3])
+    assert suggest_actions(edge, question_gain_quantile=0.5)["action"].tolist()[5:] == (
+        ["recommend"] + ["ask next best question"] * 2)
+    assert set(suggest_actions(edge, question_gain_quantile=1.0)["action"]) == {"recommend"}
     tied = pd.DataFrame({**base, "clv": np.r_[np.zeros(5), np.full(5, 10.0)]})
     assert set(suggest_actions(tied)["action"]) == {"recommend"}  # 5 of 10 tied at the top: nobody
     negative = pd.DataFrame({**base, "clv": [-5.0, -4.0, -3.0, -2.0, -1.0]})
     assert set(suggest_actions(negative)["action"]) == {"recommend"}
+
+
+def test_the_next_best_question_is_asked_by_its_expected_gain_not_by_completeness():
+    """``make run`` never suggested "ask next best question": the rule was completeness < 0.5, and the
+    pipeline's completeness counts the event log's features, which no question fills, so it fell below
+    0.5 only for customers without purchases (627 of 8,421), who all get a first-purchase offer first.
+    The rule is now the question's expected gain (``next_best_question_gain``) in the top
+    ``1 - question_gain_quantile`` share of the customers with a question that the rule can reach;
+    lapsed and at-risk customers still get their offers first, and their (larger) gains do not
+    raise the bar for the others."""
+    from clm_torch.lifecycle.report import suggest_actions
+
+    n = 10
+    c = pd.DataFrame({"stage": ["lapsed", "at_risk"] + ["active"] * (n - 2), "churn_probability": 0.2,
+                      "clv": 1.0, "completeness": 0.9, "recency_days": [400.0, 100.0] + [5.0] * (n - 2),
+                      "next_best_question": ["income"] * (n - 1) + [None],
+                      "next_best_question_gain": [0.9, 0.8, 0.7, 0.05, 0.04, 0.03, 0.02, 0.01, 0.0, 5.0],
+                      "top5_items": "i1"})
+    # the gains compared are those of rows 2-8 (the lapsed and at-risk rows get their offers whatever their
+    # gain); their 0.6 quantile is 0.036, so 0.7, 0.05 and 0.04 are asked; row 9 has no question
+    got = suggest_actions(c, question_gain_quantile=0.6)
+    assert got["action"].tolist() == ["win-back campaign", "re-engagement nudge"] + ["ask next best question"] * 3 + (
+        ["recommend"] * 5)
+    assert got.loc[2, "reason"] == "profile incomplete: ask income (expected gain 0.70 nats)"
+    # the default top 20 % of those 7: the 0.8 quantile is 0.048, so 0.7 and 0.05
+    assert suggest_actions(c)["action"].tolist()[2:5] == ["ask next best question"] * 2 + ["recommend"]
+    with pytest.raises(SchemaError, match="column 'next_best_question_gain': column not found; the next best "
+                                          "question is asked by its expected gain"):
+        suggest_actions(c.drop(columns="next_best_question_gain"))
+    with pytest.raises(SchemaError, match="column 'next_best_question_gain'"):
+        suggest_actions(c.assign(next_best_question_gain="a lot"))
+    with pytest.raises(ValueError, match=r"question_gain_quantile must be in \[0, 1\], not 80"):
+        suggest_actions(c, question_gain_quantile=80)
+    # without a question column nobody is asked (a frame of stage, churn and CLV alone)
+    assert "ask next best question" not in set(suggest_actions(c.drop(columns=["next_best_question",
+                                                                             "next_best_question_gain"]))["action"])

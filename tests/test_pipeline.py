@@ -13,7 +13,7 @@ from clm_torch.lifecycle.report import suggest_actions
 from clm_torch.pipeline import adjusted_rand
 
 CUSTOMER_COLUMNS = ["customer_id", "segment", "stage", "churn_probability", "clv", "gap_score", "completeness",
-                    "next_best_question", "top5_items", "action", "reason"]
+                    "next_best_question", "next_best_question_gain", "top5_items", "action", "reason"]
 
 
 def test_pipeline_writes_every_output(tiny_pipeline_run: Path) -> None:
@@ -34,6 +34,14 @@ def test_pipeline_writes_every_output(tiny_pipeline_run: Path) -> None:
     table = pd.read_parquet(run / "data" / "customers_clean.parquet").columns
     asked = set(customers["next_best_question"].dropna())
     assert asked and asked <= set(table) - {"customer_id"}, asked
+    # each question comes with its expected gain, and the informative ones are asked (the completeness rule
+    # asked nobody: completeness fell below 0.5 only for customers without purchases)
+    has_q = customers["next_best_question"].notna()
+    assert (customers.loc[has_q, "next_best_question_gain"] >= 0).all()
+    assert customers.loc[~has_q, "next_best_question_gain"].isna().all()
+    ask = customers["action"] == "ask next best question"
+    assert ask.any() and has_q[ask].all()
+    assert not customers.loc[ask, "stage"].isin(["lapsed", "at_risk"]).any()
     # and nothing already bought is recommended
     bought = pd.read_parquet(run / "data" / "interactions.parquet").groupby("customer_id")["item_id"].agg(set)
     assert not any(set(r.split(" | ")) & bought.get(c, set()) for c, r in zip(customers["customer_id"],
@@ -134,6 +142,7 @@ def test_action_rules() -> None:
         "clv": [500, 900, 10, 10, 10, 10, 950, 10],
         "completeness": [1, 1, 1, 0.2, 1, 1, 1, 1],
         "next_best_question": ["", "", "", "satisfaction", "", "", "", ""],
+        "next_best_question_gain": [np.nan, np.nan, np.nan, 0.3, np.nan, np.nan, np.nan, np.nan],
         "recency_days": [200.7, 30, 90.5, 5, 5, 5, 5, 5],
         "top5_items": ["Blue Shirt 154 | I2"] * 8,
     })
@@ -144,7 +153,7 @@ def test_action_rules() -> None:
     assert a.loc[0, "reason"] == "lapsed: no purchase for 200 days"  # full days
     assert a.loc[1, "reason"].startswith("high value, at risk")
     assert a.loc[2, "reason"] == "at risk: no purchase for 90 days, churn p=0.60"  # the recency rule shows
-    assert a.loc[3, "reason"] == "profile incomplete: ask satisfaction"
+    assert a.loc[3, "reason"] == "profile incomplete: ask satisfaction (expected gain 0.30 nats)"
     # an item id with spaces is offered whole (the cell joins ids with " | "), as is a list's first id
     assert a.loc[6, "reason"] == "high value, loyal: offer Blue Shirt 154"
     assert a.loc[7, "reason"] == "active: recommend Blue Shirt 154"
@@ -498,6 +507,11 @@ def test_a_label_like_table_column_is_flagged(caplog) -> None:
     (["+stages.dormant_days=30"], "stages.dormant_days: not a setting of the pipeline; expected one of new_days, "
                                   "active_recency_days, lapsed_recency_days, at_risk_prob, winback_gap_days"),
     (["actions.value_quantile=80"], "actions.value_quantile=80: expected a number in [0, 1]"),
+    (["actions.question_gain_quantile=-0.2"], "actions.question_gain_quantile=-0.2: expected a number in [0, 1]"),
+    (["actions.question_gain_quantile=top"], "actions.question_gain_quantile='top': expected a number in [0, 1]"),
+    # the completeness rule is gone (completeness counts the log's features, which no question fills)
+    (["+actions.low_completeness=0.5"], "actions.low_completeness: not a setting of the pipeline; expected one of "
+                                        "churn_threshold, value_quantile, question_gain_quantile"),
     (["horizon_days=1" + "0" * 400], "horizon_days=1" + "0" * 400 + ": expected a number of days > 0"),
     (["horizon_days=30.5"], "horizon_days=30.5: expected a whole number of days with data.kind=synthetic"),
     # a sub-run's settings, checked before the first model trains (spend, the last, used to fail after the rest)

@@ -1,7 +1,9 @@
 """The action table, the report's plots and ``summary.md``.
 
 Suggested actions (first matching rule wins; ``high value`` = positive CLV in the top ``1 - value_quantile``
-share of customers):
+share of customers; ``informative question`` = a next best question whose expected gain (``next_best_question_gain``,
+nats) is positive and in the top ``1 - question_gain_quantile`` share of the gains of the customers with a question
+whom none of the four rules above it in the table takes):
 
 ===========================================  =====================================================
 rule                                          action — reason
@@ -10,7 +12,7 @@ lapsed, never bought (NaN ``recency_days``)   first-purchase offer — "no purch
 stage lapsed                                  win-back campaign — "lapsed: no purchase for N days"
 high value and (at_risk or p_churn ≥ τ)       retention offer — "high value, at risk: no purchase for N days, churn p=…"
 stage at_risk                                 re-engagement nudge — "at risk: no purchase for N days, churn p=…"
-completeness < ``low_completeness``           ask next best question — "profile incomplete: ask <q>"
+informative question                          ask next best question — "profile incomplete: ask <q> (expected gain G nats)"
 stage new                                     onboarding — "new customer"
 stage won_back                                welcome-back offer — "won back after a long gap"
 high value                                    cross-sell top recommendation — "high value, loyal"
@@ -34,18 +36,24 @@ from clm_torch.lifecycle.stages import STAGES
 log = logging.getLogger(__name__)
 
 
-def _high_value(clv: np.ndarray, value_quantile: float) -> np.ndarray:
-    """CLV in the top ``1 - value_quantile`` share of all customers (NaN left out) and positive. When ties at the quantile would put
-    more than that share in the group (e.g. most customers at CLV 0), the tied customers are left out."""
-    ok = np.isfinite(clv)
-    if not ok.any() or value_quantile >= 1.0:  # the top 0 % is nobody
-        return np.zeros(len(clv), bool)
-    thr = np.quantile(clv[ok], value_quantile)
+def _top_share(x: np.ndarray, quantile: float) -> np.ndarray:
+    """``x`` in the top ``1 - quantile`` share of its finite values and positive. When ties at the quantile would
+    put more than that share in the group (e.g. most customers at CLV 0), the tied values are left out."""
+    ok = np.isfinite(x)
+    if not ok.any() or quantile >= 1.0:  # the top 0 % is nobody
+        return np.zeros(len(x), bool)
+    thr = np.quantile(x[ok], quantile)
     with np.errstate(invalid="ignore"):
-        high = clv >= thr
-        if high[ok].mean() > (1.0 - value_quantile) + 1.0 / ok.sum():  # ties at the threshold
-            high = clv > thr
-        return high & (clv > 0)
+        top = x >= thr
+        if top[ok].mean() > (1.0 - quantile) + 1.0 / ok.sum():  # ties at the threshold
+            top = x > thr
+        return top & (x > 0)
+
+
+def _high_value(clv: np.ndarray, value_quantile: float) -> np.ndarray:
+    """CLV in the top ``1 - value_quantile`` share of all customers (NaN left out) and positive; customers tied at
+    the quantile are left out when they would make the group larger than that share."""
+    return _top_share(clv, value_quantile)
 
 
 def _fmt_prob(p: np.ndarray) -> np.ndarray:
@@ -56,27 +64,42 @@ TOP_ITEMS_SEP = " | "  # joins the recommended item ids of a customers.csv cell 
 
 
 def suggest_actions(customers: pd.DataFrame, *, churn_threshold: float = 0.5, value_quantile: float = 0.8,
-                    low_completeness: float = 0.5) -> pd.DataFrame:
+                    question_gain_quantile: float = 0.8) -> pd.DataFrame:
     """Columns ``action`` and ``reason`` for a frame with ``stage``, ``churn_probability``, ``clv``,
-    and optionally ``completeness``, ``next_best_question``, ``recency_days``, ``top5_items`` (a
-    list of item ids per customer, or the ids joined by :data:`TOP_ITEMS_SEP`; the first is offered).
+    and optionally ``next_best_question`` with ``next_best_question_gain`` (the question's expected
+    information gain, nats: ``InfoGapVAE.next_best_question(...)["gain_1"]``), ``recency_days``,
+    ``top5_items`` (a list of item ids per customer, or the ids joined by :data:`TOP_ITEMS_SEP`; the
+    first is offered).
 
     ``high value`` is a positive CLV at or above the ``value_quantile`` quantile of every
     customer's CLV (NaN left out): the top ``1 - value_quantile`` share of all customers, less those
     at CLV 0 or below; customers tied at the quantile are all left out when including them would
-    exceed that share. A missing churn probability never makes a customer at risk.
+    exceed that share. A missing churn probability never makes a customer at risk. A question is
+    worth asking when its gain is positive and at or above the ``question_gain_quantile`` quantile of
+    the gains of the customers with a question whom no lapsed or at-risk rule takes (the same tie
+    rule): what the answer would tell about the customer's profile, not the share of the record
+    that is filled in (``completeness`` counts the event log's features, which no question can fill).
+
+    Raises:
+        SchemaError: a required column is missing, or ``next_best_question`` comes without
+            ``next_best_question_gain``; a value cannot be read; an unknown stage.
+        ValueError: a threshold or quantile outside [0, 1].
     """
     c = customers
     for name, v, lo, hi in (("churn_threshold", churn_threshold, 0, 1), ("value_quantile", value_quantile, 0, 1),
-                            ("low_completeness", low_completeness, 0, 1)):
+                            ("question_gain_quantile", question_gain_quantile, 0, 1)):
         if not (isinstance(v, (int, float, np.number)) and lo <= v <= hi):
             raise ValueError(f"{name} must be in [{lo}, {hi}], not {v!r}")
     missing = [k for k in ("stage", "churn_probability", "clv") if k not in c.columns]
     if missing:
         raise SchemaError(f"column not found; suggest_actions needs stage, churn_probability and clv "
                           f"(columns are {list(c.columns)})", source="<customers>", column=missing[0])
+    if "next_best_question" in c.columns and "next_best_question_gain" not in c.columns:
+        raise SchemaError("column not found; the next best question is asked by its expected gain: add it as "
+                          "next_best_question_gain (InfoGapVAE.next_best_question(...)['gain_1'])",
+                          source="<customers>", column="next_best_question_gain")
     num = {k: to_numeric_strict(c[k], source="<customers>", column=k).to_numpy()
-           for k in ("churn_probability", "clv", "completeness", "recency_days") if k in c.columns}
+           for k in ("churn_probability", "clv", "next_best_question_gain", "recency_days") if k in c.columns}
     p = num["churn_probability"]
     bad = ~np.isnan(p) & ((p < 0) | (p > 1))
     if bad.any():
@@ -91,9 +114,10 @@ def suggest_actions(customers: pd.DataFrame, *, churn_threshold: float = 0.5, va
                           source="<customers>", column="stage", row=c.index[i])
     stage = stage.astype(str)
     high = _high_value(num["clv"], value_quantile)
-    comp = num.get("completeness", np.ones(len(c)))
     question = c["next_best_question"].astype(object).fillna("").to_numpy() if "next_best_question" in c \
         else np.full(len(c), "")
+    gain = num.get("next_best_question_gain", np.full(len(c), np.nan))
+    gain = np.where((question != "") & np.isfinite(gain), gain, np.nan)
     rec = num.get("recency_days", np.full(len(c), np.nan))
     rec = np.where(np.isfinite(rec), rec, np.nan)
     top = np.full(len(c), "", dtype=object)
@@ -104,12 +128,18 @@ def suggest_actions(customers: pd.DataFrame, *, churn_threshold: float = 0.5, va
                  items.map(lambda r: str(r[0]) if isinstance(r, (list, tuple, np.ndarray)) and len(r) else ""))
         top = first.astype(str).to_numpy(dtype=object)
     with np.errstate(invalid="ignore"):
-        conds = [
+        offers = [
             (stage == "lapsed") & np.isnan(rec) & ("recency_days" in c),
             stage == "lapsed",
             high & ((stage == "at_risk") | (p >= churn_threshold)),
             stage == "at_risk",
-            (comp < low_completeness) & (question != ""),
+        ]
+        # the gains compared are those of the customers the rule can reach: a lapsed or at-risk customer's
+        # profile is looser (fewer recent purchases), so its questions gain more, but it gets its offer first
+        reach = ~np.logical_or.reduce(offers)
+        conds = [
+            *offers,
+            _top_share(np.where(reach, gain, np.nan), question_gain_quantile),
             stage == "new",
             stage == "won_back",
             high,
@@ -129,7 +159,8 @@ def suggest_actions(customers: pd.DataFrame, *, churn_threshold: float = 0.5, va
         lapsed,
         np.char.add("high value, ", at_risk),  # at risk by recency or by p: both facts, as for at_risk
         at_risk,
-        np.char.add("profile incomplete: ask ", question.astype(str)),
+        np.char.add(np.char.add(np.char.add("profile incomplete: ask ", question.astype(str)), " (expected gain "),
+                    np.char.add(np.char.mod("%.2f", np.nan_to_num(gain)), " nats)")),
         np.full(len(c), "new customer"),
         np.full(len(c), "won back after a long gap"),
         np.char.add("high value, loyal: offer ", top.astype(str)),
