@@ -180,13 +180,23 @@ def warn_small_splits(sizes: Mapping[str, int], source: str, logger: logging.Log
                        "by 0.1 or more)", source, small)
 
 
+def loader_generator(seed: int) -> torch.Generator:
+    """The generator a DataLoader of ours draws its workers' base seed from at every ``iter()``.
+
+    Without one, that draw comes from the global torch generator, the one dropout and negative
+    sampling use, once per epoch (and once per validation): a resumed run, whose first iterator was
+    made before its random-number state was restored, would then draw one number fewer than the
+    uninterrupted run and drift from it. Our datasets draw nothing in the workers."""
+    return torch.Generator().manual_seed(int(seed))
+
+
 def batch_loader(tensors: Mapping[str, torch.Tensor], batch_size: int, *, shuffle: bool, seed: int = 0,
                  num_workers: int = 0, pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
     """A DataLoader that yields dicts of whole-batch tensor slices."""
     ds = TensorTable(tensors)
     sampler = IndexBatchSampler(len(ds), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
     return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0, generator=loader_generator(seed))
 
 
 def stratified_split(y: np.ndarray | None, n: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:

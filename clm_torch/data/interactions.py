@@ -47,7 +47,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from clm_torch.data.datamodules import (IndexBatchSampler, SplitLoaders, TensorTable, check_batch_sizes,
-                                        shuffle_seed)
+                                        loader_generator, shuffle_seed)
 from clm_torch.data.encoding import FeatureEncoder
 from clm_torch.data.events import _factorize
 from clm_torch.data.schema import SchemaError
@@ -182,7 +182,7 @@ def ragged_loader(table: RaggedUserTable, batch_size: int, *, shuffle: bool, see
     """A DataLoader yielding whole ragged user batches (IndexBatchSampler, no per-row collation)."""
     sampler = IndexBatchSampler(len(table), batch_size, shuffle=shuffle, seed=seed)
     return DataLoader(table, sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0, generator=loader_generator(seed))
 
 
 def age_buckets_sorted(users: np.ndarray, times: np.ndarray, n_buckets: int = N_AGE_BUCKETS) -> np.ndarray:

@@ -35,8 +35,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from clm_torch.data.cleaning import clean_table
-from clm_torch.data.datamodules import (TableDataModule, TensorTable, _dist_info, check_both_classes, shuffle_seed,
-                                        warn_small_splits)
+from clm_torch.data.datamodules import (TableDataModule, TensorTable, _dist_info, check_both_classes, loader_generator,
+                                        shuffle_seed, warn_small_splits)
 from clm_torch.data.encoding import FeatureEncoder
 from clm_torch.data.schema import (SchemaError, TableSchema, check_drop, index_as_columns, infer_schema,
                                    ints_if_whole)
@@ -532,7 +532,8 @@ class ShardedTableDataModule(TableDataModule):
             self.loss_scale = rank_loss_scale(counts, rank)
         sampler = LocalBatchSampler(n, n_batches, shuffle=shuffle, seed=shuffle_seed(shuffle) + 104729 * rank)
         return DataLoader(TensorTable(t), sampler=sampler, batch_size=None, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+                          generator=loader_generator(sampler.seed))
 
 
 def sharded_table(path: str, **kwargs: Any) -> ShardedTableDataModule:

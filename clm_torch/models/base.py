@@ -10,6 +10,9 @@
 * A non-finite loss either raises (naming the step) or skips the batch, per ``nan_policy``.
 * ``train/loss`` (and any other training term) is summed in tensors during the epoch and logged once at
   its end (:meth:`CLMModule.add_train_terms`), not with a ``self.log`` per step.
+* Every checkpoint holds each rank's random-number state (``checkpoint["clm_rng"]``,
+  :mod:`clm_torch.utils.rng`); a resumed fit restores it before its first step, so that it draws what
+  the uninterrupted run would have drawn.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import lightning as L
 import pandas as pd
 import torch
 from torch.optim.lr_scheduler import LambdaLR
+
+from clm_torch.utils.rng import RNG_KEY, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,9 @@ class UnreadableRows:
                         source, self.n, total, self.first, what)
 
 
+_NO_RNG_STATE = "no random-number state"  # CLMModule._resume_rng: the checkpoint being resumed holds no random-number state
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf."""
 
@@ -73,6 +81,9 @@ class CLMModule(L.LightningModule):
         super().__init__()
         self.preprocessing: dict[str, Any] = {}
         self._train_sums: torch.Tensor | None = None
+        # the random-number state of the checkpoint a fit resumes from, applied at on_train_start
+        # (_NO_RNG_STATE: the checkpoint predates it)
+        self._resume_rng: Any = None
 
     def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:
         """Lightning's, then a check of the options every model shares (a typo such as
@@ -124,10 +135,47 @@ class CLMModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[PREPROCESSING_KEY] = self.preprocessing
         checkpoint[MODEL_CLASS_KEY] = type(self).__qualname__
+        checkpoint[RNG_KEY] = {"ranks": self._rng_states_of_all_ranks()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if checkpoint.get(PREPROCESSING_KEY):  # empty: saved before any was attached (clm_torch.runs.load_model says so)
             self.set_preprocessing(checkpoint[PREPROCESSING_KEY])
+        trainer = self._trainer
+        if trainer is not None and trainer.state.fn == "fit":  # a resume (not load_from_checkpoint, not test)
+            self._resume_rng = checkpoint.get(RNG_KEY) or _NO_RNG_STATE
+
+    # ------------------------------------------------------------------ random-number state
+    def _rng_states_of_all_ranks(self) -> list[dict[str, Any]]:
+        """Every rank's :func:`~clm_torch.utils.rng.rng_state`, in rank order (gathered under DDP: Lightning
+        calls ``on_save_checkpoint`` on every rank, and rank 0 writes the file)."""
+        state = rng_state(self.device)
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return [state]
+        states: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(states, state)
+        return states
+
+    def _restore_resume_rng(self) -> None:
+        """At the start of a resumed fit, this rank's random-number state from the checkpoint: the
+        state the uninterrupted run had when it wrote the checkpoint, and still has when it starts
+        the next epoch (the DataLoaders draw from generators of their own). Any draws since (model
+        building, the sanity check) are discarded. A checkpoint without one (an older clm_torch), or
+        written by another number of processes, gets one warning and the run goes on from this
+        run's seed."""
+        pending, self._resume_rng = self._resume_rng, None
+        trainer = self._trainer
+        if pending is None or trainer is None:
+            return
+        ranks = None if isinstance(pending, str) else pending.get("ranks") or None
+        if ranks is not None and len(ranks) == trainer.world_size:
+            set_rng_state(ranks[trainer.global_rank], self.device)
+            return
+        if trainer.is_global_zero:
+            why = ("was saved without the random-number state (by an older clm_torch)" if ranks is None else
+                   f"holds the random-number state of {len(ranks)} processes, this run has {trainer.world_size}")
+            log.warning("%s %s: the resumed run draws from seed=%s afresh, so it is not bit-identical to an "
+                        "uninterrupted run", trainer.ckpt_path or "the checkpoint", why, torch.initial_seed())
 
     # ------------------------------------------------------------------ training helpers
     def guard_loss(self, loss: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
@@ -167,6 +215,7 @@ class CLMModule(L.LightningModule):
         # after a resume has restored the optimizer and scheduler, before the first epoch (and before
         # the LearningRateMonitor logs its rate at that epoch's start)
         self._sync_cosine_rates()
+        self._restore_resume_rng()
 
     def _sync_cosine_rates(self) -> None:
         """Set each group's learning rate to what :meth:`cosine_schedule` gives for this epoch under the
