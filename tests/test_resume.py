@@ -8,8 +8,11 @@ order is a function of (seed, epoch) already (``IndexBatchSampler``)."""
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -69,3 +72,84 @@ def test_a_resumed_run_ends_with_the_weights_of_the_uninterrupted_one(tmp_path: 
     for a, b in zip(straight["optimizer_states"][0]["state"].values(),
                     resumed["optimizer_states"][0]["state"].values()):
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _draws() -> tuple:
+    return torch.rand(3).tolist(), np.random.rand(2).tolist(), random.random()
+
+
+def test_the_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    """torch, numpy and Python ``random`` continue with the same numbers after a save and a load with
+    ``weights_only=True`` (numpy's key array and Python's state tuple are stored as tensors)."""
+    from clm_torch.utils.rng import rng_state, set_rng_state
+
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    _draws()
+    torch.save({"rng": rng_state()}, tmp_path / "s.ckpt")
+    expected = _draws()
+    _draws()  # move every generator on
+    set_rng_state(torch.load(tmp_path / "s.ckpt", weights_only=True)["rng"])
+    assert _draws() == expected
+
+
+class _Trainer(SimpleNamespace):
+    state = SimpleNamespace(fn="fit")
+    lr_scheduler_configs: list = []
+
+
+def test_a_resume_restores_its_own_ranks_state_and_warns_once_when_it_cannot(caplog) -> None:
+    """Rank r takes the r-th state of the checkpoint; a checkpoint of another number of processes, or
+    of an older clm_torch (no state), gets one warning line and leaves the generators as they are. A
+    checkpoint loaded outside a fit (load_from_checkpoint, test) restores nothing."""
+    from clm_torch import ChurnClassifier
+    from clm_torch.utils.rng import RNG_KEY, rng_state
+
+    model = ChurnClassifier(n_num=2, cat_cardinalities=[3], k_ensemble=1, hidden=[4], d_embed=4)
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append(rng_state())
+    rank1 = torch.rand(3)
+    model._trainer = _Trainer(world_size=2, global_rank=1, is_global_zero=False, ckpt_path="last.ckpt")
+    model.on_load_checkpoint({RNG_KEY: {"ranks": states}})
+    torch.manual_seed(0)
+    model.on_train_start()
+    assert torch.equal(torch.rand(3), rank1)
+    for ckpt, why in (({RNG_KEY: {"ranks": states}}, "holds the random-number state of 2 processes, this run has 1"),
+                      ({}, "was saved without the random-number state (by an older clm_torch)")):
+        model._trainer = _Trainer(world_size=1, global_rank=0, is_global_zero=True, ckpt_path="last.ckpt")
+        model.on_load_checkpoint(ckpt)
+        torch.manual_seed(0)
+        before = torch.get_rng_state()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="clm_torch.models.base"):
+            model.on_train_start()
+        assert torch.equal(torch.get_rng_state(), before)
+        assert [r.getMessage() for r in caplog.records] == [
+            f"last.ckpt {why}: the resumed run draws from seed=0 afresh, so it is not bit-identical to an "
+            "uninterrupted run"]
+    for trainer in (None, _Trainer(world_size=1, global_rank=0, is_global_zero=True, ckpt_path="best.ckpt",
+                                   state=SimpleNamespace(fn="test"))):
+        model._trainer = trainer
+        model.on_load_checkpoint({RNG_KEY: {"ranks": states[:1]}})
+        model._trainer = _Trainer(world_size=1, global_rank=0, is_global_zero=True, ckpt_path=None)
+        torch.manual_seed(0)
+        before = torch.get_rng_state()
+        model.on_train_start()  # a later fit of the loaded model keeps its own seed
+        assert torch.equal(torch.get_rng_state(), before)
+    model._trainer = None
+
+
+@pytest.mark.slow  # two trainings, 6-12 s on a busy 2-core machine
+def test_a_checkpoint_without_the_rng_state_still_resumes(tmp_path: Path, files: dict[str, Path], caplog) -> None:
+    """A last.ckpt written before the random-number state was saved resumes to the end, with one
+    warning line."""
+    args = [*_model_args("churn", files), *COMMON, "test=false"]
+    train(compose_cfg([*args, "trainer.max_epochs=1"], tmp_path / "run"))
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    old = torch.load(path, weights_only=True)
+    torch.save({k: v for k, v in old.items() if k != "clm_rng"}, path)
+    with caplog.at_level(logging.WARNING):
+        train(compose_cfg([*args, "trainer.max_epochs=2", "ckpt_path=last"], tmp_path / "run"))
+    assert _last(tmp_path / "run")["epoch"] == 1
+    assert len([r for r in caplog.records if "saved without the random-number state" in r.getMessage()]) == 1
