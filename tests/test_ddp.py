@@ -364,3 +364,29 @@ def test_the_vae_projector_under_ddp_shows_every_test_row(tmp_path: Path) -> Non
     model.eval()
     want = np.asarray(model.encode(test))  # the weights the main process holds after spawn: rank 0's
     np.testing.assert_allclose(mu, want, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- resume under ddp_sim
+@pytest.mark.slow  # three 2-process runs, about 90 s each on a busy 2-core machine
+def test_a_resumed_ddp_sim_run_ends_with_the_weights_of_the_uninterrupted_one(tmp_path: Path) -> None:
+    """trainer=ddp_sim, 2 epochs straight == 1 epoch, then ckpt_path=last to 2: last.ckpt holds both
+    ranks' random-number states, and each rank restores its own (weights equal bit for bit)."""
+    from clm_torch.data.sources.interactions import synthetic_lowrank_log
+
+    log = tmp_path / "log.csv"
+    synthetic_lowrank_log(n_users=120, n_items=50, rank=3, per_user=12, seed=0).to_csv(log, index=False)
+    args = ["model=recommender", "data=interactions", f"data.path={log}", "data.user_col=user", "data.item_col=item",
+            "data.protocol=random", "model.d=8", "trainer=ddp_sim", "callbacks.model_summary=null",
+            "callbacks.progress_bar=null", "callbacks.early_stopping=null", "logger=csv", "test=false"]
+    for run, extra in (("straight", ["trainer.max_epochs=2"]), ("resumed", ["trainer.max_epochs=1"]),
+                       ("resumed", ["trainer.max_epochs=2", "ckpt_path=last"])):
+        proc = _run_cli(tmp_path, *args, *extra, f"hydra.run.dir={tmp_path / run}")
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        if extra == ["trainer.max_epochs=1"]:
+            ckpt = torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)
+            assert len(ckpt["clm_rng"]["ranks"]) == 2
+    straight, resumed = (torch.load(tmp_path / r / "checkpoints" / "last.ckpt", weights_only=True)
+                         for r in ("straight", "resumed"))
+    assert straight["epoch"] == resumed["epoch"] == 1
+    differ = [k for k, v in straight["state_dict"].items() if not torch.equal(v, resumed["state_dict"][k])]
+    assert not differ, differ
