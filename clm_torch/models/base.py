@@ -62,7 +62,7 @@ class UnreadableRows:
                         source, self.n, total, self.first, what)
 
 
-_NO_RNG_STATE = "no random-number state"  # CLMModule._resume_rng: the checkpoint being resumed holds no random-number state
+_NO_RNG_STATE = "no random-number state"  # CLMModule._resume_rng: the resumed checkpoint holds none
 
 
 class NonFiniteLossError(FloatingPointError):
