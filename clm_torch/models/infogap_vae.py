@@ -321,7 +321,8 @@ class InfoGapVAE(CLMModule):
         """``n`` (or one) reparameterised draws of z for every row. ``slots`` (B,) (inference): row b's
         standard-normal draws are slot slots[b] (a hash of its encoded values) of a pool drawn from
         ``generator`` (``components/keyed.py``), so they do not depend on the other rows of the batch,
-        their order or the batch size, and their Monte Carlo error is independent between rows;
+        their order or the batch size (the results then agree up to float rounding, which BLAS may do
+        differently by batch size), and their Monte Carlo error is independent between rows;
         otherwise fresh draws per row (training)."""
         shape = mu.shape if n is None else (n, *mu.shape)
         if slots is not None:

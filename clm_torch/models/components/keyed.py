@@ -1,7 +1,8 @@
 """Random draws keyed by row: each row's draws follow from its own content and the generator.
 
 Inference with Monte Carlo (imputation, surprise, the value of a question) must give a row the same
-answer whatever other rows share its batch, their order or the batch size. Common random numbers
+answer whatever other rows share its batch, their order or the batch size (the draws are the same; the
+network's products may still round differently by batch size, ~1e-5 relative on some CPUs). Common random numbers
 (one set of draws shared by every row) do that, but their Monte Carlo error is then the same for every
 row: with 8 or 16 draws one column's imputation std, or one question's gain, comes out too high for
 every customer at once, and the share of customers whose best question is that column follows the
