@@ -45,7 +45,7 @@ from omegaconf.errors import ConfigKeyError
 from clm_torch.data.cleaning import clean_table
 from clm_torch.data.events import (CustomerView, build_customer_view, load_events, parse_cutoff,
                                    parse_sequence_column)
-from clm_torch.data.schema import SchemaError, infer_schema
+from clm_torch.data.schema import SchemaError, csv_options, infer_schema
 from clm_torch.data.sources.events import read_customer_table, view_to_frame
 from clm_torch.lifecycle import report as rpt
 from clm_torch.models.components.sequence import SEQUENCE_ENCODERS
@@ -73,6 +73,12 @@ def _say(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------- step 1: load
+def _csv(d: DictConfig) -> dict[str, Any] | None:
+    """``data.csv`` (the CSV dialect of the log and the table) as a plain dict; None when unset."""
+    node = d.get("csv")
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else None
+
+
 def load_inputs(cfg: DictConfig) -> dict[str, Any]:
     """The event log (observed part only), the customer table, and ground truth when synthetic."""
     d = cfg.data
@@ -91,8 +97,8 @@ def load_inputs(cfg: DictConfig) -> dict[str, Any]:
         _check_event_columns(d)
         events = load_events(d.path, customer_col=d.customer_col, time_col=d.time_col, amount_col=d.amount_col,
                              item_col=d.item_col, quantity_col=d.get("quantity_col"),
-                             future_policy=d.get("future_policy", "error"))
-        customers = (read_customer_table(d.customers_path, d.get("customers_id_col") or d.customer_col)
+                             future_policy=d.get("future_policy", "error"), csv=_csv(d))
+        customers = (read_customer_table(d.customers_path, d.get("customers_id_col") or d.customer_col, csv=_csv(d))
                      if d.get("customers_path") else None)
         cutoff = (parse_cutoff(d.cutoff, setting="data.cutoff") if d.get("cutoff")
                   else events["timestamp"].max().normalize() + pd.Timedelta(days=1))
@@ -176,6 +182,10 @@ def check_pipeline_settings(cfg: DictConfig) -> None:
             raise bad("data.path", d.get("path"), "the event log's file (.csv or .parquet)")
         _check_event_columns(d)
         one_of("data.future_policy", d.get("future_policy", "error"), ("error", "drop"))
+        try:
+            csv_options(_csv(d), path=d.path)
+        except SchemaError as e:
+            raise SettingError(e.detail) from None
         for key in ("cutoff", "customers_as_of"):
             if d.get(key):
                 parse_cutoff(d[key], setting=f"data.{key}")

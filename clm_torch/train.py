@@ -247,6 +247,14 @@ def check_settings(cfg: DictConfig) -> None:
             if v is not None and not ok(v):
                 raise bad(f"{group}.{key}", v, want)
     data = cfg.get("data")
+    if isinstance(data, DictConfig) and isinstance(data.get("csv"), DictConfig):  # data.csv.decimal=';' and the like
+        from clm_torch.data.schema import SchemaError, csv_options
+
+        try:
+            path = data.get("path")
+            csv_options(OmegaConf.to_container(data.csv, resolve=True), path=path if isinstance(path, str) else None)
+        except SchemaError as e:
+            raise SettingError(e.detail) from None
     if isinstance(data, DictConfig) and "val_size" in data and "test_size" in data:
         if data.val_size + data.test_size >= 1:
             raise SettingError(f"data.val_size={data.val_size!r} and data.test_size={data.test_size!r}: expected "

@@ -81,6 +81,43 @@ def test_files_that_pandas_would_misread_are_named_errors(tmp_path: Path) -> Non
     assert "cannot read a .xlsx file" in error("cust.xlsx", b"id,plan\n1,a\n")
 
 
+
+def test_excel_export_with_semicolons_and_decimal_commas(tmp_path: Path) -> None:
+    """A German Excel "CSV" (UTF-8 BOM, ';' between fields, 1.234,50 for 1234.5) used to stop with pandas'
+    tokenizer error ('Expected 2 fields in line 3, saw 3', the decimal comma read as a separator), which
+    named neither ';' nor a way to read it. It is named now, and data.csv reads it: numbers in the
+    dialect become numbers, a date such as 06.09.2023 stays text (pandas' own thousands='.' reads it
+    as 6092023), ids keep their zeros, missing tokens are missing."""
+    p = tmp_path / "kunden.csv"
+    p.write_bytes("kunde;saldo;seit;alter\n0001;1.234,50;06.09.2023;41\n0002;-7,5;07.09.2023;?\n"
+                  "0003;12.345.678,9;08.09.2023;33,5\n".encode("utf-8-sig"))
+    with pytest.raises(SchemaError) as err:
+        read_table(p)
+    assert f"{p}: the header is one column, 'kunde;saldo;seit;alter': the file looks separated by ';'; read it " \
+           "with data.csv.sep=';' (with decimal commas such as 1.234,50 also data.csv.decimal=','" in str(err.value)
+    df = read_table(p, text_columns=["kunde"], csv={"sep": ";", "decimal": ",", "thousands": "."})
+    assert df["kunde"].tolist() == ["0001", "0002", "0003"]
+    assert df["saldo"].tolist() == [1234.5, -7.5, 12345678.9] and df["saldo"].dtype == np.float64
+    assert df["seit"].tolist() == ["06.09.2023", "07.09.2023", "08.09.2023"]
+    assert df["alter"].iloc[[0, 2]].tolist() == [41.0, 33.5] and np.isnan(df["alter"].iloc[1])
+    # without a thousands separator 1.234,50 is no number: the column stays text (and is warned about)
+    assert read_table(p, csv={"sep": ";", "decimal": ","})["saldo"].iloc[0] == "1.234,50"
+    for bad, what in (({"sep": ",", "decimal": ","}, "data.csv.sep and data.csv.decimal are both ','"),
+                      ({"decimal": ","}, "data.csv.sep and data.csv.decimal are both ','"),
+                      ({"decimal": ";"}, "data.csv.decimal=';': expected '.' or ','"),
+                      ({"sep": "ab"}, "data.csv.sep='ab': expected one character"),
+                      ({"seperator": ";"}, "data.csv has no key 'seperator'")):
+        with pytest.raises(SchemaError, match=what):
+            read_table(p, csv=bad)
+    # the event log reads its money column in the same dialect
+    from clm_torch.data.events import load_events
+
+    log = tmp_path / "log.csv"
+    log.write_text("customer_id;timestamp;amount\n007;2024-01-05;22,77\n007;2024-02-05;-1.022,50\n")
+    ev = load_events(log, customer_col="customer_id", time_col="timestamp", amount_col="amount",
+                     csv={"sep": ";", "decimal": ",", "thousands": "."})
+    assert ev["amount"].tolist() == [22.77, -1022.5] and ev["customer_id"].tolist() == ["007", "007"]
+
 def test_what_is_read_as_it_should_be(tmp_path: Path) -> None:
     """The counterparts that must keep working: a UTF-16 export with its byte-order mark, a UTF-8 BOM,
     empty trailing header cells, a one-column table, and a zipped or gzipped CSV named as such."""

@@ -600,6 +600,11 @@ def test_settings_are_looked_up_one_way() -> None:
      "data.n_neighbors=-1: expected a whole number >= 0 (0 = no item-item term)"),
     (["model=recommender", "data=interactions", "data.path=log.csv", "model.loss=hinge"],
      "model.loss='hinge': expected one of softmax, sampled_softmax, bpr"),
+    (["data=events", "data.path=log.csv", "data.csv.decimal=','"],
+     "data.csv.sep and data.csv.decimal are both ',': a number such as 1,5 could not be told from two fields or a "
+     "thousands group; a file with decimal commas is usually separated by ';' (data.csv.sep=';' data.csv.decimal=',')"),
+    (["model=recommender", "data=interactions", "data.path=log.csv", "data.csv.sep=ab"],
+     "data.csv.sep='ab': expected one character such as ';' or ',' (\\t for a tab)"),
 ])
 def test_the_settings_of_event_and_interaction_logs_are_checked_before_the_log_is_read(
         make_cfg, overrides: list[str], message: str) -> None:

@@ -426,12 +426,13 @@ class TableDataModule(SplitLoaders):
 
 def table_from_file(path: str, target: str | None = None, id_col: str | None = None,
                     roles: Mapping[str, Sequence[str]] | None = None, drop: Sequence[str] = (),
-                    **kwargs: Any) -> TableDataModule:
+                    csv: Mapping[str, Any] | None = None, **kwargs: Any) -> TableDataModule:
     """A :class:`TableDataModule` over a CSV/Parquet file (the ``data=csv`` config).
 
-    ``require_target`` defaults to whether a target is given.
+    ``require_target`` defaults to whether a target is given; ``csv`` is the CSV dialect
+    (``data.csv.sep``, ``decimal``, ``thousands``).
     """
     from clm_torch.data.sources.tables import CSVSource
 
     kwargs.setdefault("require_target", target is not None)
-    return TableDataModule(CSVSource(path, target=target, id_col=id_col, roles=roles, drop=drop), **kwargs)
+    return TableDataModule(CSVSource(path, target=target, id_col=id_col, roles=roles, drop=drop, csv=csv), **kwargs)

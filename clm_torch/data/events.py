@@ -291,6 +291,7 @@ def load_events(
     source: str | None = None,
     future_policy: str = "error",
     now: Any = None,
+    csv: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Read and validate an event log into the canonical frame.
 
@@ -310,6 +311,9 @@ def load_events(
     now
         Reference time for the future check (anything ``pd.Timestamp`` accepts; tz-aware values are
         converted to UTC). Defaults to the current UTC time.
+    csv
+        The CSV dialect of a file (``data.csv``: ``sep``, ``decimal``, ``thousands``; see
+        :func:`~clm_torch.data.schema.read_table`).
 
     Returns
     -------
@@ -344,7 +348,8 @@ def load_events(
     else:
         src = source or str(path_or_df)
         # ids keep their leading zeros ('00048' and '48' are two SKUs)
-        raw = read_table(path_or_df, what="event log", text_columns=[customer_col, *([item_col] if item_col else [])])
+        raw = read_table(path_or_df, what="event log", text_columns=[customer_col, *([item_col] if item_col else [])],
+                         csv=csv)
 
     wanted = {
         "customer_id": customer_col,

@@ -166,14 +166,91 @@ def _shown(v: Any) -> str:
 # ----------------------------------------------------------------------------- reading
 
 
-def read_table(path: str | os.PathLike, *, what: str = "table", text_columns: Sequence[str] = ()) -> pd.DataFrame:
+CSV_OPTIONS = ("sep", "decimal", "thousands")
+
+
+def csv_options(csv: Mapping[str, Any] | None, *, setting: str = "data.csv", path: Any = None
+                ) -> dict[str, str | None]:
+    """The CSV dialect of ``data.csv`` (``sep``, ``decimal``, ``thousands``), checked: one character
+    each (``\\t`` for a tab), ``decimal`` one of ``.`` and ``,``, and no two of them the same (pandas
+    would read ``1,5`` in a comma-separated file as two fields without a word). None or a missing
+    key keeps the default: the separator from the file name (``.tsv``: tab, else comma), ``.``
+    decimals, no thousands separator. With ``path`` (a file the dialect reads), a dialect that makes two of
+    separator, decimal mark and thousands separator one character is refused too."""
+    given = dict(csv or {})
+    unknown = sorted(set(given) - set(CSV_OPTIONS))
+    if unknown:
+        raise SchemaError(f"{setting} has no key {unknown[0]!r}; its keys are {', '.join(CSV_OPTIONS)}", source=setting)
+    out: dict[str, str | None] = {}
+    for key in CSV_OPTIONS:
+        v = given.get(key)
+        if v is None or v == "":
+            out[key] = None
+            continue
+        v = {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(str(v), str(v))
+        if len(v) != 1 or v in "\"\r\n" or v.isalnum():
+            raise SchemaError(f"{setting}.{key}={given[key]!r}: expected one character such as ';' or ',' (\\t for a tab)",
+                              source=setting)
+        out[key] = v
+    if out["decimal"] not in (None, ".", ","):
+        raise SchemaError(f"{setting}.decimal={out['decimal']!r}: expected '.' or ','", source=setting)
+    if path is not None:
+        _check_dialect(out["sep"] or ("\t" if ".tsv" in "".join(Path(str(path)).suffixes).lower() else ","),
+                       out["decimal"] or ".", out["thousands"], setting=setting)
+    return out
+
+
+def _check_dialect(sep: str, decimal: str, thousands: str | None, *, setting: str = "data.csv") -> None:
+    """Refuse a dialect in which two of separator, decimal mark and thousands separator are one
+    character: ``1,5`` in a comma-separated file would be two fields."""
+    for a, b, va, vb in (("sep", "decimal", sep, decimal), ("sep", "thousands", sep, thousands),
+                         ("decimal", "thousands", decimal, thousands)):
+        if va == vb:
+            raise SchemaError(f"{setting}.{a} and {setting}.{b} are both {va!r}: a number such as 1{va}5 could not be "
+                              f"told from two fields or a thousands group; a file with decimal commas is usually "
+                              f"separated by ';' ({setting}.sep=';' {setting}.decimal=',')", source=setting)
+
+
+def _numbers_in_dialect(df: pd.DataFrame, decimal: str, thousands: str | None, skip: Sequence[str]) -> pd.DataFrame:
+    """The text columns of a CSV read as text, as numbers where every value (missing tokens aside, which
+    become NaN) is a number written in the dialect: digits with an optional sign, ``thousands``
+    between groups of exactly three digits, ``decimal`` before the fraction (``1.234,50`` with ``,``
+    and ``.``). Anything else stays text, so a date such as ``06.09.2023`` is never the number
+    6092023 (pandas' own ``thousands='.'`` reads it so). ``skip``: columns kept as text (ids)."""
+    d = re.escape(decimal)
+    whole = rf"\d{{1,3}}(?:{re.escape(thousands)}\d{{3}})+|\d+" if thousands else r"\d+"
+    pattern = rf"^[-+]?(?:{whole})(?:{d}\d+)?$"
+    out = {}
+    for col in df.columns:
+        s = df[col]
+        if col in skip or not (s.dtype == object or pd.api.types.is_string_dtype(s)):
+            continue
+        text = s.astype("string").str.strip()
+        token = _is_missing_token(text).fillna(False).to_numpy(dtype=bool) | text.isna().to_numpy()
+        values = pd.Series(pd.unique(text[~token]), dtype="string")
+        if values.empty or not values.str.fullmatch(pattern).all():
+            continue
+        plain = text.where(~token)
+        if thousands:
+            plain = plain.str.replace(thousands, "", regex=False)
+        plain = plain.str.replace(decimal, ".", regex=False).astype(object)
+        out[col] = pd.to_numeric(plain.where(plain.notna(), np.nan))  # int64 or float64, as pandas reads numbers
+    return df.assign(**out) if out else df
+
+
+def read_table(path: str | os.PathLike, *, what: str = "table", text_columns: Sequence[str] = (),
+               csv: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Read a CSV or Parquet file, turning every I/O or parse failure into a SchemaError.
 
     Args:
         path: a ``.csv``, ``.csv.gz``, ``.tsv`` or ``.parquet`` file.
         what: a word for the messages (``"table"``, ``"event log"``).
         text_columns: columns of a CSV read as text, e.g. ids: ``000235`` keeps its zeros.
+        csv: the CSV dialect (``data.csv``: ``sep``, ``decimal``, ``thousands``; :func:`csv_options`),
+            e.g. ``{"sep": ";", "decimal": ",", "thousands": "."}`` for a German Excel export
+            (``1.234,50``); ignored for Parquet.
     """
+    opts = csv_options(csv)
     p = Path(path)
     src = str(p)
     if not p.exists():
@@ -203,12 +280,15 @@ def read_table(path: str | os.PathLike, *, what: str = "table", text_columns: Se
             raise SchemaError(f"{what} file is {kind}, not a CSV text file", source=src)
         if head[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a byte-order mark: Excel's "Unicode text" export
             encoding = "utf-16"
-    sep = "\t" if ".tsv" in suffixes else ","
+    sep = opts["sep"] or ("\t" if ".tsv" in suffixes else ",")
+    decimal, thousands = opts["decimal"] or ".", opts["thousands"]
+    _check_dialect(sep, decimal, thousands)
+    dialect = decimal != "." or thousands is not None  # numbers converted by _numbers_in_dialect, not by pandas
     try:
         if is_parquet:
             df = index_as_columns(pd.read_parquet(p))
         else:
-            dtype = {c: str for c in text_columns} if text_columns else None
+            dtype = str if dialect else {c: str for c in text_columns} if text_columns else None
             df = pd.read_csv(p, sep=sep, encoding=encoding, low_memory=False, dtype=dtype)
     except UnicodeDecodeError:
         where, column = _first_bad_utf8(p, sep)
@@ -220,6 +300,8 @@ def read_table(path: str | os.PathLike, *, what: str = "table", text_columns: Se
     except pd.errors.EmptyDataError:
         raise SchemaError(f"{what} file has no columns (empty file)", source=src) from None
     except pd.errors.ParserError as e:
+        # a ';'-separated file read with ',' (a German Excel export: "1.234,50" splits at its comma)
+        _check_delimiter(p, sep, encoding, _first_line(p, encoding))
         raise SchemaError(f"cannot parse {what} file: {str(e).strip()}", source=src) from None
     except (OSError, ValueError, ImportError) as e:
         raise SchemaError(f"cannot read {what} file: {type(e).__name__}: {e}", source=src) from None
@@ -227,6 +309,8 @@ def read_table(path: str | os.PathLike, *, what: str = "table", text_columns: Se
         _check_header(p, sep, encoding, list(df.columns))
         if not df.index.equals(pd.RangeIndex(len(df))):  # rows with more fields than the header: pandas made
             df = _without_trailing_field(p, sep, encoding, df, dtype, what)  # the first column(s) the index
+        if dialect:
+            df = _numbers_in_dialect(df, decimal, thousands, skip=text_columns)
     if len(df) == 0:
         raise SchemaError(f"{what} file has a header but no rows", source=src)
     return df
@@ -334,13 +418,35 @@ def _check_header(p: Path, sep: str, encoding: str, columns: list) -> None:
         if name.strip():  # empty names (trailing separators) become "Unnamed: k" columns
             seen[name] = i
     if len(columns) == 1:
-        other = next((d for d in (";", "|", "\t", ",") if d != sep and d in str(columns[0])), None)
-        fix = {";": "save it comma-separated (.csv) or tab-separated (.tsv)",
-               "|": "save it comma-separated (.csv) or tab-separated (.tsv)",
-               "\t": "give it a .tsv name", ",": "give it a .csv name"}
-        if other:
-            raise SchemaError(f"the header is one column, {str(columns[0])[:80]!r}: the file looks separated by "
-                              f"{other!r}; {fix[other]}", source=str(p))
+        _check_delimiter(p, sep, encoding, str(columns[0]))
+
+
+def _first_line(p: Path, encoding: str) -> str:
+    """The file's first line (its header), '' when it cannot be read."""
+    try:
+        with (__import__("gzip").open if p.suffix.lower() == ".gz" else open)(p, "rt", encoding=encoding,
+                                                                              errors="replace") as f:
+            return f.readline().lstrip("\ufeff").rstrip("\r\n")
+    except OSError:
+        return ""
+
+
+def _check_delimiter(p: Path, sep: str, encoding: str, header: str) -> None:
+    """Raise when a header without the separator ``sep`` holds another one: the file is separated by
+    that one (a German Excel export separates by ';' and writes decimal commas)."""
+    if sep in header:
+        return
+    other = next((d for d in (";", "|", "\t", ",") if d != sep and d in header), None)
+    if other is None:
+        return
+    shown = {"\t": "\\t"}.get(other, other)
+    fix = {";": f"read it with data.csv.sep=';' (with decimal commas such as 1.234,50 also data.csv.decimal=',' "
+                f"data.csv.thousands='.'; in Python csv={{'sep': ';', ...}}), or save it comma-separated",
+           "|": "read it with data.csv.sep='|', or save it comma-separated (.csv) or tab-separated (.tsv)",
+           "\t": "give it a .tsv name, or read it with data.csv.sep='\\t'",
+           ",": "give it a .csv name, or read it with data.csv.sep=','"}
+    raise SchemaError(f"the header is one column, {header[:80]!r}: the file looks separated by {shown!r}; "
+                      f"{fix[other]}", source=str(p))
 
 
 # ----------------------------------------------------------------------------- inference

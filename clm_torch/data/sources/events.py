@@ -133,14 +133,14 @@ def view_to_frame(view: CustomerView, target: str | None, sequence_length: int =
     return frame.reset_index()
 
 
-def read_customer_table(path: str | os.PathLike, id_col: str) -> pd.DataFrame:
+def read_customer_table(path: str | os.PathLike, id_col: str, csv: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """A customer table file with its id column (read as text: ids keep leading zeros) renamed to
     ``customer_id`` and one row per id (the cleaning rule: the last row of each id, with a warning).
 
     Raises:
         SchemaError: the file cannot be read, or has no column ``id_col``.
     """
-    customers = read_table(path, what="customer table", text_columns=[id_col])
+    customers = read_table(path, what="customer table", text_columns=[id_col], csv=csv)
     if id_col not in customers.columns:
         raise SchemaError(f"id column not found; columns are {list(customers.columns)}", source=str(path),
                           column=id_col)
@@ -172,6 +172,7 @@ def customer_view_from_files(
     customers_as_of: Any = None,
     customers_joined_col: str | None = None,
     warn_ids: bool = True,
+    csv: Mapping[str, Any] | None = None,
 ) -> CustomerView:
     """Load and validate an event log (and customer table) and build the view at ``cutoff``.
 
@@ -179,10 +180,12 @@ def customer_view_from_files(
     an earlier cutoff its customers without an event before the cutoff are left out of the view
     (see :func:`build_customer_view`): some of them joined after the cutoff. ``customers_joined_col``:
     the table's join-date column, which says who existed at the cutoff (see :func:`build_customer_view`).
-    ``warn_ids``: warn about ids that differ only in letter case (``data.clean.check_id_case``)."""
+    ``warn_ids``: warn about ids that differ only in letter case (``data.clean.check_id_case``). ``csv``:
+    the CSV dialect of both files (``data.csv``)."""
     events = load_events(path, customer_col=customer_col, time_col=time_col, amount_col=amount_col,
-                         item_col=item_col, quantity_col=quantity_col, future_policy=future_policy)
-    customers = read_customer_table(customers_path, customers_id_col or customer_col) if customers_path else None
+                         item_col=item_col, quantity_col=quantity_col, future_policy=future_policy, csv=csv)
+    customers = (read_customer_table(customers_path, customers_id_col or customer_col, csv=csv) if customers_path
+                 else None)
     cut = (parse_cutoff(cutoff, setting="data.cutoff") if cutoff not in (None, "", "auto")
            else default_cutoff(events, horizon_days))
     if cut <= events["timestamp"].min():
@@ -243,6 +246,7 @@ def events_datamodule(
     time_features: str = "absolute",
     customers_as_of: Any = None,
     customers_joined_col: str | None = None,
+    csv: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> TableDataModule:
     """The ``data=events`` DataModule: customer view at ``cutoff`` → :class:`TableDataModule`.
@@ -262,7 +266,8 @@ def events_datamodule(
                                     horizon_days=horizon_days, customers_path=customers_path,
                                     customers_id_col=customers_id_col, n_last=max(n_last, sequence_length),
                                     future_policy=future_policy, customers_as_of=customers_as_of,
-                                    customers_joined_col=customers_joined_col, warn_ids=_check_id_case(kwargs))
+                                    customers_joined_col=customers_joined_col, warn_ids=_check_id_case(kwargs),
+                                    csv=csv)
     name = f"{path} @ cutoff {view.cutoff.date()} (+{horizon_days:g} days)"
     return _view_datamodule(view, target, sequence_length, roles, drop, name, time_features, **kwargs)
 

