@@ -867,6 +867,28 @@ def test_customer_ids_differing_only_in_letter_case_are_warned_about(caplog):
     assert "letter case" not in caplog.text
 
 
+
+def test_table_ids_that_lost_their_leading_zeros_are_warned_about(caplog):
+    """An Excel round trip turns the table's '000002' into 2 while the log keeps '000002': the two stay
+    apart (nothing is merged), but the only word used to be "only k of n customer-table ids are in
+    the event log; the others are customers without purchases" (and nothing at all when more than
+    half matched), so a customer split in two passed for a customer without purchases. The leading
+    zeros are named now, with the fix."""
+    rows = [(f"{i:06d}", "2024-01-01", "x", 1.0) for i in (2, 3, 14)] + [("100200", "2024-01-02", "y", 2.0)]
+    table = pd.DataFrame({"cid": [2, 3, 100200], "plan": ["p", "q", "r"]})  # read from the export as numbers
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.events"):
+        v = _view(_log(rows), events_source="orders.csv", customers=table, customer_id_col="cid",
+                  customers_source="crm.csv")
+    assert v.features.index.tolist() == ["000002", "000003", "000014", "100200", "2", "3"]  # not merged
+    assert "crm.csv: column 'cid': 2 ids of the customer table are in the event log (orders.csv) only with other " \
+           "leading zeros (e.g. '2' in the table, '000002' in the log): they count as two customers" in caplog.text
+    assert "str.zfill(6)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.events"):  # ids without zeros: no word
+        _view(_log([("7", "2024-01-01", "x", 1.0), ("70", "2024-01-02", "x", 1.0)]),
+              customers=pd.DataFrame({"cid": ["7", "8"]}), customer_id_col="cid")
+    assert "leading zeros" not in caplog.text
+
 def test_a_second_view_of_the_same_ids_can_leave_the_id_warnings_out(caplog):
     """warn_ids=False (a second cutoff of the same log and table, as the pipeline builds): the same
     view, without the letter-case and shared-id warnings that the first view gave."""

@@ -536,6 +536,30 @@ def _warn_case_mismatch(ev_index: pd.Index, table_only: pd.Index, src: str, tsrc
                     int(hit.sum()), src, table_only[i], ev_index[j])
 
 
+def _warn_zeros_mismatch(ev_index: pd.Index, table_only: pd.Index, src: str, tsrc: str, column: str) -> None:
+    """Warn when ids of the customer table that are not in the event log are there with other leading
+    zeros ('1' or 1 in the table, '000001' in the log; Excel drops the zeros of ids it takes for
+    numbers): the view would hold two customers, one without purchases and one without table
+    columns, and the share of table ids found in the log would only say "customers without
+    purchases". Distinct ids only; nothing is merged."""
+    if not len(table_only) or not len(ev_index):
+        return
+    ev_text = pd.Series(ev_index, dtype="string").str.strip()
+    tab_text = pd.Series(table_only, dtype="string").str.strip()
+    if not (ev_text.str.startswith("0").any() or tab_text.str.startswith("0").any()):
+        return  # no id has a leading zero: nothing to lose
+    ev_key, tab_key = ev_text.str.lstrip("0"), tab_text.str.lstrip("0")
+    hit = tab_key.isin(ev_key.dropna()).fillna(False).to_numpy(dtype=bool) & (tab_key != "").fillna(False).to_numpy()
+    if hit.any():
+        i = int(np.flatnonzero(hit)[0])
+        j = int(np.flatnonzero((ev_key == tab_key.iloc[i]).fillna(False).to_numpy())[0])
+        log.warning("%s: column '%s': %d ids of the customer table are in the event log (%s) only with other leading "
+                    "zeros (e.g. %r in the table, %r in the log): they count as two customers, one without purchases "
+                    "and one without the table's columns. Excel drops the leading zeros of ids it reads as numbers: "
+                    "export the id column as text, or pad it (e.g. df[col].str.zfill(%d))", tsrc, column,
+                    int(hit.sum()), src, table_only[i], ev_index[j], len(str(ev_index[j])))
+
+
 def _indices(encoded: pa.DictionaryArray) -> np.ndarray:
     """The indices of a dictionary array as numpy, -1 for null (zero-copy without nulls)."""
     idx = encoded.indices
@@ -978,6 +1002,7 @@ def build_customer_view(
                     "same ids (type, letter case, leading zeros)", source=tsrc, column=customer_id_col)
             if warn_ids:
                 _warn_case_mismatch(ev_index, tab_index[~shared], src, tsrc, customer_id_col)
+                _warn_zeros_mismatch(ev_index, tab_index[~shared], src, tsrc, customer_id_col)
             if warn_ids and len(tab_index) and shared.mean() < 0.5:
                 log.warning("%s: only %d of %d customer-table ids are in the event log; the others are customers "
                             "without purchases (check the id columns if that is unexpected)", tsrc, int(shared.sum()),
