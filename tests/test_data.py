@@ -582,7 +582,8 @@ def test_columns_without_a_pattern_are_flagged(caplog) -> None:
 def test_columns_no_model_reads_and_number_like_text_are_named(caplog) -> None:
     """Lists in cells and durations are refused with the column (they failed deep in pandas' hashing,
     or wrote a checkpoint that could not be loaded); numbers written with separators or mixed with
-    text, read as categories, get a warning saying so; a saved row index is left out of the features;
+    text, read as categories, get a warning saying so (numbers written with thousands commas are read as
+    numbers, with a line saying so); a saved row index is left out of the features;
     the roles are logged."""
     import logging
 
@@ -598,14 +599,49 @@ def test_columns_no_model_reads_and_number_like_text_are_named(caplog) -> None:
     with caplog.at_level(logging.INFO, logger="clm_torch.data.schema"):
         schema = infer_schema(base.assign(income=income, age=age, **{"Unnamed: 0": np.arange(n)}), source="crm.csv")
     text = caplog.text
-    assert "crm.csv: column 'income' is read as categories: 120 of 120 values are numbers written with separators " \
-           "or currency/percent signs (e.g. '" in text
+    assert "crm.csv: column 'income' holds numbers written with separators or currency/percent signs (e.g. '" in text
     assert "crm.csv: column 'age' is read as categories: 108 of 120 values are numbers, but 12 are not (e.g. 'old')" \
         in text
     assert "crm.csv: column 'Unnamed: 0' is a saved row index" in text and "Unnamed: 0" not in schema.features
-    assert "'plan'" not in text.split("column roles")[0] and "crm.csv: column roles: numeric ['fee']" in text
-    assert {"income", "age"} <= set(schema.categorical)
+    assert "'plan'" not in text.split("column roles")[0] and "crm.csv: column roles: numeric ['fee', 'income']" in text
+    assert "age" in schema.categorical and "income" in schema.numeric  # '69,400' is a number
 
+
+
+def test_money_and_percent_text_is_read_as_numbers(tmp_path: Path, caplog) -> None:
+    """An Excel export writes balances as '$1,234.50', fees as '€ 12' and rates as '12%'. Such a column
+    used to become a category with a level per customer (a warning, and a model that cannot use the
+    balance), and +data.roles.numeric stopped at the first '$'. They are numbers now, in training and
+    when a checkpoint scores the raw frame: 12% is the share 0.12; text that is no number still
+    stops with its row, and a decimal comma ('1.234,50') says how to read it."""
+    import logging
+
+    from clm_torch.data.schema import to_numeric_strict
+
+    n = 60
+    rng = np.random.default_rng(0)
+    bal = rng.uniform(10, 20_000, n).round(2)
+    df = pd.DataFrame({"customer_id": [f"{i:04d}" for i in range(n)],
+                       "balance": [f"${v:,.2f}" for v in bal], "fee": [f"€ {v}" for v in rng.choice([0, 5, 12], n)],
+                       "rate": [f"{v}%" for v in rng.choice([0, 5, 12, 15], n)], "churn": ["Churned", "Active"] * 30})
+    df.loc[3, "balance"] = "n/a"
+    with caplog.at_level(logging.INFO, logger="clm_torch.data.schema"):
+        schema = infer_schema(df, target="churn", id_col="customer_id", source="bank.csv")
+    assert schema.numeric == ["balance", "fee", "rate"], schema
+    assert "bank.csv: column 'balance' holds numbers written with separators or currency/percent signs" in caplog.text
+    clean, _ = clean_table(df, schema, source="bank.csv")
+    assert clean["balance"].iloc[0] == bal[0] and np.isnan(clean["balance"].iloc[3])
+    assert set(clean["rate"]) == {0.0, 0.05, 0.12, 0.15} and set(clean["fee"]) == {0.0, 5.0, 12.0}
+    enc = FeatureEncoder(numeric=schema.numeric).fit(clean)
+    a = enc.transform(df, source="raw")["num"]  # the raw text scores as the cleaned numbers
+    b = enc.transform(clean, source="clean")["num"]
+    assert torch.equal(torch.nan_to_num(a, 99.0), torch.nan_to_num(b, 99.0))
+    got = to_numeric_strict(pd.Series(["$1,234.50", "-$5", "12 €", "69,400", "12%"]), source="s", column="c")
+    assert got.tolist() == [1234.5, -5.0, 12.0, 69400.0, 0.12]
+    with pytest.raises(SchemaError, match=r"s, column 'c', row 1: expected a number but found '\$12x'"):
+        to_numeric_strict(pd.Series(["$1", "$12x"]), source="s", column="c")
+    with pytest.raises(SchemaError, match=r"found '1.234,50' .*decimal commas\? read the file with data.csv.decimal=','"):
+        to_numeric_strict(pd.Series(["1.234,50"]), source="s", column="c")
 
 def test_roles_naming_the_target_or_the_id_are_refused() -> None:
     """+data.roles.numeric=[churn] used to be ignored without a word (the target is never a feature)."""

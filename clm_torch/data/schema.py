@@ -512,10 +512,18 @@ def to_numeric_strict(s: pd.Series, *, source: str, column: str) -> pd.Series:
     else:
         out = pd.to_numeric(s, errors="coerce")
         bad = out.isna() & s.notna() & ~_is_missing_token(s)
+        if bad.any():  # '$1,234.50', '€ 12', '12%' (as 0.12): numbers written as a spreadsheet shows them
+            out = out.astype("float64")
+            out[bad] = formatted_numbers(s[bad]).to_numpy()
+            bad = bad & out.isna()
         if bad.any():
             first = bad.to_numpy().nonzero()[0][0]
+            v = s.iloc[first]
+            hint = ("; decimal commas? read the file with data.csv.decimal=',' (and data.csv.sep=';', "
+                    "data.csv.thousands='.'), or in Python read_table(path, csv={'sep': ';', 'decimal': ',', "
+                    "'thousands': '.'})" if isinstance(v, str) and re.fullmatch(_DECIMAL_COMMA, v.strip()) else "")
             raise SchemaError(
-                f"expected a number but found {s.iloc[first]!r} (first of {int(bad.sum())} non-numeric values)",
+                f"expected a number but found {v!r} (first of {int(bad.sum())} non-numeric values){hint}",
                 source=source,
                 column=column,
                 row=s.index[first],
@@ -529,6 +537,25 @@ def to_numeric_strict(s: pd.Series, *, source: str, column: str) -> pd.Series:
     return out
 
 
+_DECIMAL_COMMA = r"[-+]?(\d{1,3}(\.\d{3})+(,\d+)?|\d+,\d+)"
+
+
+def formatted_numbers(s: pd.Series) -> pd.Series:
+    """float64 values of numbers written as a spreadsheet shows them: thousands commas between groups of
+    three digits ('69,400', '$1,234.50'), a currency sign before or after ('€ 12', '12 €', '-$5'), a
+    percent sign (a share: '12%' is 0.12); NaN for anything else. Worked out once per distinct value."""
+    codes, uniques, _ = distinct_rows(s.astype("string"))
+    text = pd.Series(uniques, dtype="string").str.strip()
+    ok = text.str.match(_FORMATTED_NUMBER).fillna(False).to_numpy(dtype=bool)
+    core = text.str.replace(r"[\s$€£¥,]", "", regex=True)
+    percent = core.str.endswith("%").fillna(False).to_numpy(dtype=bool)
+    value = pd.to_numeric(core.str.rstrip("%").where(ok), errors="coerce").to_numpy(dtype=np.float64)
+    value = np.where(percent, value / 100, value)
+    out = np.full(len(codes), np.nan)
+    out[codes >= 0] = value[codes[codes >= 0]]
+    return pd.Series(out, index=s.index, name=s.name)
+
+
 def _looks_numeric(s: pd.Series) -> bool:
     if pd.api.types.is_bool_dtype(s):
         return False
@@ -540,7 +567,11 @@ def _looks_numeric(s: pd.Series) -> bool:
     keep = ~_is_missing_token(values).to_numpy(dtype=bool)
     if rows[keep].sum() == 0:
         return False
-    parses = pd.to_numeric(values[keep].str.strip(), errors="coerce").notna().to_numpy(dtype=bool)
+    kept = values[keep].str.strip()
+    parses = pd.to_numeric(kept, errors="coerce").notna().to_numpy(dtype=bool)
+    if rows[keep][parses].sum() / rows[keep].sum() > 0.98:
+        return True
+    parses = parses | formatted_numbers(kept).notna().to_numpy(dtype=bool)  # '$1,234.50', '€ 12', '12%'
     return bool(rows[keep][parses].sum() / rows[keep].sum() > 0.98)
 
 
@@ -595,6 +626,14 @@ def _is_saved_index(col: Any, s: pd.Series) -> bool:
 
 
 _FORMATTED_NUMBER = r"^\s*[-+]?[$€£¥]?\s*\d{1,3}(,\d{3})+(\.\d+)?\s*%?\s*$|^\s*[-+]?[$€£¥]\s*\d+(\.\d+)?\s*$|^\s*[-+]?\d+(\.\d+)?\s*(%|[$€£¥])\s*$"
+
+
+def _formatted_example(s: pd.Series) -> str | None:
+    """A value of ``s`` that is a number only as :func:`formatted_numbers` reads it ('$1,234.50'), if any."""
+    values = pd.Series(pd.unique(s.dropna().astype("string")), dtype="string")
+    plain = pd.to_numeric(values.str.strip(), errors="coerce").notna().to_numpy(dtype=bool)
+    hit = ~plain & formatted_numbers(values).notna().to_numpy(dtype=bool)
+    return str(values[hit].iloc[0]) if hit.any() else None
 
 
 def _number_like_text(s: pd.Series, nonnull: pd.Series) -> str | None:
@@ -688,6 +727,9 @@ def infer_schema(
         elif _looks_numeric(s):
             is_int = pd.api.types.is_integer_dtype(s)
             (schema.categorical if is_int and n_unique <= max_categorical_int else schema.numeric).append(col)
+            if not pd.api.types.is_numeric_dtype(s) and (example := _formatted_example(s)) is not None:
+                log.info("%s: column '%s' holds numbers written with separators or currency/percent signs (e.g. "
+                         "%r): read as numbers (a percentage as a share, 12%% as 0.12)", source, col, example)
         else:
             schema.categorical.append(col)
             why = _number_like_text(s, nonnull)
