@@ -118,6 +118,29 @@ def test_excel_export_with_semicolons_and_decimal_commas(tmp_path: Path) -> None
                      csv={"sep": ";", "decimal": ",", "thousands": "."})
     assert ev["amount"].tolist() == [22.77, -1022.5] and ev["customer_id"].tolist() == ["007", "007"]
 
+
+def test_header_names_with_surrounding_spaces(tmp_path: Path, caplog) -> None:
+    """Excel headers often end in a space ('customer_id '). data.id_col=customer_id was then "not found"
+    (the list of columns showed the space only to a careful eye), and the id, not read as text, lost
+    its leading zeros. The names are read stripped now, with a warning; two names that become one are
+    refused; a raw frame whose column has the space is told so when a model scores it."""
+    import logging
+
+    p = tmp_path / "crm.csv"
+    p.write_text("customer_id , age,plan\n0001,41,a\n0002,37,b\n")
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.schema"):
+        df = read_table(p, text_columns=["customer_id"])
+    assert list(df.columns) == ["customer_id", "age", "plan"] and df["customer_id"].tolist() == ["0001", "0002"]
+    assert f"{p}: column names with surrounding spaces are read without them: 'customer_id ', ' age'" in caplog.text
+    p.write_text("plan,plan \na,b\n")
+    with pytest.raises(SchemaError, match=r"column 'plan': the header names 'plan' and 'plan ', one name once"):
+        read_table(p)
+    enc = FeatureEncoder(numeric=["age"], categorical=["plan"]).fit(pd.DataFrame({"age": [1.0, 2, 3],
+                                                                                  "plan": ["a", "b", "a"]}))
+    with pytest.raises(SchemaError, match=r"required column missing: \['age'\] \(the frame has 'age ', with "
+                                          r"surrounding spaces: strip the names"):
+        enc.transform(pd.DataFrame({"age ": [1.0], "plan": ["a"]}))
+
 def test_what_is_read_as_it_should_be(tmp_path: Path) -> None:
     """The counterparts that must keep working: a UTF-16 export with its byte-order mark, a UTF-8 BOM,
     empty trailing header cells, a one-column table, and a zipped or gzipped CSV named as such."""

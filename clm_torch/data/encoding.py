@@ -34,7 +34,7 @@ import torch
 
 from clm_torch.data.cleaning import clip_bounds
 from clm_torch.data.schema import (SchemaError, TableSchema, _is_missing_token, distinct_rows, is_yes_no_label,
-                                   level_keys, to_numeric_strict, validate_target)
+                                   level_keys, spaced_names_hint, to_numeric_strict, validate_target)
 from clm_torch.utils.io import SettingError
 from clm_torch.utils.tally import MAX_EXAMPLES, WarningTally
 
@@ -292,8 +292,8 @@ class FeatureEncoder:
         needed = list(self.feature_columns) + ([self.target] if require_target and self.target else [])
         missing = [c for c in needed if c not in df.columns]
         if missing:
-            raise SchemaError(f"required column{'s' if len(missing) > 1 else ''} missing: {missing}",
-                              source=source, column=missing[0])
+            raise SchemaError(f"required column{'s' if len(missing) > 1 else ''} missing: {missing}"
+                              f"{spaced_names_hint(missing, list(df.columns))}", source=source, column=missing[0])
         dup = [c for c in dict.fromkeys(df.columns[df.columns.duplicated()]) if c in needed or c == self.target]
         if dup:
             raise SchemaError(f"{int((df.columns == dup[0]).sum())} columns share this name; keep one",

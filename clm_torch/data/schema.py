@@ -288,7 +288,10 @@ def read_table(path: str | os.PathLike, *, what: str = "table", text_columns: Se
         if is_parquet:
             df = index_as_columns(pd.read_parquet(p))
         else:
-            dtype = str if dialect else {c: str for c in text_columns} if text_columns else None
+            # the text columns by their names in the header, which may carry spaces ('customer_id ')
+            named = (set(text_columns) and [c for c in pd.read_csv(p, sep=sep, encoding=encoding, nrows=0).columns
+                                            if str(c).strip() in set(text_columns)])
+            dtype = str if dialect else {c: str for c in named} if named else None
             df = pd.read_csv(p, sep=sep, encoding=encoding, low_memory=False, dtype=dtype)
     except UnicodeDecodeError:
         where, column = _first_bad_utf8(p, sep)
@@ -309,11 +312,40 @@ def read_table(path: str | os.PathLike, *, what: str = "table", text_columns: Se
         _check_header(p, sep, encoding, list(df.columns))
         if not df.index.equals(pd.RangeIndex(len(df))):  # rows with more fields than the header: pandas made
             df = _without_trailing_field(p, sep, encoding, df, dtype, what)  # the first column(s) the index
+    df = _stripped_names(df, src)
+    if not is_parquet:
         if dialect:
             df = _numbers_in_dialect(df, decimal, thousands, skip=text_columns)
     if len(df) == 0:
         raise SchemaError(f"{what} file has a header but no rows", source=src)
     return df
+
+
+def _stripped_names(df: pd.DataFrame, src: str) -> pd.DataFrame:
+    """``df`` with its column names stripped of surrounding spaces ('customer_id ' as an Excel header
+    often ends), with a warning naming them; two names that become one are refused."""
+    names = [c.strip() if isinstance(c, str) and c.strip() else c for c in df.columns]
+    changed = [c for c, n in zip(df.columns, names) if c != n]
+    if not changed:
+        return df
+    seen: dict[Any, Any] = {}
+    for c, n in zip(df.columns, names):
+        if n in seen:
+            raise SchemaError(f"the header names {seen[n]!r} and {c!r}, one name once their surrounding spaces are "
+                              "removed; rename one", source=src, column=n)
+        seen[n] = c
+    log.warning("%s: column names with surrounding spaces are read without them: %s", src,
+                ", ".join(repr(c) for c in changed))
+    return df.set_axis(names, axis=1)
+
+
+def spaced_names_hint(missing: Sequence[Any], columns: Sequence[Any]) -> str:
+    """' (the frame has 'age ' with surrounding spaces: ...)' when a missing column is a column of the
+    frame but for surrounding spaces, else ''."""
+    have = {c.strip(): c for c in columns if isinstance(c, str) and c != c.strip()}
+    hit = next((have[m] for m in missing if isinstance(m, str) and m in have), None)
+    return ("" if hit is None else f" (the frame has {hit!r}, with surrounding spaces: strip the names, e.g. "
+            "df.columns = df.columns.str.strip())")
 
 
 def index_as_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -857,6 +889,7 @@ def validate_frame(
         hint = ("" if not steps else f" (the model reads the last {int(steps[-1]) + 1} purchases as seq{{k}}_ "
                 f"columns: build the frame as it was trained, view_to_frame(view, None, sequence_length="
                 f"{int(steps[-1]) + 1}), or data.sequence_length={int(steps[-1]) + 1} from the command line)")
+        hint = hint or spaced_names_hint(missing, list(df.columns))
         raise SchemaError(
             f"required column{'s' if len(missing) > 1 else ''} missing: {missing}{hint}",
             source=source,
