@@ -45,7 +45,7 @@ from omegaconf.errors import ConfigKeyError
 from clm_torch.data.cleaning import clean_table
 from clm_torch.data.events import (CustomerView, build_customer_view, load_events, parse_cutoff,
                                    parse_sequence_column)
-from clm_torch.data.schema import SchemaError, csv_options, infer_schema
+from clm_torch.data.schema import SchemaError, check_drop, csv_options, infer_schema
 from clm_torch.data.sources.events import read_customer_table, view_to_frame
 from clm_torch.lifecycle import report as rpt
 from clm_torch.models.components.sequence import SEQUENCE_ENCODERS
@@ -100,6 +100,10 @@ def load_inputs(cfg: DictConfig) -> dict[str, Any]:
                              future_policy=d.get("future_policy", "error"), csv=_csv(d))
         customers = (read_customer_table(d.customers_path, d.get("customers_id_col") or d.customer_col, csv=_csv(d))
                      if d.get("customers_path") else None)
+        drop = [str(c) for c in (d.get("customers_drop") or [])]
+        if drop and customers is not None:  # columns no model should read: empty, free text, a label of today
+            check_drop(drop, customers.columns, source=str(d.customers_path), setting="data.customers_drop")
+            customers = customers.drop(columns=drop)
         cutoff = (parse_cutoff(d.cutoff, setting="data.cutoff") if d.get("cutoff")
                   else events["timestamp"].max().normalize() + pd.Timedelta(days=1))
         events = events[events["timestamp"] < cutoff].reset_index(drop=True)
@@ -275,8 +279,13 @@ def clean_customers(customers: pd.DataFrame | None, source: str) -> pd.DataFrame
     leaky = [c for c in customers.columns if str(c).strip().lower().replace(" ", "_") in _LABEL_LIKE]
     if leaky:  # a status exported today is in the future of the training cutoff
         log.warning("%s: column(s) %s look like a churn label; if they were recorded after the training cutoff they "
-                    "leak the outcome into the churn model: drop them from the table", source, leaky)
-    schema = infer_schema(customers, id_col="customer_id", source=source)
+                    "leak the outcome into the churn model: drop them from the table (data.customers_drop=[%s])",
+                    source, leaky, ",".join(map(str, leaky)))
+    try:
+        schema = infer_schema(customers, id_col="customer_id", source=source)
+    except SchemaError as e:  # "drop it (data.drop=...)": the pipeline's key for the table is another
+        raise SchemaError(e.detail.replace("data.drop=", "data.customers_drop="), source=e.source, column=e.column,
+                          row=e.row) from None
     # its ids' letter case is looked at with the event log's, where the view is built
     clean, report = clean_table(customers, schema, source=source, check_id_case=False)
     _say(report.summary())

@@ -375,6 +375,35 @@ def test_an_event_log_without_money_is_refused_before_any_training(tmp_path: Pat
         load_inputs(cfg)
 
 
+
+def test_the_pipeline_drops_customer_table_columns_it_is_told_to(tmp_path: Path) -> None:
+    """A customer table with an empty column (an unused 'fax' field of a CRM export) stopped the pipeline
+    with "drop it or give it values", but the pipeline had no key to drop a column of its table:
+    the file had to be edited. data.customers_drop leaves columns out (a misspelt one is refused),
+    and the error names that key; data.csv reads a ';'-separated log and table with decimal commas."""
+    from clm_torch.data.schema import SchemaError
+    from clm_torch.pipeline import clean_customers, load_inputs
+    from tests.conftest import compose_cfg
+
+    log = tmp_path / "events.csv"
+    log.write_text("customer_id;timestamp;amount;item_id\n001;2024-01-01;5,50;a\n002;2024-01-02;1.006,25;b\n"
+                   "002;2024-03-01;7;a\n")
+    table = tmp_path / "crm.csv"
+    table.write_text("customer_id;fax;plan;balance\n001;;gold;1.234,50\n002;;silver;-7,5\n003;;gold;0\n")
+    base = ["data.kind=events", f"data.path={log}", f"data.customers_path={table}", "data.csv.sep=';'",
+            "data.csv.decimal=','", "data.csv.thousands='.'"]
+    inputs = load_inputs(compose_cfg(base, tmp_path / "a", config_name="pipeline.yaml"))
+    assert inputs["events"]["amount"].tolist() == [5.5, 1006.25, 7.0]
+    with pytest.raises(SchemaError, match=r"crm.csv, column 'fax': column is entirely empty; drop it "
+                                          r"\(data.customers_drop=\[fax\]\)"):
+        clean_customers(inputs["customers"], str(table))
+    inputs = load_inputs(compose_cfg([*base, "data.customers_drop=[fax]"], tmp_path / "b",
+                                     config_name="pipeline.yaml"))
+    clean = clean_customers(inputs["customers"], str(table))
+    assert list(clean.columns) == ["customer_id", "plan", "balance"] and clean["balance"].tolist() == [1234.5, -7.5, 0]
+    with pytest.raises(SchemaError, match=r"data.customers_drop names a column the table does not have \('fox'\)"):
+        load_inputs(compose_cfg([*base, "data.customers_drop=[fox]"], tmp_path / "c", config_name="pipeline.yaml"))
+
 def test_the_cutoff_settings_of_an_event_log_pipeline(tmp_path: Path) -> None:
     """data.cutoff with a time zone is converted to UTC (it used to stop with a TypeError from pandas);
     one that is not a date, or data.customers_as_of that is not, is a named error."""

@@ -620,13 +620,13 @@ def _looks_like_dates(s: pd.Series) -> bool:
     return bool(pd.to_datetime(values, format="ISO8601", errors="coerce", utc=True).notna().all())
 
 
-def check_drop(drop: Iterable[str], columns: Iterable[str], *, source: str) -> None:
+def check_drop(drop: Iterable[str], columns: Iterable[str], *, source: str, setting: str = "data.drop") -> None:
     """Refuse ``data.drop`` names that are not columns of the table: a misspelt name would leave the
     column meant to go (often a leak of the label) among the features."""
     have = list(columns)
     unknown = [c for c in drop if c not in have]
     if unknown:
-        raise SchemaError(f"data.drop names {'a column' if len(unknown) == 1 else 'columns'} the table does not have "
+        raise SchemaError(f"{setting} names {'a column' if len(unknown) == 1 else 'columns'} the table does not have "
                           f"({', '.join(map(repr, unknown))}); available columns: {have}", source=source,
                           column=unknown[0])
 
@@ -746,7 +746,8 @@ def infer_schema(
                         "index=False): left out of the features", source, col)
             continue
         if len(nonnull) == 0:
-            raise SchemaError("column is entirely empty; drop it or give it values", source=source, column=col)
+            raise SchemaError(f"column is entirely empty; drop it (data.drop=[{col}]) or give it values", source=source,
+                              column=col)
         if pd.api.types.is_datetime64_any_dtype(s) or (s.dtype == object or pd.api.types.is_string_dtype(s)) \
                 and _looks_like_dates(s):
             schema.datetime.append(col)  # as a category each date would be a level of its own
