@@ -119,6 +119,31 @@ def test_excel_export_with_semicolons_and_decimal_commas(tmp_path: Path) -> None
     assert ev["amount"].tolist() == [22.77, -1022.5] and ev["customer_id"].tolist() == ["007", "007"]
 
 
+
+def test_a_semicolon_export_read_without_its_dialect_is_warned_about(tmp_path: Path, caplog) -> None:
+    """data.csv.sep=';' alone on a German export: pandas read '45.000' (forty-five thousand) as 45.0 without
+    a word, a silent misread by a factor of 1000, and '6.831,02' became a category whose warning
+    spoke of free text. Both now say to set data.csv.thousands / data.csv.decimal."""
+    import logging
+
+    p = tmp_path / "kunden.csv"
+    p.write_text("id;income;score;balance\n1;45.000;1.5;6.831,02\n2;1.250;2.25;-7,50\n3;120.000;3.0;12,00\n"
+                 "4;?;4.0;0,99\n")
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.schema"):
+        df = read_table(p, csv={"sep": ";"})
+        infer_schema(df, id_col="id", source=str(p))
+    assert f"{p}: column 'income': every value has three digits after its dot (e.g. '45.000', read as 45.0): in a " \
+           "';'-separated export that is a thousands separator; if so, read the file with data.csv.thousands='.'" \
+           in caplog.text
+    assert "'score'" not in caplog.text  # 1.5, 2.25: decimals
+    assert f"{p}: column 'balance' is read as categories: 4 of 4 values are numbers with a decimal comma (e.g. " \
+           "'6.831,02'); read the file with data.csv.decimal=','" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.schema"):
+        right = read_table(p, csv={"sep": ";", "decimal": ",", "thousands": "."})
+    assert "three digits" not in caplog.text and right["income"].iloc[:3].tolist() == [45000, 1250, 120000]
+    assert right["balance"].tolist() == [6831.02, -7.5, 12.0, 0.99]
+
 def test_header_names_with_surrounding_spaces(tmp_path: Path, caplog) -> None:
     """Excel headers often end in a space ('customer_id '). data.id_col=customer_id was then "not found"
     (the list of columns showed the space only to a careful eye), and the id, not read as text, lost

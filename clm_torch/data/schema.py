@@ -316,9 +316,31 @@ def read_table(path: str | os.PathLike, *, what: str = "table", text_columns: Se
     if not is_parquet:
         if dialect:
             df = _numbers_in_dialect(df, decimal, thousands, skip=text_columns)
+        elif sep == ";":  # the separator of locales that write 1.500 for fifteen hundred
+            _warn_thousands_dots(p, sep, encoding, df)
     if len(df) == 0:
         raise SchemaError(f"{what} file has a header but no rows", source=src)
     return df
+
+
+def _warn_thousands_dots(p: Path, sep: str, encoding: str, df: pd.DataFrame) -> None:
+    """Warn about the number columns of a ';'-separated CSV read with '.' decimals whose every value has
+    exactly three digits after its dot ('45.000', '1.250'): in the locales that separate fields by ';'
+    that is a thousands separator, and pandas read 45.000 as 45.0 without a word (a text column of such
+    values, with a '?' among them, is read as numbers by cleaning just the same)."""
+    floats = [c for c in df.columns if pd.api.types.is_float_dtype(df[c])]
+    texts = [c for c in df.columns if df[c].dtype == object or pd.api.types.is_string_dtype(df[c])]
+    text = (pd.read_csv(p, sep=sep, encoding=encoding, usecols=floats, dtype=str, low_memory=False) if floats
+            else pd.DataFrame())
+    for col in [*floats, *texts]:
+        raw = text[col] if col in floats else df[col]
+        values = pd.Series(pd.unique(raw.dropna().astype("string").str.strip()), dtype="string")
+        values = values[~_is_missing_token(values).to_numpy(dtype=bool)]
+        if len(values) and values.str.fullmatch(r"[-+]?\d{1,3}(\.\d{3})+").all():
+            log.warning("%s: column '%s': every value has three digits after its dot (e.g. %r, read as %s): in a "
+                        "';'-separated export that is a thousands separator; if so, read the file with "
+                        "data.csv.thousands='.' (and data.csv.decimal=',')", p, col, values.iloc[0],
+                        float(values.iloc[0]))
 
 
 def _stripped_names(df: pd.DataFrame, src: str) -> pd.DataFrame:
@@ -682,6 +704,11 @@ def _number_like_text(s: pd.Series, nonnull: pd.Series) -> str | None:
         return None
     values, rows = values[keep].reset_index(drop=True), rows[keep]
     plain = pd.to_numeric(values.str.strip(), errors="coerce").notna().to_numpy(dtype=bool)
+    comma = values.str.strip().str.fullmatch(_DECIMAL_COMMA).fillna(False).to_numpy(dtype=bool) & ~plain
+    if rows[comma].sum() >= 0.5 * total and rows[plain | comma].sum() >= 0.9 * total:
+        return (f"{int(rows[comma].sum())} of {int(total)} values are numbers with a decimal comma (e.g. "
+                f"{values[comma].iloc[0]!r}); read the file with data.csv.decimal=',' (and data.csv.sep=';', "
+                "data.csv.thousands='.') to use the column as a number")
     formatted = values.str.match(_FORMATTED_NUMBER).to_numpy(dtype=bool) & ~plain
     if rows[formatted].sum() >= 0.5 * total and rows[plain | formatted].sum() >= 0.9 * total:
         return (f"{int(rows[formatted].sum())} of {int(total)} values are numbers written with separators or "
