@@ -515,6 +515,9 @@ def test_a_label_like_table_column_is_flagged(caplog) -> None:
     (["data.n_customers=many"], "data.n_customers='many': expected a whole number of customers >= 1"),
     (["data.kind=events", "data.path=events.csv", "data.future_policy=ignore"],
      "data.future_policy='ignore': expected error or drop"),
+    (["data.kind=events", "data.path=events.csv", "data.csv.decimal=','"],
+     "data.csv.sep and data.csv.decimal are both ',': a number such as 1,5 could not be told from two fields or a "
+     "thousands group; a file with decimal commas is usually separated by ';' (data.csv.sep=';' data.csv.decimal=',')"),
     (["data.kind=events", "data.path=events.csv", "data.item_col=null"],
      "data.item_col=None: expected the event log's item column (the recommender learns from the items bought): "
      "set data.item_col=<column>"),
