@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from clm_torch.data.cleaning import check_ids_present
-from clm_torch.data.schema import SchemaError, level_keys, validate_target
+from clm_torch.data.schema import SchemaError, level_keys, missing_cells, to_numeric_strict, validate_target
 from clm_torch.lifecycle.report import TOP_ITEMS_SEP
 from clm_torch.runs import load_model, read_config, resolve_checkpoint
 from clm_torch.utils.io import CheckpointError, SettingError, write_csv_safe, write_json
@@ -150,8 +150,6 @@ def evaluate_regression(model: Any, data: Any, *, batch_size: int = 65536) -> Ev
     preds = pd.DataFrame({t.id_name: t.ids})
     metrics: dict[str, Any] = {"n_rows": len(t.frame)}
     if t.target is not None:
-        from clm_torch.data.schema import to_numeric_strict
-
         y = to_numeric_strict(t.frame[t.target], source=data.name, column=t.target).to_numpy(dtype=np.float64)
         known = ~np.isnan(y)
         preds["label"] = y
@@ -192,10 +190,13 @@ def evaluate_imputer(model: Any, data: Any, *, hide_rate: float = 0.2, seed: int
     masked = features.copy()
     hidden: dict[str, np.ndarray] = {}
     for col in [*enc.num_columns, *enc.cat_columns]:
-        h = features[col].notna().to_numpy() & (rng.random(len(features)) < hide_rate)
+        # observed cells: not NaN nor a missing token ('n/a', '?') the model reads as missing
+        h = ~missing_cells(features[col]) & (rng.random(len(features)) < hide_rate)
         if h.any():
-            if not (pd.api.types.is_float_dtype(masked[col]) or pd.api.types.is_object_dtype(masked[col])):
-                masked[col] = masked[col].astype(object if col in enc.cat_columns else "float64")
+            if col in enc.num_columns and not pd.api.types.is_float_dtype(masked[col]):  # text ('n/a', '$12'): as
+                masked[col] = to_numeric_strict(masked[col], source=data.name, column=col)  # the model reads it
+            elif not (pd.api.types.is_float_dtype(masked[col]) or pd.api.types.is_object_dtype(masked[col])):
+                masked[col] = masked[col].astype(object)
             masked.loc[h, col] = np.nan
             hidden[col] = h
     metrics: dict[str, Any] = {"n_rows": len(features), "hide_rate": float(hide_rate), "seed": int(seed),
@@ -207,7 +208,9 @@ def evaluate_imputer(model: Any, data: Any, *, hide_rate: float = 0.2, seed: int
         nrmse, acc = [], []
         for col, h in hidden.items():
             if col in enc.num_columns:
-                truth = pd.to_numeric(features[col], errors="coerce").to_numpy(dtype=np.float64)
+                # as the model reads them: '$1,234.50' and '12%' are numbers (coerced, they were NaN and the
+                # column's NRMSE NaN)
+                truth = to_numeric_strict(features[col], source=data.name, column=col).to_numpy(dtype=np.float64)
                 guess = pd.to_numeric(imputed[col], errors="coerce").to_numpy(dtype=np.float64)
                 sd = np.nanstd(truth)
                 if sd > 0:

@@ -558,6 +558,23 @@ def test_clm_evaluate_keeps_the_documented_gap_columns(trained) -> None:
             "n_missing", "z_0"} <= set(ev.predictions.columns)
 
 
+
+def test_clm_evaluate_scores_imputation_on_cells_written_as_text(trained) -> None:
+    """A raw frame whose numbers are text ('$1,234.50') or whose missing cells are tokens ('n/a'): the
+    imputation NRMSE coerced the truth with pd.to_numeric, so such cells were NaN and the metric NaN,
+    while the model read them fine. The truth is read as the model reads it now, and a token is never
+    a hidden cell."""
+    from clm_torch.data.sources.tables import FrameSource
+    from clm_torch.evaluate import evaluate_model
+
+    model, _, full = trained
+    frame = full.iloc[:120].reset_index(drop=True)
+    plain = evaluate_model(model, FrameSource(frame, target="churn", id_col="customer_id").load()).metrics
+    text = frame.assign(fee=[f"${v:,}" if np.isfinite(v) else "n/a" for v in frame["fee"]])  # every digit kept
+    got = evaluate_model(model, FrameSource(text, target="churn", id_col="customer_id").load()).metrics
+    assert np.isfinite(got["eval/imputation_nrmse"]) and got["n_hidden_cells"] == plain["n_hidden_cells"]
+    assert got["eval/imputation_nrmse"] == pytest.approx(plain["eval/imputation_nrmse"], rel=1e-4)
+
 def test_monte_carlo_draws_are_independent_between_rows() -> None:
     """Inference draws were common random numbers: every row got the same z draws, so their Monte
     Carlo error was the same for every customer (one column's imputation std 0.65x for all, another's
