@@ -96,6 +96,83 @@ def test_temporal_split_holds_out_the_latest() -> None:
     assert len(held) == 400 and 3.5 < held.mean() < 5.5  # by item order it would be 8.5
 
 
+def _holdout_dm(log_frame: pd.DataFrame, seed: int = 0, **kw) -> InteractionDataModule:
+    src = InteractionsFrameSource(log_frame, time_col="time")
+    d = InteractionDataModule(src, protocol="random", batch_size=64, split_seed=seed, n_neighbors=20, test_users=0.2,
+                              val_users=0.1, **kw)
+    d.setup()
+    return d
+
+
+def test_user_holdout_keeps_new_customers_out_of_training(log_frame: pd.DataFrame) -> None:
+    """Strong generalisation: 20 % of the users (and 10 % for validation) never train; each is ranked
+    from their fold-in items (80 %) against the rest, as the <unk> user; popularity, the item
+    neighbours and the training table know nothing of the test users."""
+    d = _holdout_dm(log_frame)
+    assert np.bincount(d.user_group).tolist() == [1 + 210, 30, 60]  # <unk> + 300 users, all with 25 items
+    users, items, split = d.interactions["user"], d.interactions["item"], d.split
+    group = d.user_group[users]
+    assert set(d.tables["train"].tensors["user"].tolist()) == set(np.flatnonzero(d.user_group == 0)[1:])
+    assert (split[group == 0] == 0).all() and (split[group == 1] != 2).all() and (split[group == 2] != 1).all()
+    for name, g in (("val", 1), ("test", 2)):
+        tab = d.tables[name]
+        assert (tab.tensors["user"] == 0).all()  # served as a new customer
+        ids = d.user_ids_of(name)
+        assert ids == [d.user_ids[u] for u in np.flatnonzero(d.user_group == g)]
+        b = tab[torch.arange(len(tab))]
+        for j, u in enumerate(np.flatnonzero(d.user_group == g)):
+            mine = users == u
+            hist = b["hist_items"][b["hist_offsets"][j]: b["hist_offsets"][j + 1]].tolist()
+            target = b["target_items"][b["target_offsets"][j]: b["target_offsets"][j + 1]].tolist()
+            assert sorted(hist) == sorted(items[mine & (split == 0)].tolist())  # the fold-in part
+            assert sorted(target) == sorted(items[mine & (split == g)].tolist()) and len(target) == 5  # 20 % of 25
+    assert d.train_counts.tolist() == np.bincount(items[group == 0], minlength=d.n_items).tolist()
+    assert d.popularity.tolist() == np.bincount(items[group <= 1], minlength=d.n_items).tolist()
+    ref = item_neighbors(users[group == 0], items[group == 0], d.n_users, d.n_items, 20)
+    assert torch.equal(d.neighbors, ref)
+    indptr, got = d.csr("test_history")
+    assert len(got) == int(((group == 2) & (split == 0)).sum()) and (np.diff(indptr)[d.user_group != 2] == 0).all()
+    other = _holdout_dm(log_frame, seed=1)
+    assert not np.array_equal(other.user_group, d.user_group)  # the split_seed draws the users
+    for bad, match in (({"test_users": 1.2, "val_users": 0.1}, "data.test_users must be a share"),
+                       ({"test_users": 0.6, "val_users": 0.4}, "must leave users to train on"),
+                       ({"test_users": 0.2}, "set both above 0, or neither")):
+        with pytest.raises(ValueError, match=match):
+            InteractionDataModule(InteractionsFrameSource(log_frame), **bad)
+
+
+def test_user_holdout_test_metrics_are_those_of_recommend_for_history(log_frame: pd.DataFrame) -> None:
+    """The test step on held-out users scores what the public cold-start path returns: the same
+    fold-in history, the <unk> user (not the held-out user's untrained embedding), the EASE term."""
+    d = _holdout_dm(log_frame)
+    L.seed_everything(0)
+    model = EmbeddingRecommender(**d.model_kwargs(), d=16, lr=0.01, user_encoder="both", ease_weight=1.0)
+    model.set_preprocessing(d.preprocessing_state())
+    trainer = _trainer(max_epochs=3)
+    trainer.fit(model, datamodule=d)
+    assert model.ease_matrix.any()
+    got = trainer.test(model, datamodule=d, verbose=False)[0]
+    with torch.no_grad():  # a held-out user's own embedding row is never trained: it must not matter
+        model.user_embed.weight[np.flatnonzero(d.user_group == 2)] += 10.0
+    ids = np.asarray(d.item_ids, dtype=object)
+    hp, hi = d.csr("test_history")
+    tp, ti = d.csr("test")
+    test_users = np.flatnonzero(d.user_group == 2)
+    recs = model.recommend_for_history([list(ids[hi[hp[u]: hp[u + 1]]]) for u in test_users], k=10)
+    pos = {v: j for j, v in enumerate(ids)}
+    scores = torch.zeros(len(test_users), d.n_items)
+    for r, row in enumerate(recs):
+        scores[r, [pos[v] for v in row]] = torch.arange(10, 0, -1).float()
+    targets = torch.zeros(len(test_users), d.n_items, dtype=torch.bool)
+    for r, u in enumerate(test_users):
+        targets[r, ti[tp[u]: tp[u + 1]]] = True
+    m = RankingMetrics(d.n_items, (10,))
+    m.update(scores, targets)
+    mine = {k: float(v) for k, v in m.compute().items()}
+    for k in ("recall@10", "ndcg@10", "hit_rate@10"):
+        assert got[f"test/{k}"] == pytest.approx(mine[k], abs=1e-6), k
+
+
 def test_ragged_batches_are_sliced_without_loss(dm: InteractionDataModule) -> None:
     b = next(iter(dm.val_dataloader()))
     users = b["user"]

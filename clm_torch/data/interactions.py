@@ -9,6 +9,14 @@ Splits (per user, every user with at least ``min_user_interactions`` distinct it
   validation part is the last ``val_fraction`` of what remains. Items with equal times are
   ordered at random (same generator), not by item id.
 
+Strong generalisation (``test_users`` > 0; Liang et al. 2018, Mult-VAE): users, not items, are held
+out. A seeded share ``test_users`` of the eligible users (and ``val_users`` more, for validation
+and early stopping) never enters training: the models learn from the other users' interactions
+only, and each held-out user's items are split by the protocol above (``test_fraction`` held out as
+targets; the rest, the fold-in part, is the history given at inference). Their rows in the
+validation and test batches carry the user index 0 (``<unk>``), as a new customer is served.
+``val_fraction`` is not used then (validation users are other users).
+
 Users below the threshold keep all their items in training and are not evaluated. Repeated
 (user, item) pairs are collapsed to one interaction (first time, summed weight) before splitting,
 so an item is never both "seen" and "held out".
@@ -23,9 +31,10 @@ Batches are per user and ragged, sliced without per-row Python (:class:`RaggedUs
     target_offsets  (B+1,)  int64
     target_weight   (nnz',) float32 interaction weight (1 without a weight column)
 
-History per split: train → train part; val → train part; test → train + val parts. Items of the
-history are exactly the items masked when ranking (the "seen" items). With ``train_on="train+val"``
-(a refit after tuning) the training table holds train + val.
+History per split: train → train part; val → train part; test → train + val parts (with held-out
+users: each held-out user's own fold-in part). Items of the history are exactly the items masked
+when ranking (the "seen" items). With ``train_on="train+val"`` (a refit after tuning) the training
+table holds train + val (with held-out users: the training users and the validation users).
 
 What a checkpoint needs (:meth:`InteractionDataModule.preprocessing_state`, tensors and primitives
 only): the id vocabularies, the seen-item index (train + val) as CSR tensors, popularity counts,
@@ -425,6 +434,30 @@ def split_interactions(users: np.ndarray, times: np.ndarray | None, n_users: int
     return split
 
 
+def user_groups(users: np.ndarray, n_users: int, min_user_interactions: int, test_users: float, val_users: float,
+                seed: int) -> np.ndarray:
+    """Group per user (n_users,) int8 for strong generalisation: 0 = trains, 1 = validation user,
+    2 = test user. Among the users with at least ``min_user_interactions`` interactions, a random
+    ``round(test_users · n)`` are test users and the next ``round(val_users · n)`` validation users
+    (``numpy.random.default_rng((seed, 1))``: its own stream, apart from the item split's); the
+    ``<unk>`` row 0 and users below the threshold always train."""
+    for name, f in (("test_users", test_users), ("val_users", val_users)):
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f < 1.0:
+            raise ValueError(f"data.{name} must be a share in [0, 1), not {f!r}")
+    if test_users + val_users >= 1.0:
+        raise ValueError(f"data.test_users + data.val_users must leave users to train on, got {test_users} + "
+                         f"{val_users}")
+    group = np.zeros(n_users, np.int8)
+    eligible = np.flatnonzero(np.bincount(users, minlength=n_users) >= min_user_interactions)
+    eligible = eligible[eligible > 0]
+    order = np.random.default_rng((seed, 1)).permutation(eligible)
+    n_test = int(np.floor(test_users * len(eligible) + 0.5))
+    n_val = int(np.floor(val_users * len(eligible) + 0.5))
+    group[order[:n_test]] = 2
+    group[order[n_test: n_test + n_val]] = 1
+    return group
+
+
 # ----------------------------------------------------------------------------- the DataModule
 class InteractionDataModule(SplitLoaders):
     """An interaction log → id vocabularies, per-user split, item features, ragged user batches.
@@ -445,6 +478,10 @@ class InteractionDataModule(SplitLoaders):
         train_on: ``train`` (default) or ``train+val``: refit on train and validation interactions
             after tuning (use a fixed epoch count: validation metrics are then optimistic, since
             validation items become training targets).
+        test_users: share of the eligible users held out of training entirely, for test (strong
+            generalisation, see the module docstring; 0 = off, every user trains).
+        val_users: share of the eligible users held out of training for validation (with
+            ``test_users`` > 0; it must then be > 0 too).
     """
 
     data_kind = "interactions"  # what a model's ``data_kind`` must be to train on it
@@ -453,7 +490,7 @@ class InteractionDataModule(SplitLoaders):
                  val_fraction: float = 0.2, min_user_interactions: int = 5, split_seed: int = 0,
                  batch_size: int = 128, eval_batch_size: int | None = None, num_workers: int = 0,
                  pin_memory: bool = False, max_labels: int = 1000, train_on: str = "train",
-                 n_neighbors: int = 0) -> None:
+                 n_neighbors: int = 0, test_users: float = 0.0, val_users: float = 0.0) -> None:
         super().__init__()
         if protocol not in PROTOCOLS:
             raise ValueError(f"data.protocol must be one of {PROTOCOLS}, not {protocol!r}")
@@ -470,6 +507,12 @@ class InteractionDataModule(SplitLoaders):
         if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 0:
             raise ValueError(f"data.n_neighbors must be a whole number >= 0 (0 = no item-item term), not {n_neighbors!r}")
         self.n_neighbors = int(n_neighbors)
+        user_groups(np.zeros(0, np.int64), 1, 1, test_users, val_users, 0)  # checks the shares now, not at setup
+        if (val_users > 0) != (test_users > 0):
+            raise ValueError(f"data.test_users and data.val_users hold out test and validation users together (strong "
+                             f"generalisation: validation users for early stopping); set both above 0, or neither "
+                             f"(got {test_users} and {val_users})")
+        self.test_users, self.val_users = float(test_users), float(val_users)
         self.data: InteractionData | None = None
         self._ready = False
 
@@ -493,8 +536,16 @@ class InteractionDataModule(SplitLoaders):
         t = frame["time"].to_numpy(np.float64) if data.has_time else None
         w = frame["weight"].to_numpy(np.float64) if data.has_weight else None
         u, i, t, w = _dedupe(u, i, t, w, self.n_items)
-        self.split = split_interactions(u, t, self.n_users, self.protocol, self.test_fraction, self.val_fraction,
-                                        self.min_user_interactions, self.split_seed)
+        holdout = self.test_users > 0  # strong generalisation: whole users held out
+        self.split = split_interactions(u, t, self.n_users, self.protocol, self.test_fraction,
+                                        0.0 if holdout else self.val_fraction, self.min_user_interactions,
+                                        self.split_seed)
+        self.user_group = user_groups(u, self.n_users, self.min_user_interactions, self.test_users, self.val_users,
+                                      self.split_seed)
+        if holdout:  # training users keep every item; a validation user's held-out items are validation targets
+            g = self.user_group[u]
+            self.split[g == 0] = 0
+            self.split[(g == 1) & (self.split == 2)] = 1
         order_key = t if t is not None else np.zeros(len(u))
         # one global sort by (user, time, item): every masked subset is then already in CSR order
         if t is not None:  # (without times, _dedupe's (user, item) order is that order)
@@ -502,7 +553,7 @@ class InteractionDataModule(SplitLoaders):
             u, i, order_key, w, self.split = u[o], i[o], order_key[o], w[o], self.split[o]
         self.interactions = {"user": u, "item": i, "time": order_key, "weight": w}
         self.has_time = t is not None  # without times every history item has age bucket 0
-        masks = {"split0": self.split == 0, "val": self.split == 1, "test": self.split == 2, "known": self.split <= 1}
+        masks = self._masks()
         parts = {"train": "split0", "val": "val", "test": "test"}  # the rows of each split, by mask name
         self._build_item_features(data)
         if self.train_on == "train+val":  # refit with a fixed number of epochs: validation metrics are optimistic
@@ -520,8 +571,9 @@ class InteractionDataModule(SplitLoaders):
         self.known_csr = csr("known")
         self.all_csr = csr("all")  # what recommend() serves from and excludes
         self.neighbors = item_neighbors(u[train], i[train], self.n_users, self.n_items, self.n_neighbors)
-        hist = {"train": parts["train"], "val": "split0", "test": "known"}
+        hist = {"train": parts["train"], "val": "val_history", "test": "test_history"}
         self.tables: dict[str, RaggedUserTable] = {}
+        self._table_users: dict[str, np.ndarray] = {}
         for name in ("train", "val", "test"):
             hp, hv = csr(hist[name])
             tp, tv = csr(parts[name])
@@ -530,6 +582,9 @@ class InteractionDataModule(SplitLoaders):
                 users = users[users > 0]
             uu = torch.from_numpy(users)
             self.tables[name] = _subset(uu, hp, hv, tp, tv)
+            self._table_users[name] = users
+            if holdout and name != "train":  # held-out users are new customers: the <unk> user, as recommend() serves them
+                self.tables[name].tensors["user"] = torch.zeros_like(uu)
         for name, tab in self.tables.items():
             if len(tab) == 0:
                 fraction = {"val": self.val_fraction, "test": self.test_fraction}.get(name)
@@ -544,9 +599,24 @@ class InteractionDataModule(SplitLoaders):
                                   f"(min_user_interactions={self.min_user_interactions}){hint}", source=data.name)
         self._ready = True
         log.info("interactions %s: %d users, %d items, %d interactions (train %d, val %d, test %d); "
-                 "users evaluated: val %d, test %d", data.name, self.n_users - 1, self.n_items, len(u),
+                 "users evaluated: val %d, test %d%s", data.name, self.n_users - 1, self.n_items, len(u),
                  int(train.sum()), int(masks["val"].sum()), int(masks["test"].sum()),
-                 len(self.tables["val"]), len(self.tables["test"]))
+                 len(self.tables["val"]), len(self.tables["test"]),
+                 f" (held out of training: {len(self.tables['val'])} validation and {len(self.tables['test'])} "
+                 "test users, scored from their fold-in items)" if holdout else "")
+
+    def _masks(self) -> dict[str, np.ndarray]:
+        """Row masks (over ``self.interactions``) of the parts: ``split0`` (the training part),
+        ``val``/``test`` (held-out targets), ``known`` (train + validation), and the histories
+        ``val_history``/``test_history`` the validation and test targets are ranked from."""
+        s, g = self.split, self.user_group[self.interactions["user"]]
+        if not self.test_users > 0:
+            split0, known = s == 0, s <= 1
+            return {"split0": split0, "val": s == 1, "test": s == 2, "known": known, "val_history": split0,
+                    "test_history": known}
+        trains = g == 0
+        return {"split0": trains, "val": s == 1, "test": s == 2, "known": g <= 1,
+                "val_history": (s == 0) & (g == 1), "test_history": (s == 0) & (g == 2)}
 
     def _csr(self, mask: np.ndarray | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """CSR over users of the interactions in ``mask`` (None: all): indptr and items/age/weight, by
@@ -637,15 +707,19 @@ class InteractionDataModule(SplitLoaders):
         return self.item_meta
 
     def user_ids_of(self, split: str) -> list[Any]:
-        """External ids of the users of a split's table, in table order."""
-        users = self.tables[split].tensors["user"].numpy()
-        return [self.user_ids[k] for k in users]
+        """External ids of the users of a split's table, in table order (held-out users too, whose
+        batch rows carry ``<unk>``)."""
+        return [self.user_ids[k] for k in self._table_users[split]]
 
     def csr(self, part: str) -> tuple[np.ndarray, np.ndarray]:
-        """(indptr (n_users+1,), items) of ``train``, ``val``, ``test`` or ``known`` (train+val) interactions."""
-        mask = {"train": self.split == 0, "val": self.split == 1, "test": self.split == 2,
-                "known": self.split <= 1}[part]
-        indptr, vals = self._csr(mask)
+        """(indptr (n_users+1,), items) of ``train``, ``val``, ``test`` or ``known`` (train+val) interactions,
+        or of ``val_history`` / ``test_history`` (what validation and test targets are ranked from: the
+        train part, train + val; with held-out users, their fold-in parts)."""
+        names = {"train": "split0", "val": "val", "test": "test", "known": "known", "val_history": "val_history",
+                 "test_history": "test_history"}
+        if part not in names:
+            raise ValueError(f"part must be one of {list(names)}, not {part!r}")
+        indptr, vals = self._csr(self._masks()[names[part]])
         return indptr.numpy(), vals["items"].numpy()
 
     # ------------------------------------------------------------------ loaders
