@@ -77,27 +77,32 @@ def evaluate(scores: Callable[[np.ndarray], torch.Tensor], hist: Any, target: An
 
 
 # ----------------------------------------------------------------------------- baselines
-def popularity(train: Any) -> Callable[[np.ndarray], torch.Tensor]:
+# Every scorer scores the fitted users (rows of ``train``) or, with ``fold_in`` (a CSR of other users'
+# histories, e.g. new customers held out of training), the rows of ``fold_in`` from the fitted model.
+def popularity(train: Any, fold_in: Any = None) -> Callable[[np.ndarray], torch.Tensor]:
     counts = torch.from_numpy(np.asarray(train.sum(0)).ravel().astype(np.float32))
     return lambda u: counts[None].expand(len(u), -1).clone()
 
 
-def ease(train: Any, lam: float) -> Callable[[np.ndarray], torch.Tensor]:
+def ease(train: Any, lam: float, fold_in: Any = None) -> Callable[[np.ndarray], torch.Tensor]:
     """EASE (Steck 2019), exact, via the Woodbury identity: with few users, everything is a
     user × user solve. P = (XᵀX + λI)⁻¹ = (I − Xᵀ K⁻¹ X)/λ with K = λI + XXᵀ; B = I − P / diag(P),
-    diag(B) = 0; scores = X B (the fitted users are the scored users)."""
+    diag(B) = 0; scores = H B for the histories H: the fitted users X, or ``fold_in``."""
     X = torch.from_numpy(train.toarray()).double()
+    H = X if fold_in is None else torch.from_numpy(fold_in.toarray()).double()
     K = X @ X.T
     K.diagonal().add_(lam)
     KiX = torch.linalg.solve(K, X)  # (U, I)
     diagP = (1.0 - (X * KiX).sum(0)) / lam  # (I,)
-    XP = (X - (X @ X.T) @ KiX) / lam  # X P, (U, I)
-    S = (X - XP / diagP[None]).float()  # X B with B = I − P D⁻¹ (so diag(B) = 1 − P_jj / P_jj = 0)
+    HP = (H - (H @ X.T) @ KiX) / lam  # H P, (rows of H, I)
+    S = (H - HP / diagP[None]).float()  # H B with B = I − P D⁻¹ (so diag(B) = 1 − P_jj / P_jj = 0)
     return lambda u: S[torch.as_tensor(u)]
 
 
-def ials(train: Any, factors: int, reg: float, alpha: float, iterations: int = 15, seed: int = 0
-         ) -> Callable[[np.ndarray], torch.Tensor]:
+def ials(train: Any, factors: int, reg: float, alpha: float, iterations: int = 15, seed: int = 0,
+         fold_in: Any = None) -> Callable[[np.ndarray], torch.Tensor]:
+    """iALS (implicit); with ``fold_in``, each of its users' factors is solved by least squares against
+    the fitted item factors (implicit's ``recalculate_user``: one ALS half-step, the items fixed)."""
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
@@ -105,18 +110,27 @@ def ials(train: Any, factors: int, reg: float, alpha: float, iterations: int = 1
                                     random_state=seed, num_threads=0)
     with threadpool_limits(1, "blas"):  # implicit parallelises itself; nested BLAS threads oversubscribe
         model.fit(train, show_progress=False)
-    U = torch.from_numpy(np.asarray(model.user_factors))
+        if fold_in is None:
+            U = np.asarray(model.user_factors)
+        else:
+            U = np.asarray(model.recalculate_user(np.arange(fold_in.shape[0]), fold_in.astype(np.float32)))
+    U = torch.from_numpy(U)
     V = torch.from_numpy(np.asarray(model.item_factors))
     return lambda u: U[torch.as_tensor(u)] @ V.T
 
 
 def tune(name: str, grid: list[dict[str, Any]], fit: Callable[..., Callable], train: Any, val: Any,
-         n_items: int, key: str = "ndcg@10") -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Fit every grid point on ``train``, score on ``val``; return the best params and all rows."""
+         n_items: int, key: str = "ndcg@10", fold_in: Any = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Fit every grid point on ``train``, score on ``val`` (from the users' ``train`` rows, or from
+    ``fold_in``: the validation users' histories when they are not in ``train``); return the best
+    params and all rows."""
     rows = []
     for params in grid:
         t0 = time.time()
-        m = evaluate(fit(train, **params), train, val, n_items)
+        if fold_in is None:
+            m = evaluate(fit(train, **params), train, val, n_items)
+        else:
+            m = evaluate(fit(train, **params, fold_in=fold_in), fold_in, val, n_items)
         rows.append({"params": params, "val": m, "seconds": round(time.time() - t0, 2)})
         log.info("%s %s val ndcg@10=%.4f recall@20=%.4f (%.1fs)", name, params, m["ndcg@10"], m["recall@20"],
                  rows[-1]["seconds"])
@@ -139,18 +153,38 @@ def run_baselines(dm: Any, quick: bool) -> dict[str, Any]:
     out["popularity"] = {"params": {}, "val": val, "test": test, "fit_seconds": round(time.time() - t1, 2),
                          "tune_seconds": round(t1 - t0, 2)}
 
-    lams = [50.0, 100.0, 200.0, 400.0, 800.0, 1600.0] if not quick else [200.0, 800.0]
     t0 = time.time()
-    best, rows = tune("EASE", [{"lam": v} for v in lams], ease, tr, va, n_items)
-    if not quick:  # refine around the best grid point
-        _, finer = tune("EASE", [{"lam": best["lam"] * f} for f in (0.7, 1.4)], ease, tr, va, n_items)
-        rows += finer
-    top = max(rows, key=lambda r: r["val"]["ndcg@10"])
+    top, rows = tune_ease(tr, va, n_items, quick)
     t1 = time.time()
     test = evaluate(ease(known, **top["params"]), known, te, n_items)
     out["EASE"] = {"params": top["params"], "val": top["val"], "test": test, "fit_seconds": round(time.time() - t1, 2),
                    "tune_seconds": round(t1 - t0, 2), "grid": rows}
 
+    t0 = time.time()
+    best, rows = tune_ials(tr, va, n_items, quick)
+    t1 = time.time()
+    test = evaluate(ials(known, **best), known, te, n_items)
+    out["iALS (implicit)"] = {"params": best, "val": max(rows, key=lambda r: r["val"]["ndcg@10"])["val"],
+                              "test": test, "fit_seconds": round(time.time() - t1, 2),
+                              "tune_seconds": round(t1 - t0, 2), "grid": rows}
+    return out
+
+
+def tune_ease(tr: Any, va: Any, n_items: int, quick: bool, fold_in: Any = None
+              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """EASE's λ on validation: a grid, then refined around its best point; (best row, all rows)."""
+    lams = [50.0, 100.0, 200.0, 400.0, 800.0, 1600.0] if not quick else [200.0, 800.0]
+    best, rows = tune("EASE", [{"lam": v} for v in lams], ease, tr, va, n_items, fold_in=fold_in)
+    if not quick:  # refine around the best grid point
+        _, finer = tune("EASE", [{"lam": best["lam"] * f} for f in (0.7, 1.4)], ease, tr, va, n_items,
+                        fold_in=fold_in)
+        rows += finer
+    return max(rows, key=lambda r: r["val"]["ndcg@10"]), rows
+
+
+def tune_ials(tr: Any, va: Any, n_items: int, quick: bool, fold_in: Any = None
+              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """iALS on validation in three stages (below); (best params, all rows)."""
     # three stages: regularisation × confidence at 128 factors, the regularisation refined around the
     # best point, then the number of factors. implicit's alpha is the confidence of a positive itself
     # (c = alpha · r, unobserved cells weigh 1; not Hu et al.'s 1 + alpha · r): alpha = 1 is unweighted
@@ -162,22 +196,18 @@ def run_baselines(dm: Any, quick: bool) -> dict[str, Any]:
             for m in (1.0, 3.0, 5.0, 10.0, 20.0, 50.0)]
     if quick:
         grid = [{"factors": 128, "reg": 10.0, "alpha": 1.0}]
-    t0 = time.time()
-    best, rows = tune("iALS", grid, ials, tr, va, n_items)
+    best, rows = tune("iALS", grid, ials, tr, va, n_items, fold_in=fold_in)
     if not quick:
-        _, finer = tune("iALS", [{**best, "reg": best["reg"] * f} for f in (0.7, 1.4)], ials, tr, va, n_items)
+        _, finer = tune("iALS", [{**best, "reg": best["reg"] * f} for f in (0.7, 1.4)], ials, tr, va, n_items,
+                        fold_in=fold_in)
         rows += finer
         best = max(rows, key=lambda r: r["val"]["ndcg@10"])["params"]
         # R2 chose 64, the old list's smallest: 32 too
-        _, more = tune("iALS", [{**best, "factors": f} for f in (32, 64, 256, 512)], ials, tr, va, n_items)
+        _, more = tune("iALS", [{**best, "factors": f} for f in (32, 64, 256, 512)], ials, tr, va, n_items,
+                       fold_in=fold_in)
         rows += more
         best = max(rows, key=lambda r: r["val"]["ndcg@10"])["params"]
-    t1 = time.time()
-    test = evaluate(ials(known, **best), known, te, n_items)
-    out["iALS (implicit)"] = {"params": best, "val": max(rows, key=lambda r: r["val"]["ndcg@10"])["val"],
-                              "test": test, "fit_seconds": round(time.time() - t1, 2),
-                              "tune_seconds": round(t1 - t0, 2), "grid": rows}
-    return out
+    return best, rows
 
 
 # ----------------------------------------------------------------------------- ours
@@ -314,12 +344,9 @@ def report(results: dict[str, Any], command: str, total_seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--protocols", nargs="+", default=["random", "temporal"], choices=["random", "temporal"])
-    ap.add_argument("--skip-ours", action="store_true")
-    ap.add_argument("--skip-baselines", action="store_true")
-    ap.add_argument("--no-refit", action="store_true", help="skip our refit on train+val")
+def parse_common(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    """Add the options every recommender benchmark takes (``--quick``, ``--no-write``, ``--threads``,
+    Hydra overrides for our model), parse, and set up logging and thread counts."""
     ap.add_argument("--quick", action="store_true", help="tiny baseline grids (smoke test)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
@@ -330,6 +357,16 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
+    return args
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--protocols", nargs="+", default=["random", "temporal"], choices=["random", "temporal"])
+    ap.add_argument("--skip-ours", action="store_true")
+    ap.add_argument("--skip-baselines", action="store_true")
+    ap.add_argument("--no-refit", action="store_true", help="skip our refit on train+val")
+    args = parse_common(ap)
     t0 = time.time()
     results: dict[str, Any] = {}
     for proto in args.protocols:
