@@ -218,7 +218,8 @@ def report(results: dict[str, Any], command: str, total_seconds: float, threads:
              f"Date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch threads {threads}; total wall time "
              f"{total_seconds / 60:.1f} min (load average at the end: {os.getloadavg()[0]:.1f}; other jobs shared the "
-             "machine, so times are upper bounds)" + (f"; {pending} run(s) of the command not done yet" if pending else "")
+             "machine, so times are upper bounds)"
+             + (f"; {pending} run(s) of the command not done yet" if pending else "")
              + ".", "",
              "Strong generalisation (Liang et al. 2018): per user-split seed (`data.split_seed`, which also "
              f"draws the items), {TEST_USERS:.0%} of the users are test users and {VAL_USERS:.0%} validation users; "

@@ -583,7 +583,7 @@ class InteractionDataModule(SplitLoaders):
             uu = torch.from_numpy(users)
             self.tables[name] = _subset(uu, hp, hv, tp, tv)
             self._table_users[name] = users
-            if holdout and name != "train":  # held-out users are new customers: the <unk> user, as recommend() serves them
+            if holdout and name != "train":  # held-out users are new customers: the <unk> user, as recommend() has
                 self.tables[name].tensors["user"] = torch.zeros_like(uu)
         for name, tab in self.tables.items():
             if len(tab) == 0:

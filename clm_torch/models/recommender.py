@@ -33,6 +33,9 @@ Unknown users (fallback, in this order):
 2. otherwise → the most popular items of the training data (train + validation interactions),
    minus the given history when ``exclude_seen``.
 
+The new-customer path is benchmarked on users held out of training (``data.test_users``,
+``data.val_users``; experiments/bench_recsys_coldstart.py).
+
 Unknown item ids inside histories are ignored. Ids are matched by their :func:`id_key`: 5, '5',
 5.0, '5.0' and ' 5 ' are one id; '007' is an id of its own unless the vocabulary holds numbers.
 """
