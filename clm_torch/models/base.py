@@ -163,7 +163,7 @@ class CLMModule(L.LightningModule):
         building, the sanity check) are discarded. A checkpoint without one (an older clm_torch), or
         written by another number of processes, gets one warning and the run goes on from this
         run's seed."""
-        pending, self._resume_rng = self._resume_rng, None
+        pending, self._resume_rng = getattr(self, "_resume_rng", None), None  # None: a module built without __init__
         trainer = self._trainer
         if pending is None or trainer is None:
             return
