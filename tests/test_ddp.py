@@ -367,7 +367,7 @@ def test_the_vae_projector_under_ddp_shows_every_test_row(tmp_path: Path) -> Non
 
 
 # ---------------------------------------------------------------------------- resume under ddp_sim
-@pytest.mark.slow  # three 2-process runs, about 90 s each on a busy 2-core machine
+@pytest.mark.extended  # three 2-process runs, about 90 s each on a busy 2-core machine: `make test-extended`
 def test_a_resumed_ddp_sim_run_ends_with_the_weights_of_the_uninterrupted_one(tmp_path: Path) -> None:
     """trainer=ddp_sim, 2 epochs straight == 1 epoch, then ckpt_path=last to 2: last.ckpt holds both
     ranks' random-number states, and each rank restores its own (weights equal bit for bit)."""

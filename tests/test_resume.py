@@ -52,8 +52,10 @@ def _last(run: Path) -> dict:
     return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-@pytest.mark.slow  # three trainings each, 13-25 s on a busy 2-core machine
-@pytest.mark.parametrize("name", ["churn", "vae", "recommender"])
+@pytest.mark.slow  # three trainings each, 13-25 s on a busy 2-core machine; the VAE's and the recommender's in
+@pytest.mark.parametrize("name", ["churn",  # `make test-extended` only (the RNG restore is the base class's, shared)
+                                  pytest.param("vae", marks=pytest.mark.extended),
+                                  pytest.param("recommender", marks=pytest.mark.extended)])
 def test_a_resumed_run_ends_with_the_weights_of_the_uninterrupted_one(tmp_path: Path, files: dict[str, Path],
                                                                       name: str) -> None:
     """Before the checkpoint held the random-number state, the resumed run drew its dropout masks,
