@@ -5,6 +5,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# `make test` runs one pytest-xdist worker per core (at most 4: each worker holds its own torch and data);
+# each test file is one unit of work, the files with the most slow tests first (tests/conftest.py)
+TEST_WORKERS ?= auto
+XDIST := -n $(TEST_WORKERS) --maxprocesses=4 --dist loadfile --no-loadscope-reorder
 
 .PHONY: venv run test test-fast test-extended gpu-wheels clean help
 
@@ -27,13 +31,13 @@ run: $(STAMP)
 	$(BIN)/clm-pipeline
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not extended"
+	$(BIN)/python -m pytest -q -m "not extended" $(XDIST)
 
 test-extended: $(STAMP)
-	$(BIN)/python -m pytest -q -m extended
+	$(BIN)/python -m pytest -q -m extended $(XDIST)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not extended" $(XDIST)
 
 # The packages a GPU device machine's image lacks (pure Python), at this venv's versions, as wheels in .whl/
 # for experiments/gpu_checks.sh (see the comment at its top).

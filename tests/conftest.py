@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -15,7 +17,24 @@ from clm_torch.config import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 
-torch.set_num_threads(2)
+# `make test` runs the suite in parallel (pytest-xdist, one worker per core): each worker then gets an
+# equal share of the cores, so two workers on two cores do not fight over four BLAS threads
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist (``make test``: ``-n ... --dist loadfile --no-loadscope-reorder``) each test file is
+    one unit of work, handed out in collection order: put the files with the most ``slow`` tests first,
+    so the long units start at once instead of leaving one worker busy at the end while the other idles.
+    Plain ``pytest`` keeps the usual order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    first = {}
+    for i, item in enumerate(items):
+        first.setdefault(item.path, i)
+    items.sort(key=lambda item: (-slow[item.path], first[item.path]))
 
 
 def compose_cfg(overrides: Sequence[str], output_dir: Path, config_name: str = "train.yaml") -> DictConfig:

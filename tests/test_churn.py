@@ -154,6 +154,7 @@ def test_same_seed_same_metrics(make_cfg, table_csv) -> None:
     assert train(cfg)[0]["test/log_loss"] != runs[0]["test/log_loss"]
 
 
+@pytest.mark.slow
 def test_cli_trains_any_csv_and_reports_bad_input(tmp_path: Path, table_csv: Path) -> None:
     exe = [sys.executable, "-m", "clm_torch.train"]
     ok = subprocess.run([*exe, *_csv_overrides(table_csv), *FAST, "trainer.max_epochs=1",

@@ -36,6 +36,7 @@ def _files(folder: Path) -> dict[str, float]:
     return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("*")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes(path: Path, tiny_pipeline_run: Path, tmp_path: Path, monkeypatch) -> None:
     """01 takes its run from CLM_RUN_DIR; the others find the newest finished run in logs/pipeline/runs/

@@ -179,6 +179,7 @@ def test_retention_reason_gives_the_recency_that_made_the_customer_at_risk() -> 
     assert suggest_actions(df.drop(columns="recency_days")).loc[0, "reason"] == "high value, at risk: churn p=0.10"
 
 
+@pytest.mark.slow
 def test_pipeline_churn_model_can_read_the_purchase_sequence(tmp_path: Path, monkeypatch) -> None:
     """``churn_sequence=gru``: the churn sub-run gets the ``seq{k}_*`` columns and a GRU encoder,
     the VAE and the spend model do not see them, and every customer is still scored. The customer
@@ -634,6 +635,7 @@ def test_a_future_event_names_the_command_line_setting(tmp_path: Path, capsys) -
                         "(data.future_policy=drop on the command line)")
 
 
+@pytest.mark.slow
 def test_a_refused_pipeline_command_never_offers_or_starts_a_resume(tmp_path: Path) -> None:
     """Whether a command can continue a run is the program's (clm-train's), not the task name's:
     `clm-pipeline experiment=pipeline_events` (task pipeline_events) over an earlier run used to be

