@@ -586,7 +586,10 @@ def test_a_yes_no_column_matches_its_other_spellings_and_unknown_values_are_warn
     want = enc.transform(df)["cat"]
     j = enc.cat_columns.index("opt_in")
     with caplog.at_level(logging.WARNING, logger="clm_torch.data.encoding"):
-        for values in (yes, yes.astype(int), np.where(yes, "Y", "n"), np.where(yes, "TRUE", "false")):
+        # every spelling the labels read as yes/no: text '1.0'/'0.0' (a CSV column of 1.0/0.0 read as
+        # text) was unseen here while validate_target read it as a label
+        for values in (yes, yes.astype(int), np.where(yes, "Y", "n"), np.where(yes, "TRUE", "false"),
+                       np.where(yes, "1.0", "0.0"), np.where(yes, " t", "F")):
             assert torch.equal(enc.transform(df.assign(opt_in=values), source="s.csv")["cat"], want)
         assert torch.equal(enc.transform(df.assign(code=np.where(yes, " yes", "No")))["cat"], want)
     assert "s.csv" not in caplog.text

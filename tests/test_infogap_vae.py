@@ -683,6 +683,25 @@ def test_impute_missing_tokens_and_column_spellings(trained) -> None:
         np.testing.assert_array_equal(filled.drop(hide).astype(float), raw["fee"].round().drop(hide))
 
 
+def test_a_yes_no_level_imputed_into_a_boolean_column_is_a_bool() -> None:
+    """A column trained as 'T'/'F' reads True/False as those levels (the encoder's yes/no words), and
+    impute writes them back into a boolean column as True/False, not as the text 'T'/'F' (the VAE had
+    its own shorter list of yes/no words, without t/f, and turned the column into text)."""
+    df = make_table(200, seed=0)
+    df["loyal"] = df["loyal"].map({"Yes": "T", "No": "F"})
+    model = build_model(df)
+    raw = df.drop(columns=["churn"]).iloc[:20]
+    as_bool = raw.assign(loyal=raw["loyal"].map({"T": True, "F": False}).astype("boolean"))
+    assert torch.equal(model.transform(as_bool)["cat"], model.transform(raw)["cat"])
+    out = model.impute(as_bool.assign(loyal=pd.array([pd.NA] * 20, dtype="boolean")))["loyal"]
+    assert out.dtype == "boolean" and out.notna().all()
+    # the same words are the yes/no labels of a churn target
+    from clm_torch.data.schema import NO_WORDS, YES_WORDS, validate_target
+
+    for yes, no in zip(YES_WORDS, NO_WORDS):
+        assert validate_target(pd.Series([no, yes.upper()]), source="t", column="c")[0].tolist() == [0.0, 1.0]
+
+
 def test_one_encoding_shared_by_the_api_methods(trained) -> None:
     """encode / impute / information_gap given ``encoded=model.transform(df)`` return exactly what they
     return when they encode the frame themselves, batch by batch (small batches: several chunks)."""

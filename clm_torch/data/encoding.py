@@ -33,8 +33,9 @@ import pandas as pd
 import torch
 
 from clm_torch.data.cleaning import clip_bounds
-from clm_torch.data.schema import (SchemaError, TableSchema, _is_missing_token, distinct_rows, is_yes_no_label,
-                                   level_keys, spaced_names_hint, to_numeric_strict, validate_target)
+from clm_torch.data.schema import (NO_WORDS, YES_WORDS, SchemaError, TableSchema, _is_missing_token, distinct_rows,
+                                   is_yes_no_label, level_keys, spaced_names_hint, to_numeric_strict, validate_target,
+                                   yes_no_side)
 from clm_torch.utils.io import SettingError
 from clm_torch.utils.tally import MAX_EXAMPLES, WarningTally
 
@@ -59,13 +60,12 @@ def _category_keys(s: pd.Series) -> pd.Series:
 
 
 _BOOL_ALIASES = {"true": "1", "false": "0", "1": "true", "0": "false"}
-# the spellings of the two sides of a yes/no column, most usual first
-_YES_KEYS, _NO_KEYS = ("yes", "true", "1", "y", "t"), ("no", "false", "0", "n", "f")
 
 
 def _is_yes_no(keys: Sequence[str]) -> bool:
-    """Whether a column's category keys (``<unk>`` left out) are both sides of yes/no in some spelling."""
-    return (len(keys) == 2 and any(k in _YES_KEYS for k in keys) and any(k in _NO_KEYS for k in keys))
+    """Whether a column's category keys (``<unk>`` left out) are both sides of yes/no in some spelling
+    (:func:`~clm_torch.data.schema.yes_no_side`)."""
+    return len(keys) == 2 and {yes_no_side(k) for k in keys} == {True, False}
 
 
 def _alias_keys(key: str, yes_no: bool = False) -> list[str]:
@@ -73,9 +73,9 @@ def _alias_keys(key: str, yes_no: bool = False) -> list[str]:
     ``true``/``false`` or ``1``/``0`` (whichever the column was fitted with), in a yes/no column
     (``yes_no``) also ``yes``/``no``, ``y``/``n`` and ``t``/``f``; an integral number written with a
     decimal point (``10.0`` → ``10``)."""
-    if yes_no and (key in _YES_KEYS or key in _NO_KEYS):
-        side = _YES_KEYS if key in _YES_KEYS else _NO_KEYS
-        return [k for k in side if k != key]
+    side = yes_no_side(key) if yes_no else None
+    if side is not None:
+        return [k for k in (YES_WORDS if side else NO_WORDS) if k != key]
     if key in _BOOL_ALIASES:
         return [_BOOL_ALIASES[key]]
     try:

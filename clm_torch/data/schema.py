@@ -537,6 +537,31 @@ def level_key(v: Any) -> str:
     return str(v).strip().casefold()
 
 
+def _label_key(v: Any) -> str:
+    """A label's comparison key: trimmed case-folded text (:func:`level_key`), whole numbers without '.0' (1, 1.0, '1.0' → '1')."""
+    key = level_key(v)
+    try:
+        f = float(key)
+    except ValueError:
+        return key
+    return str(int(f)) if np.isfinite(f) and f.is_integer() else key
+
+
+# The one list of the words of yes and no (most usual first), as :func:`yes_no_side` compares them:
+# the encoder matches a yes/no feature column's spellings by it, the InfoGapVAE writes a yes/no level
+# into a boolean column by it, and churn labels read as yes/no by it (with the churn-outcome words).
+YES_WORDS = ("yes", "true", "1", "y", "t")
+NO_WORDS = ("no", "false", "0", "n", "f")
+_YES_SET, _NO_SET = frozenset(YES_WORDS), frozenset(NO_WORDS)
+
+
+def yes_no_side(v: Any) -> bool | None:
+    """True where ``v`` reads as yes (:data:`YES_WORDS`), False where as no (:data:`NO_WORDS`), None
+    otherwise; compared as :func:`_label_key` (trimmed, case-folded, '1.0' and 1.0 as '1')."""
+    key = _label_key(v)
+    return True if key in _YES_SET else False if key in _NO_SET else None
+
+
 def _is_missing_token(s: pd.Series) -> pd.Series:
     return level_keys(s).isin(_MISSING_TOKENS)
 
@@ -811,25 +836,17 @@ def infer_schema(
 # ----------------------------------------------------------------------------- validation
 
 
-# labels read as the positive (churned) and the negative class; with neither, the minority class is positive
-_TRUE_LABELS = frozenset({"1", "true", "t", "yes", "y", "churn", "churned", "left", "lost", "cancelled", "canceled",
-                          "exited", "attrited", "lapsed"})
-_FALSE_LABELS = frozenset({"0", "false", "f", "no", "n", "stayed", "retained", "active", "renewed", "existing"})
+# labels read as the positive (churned) and the negative class: the yes/no words (YES_WORDS, NO_WORDS)
+# and the words of a churn outcome, which are labels only (in a feature column 'active' or 'left' is a
+# state, not a truth value); with neither, the minority class is positive
+_TRUE_LABELS = frozenset(YES_WORDS) | {"churn", "churned", "left", "lost", "cancelled", "canceled", "exited",
+                                       "attrited", "lapsed"}
+_FALSE_LABELS = frozenset(NO_WORDS) | {"stayed", "retained", "active", "renewed", "existing"}
 
 
 def is_yes_no_label(v: Any) -> bool:
     """Whether a target label reads as one side of yes/no (1/0, true/false, churned/stayed, ...)."""
     return _label_key(v) in _TRUE_LABELS | _FALSE_LABELS
-
-
-def _label_key(v: Any) -> str:
-    """A label's comparison key: trimmed case-folded text (:func:`level_key`), whole numbers without '.0' (1, 1.0, '1.0' → '1')."""
-    key = level_key(v)
-    try:
-        f = float(key)
-    except ValueError:
-        return key
-    return str(int(f)) if np.isfinite(f) and f.is_integer() else key
 
 
 def validate_target(y: pd.Series, *, source: str, column: str, positive: Any = None,

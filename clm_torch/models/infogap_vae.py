@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from clm_torch.data.encoding import FeatureEncoder
-from clm_torch.data.schema import SchemaError, level_key, missing_cells, to_numeric_strict
+from clm_torch.data.schema import SchemaError, missing_cells, to_numeric_strict, yes_no_side
 from clm_torch.models.base import CLMModule
 from clm_torch.models.components.keyed import pool_shape, pooled, row_slots
 from clm_torch.models.components.vae import (
@@ -1379,15 +1379,13 @@ def _check_n_samples(n_samples: int | None, allow_none: bool = False) -> None:
         raise ValueError(f"n_samples must be a whole number >= 1, got {n_samples!r}")
 
 
-_TRUE_KEYS, _FALSE_KEYS = {"1", "1.0", "true", "yes", "y"}, {"0", "0.0", "false", "no", "n"}
-
-
 def _level_for_dtype(value: Any, dtype: Any) -> Any:
     """A training category ``value`` in the form a column of ``dtype`` holds: a bool in a boolean
-    column, text (whole numbers without '.0') in a text column; otherwise unchanged."""
-    key = level_key(value)
+    column (by :func:`~clm_torch.data.schema.yes_no_side`, the words the encoder reads True and False
+    as), text (whole numbers without '.0') in a text column; otherwise unchanged."""
     if pd.api.types.is_bool_dtype(dtype):
-        return True if key in _TRUE_KEYS else False if key in _FALSE_KEYS else value
+        side = yes_no_side(value)
+        return value if side is None else side
     if pd.api.types.is_string_dtype(dtype) and not isinstance(dtype, pd.CategoricalDtype):
         if isinstance(value, (float, np.floating)) and float(value).is_integer():
             return str(int(value))
