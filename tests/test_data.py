@@ -109,6 +109,12 @@ def test_excel_export_with_semicolons_and_decimal_commas(tmp_path: Path) -> None
                       ({"seperator": ";"}, "data.csv has no key 'seperator'")):
         with pytest.raises(SchemaError, match=what):
             read_table(p, csv=bad)
+    # one check per read, the settings check's: the defaults resolved for the file, before it is opened
+    from clm_torch.data.schema import csv_options
+
+    assert csv_options({"decimal": ","}, path="k.tsv.gz") == {"sep": "\t", "decimal": ",", "thousands": None}
+    with pytest.raises(SchemaError, match="data.csv.sep and data.csv.decimal are both ','"):
+        read_table(tmp_path / "not_there.csv", csv={"decimal": ","})
     # the event log reads its money column in the same dialect
     from clm_torch.data.events import load_events
 

@@ -175,8 +175,11 @@ def csv_options(csv: Mapping[str, Any] | None, *, setting: str = "data.csv", pat
     each (``\\t`` for a tab), ``decimal`` one of ``.`` and ``,``, and no two of them the same (pandas
     would read ``1,5`` in a comma-separated file as two fields without a word). None or a missing
     key keeps the default: the separator from the file name (``.tsv``: tab, else comma), ``.``
-    decimals, no thousands separator. With ``path`` (a file the dialect reads), a dialect that makes two of
-    separator, decimal mark and thousands separator one character is refused too."""
+    decimals, no thousands separator. With ``path`` (a file the dialect reads) the defaults are resolved
+    for that file (``sep`` and ``decimal`` never None) and a dialect that makes two of separator, decimal
+    mark and thousands separator one character is refused too: the settings check of ``clm-train`` and
+    ``clm-pipeline`` (before the run writes anything, the file need not exist yet) and :func:`read_table`
+    (once per read) call it so."""
     given = dict(csv or {})
     unknown = sorted(set(given) - set(CSV_OPTIONS))
     if unknown:
@@ -195,8 +198,9 @@ def csv_options(csv: Mapping[str, Any] | None, *, setting: str = "data.csv", pat
     if out["decimal"] not in (None, ".", ","):
         raise SchemaError(f"{setting}.decimal={out['decimal']!r}: expected '.' or ','", source=setting)
     if path is not None:
-        _check_dialect(out["sep"] or ("\t" if ".tsv" in "".join(Path(str(path)).suffixes).lower() else ","),
-                       out["decimal"] or ".", out["thousands"], setting=setting)
+        out["sep"] = out["sep"] or ("\t" if ".tsv" in "".join(Path(str(path)).suffixes).lower() else ",")
+        out["decimal"] = out["decimal"] or "."
+        _check_dialect(out["sep"], out["decimal"], out["thousands"], setting=setting)
     return out
 
 
@@ -250,8 +254,8 @@ def read_table(path: str | os.PathLike, *, what: str = "table", text_columns: Se
             e.g. ``{"sep": ";", "decimal": ",", "thousands": "."}`` for a German Excel export
             (``1.234,50``); ignored for Parquet.
     """
-    opts = csv_options(csv)
     p = Path(path)
+    opts = csv_options(csv, path=p)  # the dialect checked, its defaults resolved for this file
     src = str(p)
     if not p.exists():
         raise SchemaError(f"{what} file not found", source=src)
@@ -280,9 +284,7 @@ def read_table(path: str | os.PathLike, *, what: str = "table", text_columns: Se
             raise SchemaError(f"{what} file is {kind}, not a CSV text file", source=src)
         if head[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a byte-order mark: Excel's "Unicode text" export
             encoding = "utf-16"
-    sep = opts["sep"] or ("\t" if ".tsv" in suffixes else ",")
-    decimal, thousands = opts["decimal"] or ".", opts["thousands"]
-    _check_dialect(sep, decimal, thousands)
+    sep, decimal, thousands = opts["sep"], opts["decimal"], opts["thousands"]
     dialect = decimal != "." or thousands is not None  # numbers converted by _numbers_in_dialect, not by pandas
     try:
         if is_parquet:
