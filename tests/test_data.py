@@ -150,6 +150,40 @@ def test_a_semicolon_export_read_without_its_dialect_is_warned_about(tmp_path: P
     assert "three digits" not in caplog.text and right["income"].iloc[:3].tolist() == [45000, 1250, 120000]
     assert right["balance"].tolist() == [6831.02, -7.5, 12.0, 0.99]
 
+
+def test_the_thousands_dot_check_reads_a_usual_semicolon_export_once(tmp_path: Path, caplog, monkeypatch) -> None:
+    """The check for '45.000' read as 45.0 read the whole file a second time for its float columns' text.
+    Now a float column whose values (an amount of 1250.5, a score of 0.12345) or first rows' text
+    ('79.91', '61') rule it out costs no second read; the header's names are matched by position, so a
+    spaced name ('income ', a raw ValueError) and a separator at the end of every line (the columns
+    read shifted: no warning) are checked too."""
+    import logging
+
+    full_reads = []
+    read_csv = pd.read_csv
+
+    def counted(*args, **kw):
+        if kw.get("nrows") is None:
+            full_reads.append(kw.get("usecols"))
+        return read_csv(*args, **kw)
+
+    monkeypatch.setattr(pd, "read_csv", counted)
+    rows = "".join(f"{i};{79 + i % 7}.91;{1250.5 * i};{i % 60}\n" for i in range(1500))
+    p = tmp_path / "usual.csv"
+    p.write_text("id;fee;total;tenure\n" + rows + "1500;;0.12345;\n")
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.schema"):
+        df = read_table(p, csv={"sep": ";"})
+    assert df["fee"].dtype == df["tenure"].dtype == np.float64 and full_reads == [None]
+    assert "three digits" not in caplog.text
+    for name, text in (("spaced.csv", "id;income ;score\n1;45.000;1.5\n2;1.250;2.25\n"),
+                       ("trailing.csv", "id;income;score\n1;45.000;1.5;\n2;1.250;2.25;\n")):
+        (tmp_path / name).write_text(text)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="clm_torch.data.schema"):
+            read_table(tmp_path / name, csv={"sep": ";"})
+        assert "column 'income': every value has three digits after its dot (e.g. '45.000'" in caplog.text
+
+
 def test_header_names_with_surrounding_spaces(tmp_path: Path, caplog) -> None:
     """Excel headers often end in a space ('customer_id '). data.id_col=customer_id was then "not found"
     (the list of columns showed the space only to a careful eye), and the id, not read as text, lost

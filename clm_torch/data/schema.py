@@ -325,24 +325,56 @@ def read_table(path: str | os.PathLike, *, what: str = "table", text_columns: Se
     return df
 
 
+_DOTTED = r"[-+]?\d{1,3}(\.\d{3})+"  # 45.000, 1.250, 12.345.678: a thousands dot in the ';' locales
+_HEAD_ROWS = 1000  # the first rows whose text is checked before a whole column is
+
+
 def _warn_thousands_dots(p: Path, sep: str, encoding: str, df: pd.DataFrame) -> None:
     """Warn about the number columns of a ';'-separated CSV read with '.' decimals whose every value has
     exactly three digits after its dot ('45.000', '1.250'): in the locales that separate fields by ';'
     that is a thousands separator, and pandas read 45.000 as 45.0 without a word (a text column of such
-    values, with a '?' among them, is read as numbers by cleaning just the same)."""
-    floats = [c for c in df.columns if pd.api.types.is_float_dtype(df[c])]
+    values, with a '?' among them, is read as numbers by cleaning just the same).
+
+    The text of a float column is read again only where nothing read already rules it out: its values
+    (each below 1000 with at most three decimals, as 'ddd.ddd' reads) and then its first rows' text
+    (``_HEAD_ROWS``, a few milliseconds): '79.91' or '61' there clears the column. A usual export is
+    read once; the file is read whole again (those columns only) when a column still looks dotted."""
+    floats = [c for c in df.columns if pd.api.types.is_float_dtype(df[c]) and _may_be_dotted(df[c])]
     texts = [c for c in df.columns if df[c].dtype == object or pd.api.types.is_string_dtype(df[c])]
-    text = (pd.read_csv(p, sep=sep, encoding=encoding, usecols=floats, dtype=str, low_memory=False) if floats
-            else pd.DataFrame())
+    text = pd.DataFrame()
+    if floats:
+        def read(cols: list[Any], **kw: Any) -> pd.DataFrame:  # by position: the header's names may carry spaces
+            return pd.read_csv(p, sep=sep, encoding=encoding, usecols=[df.columns.get_loc(c) for c in cols],
+                               dtype=str, index_col=False, low_memory=False, **kw).set_axis(cols, axis=1)
+
+        head = read(floats, nrows=_HEAD_ROWS)
+        floats = [c for c in floats if _distinct_text(head[c]).str.fullmatch(_DOTTED).all()]
+        text = read(floats) if floats else text
     for col in [*floats, *texts]:
         raw = text[col] if col in floats else df[col]
-        values = pd.Series(pd.unique(raw.dropna().astype("string").str.strip()), dtype="string")
-        values = values[~_is_missing_token(values).to_numpy(dtype=bool)]
-        if len(values) and values.str.fullmatch(r"[-+]?\d{1,3}(\.\d{3})+").all():
+        if not _distinct_text(raw.iloc[:_HEAD_ROWS]).str.fullmatch(_DOTTED).all():
+            continue  # a first value written otherwise: not every value is dotted
+        values = _distinct_text(raw)
+        if len(values) and values.str.fullmatch(_DOTTED).all():
             log.warning("%s: column '%s': every value has three digits after its dot (e.g. %r, read as %s): in a "
                         "';'-separated export that is a thousands separator; if so, read the file with "
                         "data.csv.thousands='.' (and data.csv.decimal=',')", p, col, values.iloc[0],
                         float(values.iloc[0]))
+
+
+def _may_be_dotted(s: pd.Series) -> bool:
+    """Whether the float column ``s`` may have been read from text written 'ddd.ddd' (one dot, as pandas
+    reads a float): every value below 1000 with at most three decimals; all missing: no."""
+    v = s.dropna().to_numpy(dtype=np.float64)
+    k = v * 1000.0
+    return bool(len(v)) and bool((np.abs(v) < 1000).all()) and bool((np.abs(k - np.round(k)) < 1e-6).all())
+
+
+def _distinct_text(raw: pd.Series) -> pd.Series:
+    """The distinct values of a column of text (first seen first), stripped, missing ones and missing
+    tokens left out."""
+    values = pd.Series(pd.unique(raw.dropna().astype("string").str.strip()), dtype="string")
+    return values[~_is_missing_token(values).to_numpy(dtype=bool)]
 
 
 def _stripped_names(df: pd.DataFrame, src: str) -> pd.DataFrame:
