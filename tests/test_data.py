@@ -182,6 +182,12 @@ def test_the_thousands_dot_check_reads_a_usual_semicolon_export_once(tmp_path: P
         with caplog.at_level(logging.WARNING, logger="clm_torch.data.schema"):
             read_table(tmp_path / name, csv={"sep": ";"})
         assert "column 'income': every value has three digits after its dot (e.g. '45.000'" in caplog.text
+    # groups of thousands beyond the first (a text column): named, not a raw float() ValueError
+    (tmp_path / "millions.csv").write_text("id;assets\n1;12.345.678\n2;1.250.000\n")
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.schema"):
+        read_table(tmp_path / "millions.csv", csv={"sep": ";"})
+    assert "column 'assets': every value has three digits after its dot (e.g. '12.345.678', read as text)" \
+        in caplog.text
 
 
 def test_header_names_with_surrounding_spaces(tmp_path: Path, caplog) -> None:

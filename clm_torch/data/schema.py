@@ -356,10 +356,11 @@ def _warn_thousands_dots(p: Path, sep: str, encoding: str, df: pd.DataFrame) -> 
             continue  # a first value written otherwise: not every value is dotted
         values = _distinct_text(raw)
         if len(values) and values.str.fullmatch(_DOTTED).all():
+            first = values.iloc[0]
+            read_as = float(first) if first.count(".") == 1 else "text"  # 12.345.678 is no float
             log.warning("%s: column '%s': every value has three digits after its dot (e.g. %r, read as %s): in a "
                         "';'-separated export that is a thousands separator; if so, read the file with "
-                        "data.csv.thousands='.' (and data.csv.decimal=',')", p, col, values.iloc[0],
-                        float(values.iloc[0]))
+                        "data.csv.thousands='.' (and data.csv.decimal=',')", p, col, first, read_as)
 
 
 def _may_be_dotted(s: pd.Series) -> bool:
