@@ -277,3 +277,44 @@ class CLMModule(L.LightningModule):
     def export_predictions(self, datamodule: Any, split: str = "test") -> pd.DataFrame:
         """Per-row predictions for a split of the DataModule (written to predictions/<split>.csv)."""
         raise NotImplementedError
+
+
+class TableTargetModule(CLMModule):
+    """Base of the models that learn a customer table's target column (ChurnClassifier, SpendRegressor):
+    their steps, one for each stage, over ``model_step(batch) -> (loss, output)`` with the target in
+    ``batch["y"]``. Each model keeps its own evaluation in :meth:`update_stage` (the stage's
+    accumulators, per batch) and :meth:`_eval_epoch_end` (their metrics, per epoch)."""
+
+    def model_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's mean loss and the model's output for its rows."""
+        raise NotImplementedError
+
+    def update_stage(self, stage: str, batch: dict[str, torch.Tensor], output: torch.Tensor) -> None:
+        """Add a ``val``/``test`` batch's output and targets to the stage's accumulators."""
+        raise NotImplementedError
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        """Compute, log and reset the stage's metrics."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        loss, _ = self.model_step(batch)
+        self.add_train_terms(loss, len(batch["y"]))  # logged as train/loss at the epoch's end
+        return self.guard_loss(loss, batch_idx)
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        loss, output = self.model_step(batch)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["y"]), sync_dist=True)
+        self.update_stage(stage, batch, output)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")

@@ -18,7 +18,7 @@ from torchmetrics.functional.classification import binary_auroc, binary_average_
 from clm_torch.data.encoding import FeatureEncoder
 from clm_torch.data.events import add_time_features, parse_sequence_column
 from clm_torch.data.schema import SchemaError
-from clm_torch.models.base import CLMModule, UnreadableRows
+from clm_torch.models.base import TableTargetModule, UnreadableRows
 from clm_torch.models.components.calibration import fit_platt, fit_temperature
 from clm_torch.models.components.sequence import SEQUENCE_ENCODERS, PurchaseSequenceEncoder
 from clm_torch.models.components.tabular import EnsembleMLP, FeatureTokenizer, FusedFirstLayer
@@ -77,7 +77,7 @@ def _item_union(encoder: FeatureEncoder, cat_idx: Sequence[int]) -> list[str]:
     return sorted({key for j in cat_idx for key in encoder.keys[encoder.cat_columns[j]][1:]})
 
 
-class ChurnClassifier(CLMModule):
+class ChurnClassifier(TableTargetModule):
     """Binary churn classifier: PLR numeric embeddings + categorical embeddings → a batched
     ensemble of ``k_ensemble`` MLPs → one logit each. Optionally ``additive_members`` more
     members are additive models (a linear read-out of their own embeddings, with PLR scale
@@ -437,22 +437,10 @@ class ChurnClassifier(CLMModule):
         loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=self.pos_weight)
         return loss, logits
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        loss, _ = self.model_step(batch)
-        self.add_train_terms(loss, len(batch["y"]))  # logged as train/loss at the epoch's end
-        return self.guard_loss(loss, batch_idx)
-
-    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        loss, logits = self.model_step(batch)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["y"]), sync_dist=True)
+    # training_step, validation_step and test_step: TableTargetModule's
+    def update_stage(self, stage: str, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> None:
         self.stage_logits[stage].update(self.ensemble_logit(logits))
         self.stage_labels[stage].update(batch["y"])
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
 
     def _eval_epoch_end(self, stage: str) -> None:
         logits = self.stage_logits[stage].compute().float().reshape(-1)  # (a split of one row: 0-d)
@@ -470,12 +458,6 @@ class ChurnClassifier(CLMModule):
             metrics["ece"] = torch.tensor(expected_calibration_error(prob.detach().cpu().numpy(), y.cpu().numpy()))
         for k, v in metrics.items():
             self.log(f"{stage}/{k}", v, prog_bar=k == "auroc")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
 
     def fit_calibration(self, logits: torch.Tensor, y: torch.Tensor) -> None:
         """Fit the calibration on validation logits (batch,) and labels (batch,).

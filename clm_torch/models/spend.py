@@ -20,7 +20,7 @@ from clm_torch.data.encoding import FeatureEncoder
 from clm_torch.data.events import add_time_features
 from clm_torch.data.schema import SchemaError
 from clm_torch.lifecycle.value import spend_capture
-from clm_torch.models.base import CLMModule, UnreadableRows
+from clm_torch.models.base import TableTargetModule, UnreadableRows
 from clm_torch.models.components.tabular import MLP, FeatureTokenizer
 from clm_torch.utils.progress import chunks
 
@@ -49,7 +49,7 @@ def spend_metrics(pred: torch.Tensor, y: torch.Tensor, top: float = 0.2) -> dict
     return {"rmse": rmse.float(), "spearman": spearman.float(), "capture20": capture.float()}
 
 
-class SpendRegressor(CLMModule):
+class SpendRegressor(TableTargetModule):
     """Tabular regressor of future spend: PLR + categorical embeddings → MLP → log-mean, Tweedie loss.
 
     Args:
@@ -94,22 +94,10 @@ class SpendRegressor(CLMModule):
         # net refunds (a negative spend in the window) are no spend: the Tweedie loss has no minimum below 0
         return tweedie_nll(eta, batch["y"].float().clamp_min(0.0), self.hparams.power), eta
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        loss, _ = self.model_step(batch)
-        self.add_train_terms(loss, len(batch["y"]))  # logged as train/loss at the epoch's end
-        return self.guard_loss(loss, batch_idx)
-
-    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        loss, eta = self.model_step(batch)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["y"]), sync_dist=True)
+    # training_step, validation_step and test_step: TableTargetModule's
+    def update_stage(self, stage: str, batch: dict[str, torch.Tensor], eta: torch.Tensor) -> None:
         self.stage_pred[stage].update(torch.exp(eta))
         self.stage_y[stage].update(batch["y"].float())
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
 
     def _eval_epoch_end(self, stage: str) -> None:
         # a split of one row: CatMetric gives a 0-d tensor
@@ -118,12 +106,6 @@ class SpendRegressor(CLMModule):
         self.stage_y[stage].reset()
         for k, v in spend_metrics(pred, y).items():
             self.log(f"{stage}/{k}", v, prog_bar=k == "spearman")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
 
     @torch.no_grad()
     def predict_spend(self, df: pd.DataFrame, *, batch_size: int = 65536, source: str = "<dataframe>") -> np.ndarray:
