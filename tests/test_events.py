@@ -199,6 +199,28 @@ def test_missing_customer_id(tmp_path):
     assert e.column == "cid"
 
 
+def test_missing_cells_are_found_one_way_in_logs_and_tables(monkeypatch):
+    """The log's ids and times and the table's join dates are checked by schema.missing_cells, as the
+    rest of the package checks cells: a date or duration column is never written out as text to look
+    for 'n/a' (events.py kept its own checks for that: 2M time-zone-aware dates took 24 s), and 'n/a'
+    in a categorical join-date column is a missing date."""
+    import clm_torch.data.schema as schema
+    from clm_torch.data.events import _join_dates, parse_timestamps
+
+    def no_text(s):
+        raise AssertionError(f"a {s.dtype} column written out as text")
+
+    dates = pd.Series(pd.to_datetime(["2024-01-01", None, "2024-02-01"], utc=True))
+    with monkeypatch.context() as m:
+        m.setattr(schema, "_is_missing_token", no_text)
+        for s in (dates, dates.dt.tz_localize(None), pd.Series(pd.to_timedelta(["1D", None, "2D"]))):
+            assert schema.missing_cells(s).tolist() == [False, True, False]
+        parse_timestamps(dates.dropna(), source="log", column="ts")
+    table = pd.DataFrame({"signup": pd.Categorical(["2024-01-01", "n/a"])}, index=["A", "B"])
+    joined = _join_dates(table, "signup", "crm.csv")
+    assert joined.iloc[0] == pd.Timestamp("2024-01-01") and pd.isna(joined.iloc[1])
+
+
 def test_missing_file_and_dataframe_source():
     with pytest.raises(SchemaError, match="not found"):
         load_events("/nonexistent/events.csv", customer_col="c", time_col="t")

@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 import torch
 
 from clm_torch.data.cleaning import lowered_ids, warn_id_collisions
-from clm_torch.data.schema import (SEQUENCE_COLUMN, SchemaError, _is_missing_token, check_id_kind, check_time_kind,
+from clm_torch.data.schema import (SEQUENCE_COLUMN, SchemaError, check_id_kind, check_time_kind, missing_cells,
                                    ints_if_whole, read_table, strip_ids, to_numeric_strict)
 from clm_torch.utils.io import is_number, is_whole
 from clm_torch.utils.memory import small_pages
@@ -161,7 +161,7 @@ def _join_dates(table: pd.DataFrame, column: str, source: str) -> pd.Series:
         raise SchemaError(f"join-date column not found; available columns: {list(table.columns)}", source=source,
                           column=column)
     s = table[column]
-    missing = s.isna() | (_is_missing_token(s) if s.dtype == object or pd.api.types.is_string_dtype(s) else False)
+    missing = pd.Series(missing_cells(s), index=s.index)
     out = pd.Series(pd.NaT, index=table.index, dtype="datetime64[ns]")
     if (~missing).any():
         try:
@@ -203,9 +203,7 @@ def parse_timestamps(s: pd.Series, *, source: str, column: str) -> pd.Series:
     """
     if pd.api.types.is_bool_dtype(s):
         raise SchemaError("expected timestamps but found booleans", source=source, column=column)
-    missing = s.isna()
-    if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_datetime64_any_dtype(s)):
-        missing = missing | _is_missing_token(s)
+    missing = pd.Series(missing_cells(s), index=s.index)
     if missing.any():
         raise SchemaError(
             f"missing timestamp ({int(missing.sum())} missing values); every event needs a time",
@@ -369,9 +367,7 @@ def load_events(
 
     out: dict[str, pd.Series] = {}
     cid = raw[customer_col]
-    missing = cid.isna()
-    if not pd.api.types.is_numeric_dtype(cid):
-        missing = missing | _is_missing_token(cid)
+    missing = pd.Series(missing_cells(cid), index=cid.index)
     if missing.any():
         raise SchemaError(
             f"missing customer id ({int(missing.sum())} rows); every event needs a customer",

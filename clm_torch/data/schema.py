@@ -602,10 +602,13 @@ def _is_missing_token(s: pd.Series) -> pd.Series:
 
 
 def missing_cells(s: pd.Series) -> np.ndarray:
-    """(n,) bool: the cells of ``s`` that are missing: NaN and, in a column that is not numeric, the
-    tokens that cleaning reads as missing (``''``, ``'n/a'``, ``'NA'``, ``'?'``, ``'null'``, ``'-'``, ...)."""
+    """(n,) bool: the cells of ``s`` that are missing: NaN/NaT and, in a column that can hold text (not
+    numbers, booleans, dates or durations), the tokens that cleaning reads as missing (``''``,
+    ``'n/a'``, ``'NA'``, ``'?'``, ``'null'``, ``'-'``, ...). A date column is not written out as text to
+    look for them: that took 2.2 s for 2M naive dates and 24 s for 2M time-zone-aware ones."""
     miss = s.isna().to_numpy(dtype=bool)
-    if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)) and len(s):
+    if len(s) and not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)
+                       or pd.api.types.is_datetime64_any_dtype(s) or pd.api.types.is_timedelta64_dtype(s)):
         miss = miss | _is_missing_token(s).fillna(False).to_numpy(dtype=bool)
     return miss
 
