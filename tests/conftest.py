@@ -22,6 +22,17 @@ REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
 
+@pytest.fixture(autouse=True)
+def _same_random_state_for_every_test() -> None:
+    """Every test starts from the same global RNG state (torch, numpy, random), whatever ran before it
+    in its process: under xdist the files a worker runs first differ from run to run."""
+    import random
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under xdist (``make test``: ``-n ... --dist loadfile --no-loadscope-reorder``) each test file is
