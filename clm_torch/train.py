@@ -176,6 +176,7 @@ _DATA_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "time_features": _one_of("absolute", "relative", "both"),
     "n_neighbors": (lambda v: is_whole(v, 0), "a whole number >= 0 (0 = no item-item term)"),
     "max_labels": (is_count, "a whole number >= 1"),
+    "drop_unlabelled": (lambda v: isinstance(v, bool), "true (leave out the rows without a label) or false"),
     # nested keys (a dotted path below data)
     "clean.clip_outliers": (lambda v: is_number(v) and v > 0, "null (off) or a number of robust sd > 0, e.g. 5"),
     "encoder.max_categories": (is_count, "a whole number >= 1"),

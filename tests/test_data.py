@@ -867,3 +867,70 @@ def test_parquet_written_with_the_id_as_index_keeps_the_id_column(tmp_path: Path
     assert sorted(np.concatenate([dm.ids(k) for k in ("train", "val", "test")])) == sorted(t["customer_id"])
     t.set_index(t.index + 1000).to_parquet(tmp_path / "offset.parquet")
     assert read_table(tmp_path / "offset.parquet").index.equals(pd.RangeIndex(100))
+
+
+def _unlabelled_table() -> tuple[pd.DataFrame, np.ndarray]:
+    """messy_table(600) with 60 targets missing (NaN, '' and the token 'n/a'), and those rows' mask."""
+    df = messy_table(600, seed=3).astype({"churn": object})
+    unlabelled = np.random.default_rng(5).random(len(df)) < 0.1
+    rows = np.flatnonzero(unlabelled)
+    df.loc[rows[::3], "churn"] = np.nan
+    df.loc[rows[1::3], "churn"] = "n/a"
+    df.loc[rows[2::3], "churn"] = np.nan
+    # columns the unlabelled rows would change if anything were fitted on them: a huge fee, a new region
+    df.loc[rows, "monthly_fee"] = 1e6
+    df.loc[rows, "region"] = "atlantis"
+    return df, unlabelled
+
+
+def test_rows_without_a_label_are_refused_naming_the_setting_or_dropped_before_anything_is_fitted(
+        tmp_path: Path, caplog) -> None:
+    """A target missing in some rows (customers inside their label window) is refused with the count,
+    the share, the first row and data.drop_unlabelled; with data.drop_unlabelled=true those rows are
+    dropped with one warning (count, share, file, column) and the run is that of the file without
+    them: no split holds them, and the encoder (the checkpoint's preprocessing) is the same."""
+    df, unlabelled = _unlabelled_table()
+    path, labelled_path = tmp_path / "crm.csv", tmp_path / "labelled.csv"
+    df.to_csv(path, index=False)
+    df.loc[~unlabelled].to_csv(labelled_path, index=False)
+    n = int(unlabelled.sum())
+    with pytest.raises(SchemaError, match=rf"crm.csv, column 'churn', row {np.flatnonzero(unlabelled)[0]}: target has {n} missing values "
+                                          rf"\({n / 600:.1%} of 600 rows\).*set data.drop_unlabelled=true"):
+        table_from_file(str(path), target="churn", id_col="customer_id").setup()
+    with caplog.at_level("WARNING"):
+        dm = table_from_file(str(path), target="churn", id_col="customer_id", drop_unlabelled=True)
+        dm.setup()
+    said = [r.getMessage() for r in caplog.records if "without a label" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"{path}, column 'churn': dropped {n} of 600 rows "
+                                                 f"({100 * n / 600:.1f} %)"), said
+    ref = table_from_file(str(labelled_path), target="churn", id_col="customer_id")
+    ref.setup()
+    gone = set(df.loc[unlabelled, "customer_id"])
+    for split in ("train", "val", "test"):
+        assert not gone & set(dm.ids(split)), split
+        assert list(dm.ids(split)) == list(ref.ids(split)), split
+        assert all(torch.equal(t, ref.tensors[split][k]) for k, t in dm.tensors[split].items()), split
+    state, ref_state = dm.preprocessing_state(), ref.preprocessing_state()
+    assert str(state) == str(ref_state)
+    assert "atlantis" not in str(state) and max(state["encoder"]["num_max"]) < 1e6
+
+
+def test_a_continuous_target_without_a_value_is_refused_or_dropped() -> None:
+    """The spend target: a missing value used to be refused per split ('[train split]', a row of it) without
+    naming the setting; it is now refused for the table as a whole, or the row is dropped."""
+    df = messy_table(400, seed=1).drop(columns=["churn"])
+    df["spend"] = np.random.default_rng(0).gamma(2.0, 50.0, len(df))
+    df.loc[[3, 10, 50], "spend"] = np.nan
+    with pytest.raises(SchemaError, match=r"<dataframe>, column 'spend', row 3: target has 3 missing values "
+                                          r"\(0.8% of 400 rows\).*data.drop_unlabelled=true"):
+        TableDataModule(FrameSource(df, target="spend"), target_type="continuous").setup()
+    dm = TableDataModule(FrameSource(df, target="spend", id_col="customer_id"), target_type="continuous",
+                         drop_unlabelled=True)
+    dm.setup()
+    assert sum(len(dm.tensors[s]["y"]) for s in ("train", "val", "test")) == 397
+    assert not any(torch.isnan(dm.tensors[s]["y"]).any() for s in ("train", "val", "test"))
+    with pytest.raises(SchemaError, match="column 'spend': target column is entirely empty"):
+        TableDataModule(FrameSource(df.assign(spend=np.nan), target="spend"), target_type="continuous",
+                        drop_unlabelled=True).setup()
+    with pytest.raises(ValueError, match="data.drop_unlabelled must be true or false, not 'yes'"):
+        TableDataModule(FrameSource(df, target="spend"), drop_unlabelled="yes")

@@ -982,3 +982,35 @@ def test_a_resume_keeps_the_runs_record_and_names_dropped_settings(table_csv: Pa
     assert len(list((run / ".hydra").glob("resume_*"))) == 1  # the successful resume's
     assert "its weights do not fit the model this config builds" in "".join(
         p.read_text() for p in run.glob("*.log"))
+
+
+def test_clm_train_on_a_table_with_unlabelled_rows(make_cfg, tmp_path: Path, capsys) -> None:
+    """clm-train data=csv on a table where some customers have no label yet: refused in one line that names
+    the file, the column, the first row and data.drop_unlabelled; with data.drop_unlabelled=true the run
+    trains without them (none in predictions/test.csv) and its checkpoint scores them; a value other
+    than true/false is refused before the run directory is made."""
+    from clm_torch.train import SettingError, check_settings, run_cli
+
+    df = messy_table(400, seed=4)
+    df.loc[[5, 40, 41, 300], "churn"] = np.nan
+    path = tmp_path / "crm.csv"
+    df.to_csv(path, index=False)
+    base = ["model=churn", "data=csv", f"data.path={path}", "data.target=churn", "data.id_col=customer_id",
+            "trainer.max_epochs=1", "logger=none", *FAST]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train, make_cfg(*base, out="refused"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().startswith(
+        f"error: {path}, column 'churn', row 5: target has 4 missing values (1.0% of 400 rows); drop those rows or "
+        "fill them, or set data.drop_unlabelled=true")
+    with pytest.raises(SettingError, match=r"data.drop_unlabelled='maybe': expected true"):
+        check_settings(make_cfg(*base, "data.drop_unlabelled=maybe", out="bad"))
+    cfg = make_cfg(*base, "data.drop_unlabelled=true", out="dropped")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    preds = pd.read_csv(run / "predictions" / "test.csv", dtype={"customer_id": str})
+    unlabelled = df.loc[df["churn"].isna(), "customer_id"]
+    assert len(preds) == 59 and not set(unlabelled) & set(preds["customer_id"])  # 15 % of the 396 labelled
+    model = ChurnClassifier.load_from_checkpoint(run / "checkpoints" / "best.ckpt")
+    p = model.predict_proba(df.loc[df["churn"].isna()])
+    assert p.shape == (4,) and np.isfinite(p).all()

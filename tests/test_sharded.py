@@ -344,3 +344,33 @@ def test_shards_written_with_the_id_as_index_keep_the_id_column(table: pd.DataFr
         part.set_index("customer_id").to_parquet(d / f"part-{k}.parquet")
     ids = np.concatenate([_dm(d, r, 2).ids(s) for r in range(2) for s in ("train", "val", "test")])
     assert sorted(ids) == sorted(table["customer_id"])
+
+
+def test_shards_rows_without_a_label_are_refused_or_left_out_of_every_split(table: pd.DataFrame, tmp_path: Path,
+                                                                             caplog) -> None:
+    """data.drop_unlabelled on a sharded table: without it a missing target is refused naming the shard and
+    its row and the setting; with it the sample leaves those rows out (one warning with the count and
+    share) and every rank leaves them out of its splits: the same splits and preprocessing as shards
+    written without them. One shard may be unlabelled throughout."""
+    df = table.astype({"churn": object})
+    unlabelled = np.random.default_rng(2).random(len(df)) < 0.1
+    df.loc[unlabelled, "churn"] = np.nan
+    shards = write_shards(df, tmp_path / "all", 4)
+    ref = _dm(write_shards(df.loc[~unlabelled], tmp_path / "labelled", 4), sample_rows=10_000)
+    with pytest.raises(SchemaError, match=r"part-00\d.parquet, column 'churn', row \d+: target has \d+ missing "
+                                          r"values .*data.drop_unlabelled=true"):
+        _dm(shards, sample_rows=10_000)
+    with caplog.at_level("WARNING"):
+        dm = _dm(shards, sample_rows=10_000, drop_unlabelled=True)
+    said = [r.getMessage() for r in caplog.records if "without a label" in r.getMessage()]
+    assert len(said) == 1 and f"dropped {int(unlabelled.sum())} of {len(df)} sampled rows" in said[0], said
+    assert _same(dm.preprocessing_state(), ref.preprocessing_state())
+    gone = set(df.loc[unlabelled, "customer_id"])
+    for split in ("train", "val", "test"):
+        assert not gone & set(dm.ids(split)) and list(dm.ids(split)) == list(ref.ids(split)), split
+        assert _same(dm.tensors[split], ref.tensors[split]), split
+    new = df.loc[~unlabelled].assign(customer_id=lambda f: f["customer_id"] + "n", churn=np.nan).iloc[:50]
+    new = new.astype({"churn": "string"})  # a text column, as in the other shards, null in every row
+    new.to_parquet(shards / "part-new.parquet", index=False)  # a shard of customers inside their label window
+    assert sum(len(_dm(shards, drop_unlabelled=True).ids(s)) for s in ("train", "val", "test")) == \
+        sum(len(ref.ids(s)) for s in ("train", "val", "test"))

@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from clm_torch.data.cleaning import CleaningReport, clean_table
 from clm_torch.data.encoding import FeatureEncoder
-from clm_torch.data.schema import SchemaError, TableSchema, check_drop, infer_schema, validate_target
+from clm_torch.data.schema import (SchemaError, TableSchema, check_drop, infer_schema, missing_cells,
+                                   validate_target)
 from clm_torch.data.sources.tables import TableData
 from clm_torch.utils.memory import small_pages
 
@@ -180,6 +181,40 @@ def warn_small_splits(sizes: Mapping[str, int], source: str, logger: logging.Log
                        "by 0.1 or more)", source, small)
 
 
+def drop_unlabelled_rows(frame: pd.DataFrame, target: str, *, drop: bool, source: str, what: str = "rows",
+                         logger: logging.Logger = log, level: int = logging.WARNING, whole: bool = True
+                         ) -> pd.DataFrame:
+    """``frame`` less its rows whose ``target`` is missing (NaN, or a missing token such as ``''``,
+    ``'n/a'``, ``'?'``), before anything is inferred, cleaned, split or fitted on it: the result is the
+    table those rows were never in. With ``drop`` False such rows are refused, naming the count, the
+    first row and ``data.drop_unlabelled``; a target missing in every row is refused either way.
+    ``what`` names the rows in the messages; ``level`` is the log level of the message about the
+    dropped rows. ``whole`` False: ``frame`` is a part of the table (a shard), which may be unlabelled
+    in every row. A frame without the column is returned as it is (the schema names the missing column).
+
+    Raises:
+        SchemaError: unlabelled rows and ``drop`` False, or no labelled row at all.
+    """
+    if target not in frame.columns or len(frame) == 0:
+        return frame
+    miss = missing_cells(frame[target])
+    n = int(miss.sum())
+    if n == 0:
+        return frame
+    share = n / len(frame)
+    if n == len(frame) and whole:
+        raise SchemaError(f"target column is entirely empty ({n} {what}): no row has a label to learn from",
+                          source=source, column=target)
+    if not drop:
+        first = frame.index[int(np.flatnonzero(miss)[0])]
+        raise SchemaError(f"target has {n} missing values ({share:.1%} of {len(frame)} {what}); drop those rows or "
+                          "fill them, or set data.drop_unlabelled=true to leave them out (e.g. customers still inside "
+                          "their label window)", source=source, column=target, row=first)
+    logger.log(level, "%s, column '%s': dropped %d of %d %s (%.1f %%) without a label (data.drop_unlabelled=true); "
+               "they are in no split and nothing is fitted on them", source, target, n, len(frame), what, 100 * share)
+    return frame.loc[~miss]
+
+
 def loader_generator(seed: int) -> torch.Generator:
     """The generator a DataLoader of ours draws its workers' base seed from at every ``iter()``.
 
@@ -272,6 +307,11 @@ class TableDataModule(SplitLoaders):
         frame_transform: optional row-wise ``(frame, source=...) -> frame`` applied to each cleaned
             split before the encoder is fitted; columns it adds become numeric features (set by
             ``train()`` for ``model.infogap_ckpt``: the InfoGapVAE's signals and imputations).
+        drop_unlabelled: leave out the rows whose target is missing (customers still inside their
+            label window), with one warning giving their count and share, before the schema is
+            inferred and the table cleaned and split: no split holds them and no fitted
+            preprocessing sees them (the run is that of the table without them). False (the
+            default): such rows are refused. Ignored without a target (``require_target=False``).
     """
 
     data_kind = "table"  # what a model's ``data_kind`` must be to train on it
@@ -292,9 +332,13 @@ class TableDataModule(SplitLoaders):
         encoder: Mapping[str, Any] | None = None,
         test_frame: pd.DataFrame | None = None,
         frame_transform: Callable[..., pd.DataFrame] | None = None,
+        drop_unlabelled: bool = False,
     ) -> None:
         super().__init__()
         self.source = source
+        if not isinstance(drop_unlabelled, bool):
+            raise ValueError(f"data.drop_unlabelled must be true or false, not {drop_unlabelled!r}")
+        self.drop_unlabelled = drop_unlabelled
         self.frame_transform = frame_transform
         check_batch_sizes(batch_size, eval_batch_size)
         check_split_sizes(val_size, test_size if test_frame is None else None)
@@ -337,6 +381,8 @@ class TableDataModule(SplitLoaders):
         check_drop(data.drop, frame.columns, source=data.name)
         if not self.require_target and data.target and data.target in frame.columns:
             frame = frame.drop(columns=[data.target])
+        if target:  # rows without a label: refused, or gone before anything is inferred or fitted
+            frame = drop_unlabelled_rows(frame, target, drop=self.drop_unlabelled, source=data.name)
         schema = infer_schema(frame, target=target, id_col=data.id_col, overrides=data.roles, drop=data.drop,
                               source=data.name)
         if not schema.features:
@@ -352,7 +398,9 @@ class TableDataModule(SplitLoaders):
         ids = clean[schema.id_col] if schema.id_col else None  # a customer's rows stay in one split
         if self.test_frame is not None:
             tr, va = split_by_customer(y, len(clean), ids, [1 - self.val_size], self.split_seed)
-            test, _ = clean_table(self.test_frame, schema, source=f"{data.name} [test frame]", **self._before_split)
+            test = (drop_unlabelled_rows(self.test_frame, target, drop=self.drop_unlabelled,
+                                         source=f"{data.name} [test frame]") if target else self.test_frame)
+            test, _ = clean_table(test, schema, source=f"{data.name} [test frame]", **self._before_split)
             self.frames = {"train": clean.iloc[tr], "val": clean.iloc[va], "test": test}
         else:
             tr, va, te = split_by_customer(y, len(clean), ids,
@@ -430,7 +478,7 @@ def table_from_file(path: str, target: str | None = None, id_col: str | None = N
     """A :class:`TableDataModule` over a CSV/Parquet file (the ``data=csv`` config).
 
     ``require_target`` defaults to whether a target is given; ``csv`` is the CSV dialect
-    (``data.csv.sep``, ``decimal``, ``thousands``).
+    (``data.csv.sep``, ``decimal``, ``thousands``); ``drop_unlabelled`` goes to :class:`TableDataModule`.
     """
     from clm_torch.data.sources.tables import CSVSource
 

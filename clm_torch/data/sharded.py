@@ -35,8 +35,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from clm_torch.data.cleaning import clean_table
-from clm_torch.data.datamodules import (TableDataModule, TensorTable, _dist_info, check_both_classes, loader_generator,
-                                        shuffle_seed, warn_small_splits)
+from clm_torch.data.datamodules import (TableDataModule, TensorTable, _dist_info, check_both_classes,
+                                        drop_unlabelled_rows, loader_generator, shuffle_seed, warn_small_splits)
 from clm_torch.data.encoding import FeatureEncoder
 from clm_torch.data.schema import (SchemaError, TableSchema, check_drop, index_as_columns, infer_schema,
                                    ints_if_whole)
@@ -331,15 +331,27 @@ class ShardedTableDataModule(TableDataModule):
             raise SchemaError("the shards hold no rows", source=self.name)
         self._sizes = dict(zip(self.files, sizes))
         parts: list[pd.DataFrame] = []
+        sampled = 0  # rows sampled, labelled or not
         for i, (f, n_f) in enumerate(zip(self.files, sizes)):
             if n_f == 0:  # Spark and Dask write empty partitions
                 continue
             k = n_f if self.sample_rows >= total else min(n_f, -(-self.sample_rows * n_f // total))
             df = _sample_shard(f, k, np.random.default_rng([self.split_seed, i]))
             self._check_shard(df, str(f), parts[0] if parts else None)
+            sampled += len(df)
+            if target:  # rows without a label: refused (naming the shard's row), or left out of the sample
+                df = drop_unlabelled_rows(df, target, drop=self.drop_unlabelled, source=str(f), whole=False,
+                                          level=logging.DEBUG)
             parts.append(df[list(parts[0].columns)] if parts else df)
         self._columns = list(parts[0].columns)
         sample = pd.concat(parts, ignore_index=True)
+        if target and len(sample) < sampled:
+            if len(sample) == 0:
+                raise SchemaError(f"target column is entirely empty in the sample ({sampled} rows): no row has a "
+                                  "label to learn from", source=self.name, column=target)
+            log.warning("%s, column '%s': dropped %d of %d sampled rows (%.1f %%) without a label "
+                        "(data.drop_unlabelled=true); every rank leaves such rows of its shards out of every split",
+                        self.name, target, sampled - len(sample), sampled, 100 * (sampled - len(sample)) / sampled)
         check_drop(data.drop, sample.columns, source=self.name)
         if not self.require_target and data.target and data.target in sample.columns:
             sample = sample.drop(columns=[data.target])
@@ -416,6 +428,9 @@ class ShardedTableDataModule(TableDataModule):
             raw = raw[self._columns]
             if not self.require_target and self.source.target and self.source.target in raw.columns:
                 raw = raw.drop(columns=[self.source.target])
+            if target:  # the sample's rule for every row of the shard (the count: at the sample, as a share)
+                raw = drop_unlabelled_rows(raw, target, drop=self.drop_unlabelled, source=str(f), whole=False,
+                                           level=logging.INFO)
             clean, _ = clean_table(raw, self._clean_schema, source=str(f), **self.clean_kwargs)
             for split, part in self._split(clean, self.schema, str(f)).items():
                 if len(part) == 0 or split not in splits:
