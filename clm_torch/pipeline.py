@@ -45,7 +45,8 @@ from omegaconf.errors import ConfigKeyError
 from clm_torch.data.cleaning import clean_table
 from clm_torch.data.events import (CustomerView, build_customer_view, load_events, parse_cutoff,
                                    parse_sequence_column)
-from clm_torch.data.schema import SchemaError, check_drop, csv_options, infer_schema
+from clm_torch.data.schema import (DATE_FORMAT_EXPECTED, SchemaError, check_drop, csv_options, date_format_problem,
+                                   infer_schema)
 from clm_torch.data.sources.events import read_customer_table, view_to_frame
 from clm_torch.lifecycle import report as rpt
 from clm_torch.models.components.sequence import SEQUENCE_ENCODERS
@@ -95,22 +96,25 @@ def load_inputs(cfg: DictConfig) -> dict[str, Any]:
                 "items": base.items, "cutoff": cutoff, "name": name, "customers_source": f"{name} customer table"}
     if d.kind == "events":
         _check_event_columns(d)
+        fmt = d.get("date_format")  # the log's, the table's and the cutoffs' dates when not ISO 8601
         events = load_events(d.path, customer_col=d.customer_col, time_col=d.time_col, amount_col=d.amount_col,
                              item_col=d.item_col, quantity_col=d.get("quantity_col"),
-                             future_policy=d.get("future_policy", "error"), csv=_csv(d))
+                             future_policy=d.get("future_policy", "error"), csv=_csv(d), date_format=fmt)
         customers = (read_customer_table(d.customers_path, d.get("customers_id_col") or d.customer_col, csv=_csv(d))
                      if d.get("customers_path") else None)
         drop = [str(c) for c in (d.get("customers_drop") or [])]
         if drop and customers is not None:  # columns no model should read: empty, free text, a label of today
             check_drop(drop, customers.columns, source=str(d.customers_path), setting="data.customers_drop")
             customers = customers.drop(columns=drop)
-        cutoff = (parse_cutoff(d.cutoff, setting="data.cutoff") if d.get("cutoff")
+        cutoff = (parse_cutoff(d.cutoff, setting="data.cutoff", date_format=fmt) if d.get("cutoff")
                   else events["timestamp"].max().normalize() + pd.Timedelta(days=1))
         events = events[events["timestamp"] < cutoff].reset_index(drop=True)
-        as_of = parse_cutoff(d.customers_as_of, setting="data.customers_as_of") if d.get("customers_as_of") else cutoff
+        as_of = (parse_cutoff(d.customers_as_of, setting="data.customers_as_of", date_format=fmt)
+                 if d.get("customers_as_of") else cutoff)
         return {"events": events, "customers": customers, "truth": None, "items": None, "cutoff": cutoff,
                 "name": str(d.path), "customers_source": str(d.get("customers_path") or "customer table"),
-                "customers_as_of": as_of, "customers_joined_col": d.get("customers_joined_col") or None}
+                "customers_as_of": as_of, "customers_joined_col": d.get("customers_joined_col") or None,
+                "date_format": fmt}
     raise SettingError(f"data.kind={d.kind!r}: expected synthetic or events")
 
 
@@ -190,9 +194,11 @@ def check_pipeline_settings(cfg: DictConfig) -> None:
             csv_options(_csv(d), path=d.path)
         except SchemaError as e:
             raise SettingError(e.detail) from None
+        if date_format_problem(d.get("date_format")):
+            raise bad("data.date_format", d.get("date_format"), DATE_FORMAT_EXPECTED)
         for key in ("cutoff", "customers_as_of"):
             if d.get(key):
-                parse_cutoff(d[key], setting=f"data.{key}")
+                parse_cutoff(d[key], setting=f"data.{key}", date_format=d.get("date_format"))
 
     models = known("models", _MODELS)
     for name, extra in models.items():
@@ -272,8 +278,10 @@ _LABEL_LIKE = {"churn", "churned", "is_churn", "churn_flag", "exited", "attritio
                "canceled", "target", "label", "future_spend", "future_n_tx"}
 
 
-def clean_customers(customers: pd.DataFrame | None, source: str) -> pd.DataFrame | None:
-    """The customer table cleaned by the table rules; ``source`` (its file) is named in errors."""
+def clean_customers(customers: pd.DataFrame | None, source: str, date_format: str | None = None
+                    ) -> pd.DataFrame | None:
+    """The customer table cleaned by the table rules; ``source`` (its file) is named in errors;
+    ``date_format`` (``data.date_format``): how its text dates are written when not in ISO 8601."""
     if customers is None:
         return None
     leaky = [c for c in customers.columns if str(c).strip().lower().replace(" ", "_") in _LABEL_LIKE]
@@ -282,7 +290,7 @@ def clean_customers(customers: pd.DataFrame | None, source: str) -> pd.DataFrame
                     "leak the outcome into the churn model: drop them from the table (data.customers_drop=[%s])",
                     source, leaky, ",".join(map(str, leaky)))
     try:
-        schema = infer_schema(customers, id_col="customer_id", source=source)
+        schema = infer_schema(customers, id_col="customer_id", source=source, date_format=date_format)
     except SchemaError as e:  # "drop it (data.drop=...)": the pipeline's key for the table is another
         raise SchemaError(e.detail.replace("data.drop=", "data.customers_drop="), source=e.source, column=e.column,
                           row=e.row) from None
@@ -294,7 +302,8 @@ def clean_customers(customers: pd.DataFrame | None, source: str) -> pd.DataFrame
 
 def _view_kwargs(inputs: dict[str, Any]) -> dict[str, Any]:
     extra: dict[str, Any] = {"events_source": inputs.get("name"), "customers_source": inputs.get("customers_source"),
-                             "customers_joined_col": inputs.get("customers_joined_col")}
+                             "customers_joined_col": inputs.get("customers_joined_col"),
+                             "date_format": inputs.get("date_format")}
     items = inputs.get("items")
     if items is not None and {"item_id", "category"} <= set(items.columns):  # purchase shares per category
         extra.update(item_categories=items.set_index("item_id")["category"], category_shares=True)
@@ -322,7 +331,8 @@ class CustomerViews:
         """Whether these views are of the same inputs (the same frames, horizon, ``n_last`` and options)."""
         return (inputs["events"] is self._events and inputs.get("items") is self._items and customers is self.customers
                 and (float(horizon), int(n_last)) == (self.horizon, self.n_last)
-                and all(inputs.get(k) == self.inputs.get(k) for k in ("customers_source", "customers_joined_col")))
+                and all(inputs.get(k) == self.inputs.get(k)
+                        for k in ("customers_source", "customers_joined_col", "date_format")))
 
     def at(self, cut: pd.Timestamp, customers_as_of: Any = None) -> CustomerView:
         """``build_customer_view(events, cut, customers_as_of=customers_as_of, ...)``, from the view at
@@ -527,7 +537,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     _say(f"1/10 loaded {inputs['name']}: {len(ev):,} events of {ev['customer_id'].nunique():,} customers "
          f"before the cutoff {inputs['cutoff'].date()}")
     # 2. clean
-    customers = clean_customers(inputs["customers"], inputs["customers_source"])
+    customers = clean_customers(inputs["customers"], inputs["customers_source"], inputs.get("date_format"))
     # 3. features at the cutoff
     horizon = float(cfg.horizon_days)
     seq_kind = str(cfg.get("churn_sequence", "none"))  # checked by check_pipeline_settings
@@ -560,6 +570,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     # the views' ids were checked when they were built (step 3): the sub-runs do not warn again
     table = ["data=parquet", "data.id_col=customer_id", "data.clean.check_id_case=false",
              "~logger" if not cfg.tensorboard else "logger=tensorboard"]
+    if inputs.get("date_format"):  # the table's dates in the views: read as dates there too, not as categories
+        table.append(f"data.date_format='{inputs['date_format']}'")
     # 4. VAE (unsupervised: no labels) on every customer known at the training cutoff
     vae_m, vae = run_model("vae", ["model=infogap_vae", *table, f"data.path={paths['profile_view']}"],
                            cfg.models.get('vae'), out, root, int(cfg.seed))

@@ -30,7 +30,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-from clm_torch.data.schema import SchemaError
+from clm_torch.data.schema import DATE_FORMAT_EXPECTED, SchemaError, date_format_problem
 from clm_torch.models.base import NonFiniteLossError, with_article
 from clm_torch.utils.checkpointing import CheckedCheckpointIO, checkpoint_signature, reading_once
 from clm_torch.utils.io import (CheckpointClassError, CheckpointError, SettingError, is_number, is_whole,
@@ -177,6 +177,7 @@ _DATA_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n_neighbors": (lambda v: is_whole(v, 0), "a whole number >= 0 (0 = no item-item term)"),
     "max_labels": (is_count, "a whole number >= 1"),
     "drop_unlabelled": (lambda v: isinstance(v, bool), "true (leave out the rows without a label) or false"),
+    "date_format": (lambda v: date_format_problem(v) is None, DATE_FORMAT_EXPECTED),
     # nested keys (a dotted path below data)
     "clean.clip_outliers": (lambda v: is_number(v) and v > 0, "null (off) or a number of robust sd > 0, e.g. 5"),
     "encoder.max_categories": (is_count, "a whole number >= 1"),

@@ -934,3 +934,65 @@ def test_a_continuous_target_without_a_value_is_refused_or_dropped() -> None:
                         drop_unlabelled=True).setup()
     with pytest.raises(ValueError, match="data.drop_unlabelled must be true or false, not 'yes'"):
         TableDataModule(FrameSource(df, target="spend"), drop_unlabelled="yes")
+
+
+def test_a_date_column_written_day_first_is_a_date_with_data_date_format(tmp_path: Path, caplog) -> None:
+    """'13/01/2024' dates in a customer table used to become a category with a level per date without a
+    word; they are now named in a warning that suggests data.date_format, and with it they are the
+    datetime role (not a feature), as ISO dates are, in clm-train's data=csv; '01.02.2024' with '%d.%m.%Y'
+    stays text in a ';' file with decimal commas, and a table date not in the format stays a category."""
+    import logging
+
+    df = messy_table(300, seed=2)
+    signup = pd.Timestamp("2022-01-01") + pd.to_timedelta(np.arange(len(df)) * 2, unit="D")
+    df["signup"] = signup.strftime("%d/%m/%Y")
+    df.loc[5, "signup"] = None
+    path = tmp_path / "crm.csv"
+    df.to_csv(path, index=False)
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.schema"):
+        plain = table_from_file(str(path), target="churn", id_col="customer_id")
+        plain.setup()
+    assert "signup" in plain.schema.categorical
+    assert (f"{path}: column 'signup' holds dates not written as ISO 8601 (e.g. '01/01/2022'): read as categories; "
+            "to read them as dates (not a feature, as ISO dates are), set data.date_format='%d/%m/%Y' (day first: "
+            "'13/01/2022' has a first number above 12)") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.schema"):
+        dated = table_from_file(str(path), target="churn", id_col="customer_id", date_format="%d/%m/%Y")
+        dated.setup()
+    assert dated.schema.datetime == ["signup"] and "signup" not in dated.encoder.feature_columns
+    assert "column 'signup' holds dates: not a feature" in caplog.text
+    other = table_from_file(str(path), target="churn", id_col="customer_id", date_format="%m/%d/%Y")
+    other.setup()
+    assert "signup" in other.schema.categorical  # 13/01/2022 is no month-first date: not every value parses
+    with pytest.raises(ValueError, match=r"data.date_format='%Q': expected a strftime format"):
+        table_from_file(str(path), target="churn", date_format="%Q")
+
+
+def test_data_date_format_is_a_setting_of_every_config_that_reads_dates(make_cfg, tmp_path: Path) -> None:
+    """data.date_format is in data=csv, parquet, parquet_shards, events and interactions (no '+'); clm-train
+    refuses a format that is not one before the run directory is made; data=interactions reads its
+    times in it."""
+    import hydra
+
+    from clm_torch.train import SettingError, check_settings
+
+    for data in ("csv", "parquet", "parquet_shards", "events", "interactions"):
+        cfg = make_cfg("model=recommender" if data == "interactions" else "model=churn", f"data={data}",
+                       "data.path=x", "data.date_format='%d.%m.%Y %H:%M'", out=data)
+        assert cfg.data.date_format == "%d.%m.%Y %H:%M"
+        check_settings(cfg)
+    for bad in ("DD/MM/YYYY", "%Q", 5):
+        cfg.data.date_format = bad  # (the last composed: data=interactions)
+        with pytest.raises(SettingError, match=rf"data.date_format={bad!r}: expected a strftime format such as "
+                                               "'%d/%m/%Y'"):
+            check_settings(cfg)
+    log = tmp_path / "log.csv"
+    pd.DataFrame({"user": ["u1", "u1", "u2", "u2"], "item": ["a", "b", "a", "c"],
+                  "ts": ["13/01/2024 10:00", "14/01/2024 09:30", "02/02/2024 08:00", "01/03/2024 18:00"]}).to_csv(
+        log, index=False)
+    cfg = make_cfg("model=recommender", "data=interactions", f"data.path={log}", "data.user_col=user",
+                   "data.item_col=item", "data.time_col=ts", "data.date_format='%d/%m/%Y %H:%M'", out="inter")
+    times = hydra.utils.instantiate(cfg.data).source.load().frame["time"]
+    assert times.tolist() == [pd.Timestamp(t).timestamp() for t in ("2024-01-13 10:00", "2024-01-14 09:30",
+                                                                    "2024-02-02 08:00", "2024-03-01 18:00")]

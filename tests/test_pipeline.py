@@ -524,6 +524,16 @@ def test_a_label_like_table_column_is_flagged(caplog) -> None:
      "set data.item_col=<column>"),
     (["data.kind=events", "data.path=events.csv", "data.cutoff=12345"],
      "config: data.cutoff=12345 is a number, not a date; use e.g. 2024-10-01"),
+    (["data.kind=events", "data.path=events.csv", "data.date_format=DD/MM/YYYY"],
+     "data.date_format='DD/MM/YYYY': expected a strftime format such as '%d/%m/%Y' (day/month/year), '%m/%d/%Y' or "
+     "'%d.%m.%Y %H:%M', or null (ISO 8601 dates and epoch seconds)"),
+    (["data.kind=events", "data.path=events.csv", "data.cutoff=13/04/2024"],
+     "config: data.cutoff='13/04/2024' is not a date in ISO form; use YYYY-MM-DD, e.g. 2024-10-01 or "
+     "2024-10-01T00:00:00+02:00 (other orders are ambiguous: is 01/10/2024 the first of October or the tenth of "
+     "January?), or set data.date_format='%d/%m/%Y' (day first: '13/04/2024' has a first number above 12)"),
+    (["data.kind=events", "data.path=events.csv", "data.cutoff=2024/04/13", "data.date_format=%d/%m/%Y"],
+     "config: data.cutoff='2024/04/13' is a date neither in data.date_format='%d/%m/%Y' nor in ISO form "
+     "(YYYY-MM-DD, e.g. 2024-10-01)"),
     (["+models.churm.trainer.max_epochs=1"],
      "models.churm: not a setting of the pipeline; expected one of vae, churn, recommender, spend"),
     (["score.gap_samples=0"], "score.gap_samples=0: expected a whole number of samples >= 1"),
@@ -593,7 +603,9 @@ def test_the_pipelines_own_settings_pass_the_check(tmp_path: Path) -> None:
 
     for overrides in ([], TINY_PIPELINE, ["experiment=pipeline_events", "data.path=events.csv",
                                           "data.cutoff=2024-03-01", "value.clv=formula", "churn_sequence=gru",
-                                          "horizon_days=30.5", "segments.criterion=bic"]):
+                                          "horizon_days=30.5", "segments.criterion=bic"],
+                      ["experiment=pipeline_events", "data.path=events.csv", "data.date_format='%d.%m.%Y'",
+                       "data.cutoff=01.03.2024", "data.customers_as_of=2024-03-05"]):
         check_pipeline_settings(compose_cfg(overrides, tmp_path / "run", config_name="pipeline.yaml"))
 
 
@@ -697,3 +709,43 @@ def test_metrics_json_keeps_counts_whole() -> None:
     assert json.loads(json.dumps(got)) == {"customers scored": 8421, "segments (k)": 8, "auroc": 0.5,
                                            "clv": "formula", "refit": True}
     assert type(got["customers scored"]) is int and type(got["auroc"]) is float and got["refit"] is True
+
+
+@pytest.mark.slow
+def test_the_pipeline_reads_a_log_and_a_table_with_day_first_dates(tmp_path: Path) -> None:
+    """clm-pipeline on an event log, a customer table and a cutoff written day first ('13/01/2024'), which
+    used to stop at the log: with data.date_format='%d/%m/%Y %H:%M:%S' the log, the join dates and the
+    cutoff are read in it, and the table's other date column is a date (not a feature) in the sub-runs too,
+    which get the setting."""
+    import torch
+
+    from clm_torch.data.synthetic import generate_customer_base
+    from clm_torch.models.base import PREPROCESSING_KEY
+    from clm_torch.pipeline import run_pipeline
+    from tests.conftest import compose_cfg
+
+    base = generate_customer_base(300, seed=1)
+    fmt = "%d/%m/%Y %H:%M:%S"
+    ev = base.events[base.events["timestamp"] < base.cutoff]
+    log, table = tmp_path / "events.csv", tmp_path / "customers.csv"
+    ev.assign(timestamp=ev["timestamp"].dt.strftime(fmt)).to_csv(log, index=False)
+    first = ev.groupby("customer_id")["timestamp"].min()
+    customers = base.customers.drop(columns=[base.target]).iloc[:, :6]
+    joined = customers["customer_id"].map(first) - pd.Timedelta(days=3)
+    customers = customers.assign(signup=joined.dt.strftime(fmt),
+                                 last_contact=(joined + pd.Timedelta(days=40)).dt.strftime(fmt))
+    customers.to_csv(table, index=False)
+    out = tmp_path / "run"
+    cfg = compose_cfg(["experiment=pipeline_events", f"data.path={log}", f"data.customers_path={table}",
+                       "data.customers_joined_col=signup", f"data.date_format='{fmt}'",
+                       f"data.cutoff='{base.cutoff:%d/%m/%Y} 00:00:00'", "tensorboard=false",
+                       *[f"models.{m}.trainer.max_epochs=1" for m in ("vae", "churn", "recommender", "spend")],
+                       "segments.k_max=3", "score.gap_samples=2", "score.question_samples=2"],
+                      out, config_name="pipeline.yaml")
+    run_pipeline(cfg)
+    scored = pd.read_csv(out / "customers.csv")
+    assert len(scored) >= len(customers) and scored["churn_probability"].notna().all()
+    for name in ("churn", "spend"):
+        pre = torch.load(out / name / "checkpoints" / "best.ckpt", weights_only=True)[PREPROCESSING_KEY]
+        assert pre["schema"]["datetime"] == ["last_contact"], name
+        assert "signup_days" in pre["schema"]["numeric"], name

@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from clm_torch.data.cleaning import CleaningReport, clean_table
 from clm_torch.data.encoding import FeatureEncoder
-from clm_torch.data.schema import (SchemaError, TableSchema, check_drop, infer_schema, missing_cells,
-                                   validate_target)
+from clm_torch.data.schema import (SchemaError, TableSchema, check_date_format, check_drop, infer_schema,
+                                   missing_cells, validate_target)
 from clm_torch.data.sources.tables import TableData
 from clm_torch.utils.memory import small_pages
 
@@ -312,6 +312,9 @@ class TableDataModule(SplitLoaders):
             inferred and the table cleaned and split: no split holds them and no fitted
             preprocessing sees them (the run is that of the table without them). False (the
             default): such rows are refused. Ignored without a target (``require_target=False``).
+        date_format: how the table's text dates are written when not in ISO 8601 (``data.date_format``,
+            a strftime format such as ``'%d/%m/%Y'``): columns of such dates are dates (not features,
+            as ISO dates are) instead of categories. None: ISO 8601 only.
     """
 
     data_kind = "table"  # what a model's ``data_kind`` must be to train on it
@@ -333,9 +336,11 @@ class TableDataModule(SplitLoaders):
         test_frame: pd.DataFrame | None = None,
         frame_transform: Callable[..., pd.DataFrame] | None = None,
         drop_unlabelled: bool = False,
+        date_format: str | None = None,
     ) -> None:
         super().__init__()
         self.source = source
+        self.date_format = check_date_format(date_format)
         if not isinstance(drop_unlabelled, bool):
             raise ValueError(f"data.drop_unlabelled must be true or false, not {drop_unlabelled!r}")
         self.drop_unlabelled = drop_unlabelled
@@ -384,7 +389,7 @@ class TableDataModule(SplitLoaders):
         if target:  # rows without a label: refused, or gone before anything is inferred or fitted
             frame = drop_unlabelled_rows(frame, target, drop=self.drop_unlabelled, source=data.name)
         schema = infer_schema(frame, target=target, id_col=data.id_col, overrides=data.roles, drop=data.drop,
-                              source=data.name)
+                              source=data.name, date_format=self.date_format)
         if not schema.features:
             raise SchemaError("no feature columns left after removing id, target and dropped columns",
                               source=data.name)
@@ -478,7 +483,8 @@ def table_from_file(path: str, target: str | None = None, id_col: str | None = N
     """A :class:`TableDataModule` over a CSV/Parquet file (the ``data=csv`` config).
 
     ``require_target`` defaults to whether a target is given; ``csv`` is the CSV dialect
-    (``data.csv.sep``, ``decimal``, ``thousands``); ``drop_unlabelled`` goes to :class:`TableDataModule`.
+    (``data.csv.sep``, ``decimal``, ``thousands``); ``date_format`` (``data.date_format``) and
+    ``drop_unlabelled`` go to :class:`TableDataModule`.
     """
     from clm_torch.data.sources.tables import CSVSource
 

@@ -850,10 +850,12 @@ def interactions_from_file(path: str, user_col: str = "user_id", item_col: str =
                            time_col: str | None = None, weight_col: str | None = None,
                            item_features_path: str | None = None, item_features_id_col: str | None = None,
                            item_roles: Mapping[str, Sequence[str]] | None = None, label_sep: str = "|",
-                           csv: Mapping[str, Any] | None = None, **kwargs: Any) -> InteractionDataModule:
+                           csv: Mapping[str, Any] | None = None, date_format: str | None = None,
+                           **kwargs: Any) -> InteractionDataModule:
     """An :class:`InteractionDataModule` over a CSV/Parquet log (the ``data=interactions`` config).
 
-    ``protocol=temporal`` needs ``time_col``.
+    ``protocol=temporal`` needs ``time_col``; ``date_format`` (``data.date_format``) says how its
+    text times are written when not in ISO 8601.
     """
     from clm_torch.data.sources.interactions import InteractionsFileSource
 
@@ -861,5 +863,5 @@ def interactions_from_file(path: str, user_col: str = "user_id", item_col: str =
         raise ValueError("data.protocol=temporal holds out each user's last items by time: set data.time_col=<the "
                          "log's time column>, or use data.protocol=random")
     src = InteractionsFileSource(path, user_col, item_col, time_col, weight_col, item_features_path,
-                                 item_features_id_col, item_roles, label_sep, csv)
+                                 item_features_id_col, item_roles, label_sep, csv, date_format)
     return InteractionDataModule(src, **kwargs)

@@ -132,11 +132,12 @@ def check_id_kind(ids: pd.Series, *, source: str, column: str, what: str = "ids"
                               source=source, column=column, row=ids.index[first])
 
 
-def check_time_kind(times: pd.Series, *, source: str, column: str) -> None:
+def check_time_kind(times: pd.Series, *, source: str, column: str, date_format: str | None = None) -> None:
     """Refuse a time column that mixes dates and numbers ('2024-01-05' in some rows, epoch seconds
     such as 1704412800 in others: two exports joined). Neither reading fits every row, so the time
     parser would blame a valid number as unparseable. Parses the column twice: meant for the error
-    path of a time parser, to name the cause instead."""
+    path of a time parser, to name the cause instead. ``date_format``: how the dates are written
+    (``data.date_format``; None: ISO 8601)."""
     if pd.api.types.is_numeric_dtype(times) or pd.api.types.is_datetime64_any_dtype(times) or not len(times):
         return
     present = ~missing_cells(times)
@@ -146,7 +147,8 @@ def check_time_kind(times: pd.Series, *, source: str, column: str) -> None:
     if not number.any() or not date.any():
         return
     try:
-        date[date] = pd.to_datetime(times[date], format="ISO8601", utc=True, errors="coerce").notna().to_numpy()
+        date[date] = pd.to_datetime(times[date], format=date_format or "ISO8601", utc=True,
+                                    errors="coerce").notna().to_numpy()
     except (TypeError, ValueError):  # cells that are neither text nor dates: the parser's own error says so
         return
     if date.any():
@@ -155,6 +157,83 @@ def check_time_kind(times: pd.Series, *, source: str, column: str) -> None:
                           f"{times.index[d]} and the number {_shown(times.iloc[n])} in row {times.index[n]}): two "
                           "exports joined? Write every time one way: ISO 8601 dates ('2024-03-01') or epoch seconds",
                           source=source, column=column, row=times.index[max(d, n)])
+
+
+# ----------------------------------------------------------------------------- dates written another way
+
+DATE_FORMAT_EXPECTED = ("a strftime format such as '%d/%m/%Y' (day/month/year), '%m/%d/%Y' or '%d.%m.%Y %H:%M', or "
+                        "null (ISO 8601 dates and epoch seconds)")
+
+
+def date_format_problem(fmt: Any) -> str | None:
+    """None when ``fmt`` can be ``data.date_format``: None, or a strftime format with a directive
+    that reads back what it writes (``%d/%m/%Y``); otherwise what is expected (``DD/MM/YYYY``, a
+    format without ``%``, is the usual slip)."""
+    if fmt is None:
+        return None
+    if not isinstance(fmt, str) or "%" not in fmt:
+        return DATE_FORMAT_EXPECTED
+    probe = pd.Timestamp(2024, 3, 15, 10, 20, 30, tz="UTC" if "%z" in fmt or "%Z" in fmt else None)
+    try:
+        back = pd.to_datetime(pd.Series([probe.strftime(fmt)]), format=fmt, utc=True)
+    except (ValueError, TypeError):
+        return DATE_FORMAT_EXPECTED
+    return DATE_FORMAT_EXPECTED if back.isna().any() else None
+
+
+def check_date_format(fmt: Any, *, setting: str = "data.date_format") -> str | None:
+    """``fmt`` when :func:`date_format_problem` finds nothing wrong with it; ValueError naming
+    ``setting`` otherwise."""
+    problem = date_format_problem(fmt)
+    if problem:
+        raise ValueError(f"{setting}={fmt!r}: expected {problem}")
+    return fmt
+
+
+# day.month.year or month/day/year (one separator of / . -), 2- or 4-digit year, an optional time
+_DAY_MONTH = re.compile(r"^(\d{1,2})([./-])(\d{1,2})\2(\d{4}|\d{2})(?:([ T])(\d{1,2}):(\d{2})(?::(\d{2}))?)?$")
+_YEAR_FIRST = re.compile(r"^(\d{4})([./])(\d{1,2})\2(\d{1,2})(?:([ T])(\d{1,2}):(\d{2})(?::(\d{2}))?)?$")
+
+
+def date_format_hint(values: pd.Series, *, max_values: int = 10_000, max_rows: int = 200_000) -> str:
+    """The ``data.date_format`` that text dates such as ``13/01/2024`` or ``1.3.2024 10:00`` are
+    most likely written in, as advice for a message (``''`` when no one format fits all of them).
+    Day first when some value's first number is above 12, month first when some value's second
+    number is; with neither, both are offered. Looks at up to ``max_values`` distinct values of the
+    first ``max_rows`` (it is called on an error path, and a log can hold millions)."""
+    text = values.dropna().iloc[:max_rows].astype("string").str.strip()
+    text = pd.Series(pd.unique(text), dtype="string")[:max_values]
+    text = text[text != ""]
+    if text.empty:
+        return ""
+    for rx, year_first in ((_DAY_MONTH, False), (_YEAR_FIRST, True)):
+        m = text.str.extract(rx)
+        if m[0].isna().any():
+            continue
+        if m[1].nunique() != 1 or m[4].isna().any() != m[4].isna().all() or m[7].isna().any() != m[7].isna().all():
+            return ""  # separators, or values with and without a time (or seconds), differ: no one format
+        sep = m[1].iloc[0]
+        time = "" if m[4].isna().all() else f"{m[4].iloc[0]}%H:%M" + ("" if m[7].isna().all() else ":%S")
+        if year_first:
+            fmt = f"%Y{sep}%m{sep}%d{time}"
+            return f"set data.date_format='{fmt}' (year, month, day)"
+        lengths = m[3].str.len()
+        if lengths.nunique() != 1:
+            return ""
+        year = "%Y" if lengths.iloc[0] == 4 else "%y"
+        day_first, month_first = (m[0].astype(int) > 12).to_numpy(), (m[2].astype(int) > 12).to_numpy()
+        dmy, mdy = f"%d{sep}%m{sep}{year}{time}", f"%m{sep}%d{sep}{year}{time}"
+        if day_first.any() and month_first.any():
+            return ""  # some day first, some month first: not one format
+        if day_first.any():
+            return (f"set data.date_format='{dmy}' (day first: {text.iloc[int(np.flatnonzero(day_first)[0])]!r} has "
+                    "a first number above 12)")
+        if month_first.any():
+            return (f"set data.date_format='{mdy}' (month first: {text.iloc[int(np.flatnonzero(month_first)[0])]!r} "
+                    "has a second number above 12)")
+        return (f"set data.date_format='{dmy}' (day first) or '{mdy}' (month first): no value has a number above 12 "
+                "that tells which")
+    return ""
 
 
 def _shown(v: Any) -> str:
@@ -695,11 +774,18 @@ def _looks_numeric(s: pd.Series) -> bool:
 _DATE_TEXT = r"^\s*\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?\s*$"
 
 
-def _looks_like_dates(s: pd.Series) -> bool:
+def _looks_like_dates(s: pd.Series, date_format: str | None = None) -> bool:
     """Text whose distinct non-missing values are all ISO dates or times ('2024-03-01', '2024-03-01
-    10:00', '2024-03-01T10:00:00+02:00') that parse."""
+    10:00', '2024-03-01T10:00:00+02:00') that parse, or all dates in ``date_format``
+    (``data.date_format``, e.g. '%d/%m/%Y') when it is given."""
     values = pd.Series(pd.unique(s.dropna().astype("string")), dtype="string")
     values = values[~_is_missing_token(values).to_numpy(dtype=bool)]
+    if date_format is not None and not values.empty:
+        def parses(v: pd.Series) -> bool:
+            return bool(pd.to_datetime(v.str.strip(), format=date_format, errors="coerce", utc=True).notna().all())
+
+        if parses(values.iloc[:100]) and parses(values):  # (the first 100 first, as below)
+            return True
     if values.empty or not values.iloc[:100].str.match(_DATE_TEXT).all() or not values.str.match(_DATE_TEXT).all():
         return False  # (the first 100 first: a text column of another kind is told apart at once)
     return bool(pd.to_datetime(values, format="ISO8601", errors="coerce", utc=True).notna().all())
@@ -785,6 +871,17 @@ def _number_like_text(s: pd.Series, nonnull: pd.Series) -> str | None:
     return None
 
 
+def _dates_hint(nonnull: pd.Series, date_format: str | None) -> str:
+    """:func:`date_format_hint` for a text column whose first value looks like a date written
+    day/month/year or so (``''`` at once otherwise, or where ``date_format`` already reads dates)."""
+    if date_format is not None or not (nonnull.dtype == object or pd.api.types.is_string_dtype(nonnull)):
+        return ""
+    first = str(nonnull.iloc[0]).strip()
+    if not (_DAY_MONTH.match(first) or _YEAR_FIRST.match(first)):
+        return ""
+    return date_format_hint(nonnull)
+
+
 def infer_schema(
     df: pd.DataFrame,
     *,
@@ -794,6 +891,7 @@ def infer_schema(
     drop: Iterable[str] = (),
     max_categorical_int: int = 10,
     source: str = "<dataframe>",
+    date_format: str | None = None,
 ) -> TableSchema:
     """Infer the role of every column.
 
@@ -801,7 +899,9 @@ def infer_schema(
     strings that parse as numbers) → numeric unless an integer column has at most
     ``max_categorical_int`` distinct values; everything else → categorical.
     ``overrides`` maps a role (``numeric``, ``categorical``, ``binary``, ``datetime``) to
-    columns that take that role whatever inference says.
+    columns that take that role whatever inference says. Text dates are ISO 8601, or written in
+    ``date_format`` (``data.date_format``, e.g. '%d/%m/%Y') when it is given; a text column of
+    dates written another way is named in a warning that suggests the format.
     """
     overrides = {k: role_columns(v) for k, v in (overrides or {}).items()}
     for role in overrides:
@@ -839,7 +939,7 @@ def infer_schema(
             raise SchemaError(f"column is entirely empty; drop it (data.drop=[{col}]) or give it values", source=source,
                               column=col)
         if pd.api.types.is_datetime64_any_dtype(s) or (s.dtype == object or pd.api.types.is_string_dtype(s)) \
-                and _looks_like_dates(s):
+                and _looks_like_dates(s, date_format):
             schema.datetime.append(col)  # as a category each date would be a level of its own
             log.warning("%s: column '%s' holds dates: not a feature. Derive a number from it (e.g. days since "
                         "signup), or use it as a category with +data.roles.categorical=[%s]", source, col, col)
@@ -856,8 +956,13 @@ def infer_schema(
         else:
             schema.categorical.append(col)
             why = _number_like_text(s, nonnull)
+            hint = _dates_hint(nonnull, date_format) if not why else ""
             if why:
                 log.warning("%s: column '%s' is read as categories: %s", source, col, why)
+            elif hint:
+                log.warning("%s: column '%s' holds dates not written as ISO 8601 (e.g. %r): read as categories; to "
+                            "read them as dates (not a feature, as ISO dates are), %s", source, col,
+                            str(nonnull.iloc[0]), hint)
             elif len(nonnull) >= 50 and n_unique > 0.9 * len(nonnull):
                 log.warning("%s: column '%s' has a different value in nearly every row (%d of %d): free text, a date "
                             "or another id? As a category it carries no pattern; drop it (data.drop) or convert it",

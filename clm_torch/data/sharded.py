@@ -356,7 +356,7 @@ class ShardedTableDataModule(TableDataModule):
         if not self.require_target and data.target and data.target in sample.columns:
             sample = sample.drop(columns=[data.target])
         schema = infer_schema(sample, target=target, id_col=data.id_col, overrides=data.roles, drop=data.drop,
-                              source=f"{self.name} [sample]")
+                              source=f"{self.name} [sample]", date_format=self.date_format)
         if not schema.features:
             raise SchemaError("no feature columns left after removing id, target and dropped columns", source=self.name)
         clean, self.report = clean_table(sample, schema, source=f"{self.name} [sample]", **self.clean_kwargs)

@@ -173,6 +173,7 @@ def customer_view_from_files(
     customers_joined_col: str | None = None,
     warn_ids: bool = True,
     csv: Mapping[str, Any] | None = None,
+    date_format: str | None = None,
 ) -> CustomerView:
     """Load and validate an event log (and customer table) and build the view at ``cutoff``.
 
@@ -181,22 +182,25 @@ def customer_view_from_files(
     (see :func:`build_customer_view`): some of them joined after the cutoff. ``customers_joined_col``:
     the table's join-date column, which says who existed at the cutoff (see :func:`build_customer_view`).
     ``warn_ids``: warn about ids that differ only in letter case (``data.clean.check_id_case``). ``csv``:
-    the CSV dialect of both files (``data.csv``)."""
+    the CSV dialect of both files (``data.csv``). ``date_format``: how the log's timestamps, the join
+    dates and the cutoffs are written when not in ISO 8601 (``data.date_format``, e.g. ``'%d/%m/%Y'``)."""
     events = load_events(path, customer_col=customer_col, time_col=time_col, amount_col=amount_col,
-                         item_col=item_col, quantity_col=quantity_col, future_policy=future_policy, csv=csv)
+                         item_col=item_col, quantity_col=quantity_col, future_policy=future_policy, csv=csv,
+                         date_format=date_format)
     customers = (read_customer_table(customers_path, customers_id_col or customer_col, csv=csv) if customers_path
                  else None)
-    cut = (parse_cutoff(cutoff, setting="data.cutoff") if cutoff not in (None, "", "auto")
+    cut = (parse_cutoff(cutoff, setting="data.cutoff", date_format=date_format) if cutoff not in (None, "", "auto")
            else default_cutoff(events, horizon_days))
     if cut <= events["timestamp"].min():
         raise SchemaError(f"cutoff {cut.date()} is before the first event ({events['timestamp'].min().date()})",
                           source=str(path), column=time_col)
-    as_of = (parse_cutoff(customers_as_of, setting="data.customers_as_of") if customers_as_of not in (None, "")
+    as_of = (parse_cutoff(customers_as_of, setting="data.customers_as_of", date_format=date_format)
+             if customers_as_of not in (None, "")
              else events["timestamp"].max())
     return build_customer_view(events, cut, horizon_days=horizon_days, customers=customers, n_last=n_last,
                                events_source=str(path), customers_source=str(customers_path) if customers_path else None,
                                customers_as_of=as_of, customers_joined_col=customers_joined_col or None,
-                               warn_ids=warn_ids)
+                               warn_ids=warn_ids, date_format=date_format)
 
 
 def _check_view_args(target: str, sequence_length: int, time_features: str = "absolute") -> None:
@@ -247,6 +251,7 @@ def events_datamodule(
     customers_as_of: Any = None,
     customers_joined_col: str | None = None,
     csv: Mapping[str, Any] | None = None,
+    date_format: str | None = None,
     **kwargs: Any,
 ) -> TableDataModule:
     """The ``data=events`` DataModule: customer view at ``cutoff`` → :class:`TableDataModule`.
@@ -256,6 +261,8 @@ def events_datamodule(
     ``sequence_length`` > 0 adds the last purchases as wide columns ``seq{k}_days``,
     ``seq{k}_amount``, ``seq{k}_item`` (:func:`sequence_frame`) for ``model.sequence_encoder``.
     ``time_features``: ``absolute`` | ``relative`` | ``both`` (:func:`apply_time_features`).
+    ``date_format``: how the log's timestamps, the customer table's dates and the cutoffs are written
+    when not in ISO 8601 (a strftime format such as ``'%d/%m/%Y'``; None: ISO 8601 and epoch seconds).
     """
     _check_view_args(target, sequence_length, time_features)
     if target == "future_spend" and not amount_col:  # the label would be NaN for every customer
@@ -267,9 +274,11 @@ def events_datamodule(
                                     customers_id_col=customers_id_col, n_last=max(n_last, sequence_length),
                                     future_policy=future_policy, customers_as_of=customers_as_of,
                                     customers_joined_col=customers_joined_col, warn_ids=_check_id_case(kwargs),
-                                    csv=csv)
+                                    csv=csv, date_format=date_format)
     name = f"{path} @ cutoff {view.cutoff.date()} (+{horizon_days:g} days)"
-    return _view_datamodule(view, target, sequence_length, roles, drop, name, time_features, **kwargs)
+    # the table's other date columns in the view: read as dates (not features) in that format too
+    return _view_datamodule(view, target, sequence_length, roles, drop, name, time_features, date_format=date_format,
+                            **kwargs)
 
 
 def synthetic_events_datamodule(

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from clm_torch.data.events import parse_timestamps
-from clm_torch.data.schema import (SchemaError, check_id_kind, csv_options, infer_schema, ints_if_whole,
-                                   read_table, role_columns, strip_ids, to_numeric_strict)
+from clm_torch.data.schema import (SchemaError, check_date_format, check_id_kind, csv_options, infer_schema,
+                                   ints_if_whole, read_table, role_columns, strip_ids, to_numeric_strict)
 from clm_torch.data.sources.tables import load_rdataset
 from clm_torch.utils.io import SettingError
 
@@ -59,8 +59,9 @@ class InteractionData:
 
 
 def _standardise(df: pd.DataFrame, user_col: str, item_col: str, time_col: str | None, weight_col: str | None,
-                 source: str) -> pd.DataFrame:
-    """Rename to ``user/item/time/weight``, check types, drop rows without user or item."""
+                 source: str, date_format: str | None = None) -> pd.DataFrame:
+    """Rename to ``user/item/time/weight``, check types, drop rows without user or item; text times in
+    ``date_format`` (``data.date_format``) when it is given, else ISO 8601."""
     roles: dict[str, str] = {}
     for setting, col in (("data.user_col", user_col), ("data.item_col", item_col), ("data.time_col", time_col),
                          ("data.weight_col", weight_col)):
@@ -87,7 +88,7 @@ def _standardise(df: pd.DataFrame, user_col: str, item_col: str, time_col: str |
     out["user"] = _id_values(out["user"], source, user_col)
     out["item"] = _id_values(out["item"], source, item_col)
     if "time" in out.columns:
-        out["time"] = _times(out["time"], source, time_col)
+        out["time"] = _times(out["time"], source, time_col, date_format)
     if "weight" in out.columns:
         w = to_numeric_strict(out["weight"], source=source, column=weight_col)
         if w.isna().all():
@@ -106,7 +107,7 @@ def _standardise(df: pd.DataFrame, user_col: str, item_col: str, time_col: str |
     return out.reset_index(drop=True)
 
 
-def _times(t: pd.Series, source: str, column: str) -> pd.Series:
+def _times(t: pd.Series, source: str, column: str, date_format: str | None = None) -> pd.Series:
     """Interaction times as float64 (larger = later): numbers as they are (any unit), datetimes and
     date strings as epoch seconds (time zones converted to UTC). A missing or unparseable time is a
     SchemaError naming its row: a temporal split cannot place it; so is a column that mixes dates and
@@ -131,7 +132,8 @@ def _times(t: pd.Series, source: str, column: str) -> pd.Series:
                                   source=source, column=column, row=first)
         return out
     if not (pd.api.types.is_datetime64_dtype(t) and not t.isna().any()):  # naive datetimes need no parsing
-        t = parse_timestamps(t, source=source, column=column)  # names a column of dates mixed with numbers
+        # names a column of dates mixed with numbers
+        t = parse_timestamps(t, source=source, column=column, date_format=date_format)
     ns = t.to_numpy().astype("datetime64[ns]", copy=False).view("int64")
     return pd.Series(ns.astype("float64") / 1e9, index=t.index)
 
@@ -274,15 +276,18 @@ class InteractionsFileSource:
             ``label``); unlisted columns are inferred as numeric or categorical.
         label_sep: separator of multilabel cells.
         csv: the CSV dialect of both files (``data.csv``: ``sep``, ``decimal``, ``thousands``).
+        date_format: how the log's text times are written when not in ISO 8601 (``data.date_format``,
+            a strftime format such as ``'%d/%m/%Y %H:%M'``).
     """
 
     def __init__(self, path: str | os.PathLike, user_col: str = "user_id", item_col: str = "item_id",
                  time_col: str | None = None, weight_col: str | None = None,
                  item_features_path: str | os.PathLike | None = None, item_features_id_col: str | None = None,
                  item_roles: Mapping[str, Sequence[str]] | None = None, label_sep: str = "|",
-                 csv: Mapping[str, Any] | None = None) -> None:
+                 csv: Mapping[str, Any] | None = None, date_format: str | None = None) -> None:
         if path is None or str(path) in ("", "???"):
             raise SchemaError("no file given: set data.path=<interactions.csv>", source="data.path")
+        self.date_format = check_date_format(date_format)
         self.path = str(path)
         self.user_col, self.item_col, self.time_col, self.weight_col = user_col, item_col, time_col, weight_col
         self.item_features_path = str(item_features_path) if item_features_path else None
@@ -294,7 +299,8 @@ class InteractionsFileSource:
     def load(self) -> InteractionData:
         df = read_table(self.path, what="interaction log", text_columns=[self.user_col, self.item_col],  # '007' stays
                         csv=self.csv)
-        log = _standardise(df, self.user_col, self.item_col, self.time_col, self.weight_col, self.path)
+        log = _standardise(df, self.user_col, self.item_col, self.time_col, self.weight_col, self.path,
+                           self.date_format)
         items, roles = None, {}
         if self.item_features_path:
             items, roles = _item_table(read_table(self.item_features_path, what="item table",
