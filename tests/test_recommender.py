@@ -112,7 +112,11 @@ def test_user_holdout_keeps_new_customers_out_of_training(log_frame: pd.DataFram
     assert np.bincount(d.user_group).tolist() == [1 + 210, 30, 60]  # <unk> + 300 users, all with 25 items
     users, items, split = d.interactions["user"], d.interactions["item"], d.split
     group = d.user_group[users]
-    assert set(d.tables["train"].tensors["user"].tolist()) == set(np.flatnonzero(d.user_group == 0)[1:])
+    # the model's vocabulary is <unk> and the training users; the training table indexes it
+    assert d.model_user_ids == [d.user_ids[u] for u in np.flatnonzero(d.user_group == 0)]
+    assert d.model_kwargs()["n_users"] == 211 and d.preprocessing_state()["user_ids"] == d.model_user_ids
+    assert [d.model_user_ids[k] for k in d.tables["train"].tensors["user"].tolist()] == d.user_ids_of("train")
+    assert set(d.user_ids_of("train")) == {d.user_ids[u] for u in np.flatnonzero(d.user_group == 0)[1:]}
     assert (split[group == 0] == 0).all() and (split[group == 1] != 2).all() and (split[group == 2] != 1).all()
     for name, g in (("val", 1), ("test", 2)):
         tab = d.tables[name]
@@ -152,8 +156,7 @@ def test_user_holdout_test_metrics_are_those_of_recommend_for_history(log_frame:
     trainer.fit(model, datamodule=d)
     assert model.ease_matrix.any()
     got = trainer.test(model, datamodule=d, verbose=False)[0]
-    with torch.no_grad():  # a held-out user's own embedding row is never trained: it must not matter
-        model.user_embed.weight[np.flatnonzero(d.user_group == 2)] += 10.0
+    assert model.user_embed.num_embeddings == 211  # held-out users have no embedding row to be scored with
     ids = np.asarray(d.item_ids, dtype=object)
     hp, hi = d.csr("test_history")
     tp, ti = d.csr("test")
@@ -171,6 +174,26 @@ def test_user_holdout_test_metrics_are_those_of_recommend_for_history(log_frame:
     mine = {k: float(v) for k, v in m.compute().items()}
     for k in ("recall@10", "ndcg@10", "hit_rate@10"):
         assert got[f"test/{k}"] == pytest.approx(mine[k], abs=1e-6), k
+
+
+def test_held_out_users_are_unknown_to_recommend(log_frame: pd.DataFrame, caplog) -> None:
+    """Users held out of training have no row in the model's vocabulary: recommend() serves them as
+    it serves any unknown id (popularity with a warning, or their history as a new customer)."""
+    d = _holdout_dm(log_frame)
+    L.seed_everything(0)
+    model = EmbeddingRecommender(**d.model_kwargs(), d=16, lr=0.01, user_encoder="both")
+    model.set_preprocessing(d.preprocessing_state())
+    _trainer(max_epochs=1).fit(model, datamodule=d)
+    held = d.user_ids_of("test")[:2] + d.user_ids_of("val")[:1]
+    assert not set(held) & set(model.preprocessing["user_ids"])
+    with caplog.at_level(logging.WARNING, logger="clm_torch.models.recommender"):
+        recs = model.recommend(held, k=5)
+    assert "3 of 3 user ids are not in the training log" in caplog.text
+    assert (recs == model.recommend(["nobody"] * 3, k=5)).all()
+    hist = [d.item_ids[3], d.item_ids[7]]
+    assert (model.recommend(held[:1], k=5, histories=[hist]) == model.recommend_for_history([hist], k=5)).all()
+    known = d.user_ids_of("train")[0]
+    assert model.recommend([known], k=5).shape == (1, 5) and known in set(model.preprocessing["user_ids"])
 
 
 def test_ragged_batches_are_sliced_without_loss(dm: InteractionDataModule) -> None:

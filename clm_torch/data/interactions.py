@@ -14,7 +14,10 @@ out. A seeded share ``test_users`` of the eligible users (and ``val_users`` more
 and early stopping) never enters training: the models learn from the other users' interactions
 only, and each held-out user's items are split by the protocol above (``test_fraction`` held out as
 targets; the rest, the fold-in part, is the history given at inference). Their rows in the
-validation and test batches carry the user index 0 (``<unk>``), as a new customer is served.
+validation and test batches carry the user index 0 (``<unk>``), as a new customer is served, and
+they are not in the model's user vocabulary (``model_user_ids``, the checkpoint's ``user_ids``):
+``recommend`` serves them as unknown users. ``user_ids`` (the log's users) and the CSRs of
+:meth:`InteractionDataModule.csr` keep every user.
 ``val_fraction`` is not used then (validation users are other users).
 
 Users below the threshold keep all their items in training and are not evaluated. Repeated
@@ -571,6 +574,16 @@ class InteractionDataModule(SplitLoaders):
         self.known_csr = csr("known")
         self.all_csr = csr("all")  # what recommend() serves from and excludes
         self.neighbors = item_neighbors(u[train], i[train], self.n_users, self.n_items, self.n_neighbors)
+        # the model's user vocabulary: <unk> and the users whose interactions train it; users held out of
+        # training are not in it (no embedding row, no logged history), so recommend() serves them as
+        # unknown users, as the validation and test batches do (the <unk> user)
+        trains = self.user_group == 0
+        if self.train_on == "train+val":
+            trains |= self.user_group == 1  # validation users train in a refit
+        self._model_users = np.flatnonzero(trains) if holdout else np.arange(self.n_users)
+        code = np.zeros(self.n_users, np.int64)  # log user code → model user index (0 = <unk>: not in it)
+        code[self._model_users] = np.arange(len(self._model_users))
+        self.model_user_ids: list[Any] = [self.user_ids[k] for k in self._model_users]
         hist = {"train": parts["train"], "val": "val_history", "test": "test_history"}
         self.tables: dict[str, RaggedUserTable] = {}
         self._table_users: dict[str, np.ndarray] = {}
@@ -583,8 +596,8 @@ class InteractionDataModule(SplitLoaders):
             uu = torch.from_numpy(users)
             self.tables[name] = _subset(uu, hp, hv, tp, tv)
             self._table_users[name] = users
-            if holdout and name != "train":  # held-out users are new customers: the <unk> user, as recommend() has
-                self.tables[name].tensors["user"] = torch.zeros_like(uu)
+            if holdout:  # model user indices; held-out users are new customers: the <unk> user, as recommend() has
+                self.tables[name].tensors["user"] = torch.from_numpy(code[users])
         for name, tab in self.tables.items():
             if len(tab) == 0:
                 fraction = {"val": self.val_fraction, "test": self.test_fraction}.get(name)
@@ -674,7 +687,8 @@ class InteractionDataModule(SplitLoaders):
     def model_kwargs(self) -> dict[str, Any]:
         """Primitive sizes the recommender is built from."""
         self.setup()
-        return {"n_users": self.n_users, "n_items": self.n_items, "item_n_num": int(self.item_num.shape[1]),
+        return {"n_users": len(self.model_user_ids), "n_items": self.n_items,
+                "item_n_num": int(self.item_num.shape[1]),
                 "item_cat_cardinalities": list(self.item_cat_cardinalities),
                 "item_n_labels": len(self.label_vocab), "n_age_buckets": N_AGE_BUCKETS,
                 "item_n_neighbors": int(self.neighbors.shape[1])}
@@ -686,13 +700,13 @@ class InteractionDataModule(SplitLoaders):
         Tensors and primitives only, so checkpoints load with ``weights_only=True``.
         """
         self.setup()
-        indptr, vals = self.known_csr
+        seen_indptr, seen = self._model_rows(self.known_csr)
+        all_indptr, every = self._model_rows(self.all_csr)
         return {
             "version": 1,
-            "user_ids": list(self.user_ids), "item_ids": list(self.item_ids),
-            "seen_indptr": indptr.clone(), "seen_indices": vals["items"].clone(), "seen_age": vals["age"].clone(),
-            "all_indptr": self.all_csr[0].clone(), "all_indices": self.all_csr[1]["items"].clone(),
-            "all_age": self.all_csr[1]["age"].clone(),
+            "user_ids": list(self.model_user_ids), "item_ids": list(self.item_ids),
+            "seen_indptr": seen_indptr, "seen_indices": seen["items"], "seen_age": seen["age"],
+            "all_indptr": all_indptr, "all_indices": every["items"], "all_age": every["age"],
             "popularity": torch.from_numpy(self.popularity.astype(np.float32)),
             "train_counts": torch.from_numpy(self.train_counts.astype(np.float32)),
             "item_num": self.item_num.clone(), "item_num_mask": self.item_num_mask.clone(),
@@ -700,6 +714,16 @@ class InteractionDataModule(SplitLoaders):
             "item_label_indices": self.item_label_indices.clone(), "label_vocab": list(self.label_vocab),
             "item_neighbors": self.neighbors.clone(), "protocol": self.protocol, "has_time": self.has_time,
         }
+
+    def _model_rows(self, csr: tuple[torch.Tensor, dict[str, torch.Tensor]]
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Copies of a CSR over the log's users (items and age) restricted to the model's users, in
+        model index order."""
+        indptr, vals = csr
+        if len(self._model_users) == self.n_users:
+            return indptr.clone(), {k: vals[k].clone() for k in ("items", "age")}
+        pos, offsets = csr_gather(indptr, torch.from_numpy(self._model_users))
+        return offsets, {k: vals[k].index_select(0, pos) for k in ("items", "age")}
 
     def item_metadata(self) -> pd.DataFrame:
         """One row per catalogue item (vocabulary order): ``item_id`` and label/feature columns as text."""

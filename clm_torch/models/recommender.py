@@ -899,8 +899,9 @@ class EmbeddingRecommender(CLMModule):
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, not {split!r}")
         datamodule.setup()
-        for what in ("user_ids", "item_ids"):  # the tables hold indices into these vocabularies
-            if list(getattr(datamodule, what)) != list(self.preprocessing[what]):
+        for what, theirs in (("user_ids", getattr(datamodule, "model_user_ids", datamodule.user_ids)),
+                             ("item_ids", datamodule.item_ids)):  # the tables hold indices into these vocabularies
+            if list(theirs) != list(self.preprocessing[what]):
                 raise ValueError(f"the DataModule's {what} differ from this checkpoint's: its tables index another "
                                  "vocabulary (a newer or different log); rebuild it from the training data, or score "
                                  "new data with recommend()")
