@@ -151,7 +151,7 @@ def _model_choices() -> dict[str, tuple[Callable[[Any], bool], str]]:
     from clm_torch.models.components.sequence import SEQUENCE_ENCODERS
     from clm_torch.models.components.vae import NUMERIC_LIKELIHOODS
     from clm_torch.models.infogap_features import FEATURE_SETS
-    from clm_torch.models.recommender import LOSSES, TARGETS, USER_ENCODERS
+    from clm_torch.models.recommender import COLD_PRIORS, LOSSES, TARGETS, USER_ENCODERS
     from clm_torch.utils.privacy import ID_MODES
 
     return {"scheduler": _one_of(*SCHEDULERS), "nan_policy": _one_of(*NAN_POLICIES),
@@ -159,7 +159,7 @@ def _model_choices() -> dict[str, tuple[Callable[[Any], bool], str]]:
             "infogap_features": _one_of(*FEATURE_SETS), "numeric_likelihood": _one_of(*NUMERIC_LIKELIHOODS),
             "projector_ids": _one_of(*ID_MODES), "user_encoder": _one_of(*USER_ENCODERS), "loss": _one_of(*LOSSES),
             "target": _one_of(*TARGETS), "loss_norm": _one_of("interaction", "user"),
-            "dropout_mode": _one_of("random", "recent", "mixed", "auto")}
+            "dropout_mode": _one_of("random", "recent", "mixed", "auto"), "cold_start_prior": _one_of(*COLD_PRIORS)}
 
 
 _DATA_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -365,7 +365,9 @@ def check_checkpoint_fits(ckpt_path: str, model: L.LightningModule, resuming: bo
                               "trained with")
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in ckpt.get("state_dict", {}).items() if isinstance(v, torch.Tensor)}
-    bad = sorted(k for k in own.keys() | theirs.keys() if own.get(k) != theirs.get(k))
+    optional = set(getattr(model, "optional_state_keys", ()))  # an older checkpoint may lack them (filled in on load)
+    bad = sorted(k for k in own.keys() | theirs.keys() if own.get(k) != theirs.get(k)
+                 and not (k in optional and k not in theirs))
     if bad:
         shown = ", ".join(f"{k} ({theirs.get(k, 'absent')} in the checkpoint, {own.get(k, 'absent')} here)"
                           for k in bad[:3])

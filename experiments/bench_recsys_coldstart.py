@@ -177,7 +177,8 @@ def run(protocol: str, seed: int, quick: bool, skip_ours: bool, overrides: list[
         out["models"][OURS] = {"params": {"overrides": base}, "val": _pick(metrics, "val/"), "test": test,
                                "seconds": round(seconds, 2), "best_epoch": best_epoch,
                                "epochs_run": int(objects["trainer"].current_epoch),
-                               "recommend_seconds": round(time.time() - t1, 3), "run_dir": str(run_dir)}
+                               "recommend_seconds": round(time.time() - t1, 3), "run_dir": str(run_dir),
+                               "cold_prior": [round(float(w), 4) for w in model.cold_prior]}
         internal = _pick(metrics, "test/")
         out["models"][OURS]["internal_test"] = internal
         gap = max(abs(internal[k] - test[k]) for k in ("recall@10", "ndcg@10", "recall@20", "ndcg@20"))
@@ -231,7 +232,9 @@ def report(results: dict[str, Any], command: str, total_seconds: float, threads:
              "on the training users only; EASE scores a new user as history · B, iALS solves the new user's "
              "factors against the fixed item factors (implicit's `recalculate_user`). Ours is the default "
              "`experiment=recsys_movielens` config (history encoder + learned item-item term + the closed-form "
-             "EASE term, `ease_weight=16`, `ease_l2=400`), early-stopped on the validation users, scored through "
+             "EASE term, `ease_weight=16`, `ease_l2=400`; for 1-10 known items plus its cold-start popularity "
+             "prior, `model.cold_start_prior=auto`, w(n) chosen on the validation users), early-stopped on the "
+             "validation users, scored through "
              "`recommend_for_history` (the public cold-start API; its lists up to k = 20 give the metrics). "
              "Seeds: the user split's `data.split_seed` as listed; ours trains with `seed=0` (the config's), "
              "iALS with `random_state=0`.", ""]
@@ -264,6 +267,11 @@ def report(results: dict[str, Any], command: str, total_seconds: float, threads:
                                                      for m in names) + " |")
             zero = "; ".join(f"{m} {r['ndcg@10']:.4f} / {r['recall@20']:.4f}" for m, r in fk[0].items())
             lines += ["", f"No known item (n = 0; popularity is all anyone can do): {zero}.", ""]
+            prior = res["models"].get(OURS, {}).get("cold_prior")
+            if prior is not None:
+                lines += ["Ours' cold-start popularity prior in its best checkpoint (chosen on the validation users), "
+                          "w(n) for n = 1 … 10 known items (0 beyond): " + ", ".join(f"{w:g}" for w in prior) + ".",
+                          ""]
     return "\n".join(lines) + "\n"
 
 

@@ -1212,3 +1212,107 @@ def test_clm_evaluate_lists_the_targets_it_scored(trained: EmbeddingRecommender)
     assert ev.predictions["held_out"].tolist() == [" | ".join(str(i) for i in new)]
     assert ev.metrics["n_already_seen"] == 1 and ev.metrics["n_unknown_items"] == 1
     assert len(ev.predictions["recommended"].iloc[0].split(" | ")) == 5
+
+
+# ----------------------------------------------------------------------------- new customers with few items
+@pytest.fixture(scope="module")
+def holdout_runs(log_frame: pd.DataFrame, tmp_path_factory) -> dict:
+    """Two 4-epoch fits on a strong-generalisation split, the same seed: the cold-start prior on (best
+    checkpoint kept) and off."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    d = _holdout_dm(log_frame)
+    out: dict = {"dm": d}
+    for prior in ("auto", "off"):
+        L.seed_everything(0)
+        model = EmbeddingRecommender(**d.model_kwargs(), d=16, lr=0.01, user_encoder="both", cold_start_prior=prior)
+        model.set_preprocessing(d.preprocessing_state())
+        cb = ModelCheckpoint(dirpath=tmp_path_factory.mktemp(f"prior_{prior}"), monitor="val/ndcg@10", mode="max")
+        L.Trainer(logger=False, callbacks=[cb], enable_progress_bar=False, enable_model_summary=False,
+                  num_sanity_val_steps=0, accelerator="cpu", devices=1, max_epochs=4).fit(model, datamodule=d)
+        out[prior], out[f"{prior}_ckpt"] = model, cb.best_model_path
+    return out
+
+
+def _mean_count(model: EmbeddingRecommender, recs: np.ndarray) -> float:
+    count = dict(zip(model.preprocessing["item_ids"], model.train_counts.tolist()))
+    return float(np.mean([count[i] for row in recs for i in row]))
+
+
+def test_cold_prior_is_chosen_on_validation_users_and_saved_in_the_checkpoint(holdout_runs: dict) -> None:
+    """The weights are chosen at every validation epoch for that epoch's parameters, from the validation
+    users only, so the best checkpoint holds those of its own parameters and reproduces its lists."""
+    d, path = holdout_runs["dm"], holdout_runs["auto_ckpt"]
+    raw = torch.load(path, weights_only=True, map_location="cpu")
+    stored = raw["state_dict"]["cold_prior"]
+    assert stored.shape == (10,) and stored[0] > 0  # popularity helps 1-item histories on this log
+    assert (stored[:-1] >= stored[1:]).all()  # never more prior for a longer history
+    loaded = EmbeddingRecommender.load_from_checkpoint(path)
+    assert torch.equal(loaded.cold_prior, stored)
+    chosen = loaded.fit_cold_prior(d.tables["val"])  # chosen again from the checkpoint's parameters: the same
+    assert sorted(chosen) == [1, 2, 3, 5, 10] and torch.allclose(loaded.cold_prior, stored)
+    ids = np.asarray(d.item_ids, dtype=object)
+    hists = [[ids[j]] for j in range(0, 40, 4)]
+    again = EmbeddingRecommender.load_from_checkpoint(path)
+    assert (again.recommend_for_history(hists, k=10) == loaded.recommend_for_history(hists, k=10)).all()
+
+
+def test_cold_prior_moves_short_histories_toward_popular_items_only(holdout_runs: dict) -> None:
+    """With the prior, a 1-item history's list holds more popular items; a history longer than the
+    weight table, and known users, are ranked as without it; ``off`` is the model without a prior."""
+    d, on, off = holdout_runs["dm"], holdout_runs["auto"], holdout_runs["off"]
+    assert not off.cold_prior.any() and on.cold_prior[0] > 0
+    for name, p in on.named_parameters():  # choosing the weights draws nothing from the training RNG
+        assert torch.equal(p, dict(off.named_parameters())[name]), name
+    ids = np.asarray(d.item_ids, dtype=object)
+    one = [[ids[j]] for j in range(0, 120, 3)]
+    long = [list(ids[j: j + 12]) for j in range(0, 100, 5)]  # 12 items: beyond the table's 10
+    users = d.model_user_ids[1:30]
+    with_prior = on.recommend_for_history(one, k=10)
+    assert _mean_count(on, with_prior) > _mean_count(on, off.recommend_for_history(one, k=10))
+    assert (on.recommend_for_history(long, k=10) == off.recommend_for_history(long, k=10)).all()
+    assert (on.recommend(users, k=10) == off.recommend(users, k=10)).all()
+    assert (on.recommend(users[:3], k=10, histories=[[ids[0]]] * 3) ==
+            off.recommend(users[:3], k=10, histories=[[ids[0]]] * 3)).all()  # known users with new items too
+    batch = on._history_batch(one[:4])
+    cols = torch.arange(d.n_items).repeat(4, 1)
+    assert torch.allclose(on.score(batch, cols), on.full_scores(batch), atol=1e-5)  # the prior in both
+    on.hparams.cold_start_prior = "off"  # switched off after loading: the model's own ranking
+    try:
+        assert (on.recommend_for_history(one, k=10) == off.recommend_for_history(one, k=10)).all()
+    finally:
+        on.hparams.cold_start_prior = "auto"
+    assert (on.recommend_for_history(one, k=10) == with_prior).all()
+
+
+def test_a_checkpoint_from_before_the_cold_prior_loads_without_it(holdout_runs: dict, tmp_path: Path,
+                                                                  caplog) -> None:
+    from clm_torch.train import check_checkpoint_fits
+
+    ckpt = torch.load(holdout_runs["auto_ckpt"], weights_only=True, map_location="cpu")
+    del ckpt["state_dict"]["cold_prior"]
+    ckpt["hyper_parameters"].pop("cold_start_prior")
+    path = tmp_path / "old.ckpt"
+    torch.save(ckpt, path)
+    with caplog.at_level(logging.WARNING):
+        old = EmbeddingRecommender.load_from_checkpoint(path)
+    assert not old.cold_prior.any() and not caplog.records
+    off = holdout_runs["off"]
+    hists = [[d] for d in holdout_runs["dm"].item_ids[:20]]
+    assert (old.recommend_for_history(hists, k=10) == off.recommend_for_history(hists, k=10)).all()
+    check_checkpoint_fits(str(path), holdout_runs["off"], resuming=False)  # testing or resuming it is allowed
+
+
+def test_cold_prior_setting_through_the_cli(tmp_path: Path, log_frame: pd.DataFrame) -> None:
+    from clm_torch.train import SettingError, check_settings, train
+
+    path = tmp_path / "log.csv"
+    log_frame.to_csv(path, index=False)
+    base = ["model=recommender", "data=interactions", f"data.path={path}", "data.user_col=user",
+            "data.item_col=item", "data.time_col=time", "model.d=16", "trainer.max_epochs=1",
+            "data.test_users=0.2", "data.val_users=0.1"]
+    with pytest.raises(SettingError, match="model.cold_start_prior"):
+        check_settings(_compose([*base, "model.cold_start_prior=maybe"], tmp_path / "bad"))
+    metrics, objects = train(_compose(base, tmp_path / "run"))
+    best = EmbeddingRecommender.load_from_checkpoint(metrics["best_ckpt"])
+    assert best.cold_prior[0] > 0 and best.hparams.cold_start_prior == "auto"

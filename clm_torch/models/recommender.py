@@ -64,6 +64,16 @@ from clm_torch.utils.progress import chunks
 log = logging.getLogger(__name__)
 
 USER_ENCODERS = ("history", "embedding", "both")
+COLD_PRIORS = ("auto", "off")
+# history lengths n at which the cold-start popularity prior's weight w(n) is chosen on validation data;
+# between them w is interpolated linearly, beyond the last it is 0 (a longer history speaks for itself)
+COLD_PRIOR_SIZES = (1, 2, 3, 5, 10)
+# candidate weights, in units of the spread (median per-user standard deviation) of the model's scores
+# simulated histories per size (validation users × draws): each validation epoch ranks them once per weight
+_COLD_PRIOR_ROWS = 256
+# items ranked per simulated history when choosing: the best by the model's score and the most popular
+_COLD_PRIOR_CANDIDATES = 200
+_COLD_PRIOR_GRID = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0, 32.0)
 LOSSES = ("softmax", "sampled_softmax", "bpr")
 TARGETS = ("all", "dropped")
 
@@ -207,6 +217,13 @@ class EmbeddingRecommender(CLMModule):
         ease_l2: EASE's L2 penalty λ.
         scheduler_epochs: length of the cosine schedule (None = ``trainer.max_epochs``), so that a
             refit stopped at the tuned epoch follows the tuned schedule.
+        cold_start_prior: ``auto`` | ``off``. ``auto``: a user without an id (``recommend_for_history``,
+            or an unknown id given a history; the ``<unk>`` rows of held-out test users) with n ≤ 10
+            known items is ranked by ``score + w(n) · z`` with z the standardised log popularity of
+            the training interactions (``train_counts``) and w(n) chosen at the end of every
+            validation epoch on validation users (:meth:`fit_cold_prior`), so every checkpoint holds
+            the weights chosen for its own parameters (the ``cold_prior`` buffer). Known users and
+            the validation metrics are never affected. ``off``: no prior (weights stay 0).
         ks: metric cut-offs.
         nan_policy: ``raise`` | ``skip`` | ``off`` on a non-finite training loss.
     """
@@ -214,6 +231,13 @@ class EmbeddingRecommender(CLMModule):
     monitor = "val/ndcg@10"
     monitor_mode = "max"
     data_kind = "interactions"
+    # state a checkpoint from an older version may lack (filled in by _upgrade_state)
+    optional_state_keys = ("cold_prior",)
+
+    @staticmethod
+    def _upgrade_state(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+        """A checkpoint from before the cold-start prior loads with its weights 0 (no prior)."""
+        state_dict.setdefault(prefix + "cold_prior", torch.zeros_like(module.cold_prior))
 
     def __init__(
         self,
@@ -249,6 +273,7 @@ class EmbeddingRecommender(CLMModule):
         ease_l2: float = 300.0,
         scheduler: str = "none",
         scheduler_epochs: int | None = None,
+        cold_start_prior: str = "auto",
         ks: Sequence[int] = (10, 20),
         nan_policy: str = "raise",
     ) -> None:
@@ -256,7 +281,8 @@ class EmbeddingRecommender(CLMModule):
         self.save_hyperparameters()
         for name, value, allowed in (("user_encoder", user_encoder, USER_ENCODERS), ("loss", loss, LOSSES),
                                      ("target", target, TARGETS), ("loss_norm", loss_norm, ("interaction", "user")),
-                                     ("dropout_mode", dropout_mode, ("random", "recent", "mixed", "auto"))):
+                                     ("dropout_mode", dropout_mode, ("random", "recent", "mixed", "auto")),
+                                     ("cold_start_prior", cold_start_prior, COLD_PRIORS)):
             if value not in allowed:
                 raise ValueError(f"model.{name} must be one of {allowed}, not {value!r}")
         self.n_users, self.n_items, self.d = int(n_users), int(n_items), int(d)
@@ -279,6 +305,11 @@ class EmbeddingRecommender(CLMModule):
         if self.uses_embedding:
             self.user_embed = nn.Embedding(n_users, d)
             nn.init.normal_(self.user_embed.weight, std=1.0 / math.sqrt(d))
+        # w(n) of the cold-start popularity prior for n = 1 … COLD_PRIOR_SIZES[-1] known items (0 = none);
+        # chosen on validation data (fit_cold_prior); a checkpoint from before it loads with zeros
+        self.register_buffer("cold_prior", torch.zeros(COLD_PRIOR_SIZES[-1]))
+        self.register_load_state_dict_pre_hook(EmbeddingRecommender._upgrade_state)
+        self._cold_cases: tuple[int, list[dict[str, torch.Tensor]]] | None = None  # fit_cold_prior's draws
         self.metrics = nn.ModuleDict({s: RankingMetrics(n_items, ks) for s in ("val", "test")})
         self.user_index: pd.Index | None = None
         self.item_index: pd.Index | None = None
@@ -456,8 +487,9 @@ class EmbeddingRecommender(CLMModule):
         indptr, vals = dm.tables["train"].ragged["target"]
         self.fit_ease(indptr, vals["items"])
 
-    def full_scores(self, users: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
-        """Scores (B, n_items) over the whole catalogue (seen items not masked), the EASE term included.
+    def full_scores(self, users: torch.Tensor | dict[str, torch.Tensor], *, cold_prior: bool = True) -> torch.Tensor:
+        """Scores (B, n_items) over the whole catalogue (seen items not masked), the EASE term included,
+        and for ``<unk>`` rows with a short history the cold-start popularity prior (``cold_prior``).
 
         ``users`` is a user batch dict, or a (B,) tensor of user indices whose history is taken
         from the checkpoint's seen-item index.
@@ -465,7 +497,134 @@ class EmbeddingRecommender(CLMModule):
         batch = self._as_batch(users)
         logits = self._full_logits(self.user_vectors(batch), batch)
         ease = self.ease_scores(batch)
-        return logits if ease is None else logits + ease
+        out = logits if ease is None else logits + ease
+        w = self._cold_prior_weights(batch) if cold_prior else None
+        return out if w is None else out + w[:, None] * self._popularity_z()[None]
+
+    # ------------------------------------------------------------------ cold-start popularity prior
+    def _popularity_z(self) -> torch.Tensor:
+        """The prior's popularity term (n_items,): log(1 + training count), standardised over the catalogue."""
+        z = torch.log1p(self.train_counts.float())
+        return (z - z.mean()) / z.std().clamp(min=1e-12)
+
+    def _cold_prior_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """w(n) per row (B,) for the ``<unk>`` rows of ``batch`` with n = 1 … len(cold_prior) history
+        items, 0 for the others; None when no row gets a prior (``off``, weights 0, known users)."""
+        if self.hparams.get("cold_start_prior", "auto") == "off" or not bool(self.cold_prior.any()) \
+                or getattr(self, "train_counts", None) is None or self.train_counts.shape != (self.n_items,):
+            return None
+        off = batch["hist_offsets"]
+        lens = off[1:] - off[:-1]
+        table = self.cold_prior
+        use = (batch["user"] == 0) & (lens >= 1) & (lens <= len(table))
+        w = torch.where(use, table[(lens - 1).clamp(0, len(table) - 1)], torch.zeros((), device=table.device))
+        return w if bool(use.any()) else None
+
+    @torch.no_grad()
+    def fit_cold_prior(self, table: Any, seed: int = 0, max_users: int = _COLD_PRIOR_ROWS) -> dict[int, float]:
+        """Choose the cold-start prior's weights w(n) on a validation table and store them in ``cold_prior``.
+
+        Short histories are simulated from the table's users (at most ``max_users``, drawn with
+        ``seed``): validation users held out of training (their rows carry ``<unk>``) give a random
+        n of all their items as the history and the rest as targets; validation users who train
+        (the per-user split) give a random n of their training items as the history and their
+        validation items as targets (their other training items are neither: masked). For each n of
+        :data:`COLD_PRIOR_SIZES`, the weight of the grid with the best NDCG@10 (the smallest on a tie)
+        is chosen; the weights are then made non-increasing in n, interpolated between the sizes,
+        and 0 beyond the last. Seeded, so one model and table always give the same weights.
+
+        Returns:
+            {n: w(n)} at the simulated sizes (an empty dict when the table has no user to simulate).
+        """
+        was = self.training
+        self.eval()
+        z = self._popularity_z()
+        chosen: dict[int, float] = {}
+        disc = 1.0 / torch.log2(torch.arange(2, 12, device=z.device, dtype=torch.float32))
+        c = min(_COLD_PRIOR_CANDIDATES, self.n_items)
+        z_top = torch.topk(z, c).indices  # the most popular items
+        for n, case in self._cold_prior_cases(table, seed, max_users):
+            raw = self.full_scores(case["batch"], cold_prior=False)
+            scale = float(raw.std(1).median().clamp(min=1e-6))
+            raw = raw.masked_fill(case["exclude"], float("-inf"))
+            targets = case["targets"]
+            ideal = torch.cumsum(disc, 0)[(targets.sum(1).clamp(max=10) - 1).clamp(min=0)]
+            # a top-10 of score + w·z comes from the best items by score or by popularity: rank those
+            # candidates (each item once per row) instead of the whole catalogue, once per weight
+            s_top = torch.topk(raw, c, dim=1).indices
+            dup = torch.zeros_like(case["exclude"]).scatter_(1, s_top, True)[:, z_top]
+            cand = torch.cat([s_top, z_top[None].expand(len(raw), -1)], 1)
+            cand_s = torch.cat([raw.gather(1, s_top), raw[:, z_top].masked_fill(dup, float("-inf"))], 1)
+            cand_z, hit = z[cand], targets.gather(1, cand).float()
+            best, best_w, k = -1.0, 0.0, min(10, cand.shape[1])
+            for a in _COLD_PRIOR_GRID:
+                top = torch.topk(cand_s + (a * scale) * cand_z, k, dim=1).indices
+                ndcg = float((hit.gather(1, top) @ disc[:k] / ideal).mean())  # NDCG@10
+                if ndcg > best + 1e-12:
+                    best, best_w = ndcg, a * scale
+            chosen[n] = best_w
+        self.train(was)
+        if not chosen:
+            return chosen
+        sizes = sorted(chosen)
+        ws = np.minimum.accumulate([chosen[n] for n in sizes])  # never more prior for a longer history
+        table_w = np.interp(np.arange(1, len(self.cold_prior) + 1), sizes, ws, right=0.0)
+        table_w[np.arange(1, len(self.cold_prior) + 1) > sizes[-1]] = 0.0
+        self.cold_prior.copy_(torch.as_tensor(table_w, dtype=self.cold_prior.dtype))
+        return {n: float(w) for n, w in zip(sizes, ws)}
+
+    def _cold_prior_cases(self, table: Any, seed: int, max_users: int) -> list[tuple[int, dict[str, torch.Tensor]]]:
+        """The simulated short histories of :meth:`fit_cold_prior`, per size n: a ragged ``<unk>`` batch,
+        the (R, n_items) ``exclude`` and ``targets`` masks. Drawn once per table (kept on the model,
+        never saved)."""
+        if self._cold_cases is not None and self._cold_cases[0] is table:
+            return self._cold_cases[1]
+        rng = np.random.default_rng((seed, 7))
+        m = len(table)
+        users = np.sort(rng.choice(m, size=min(m, max_users), replace=False)) if m else np.zeros(0, np.int64)
+        b = table[torch.as_tensor(users, dtype=torch.long)]
+        held_out = bool((b["user"] == 0).all())
+        hoff, toff = b["hist_offsets"].cpu().numpy(), b["target_offsets"].cpu().numpy()
+        hitems, titems = b["hist_items"].cpu().numpy(), b["target_items"].cpu().numpy()
+        repeats = max(1, min(8, -(-_COLD_PRIOR_ROWS // max(len(users), 1))))
+        max_rows = max(64, min(_COLD_PRIOR_ROWS, (1 << 25) // max(self.n_items, 1)))
+        dev = self.item_bias.device
+        cases = []
+        for n in COLD_PRIOR_SIZES:
+            given, excl, tgt = [], [], []
+            for r in range(len(users)):
+                h, t = hitems[hoff[r]: hoff[r + 1]], titems[toff[r]: toff[r + 1]]
+                pool = np.concatenate([h, t]) if held_out else h
+                if len(pool) < n + (1 if held_out else 0) or (not held_out and len(t) == 0):
+                    continue
+                for _ in range(repeats):
+                    pick = np.zeros(len(pool), bool)
+                    pick[rng.choice(len(pool), size=n, replace=False)] = True
+                    given.append(pool[pick])  # in the pool's order (oldest → newest within each part)
+                    excl.append(pool[pick] if held_out else h)
+                    tgt.append(pool[~pick] if held_out else t)
+            if not given:
+                continue
+            if len(given) > max_rows:  # many validation users or a huge catalogue: a sample of the rows
+                keep = np.sort(rng.choice(len(given), size=max_rows, replace=False))
+                given, excl, tgt = [given[j] for j in keep], [excl[j] for j in keep], [tgt[j] for j in keep]
+            batch = self._code_batch(given)
+            cases.append((n, {"batch": batch, "exclude": _dense(excl, self.n_items, dev),
+                              "targets": _dense(tgt, self.n_items, dev)}))
+        self._cold_cases = (table, cases)
+        return cases
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+        trainer = self._trainer
+        if (self.hparams.get("cold_start_prior", "auto") != "auto" or not self.uses_history or trainer is None
+                or trainer.sanity_checking or trainer.state.fn != "fit"):
+            return
+        table = getattr(getattr(trainer, "datamodule", None), "tables", {}).get("val")
+        counts = getattr(self, "train_counts", None)
+        if table is not None and len(table) and counts is not None and counts.shape == (self.n_items,):
+            chosen = self.fit_cold_prior(table)
+            log.debug("cold-start prior w(n) at epoch %d: %s", self.current_epoch, chosen)
 
     def _full_logits(self, u: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = (u @ self.item_vectors().to(u.dtype).T).float() + self.item_bias
@@ -486,7 +645,9 @@ class EmbeddingRecommender(CLMModule):
         cols, inv = torch.unique(items, return_inverse=True)
         out = self._dots_at(u, cols, inv) + self.item_bias[items]
         terms = self._terms_at(batch, cols, inv)
-        return out if terms is None else out + terms
+        out = out if terms is None else out + terms
+        w = self._cold_prior_weights(batch)
+        return out if w is None else out + w[:, None] * self._popularity_z()[items]
 
     def _dots_at(self, u: torch.Tensor, cols: torch.Tensor, inv: torch.Tensor,
                  rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -621,7 +782,8 @@ class EmbeddingRecommender(CLMModule):
         metric update, and the full-softmax loss of the held-out items."""
         if stage == "train":
             return self.loss(batch, train=True)
-        scores = self.full_scores(batch)
+        # validation scores the model's own ranking: the cold-start prior is chosen after it (fit_cold_prior)
+        scores = self.full_scores(batch, cold_prior=stage != "val")
         seen = dense_targets(batch["hist_offsets"], batch["hist_items"], self.n_items)
         targets = dense_targets(batch["target_offsets"], batch["target_items"], self.n_items)
         self.metrics[stage].update(scores, targets, seen)
@@ -650,9 +812,6 @@ class EmbeddingRecommender(CLMModule):
         self.metrics[stage].reset()
         for k, v in values.items():
             self.log(f"{stage}/{k}", v, prog_bar=k in ("ndcg@10", "recall@20"))
-
-    def on_validation_epoch_end(self) -> None:
-        self._epoch_end("val")
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")
@@ -753,6 +912,10 @@ class EmbeddingRecommender(CLMModule):
                         list(histories[j])[i], j, self.item_index[0] if len(self.item_index) else None)
         codes = [c[c >= 0] for c in codes]
         codes = [pd.unique(c[::-1])[::-1] for c in codes]  # keep the last occurrence of repeated items
+        return self._code_batch(codes)
+
+    def _code_batch(self, codes: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        """Distinct item-index lists (oldest → newest) → a ragged batch of <unk> users, aged by position."""
         lens = np.array([len(c) for c in codes], np.int64)
         if self.preprocessing.get("has_time", True):  # the newest item (last) in bucket 0, as in training
             ages = [np.minimum(np.floor(np.log2(1 + np.arange(n)[::-1])).astype(np.int64), N_AGE_BUCKETS - 1)
@@ -920,6 +1083,16 @@ class EmbeddingRecommender(CLMModule):
             held += [TOP_ITEMS_SEP.join(str(x) for x in ids[items[off[j]: off[j + 1]]]) for j in range(len(off) - 1)]
         self.train(was)
         return pd.DataFrame({"user_id": datamodule.user_ids_of(split), "recommended": recs, "held_out": held})
+
+
+def _dense(lists: Sequence[np.ndarray], n_items: int, device: torch.device) -> torch.Tensor:
+    """Item-index lists → a (len(lists), n_items) bool mask."""
+    lens = np.array([len(x) for x in lists], np.int64)
+    out = torch.zeros(len(lists), n_items, dtype=torch.bool, device=device)
+    if lens.sum():
+        rows = torch.as_tensor(np.repeat(np.arange(len(lists)), lens), device=device)
+        out[rows, torch.as_tensor(np.concatenate(lists).astype(np.int64), device=device)] = True
+    return out
 
 
 def _select(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
