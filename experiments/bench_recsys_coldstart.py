@@ -16,8 +16,10 @@ scores the last 20 %. Validation users (the same split) tune the baselines and e
   ``data.test_users=0.2 data.val_users=0.1`` (early stopping on the validation users), then the best
   checkpoint is loaded and the test users are scored through the public API,
   ``EmbeddingRecommender.recommend_for_history(fold-in item ids, k=20)``, exactly as a new customer
-  is served. The trainer's own test metrics (the same users through the internal tensors, as the
-  ``<unk>`` user) are recorded next to them as a check: they must agree.
+  is served (with 1-10 known items its cold-start popularity prior, chosen on the validation users,
+  is part of it; the report lists the weights of the best checkpoint). The trainer's own test
+  metrics (the same users through the internal tensors, as the ``<unk>`` user) are recorded next to
+  them as a check: they must agree.
 
 Baselines are tuned on the validation users with the grids of bench_recsys_movielens.py (imported,
 not copied) and all models are scored by ``clm_torch.metrics.RankingMetrics`` (full catalogue, the

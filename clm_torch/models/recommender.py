@@ -29,12 +29,15 @@ Unknown users (fallback, in this order):
 
 1. a history is given for them (``recommend(..., histories=...)`` or
    ``recommend_for_history``) and the model has a history encoder → the history encoder, with
-   the ``<unk>`` user embedding when the model also has user embeddings;
+   the ``<unk>`` user embedding when the model also has user embeddings; with 1-10 known items
+   plus a popularity prior whose weight, chosen on validation users, shrinks as the history grows
+   (``cold_start_prior``, :meth:`EmbeddingRecommender.fit_cold_prior`);
 2. otherwise → the most popular items of the training data (train + validation interactions),
    minus the given history when ``exclude_seen``.
 
 The new-customer path is benchmarked on users held out of training (``data.test_users``,
-``data.val_users``; experiments/bench_recsys_coldstart.py).
+``data.val_users``; experiments/bench_recsys_coldstart.py); such users are not in the model's user
+vocabulary, so ``recommend`` treats their ids as unknown.
 
 Unknown item ids inside histories are ignored. Ids are matched by their :func:`id_key`: 5, '5',
 5.0, '5.0' and ' 5 ' are one id; '007' is an id of its own unless the vocabulary holds numbers.
@@ -68,11 +71,11 @@ COLD_PRIORS = ("auto", "off")
 # history lengths n at which the cold-start popularity prior's weight w(n) is chosen on validation data;
 # between them w is interpolated linearly, beyond the last it is 0 (a longer history speaks for itself)
 COLD_PRIOR_SIZES = (1, 2, 3, 5, 10)
-# candidate weights, in units of the spread (median per-user standard deviation) of the model's scores
 # simulated histories per size (validation users × draws): each validation epoch ranks them once per weight
 _COLD_PRIOR_ROWS = 256
 # items ranked per simulated history when choosing: the best by the model's score and the most popular
 _COLD_PRIOR_CANDIDATES = 200
+# candidate weights, in units of the spread (median per-user standard deviation) of the model's scores
 _COLD_PRIOR_GRID = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0, 32.0)
 LOSSES = ("softmax", "sampled_softmax", "bpr")
 TARGETS = ("all", "dropped")
@@ -309,7 +312,7 @@ class EmbeddingRecommender(CLMModule):
         # chosen on validation data (fit_cold_prior); a checkpoint from before it loads with zeros
         self.register_buffer("cold_prior", torch.zeros(COLD_PRIOR_SIZES[-1]))
         self.register_load_state_dict_pre_hook(EmbeddingRecommender._upgrade_state)
-        self._cold_cases: tuple[int, list[dict[str, torch.Tensor]]] | None = None  # fit_cold_prior's draws
+        self._cold_cases: tuple[Any, list[tuple[int, dict[str, Any]]]] | None = None  # fit_cold_prior's draws
         self.metrics = nn.ModuleDict({s: RankingMetrics(n_items, ks) for s in ("val", "test")})
         self.user_index: pd.Index | None = None
         self.item_index: pd.Index | None = None
