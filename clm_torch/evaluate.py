@@ -120,7 +120,9 @@ def evaluate_binary(model: Any, data: Any, *, batch_size: int = 65536) -> Evalua
     preds = pd.DataFrame({t.id_name: t.ids})
     metrics: dict[str, Any] = {"n_rows": len(t.frame)}
     if t.target is not None:
-        labelled = t.frame[t.target].notna().to_numpy()
+        # as training reads a label: an empty cell and a missing token ('?', 'NA', 'n/a', ...) are no label (the
+        # row is scored, not measured); a token was read as a third class and the evaluation refused
+        labelled = ~missing_cells(t.frame[t.target])
         y = np.full(len(t.frame), np.nan)
         if labelled.any():
             y_l, _ = validate_target(t.frame.loc[labelled, t.target], source=data.name, column=t.target,

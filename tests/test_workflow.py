@@ -222,6 +222,35 @@ def test_evaluate_without_labels_scores_only_and_never_refits(sweep, tmp_path: P
     np.testing.assert_allclose(few_p["prediction"], all_p["prediction"].iloc[[0, 5, 17]], rtol=1e-5)
 
 
+def test_evaluate_reads_a_missing_token_target_as_no_label() -> None:
+    """A target cell holding a missing token ('?', 'n/a', '-', as training's data.drop_unlabelled reads
+    them) is no label: the row is scored, not measured, as an empty cell (it was a third class and
+    clm-evaluate refused the table as not binary)."""
+    import contextlib
+
+    from clm_torch.data.sources.tables import TableData
+
+    class Stub:  # a binary classifier: scores are the tenure, the label side is 'Yes'
+        encoder = SimpleNamespace(target="churn", positive_label="Yes",
+                                  one_warning_each=contextlib.nullcontext)
+        preprocessing = {"schema": {"id_col": "customer_id"}}
+
+        def predict_proba(self, part: pd.DataFrame, **_: object) -> np.ndarray:
+            return part["tenure"].to_numpy(dtype=np.float64) / 10
+
+    churn = ["Yes", "No", "?", "Yes", " n/a ", "No", np.nan, "-", "Yes", "No"]
+    frame = pd.DataFrame({"customer_id": [f"c{i}" for i in range(10)], "tenure": np.arange(10.0), "churn": churn})
+    ev = evaluate_model(Stub(), TableData(frame, "new.csv", target="churn"))
+    labelled = [0, 1, 3, 5, 8, 9]
+    assert ev.metrics["n_labelled"] == 6 and ev.metrics["n_rows"] == 10
+    assert ev.predictions["label"].isna().to_numpy().nonzero()[0].tolist() == [2, 4, 6, 7]
+    assert ev.predictions["label"].iloc[labelled].tolist() == [1, 0, 1, 0, 1, 0]
+    y = torch.tensor([1, 0, 1, 0, 1, 0])
+    expected = float(binary_auroc(torch.tensor(labelled, dtype=torch.float32) / 10, y))
+    assert ev.metrics["eval/auroc"] == pytest.approx(expected)
+    np.testing.assert_allclose(ev.predictions["prediction"], np.arange(10) / 10, rtol=1e-6)
+
+
 def test_evaluate_says_why_there_are_no_metrics_and_records_absolute_paths(sweep, tmp_path: Path, capsys,
                                                                            monkeypatch) -> None:
     """Without metrics clm-evaluate says why (it said "no labels in the data" also for labels of one
