@@ -1005,6 +1005,28 @@ def test_interaction_file_ids_are_text(tmp_path: Path) -> None:
     assert data.items["item"].tolist() == ["0050", "0051"] and data.items["price"].tolist() == [1.5, 2.5]
 
 
+def test_item_table_dates_are_read_with_data_date_format(tmp_path: Path, caplog) -> None:
+    """The item-features file is inferred with data.date_format, as the log and a customer table are: a
+    day-first date column is a date column (not a feature, as an ISO one), not 3 categories one per
+    date with a warning that advised setting the data.date_format already set."""
+    from clm_torch.data.sources.interactions import InteractionsFileSource
+
+    log = tmp_path / "log.csv"
+    log.write_text("user,item,ts\nu1,i1,13/01/2024\nu1,i2,14/01/2024\nu2,i3,15/01/2024\n")
+    items = tmp_path / "items.csv"
+    items.write_text("item,launched,kind\ni1,13/01/2023,a\ni2,01/02/2023,b\ni3,25/12/2022,c\n")
+    iso = tmp_path / "items_iso.csv"
+    iso.write_text("item,launched,kind\ni1,2023-01-13,a\ni2,2023-02-01,b\ni3,2022-12-25,c\n")
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.schema"):
+        day_first = InteractionsFileSource(log, user_col="user", item_col="item", time_col="ts",
+                                           item_features_path=items, date_format="%d/%m/%Y").load()
+    iso_data = InteractionsFileSource(log, user_col="user", item_col="item", time_col="ts",
+                                      item_features_path=iso, date_format="%d/%m/%Y").load()
+    assert day_first.item_roles == iso_data.item_roles
+    assert day_first.item_roles["categorical"] == ["kind"] and day_first.item_roles["numeric"] == []
+    assert "launched' holds dates: not a feature" in caplog.text and "data.date_format" not in caplog.text
+
+
 def test_item_table_errors_name_the_item_file_and_its_row(tmp_path: Path) -> None:
     """A bad value in the item-features file is reported against that file and its own data row, not
     against the interaction log and the item's position in the catalogue."""

@@ -195,8 +195,13 @@ def _match_item_ids(ids: pd.Series, log_items: pd.Series, source: str, column: s
 
 
 def _item_table(items: pd.DataFrame, item_col: str, roles: Mapping[str, Sequence[str]] | None,
-                source: str, log_items: pd.Series | None = None) -> tuple[pd.DataFrame, dict[str, list[str]]]:
-    """Rename the id column to ``item``; infer roles of the columns not listed in ``roles``."""
+                source: str, log_items: pd.Series | None = None, date_format: str | None = None
+                ) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """Rename the id column to ``item``; infer roles of the columns not listed in ``roles``.
+
+    Item features parse no dates, but inference tells a date column (not a feature, left out) from
+    categories: text dates are ISO 8601, or written in ``date_format`` (``data.date_format``), as
+    in a customer table."""
     if item_col not in items.columns:
         raise SchemaError(f"item column not found; available columns: {list(items.columns)}", source=source,
                           column=item_col)
@@ -210,7 +215,7 @@ def _item_table(items: pd.DataFrame, item_col: str, roles: Mapping[str, Sequence
             raise SchemaError(f"column not found; available columns: {list(items.columns)}", source=source, column=c)
     rest = [c for c in items.columns if c != item_col and c not in listed]
     if rest:
-        inferred = infer_schema(items[rest], source=source)
+        inferred = infer_schema(items[rest], source=source, date_format=date_format)
         roles.setdefault("numeric", []).extend(inferred.numeric)
         roles.setdefault("categorical", []).extend(inferred.categorical + inferred.binary)
     for c in roles.get("numeric", []):  # checked here, where the file and its own rows are known
@@ -277,7 +282,8 @@ class InteractionsFileSource:
         label_sep: separator of multilabel cells.
         csv: the CSV dialect of both files (``data.csv``: ``sep``, ``decimal``, ``thousands``).
         date_format: how the log's text times are written when not in ISO 8601 (``data.date_format``,
-            a strftime format such as ``'%d/%m/%Y %H:%M'``).
+            a strftime format such as ``'%d/%m/%Y %H:%M'``); it also tells the item table's date
+            columns (not features) from categories.
     """
 
     def __init__(self, path: str | os.PathLike, user_col: str = "user_id", item_col: str = "item_id",
@@ -306,7 +312,7 @@ class InteractionsFileSource:
             items, roles = _item_table(read_table(self.item_features_path, what="item table",
                                                   text_columns=[self.item_features_id_col], csv=self.csv),
                                        self.item_features_id_col, self.item_roles, self.item_features_path,
-                                       log_items=log["item"])
+                                       log_items=log["item"], date_format=self.date_format)
         return InteractionData(log, name=self.path, items=items, item_roles=roles, label_sep=self.label_sep)
 
 
