@@ -1059,6 +1059,31 @@ def test_a_log_of_day_first_dates_is_named_with_the_format_to_give_and_read_with
         load_events(short, customer_col="cid", time_col="ts", date_format="DD/MM/YYYY")
 
 
+def test_an_eight_digit_cutoff_is_read_in_the_date_format_first():
+    """data.cutoff=01032024 with data.date_format=%d%m%Y was read as YYYYMMDD first and refused (month
+    10 of year 0103): with a format, a cutoff is read in it first, then as YYYYMMDD or ISO. The command
+    line keeps '01032024' as text and makes 13032024 a number; both are read in the format."""
+    from clm_torch.data.events import parse_cutoff
+
+    def cut(value, fmt="%d%m%Y"):
+        return parse_cutoff(value, setting="data.cutoff", date_format=fmt)
+
+    assert cut("01032024") == cut(" 01032024 ") == pd.Timestamp("2024-03-01")
+    assert cut(13032024) == cut("13032024") == pd.Timestamp("2024-03-13")
+    assert cut(20240301) == cut("20240301") == cut("2024-03-01") == pd.Timestamp("2024-03-01")  # then YYYYMMDD, ISO
+    assert cut("01032024", "%d%m%Y%H%M") == pd.Timestamp("2024-03-01")  # the format's date part
+    assert cut("20240301", "%Y%d%m") == pd.Timestamp("2024-01-03")  # the format wins over YYYYMMDD
+    assert parse_cutoff("20240301", setting="data.cutoff") == pd.Timestamp("2024-03-01")  # no format: YYYYMMDD
+    with pytest.raises(SchemaError, match=r"data.cutoff='99999999' is a date neither in data.date_format='%d%m%Y' "
+                                          r"nor in ISO form"):
+        cut("99999999")
+    with pytest.raises(SchemaError, match=r"data.cutoff=99999999 is a date neither in data.date_format='%d%m%Y'"):
+        cut(99999999)
+    with pytest.raises(SchemaError, match=r"data.cutoff='01032024' is not a date as YYYYMMDD; .*data.date_format "
+                                          r"\(e.g. '%d%m%Y'\)"):
+        parse_cutoff("01032024", setting="data.cutoff")  # it said 'data.cutoff=1032024 is a number'
+
+
 def test_cutoffs_and_join_dates_are_read_in_the_date_format(tmp_path):
     """data.cutoff, data.customers_as_of and the customer table's join dates follow data.date_format;
     ISO cutoffs are still read, and a day-first cutoff without it suggests the format."""

@@ -122,38 +122,62 @@ def _to_utc_naive(ts: Any) -> pd.Timestamp:
     return t
 
 
+def _in_date_format(text: str, date_format: str) -> pd.Timestamp:
+    """``text`` read in ``date_format``, else in its date part alone ('%d/%m/%Y' of '%d/%m/%Y %H:%M');
+    NaT when neither reads it."""
+    t = pd.NaT
+    time_part = re.search(r"[\sT]*%[HI]", date_format)
+    for fmt in (date_format, date_format[:time_part.start()] if time_part else None):
+        if fmt and t is pd.NaT:
+            t = pd.to_datetime(pd.Series([text]), format=fmt, errors="coerce", utc=True).iloc[0]
+    return t
+
+
 def parse_cutoff(value: Any, *, setting: str, source: str = "config", date_format: str | None = None
                  ) -> pd.Timestamp:
     """A date setting (``data.cutoff``, ``data.customers_as_of``, or a function's date argument) as a
     naive UTC timestamp: a Timestamp or datetime, an ISO date or time (``YYYY-MM-DD...``), with or
     without a time zone (converted to UTC), a whole number (or text) YYYYMMDD, or text in
     ``date_format`` (``data.date_format``, e.g. '%d/%m/%Y'), or in its date part ('%d/%m/%Y' of
-    '%d/%m/%Y %H:%M'), when it is given. A value that is not
+    '%d/%m/%Y %H:%M'), when it is given. With ``date_format`` a value is read in it first, then as
+    YYYYMMDD or ISO: ``01032024`` with '%d%m%Y' is 1 March 2024 (a whole number from the command line
+    too, when it has 8 digits). A value that is not
     a date (None, other numbers, other text, including day- or month-first dates such as
     ``01/10/2024`` without ``date_format``) raises a :class:`SchemaError` naming ``source`` and the setting."""
+    def neither() -> SchemaError:
+        return SchemaError(f"{setting}={value!r} is a date neither in data.date_format={date_format!r} nor in ISO "
+                           "form (YYYY-MM-DD, e.g. 2024-10-01)", source=source)
+
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
         # the command line makes data.cutoff=20240601 a number: a whole YYYYMMDD is a date, other
         # numbers are refused (pd.Timestamp would read them as nanoseconds since 1970)
         text = str(int(value)) if float(value).is_integer() else ""
+        if date_format is not None and len(text) == 8:  # 13032024 with '%d%m%Y' (a leading 0 keeps it text)
+            t = _in_date_format(text, date_format)
+            if t is not pd.NaT:
+                return _to_utc_naive(t)
         t = pd.to_datetime(text, format="%Y%m%d", errors="coerce") if len(text) == 8 else pd.NaT
         if t is pd.NaT:
+            if date_format is not None and len(text) == 8:
+                raise neither()
             raise SchemaError(f"{setting}={value!r} is a number, not a date; use e.g. 2024-10-01", source=source)
         return t
     if isinstance(value, str):
         text = value.strip()
-        if re.fullmatch(r"\d{8}", text):  # YYYYMMDD as text, as the number above
-            return parse_cutoff(int(text), setting=setting, source=source)
-        if not re.match(r"\d{4}-\d{2}-\d{2}(?:$|[T ]\d)", text):
-            if date_format is not None:  # the dates' own way of writing, as the log's, or its date part alone
-                t = pd.NaT
-                time_part = re.search(r"[\sT]*%[HI]", date_format)
-                for fmt in (date_format, date_format[:time_part.start()] if time_part else None):
-                    if fmt and t is pd.NaT:
-                        t = pd.to_datetime(pd.Series([text]), format=fmt, errors="coerce", utc=True).iloc[0]
-                if t is pd.NaT:
-                    raise SchemaError(f"{setting}={value!r} is a date neither in data.date_format={date_format!r} "
-                                      "nor in ISO form (YYYY-MM-DD, e.g. 2024-10-01)", source=source)
+        if date_format is not None:  # the dates' own way of writing, as the log's, or its date part alone
+            t = _in_date_format(text, date_format)
+            if t is not pd.NaT:
                 return _to_utc_naive(t)
+        if re.fullmatch(r"\d{8}", text):  # YYYYMMDD as text, as the number above
+            t = pd.to_datetime(text, format="%Y%m%d", errors="coerce")
+            if t is pd.NaT:
+                raise neither() if date_format is not None else SchemaError(
+                    f"{setting}={value!r} is not a date as YYYYMMDD; use e.g. 2024-10-01, or give the way it is "
+                    "written in data.date_format (e.g. '%d%m%Y')", source=source)
+            return t
+        if not re.match(r"\d{4}-\d{2}-\d{2}(?:$|[T ]\d)", text):
+            if date_format is not None:
+                raise neither()
             # pd.Timestamp reads '01/10/2024' as 10 January but '13/12/2026' day first, and 'today' as now
             hint = date_format_hint(pd.Series([text]))
             raise SchemaError(f"{setting}={value!r} is not a date in ISO form; use YYYY-MM-DD, e.g. 2024-10-01 or "
