@@ -98,6 +98,13 @@ def _first_row(mask: pd.Series) -> Any:
     return mask.index[int(np.flatnonzero(mask.to_numpy())[0])]
 
 
+def _refuse_missing(missing: pd.Series, message: str, *, source: str, column: str) -> None:
+    """Raise ``message`` (``{n}`` in it: the count) naming the first row where the boolean ``missing`` is
+    True; nothing when none is."""
+    if missing.any():
+        raise SchemaError(message.format(n=int(missing.sum())), source=source, column=column, row=_first_row(missing))
+
+
 def _may_have_missing(s: pd.Series) -> bool:
     """False when ``s`` certainly has no missing value, found without a log-sized mask: Arrow's null
     count, or a chunked scan of a numpy float or datetime column; True otherwise (then ``isna``)."""
@@ -292,14 +299,8 @@ def parse_timestamps(s: pd.Series, *, source: str, column: str, date_format: str
     """
     if pd.api.types.is_bool_dtype(s):
         raise SchemaError("expected timestamps but found booleans", source=source, column=column)
-    missing = pd.Series(missing_cells(s), index=s.index)
-    if missing.any():
-        raise SchemaError(
-            f"missing timestamp ({int(missing.sum())} missing values); every event needs a time",
-            source=source,
-            column=column,
-            row=_first_row(missing),
-        )
+    _refuse_missing(pd.Series(missing_cells(s), index=s.index),
+                    "missing timestamp ({n} missing values); every event needs a time", source=source, column=column)
     if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_datetime64_any_dtype(s):
         big = np.abs(s.to_numpy(dtype="float64")) > 1e11  # epoch seconds past the year 5000
         if big.any():
@@ -484,14 +485,8 @@ def load_events(
 
     out: dict[str, pd.Series] = {}
     cid = raw[customer_col]
-    missing = pd.Series(missing_cells(cid), index=cid.index)
-    if missing.any():
-        raise SchemaError(
-            f"missing customer id ({int(missing.sum())} rows); every event needs a customer",
-            source=src,
-            column=customer_col,
-            row=_first_row(missing),
-        )
+    _refuse_missing(pd.Series(missing_cells(cid), index=cid.index),
+                    "missing customer id ({n} rows); every event needs a customer", source=src, column=customer_col)
     check_id_kind(cid, source=src, column=customer_col, what="customer ids")
     cid, n_stripped = strip_ids(cid)
     if n_stripped:
@@ -509,13 +504,8 @@ def load_events(
             raise SchemaError(f"{int(huge.sum())} amounts beyond 1e15 (e.g. {amount[huge].iloc[0]:g}): not money; "
                               "fix or drop those events", source=src, column=amount_col,
                               row=_first_row(pd.Series(huge, index=amount.index)))
-        if amount.isna().any():
-            raise SchemaError(
-                f"missing amount ({int(amount.isna().sum())} rows); fill or drop those events",
-                source=src,
-                column=amount_col,
-                row=_first_row(amount.isna()),
-            )
+        _refuse_missing(amount.isna(), "missing amount ({n} rows); fill or drop those events", source=src,
+                        column=amount_col)
         n_neg = int((amount < 0).sum())
         if n_neg == len(amount):
             raise SchemaError(
@@ -535,13 +525,7 @@ def load_events(
         out["item_id"] = items
     if quantity_col is not None:
         qty = to_numeric_strict(raw[quantity_col], source=src, column=quantity_col)
-        if qty.isna().any():
-            raise SchemaError(
-                f"missing quantity ({int(qty.isna().sum())} rows)",
-                source=src,
-                column=quantity_col,
-                row=_first_row(qty.isna()),
-            )
+        _refuse_missing(qty.isna(), "missing quantity ({n} rows)", source=src, column=quantity_col)
         neg = qty < 0
         if neg.any():
             first = _first_row(neg)
