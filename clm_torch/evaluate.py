@@ -97,13 +97,17 @@ def _table(model: Any, data: Any) -> _Table:
     return _Table(frame, features, target, id_name, ids)
 
 
-def _score(fn: Any, features: pd.DataFrame, batch_size: int, what: str, encoder: Any = None) -> np.ndarray:
+def _scored_table(model: Any, data: Any, predict: Any, batch_size: int) -> tuple[_Table, np.ndarray]:
+    """``data``'s rows as :func:`_table` splits them, and ``predict(rows, batch_size=, source=)`` of each
+    (a model's ``predict_proba`` or ``predict_spend``): (n,) float64, scored ``batch_size`` rows at a time."""
+    t = _table(model, data)
+    features, encoder = t.features, getattr(model, "encoder", None)
     out = np.empty(len(features), dtype=np.float64)
     once = encoder.one_warning_each() if encoder is not None else contextlib.nullcontext()
     with once:  # the warnings about the frame once, not once per chunk
-        for start, stop in chunks(len(features), batch_size, f"{what} {len(features):,} rows"):
-            out[start:stop] = fn(features.iloc[start:stop])
-    return out
+        for start, stop in chunks(len(features), batch_size, f"scoring {len(features):,} rows"):
+            out[start:stop] = predict(features.iloc[start:stop], batch_size=batch_size, source=data.name)
+    return t, out
 
 
 def evaluate_binary(model: Any, data: Any, *, batch_size: int = 65536) -> Evaluation:
@@ -114,9 +118,7 @@ def evaluate_binary(model: Any, data: Any, *, batch_size: int = 65536) -> Evalua
     from clm_torch.callbacks import expected_calibration_error
     from clm_torch.models.churn import binary_metrics
 
-    t = _table(model, data)
-    prob = _score(lambda part: model.predict_proba(part, batch_size=batch_size, source=data.name), t.features,
-                  batch_size, "scoring", getattr(model, "encoder", None))
+    t, prob = _scored_table(model, data, model.predict_proba, batch_size)
     preds = pd.DataFrame({t.id_name: t.ids})
     metrics: dict[str, Any] = {"n_rows": len(t.frame)}
     if t.target is not None:
@@ -146,9 +148,7 @@ def evaluate_binary(model: Any, data: Any, *, batch_size: int = 65536) -> Evalua
 def evaluate_regression(model: Any, data: Any, *, batch_size: int = 65536) -> Evaluation:
     """Expected spend (``predict_spend``) for every row of ``data``; MAE, RMSE and the means of
     prediction and truth on the rows whose target is known."""
-    t = _table(model, data)
-    pred = _score(lambda part: model.predict_spend(part, batch_size=batch_size, source=data.name), t.features,
-                  batch_size, "scoring", getattr(model, "encoder", None))
+    t, pred = _scored_table(model, data, model.predict_spend, batch_size)
     preds = pd.DataFrame({t.id_name: t.ids})
     metrics: dict[str, Any] = {"n_rows": len(t.frame)}
     if t.target is not None:

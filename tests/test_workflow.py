@@ -251,6 +251,34 @@ def test_evaluate_reads_a_missing_token_target_as_no_label() -> None:
     np.testing.assert_allclose(ev.predictions["prediction"], np.arange(10) / 10, rtol=1e-6)
 
 
+def test_evaluate_scores_a_spend_model_in_chunks_and_measures_the_known_targets() -> None:
+    """clm-evaluate of a spend model (predict_spend): every row scored, in chunks of batch_size, each
+    chunk with the batch size and the data's name; MAE/RMSE on the rows whose target is known (an
+    empty cell or a missing token is not)."""
+    import contextlib
+
+    from clm_torch.data.sources.tables import TableData
+
+    calls = []
+
+    class Stub:
+        encoder = SimpleNamespace(target="spend", one_warning_each=contextlib.nullcontext)
+        preprocessing = {"schema": {"id_col": "customer_id"}}
+
+        def predict_spend(self, part: pd.DataFrame, *, batch_size: int, source: str) -> np.ndarray:
+            calls.append((len(part), batch_size, source))
+            return part["tenure"].to_numpy(dtype=np.float64) * 2
+
+    frame = pd.DataFrame({"customer_id": list("abcde"), "tenure": [1.0, 2.0, 3.0, 4.0, 5.0],
+                          "spend": ["2", "?", "7", "", "10"]})
+    ev = evaluate_model(Stub(), TableData(frame, "new.csv", target="spend"), batch_size=2)
+    assert calls == [(2, 2, "new.csv"), (2, 2, "new.csv"), (1, 2, "new.csv")]
+    assert ev.predictions["prediction"].tolist() == [2.0, 4.0, 6.0, 8.0, 10.0]
+    assert ev.predictions["label"].isna().tolist() == [False, True, False, True, False]
+    assert ev.metrics["n_rows"] == 5 and ev.metrics["n_labelled"] == 3
+    assert ev.metrics["eval/mae"] == pytest.approx(1 / 3) and ev.metrics["eval/rmse"] == pytest.approx(1 / 3 ** 0.5)
+
+
 def test_evaluate_says_why_there_are_no_metrics_and_records_absolute_paths(sweep, tmp_path: Path, capsys,
                                                                            monkeypatch) -> None:
     """Without metrics clm-evaluate says why (it said "no labels in the data" also for labels of one
