@@ -1025,6 +1025,8 @@ def test_item_table_dates_are_read_with_data_date_format(tmp_path: Path, caplog)
     assert day_first.item_roles == iso_data.item_roles
     assert day_first.item_roles["categorical"] == ["kind"] and day_first.item_roles["numeric"] == []
     assert "launched' holds dates: not a feature" in caplog.text and "data.date_format" not in caplog.text
+    # the way to keep it names the item table's own setting, not the customer table's data.roles
+    assert "+data.item_roles.categorical=[launched]" in caplog.text and "data.roles" not in caplog.text
 
 
 def test_item_table_errors_name_the_item_file_and_its_row(tmp_path: Path) -> None:

@@ -892,6 +892,7 @@ def infer_schema(
     max_categorical_int: int = 10,
     source: str = "<dataframe>",
     date_format: str | None = None,
+    roles_setting: str = "data.roles",
 ) -> TableSchema:
     """Infer the role of every column.
 
@@ -901,7 +902,8 @@ def infer_schema(
     ``overrides`` maps a role (``numeric``, ``categorical``, ``binary``, ``datetime``) to
     columns that take that role whatever inference says. Text dates are ISO 8601, or written in
     ``date_format`` (``data.date_format``, e.g. '%d/%m/%Y') when it is given; a text column of
-    dates written another way is named in a warning that suggests the format.
+    dates written another way is named in a warning that suggests the format. ``roles_setting`` is
+    the setting that holds ``overrides``, as the messages name it (``data.item_roles`` for an item table).
     """
     overrides = {k: role_columns(v) for k, v in (overrides or {}).items()}
     for role in overrides:
@@ -913,7 +915,7 @@ def infer_schema(
     forced = {c: role for role, cols in overrides.items() for c in cols}
     for col, what in ((target, "the target"), (id_col, "the id column")):
         if col is not None and col in forced:
-            raise SchemaError(f"data.roles.{forced[col]} names {what}, which is never a feature; leave it out of the "
+            raise SchemaError(f"{roles_setting}.{forced[col]} names {what}, which is never a feature; leave it out of the "
                               "roles", source=source, column=col)
     drop = set(drop)
     for col in [*forced, *(c for c in (target, id_col) if c)]:
@@ -942,7 +944,7 @@ def infer_schema(
                 and _looks_like_dates(s, date_format):
             schema.datetime.append(col)  # as a category each date would be a level of its own
             log.warning("%s: column '%s' holds dates: not a feature. Derive a number from it (e.g. days since "
-                        "signup), or use it as a category with +data.roles.categorical=[%s]", source, col, col)
+                        "signup), or use it as a category with +%s.categorical=[%s]", source, col, roles_setting, col)
             continue
         n_unique = nonnull.nunique()
         if n_unique <= 2:

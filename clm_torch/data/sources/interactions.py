@@ -215,7 +215,8 @@ def _item_table(items: pd.DataFrame, item_col: str, roles: Mapping[str, Sequence
             raise SchemaError(f"column not found; available columns: {list(items.columns)}", source=source, column=c)
     rest = [c for c in items.columns if c != item_col and c not in listed]
     if rest:
-        inferred = infer_schema(items[rest], source=source, date_format=date_format)
+        inferred = infer_schema(items[rest], source=source, date_format=date_format,
+                                roles_setting="data.item_roles")
         roles.setdefault("numeric", []).extend(inferred.numeric)
         roles.setdefault("categorical", []).extend(inferred.categorical + inferred.binary)
     for c in roles.get("numeric", []):  # checked here, where the file and its own rows are known
