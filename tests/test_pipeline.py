@@ -523,7 +523,8 @@ def test_a_label_like_table_column_is_flagged(caplog) -> None:
      "data.item_col=None: expected the event log's item column (the recommender learns from the items bought): "
      "set data.item_col=<column>"),
     (["data.kind=events", "data.path=events.csv", "data.cutoff=12345"],
-     "config: data.cutoff=12345 is a number, not a date; use e.g. 2024-10-01"),
+     "config: data.cutoff=12345 is a number, not a date; use e.g. 2024-10-01 (in a YAML file, quote a date written "
+     "in digits, cutoff: '01032024': unquoted, a leading 0 and digits up to 7 read as an octal number)"),
     (["data.kind=events", "data.path=events.csv", "data.date_format=DD/MM/YYYY"],
      "data.date_format='DD/MM/YYYY': expected a strftime format such as '%d/%m/%Y' (day/month/year), '%m/%d/%Y' or "
      "'%d.%m.%Y %H:%M', or null (ISO 8601 dates and epoch seconds)"),

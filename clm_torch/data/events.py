@@ -167,7 +167,9 @@ def parse_cutoff(value: Any, *, setting: str, source: str = "config", date_forma
         if t is pd.NaT:
             if date_format is not None and len(text) == 8:
                 raise neither()
-            raise SchemaError(f"{setting}={value!r} is a number, not a date; use e.g. 2024-10-01", source=source)
+            raise SchemaError(f"{setting}={value!r} is a number, not a date; use e.g. 2024-10-01 (in a YAML "
+                              "file, quote a date written in digits, cutoff: '01032024': unquoted, a leading 0 "
+                              "and digits up to 7 read as an octal number)", source=source)
         return t
     if isinstance(value, str):
         text = value.strip()
