@@ -1027,6 +1027,13 @@ def test_item_table_dates_are_read_with_data_date_format(tmp_path: Path, caplog)
     assert "launched' holds dates: not a feature" in caplog.text and "data.date_format" not in caplog.text
     # the way to keep it names the item table's own setting, not the customer table's data.roles
     assert "+data.item_roles.categorical=[launched]" in caplog.text and "data.roles" not in caplog.text
+    # the in-memory source (notebooks, tests) reads the same frames the same way
+    from clm_torch.data.sources.interactions import InteractionsFrameSource
+
+    frame = InteractionsFrameSource(pd.read_csv(log), user_col="user", item_col="item", time_col="ts",
+                                    items=pd.read_csv(items), date_format="%d/%m/%Y").load()
+    assert frame.item_roles == day_first.item_roles
+    assert frame.frame["time"].tolist() == day_first.frame["time"].tolist()
 
 
 def test_item_table_errors_name_the_item_file_and_its_row(tmp_path: Path) -> None:

@@ -321,24 +321,27 @@ class InteractionsFrameSource:
     """An in-memory interaction log (tests, notebooks, benchmarks); same arguments as the file source,
     with ``items`` (an item table) and ``items_id_col`` for the item-features file and its id column,
     and ``name`` for the file name in messages. ``label_sep`` separates the labels of multilabel cells
-    ('|' by default, as in the file source)."""
+    ('|' by default, as in the file source); ``date_format``, as in the file source, reads text times
+    (and tells the item table's date columns) written other than in ISO 8601."""
 
     def __init__(self, frame: pd.DataFrame, user_col: str = "user", item_col: str = "item",
                  time_col: str | None = None, weight_col: str | None = None, items: pd.DataFrame | None = None,
                  items_id_col: str | None = None, item_roles: Mapping[str, Sequence[str]] | None = None,
-                 name: str = "<dataframe>", label_sep: str = "|") -> None:
+                 name: str = "<dataframe>", label_sep: str = "|", date_format: str | None = None) -> None:
         self.frame, self.items, self.name = frame, items, name
         self.user_col, self.item_col, self.time_col, self.weight_col = user_col, item_col, time_col, weight_col
         self.items_id_col = items_id_col or item_col
         self.item_roles = item_roles
         self.label_sep = _check_label_sep(label_sep)
+        self.date_format = check_date_format(date_format)
 
     def load(self) -> InteractionData:
-        log = _standardise(self.frame, self.user_col, self.item_col, self.time_col, self.weight_col, self.name)
+        log = _standardise(self.frame, self.user_col, self.item_col, self.time_col, self.weight_col, self.name,
+                           self.date_format)
         items, roles = None, {}
         if self.items is not None:
             items, roles = _item_table(self.items, self.items_id_col, self.item_roles, f"{self.name} [items]",
-                                       log_items=log["item"])
+                                       log_items=log["item"], date_format=self.date_format)
         return InteractionData(log, name=self.name, items=items, item_roles=roles, label_sep=self.label_sep)
 
 
