@@ -831,11 +831,18 @@ class InfoGapVAE(CLMModule):
                        answered: torch.Tensor | None = None) -> torch.Tensor:
         """EDDI expected information gain of acquiring each unobserved feature. (B, F), NaN where observed.
 
-        For every unobserved (row, feature) pair, S values are drawn from the model's predictive
-        p(x_j | x_obs); each is added as observed and the row re-encoded. The gain is the mean over
-        the draws of KL(q(z | x_obs, x_j) ‖ q(z | x_obs)) — or, with ``target`` (a callable from
-        an encoded batch to probabilities (B,) or (B, C)), the mean KL between the target's
+        For every unobserved (row, feature) pair, the possible answers x_j are added as observed and
+        the row re-encoded. The gain is the expectation over the answers, under the model's predictive
+        p(x_j | x_obs), of KL(q(z | x_obs, x_j) ‖ q(z | x_obs)) — or, with ``target`` (a callable
+        from an encoded batch to probabilities (B,) or (B, C)), of the KL between the target's
         prediction with and without x_j (the mutual information of x_j and the prediction).
+        The answers (:meth:`_answers`): a categorical or binary feature with at most
+        ``2 * n_samples`` classes is not sampled but enumerated, each class weighted by its predictive
+        probability (the mean over the S latent draws): exact in the answer, no sampling noise; a
+        numeric feature (or a categorical with more classes) gets S draws, stratified
+        (:meth:`_draw_values`). On a 3,000-customer pipeline run the top question agrees across
+        inference seeds for 81 % (8 draws) and 88 % (16) of the customers with two or more candidates,
+        63 % and 73 % when every answer was sampled (``experiments/results/nbq_stability.md``).
         ``answered`` (B, F): cells that hold a value the encoding cannot read (a category unseen in
         training); they are unobserved for the model but not questions to ask (NaN too).
         """
@@ -846,28 +853,88 @@ class InfoGapVAE(CLMModule):
         rows, feats = cand.nonzero(as_tuple=True)
         if len(rows) == 0:
             return gains
-        S = n_samples
-        draws_num, draws_cat, mu0, lv0 = self._draw_values(batch, S, generator)  # (S,B,n_num), (S,B,n_cat)
-        exp = self._with_values(batch, rows, feats, draws_num, draws_cat)  # S*P rows
+        a = self._answers(batch, rows, feats, n_samples, generator)
+        exp = self._with_answers(batch, a)
         if target is None:
             mu1, lv1 = self.posterior(exp)
-            base_mu, base_lv = mu0[rows].repeat(S, 1), lv0[rows].repeat(S, 1)
-            kl = gaussian_kl(mu1, lv1, base_mu, base_lv).sum(-1)
+            kl = gaussian_kl(mu1, lv1, a["mu"][a["row"]], a["logvar"][a["row"]]).sum(-1)
         else:
-            p0 = _as_probs(target(dict(batch)))[rows].repeat(S, 1)
+            p0 = _as_probs(target(dict(batch)))[a["row"]]
             p1 = _as_probs(target(exp))
             kl = _categorical_kl(p1, p0)
-        gains[rows, feats] = kl.view(S, -1).mean(0).float()
+        g = torch.zeros(len(rows), dtype=torch.float64, device=dev).index_add_(
+            0, a["pair"], a["weight"] * kl.double().to(dev))
+        gains[rows, feats] = g.float()
         return gains
 
+    def _n_classes(self) -> torch.Tensor:
+        """(n_cat,) int64: the classes each categorical column's decoder head predicts (vocabulary
+        indices 1..K; 2 for a binary head, 0 for a column without a head)."""
+        k = torch.zeros(self.n_cat, dtype=torch.long)
+        for j, size in zip(self.decoder.soft_cols, self.decoder.soft_sizes):
+            k[j] = int(size)
+        k[self.decoder.bin_cols] = 2
+        return k
+
+    def _answers(self, batch: Mapping[str, torch.Tensor], rows: torch.Tensor, feats: torch.Tensor, S: int,
+                 generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """The answers to try for each candidate (row, feature) pair and their weights (summing to 1 per pair).
+
+        A categorical/binary feature with K <= 2 S classes: every class c = 1..K, weighted by its
+        predictive probability p(x_j = c | x_obs) (mean over the S latent draws), so the class is
+        integrated exactly (Rao-Blackwellised) at the cost of K re-encodings. Otherwise S draws from
+        the predictive (:meth:`_draw_values`), weight 1/S each. Returns ``pair`` (N,) index into
+        ``rows``, ``row``, ``feat``, ``draw`` (the draw s, -1 for an enumerated class), ``cat`` (the
+        class, for categorical features), ``weight`` (N,) float64; ``num`` (S, B, n_num) the numeric
+        draws (encoded) and the posterior ``mu``, ``logvar`` of the batch.
+        """
+        dev = rows.device
+        draws_num, draws_cat, probs, mu0, lv0 = self._draw_values(batch, S, generator)
+        P = len(rows)
+        pair = torch.arange(P, device=dev)
+        jc = (feats - self.n_num).clamp_min(0)
+        k = self._n_classes().to(dev)[jc]
+        enum = (feats >= self.n_num) & (k <= 2 * S)
+        # sampled answers: S per pair
+        sp = pair[~enum]
+        s_idx = torch.arange(S, device=dev).repeat_interleave(len(sp))
+        sp = sp.repeat(S)
+        sampled_cat = draws_cat[s_idx, rows[sp], jc[sp]]
+        # enumerated answers: one per class
+        ep = pair[enum]
+        ke = k[enum]
+        ep = ep.repeat_interleave(ke)
+        start = torch.cumsum(ke, 0) - ke
+        cls = torch.arange(len(ep), device=dev) - start.repeat_interleave(ke) + 1
+        w_enum = probs[rows[ep], jc[ep], cls].double()
+        total = torch.zeros(P, dtype=torch.float64, device=dev).index_add_(0, ep, w_enum)
+        w_enum = w_enum / total[ep].clamp_min(1e-300)
+        out_pair = torch.cat([sp, ep])
+        return {"pair": out_pair, "row": rows[out_pair], "feat": feats[out_pair],
+                "draw": torch.cat([s_idx, torch.full_like(ep, -1)]),
+                "cat": torch.cat([sampled_cat, cls]),
+                "weight": torch.cat([torch.full((len(sp),), 1.0 / S, dtype=torch.float64, device=dev), w_enum]),
+                "num": draws_num, "mu": mu0, "logvar": lv0}
+
     def _draw_values(self, batch: Mapping[str, torch.Tensor], S: int, generator: torch.Generator | None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """S draws of every cell from the predictive: numerics (S, B, n_num) encoded, categories (S, B, n_cat)."""
-        p = self.predictive(batch, S, generator)
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """S draws of every cell from the predictive: numerics (S, B, n_num) encoded, categories (S, B, n_cat);
+        the mean class probabilities (B, n_cat, K) and the posterior ``mu``, ``logvar`` (B, L).
+
+        The S latent draws z_s ~ q(z | x_obs) and the numeric draws x ~ p(x | z_s) are stratified
+        (:func:`_stratified`, keyed by the row as :meth:`_sample_z`): for each row and latent dimension
+        or column the uniforms behind the S draws fall one in each S-quantile, so the answers cover the
+        predictive evenly (on a 3,000-customer pipeline run the top question then agrees across seeds for
+        81 % of the customers with two or more candidates at 8 draws, 79 % without stratifying)."""
         lik, df = self._lik
         slots = row_slots(batch)
-        num = numeric_sample(p["num_loc"], p["num_log_scale"], lik, df, generator, slots=slots)
-        probs = p["cat_probs"]  # (S, B, n_cat, K)
+        mu, logvar = self.posterior(batch)
+        z = mu + torch.exp(0.5 * logvar) * _stratified(tuple((S, *mu.shape)), generator, slots).to(mu.dtype)
+        out = self.decode(z)
+        loc = out["num_loc"]
+        eps = _stratified(tuple(loc.shape), generator, slots, df if lik == "student_t" else None)
+        num = loc + torch.exp(out["num_log_scale"]) * eps.to(loc.dtype)
+        probs = category_probs(out, self.decoder, self.n_cat, self.max_card)  # (S, B, n_cat, K)
         # inverse CDF with one uniform per (sample, row, column), keyed by the row (see _sample_z)
         u = pooled(torch.rand(pool_shape(tuple(probs.shape[:3])), generator=generator, device=probs.device,
                               dtype=torch.float64), slots)[..., None]
@@ -875,26 +942,23 @@ class InfoGapVAE(CLMModule):
         total = cdf[..., -1:]
         idx = (cdf <= u * total).sum(-1).clamp_max(probs.shape[-1] - 1)  # zero-probability classes never drawn
         idx = torch.where(total[..., 0] > 0, idx, torch.zeros_like(idx))
-        return num, idx, p["mu"], p["logvar"]
+        return num, idx, probs.mean(0), mu, logvar
 
-    def _with_values(self, batch: Mapping[str, torch.Tensor], rows: torch.Tensor, feats: torch.Tensor,
-                     draws_num: torch.Tensor, draws_cat: torch.Tensor) -> Batch:
-        """Stack S copies of the (row, feature) pairs, each copy with feature set to its s-th draw."""
-        S, P = draws_num.shape[0], len(rows)
-        r = rows.repeat(S)
-        f = feats.repeat(S)
-        s = torch.arange(S, device=rows.device).repeat_interleave(P)
+    def _with_answers(self, batch: Mapping[str, torch.Tensor], a: Mapping[str, torch.Tensor]) -> Batch:
+        """Copies of the candidate rows, one per answer of :meth:`_answers`, each with its feature set to the answer."""
+        r, f = a["row"], a["feat"]
         out = {k: batch[k].index_select(0, r).clone() for k in _FEATURE_KEYS}
         is_num = f < self.n_num
         if is_num.any():
-            i, j = is_num.nonzero(as_tuple=True)[0], f[is_num]
-            out["num"][i, j] = draws_num[s[i], r[i], j].to(out["num"].dtype)
+            i = is_num.nonzero(as_tuple=True)[0]
+            j = f[i]
+            out["num"][i, j] = a["num"][a["draw"][i], r[i], j].to(out["num"].dtype)
             out["num_mask"][i, j] = True
         if (~is_num).any():
             i = (~is_num).nonzero(as_tuple=True)[0]
             j = f[i] - self.n_num
-            v = draws_cat[s[i], r[i], j]
-            out["cat"][i, j] = v
+            v = a["cat"][i]
+            out["cat"][i, j] = v.to(out["cat"].dtype)
             out["cat_mask"][i, j] = v > 0
         return out
 
@@ -1171,7 +1235,8 @@ class InfoGapVAE(CLMModule):
                 a callable from an encoded batch (this model's encoding) to probabilities (B,) or
                 (B, C).
             k: questions per customer.
-            n_samples: draws of each candidate answer from the model's predictive.
+            n_samples: latent draws per customer, and stratified draws of each numeric answer from the
+                model's predictive (a categorical answer's classes are enumerated up to 2 n_samples).
             return_gains: also return the full gain table (n, features), NaN where observed.
             askable: the features one can ask a customer about (e.g. the CRM table's columns, not
                 features computed from the event log); None = every feature. The others get no
@@ -1250,8 +1315,8 @@ class InfoGapVAE(CLMModule):
 
     def _question_gains_df(self, batch: Batch, part: pd.DataFrame, n_samples: int, target: Any,
                            generator: torch.Generator | None, answered: torch.Tensor | None = None) -> torch.Tensor:
-        """Like :meth:`question_gains` with a ``predict_proba(df)`` target: the drawn answers are
-        decoded to raw values and written into copies of the raw rows."""
+        """Like :meth:`question_gains` with a ``predict_proba(df)`` target: the answers
+        (:meth:`_answers`) are decoded to raw values and written into copies of the raw rows."""
         enc = self._require_encoder()
         cand = self._question_candidates(batch, answered)
         B, F_ = cand.shape
@@ -1259,14 +1324,13 @@ class InfoGapVAE(CLMModule):
         rows, feats = cand.nonzero(as_tuple=True)
         if len(rows) == 0:
             return gains
-        S = n_samples
-        draws_num, draws_cat, _, _ = self._draw_values(batch, S, generator)
+        a = self._answers(batch, rows, feats, n_samples, generator)
         p0 = _as_probs(torch.as_tensor(np.asarray(target.predict_proba(part)), dtype=torch.float64))
-        r = rows.repeat(S).cpu().numpy()
-        f = feats.repeat(S).cpu().numpy()
-        s = np.repeat(np.arange(S), len(rows))
-        raw_num = self._raw_numeric(draws_num).cpu().numpy()  # (S, B, n_num)
-        dcat = draws_cat.cpu().numpy()
+        r = a["row"].cpu().numpy()
+        f = a["feat"].cpu().numpy()
+        s = a["draw"].cpu().numpy()
+        raw_num = self._raw_numeric(a["num"]).cpu().numpy()  # (S, B, n_num)
+        dcat = a["cat"].cpu().numpy()
         exp = part.iloc[r].reset_index(drop=True).copy()
         cols = enc.feature_columns
         for j, col in enumerate(cols):
@@ -1283,13 +1347,14 @@ class InfoGapVAE(CLMModule):
             else:
                 jc = j - self.n_num
                 vocab = np.array([np.nan, *enc.vocab[col][1:]], dtype=object)
-                vals = vocab[dcat[s[sel], r[sel], jc]]
+                vals = vocab[dcat[sel]]
                 colv = exp[col].astype(object).to_numpy().copy()
                 colv[sel] = vals
                 exp[col] = _restore(exp[col], colv)
         p1 = _as_probs(torch.as_tensor(np.asarray(target.predict_proba(exp)), dtype=torch.float64))
         kl = _categorical_kl(p1, p0[torch.as_tensor(r)])
-        gains[rows.cpu(), feats.cpu()] = kl.view(S, -1).mean(0).float()
+        g = torch.zeros(len(rows), dtype=torch.float64).index_add_(0, a["pair"].cpu(), a["weight"].cpu() * kl)
+        gains[rows.cpu(), feats.cpu()] = g.float()
         return gains
 
     # ------------------------------------------------------------------ outputs
@@ -1328,6 +1393,24 @@ class InfoGapVAE(CLMModule):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _stratified(shape: tuple[int, ...], generator: torch.Generator | None, slots: torch.Tensor,
+                df: float | None = None) -> torch.Tensor:
+    """Stratified standard draws (S, B, D), float64, keyed by row (``components/keyed.py``): for each row
+    and column the S uniforms behind them fall one in each of [0, 1/S), ..., [(S-1)/S, 1), in a random
+    order (a Latin hypercube over the columns), each uniform within its stratum; then the standard
+    normal's (or, with ``df``, the Student-t's) inverse CDF. Each draw is still N(0, 1) (t(df))."""
+    S = shape[0]
+    pool = pool_shape(shape)
+    dev = slots.device
+    order = torch.rand(pool, generator=generator, device=dev).argsort(0).argsort(0)
+    jitter = torch.rand(pool, generator=generator, device=dev, dtype=torch.float64)
+    u = pooled(((order + jitter) / S).clamp(1e-12, 1 - 1e-12), slots)
+    if df is not None:
+        from scipy.special import stdtrit
+        return torch.as_tensor(stdtrit(df, u.cpu().numpy()), device=dev)
+    return math.sqrt(2.0) * torch.special.erfinv(2 * u - 1)
 
 
 def _as_probs(p: torch.Tensor) -> torch.Tensor:
