@@ -31,7 +31,7 @@ run: $(STAMP)
 	$(BIN)/clm-pipeline
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not extended" $(XDIST)
+	$(BIN)/python -m pytest -q -m "not extended" --durations=20 $(XDIST)
 
 test-extended: $(STAMP)
 	$(BIN)/python -m pytest -q -m extended $(XDIST)

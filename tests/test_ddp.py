@@ -133,7 +133,7 @@ def _bad_shard_worker(rank: int, world: int, port: int, shards: str, out_dir: st
         dist.destroy_process_group()
 
 
-@pytest.mark.slow  # two spawned interpreters
+@pytest.mark.extended  # a whole command-line run, 20-40 s on a 2-core VM: `make test-extended`
 def test_a_bad_shard_on_one_rank_stops_every_rank_with_its_message(tmp_path: Path) -> None:
     """A value the sample did not contain ('seven' in rank 1's shard) used to stop rank 1 with its one
     line while rank 0 died inside the next collective with gloo's 'Connection closed by peer': now
@@ -315,7 +315,7 @@ def test_vae_under_ddp_spawn_logs_global_validation_metrics(tmp_path: Path) -> N
     np.testing.assert_allclose(model.feature_info.numpy(), tot["fi_sum"] / tot["fi_n"], rtol=1e-5)
 
 
-@pytest.mark.slow  # two spawned interpreters
+@pytest.mark.extended  # a whole command-line run, 20-40 s on a 2-core VM: `make test-extended`
 def test_the_vae_projector_under_ddp_shows_every_test_row(tmp_path: Path) -> None:
     """Under DDP each rank encodes its part of the test split; the TensorBoard projector showed rank
     0's part only. It now holds every test row once, in row order, with each row's own latent mean."""

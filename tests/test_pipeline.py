@@ -648,7 +648,7 @@ def test_a_future_event_names_the_command_line_setting(tmp_path: Path, capsys) -
                         "(data.future_policy=drop on the command line)")
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # a whole command-line run, 20-40 s on a 2-core VM: `make test-extended`
 def test_a_refused_pipeline_command_never_offers_or_starts_a_resume(tmp_path: Path) -> None:
     """Whether a command can continue a run is the program's (clm-train's), not the task name's:
     `clm-pipeline experiment=pipeline_events` (task pipeline_events) over an earlier run used to be
@@ -712,7 +712,7 @@ def test_metrics_json_keeps_counts_whole() -> None:
     assert type(got["customers scored"]) is int and type(got["auroc"]) is float and got["refit"] is True
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # a whole command-line run, 20-40 s on a 2-core VM: `make test-extended`
 def test_the_pipeline_reads_a_log_and_a_table_with_day_first_dates(tmp_path: Path) -> None:
     """clm-pipeline on an event log, a customer table and a cutoff written day first ('13/01/2024'), which
     used to stop at the log: with data.date_format='%d/%m/%Y %H:%M:%S' the log, the join dates and the

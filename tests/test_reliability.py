@@ -840,7 +840,7 @@ def test_a_command_refused_for_a_setting_leaves_no_run_directory(tmp_path: Path)
     assert not (tmp_path / "logs").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # a whole command-line run, 20-40 s on a 2-core VM: `make test-extended`
 def test_a_grid_sweep_whose_first_job_is_refused_leaves_no_sweep_directory(tmp_path: Path) -> None:
     """`-m` sweeps skipped the early check: a setting every job shares (or the first job's swept value)
     was refused inside job 0's folder, after Hydra had made the sweep directory; a misspelt models.<m>.*
@@ -860,7 +860,7 @@ def test_a_grid_sweep_whose_first_job_is_refused_leaves_no_sweep_directory(tmp_p
     assert not (tmp_path / "logs").exists(), sorted(str(p) for p in (tmp_path / "logs").rglob("*"))
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # a whole command-line run, 20-40 s on a 2-core VM: `make test-extended`
 def test_a_refused_command_leaves_the_earlier_runs_recorded_config(tmp_path: Path) -> None:
     """Hydra writes .hydra/config.yaml before the task runs: the run-directory guard (a Hydra
     callback) refuses a finished run's directory before that, for clm-train, clm-evaluate, a -m sweep

@@ -323,7 +323,7 @@ def test_evaluate_errors(sweep, tmp_path: Path) -> None:
         evaluate(_eval_cfg(tmp_path, sweep.dir / "0", *_csv_data(sweep.csv), out="done"))  # no resume offered
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # a whole command-line run, 20-40 s on a 2-core VM: `make test-extended`
 def test_evaluate_settings_are_refused_before_the_run_directory_is_made(sweep, tmp_path: Path) -> None:
     """clm-evaluate's own settings out of range were used as given (hide_rate=1.5 hid every cell,
     batch_size=0 was ignored) or failed deep inside (k=0); a missing data= made a folder first."""
