@@ -638,6 +638,24 @@ def test_question_gain_of_a_category_is_exact_enumeration_whatever_the_seed() ->
 
 
 @torch.no_grad()
+def test_question_gains_of_a_model_without_categorical_columns() -> None:
+    """A model of numeric columns only (a log-only customer view) has no classes to enumerate: the
+    question gains stopped with an IndexError on the empty class table (seen in the pipeline on a log
+    without a customer table). Its questions are the missing numerics, each with a gain > 0."""
+    torch.manual_seed(4)
+    m = InfoGapVAE(n_num=3, cat_cardinalities=[], latent_dim=2, d_embed=4, encoder_hidden=[8],
+                   decoder_hidden=[8]).eval()
+    B = 6
+    mask = torch.ones(B, 3, dtype=torch.bool)
+    mask[::2, 1] = False
+    batch = {"num": torch.randn(B, 3), "num_mask": mask, "cat": torch.zeros(B, 0, dtype=torch.long),
+             "cat_mask": torch.zeros(B, 0, dtype=torch.bool)}
+    got = m.question_gains(batch, 4, generator=torch.Generator().manual_seed(0))
+    assert got.shape == (B, 3)
+    assert torch.equal(torch.isnan(got), mask) and bool((got[~mask] > 0).all())
+
+
+@torch.no_grad()
 def test_numeric_answers_are_stratified() -> None:
     """The S answers of a numeric question were S independent draws (of z, then of x | z): by chance
     several fell in one tail. Now the uniforms behind the draws lie one in each S-quantile, in a random

@@ -893,13 +893,14 @@ class InfoGapVAE(CLMModule):
         P = len(rows)
         pair = torch.arange(P, device=dev)
         jc = (feats - self.n_num).clamp_min(0)
-        k = self._n_classes().to(dev)[jc]
+        # a model without categorical columns has no classes to look up (every question is numeric)
+        k = self._n_classes().to(dev)[jc] if self.n_cat else torch.zeros_like(feats)
         enum = (feats >= self.n_num) & (k <= 2 * S)
         # sampled answers: S per pair
         sp = pair[~enum]
         s_idx = torch.arange(S, device=dev).repeat_interleave(len(sp))
         sp = sp.repeat(S)
-        sampled_cat = draws_cat[s_idx, rows[sp], jc[sp]]
+        sampled_cat = draws_cat[s_idx, rows[sp], jc[sp]] if self.n_cat else torch.zeros_like(sp)
         # enumerated answers: one per class
         ep = pair[enum]
         ke = k[enum]
