@@ -290,7 +290,8 @@ def clean_customers(customers: pd.DataFrame | None, source: str, date_format: st
                     "leak the outcome into the churn model: drop them from the table (data.customers_drop=[%s])",
                     source, leaky, ",".join(map(str, leaky)))
     try:
-        schema = infer_schema(customers, id_col="customer_id", source=source, date_format=date_format)
+        schema = infer_schema(customers, id_col="customer_id", source=source, date_format=date_format,
+                              roles_setting=None)  # the pipeline has no roles setting for its table
     except SchemaError as e:  # "drop it (data.drop=...)": the pipeline's key for the table is another
         raise SchemaError(e.detail.replace("data.drop=", "data.customers_drop="), source=e.source, column=e.column,
                           row=e.row) from None

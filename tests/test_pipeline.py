@@ -504,6 +504,21 @@ def test_a_label_like_table_column_is_flagged(caplog) -> None:
     assert "look like a churn label" not in caplog.text
 
 
+def test_a_date_column_of_the_pipelines_table_names_no_roles_setting(caplog) -> None:
+    """The date warning of the pipeline's customer table advised +data.roles.categorical=[col]: clm-train's
+    setting, which clm-pipeline does not have. It points to the join-date setting instead."""
+    import logging
+
+    from clm_torch.pipeline import clean_customers
+
+    table = pd.DataFrame({"customer_id": ["a", "b", "c"], "plan": ["x", "y", "x"],
+                          "renewed": ["2024-01-03", "2024-02-11", "2024-03-30"]})
+    with caplog.at_level(logging.WARNING, logger="clm_torch.data.schema"):
+        clean_customers(table, "crm.csv")
+    assert "crm.csv: column 'renewed' holds dates: not a feature" in caplog.text
+    assert "data.roles" not in caplog.text and "data.customers_joined_col" in caplog.text
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["horizon_days=0"], "horizon_days=0: expected a number of days > 0"),
     (["horizon_days=-5"], "horizon_days=-5: expected a number of days > 0"),

@@ -892,7 +892,7 @@ def infer_schema(
     max_categorical_int: int = 10,
     source: str = "<dataframe>",
     date_format: str | None = None,
-    roles_setting: str = "data.roles",
+    roles_setting: str | None = "data.roles",
 ) -> TableSchema:
     """Infer the role of every column.
 
@@ -903,7 +903,8 @@ def infer_schema(
     columns that take that role whatever inference says. Text dates are ISO 8601, or written in
     ``date_format`` (``data.date_format``, e.g. '%d/%m/%Y') when it is given; a text column of
     dates written another way is named in a warning that suggests the format. ``roles_setting`` is
-    the setting that holds ``overrides``, as the messages name it (``data.item_roles`` for an item table).
+    the setting that holds ``overrides``, as the messages name it (``data.item_roles`` for an item table;
+    None where no setting can give a column a role, as for clm-pipeline's customer table).
     """
     overrides = {k: role_columns(v) for k, v in (overrides or {}).items()}
     for role in overrides:
@@ -943,8 +944,10 @@ def infer_schema(
         if pd.api.types.is_datetime64_any_dtype(s) or (s.dtype == object or pd.api.types.is_string_dtype(s)) \
                 and _looks_like_dates(s, date_format):
             schema.datetime.append(col)  # as a category each date would be a level of its own
+            keep = (f", or use it as a category with +{roles_setting}.categorical=[{col}]" if roles_setting else
+                    " (the join date's: data.customers_joined_col)")
             log.warning("%s: column '%s' holds dates: not a feature. Derive a number from it (e.g. days since "
-                        "signup), or use it as a category with +%s.categorical=[%s]", source, col, roles_setting, col)
+                        "signup)%s", source, col, keep)
             continue
         n_unique = nonnull.nunique()
         if n_unique <= 2:
