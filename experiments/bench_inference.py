@@ -6,6 +6,8 @@ One process, one machine state, the same raw frame for every variant:
   members), trained for one epoch on 20k synthetic customers, saved and reloaded;
 * ``predict_proba`` as shipped: raw rows encoded in chunks of 65,536, forward passes of 2,048 rows,
   categorical embeddings fused into the first layers (:meth:`ChurnClassifier.fused_inference`);
+* ``predict_proba(compile=True)``: the same forward passes through ``torch.compile``; its first call
+  (which compiles) is reported apart from the later calls;
 * the same model without the fusion, and without the small forward passes (one pass per chunk), to
   show what each step brings;
 * the encoding alone (``FeatureEncoder.transform`` of the whole frame) and the network alone (on
@@ -92,6 +94,17 @@ def measure(ckpt: Path, frame: Any, repeats: int, full: bool) -> list[dict[str, 
     ref = add("predict_proba (as shipped)", lambda: model.predict_proba(frame))
     if not full:
         return rows
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    cold = not Path(cache_dir()).exists() or not any(Path(cache_dir()).iterdir())
+    t0 = time.perf_counter()
+    model.predict_proba(frame, compile=True)
+    sec = time.perf_counter() - t0
+    rows.append({"variant": f"predict_proba(compile=True), first call of the process (compiles; torch's on-disk "
+                            f"cache {'empty' if cold else 'not empty: it may hold this graph from an earlier process'})",
+                 "seconds": sec, "rows_per_s": n / sec})
+    print(f"  {rows[-1]['variant']:60s} {sec:7.2f} s  {n / sec:>12,.0f} rows/s", flush=True)
+    p_comp = add("predict_proba(compile=True), later calls", lambda: model.predict_proba(frame, compile=True))
     limit, step = model.fuse_limit, model.forward_rows
     try:
         model.fuse_limit = -1
@@ -115,7 +128,7 @@ def measure(ckpt: Path, frame: Any, repeats: int, full: bool) -> list[dict[str, 
         return torch.cat(out).numpy()
 
     p_net = add("network only (pre-encoded, fused, passes of 2,048)", network)
-    diff = max(float(np.abs(ref - p).max()) for p in (p_nofuse, p_plain, p_net))
+    diff = max(float(np.abs(ref - p).max()) for p in (p_comp, p_nofuse, p_plain, p_net))
     rows.append({"variant": "max abs difference of the probabilities between the variants above", "seconds": float("nan"), "rows_per_s": diff})
     print(f"  max |dp| between variants: {diff:.2e}")
     return rows

@@ -85,6 +85,59 @@ def test_checkpoint_is_weights_only_and_scores_raw_frames(trained_run) -> None:
     assert not model.training  # loaded in eval mode, ready to score
 
 
+def _cxx_compiler() -> str | None:
+    import os
+    import shutil
+
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_cxx_compiler() is None, reason="torch.compile's CPU backend needs a C++ compiler")
+def test_compiled_scoring_matches_the_uncompiled_one(trained_run, monkeypatch) -> None:
+    """predict_proba(compile=True) runs the full forward passes through torch.compile (the last, shorter
+    pass uncompiled) and gives the uncompiled probabilities, for this model and for a second one of the
+    same shape with other weights (the compiled graph takes the weights as inputs, it does not keep them)."""
+    _, run = trained_run
+    model = ChurnClassifier.load_from_checkpoint(run / "checkpoints" / "best.ckpt")
+    model.forward_rows = 16
+    df = messy_table(50, seed=3).drop(columns=["churn"])
+    made = []
+    build = ChurnClassifier._compiled_predict_batch
+    monkeypatch.setattr(ChurnClassifier, "_compiled_predict_batch", lambda self: made.append(build(self)) or made[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback warning: it really compiled
+        for m in (model, ChurnClassifier.load_from_checkpoint(run / "checkpoints" / "best.ckpt")):
+            if m is not model:
+                m.forward_rows = 16
+                with torch.no_grad():
+                    for prm in m.parameters():
+                        prm.add_(0.1 * torch.randn_like(prm))
+            eager = m.predict_proba(df)
+            np.testing.assert_allclose(m.predict_proba(df, compile=True), eager, rtol=1e-5, atol=1e-6)
+    assert [f.state for f in made] == [{"ok": True}] * 2
+
+
+def test_compiled_scoring_falls_back_with_a_warning(trained_run, monkeypatch) -> None:
+    """When torch.compile fails (no C++ compiler, an unsupported op), scoring goes on uncompiled."""
+    _, run = trained_run
+    model = ChurnClassifier.load_from_checkpoint(run / "checkpoints" / "best.ckpt")
+    model.forward_rows = 16
+    df = messy_table(50, seed=3).drop(columns=["churn"])
+
+    def broken(fn, **_):
+        def call(*args, **kwargs):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError: InvalidCxxCompiler: No working C\+\+ "
+                                         r"compiler found\); scoring without it") as rec:
+        p = model.predict_proba(df, compile=True)
+    assert len([w for w in rec if "torch.compile failed" in str(w.message)]) == 1  # once, not per pass
+    np.testing.assert_allclose(p, model.predict_proba(df), rtol=1e-6)
+
+
 def test_rows_without_a_readable_value_are_warned_about(trained_run, caplog) -> None:
     """A row whose every feature is missing (or an unseen category) still gets a probability, from
     the missingness alone: a warning counts such rows and names one."""
