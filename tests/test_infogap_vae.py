@@ -545,6 +545,26 @@ def test_completeness_falls_as_cells_are_hidden(trained) -> None:
     assert (comp.iloc[:5] == 0).all() and np.allclose(comp.iloc[5:], 1.0)
 
 
+@pytest.mark.parametrize("likelihood", ["gaussian", "student_t"])
+def test_own_cell_nll_is_the_diagonal_of_cell_nll(likelihood) -> None:
+    """gap_batch scores only each stacked copy's own (hidden) feature: the same values as the diagonal of
+    the full per-cell NLLs, for numeric, softmax, binary and head-less (one known value) columns, and
+    for vocabulary index 0."""
+    from clm_torch.models.components.vae import MixedDecoder, cell_nll, own_cell_nll
+
+    torch.manual_seed(0)
+    n_num, card, n_bin, B, S = 3, [4, 2, 5, 3, 3], 2, 7, 4  # card 2: a column without a head
+    dec = MixedDecoder(6, n_num, card, n_bin, [16])
+    F_ = n_num + len(card)
+    out = dec(torch.randn(S, F_ * B, 6))
+    num = torch.randn(B, n_num)
+    cat = torch.stack([torch.randint(0, c, (B,)) for c in card], 1)
+    full_num, full_cat = cell_nll(out, num.repeat(F_, 1)[None].expand(S, -1, -1),
+                                  cat.repeat(F_, 1)[None].expand(S, -1, -1), dec, likelihood)
+    diag = torch.cat([full_num, full_cat], -1).view(S, F_, B, F_).diagonal(dim1=1, dim2=3)
+    torch.testing.assert_close(own_cell_nll(out, num, cat, dec, likelihood), diag)
+
+
 def test_information_gap_bounds_its_stacked_forward_on_cpu(trained, monkeypatch) -> None:
     """On a CPU each forward pass of the F-copies × S-samples stack holds at most ~16k rows (a few MB
     of activations, in cache) instead of up to 1M; the chunking changes no value."""

@@ -66,6 +66,7 @@ from clm_torch.models.components.vae import (
     numeric_entropy,
     numeric_sample,
     numeric_variance,
+    own_cell_nll,
 )
 from clm_torch.utils.privacy import ID_MODES, id_labels
 from clm_torch.utils.progress import chunks
@@ -807,14 +808,9 @@ class InfoGapVAE(CLMModule):
                                      "cat": rep["cat"], "cat_mask": keep_cat.reshape(F_ * B, -1)})
         # every copy of row b draws as row b does (common random numbers across its features)
         z = self._sample_z(mu_j, lv_j, n_samples, generator, slots=row_slots(batch).repeat(F_))  # (S, F*B, L)
-        out = self.decode(z)
         lik, df = self._lik
-        num_rep = rep["num"].float()[None].expand(n_samples, -1, -1)
-        cat_rep = rep["cat"][None].expand(n_samples, -1, -1)
-        nll_num, nll_cat = cell_nll(out, num_rep, cat_rep, self.decoder, lik, df)  # (S, F*B, ·)
-        nll = torch.cat([nll_num, nll_cat], -1).view(n_samples, F_, B, F_)
-        diag = nll.diagonal(dim1=1, dim2=3)  # (S, B, F): copy j, feature j
-        surprise = -_logmeanexp(-diag, 0)
+        diag = own_cell_nll(self.decode(z), batch["num"].float(), batch["cat"], self.decoder, lik, df)  # (S, B, F)
+        surprise = -_logmeanexp(-diag, 0)  # copy j, feature j
         observed = torch.cat([num_mask, cat_mask], 1)
         surprise = torch.where(observed, surprise, torch.full_like(surprise, float("nan")))
         # uncertainty about the unobserved cells given everything observed

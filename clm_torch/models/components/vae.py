@@ -211,6 +211,36 @@ def cell_nll(out: dict[str, torch.Tensor | list[torch.Tensor]], num: torch.Tenso
     return nll_num, nll_cat
 
 
+def own_cell_nll(out: dict[str, torch.Tensor | list[torch.Tensor]], num: torch.Tensor, cat: torch.Tensor,
+                 decoder: MixedDecoder, likelihood: str = "gaussian", df: float = 4.0) -> torch.Tensor:
+    """:func:`cell_nll` of each copy's own feature only, for a stack of F = n_num + n_cat copies of a batch.
+
+    ``out``: decoder output (S, F·B, ·) for the stack, copy j (rows j·B … (j+1)·B − 1) having feature j
+    hidden; ``num`` (B, n_num), ``cat`` (B, n_cat): the batch itself. Returns (S, B, F): the NLL of
+    feature j under copy j's output, i.e. the diagonal of :func:`cell_nll`'s (S, F, B, F) without the
+    other F − 1 cells of every row (0 where :func:`cell_nll` gives 0).
+    """
+    n_num, n_cat = num.shape[-1], cat.shape[-1]
+    F_, B = n_num + n_cat, num.shape[0]
+    S = out["num_loc"].shape[0]
+    res = out["num_loc"].new_zeros(S, B, F_)
+    if n_num:
+        loc = out["num_loc"].unflatten(1, (F_, B))[:, :n_num].diagonal(dim1=1, dim2=3)  # (S, B, n_num)
+        log_scale = out["num_log_scale"].unflatten(1, (F_, B))[:, :n_num].diagonal(dim1=1, dim2=3)
+        res[..., :n_num] = numeric_nll(num.to(loc.dtype), loc, log_scale, likelihood, df)
+    for j, logits in zip(decoder.soft_cols, out["cat_logits"]):
+        f = n_num + j
+        t = (cat[:, j] - 1).clamp_min(0).expand(S, B)
+        res[..., f] = F.cross_entropy(logits[:, f * B: (f + 1) * B].flatten(0, 1), t.flatten(),
+                                      reduction="none").view(S, B)
+    for k, j in enumerate(decoder.bin_cols):
+        f = n_num + j
+        t = (cat[:, j] == 2).to(res.dtype).expand(S, B)
+        res[..., f] = F.binary_cross_entropy_with_logits(out["bin_logits"][:, f * B: (f + 1) * B, k], t,
+                                                         reduction="none")
+    return res
+
+
 def category_probs(out: dict[str, torch.Tensor | list[torch.Tensor]], decoder: MixedDecoder, n_cat: int,
                    max_card: int) -> torch.Tensor:
     """Class probabilities (..., n_cat, max_card) over vocabulary indices (index 0 gets 0)."""
