@@ -546,6 +546,8 @@ class ChurnClassifier(TableTargetModule):
             return self.predict_batch
         compiled = torch.compile(self.predict_batch, dynamic=False)
         state = {"ok": False}
+        log.info("predict_proba(compile=True): the forward passes go through torch.compile; the first call of "
+                 "a process compiles them (~30 s, a few s once torch's on-disk cache holds the graph)")
 
         def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             if state.get("failed"):
