@@ -101,7 +101,7 @@ def measure(ckpt: Path, frame: Any, repeats: int, full: bool) -> list[dict[str, 
     model.predict_proba(frame, compile=True)
     sec = time.perf_counter() - t0
     rows.append({"variant": f"predict_proba(compile=True), first call of the process (compiles; torch's on-disk "
-                            f"cache {'empty' if cold else 'not empty: it may hold this graph from an earlier process'})",
+                            f"cache {'empty' if cold else 'not empty: it may hold this graph already'})",
                  "seconds": sec, "rows_per_s": n / sec})
     print(f"  {rows[-1]['variant']:60s} {sec:7.2f} s  {n / sec:>12,.0f} rows/s", flush=True)
     p_comp = add("predict_proba(compile=True), later calls", lambda: model.predict_proba(frame, compile=True))

@@ -572,7 +572,8 @@ def test_information_gap_bounds_its_stacked_forward_on_cpu(trained, monkeypatch)
     ref = model.information_gap(test, 32, batch_size=10_000)  # one chunk under the former 1M cap
     sizes = []
     batch = type(model).gap_batch
-    monkeypatch.setattr(type(model), "gap_batch", lambda self, b, s, g: sizes.append(len(b["num"]) * s) or batch(self, b, s, g))
+    monkeypatch.setattr(type(model), "gap_batch",
+                        lambda self, b, s, g: sizes.append(len(b["num"]) * s) or batch(self, b, s, g))
     got = model.information_gap(test, 32)
     n_features = model.n_num + model.n_cat
     assert max(sizes) * n_features <= 16_384 and len(sizes) > 1
