@@ -137,6 +137,13 @@ def test_compiled_scoring_falls_back_with_a_warning(trained_run, monkeypatch) ->
     assert len([w for w in rec if "torch.compile failed" in str(w.message)]) == 1  # once, not per pass
     np.testing.assert_allclose(p, model.predict_proba(df), rtol=1e-6)
 
+    def refused(fn, **_):
+        raise RuntimeError("torch.compile is not supported on this Python version")
+
+    monkeypatch.setattr(torch, "compile", refused)
+    with pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError: torch.compile is not supported"):
+        np.testing.assert_allclose(model.predict_proba(df, compile=True), p, rtol=1e-6)
+
 
 def test_rows_without_a_readable_value_are_warned_about(trained_run, caplog) -> None:
     """A row whose every feature is missing (or an unseen category) still gets a probability, from

@@ -544,7 +544,16 @@ class ChurnClassifier(TableTargetModule):
             warnings.warn(f"predict_proba(compile=True) is for CPU scoring; on {self.device} it scores "
                           "uncompiled", stacklevel=3)
             return self.predict_batch
-        compiled = torch.compile(self.predict_batch, dynamic=False)
+        def fallback(e: Exception) -> None:
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            warnings.warn(f"predict_proba(compile=True): torch.compile failed ({type(e).__name__}: {first}); "
+                          "scoring without it", stacklevel=4)
+
+        try:  # torch.compile itself refuses some Python versions and platforms
+            compiled = torch.compile(self.predict_batch, dynamic=False)
+        except Exception as e:  # noqa: BLE001
+            fallback(e)
+            return self.predict_batch
         state = {"ok": False}
         log.info("predict_proba(compile=True): the forward passes go through torch.compile; the first call of "
                  "a process compiles them (~30 s, a few s once torch's on-disk cache holds the graph)")
@@ -558,9 +567,7 @@ class ChurnClassifier(TableTargetModule):
                 if state["ok"]:
                     raise
                 state["failed"] = True
-                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-                warnings.warn(f"predict_proba(compile=True): torch.compile failed ({type(e).__name__}: {first}); "
-                              "scoring without it", stacklevel=2)
+                fallback(e)
                 return self.predict_batch(batch)
             state["ok"] = True
             return out
