@@ -1089,13 +1089,12 @@ class EmbeddingRecommender(CLMModule):
 
 
 def _dense(lists: Sequence[np.ndarray], n_items: int, device: torch.device) -> torch.Tensor:
-    """Item-index lists → a (len(lists), n_items) bool mask."""
-    lens = np.array([len(x) for x in lists], np.int64)
-    out = torch.zeros(len(lists), n_items, dtype=torch.bool, device=device)
-    if lens.sum():
-        rows = torch.as_tensor(np.repeat(np.arange(len(lists)), lens), device=device)
-        out[rows, torch.as_tensor(np.concatenate(lists).astype(np.int64), device=device)] = True
-    return out
+    """Item-index lists → a (len(lists), n_items) bool mask (:func:`dense_targets` of their ragged form)."""
+    offsets = torch.as_tensor(np.concatenate([[0], np.cumsum([len(x) for x in lists])]), dtype=torch.long,
+                              device=device)
+    items = torch.as_tensor(np.concatenate([np.asarray(x, np.int64) for x in lists]) if len(lists) else
+                            np.zeros(0, np.int64), device=device)
+    return dense_targets(offsets, items, n_items)
 
 
 def _select(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
